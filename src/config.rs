@@ -1,0 +1,606 @@
+//! Pipeline configuration: one TOML file per pipeline under `pipelines/`.
+//!
+//! Every field is documented where it is declared (these comments are the
+//! user documentation), unknown fields are rejected, and defaults are named
+//! `default_*`. `PipelineConfig::load` parses *and* validates, so nothing
+//! downstream ever sees an unchecked value; any failure names the file, the
+//! field and what was expected.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::error::{Error, Result};
+
+/// A whole pipeline: where events come from, how they are windowed, which
+/// model forecasts them and where forecasts go.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Name of the pipeline; used in the default consumer group and paths.
+    pub name: String,
+    /// The Kafka topic events are read from.
+    pub source: SourceConfig,
+    /// How each message is turned into an event.
+    #[serde(default)]
+    pub decode: DecodeConfig,
+    /// Event-time windowing.
+    pub window: WindowConfig,
+    /// The recurrent model and its cold-start baseline.
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// Where forecasts and rejected records go.
+    pub sink: SinkConfig,
+    /// Closed windows kept as Parquet (the training buffer).
+    #[serde(default)]
+    pub archive: ArchiveConfig,
+    /// Metrics and logs.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// Kafka input.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Bootstrap servers. The environment variable `STREAMCAST_BROKERS`
+    /// overrides it (handy for tests and containers).
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// Input topic (required).
+    pub topic: String,
+    /// Consumer group; default `streamcast-<name>`.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// Partitions to create the topic with when it does not exist.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Most messages decoded and windowed as one batch.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Longest wait to fill a batch before processing what arrived.
+    #[serde(default = "default_batch_wait", deserialize_with = "de_duration")]
+    pub batch_wait: Duration,
+    /// Raw librdkafka consumer options (security settings included), passed through.
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+/// Where the event's key, time and values are in each JSON message.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeConfig {
+    /// JSON field holding the entity key (string or number).
+    #[serde(default = "default_key_field")]
+    pub key_field: String,
+    /// JSON field holding the event time (ignored for `time_format = "kafka"`).
+    #[serde(default = "default_time_field")]
+    pub time_field: String,
+    /// How the event time is written.
+    #[serde(default)]
+    pub time_format: TimeFormat,
+    /// Numeric fields to forecast; the first is the forecast target, the others
+    /// are extra inputs. Default `["value"]`.
+    #[serde(default = "default_value_fields")]
+    pub value_fields: Vec<String>,
+}
+
+/// Encoding of the event-time field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeFormat {
+    /// Seconds since the Unix epoch (integer or fractional).
+    EpochS,
+    /// Milliseconds since the Unix epoch.
+    EpochMs,
+    /// RFC 3339 / ISO 8601 with zone, e.g. `2024-01-01T00:00:00Z`. A naive
+    /// `YYYY-MM-DD HH:MM:SS` is read as UTC.
+    #[default]
+    Rfc3339,
+    /// The Kafka message timestamp (no time field in the payload).
+    Kafka,
+}
+
+/// Event-time windows per key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Window length, e.g. `"5m"`, `"1h"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub size: Duration,
+    /// Hop between window starts; default = size (tumbling).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub slide: Option<Duration>,
+    /// How far behind the newest event an event may arrive and still count.
+    #[serde(default = "default_lateness", deserialize_with = "de_duration")]
+    pub allowed_lateness: Duration,
+    /// Aggregation of each value field inside a window.
+    #[serde(default)]
+    pub aggregation: Aggregation,
+    /// What to do with events later than the allowed lateness.
+    #[serde(default)]
+    pub late_policy: LatePolicy,
+    /// How an empty window of a live key is filled.
+    #[serde(default)]
+    pub fill: FillPolicy,
+    /// Consecutive empty windows after which a key's series is reset instead
+    /// of being filled further.
+    #[serde(default = "default_max_gap")]
+    pub max_gap_windows: u32,
+    /// A partition with no message for this long (wall clock) stops holding
+    /// the watermark back.
+    #[serde(default = "default_idle_partition", deserialize_with = "de_duration")]
+    pub idle_partition_timeout: Duration,
+    /// Keys with no event for this long (event time) are evicted.
+    #[serde(default = "default_key_ttl", deserialize_with = "de_duration")]
+    pub key_ttl: Duration,
+    /// At most this many live keys; beyond it the least recently seen is evicted.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+    /// Calendar covariates added to every window row.
+    #[serde(default)]
+    pub covariates: CovariatesConfig,
+}
+
+/// Calendar features of a window's start time (UTC), as Fourier sin/cos
+/// pairs: order `k` adds `sin(2*pi*j*t/P)`, `cos(2*pi*j*t/P)` for j = 1..=k,
+/// the seasonal term s(t) of Prophet's y(t) = g(t) + s(t) + h(t).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CovariatesConfig {
+    /// Fourier order of the hour-of-day cycle (P = 1 day); 0 = off.
+    #[serde(default)]
+    pub hour_of_day: u32,
+    /// Fourier order of the day-of-week cycle (P = 7 days); 0 = off.
+    #[serde(default)]
+    pub day_of_week: u32,
+    /// Fourier order of the day-of-year cycle (P = 365.25 days); 0 = off.
+    #[serde(default)]
+    pub day_of_year: u32,
+    /// Holiday dates (`YYYY-MM-DD`, UTC); adds a `holiday` 0/1 column when non-empty.
+    #[serde(default)]
+    pub holidays: Vec<chrono::NaiveDate>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    #[default]
+    Mean,
+    Sum,
+    Min,
+    Max,
+    Last,
+    Count,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatePolicy {
+    /// Dropped and counted (`streamcast_late_events_total`).
+    Drop,
+    /// Sent to the dead-letter topic with reason `late`.
+    #[default]
+    DeadLetter,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FillPolicy {
+    /// Repeat the previous window's aggregates.
+    #[default]
+    Ffill,
+    /// Zeros.
+    Zero,
+    /// NaN; the model masks it.
+    Missing,
+}
+
+/// The recurrent model.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Cell type.
+    #[serde(default)]
+    pub cell: CellKind,
+    /// Hidden units per layer.
+    #[serde(default = "default_hidden")]
+    pub hidden: i64,
+    /// Stacked layers.
+    #[serde(default = "default_layers")]
+    pub layers: i64,
+    /// Windows ahead to forecast.
+    #[serde(default = "default_horizon")]
+    pub horizon: i64,
+    /// Windows a key must have seen before the model (not the baseline) forecasts it.
+    #[serde(default = "default_warmup")]
+    pub warmup_windows: u32,
+    /// Season length in windows for the seasonal-naive cold-start forecast.
+    #[serde(default = "default_season")]
+    pub season_windows: u32,
+    /// A trained model artifact (directory with `model.safetensors` and
+    /// `model.json`); absent = a freshly initialised model (seeded).
+    #[serde(default)]
+    pub artifact: Option<PathBuf>,
+    /// Seed for the initial weights.
+    #[serde(default = "default_seed")]
+    pub seed: i64,
+    /// `"cpu"` or `"cuda"` (falls back to CPU with a warning when absent).
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// libtorch intra-op threads.
+    #[serde(default = "default_torch_threads")]
+    pub threads: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CellKind {
+    /// Elman RNN with tanh.
+    Rnn,
+    /// Elman RNN with ReLU and identity-initialised recurrent matrix.
+    Irnn,
+    #[default]
+    Lstm,
+    Gru,
+}
+
+/// Forecast output and dead letters.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Output topic for forecasts (required).
+    pub topic: String,
+    /// Dead-letter topic for rejected records (required).
+    pub dead_letter_topic: String,
+    /// Partitions to create the output topics with when they do not exist.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Raw librdkafka producer options, passed through.
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+/// The closed-window archive.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Write closed windows to Parquet under `dir`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Archive directory; default `.state/archive/<pipeline name>`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Metrics endpoint.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Serve Prometheus metrics on this address, e.g. `"127.0.0.1:9898"`.
+    #[serde(default)]
+    pub prometheus_listen: Option<String>,
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+const fn default_partitions() -> i32 {
+    3
+}
+const fn default_max_batch() -> usize {
+    10_000
+}
+const fn default_batch_wait() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_key_field() -> String {
+    "key".into()
+}
+fn default_time_field() -> String {
+    "ts".into()
+}
+fn default_value_fields() -> Vec<String> {
+    vec!["value".into()]
+}
+const fn default_lateness() -> Duration {
+    Duration::from_secs(0)
+}
+const fn default_max_gap() -> u32 {
+    24
+}
+const fn default_idle_partition() -> Duration {
+    Duration::from_secs(5)
+}
+const fn default_key_ttl() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+const fn default_max_keys() -> usize {
+    1_000_000
+}
+const fn default_hidden() -> i64 {
+    32
+}
+const fn default_layers() -> i64 {
+    1
+}
+const fn default_horizon() -> i64 {
+    6
+}
+const fn default_warmup() -> u32 {
+    12
+}
+const fn default_season() -> u32 {
+    12
+}
+const fn default_seed() -> i64 {
+    42
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+const fn default_torch_threads() -> i32 {
+    1
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        DecodeConfig {
+            key_field: default_key_field(),
+            time_field: default_time_field(),
+            time_format: TimeFormat::default(),
+            value_fields: default_value_fields(),
+        }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            cell: CellKind::default(),
+            hidden: default_hidden(),
+            layers: default_layers(),
+            horizon: default_horizon(),
+            warmup_windows: default_warmup(),
+            season_windows: default_season(),
+            artifact: None,
+            seed: default_seed(),
+            device: default_device(),
+            threads: default_torch_threads(),
+        }
+    }
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            enabled: false,
+            dir: None,
+        }
+    }
+}
+
+/// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h"`, `"7d"` (and a bare number of seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration like \"30s\", \"5m\", \"1h\", got {s:?}"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        other => return Err(format!("unknown duration unit {other:?} in {s:?} (use ms, s, m, h, d)")),
+    };
+    if !(secs.is_finite() && secs >= 0.0) {
+        return Err(format!("duration must be non-negative, got {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationRepr {
+    Text(String),
+    Secs(f64),
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    match DurationRepr::deserialize(d)? {
+        DurationRepr::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+        DurationRepr::Secs(n) if n.is_finite() && n >= 0.0 => Ok(Duration::from_secs_f64(n)),
+        DurationRepr::Secs(n) => Err(serde::de::Error::custom(format!("duration must be non-negative, got {n}"))),
+    }
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+impl PipelineConfig {
+    /// Reads, parses and validates a pipeline file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading pipeline file {}", path.display()), e))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates pipeline TOML; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let de = toml::Deserializer::parse(text).map_err(|e| Error::config(path, "<toml>", e.to_string()))?;
+        let mut cfg: PipelineConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.message().to_string();
+            let loc = inner
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            Error::config(path, field, format!("{msg}{loc}"))
+        })?;
+        if let Ok(b) = std::env::var("STREAMCAST_BROKERS") {
+            if !b.trim().is_empty() {
+                cfg.source.brokers = b;
+            }
+        }
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |field: &str, msg: &str| Err(Error::config(path, field, msg));
+        if self.name.trim().is_empty() {
+            return bad("name", "expected a non-empty pipeline name");
+        }
+        if self.source.topic.trim().is_empty() {
+            return bad("source.topic", "expected a topic name");
+        }
+        if self.sink.topic.trim().is_empty() {
+            return bad("sink.topic", "expected a topic name");
+        }
+        if self.sink.dead_letter_topic.trim().is_empty() {
+            return bad("sink.dead_letter_topic", "expected a topic name");
+        }
+        if self.sink.topic == self.source.topic {
+            return bad("sink.topic", "must differ from source.topic");
+        }
+        if self.source.partitions < 1 || self.sink.partitions < 1 {
+            return bad("partitions", "expected at least 1");
+        }
+        if self.source.max_batch == 0 {
+            return bad("source.max_batch", "expected at least 1");
+        }
+        if self.decode.value_fields.is_empty() {
+            return bad("decode.value_fields", "expected at least one value field");
+        }
+        if self.window.size.as_millis() < 1 {
+            return bad("window.size", "expected a window of at least 1ms");
+        }
+        if let Some(slide) = self.window.slide {
+            if slide.as_millis() < 1 || slide > self.window.size {
+                return bad("window.slide", "expected 1ms <= slide <= size");
+            }
+            if self.window.size.as_millis() % slide.as_millis() != 0 {
+                return bad("window.slide", "expected the window size to be a whole multiple of the slide");
+            }
+        }
+        if self.window.max_keys == 0 {
+            return bad("window.max_keys", "expected at least 1");
+        }
+        if self.model.hidden < 1 || self.model.layers < 1 || self.model.horizon < 1 {
+            return bad("model", "hidden, layers and horizon must be at least 1");
+        }
+        if self.model.season_windows < 1 {
+            return bad("model.season_windows", "expected at least 1");
+        }
+        if !matches!(self.model.device.as_str(), "cpu" | "cuda") {
+            return bad("model.device", "expected \"cpu\" or \"cuda\"");
+        }
+        if self.model.threads < 1 {
+            return bad("model.threads", "expected at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn group_id(&self) -> String {
+        self.source
+            .group_id
+            .clone()
+            .unwrap_or_else(|| format!("streamcast-{}", self.name))
+    }
+
+    pub fn archive_dir(&self) -> PathBuf {
+        self.archive
+            .dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".state/archive").join(&self.name))
+    }
+
+    pub fn size_ms(&self) -> i64 {
+        self.window.size.as_millis() as i64
+    }
+
+    pub fn slide_ms(&self) -> i64 {
+        self.window.slide.unwrap_or(self.window.size).as_millis() as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "t"
+[source]
+topic = "in"
+[window]
+size = "5m"
+[sink]
+topic = "out"
+dead_letter_topic = "dlq"
+"#;
+
+    fn parse(s: &str) -> Result<PipelineConfig> {
+        PipelineConfig::parse(s, Path::new("pipelines/t.toml"))
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.size_ms(), 300_000);
+        assert_eq!(c.slide_ms(), 300_000);
+        assert_eq!(c.group_id(), "streamcast-t");
+        assert_eq!(c.decode.value_fields, vec!["value".to_string()]);
+        assert_eq!(c.model.cell, CellKind::Lstm);
+    }
+
+    #[test]
+    fn unknown_field_names_file_and_field() {
+        let err = parse(&GOOD.replace("size = \"5m\"", "size = \"5m\"\nsizze = 3")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("pipelines/t.toml"), "{msg}");
+        assert!(msg.contains("window"), "{msg}");
+        assert!(msg.contains("sizze"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_field_and_expectation() {
+        let err = parse(&GOOD.replace("size = \"5m\"", "size = \"5 parsecs\"")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("window.size"), "{msg}");
+        assert!(msg.contains("duration"), "{msg}");
+        let err = parse(&GOOD.replace("[sink]", "[model]\nhidden = \"many\"\n[sink]")).unwrap_err();
+        assert!(err.to_string().contains("model.hidden"), "{err}");
+    }
+
+    #[test]
+    fn missing_topic_is_named() {
+        let err = parse(&GOOD.replace("topic = \"out\"\n", "")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("sink") && msg.contains("topic"), "{msg}");
+    }
+
+    #[test]
+    fn slide_must_divide_size() {
+        let err = parse(&GOOD.replace("size = \"5m\"", "size = \"5m\"\nslide = \"2m\"")).unwrap_err();
+        assert!(err.to_string().contains("window.slide"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert!(parse_duration("3 weeks").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

@@ -1,0 +1,273 @@
+//! Recurrent cells written from the lecture equations, on batched tensors.
+//!
+//! Weight layout follows PyTorch (`w_ih: [G*H, in]`, `w_hh: [G*H, H]`, gate
+//! order i,f,g,o for LSTM and r,z,n for GRU), so weights trained in either
+//! place mean the same thing. Every function steps a whole batch of keys at
+//! once: rows are keys, nothing here loops over keys.
+//!
+//! - Elman RNN: h' = tanh(W_xh x + b_ih + W_hh h + b_hh)
+//! - IRNN (Le, Jaitly & Hinton 2015): the same with ReLU, W_hh initialised to
+//!   the identity and biases to zero.
+//! - LSTM: i,f,o = sigma(.), g = tanh(.), c' = f*c + i*g, h' = o*tanh(c')
+//! - GRU: r,z = sigma(.), n = tanh(W_in x + b_in + r*(W_hn h + b_hn)),
+//!   h' = (1-z)*n + z*h
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{Init, Path};
+use tch::Tensor;
+
+use crate::config::CellKind;
+
+impl CellKind {
+    /// Gate blocks stacked in the weight matrices.
+    pub fn gates(self) -> i64 {
+        match self {
+            CellKind::Rnn | CellKind::Irnn => 1,
+            CellKind::Lstm => 4,
+            CellKind::Gru => 3,
+        }
+    }
+
+    /// Whether the cell carries a cell state besides h.
+    pub fn has_cell_state(self) -> bool {
+        self == CellKind::Lstm
+    }
+}
+
+/// The weights of one recurrent layer.
+#[derive(Debug)]
+pub struct LayerWeights {
+    pub w_ih: Tensor,
+    pub w_hh: Tensor,
+    pub b_ih: Tensor,
+    pub b_hh: Tensor,
+}
+
+/// Shape of a stacked recurrent network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellShape {
+    pub kind: CellKind,
+    pub input: i64,
+    pub hidden: i64,
+    pub layers: i64,
+}
+
+impl LayerWeights {
+    /// Creates (and registers) the weights of layer `layer` under `p`, with
+    /// PyTorch's default init U(-1/sqrt(H), 1/sqrt(H)), except IRNN (identity
+    /// recurrence, small input weights, zero bias) and LSTM (forget bias 1,
+    /// the usual remedy for vanishing memory early in training).
+    pub fn new(p: &Path, shape: CellShape, layer: i64) -> Self {
+        let h = shape.hidden;
+        let g = shape.kind.gates();
+        let input = if layer == 0 { shape.input } else { h };
+        let k = 1.0 / (h as f64).sqrt();
+        let u = Init::Uniform { lo: -k, up: k };
+        let lp = p / format!("l{layer}");
+        match shape.kind {
+            CellKind::Irnn => {
+                let w_ih = lp.var("w_ih", &[h, input], Init::Randn { mean: 0.0, stdev: 0.001 });
+                let w_hh = lp.var_copy("w_hh", &Tensor::eye(h, (tch::Kind::Float, p.device())));
+                let b_ih = lp.var("b_ih", &[h], Init::Const(0.0));
+                let b_hh = lp.var("b_hh", &[h], Init::Const(0.0));
+                LayerWeights { w_ih, w_hh, b_ih, b_hh }
+            }
+            _ => {
+                let w_ih = lp.var("w_ih", &[g * h, input], u);
+                let w_hh = lp.var("w_hh", &[g * h, h], u);
+                let b_ih = lp.var("b_ih", &[g * h], u);
+                let b_hh = lp.var("b_hh", &[g * h], u);
+                if shape.kind == CellKind::Lstm {
+                    // Forget gate is block 1 (i, f, g, o): b_ih + b_hh = 1 there.
+                    tch::no_grad(|| {
+                        let _ = b_ih.narrow(0, h, h).fill_(0.5);
+                        let _ = b_hh.narrow(0, h, h).fill_(0.5);
+                    });
+                }
+                LayerWeights { w_ih, w_hh, b_ih, b_hh }
+            }
+        }
+    }
+}
+
+/// One step of one layer for a batch: `x: [n, in]`, `h: [n, H]`, `c: [n, H]`
+/// (LSTM only). Returns `(h', c')`.
+pub fn step(kind: CellKind, w: &LayerWeights, x: &Tensor, h: &Tensor, c: Option<&Tensor>) -> (Tensor, Option<Tensor>) {
+    let gi = x.linear(&w.w_ih, Some(&w.b_ih));
+    let gh = h.linear(&w.w_hh, Some(&w.b_hh));
+    match kind {
+        CellKind::Rnn => ((gi + gh).tanh(), None),
+        CellKind::Irnn => ((gi + gh).relu(), None),
+        CellKind::Lstm => {
+            let gates = (gi + gh).chunk(4, 1);
+            let (i, f, g, o) = (gates[0].sigmoid(), gates[1].sigmoid(), gates[2].tanh(), gates[3].sigmoid());
+            let c_prev = match c {
+                Some(c) => c.shallow_clone(),
+                None => h.zeros_like(),
+            };
+            let c_new = f * c_prev + i * g;
+            let h_new = o * c_new.tanh();
+            (h_new, Some(c_new))
+        }
+        CellKind::Gru => {
+            let gi = gi.chunk(3, 1);
+            let gh = gh.chunk(3, 1);
+            let r = (&gi[0] + &gh[0]).sigmoid();
+            let z = (&gi[1] + &gh[1]).sigmoid();
+            let n = (&gi[2] + r * &gh[2]).tanh();
+            let h_new = (1.0 - &z) * n + z * h;
+            (h_new, None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The cells against the lecture equations computed by hand in plain
+    //! Rust arithmetic from the same weights.
+    use super::*;
+    use tch::{nn, Device, Kind};
+
+    fn sigmoid(x: f64) -> f64 {
+        1.0 / (1.0 + (-x).exp())
+    }
+
+    fn to_vec2(t: &Tensor) -> Vec<Vec<f64>> {
+        Vec::<Vec<f64>>::try_from(&t.to_kind(Kind::Double)).unwrap()
+    }
+
+    /// y = W v + b for a row-major W given as rows.
+    fn affine(w: &[Vec<f64>], v: &[f64], b: &[f64]) -> Vec<f64> {
+        w.iter()
+            .zip(b)
+            .map(|(row, bi)| row.iter().zip(v).map(|(a, x)| a * x).sum::<f64>() + bi)
+            .collect()
+    }
+
+    fn setup(kind: CellKind) -> (nn::VarStore, LayerWeights, Tensor, Tensor, Tensor) {
+        tch::manual_seed(7);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let shape = CellShape { kind, input: 3, hidden: 4, layers: 1 };
+        let w = LayerWeights::new(&vs.root(), shape, 0);
+        let x = Tensor::randn([2, 3], (Kind::Float, Device::Cpu));
+        let h = Tensor::randn([2, 4], (Kind::Float, Device::Cpu)) * 0.5;
+        let c = Tensor::randn([2, 4], (Kind::Float, Device::Cpu)) * 0.5;
+        (vs, w, x, h, c)
+    }
+
+    fn parts(w: &LayerWeights) -> (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<f64>, Vec<f64>) {
+        (
+            to_vec2(&w.w_ih),
+            to_vec2(&w.w_hh),
+            Vec::<f64>::try_from(&w.b_ih.to_kind(Kind::Double)).unwrap(),
+            Vec::<f64>::try_from(&w.b_hh.to_kind(Kind::Double)).unwrap(),
+        )
+    }
+
+    fn assert_close(got: &Tensor, want: &[Vec<f64>]) {
+        let got = to_vec2(got);
+        for (gr, wr) in got.iter().zip(want) {
+            for (g, w) in gr.iter().zip(wr) {
+                assert!((g - w).abs() < 1e-5, "got {g}, want {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn elman_and_irnn_match_the_equations() {
+        for kind in [CellKind::Rnn, CellKind::Irnn] {
+            let (_vs, w, x, h, _) = setup(kind);
+            let (wih, whh, bih, bhh) = parts(&w);
+            let (xs, hs) = (to_vec2(&x), to_vec2(&h));
+            let want: Vec<Vec<f64>> = xs
+                .iter()
+                .zip(&hs)
+                .map(|(xr, hr)| {
+                    let a = affine(&wih, xr, &bih);
+                    let b = affine(&whh, hr, &bhh);
+                    a.iter()
+                        .zip(b)
+                        .map(|(p, q)| if kind == CellKind::Rnn { (p + q).tanh() } else { (p + q).max(0.0) })
+                        .collect()
+                })
+                .collect();
+            let (got, c) = step(kind, &w, &x, &h, None);
+            assert!(c.is_none());
+            assert_close(&got, &want);
+        }
+    }
+
+    #[test]
+    fn irnn_starts_as_identity_recurrence() {
+        let (_vs, w, _, _, _) = setup(CellKind::Irnn);
+        let whh = to_vec2(&w.w_hh);
+        for (i, row) in whh.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                assert_eq!(*v, if i == j { 1.0 } else { 0.0 });
+            }
+        }
+    }
+
+    #[test]
+    fn lstm_matches_the_equations() {
+        let (_vs, w, x, h, c) = setup(CellKind::Lstm);
+        let (wih, whh, bih, bhh) = parts(&w);
+        let (xs, hs, cs) = (to_vec2(&x), to_vec2(&h), to_vec2(&c));
+        let n = 4;
+        let mut want_h = Vec::new();
+        let mut want_c = Vec::new();
+        for r in 0..2 {
+            let a = affine(&wih, &xs[r], &bih);
+            let b = affine(&whh, &hs[r], &bhh);
+            let z: Vec<f64> = a.iter().zip(&b).map(|(p, q)| p + q).collect();
+            let (mut hr, mut cr) = (Vec::new(), Vec::new());
+            for k in 0..n {
+                let i = sigmoid(z[k]);
+                let f = sigmoid(z[n + k]);
+                let g = z[2 * n + k].tanh();
+                let o = sigmoid(z[3 * n + k]);
+                let c_new = f * cs[r][k] + i * g;
+                cr.push(c_new);
+                hr.push(o * c_new.tanh());
+            }
+            want_h.push(hr);
+            want_c.push(cr);
+        }
+        let (got_h, got_c) = step(CellKind::Lstm, &w, &x, &h, Some(&c));
+        assert_close(&got_h, &want_h);
+        assert_close(&got_c.unwrap(), &want_c);
+    }
+
+    #[test]
+    fn gru_matches_the_equations() {
+        let (_vs, w, x, h, _) = setup(CellKind::Gru);
+        let (wih, whh, bih, bhh) = parts(&w);
+        let (xs, hs) = (to_vec2(&x), to_vec2(&h));
+        let n = 4;
+        let want: Vec<Vec<f64>> = (0..2)
+            .map(|r| {
+                let a = affine(&wih, &xs[r], &bih);
+                let b = affine(&whh, &hs[r], &bhh);
+                (0..n)
+                    .map(|k| {
+                        let rg = sigmoid(a[k] + b[k]);
+                        let zg = sigmoid(a[n + k] + b[n + k]);
+                        let ng = (a[2 * n + k] + rg * b[2 * n + k]).tanh();
+                        (1.0 - zg) * ng + zg * hs[r][k]
+                    })
+                    .collect()
+            })
+            .collect();
+        let (got, _) = step(CellKind::Gru, &w, &x, &h, None);
+        assert_close(&got, &want);
+    }
+
+    #[test]
+    fn lstm_forget_bias_is_one() {
+        let (_vs, w, _, _, _) = setup(CellKind::Lstm);
+        let f = (w.b_ih.narrow(0, 4, 4) + w.b_hh.narrow(0, 4, 4)).to_kind(Kind::Double);
+        for v in Vec::<f64>::try_from(&f).unwrap() {
+            assert!((v - 1.0).abs() < 1e-6);
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! Forecast stage: closed windows -> one forecast per key per window, from a
+//! stacked recurrent network whose hidden state per key is carried from
+//! window to window.
+//!
+//! Layout (see `store`): the states of all keys live in a few contiguous
+//! tensors `[layers, slots, hidden]` (plus the LSTM cell state) with a
+//! key -> slot map and a free list. One batch of closed windows is one
+//! gather -> step -> scatter; there are no per-key tensors and no per-key
+//! libtorch calls. When a key closes several windows in one batch, the batch
+//! is stepped in *waves* (each key's first window, then its second, ...), so
+//! a key's windows are always applied in time order.
+//!
+//! Per-key scaling is online (Welford mean and variance per key and field,
+//! kept in `[slots, fields]` tensors), applied before the network and
+//! inverted after it. Until a key has seen `warmup_windows` windows its
+//! forecast comes from seasonal naive over the key's recent history (a ring
+//! buffer `[slots, W]`) and is marked `source = "baseline"`.
+//!
+//! Invariant: everything here runs on the pipeline's compute thread, never
+//! on a tokio worker.
+
+pub mod artifact;
+pub mod cells;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeListBuilder, Float64Builder, RecordBatch, StringBuilder,
+    TimestampMillisecondArray,
+};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef, TimeUnit};
+use tch::{nn, Device, Kind, Tensor};
+
+pub use artifact::ModelSpec;
+pub use cells::{CellShape, LayerWeights};
+use store::StateStore;
+
+use crate::config::PipelineConfig;
+use crate::error::{Error, Result};
+use crate::window::FIRST_AGG_COLUMN;
+
+/// A stacked recurrent network with a direct multi-output head
+/// (`horizon` values from the last layer's hidden state).
+pub struct Network {
+    pub vs: nn::VarStore,
+    pub shape: CellShape,
+    pub horizon: i64,
+    layers: Vec<LayerWeights>,
+    head_w: Tensor,
+    head_b: Tensor,
+}
+
+impl Network {
+    /// A freshly initialised network (seeded, so runs are reproducible).
+    pub fn new(shape: CellShape, horizon: i64, device: Device, seed: i64) -> Self {
+        tch::manual_seed(seed);
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let layers = (0..shape.layers).map(|l| LayerWeights::new(&root, shape, l)).collect();
+        let k = 1.0 / (shape.hidden as f64).sqrt();
+        let head_w = root.var("head_w", &[horizon, shape.hidden], nn::Init::Uniform { lo: -k, up: k });
+        let head_b = root.var("head_b", &[horizon], nn::Init::Const(0.0));
+        Network {
+            vs,
+            shape,
+            horizon,
+            layers,
+            head_w,
+            head_b,
+        }
+    }
+
+    /// Zero states for `n` keys: `h: [layers, n, hidden]` (and `c` for LSTM).
+    pub fn zero_state(&self, n: i64) -> (Tensor, Option<Tensor>) {
+        let opts = (Kind::Float, self.vs.device());
+        let dims = [self.shape.layers, n, self.shape.hidden];
+        let c = self.shape.kind.has_cell_state().then(|| Tensor::zeros(dims, opts));
+        (Tensor::zeros(dims, opts), c)
+    }
+
+    /// One time step for a batch of keys: `x: [n, input]`, states
+    /// `[layers, n, hidden]`. Returns `(y: [n, horizon], h', c')`.
+    /// `dropout` (training only) applies between stacked layers.
+    pub fn step(&self, x: &Tensor, h: &Tensor, c: Option<&Tensor>, dropout: f64) -> (Tensor, Tensor, Option<Tensor>) {
+        let mut input = x.shallow_clone();
+        let mut hs = Vec::with_capacity(self.layers.len());
+        let mut cs = Vec::with_capacity(self.layers.len());
+        for (l, w) in self.layers.iter().enumerate() {
+            let cl = c.map(|c| c.get(l as i64));
+            let (hn, cn) = cells::step(self.shape.kind, w, &input, &h.get(l as i64), cl.as_ref());
+            input = if dropout > 0.0 && l + 1 < self.layers.len() {
+                hn.dropout(dropout, true)
+            } else {
+                hn.shallow_clone()
+            };
+            hs.push(hn);
+            if let Some(cn) = cn {
+                cs.push(cn);
+            }
+        }
+        let y = input.linear(&self.head_w, Some(&self.head_b));
+        let c_new = (!cs.is_empty()).then(|| Tensor::stack(&cs, 0));
+        (y, Tensor::stack(&hs, 0), c_new)
+    }
+
+    /// Runs whole sequences `xs: [n, T, input]` from the given state; returns
+    /// the outputs at every step `[n, T, horizon]` and the final state.
+    pub fn forward_seq(&self, xs: &Tensor, h: &Tensor, c: Option<&Tensor>, dropout: f64) -> (Tensor, Tensor, Option<Tensor>) {
+        let t_len = xs.size()[1];
+        let mut h = h.shallow_clone();
+        let mut c = c.map(|c| c.shallow_clone());
+        let mut ys = Vec::with_capacity(t_len as usize);
+        for t in 0..t_len {
+            let (y, hn, cn) = self.step(&xs.select(1, t), &h, c.as_ref(), dropout);
+            ys.push(y);
+            h = hn;
+            c = cn;
+        }
+        (Tensor::stack(&ys, 1), h, c)
+    }
+}
+
+/// The names of the model's input features for a pipeline, in order: the
+/// scaled value fields, the target's missing flag, the calendar covariates.
+pub fn feature_names(cfg: &PipelineConfig) -> Vec<String> {
+    let spec = crate::window::WindowSpec::from_config(cfg);
+    let mut v: Vec<String> = cfg.decode.value_fields.iter().map(|f| format!("{f}_scaled")).collect();
+    v.push(format!("{}_missing", cfg.decode.value_fields[0]));
+    v.extend(spec.covariate_names());
+    v
+}
+
+/// Schema of the forecasts batch.
+pub fn forecasts_schema(horizon: i64) -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("window_end", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+        Field::new("model_version", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new(
+            "forecast",
+            DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float64, true)), horizon as i32),
+            false,
+        ),
+    ]))
+}
+
+/// The forecast stage: network, per-key state, scalers and cold start.
+pub struct Forecaster {
+    net: Network,
+    spec: ModelSpec,
+    store: StateStore,
+    n_fields: usize,
+    n_cov: usize,
+    warmup: i64,
+    season: i64,
+    schema: SchemaRef,
+}
+
+impl Forecaster {
+    /// Builds the stage from a pipeline: loads `model.artifact` when set
+    /// (refusing one whose feature spec differs), else initialises a fresh
+    /// network from `model.seed`.
+    pub fn from_config(cfg: &PipelineConfig) -> Result<Self> {
+        let device = match cfg.model.device.as_str() {
+            "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
+            "cuda" => {
+                tracing::warn!("model.device = \"cuda\" but no CUDA device is available; using the CPU");
+                Device::Cpu
+            }
+            _ => Device::Cpu,
+        };
+        let features = feature_names(cfg);
+        let (net, spec) = match &cfg.model.artifact {
+            Some(dir) => artifact::load(dir, &features, device)?,
+            None => {
+                let shape = CellShape {
+                    kind: cfg.model.cell,
+                    input: features.len() as i64,
+                    hidden: cfg.model.hidden,
+                    layers: cfg.model.layers,
+                };
+                let net = Network::new(shape, cfg.model.horizon, device, cfg.model.seed);
+                let spec = ModelSpec::untrained(shape, cfg.model.horizon, features, cfg.model.seed);
+                (net, spec)
+            }
+        };
+        Ok(Self::new(net, spec, cfg.decode.value_fields.len(), cfg.model.warmup_windows, cfg.model.season_windows))
+    }
+
+    pub fn new(net: Network, spec: ModelSpec, n_fields: usize, warmup: u32, season: u32) -> Self {
+        let n_cov = spec.features.len() - n_fields - 1;
+        let ring = (season as i64).max(warmup as i64).max(8);
+        let store = StateStore::new(&net, n_fields as i64, ring);
+        Forecaster {
+            schema: forecasts_schema(net.horizon),
+            store,
+            n_fields,
+            n_cov,
+            warmup: warmup as i64,
+            season: season as i64,
+            net,
+            spec,
+        }
+    }
+
+    pub fn version(&self) -> &str {
+        &self.spec.version
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+
+    pub fn live_keys(&self) -> usize {
+        self.store.len()
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Frees the state of keys whose series ended.
+    pub fn end_keys(&mut self, keys: &[Arc<str>]) {
+        self.store.free(keys);
+    }
+
+    /// Forecasts every row of a closed-windows batch (schema of
+    /// `WindowSpec::windows_schema`). Returns one forecast row per window.
+    pub fn forecast(&mut self, windows: &RecordBatch) -> Result<RecordBatch> {
+        let n = windows.num_rows();
+        let keys = windows.column(0).as_string::<i32>();
+        let ends = windows
+            .column(2)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .ok_or_else(|| Error::Model("window_end is not a millisecond timestamp".into()))?;
+        // Waves: the j-th window of each key goes into wave j.
+        let mut rank: HashMap<&str, usize> = HashMap::new();
+        let mut waves: Vec<Vec<usize>> = Vec::new();
+        for i in 0..n {
+            let r = rank.entry(keys.value(i)).or_insert(0);
+            if waves.len() <= *r {
+                waves.push(Vec::new());
+            }
+            waves[*r].push(i);
+            *r += 1;
+        }
+        let x_all = self.inputs(windows)?;
+        let h = self.net.horizon as usize;
+        let mut out = vec![0.0f64; n * h];
+        let mut from_model = vec![false; n];
+        tch::no_grad(|| -> Result<()> {
+            for rows in &waves {
+                let slots: Vec<i64> = rows.iter().map(|&i| self.store.slot(keys.value(i))).collect();
+                let slots = Tensor::from_slice(&slots).to_device(self.net.vs.device());
+                let idx = Tensor::from_slice(&rows.iter().map(|&i| i as i64).collect::<Vec<_>>());
+                let x = x_all.index_select(0, &idx);
+                let (y, use_model) = self.step_wave(&slots, &x)?;
+                let y = Vec::<f64>::try_from(&y.flatten(0, -1))?;
+                let use_model = Vec::<bool>::try_from(&use_model)?;
+                for (j, &i) in rows.iter().enumerate() {
+                    out[i * h..(i + 1) * h].copy_from_slice(&y[j * h..(j + 1) * h]);
+                    from_model[i] = use_model[j];
+                }
+            }
+            Ok(())
+        })?;
+        let mut kb = StringBuilder::with_capacity(n, n * 16);
+        let mut vb = StringBuilder::with_capacity(n, n * self.spec.version.len());
+        let mut sb = StringBuilder::with_capacity(n, n * 8);
+        let mut fb = FixedSizeListBuilder::with_capacity(Float64Builder::with_capacity(n * h), h as i32, n)
+            .with_field(Arc::new(Field::new("item", DataType::Float64, true)));
+        for i in 0..n {
+            kb.append_value(keys.value(i));
+            vb.append_value(&self.spec.version);
+            sb.append_value(if from_model[i] { "model" } else { "baseline" });
+            fb.values().append_slice(&out[i * h..(i + 1) * h]);
+            fb.append(true);
+        }
+        let end_col: ArrayRef = Arc::new(ends.clone());
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(kb.finish()),
+            end_col,
+            Arc::new(vb.finish()),
+            Arc::new(sb.finish()),
+            Arc::new(fb.finish()),
+        ];
+        metrics::counter!("streamcast_forecasts_total").increment(n as u64);
+        Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
+    }
+
+    /// Raw inputs of every row: `[n, fields + covariates]` (f64, NaN = missing).
+    fn inputs(&self, windows: &RecordBatch) -> Result<Tensor> {
+        let n = windows.num_rows() as i64;
+        let mut cols = Vec::with_capacity(self.n_fields + self.n_cov);
+        let first_cov = FIRST_AGG_COLUMN + self.n_fields;
+        if windows.num_columns() != first_cov + self.n_cov {
+            return Err(Error::Model(format!(
+                "windows batch has {} columns, the model expects {} (features {:?})",
+                windows.num_columns(),
+                first_cov + self.n_cov,
+                self.spec.features
+            )));
+        }
+        for j in FIRST_AGG_COLUMN..first_cov + self.n_cov {
+            let a = windows.column(j).as_primitive::<Float64Type>();
+            // Null (never produced by the window stage) reads as missing.
+            let v: Vec<f64> = if a.null_count() > 0 {
+                a.iter().map(|v| v.unwrap_or(f64::NAN)).collect()
+            } else {
+                a.values().to_vec()
+            };
+            cols.push(Tensor::from_slice(&v));
+        }
+        Ok(Tensor::stack(&cols, 1).view([n, -1]).to_device(self.net.vs.device()))
+    }
+
+    /// Steps one wave (distinct keys). `x: [m, fields + cov]` raw.
+    /// Returns the forecasts `[m, horizon]` (f64, original units) and
+    /// whether each came from the model (else the cold-start baseline).
+    fn step_wave(&mut self, slots: &Tensor, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let nf = self.n_fields as i64;
+        let values = x.narrow(1, 0, nf).to_kind(Kind::Double);
+        let cov = x.narrow(1, nf, self.n_cov as i64).to_kind(Kind::Float);
+        let (scaled, mean, scale) = self.store.update_scaler(slots, &values);
+        let target_missing = values.narrow(1, 0, 1).isnan().to_kind(Kind::Float);
+        let input = Tensor::cat(&[scaled.to_kind(Kind::Float), target_missing, cov], 1);
+        let (h, c) = self.store.gather(slots);
+        let (y, h_new, c_new) = self.net.step(&input, &h, c.as_ref(), 0.0);
+        self.store.scatter(slots, &h_new, c_new.as_ref());
+        let y_model = y.to_kind(Kind::Double) * scale.narrow(1, 0, 1) + mean.narrow(1, 0, 1);
+        let seen = self.store.push_history(slots, &values.select(1, 0));
+        let base = self.store.seasonal_naive(slots, &seen, self.season, self.net.horizon, &mean.select(1, 0));
+        let use_model = seen.gt(self.warmup);
+        let y = y_model.where_self(&use_model.unsqueeze(1), &base);
+        // A non-finite model output must never reach a consumer: fall back.
+        let bad = y.isfinite().logical_not();
+        let y = base.where_self(&bad, &y);
+        Ok((y.to_device(Device::Cpu), use_model.to_device(Device::Cpu)))
+    }
+}

@@ -1,0 +1,196 @@
+//! Per-key state of the forecast stage, in contiguous tensors.
+//!
+//! Slot `s` of every tensor belongs to one key: `h[:, s, :]` (and `c`) is its
+//! recurrent state, `n/mean/m2[s, :]` its online scaler, `ring[s, :]` its
+//! last `W` target values and `seen[s]` how many windows it has had.
+//! A freed slot is zeroed at once, so a key that returns starts fresh and a
+//! new key never inherits anything. Capacity doubles when full.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tch::{Device, Kind, Tensor};
+
+use super::Network;
+
+pub struct StateStore {
+    slots: HashMap<Arc<str>, i64, foldhash::fast::RandomState>,
+    free: Vec<i64>,
+    cap: i64,
+    layers: i64,
+    hidden: i64,
+    fields: i64,
+    ring_len: i64,
+    device: Device,
+    has_c: bool,
+    h: Tensor,
+    c: Option<Tensor>,
+    n: Tensor,
+    mean: Tensor,
+    m2: Tensor,
+    ring: Tensor,
+    seen: Tensor,
+}
+
+impl StateStore {
+    pub fn new(net: &Network, fields: i64, ring_len: i64) -> Self {
+        let mut s = StateStore {
+            slots: HashMap::default(),
+            free: Vec::new(),
+            cap: 0,
+            layers: net.shape.layers,
+            hidden: net.shape.hidden,
+            fields,
+            ring_len,
+            device: net.vs.device(),
+            has_c: net.shape.kind.has_cell_state(),
+            h: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
+            c: None,
+            n: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
+            mean: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
+            m2: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
+            ring: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
+            seen: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
+        };
+        s.grow(64);
+        s
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Bytes of tensor state per slot (for the memory figures).
+    pub fn bytes_per_slot(&self) -> i64 {
+        let hc = self.layers * self.hidden * 4 * if self.has_c { 2 } else { 1 };
+        hc + self.fields * 8 * 3 + self.ring_len * 8 + 8
+    }
+
+    fn grow(&mut self, new_cap: i64) {
+        let f = (Kind::Float, self.device);
+        let d = (Kind::Double, self.device);
+        let old = self.cap;
+        let grow = |t: &Tensor, dims: &[i64], opts: (Kind, Device), dim: i64| {
+            let mut n = Tensor::zeros(dims, opts);
+            if old > 0 {
+                n.narrow(dim, 0, old).copy_(t);
+            }
+            n
+        };
+        self.h = grow(&self.h, &[self.layers, new_cap, self.hidden], f, 1);
+        if self.has_c {
+            let c = self.c.take().unwrap_or_else(|| Tensor::zeros([0], f));
+            self.c = Some(grow(&c, &[self.layers, new_cap, self.hidden], f, 1));
+        }
+        self.n = grow(&self.n, &[new_cap, self.fields], d, 0);
+        self.mean = grow(&self.mean, &[new_cap, self.fields], d, 0);
+        self.m2 = grow(&self.m2, &[new_cap, self.fields], d, 0);
+        self.ring = grow(&self.ring, &[new_cap, self.ring_len], d, 0);
+        self.seen = grow(&self.seen, &[new_cap], (Kind::Int64, self.device), 0);
+        self.free.extend((old..new_cap).rev());
+        self.cap = new_cap;
+    }
+
+    /// The slot of `key`, allocating a zeroed one for a new key.
+    pub fn slot(&mut self, key: &str) -> i64 {
+        if let Some(&s) = self.slots.get(key) {
+            return s;
+        }
+        if self.free.is_empty() {
+            self.grow(self.cap * 2);
+        }
+        // grow() always leaves free slots.
+        let s = self.free.pop().unwrap_or(0);
+        self.slots.insert(Arc::from(key), s);
+        s
+    }
+
+    /// Frees and zeroes the slots of these keys.
+    pub fn free(&mut self, keys: &[Arc<str>]) {
+        let freed: Vec<i64> = keys.iter().filter_map(|k| self.slots.remove(k)).collect();
+        if freed.is_empty() {
+            return;
+        }
+        let idx = Tensor::from_slice(&freed).to_device(self.device);
+        let _ = self.h.index_fill_(1, &idx, 0.0);
+        if let Some(c) = self.c.as_mut() {
+            let _ = c.index_fill_(1, &idx, 0.0);
+        }
+        for t in [&mut self.n, &mut self.mean, &mut self.m2, &mut self.ring] {
+            let _ = t.index_fill_(0, &idx, 0.0);
+        }
+        let _ = self.seen.index_fill_(0, &idx, 0);
+        self.free.extend(freed);
+    }
+
+    pub fn gather(&self, slots: &Tensor) -> (Tensor, Option<Tensor>) {
+        (self.h.index_select(1, slots), self.c.as_ref().map(|c| c.index_select(1, slots)))
+    }
+
+    pub fn scatter(&mut self, slots: &Tensor, h: &Tensor, c: Option<&Tensor>) {
+        let _ = self.h.index_copy_(1, slots, h);
+        if let (Some(dst), Some(src)) = (self.c.as_mut(), c) {
+            let _ = dst.index_copy_(1, slots, src);
+        }
+    }
+
+    /// Updates the keys' online mean/variance with `values: [m, fields]`
+    /// (NaN = missing, not counted) and returns `(scaled, mean, scale)`, with
+    /// missing values scaled to 0.
+    pub fn update_scaler(&mut self, slots: &Tensor, values: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let present = values.isnan().logical_not().to_kind(Kind::Double);
+        let x = values.nan_to_num(0.0, None::<f64>, None::<f64>);
+        let n = self.n.index_select(0, slots);
+        let mean = self.mean.index_select(0, slots);
+        let m2 = self.m2.index_select(0, slots);
+        let n_new = &n + &present;
+        let delta = (&x - &mean) * &present;
+        let mean_new = &mean + &delta / n_new.clamp_min(1.0);
+        let m2_new = &m2 + &delta * (&x - &mean_new) * &present;
+        let _ = self.n.index_copy_(0, slots, &n_new);
+        let _ = self.mean.index_copy_(0, slots, &mean_new);
+        let _ = self.m2.index_copy_(0, slots, &m2_new);
+        let var = &m2_new / n_new.clamp_min(1.0);
+        // Floor the scale relative to the level so a flat start does not
+        // turn the first change into an enormous input.
+        let floor = mean_new.abs() * 1e-3 + 1e-6;
+        let scale = var.sqrt().maximum(&floor);
+        let scaled = (x - &mean_new) / &scale * present;
+        (scaled, mean_new, scale)
+    }
+
+    /// Appends each key's target value to its ring and returns the updated
+    /// window counts `[m]`.
+    pub fn push_history(&mut self, slots: &Tensor, target: &Tensor) -> Tensor {
+        let seen = self.seen.index_select(0, slots);
+        let pos = seen.remainder(self.ring_len);
+        let flat = slots * self.ring_len + pos;
+        let mut ring_flat = self.ring.view([-1]);
+        let _ = ring_flat.index_copy_(0, &flat, target);
+        let seen_new = seen + 1;
+        let _ = self.seen.index_copy_(0, slots, &seen_new);
+        seen_new
+    }
+
+    /// Seasonal-naive forecasts `[m, horizon]` from the rings: repeat the
+    /// last `season` values; naive (last value) while fewer than `season`
+    /// are known. Missing history reads as `fallback` (the key's mean).
+    pub fn seasonal_naive(&self, slots: &Tensor, seen: &Tensor, season: i64, horizon: i64, fallback: &Tensor) -> Tensor {
+        let w = self.ring_len;
+        let season = season.min(w);
+        let t = (seen - 1).unsqueeze(1); // index of the newest value
+        let hs = Tensor::arange(horizon, (Kind::Int64, self.device)).unsqueeze(0);
+        let seasonal = &t - season + 1 + hs.remainder(season);
+        let naive = t.expand([-1, horizon], false);
+        let has_season = seen.ge(season).unsqueeze(1);
+        let idx = seasonal.where_self(&has_season, &naive).remainder(w);
+        let rows = self.ring.index_select(0, slots);
+        let f = rows.gather(1, &idx, false);
+        let fb = fallback.unsqueeze(1).expand_as(&f);
+        fb.where_self(&f.isnan(), &f)
+    }
+}

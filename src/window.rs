@@ -1,0 +1,680 @@
+//! Window stage: events batches -> per-key event-time windows, as Arrow.
+//!
+//! Windows are aligned to the Unix epoch: window `k` covers
+//! `[k*slide, k*slide + size)`. Internally every key keeps *panes* of length
+//! `slide` (each event lands in exactly one pane, whatever the overlap), and
+//! a window is combined from its `size/slide` panes when it closes. This is
+//! the classic pane technique: per-event cost does not grow with overlap.
+//!
+//! Time and closing:
+//! - Each partition tracks its largest event time. The watermark is the
+//!   minimum over *active* partitions (those with an event within
+//!   `idle_partition_timeout` of wall clock) of that maximum, minus
+//!   `allowed_lateness`; when every partition is idle it is the maximum over
+//!   them, so the end of a stream still closes its windows. Assigned
+//!   partitions that have sent nothing hold the watermark until they turn
+//!   idle. The watermark never goes back.
+//! - A window closes when `end <= watermark`. All keys share the grid, so
+//!   windows close only when the watermark crosses a pane boundary; only then
+//!   are keys visited.
+//! - An event whose last window (the one starting in its pane) has closed is
+//!   late: dropped with a counter or sent to the dead letters, per policy.
+//!
+//! A key's series starts at the pane of its earliest event (as polars'
+//! `group_by_dynamic` starts at the first point truncated to `every`) and is
+//! then regular: an empty window is filled (ffill / zero / NaN) and flagged.
+//! More than `max_gap_windows` empty windows in a row end the series (the
+//! key is dropped; if it returns it starts afresh and the model is told to
+//! reset). Keys idle past `key_ttl` (event time) or beyond `max_keys`
+//! (least recently seen first) are evicted the same way, counted.
+//!
+//! Delivery bookkeeping (see `offsets`): a pane pins the first offset it
+//! holds from each partition. When its last window is emitted the pins move
+//! to the output's ticket (released once the forecasts are acked), and the
+//! key keeps the pins of its last non-empty pane as its *continuation*, so a
+//! restart replays far enough to rebuild every live key and re-emit any
+//! window owed.
+//!
+//! Memory: per live key about 200 bytes plus the key string, plus per open
+//! pane `48 + 8 * value_fields` bytes plus its pins (one per partition seen
+//! in that pane); a key holds `size/slide` open panes plus those within the
+//! allowed lateness. Measured figures are in BENCHMARKS.md.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::f64::consts::PI;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanBuilder, Float64Array, Float64Builder, RecordBatch, StringBuilder,
+    TimestampMillisecondBuilder, UInt32Builder,
+};
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
+
+use crate::config::{Aggregation, CovariatesConfig, FillPolicy, LatePolicy, PipelineConfig};
+use crate::decode::{DeadLetter, FIRST_VALUE_COLUMN};
+use crate::offsets::Position;
+
+/// Everything the window stage needs, validated (from `PipelineConfig`).
+#[derive(Debug, Clone)]
+pub struct WindowSpec {
+    pub size_ms: i64,
+    pub slide_ms: i64,
+    pub lateness_ms: i64,
+    pub aggregation: Aggregation,
+    pub fill: FillPolicy,
+    pub late_policy: LatePolicy,
+    pub max_gap_windows: u32,
+    pub idle_partition_ms: i64,
+    pub key_ttl_ms: i64,
+    pub max_keys: usize,
+    pub value_fields: Vec<String>,
+    pub covariates: CovariatesConfig,
+}
+
+impl WindowSpec {
+    pub fn from_config(cfg: &PipelineConfig) -> Self {
+        let w = &cfg.window;
+        WindowSpec {
+            size_ms: cfg.size_ms(),
+            slide_ms: cfg.slide_ms(),
+            lateness_ms: w.allowed_lateness.as_millis() as i64,
+            aggregation: w.aggregation,
+            fill: w.fill,
+            late_policy: w.late_policy,
+            max_gap_windows: w.max_gap_windows,
+            idle_partition_ms: w.idle_partition_timeout.as_millis() as i64,
+            key_ttl_ms: w.key_ttl.as_millis() as i64,
+            max_keys: w.max_keys,
+            value_fields: cfg.decode.value_fields.clone(),
+            covariates: w.covariates.clone(),
+        }
+    }
+
+    /// Panes per window.
+    fn panes_per_window(&self) -> i64 {
+        self.size_ms / self.slide_ms
+    }
+
+    /// Names of the covariate columns, in order.
+    pub fn covariate_names(&self) -> Vec<String> {
+        let c = &self.covariates;
+        let mut v = Vec::new();
+        for (name, order) in [("hod", c.hour_of_day), ("dow", c.day_of_week), ("doy", c.day_of_year)] {
+            for j in 1..=order {
+                v.push(format!("{name}_sin{j}"));
+                v.push(format!("{name}_cos{j}"));
+            }
+        }
+        if !c.holidays.is_empty() {
+            v.push("holiday".into());
+        }
+        v
+    }
+
+    /// Schema of the closed-windows batch.
+    pub fn windows_schema(&self) -> SchemaRef {
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+        let mut fields = vec![
+            Field::new("key", DataType::Utf8, false),
+            Field::new("window_start", ts.clone(), false),
+            Field::new("window_end", ts, false),
+            Field::new("count", DataType::UInt32, false),
+            Field::new("filled", DataType::Boolean, false),
+        ];
+        fields.extend(self.value_fields.iter().map(|f| Field::new(f, DataType::Float64, true)));
+        fields.extend(self.covariate_names().into_iter().map(|f| Field::new(f, DataType::Float64, false)));
+        Arc::new(Schema::new(fields))
+    }
+}
+
+/// Column index of the first aggregate in a windows batch.
+pub const FIRST_AGG_COLUMN: usize = 5;
+
+/// What one call to the window stage produced.
+#[derive(Debug)]
+pub struct Closed {
+    /// Every window that closed, all keys, sorted by (window_end, key).
+    /// `None` when nothing closed.
+    pub windows: Option<RecordBatch>,
+    /// Keys whose series ended (gap, TTL, key cap): the model frees their state.
+    pub ended_keys: Vec<Arc<str>>,
+    /// Late events under `late_policy = "dead_letter"`.
+    pub late: Vec<DeadLetter>,
+    /// Positions to pin now.
+    pub pin: Vec<Position>,
+    /// Positions to unpin now.
+    pub unpin: Vec<Position>,
+    /// Positions to unpin once `windows`' forecasts are acknowledged.
+    pub ticket: Vec<Position>,
+    /// The watermark after this call (ms since epoch; `i64::MIN` = none yet).
+    pub watermark: i64,
+}
+
+#[derive(Debug)]
+struct Pane {
+    count: u32,
+    /// Largest event time in the pane (decides `last`).
+    last_ts: i64,
+    /// One accumulator per value field (sum, min, max or last by aggregation).
+    acc: Box<[f64]>,
+    pins: Vec<Position>,
+}
+
+impl Pane {
+    fn new(n: usize, agg: Aggregation) -> Self {
+        let init = match agg {
+            Aggregation::Min => f64::INFINITY,
+            Aggregation::Max => f64::NEG_INFINITY,
+            _ => 0.0,
+        };
+        Pane {
+            count: 0,
+            last_ts: i64::MIN,
+            acc: vec![init; n].into_boxed_slice(),
+            pins: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct KeyState {
+    key: Arc<str>,
+    /// Index of the next window to emit; also the pane index of `panes[0]`.
+    next_win: i64,
+    panes: VecDeque<Pane>,
+    emitted_any: bool,
+    /// Aggregates of the last non-empty window (forward fill).
+    last_values: Box<[f64]>,
+    empty_run: u32,
+    last_event_ts: i64,
+    last_seen_seq: u64,
+    /// Pins of the last non-empty emitted pane (see module docs).
+    continuation: Vec<Position>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PartitionClock {
+    max_ts: Option<i64>,
+    last_active_ms: i64,
+}
+
+/// Rows of closed windows, gathered before sorting and building Arrow.
+#[derive(Default)]
+struct Rows {
+    key: Vec<Arc<str>>,
+    win: Vec<i64>,
+    count: Vec<u32>,
+    filled: Vec<bool>,
+    /// Row-major aggregates, `value_fields` per row.
+    values: Vec<f64>,
+}
+
+/// The window stage. Single-threaded; owned by the pipeline's compute thread.
+pub struct WindowStage {
+    spec: WindowSpec,
+    schema: SchemaRef,
+    index: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
+    slots: Vec<Option<KeyState>>,
+    free: Vec<usize>,
+    live: usize,
+    partitions: BTreeMap<i32, PartitionClock>,
+    watermark: i64,
+    /// Windows with index <= this have been closed for every key.
+    closed_through: i64,
+    seq: u64,
+}
+
+impl WindowStage {
+    pub fn new(spec: WindowSpec) -> Self {
+        WindowStage {
+            schema: spec.windows_schema(),
+            spec,
+            index: HashMap::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            partitions: BTreeMap::new(),
+            watermark: i64::MIN,
+            closed_through: i64::MIN,
+            seq: 0,
+        }
+    }
+
+    pub fn spec(&self) -> &WindowSpec {
+        &self.spec
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    pub fn live_keys(&self) -> usize {
+        self.live
+    }
+
+    /// Sets the assigned partitions. New ones hold the watermark until they
+    /// send an event or turn idle; revoked ones stop counting.
+    pub fn assign(&mut self, partitions: &[i32], now_ms: i64) {
+        self.partitions.retain(|p, _| partitions.contains(p));
+        for &p in partitions {
+            self.partitions.entry(p).or_insert(PartitionClock {
+                max_ts: None,
+                last_active_ms: now_ms,
+            });
+        }
+    }
+
+    /// Takes one events batch (schema of `decode::events_schema`) and closes
+    /// whatever windows the new watermark allows. `now_ms` is the wall clock,
+    /// used only for partition idleness.
+    pub fn process(&mut self, events: &RecordBatch, now_ms: i64) -> Closed {
+        let mut out = Closed {
+            windows: None,
+            ended_keys: Vec::new(),
+            late: Vec::new(),
+            pin: Vec::new(),
+            unpin: Vec::new(),
+            ticket: Vec::new(),
+            watermark: self.watermark,
+        };
+        self.ingest(events, now_ms, &mut out);
+        self.advance(now_ms, &mut out);
+        out
+    }
+
+    /// Advances the watermark by wall clock alone (idle partitions) and closes
+    /// what it can. Call it when no events arrived for a while.
+    pub fn tick(&mut self, now_ms: i64) -> Closed {
+        let empty = RecordBatch::new_empty(crate::decode::events_schema(&self.spec.value_fields));
+        self.process(&empty, now_ms)
+    }
+
+    fn ingest(&mut self, events: &RecordBatch, now_ms: i64, out: &mut Closed) {
+        let n = events.num_rows();
+        if n == 0 {
+            return;
+        }
+        let keys = events.column(0).as_string::<i32>();
+        let ts = events.column(1).as_primitive::<Int64Type>().values();
+        let part = events.column(2).as_primitive::<Int32Type>().values();
+        let off = events.column(3).as_primitive::<Int64Type>().values();
+        let nf = self.spec.value_fields.len();
+        let vals: Vec<&[f64]> = (0..nf)
+            .map(|i| events.column(FIRST_VALUE_COLUMN + i).as_primitive::<arrow::datatypes::Float64Type>().values().as_ref())
+            .collect();
+        let slide = self.spec.slide_ms;
+        let r = self.spec.panes_per_window();
+        let agg = self.spec.aggregation;
+        let mut late = 0u64;
+        let mut row_vals = vec![0.0; nf];
+        for i in 0..n {
+            let t = ts[i];
+            let pane = t.div_euclid(slide);
+            let (p, o) = (part[i], off[i]);
+            let clock = self.partitions.entry(p).or_insert(PartitionClock {
+                max_ts: None,
+                last_active_ms: now_ms,
+            });
+            clock.max_ts = Some(clock.max_ts.map_or(t, |m| m.max(t)));
+            clock.last_active_ms = now_ms;
+            // Late: the last window holding this pane has closed.
+            let window_closed = (pane + r).saturating_mul(slide) <= self.watermark;
+            let key = keys.value(i);
+            let slot = match self.index.get(key) {
+                Some(&s) => Some(s),
+                None if window_closed => None,
+                None => Some(self.insert_key(key, pane, out)),
+            };
+            let st = slot.and_then(|s| self.slots[s].as_mut());
+            let Some(st) = st.filter(|st| !window_closed && (pane >= st.next_win || !st.emitted_any)) else {
+                late += 1;
+                if self.spec.late_policy == LatePolicy::DeadLetter {
+                    for (j, v) in row_vals.iter_mut().enumerate() {
+                        *v = vals[j][i];
+                    }
+                    out.late.push(late_letter(key, t, &self.spec.value_fields, &row_vals, p, o, self.watermark));
+                }
+                continue;
+            };
+            self.seq += 1;
+            st.last_seen_seq = self.seq;
+            st.last_event_ts = st.last_event_ts.max(t);
+            if pane < st.next_win {
+                // Out of order, before anything of this key was emitted: the
+                // series starts earlier than first thought.
+                for _ in pane..st.next_win {
+                    st.panes.push_front(Pane::new(nf, agg));
+                }
+                st.next_win = pane;
+            }
+            let idx = (pane - st.next_win) as usize;
+            while st.panes.len() <= idx {
+                st.panes.push_back(Pane::new(nf, agg));
+            }
+            let pn = &mut st.panes[idx];
+            if !pn.pins.iter().any(|&(pp, _)| pp == p) {
+                pn.pins.push((p, o));
+                out.pin.push((p, o));
+            }
+            pn.count += 1;
+            let is_last = t >= pn.last_ts;
+            pn.last_ts = pn.last_ts.max(t);
+            for (j, a) in pn.acc.iter_mut().enumerate() {
+                let v = vals[j][i];
+                match agg {
+                    Aggregation::Mean | Aggregation::Sum => *a += v,
+                    Aggregation::Min => *a = a.min(v),
+                    Aggregation::Max => *a = a.max(v),
+                    Aggregation::Last if is_last => *a = v,
+                    Aggregation::Last | Aggregation::Count => {}
+                }
+            }
+        }
+        if late > 0 {
+            metrics::counter!("streamcast_late_events_total").increment(late);
+        }
+    }
+
+    fn insert_key(&mut self, key: &str, pane: i64, out: &mut Closed) -> usize {
+        if self.live >= self.spec.max_keys {
+            self.evict_least_recent(out);
+        }
+        let nf = self.spec.value_fields.len();
+        let st = KeyState {
+            key: Arc::from(key),
+            next_win: pane,
+            panes: VecDeque::new(),
+            emitted_any: false,
+            last_values: vec![f64::NAN; nf].into_boxed_slice(),
+            empty_run: 0,
+            last_event_ts: i64::MIN,
+            last_seen_seq: 0,
+            continuation: Vec::new(),
+        };
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s] = Some(st);
+                s
+            }
+            None => {
+                self.slots.push(Some(st));
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(Arc::from(key), slot);
+        self.live += 1;
+        slot
+    }
+
+    /// Evicts the least recently seen 1% of keys (at least one): amortised
+    /// O(1) per new key, where an exact LRU would cost a heap op per event.
+    fn evict_least_recent(&mut self, out: &mut Closed) {
+        let mut seqs: Vec<(u64, usize)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (s.last_seen_seq, i)))
+            .collect();
+        let k = (seqs.len() / 100).max(1).min(seqs.len());
+        if k == 0 {
+            return;
+        }
+        seqs.select_nth_unstable(k - 1);
+        for &(_, slot) in &seqs[..k] {
+            self.end_key(slot, "capacity", out);
+        }
+    }
+
+    fn end_key(&mut self, slot: usize, reason: &'static str, out: &mut Closed) {
+        if let Some(st) = self.slots[slot].take() {
+            for pn in &st.panes {
+                out.unpin.extend_from_slice(&pn.pins);
+            }
+            out.unpin.extend_from_slice(&st.continuation);
+            self.index.remove(&st.key);
+            out.ended_keys.push(st.key);
+            self.free.push(slot);
+            self.live -= 1;
+            metrics::counter!("streamcast_keys_ended_total", "reason" => reason).increment(1);
+        }
+    }
+
+    fn compute_watermark(&self, now_ms: i64) -> Option<i64> {
+        let idle = self.spec.idle_partition_ms;
+        let mut active_min: Option<i64> = None;
+        let mut any_active = false;
+        let mut active_unknown = false;
+        let mut all_max: Option<i64> = None;
+        for c in self.partitions.values() {
+            if let Some(m) = c.max_ts {
+                all_max = Some(all_max.map_or(m, |a| a.max(m)));
+            }
+            if now_ms - c.last_active_ms < idle {
+                any_active = true;
+                match c.max_ts {
+                    Some(m) => active_min = Some(active_min.map_or(m, |a| a.min(m))),
+                    None => active_unknown = true,
+                }
+            }
+        }
+        let base = if any_active {
+            if active_unknown {
+                return None;
+            }
+            active_min
+        } else {
+            all_max
+        };
+        base.map(|b| b.saturating_sub(self.spec.lateness_ms))
+    }
+
+    fn advance(&mut self, now_ms: i64, out: &mut Closed) {
+        if let Some(wm) = self.compute_watermark(now_ms) {
+            self.watermark = self.watermark.max(wm);
+        }
+        out.watermark = self.watermark;
+        if self.watermark == i64::MIN {
+            return;
+        }
+        let r = self.spec.panes_per_window();
+        // Last window index with end <= watermark.
+        let last = self.watermark.div_euclid(self.spec.slide_ms) - r;
+        if last <= self.closed_through && self.closed_through != i64::MIN {
+            return;
+        }
+        self.closed_through = last;
+        let mut rows = Rows::default();
+        let ttl = self.spec.key_ttl_ms;
+        let wm = self.watermark;
+        let mut ended: Vec<(usize, &'static str)> = Vec::new();
+        for slot in 0..self.slots.len() {
+            let Some(st) = self.slots[slot].as_mut() else { continue };
+            if let Some(reason) = close_key(st, last, &self.spec, &mut rows, out) {
+                ended.push((slot, reason));
+            } else if st.last_event_ts != i64::MIN && wm.saturating_sub(st.last_event_ts) > ttl {
+                ended.push((slot, "ttl"));
+            }
+        }
+        for (slot, reason) in ended {
+            self.end_key(slot, reason, out);
+        }
+        if !rows.key.is_empty() {
+            metrics::counter!("streamcast_windows_closed_total").increment(rows.key.len() as u64);
+            out.windows = Some(self.build(rows));
+        }
+        metrics::gauge!("streamcast_live_keys").set(self.live as f64);
+    }
+
+    fn build(&self, rows: Rows) -> RecordBatch {
+        let n = rows.key.len();
+        let nf = self.spec.value_fields.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_unstable_by(|&a, &b| rows.win[a].cmp(&rows.win[b]).then_with(|| rows.key[a].cmp(&rows.key[b])));
+        let (slide, size) = (self.spec.slide_ms, self.spec.size_ms);
+        let mut key = StringBuilder::with_capacity(n, n * 16);
+        let mut start = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+        let mut end = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+        let mut count = UInt32Builder::with_capacity(n);
+        let mut filled = BooleanBuilder::with_capacity(n);
+        let mut vals: Vec<Float64Builder> = (0..nf).map(|_| Float64Builder::with_capacity(n)).collect();
+        for &i in &order {
+            key.append_value(&rows.key[i]);
+            let s = rows.win[i] * slide;
+            start.append_value(s);
+            end.append_value(s + size);
+            count.append_value(rows.count[i]);
+            filled.append_value(rows.filled[i]);
+            for (j, b) in vals.iter_mut().enumerate() {
+                b.append_value(rows.values[i * nf + j]);
+            }
+        }
+        let start = start.finish();
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(key.finish()),
+            Arc::new(start.clone()),
+            Arc::new(end.finish()),
+            Arc::new(count.finish()),
+            Arc::new(filled.finish()),
+        ];
+        cols.extend(vals.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        cols.extend(covariates(&self.spec.covariates, start.values()));
+        // Built column by column from the same rows: matches the schema.
+        RecordBatch::try_new(self.schema.clone(), cols).expect("windows columns match their schema")
+    }
+}
+
+/// Emits every window of `st` with index <= `last`. Returns why the key's
+/// series ended, if it did.
+fn close_key(st: &mut KeyState, last: i64, spec: &WindowSpec, rows: &mut Rows, out: &mut Closed) -> Option<&'static str> {
+    let r = spec.panes_per_window() as usize;
+    let nf = spec.value_fields.len();
+    let agg = spec.aggregation;
+    let mut combined = vec![0.0; nf];
+    while st.next_win <= last {
+        // Combine panes next_win .. next_win + r - 1 (those that exist).
+        let mut count = 0u32;
+        let mut last_ts = i64::MIN;
+        for (j, c) in combined.iter_mut().enumerate() {
+            *c = match agg {
+                Aggregation::Min => f64::INFINITY,
+                Aggregation::Max => f64::NEG_INFINITY,
+                _ => 0.0,
+            };
+            let _ = j;
+        }
+        for pn in st.panes.iter().take(r) {
+            if pn.count == 0 {
+                continue;
+            }
+            count += pn.count;
+            let newer = pn.last_ts >= last_ts;
+            last_ts = last_ts.max(pn.last_ts);
+            for (c, a) in combined.iter_mut().zip(pn.acc.iter()) {
+                match agg {
+                    Aggregation::Mean | Aggregation::Sum => *c += a,
+                    Aggregation::Min => *c = c.min(*a),
+                    Aggregation::Max => *c = c.max(*a),
+                    Aggregation::Last if newer => *c = *a,
+                    Aggregation::Last | Aggregation::Count => {}
+                }
+            }
+        }
+        let filled = count == 0;
+        if filled {
+            st.empty_run += 1;
+            if st.empty_run > spec.max_gap_windows || !st.emitted_any {
+                return Some("gap");
+            }
+            match spec.fill {
+                FillPolicy::Ffill => combined.copy_from_slice(&st.last_values),
+                FillPolicy::Zero => combined.iter_mut().for_each(|c| *c = 0.0),
+                FillPolicy::Missing => combined.iter_mut().for_each(|c| *c = f64::NAN),
+            }
+        } else {
+            st.empty_run = 0;
+            match agg {
+                Aggregation::Mean => combined.iter_mut().for_each(|c| *c /= count as f64),
+                Aggregation::Count => combined.iter_mut().for_each(|c| *c = count as f64),
+                _ => {}
+            }
+            st.last_values.copy_from_slice(&combined);
+        }
+        rows.key.push(st.key.clone());
+        rows.win.push(st.next_win);
+        rows.count.push(count);
+        rows.filled.push(filled);
+        rows.values.extend_from_slice(&combined);
+        st.emitted_any = true;
+        // Pane `next_win` has now been in its last window: hand its pins to
+        // the ticket, and keep them as the key's continuation if it had data.
+        if let Some(pn) = st.panes.pop_front() {
+            if pn.count > 0 {
+                out.unpin.append(&mut st.continuation);
+                out.pin.extend_from_slice(&pn.pins);
+                st.continuation = pn.pins.clone();
+            }
+            out.ticket.extend(pn.pins);
+        }
+        st.next_win += 1;
+    }
+    None
+}
+
+fn late_letter(key: &str, ts: i64, fields: &[String], vals: &[f64], p: i32, o: i64, wm: i64) -> DeadLetter {
+    let mut obj = serde_json::Map::new();
+    obj.insert("key".into(), key.into());
+    obj.insert("ts_ms".into(), ts.into());
+    for (f, v) in fields.iter().zip(vals) {
+        obj.insert(f.clone(), (*v).into());
+    }
+    DeadLetter {
+        reason: format!("late: event time {ts} ms is behind the watermark {wm} ms and its window has closed"),
+        partition: p,
+        offset: o,
+        payload: serde_json::Value::Object(obj).to_string().into_bytes(),
+    }
+}
+
+/// Calendar covariate columns for window starts (ms since epoch, UTC).
+pub fn covariates(c: &CovariatesConfig, starts: &[i64]) -> Vec<ArrayRef> {
+    const DAY: f64 = 86_400_000.0;
+    let mut cols: Vec<ArrayRef> = Vec::new();
+    // Day-of-week phase: 1970-01-01 was a Thursday; shift so Monday 00:00 = 0.
+    let cycles: [(u32, f64, f64); 3] = [(c.hour_of_day, DAY, 0.0), (c.day_of_week, 7.0 * DAY, 3.0 * DAY), (c.day_of_year, 365.25 * DAY, 0.0)];
+    for (order, period, shift) in cycles {
+        for j in 1..=order {
+            let w = 2.0 * PI * j as f64 / period;
+            let sin: Float64Array = starts.iter().map(|&t| (w * (t as f64 + shift)).sin()).collect();
+            let cos: Float64Array = starts.iter().map(|&t| (w * (t as f64 + shift)).cos()).collect();
+            cols.push(Arc::new(sin));
+            cols.push(Arc::new(cos));
+        }
+    }
+    if !c.holidays.is_empty() {
+        let days: std::collections::HashSet<i64> = c
+            .holidays
+            .iter()
+            .map(|d| d.and_hms_opt(0, 0, 0).map_or(0, |t| t.and_utc().timestamp_millis()) / DAY as i64)
+            .collect();
+        let col: Float64Array = starts
+            .iter()
+            .map(|&t| if days.contains(&t.div_euclid(DAY as i64)) { 1.0 } else { 0.0 })
+            .collect();
+        cols.push(Arc::new(col));
+    }
+    cols
+}
+
+/// Reads the aggregates of a windows batch as columns (for the model stage).
+pub fn aggregate_columns(batch: &RecordBatch, n_fields: usize) -> Vec<&Float64Array> {
+    (0..n_fields)
+        .map(|j| batch.column(FIRST_AGG_COLUMN + j).as_primitive::<arrow::datatypes::Float64Type>())
+        .collect()
+}
+
+#[allow(dead_code)]
+fn _assert_array(_: &dyn Array) {}
