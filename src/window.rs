@@ -678,3 +678,7 @@ pub fn aggregate_columns(batch: &RecordBatch, n_fields: usize) -> Vec<&Float64Ar
 
 #[allow(dead_code)]
 fn _assert_array(_: &dyn Array) {}
+
+#[cfg(test)]
+#[path = "window_tests.rs"]
+mod tests;

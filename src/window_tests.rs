@@ -1,0 +1,2 @@
+//! Tests of the window stage (unit tests and property tests against polars).
+use super::*;
