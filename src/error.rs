@@ -32,6 +32,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The brokers could not be reached within the bounded retries.
+    #[error("{0}")]
+    Unreachable(String),
     /// A stage's channel closed: the stage after it stopped (shutdown or crash).
     #[error("pipeline stage `{0}` stopped")]
     StageStopped(&'static str),
@@ -75,7 +78,7 @@ impl Error {
                     )
                 })
                 .unwrap_or(false),
-            Error::Io { .. } => true,
+            Error::Io { .. } | Error::Unreachable(_) => true,
             _ => false,
         }
     }

@@ -75,7 +75,7 @@ impl StateStore {
         let d = (Kind::Double, self.device);
         let old = self.cap;
         let grow = |t: &Tensor, dims: &[i64], opts: (Kind, Device), dim: i64| {
-            let mut n = Tensor::zeros(dims, opts);
+            let n = Tensor::zeros(dims, opts);
             if old > 0 {
                 n.narrow(dim, 0, old).copy_(t);
             }
