@@ -63,6 +63,10 @@ pub struct SourceConfig {
     /// Longest wait to fill a batch before processing what arrived.
     #[serde(default = "default_batch_wait", deserialize_with = "de_duration")]
     pub batch_wait: Duration,
+    /// Attempts (with exponential backoff) to reach the brokers at start
+    /// before giving up with an error.
+    #[serde(default = "default_connect_attempts")]
+    pub connect_attempts: u32,
     /// Raw librdkafka consumer options (security settings included), passed through.
     #[serde(default)]
     pub librdkafka: BTreeMap<String, String>,
@@ -289,6 +293,9 @@ fn default_brokers() -> String {
 }
 const fn default_partitions() -> i32 {
     3
+}
+const fn default_connect_attempts() -> u32 {
+    6
 }
 const fn default_max_batch() -> usize {
     10_000

@@ -96,6 +96,11 @@ impl Core {
         self.window.assign(partitions, now_ms);
     }
 
+    /// Tells the window stage which partitions still have unread messages.
+    pub fn set_backlogged(&mut self, partitions: &[i32]) {
+        self.window.set_backlogged(partitions);
+    }
+
     /// Decodes, windows and forecasts one batch of raw messages.
     pub fn on_messages(&mut self, messages: &[RawMessage], now_ms: i64) -> Result<Vec<Output>> {
         let decoded = self.decoder.decode(messages);

@@ -42,7 +42,13 @@ pub struct RunOptions {
 }
 
 enum Input {
-    Batch { messages: Vec<RawMessage>, partitions: Vec<i32> },
+    /// Messages (possibly none: then it is a heartbeat carrying the
+    /// partition state), the assigned partitions and those with a backlog.
+    Batch {
+        messages: Vec<RawMessage>,
+        partitions: Vec<i32>,
+        backlogged: Vec<i32>,
+    },
 }
 
 fn now_ms() -> i64 {
@@ -90,12 +96,21 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
             let mut assigned: Vec<i32> = Vec::new();
             loop {
                 let outputs = match in_rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(Input::Batch { messages, partitions }) => {
+                    Ok(Input::Batch {
+                        messages,
+                        partitions,
+                        backlogged,
+                    }) => {
                         if partitions != assigned && !partitions.is_empty() {
                             core.assign(&partitions, now_ms());
                             assigned = partitions;
                         }
-                        core.on_messages(&messages, now_ms())?
+                        core.set_backlogged(&backlogged);
+                        if messages.is_empty() {
+                            core.tick(now_ms())?
+                        } else {
+                            core.on_messages(&messages, now_ms())?
+                        }
                     }
                     Err(RecvTimeoutError::Timeout) => core.tick(now_ms())?,
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -149,6 +164,7 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::io("installing the SIGTERM handler", e))?;
     let mut last_input = Instant::now();
+    let mut next_offsets: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
     let stop_reason;
     loop {
         let batch = tokio::select! {
@@ -163,7 +179,12 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
                 continue;
             }
         };
-        if messages.is_empty() {
+        for m in &messages {
+            let n = next_offsets.entry(m.partition).or_insert(0);
+            *n = (*n).max(m.offset + 1);
+        }
+        let idle_now = messages.is_empty();
+        if idle_now {
             // Idle partitions close their last windows only after
             // `idle_partition_timeout`: never stop before that has passed.
             let min_idle = cfg.window.idle_partition_timeout + Duration::from_secs(2);
@@ -173,11 +194,17 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
                     break;
                 }
             }
-            continue;
+        } else {
+            last_input = Instant::now();
         }
-        last_input = Instant::now();
         let partitions = source::assigned_partitions(&consumer, &cfg.source.topic);
-        let mut item = Input::Batch { messages, partitions };
+        next_offsets.retain(|p, _| partitions.contains(p));
+        let backlogged = source::backlogged_partitions(&consumer, &cfg.source.topic, &next_offsets);
+        let mut item = Input::Batch {
+            messages,
+            partitions,
+            backlogged,
+        };
         // Bounded hand-off: when the compute thread is behind, wait here
         // (backpressure) instead of buffering without limit.
         loop {

@@ -31,8 +31,6 @@ use crate::config::{PipelineConfig, TimeFormat};
 use crate::decode::{events_schema, parse_time, DeadLetter, EventsBuilder, RawMessage, RawTime};
 use crate::error::{Error, Result};
 
-/// How many times (with backoff) to try reaching the brokers at start.
-pub const CONNECT_ATTEMPTS: u32 = 8;
 
 fn base_config(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -83,27 +81,29 @@ pub fn create_producer(cfg: &PipelineConfig) -> Result<FutureProducer> {
 
 /// Creates the topics a pipeline uses when they do not exist, retrying
 /// while the brokers cannot be reached. Fails with a clear message after
-/// `CONNECT_ATTEMPTS` tries.
+/// `source.connect_attempts` tries.
 pub async fn ensure_topics(cfg: &PipelineConfig) -> Result<()> {
     let topics = [
         (cfg.source.topic.as_str(), cfg.source.partitions),
         (cfg.sink.topic.as_str(), cfg.sink.partitions),
         (cfg.sink.dead_letter_topic.as_str(), cfg.sink.partitions),
     ];
-    create_topics(&cfg.source.brokers, &topics).await
+    create_topics(&cfg.source.brokers, &topics, cfg.source.connect_attempts).await
 }
 
-/// Creates topics (ignoring "already exists"), with bounded retries.
-pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<()> {
+/// Creates topics (ignoring "already exists"), trying `attempts` times.
+pub async fn create_topics(brokers: &str, topics: &[(&str, i32)], attempts: u32) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = base_config(brokers).create()?;
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1)))
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(5)));
     let mut backoff = Duration::from_millis(500);
     let mut last_err = String::new();
-    for attempt in 1..=CONNECT_ATTEMPTS {
+    for attempt in 1..=attempts.max(1) {
         match admin.create_topics(&new, &opts).await {
             Ok(results) => {
                 let mut retry = false;
@@ -130,7 +130,7 @@ pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<()> 
         backoff = (backoff * 2).min(Duration::from_secs(8));
     }
     Err(Error::Unreachable(format!(
-        "cannot reach Kafka brokers at {brokers} after {CONNECT_ATTEMPTS} attempts (last error: {last_err}); \
+        "cannot reach Kafka brokers at {brokers} after {attempts} attempts (last error: {last_err}); \
          is the broker running? (scripts/kafka up)"
     )))
 }
@@ -177,6 +177,29 @@ fn raw<M: Message>(m: &M) -> RawMessage {
         offset: m.offset(),
         timestamp_ms: m.timestamp().to_millis(),
     }
+}
+
+/// Assigned partitions that still have unread messages on the broker, from
+/// librdkafka's cached high watermarks (a local lookup, no network call).
+/// `next` maps a partition to the offset after the last message read.
+/// A partition with a backlog is not idle, however long it has been since
+/// its last message was processed.
+pub fn backlogged_partitions(consumer: &StreamConsumer, topic: &str, next: &std::collections::HashMap<i32, i64>) -> Vec<i32> {
+    let Ok(ctopic) = std::ffi::CString::new(topic) else { return Vec::new() };
+    let ptr = consumer.client().native_ptr();
+    next.iter()
+        .filter(|(&p, &n)| {
+            let (mut low, mut high) = (-1i64, -1i64);
+            // SAFETY: `ptr` is the live client handle of `consumer`, which
+            // outlives this call; the function only reads librdkafka's cached
+            // watermarks into the two out-parameters.
+            let err = unsafe {
+                rdkafka::bindings::rd_kafka_get_watermark_offsets(ptr, ctopic.as_ptr(), p, &mut low, &mut high)
+            };
+            err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high > n
+        })
+        .map(|(&p, _)| p)
+        .collect()
 }
 
 /// Partitions of `topic` currently assigned to this consumer.

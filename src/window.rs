@@ -13,7 +13,8 @@
 //!   `allowed_lateness`; when every partition is idle it is the maximum over
 //!   them, so the end of a stream still closes its windows. Assigned
 //!   partitions that have sent nothing hold the watermark until they turn
-//!   idle. The watermark never goes back.
+//!   idle. A partition with unread messages on the broker (`set_backlogged`)
+//!   is behind, never idle. The watermark never goes back.
 //! - A window closes when `end <= watermark`. All keys share the grid, so
 //!   windows close only when the watermark crosses a pane boundary; only then
 //!   are keys visited.
@@ -196,6 +197,8 @@ struct KeyState {
 struct PartitionClock {
     max_ts: Option<i64>,
     last_active_ms: i64,
+    /// Unread messages wait on the broker: never idle while this holds.
+    backlogged: bool,
 }
 
 /// Rows of closed windows, gathered before sorting and building Arrow.
@@ -264,7 +267,19 @@ impl WindowStage {
             self.partitions.entry(p).or_insert(PartitionClock {
                 max_ts: None,
                 last_active_ms: now_ms,
+                backlogged: false,
             });
+        }
+    }
+
+    /// Marks which partitions still have unread messages on the broker. A
+    /// backlogged partition is behind, not idle: it keeps holding the
+    /// watermark however long since its last event, so a consumer working
+    /// through a backlog one partition at a time never makes the others'
+    /// events late.
+    pub fn set_backlogged(&mut self, backlogged: &[i32]) {
+        for (p, c) in self.partitions.iter_mut() {
+            c.backlogged = backlogged.contains(p);
         }
     }
 
@@ -318,6 +333,7 @@ impl WindowStage {
             let clock = self.partitions.entry(p).or_insert(PartitionClock {
                 max_ts: None,
                 last_active_ms: now_ms,
+                backlogged: false,
             });
             clock.max_ts = Some(clock.max_ts.map_or(t, |m| m.max(t)));
             clock.last_active_ms = now_ms;
@@ -453,7 +469,7 @@ impl WindowStage {
             if let Some(m) = c.max_ts {
                 all_max = Some(all_max.map_or(m, |a| a.max(m)));
             }
-            if now_ms - c.last_active_ms < idle {
+            if c.backlogged || now_ms - c.last_active_ms < idle {
                 any_active = true;
                 match c.max_ts {
                     Some(m) => active_min = Some(active_min.map_or(m, |a| a.min(m))),
@@ -500,7 +516,27 @@ impl WindowStage {
             }
         }
         for (slot, reason) in ended {
+            // Events past a gap may already sit in the key's panes (they came
+            // before the watermark closed the gap): they start the key's new
+            // series rather than vanish with the old one.
+            let rest = match (reason, self.slots[slot].as_mut()) {
+                ("gap", Some(st)) => st.panes.iter().position(|pn| pn.count > 0).map(|i| {
+                    (st.key.clone(), st.next_win + i as i64, st.panes.split_off(i), st.last_event_ts, st.last_seen_seq)
+                }),
+                _ => None,
+            };
             self.end_key(slot, reason, out);
+            if let Some((key, next_win, panes, last_event_ts, last_seen_seq)) = rest {
+                let s = self.insert_key(&key, next_win, out);
+                if let Some(st) = self.slots[s].as_mut() {
+                    st.panes = panes;
+                    st.last_event_ts = last_event_ts;
+                    st.last_seen_seq = last_seen_seq;
+                }
+                // Windows of the new series that could close now are emitted
+                // by the next call, not with this output, which ends the key.
+                self.closed_through = self.closed_through.min(next_win - 1);
+            }
         }
         if !rows.key.is_empty() {
             metrics::counter!("streamcast_windows_closed_total").increment(rows.key.len() as u64);

@@ -1,1 +1,10 @@
-fn main(){}
+//! Integration tests, gathered in one binary so libtorch and polars link once.
+//!
+//! Kafka tests need the real broker (`scripts/kafka up`; address from
+//! `STREAMCAST_BROKERS`, default 127.0.0.1:9092) and the NAB data in
+//! `../shared/data` (or `STREAMCAST_DATA`). Each test uses its own random
+//! topics and consumer group.
+
+mod cli;
+mod common;
+mod kafka_e2e;
