@@ -189,9 +189,14 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
             // `idle_partition_timeout`: never stop before that has passed.
             let min_idle = cfg.window.idle_partition_timeout + Duration::from_secs(2);
             if let Some(idle) = opts.exit_when_idle.map(|d| d.max(min_idle)) {
+                // Idle means quiet *and* caught up: a consumer still waiting
+                // for its assignment, or behind, is not done.
                 if last_input.elapsed() >= idle {
-                    stop_reason = "idle";
-                    break;
+                    let (c, t, n) = (consumer.clone(), cfg.source.topic.clone(), next_offsets.clone());
+                    if tokio::task::spawn_blocking(move || source::caught_up(&c, &t, &n)).await.unwrap_or(false) {
+                        stop_reason = "idle";
+                        break;
+                    }
                 }
             }
         } else {

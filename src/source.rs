@@ -202,6 +202,29 @@ pub fn backlogged_partitions(consumer: &StreamConsumer, topic: &str, next: &std:
         .collect()
 }
 
+/// True when partitions are assigned and none has unread messages: each
+/// one's position (the offset after the last message read, else its
+/// committed offset) has reached the broker's high watermark. Makes network
+/// calls: call it from a blocking context, and only when the job looks idle.
+pub fn caught_up(consumer: &StreamConsumer, topic: &str, next: &std::collections::HashMap<i32, i64>) -> bool {
+    let assigned = assigned_partitions(consumer, topic);
+    if assigned.is_empty() {
+        return false;
+    }
+    let committed = consumer.committed(Duration::from_secs(5)).ok();
+    assigned.iter().all(|&p| {
+        let Ok((_, high)) = consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) else { return false };
+        let pos = next.get(&p).copied().or_else(|| {
+            committed.as_ref().and_then(|c| match c.find_partition(topic, p).map(|e| e.offset()) {
+                Some(rdkafka::Offset::Offset(o)) => Some(o),
+                _ => None,
+            })
+        });
+        // Nothing read and nothing committed: caught up only if the partition is empty.
+        pos.map_or(high <= 0, |pos| pos >= high)
+    })
+}
+
 /// Partitions of `topic` currently assigned to this consumer.
 pub fn assigned_partitions(consumer: &StreamConsumer, topic: &str) -> Vec<i32> {
     consumer
