@@ -209,6 +209,9 @@ pub struct ModelConfig {
     /// Cell type.
     #[serde(default)]
     pub cell: CellKind,
+    /// What the output head predicts (see `Head`).
+    #[serde(default)]
+    pub head: Head,
     /// Hidden units per layer.
     #[serde(default = "default_hidden")]
     pub hidden: i64,
@@ -237,6 +240,19 @@ pub struct ModelConfig {
     /// libtorch intra-op threads.
     #[serde(default = "default_torch_threads")]
     pub threads: i32,
+}
+
+/// What the network's output means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Head {
+    /// `horizon` values in the key's scaled units: forecast = mean + scale * y.
+    Direct,
+    /// A correction to seasonal naive, in scaled units: forecast =
+    /// seasonal_naive + scale * y. An untrained or unsure network (y = 0)
+    /// is exactly the baseline; training only has to learn what it misses.
+    #[default]
+    Residual,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -367,6 +383,7 @@ impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
             cell: CellKind::default(),
+            head: Head::default(),
             hidden: default_hidden(),
             layers: default_layers(),
             horizon: default_horizon(),

@@ -12,7 +12,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use super::{CellShape, Network};
+use super::{feature_names, CellShape, Network};
+use crate::config::{Head, PipelineConfig};
 use crate::error::{Error, Result};
 
 /// Everything about a model except its weights.
@@ -22,6 +23,10 @@ pub struct ModelSpec {
     pub version: String,
     pub shape: CellShape,
     pub horizon: i64,
+    /// What the head predicts.
+    pub head: Head,
+    /// Season length in windows (the residual head's seasonal-naive base).
+    pub season: i64,
     /// Input features in order (see `model::feature_names`).
     pub features: Vec<String>,
     /// How inputs are scaled: `"online_per_key"` (Welford per key and field).
@@ -34,17 +39,52 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
-    pub fn untrained(shape: CellShape, horizon: i64, features: Vec<String>, seed: i64) -> Self {
+    /// A fresh, untrained model for a pipeline.
+    pub fn untrained(cfg: &PipelineConfig) -> Self {
+        let features = feature_names(cfg);
+        let shape = CellShape {
+            kind: cfg.model.cell,
+            input: features.len() as i64,
+            hidden: cfg.model.hidden,
+            layers: cfg.model.layers,
+        };
         ModelSpec {
-            version: format!("untrained-{:?}-h{}-s{}", shape.kind, shape.hidden, seed).to_lowercase(),
+            version: format!("untrained-{:?}-h{}-s{}", shape.kind, shape.hidden, cfg.model.seed).to_lowercase(),
             shape,
-            horizon,
+            horizon: cfg.model.horizon,
+            head: cfg.model.head,
+            season: cfg.model.season_windows as i64,
             features,
             scaler: "online_per_key".into(),
             trained_on: None,
             metrics: BTreeMap::new(),
-            seed,
+            seed: cfg.model.seed,
         }
+    }
+
+    /// What a pipeline requires of a model it loads (the fields that must match).
+    pub fn expected(cfg: &PipelineConfig) -> Self {
+        Self::untrained(cfg)
+    }
+
+    /// Why `self` cannot serve where `want` is expected, if it cannot.
+    pub fn mismatch(&self, want: &ModelSpec) -> Option<String> {
+        if self.features != want.features {
+            return Some(format!(
+                "the model was trained on features {:?} but this pipeline provides {:?}",
+                self.features, want.features
+            ));
+        }
+        if self.horizon != want.horizon {
+            return Some(format!("the model forecasts {} windows ahead, the pipeline wants {}", self.horizon, want.horizon));
+        }
+        if self.head == Head::Residual && self.season != want.season {
+            return Some(format!("the model's season is {} windows, the pipeline's {}", self.season, want.season));
+        }
+        if self.shape.input != self.features.len() as i64 {
+            return Some(format!("input size {} does not match {} features", self.shape.input, self.features.len()));
+        }
+        None
     }
 }
 
@@ -57,22 +97,16 @@ pub fn save(net: &Network, spec: &ModelSpec, dir: &Path) -> Result<()> {
 }
 
 /// Loads an artifact, refusing it when its features differ from `features`.
-pub fn load(dir: &Path, features: &[String], device: Device) -> Result<(Network, ModelSpec)> {
+pub fn load(dir: &Path, want: &ModelSpec, device: Device) -> Result<(Network, ModelSpec)> {
     let meta = dir.join("model.json");
     let text = std::fs::read_to_string(&meta).map_err(|e| Error::io(format!("reading {}", meta.display()), e))?;
     let spec: ModelSpec =
         serde_json::from_str(&text).map_err(|e| Error::Model(format!("{}: invalid model metadata: {e}", meta.display())))?;
-    if spec.features != features {
+    if let Some(why) = spec.mismatch(want) {
         return Err(Error::Model(format!(
-            "{}: the model was trained on features {:?} but this pipeline provides {:?}; \
-             retrain it for this pipeline or change the pipeline's value fields/covariates",
-            meta.display(),
-            spec.features,
-            features
+            "{}: refusing this model: {why}; retrain it for this pipeline or change the pipeline",
+            meta.display()
         )));
-    }
-    if spec.shape.input != features.len() as i64 {
-        return Err(Error::Model(format!("{}: input size {} does not match {} features", meta.display(), spec.shape.input, features.len())));
     }
     let mut net = Network::new(spec.shape, spec.horizon, device, spec.seed);
     net.vs

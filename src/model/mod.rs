@@ -37,7 +37,7 @@ pub use artifact::ModelSpec;
 pub use cells::{CellShape, LayerWeights};
 use store::StateStore;
 
-use crate::config::PipelineConfig;
+use crate::config::{Head, PipelineConfig};
 use crate::error::{Error, Result};
 use crate::window::FIRST_AGG_COLUMN;
 
@@ -155,8 +155,15 @@ pub struct Forecaster {
     n_fields: usize,
     n_cov: usize,
     warmup: i64,
-    season: i64,
     schema: SchemaRef,
+}
+
+/// How long a hot swap paused the stage and how much it replayed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SwapReport {
+    pub keys: usize,
+    pub replayed_windows: i64,
+    pub pause_ms: f64,
 }
 
 impl Forecaster {
@@ -164,35 +171,20 @@ impl Forecaster {
     /// (refusing one whose feature spec differs), else initialises a fresh
     /// network from `model.seed`.
     pub fn from_config(cfg: &PipelineConfig) -> Result<Self> {
-        let device = match cfg.model.device.as_str() {
-            "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
-            "cuda" => {
-                tracing::warn!("model.device = \"cuda\" but no CUDA device is available; using the CPU");
-                Device::Cpu
-            }
-            _ => Device::Cpu,
-        };
-        let features = feature_names(cfg);
+        let device = device_for(&cfg.model.device);
         let (net, spec) = match &cfg.model.artifact {
-            Some(dir) => artifact::load(dir, &features, device)?,
+            Some(dir) => artifact::load(dir, &ModelSpec::expected(cfg), device)?,
             None => {
-                let shape = CellShape {
-                    kind: cfg.model.cell,
-                    input: features.len() as i64,
-                    hidden: cfg.model.hidden,
-                    layers: cfg.model.layers,
-                };
-                let net = Network::new(shape, cfg.model.horizon, device, cfg.model.seed);
-                let spec = ModelSpec::untrained(shape, cfg.model.horizon, features, cfg.model.seed);
-                (net, spec)
+                let spec = ModelSpec::untrained(cfg);
+                (Network::new(spec.shape, spec.horizon, device, spec.seed), spec)
             }
         };
-        Ok(Self::new(net, spec, cfg.decode.value_fields.len(), cfg.model.warmup_windows, cfg.model.season_windows))
+        Ok(Self::new(net, spec, cfg.decode.value_fields.len(), cfg.model.warmup_windows))
     }
 
-    pub fn new(net: Network, spec: ModelSpec, n_fields: usize, warmup: u32, season: u32) -> Self {
+    pub fn new(net: Network, spec: ModelSpec, n_fields: usize, warmup: u32) -> Self {
         let n_cov = spec.features.len() - n_fields - 1;
-        let ring = (season as i64).max(warmup as i64).max(8);
+        let ring = replay_windows(&spec, warmup);
         let store = StateStore::new(&net, n_fields as i64, ring);
         Forecaster {
             schema: forecasts_schema(net.horizon),
@@ -200,7 +192,6 @@ impl Forecaster {
             n_fields,
             n_cov,
             warmup: warmup as i64,
-            season: season as i64,
             net,
             spec,
         }
@@ -222,6 +213,10 @@ impl Forecaster {
         self.store.len()
     }
 
+    pub fn store(&self) -> &StateStore {
+        &self.store
+    }
+
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
@@ -229,6 +224,32 @@ impl Forecaster {
     /// Frees the state of keys whose series ended.
     pub fn end_keys(&mut self, keys: &[Arc<str>]) {
         self.store.free(keys);
+    }
+
+    /// Hot swap: replaces the network and rebuilds every key's hidden state
+    /// by replaying its last `W` windows (kept as network inputs in the
+    /// store) through the new network, one batched step per replayed window.
+    /// Scalers and histories do not depend on the network and are kept.
+    /// Refuses a model whose spec does not fit this stage.
+    pub fn swap(&mut self, net: Network, spec: ModelSpec) -> Result<SwapReport> {
+        if spec.features != self.spec.features || spec.horizon != self.spec.horizon || spec.season != self.spec.season {
+            return Err(Error::Model(format!(
+                "cannot swap to {}: its features/horizon/season ({:?}, {}, {}) differ from the running model's ({:?}, {}, {})",
+                spec.version, spec.features, spec.horizon, spec.season, self.spec.features, self.spec.horizon, self.spec.season
+            )));
+        }
+        let t0 = std::time::Instant::now();
+        let replayed = tch::no_grad(|| self.store.replay(&net));
+        self.net = net;
+        self.spec = spec;
+        let report = SwapReport {
+            keys: self.store.len(),
+            replayed_windows: replayed,
+            pause_ms: t0.elapsed().as_secs_f64() * 1e3,
+        };
+        metrics::histogram!("streamcast_hot_swap_pause_seconds").record(report.pause_ms / 1e3);
+        tracing::info!(version = %self.spec.version, keys = report.keys, pause_ms = report.pause_ms, "hot swap done");
+        Ok(report)
     }
 
     /// Forecasts every row of a closed-windows batch (schema of
@@ -328,21 +349,50 @@ impl Forecaster {
     fn step_wave(&mut self, slots: &Tensor, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let nf = self.n_fields as i64;
         let values = x.narrow(1, 0, nf).to_kind(Kind::Double);
-        let cov = x.narrow(1, nf, self.n_cov as i64).to_kind(Kind::Float);
+        let cov = x.narrow(1, nf, self.n_cov as i64);
         let (scaled, mean, scale) = self.store.update_scaler(slots, &values);
-        let target_missing = values.narrow(1, 0, 1).isnan().to_kind(Kind::Float);
-        let input = Tensor::cat(&[scaled.to_kind(Kind::Float), target_missing, cov], 1);
+        let input = network_input(&scaled, &values, &cov);
         let (h, c) = self.store.gather(slots);
         let (y, h_new, c_new) = self.net.step(&input, &h, c.as_ref(), 0.0);
         self.store.scatter(slots, &h_new, c_new.as_ref());
-        let y_model = y.to_kind(Kind::Double) * scale.narrow(1, 0, 1) + mean.narrow(1, 0, 1);
-        let seen = self.store.push_history(slots, &values.select(1, 0));
-        let base = self.store.seasonal_naive(slots, &seen, self.season, self.net.horizon, &mean.select(1, 0));
+        let seen = self.store.push_history(slots, &values.select(1, 0), &input);
+        let mean0 = mean.select(1, 0);
+        let base = self.store.seasonal_naive(slots, &seen, self.spec.season, self.net.horizon, &mean0);
+        let scale0 = scale.narrow(1, 0, 1);
+        let y_model = match self.spec.head {
+            Head::Direct => y.to_kind(Kind::Double) * &scale0 + mean.narrow(1, 0, 1),
+            Head::Residual => &base + y.to_kind(Kind::Double) * &scale0,
+        };
         let use_model = seen.gt(self.warmup);
         let y = y_model.where_self(&use_model.unsqueeze(1), &base);
         // A non-finite model output must never reach a consumer: fall back.
         let bad = y.isfinite().logical_not();
         let y = base.where_self(&bad, &y);
         Ok((y.to_device(Device::Cpu), use_model.to_device(Device::Cpu)))
+    }
+}
+
+/// The network input from scaled values `[m, F]`, raw values (for the
+/// missing flag of the target) and covariates `[m, C]`: `[m, F + 1 + C]` f32.
+/// Training builds the same features (see `train::prep`).
+pub fn network_input(scaled: &Tensor, values: &Tensor, cov: &Tensor) -> Tensor {
+    let target_missing = values.narrow(1, 0, 1).isnan().to_kind(Kind::Float);
+    Tensor::cat(&[scaled.to_kind(Kind::Float), target_missing, cov.to_kind(Kind::Float)], 1)
+}
+
+/// Windows of history kept per key: enough for seasonal naive, warm-up and
+/// a hot-swap replay long enough for the state to forget its start.
+pub fn replay_windows(spec: &ModelSpec, warmup: u32) -> i64 {
+    (spec.season).max(warmup as i64).max(48)
+}
+
+pub fn device_for(name: &str) -> Device {
+    match name {
+        "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
+        "cuda" => {
+            tracing::warn!("model.device = \"cuda\" but no CUDA device is available; using the CPU");
+            Device::Cpu
+        }
+        _ => Device::Cpu,
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Slot `s` of every tensor belongs to one key: `h[:, s, :]` (and `c`) is its
 //! recurrent state, `n/mean/m2[s, :]` its online scaler, `ring[s, :]` its
-//! last `W` target values and `seen[s]` how many windows it has had.
+//! last `W` target values, `inputs[s, :, :]` its last `W` network inputs
+//! (for a hot swap's replay) and `seen[s]` how many windows it has had.
 //! A freed slot is zeroed at once, so a key that returns starts fresh and a
 //! new key never inherits anything. Capacity doubles when full.
 
@@ -29,6 +30,8 @@ pub struct StateStore {
     mean: Tensor,
     m2: Tensor,
     ring: Tensor,
+    inputs: Tensor,
+    n_in: i64,
     seen: Tensor,
 }
 
@@ -50,6 +53,8 @@ impl StateStore {
             mean: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
             m2: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
             ring: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
+            inputs: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
+            n_in: net.shape.input,
             seen: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
         };
         s.grow(64);
@@ -67,7 +72,7 @@ impl StateStore {
     /// Bytes of tensor state per slot (for the memory figures).
     pub fn bytes_per_slot(&self) -> i64 {
         let hc = self.layers * self.hidden * 4 * if self.has_c { 2 } else { 1 };
-        hc + self.fields * 8 * 3 + self.ring_len * 8 + 8
+        hc + self.fields * 8 * 3 + self.ring_len * 8 + self.ring_len * self.n_in * 4 + 8
     }
 
     fn grow(&mut self, new_cap: i64) {
@@ -90,6 +95,7 @@ impl StateStore {
         self.mean = grow(&self.mean, &[new_cap, self.fields], d, 0);
         self.m2 = grow(&self.m2, &[new_cap, self.fields], d, 0);
         self.ring = grow(&self.ring, &[new_cap, self.ring_len], d, 0);
+        self.inputs = grow(&self.inputs, &[new_cap, self.ring_len, self.n_in], f, 0);
         self.seen = grow(&self.seen, &[new_cap], (Kind::Int64, self.device), 0);
         self.free.extend((old..new_cap).rev());
         self.cap = new_cap;
@@ -120,7 +126,7 @@ impl StateStore {
         if let Some(c) = self.c.as_mut() {
             let _ = c.index_fill_(1, &idx, 0.0);
         }
-        for t in [&mut self.n, &mut self.mean, &mut self.m2, &mut self.ring] {
+        for t in [&mut self.n, &mut self.mean, &mut self.m2, &mut self.ring, &mut self.inputs] {
             let _ = t.index_fill_(0, &idx, 0.0);
         }
         let _ = self.seen.index_fill_(0, &idx, 0);
@@ -163,17 +169,55 @@ impl StateStore {
         (scaled, mean_new, scale)
     }
 
-    /// Appends each key's target value to its ring and returns the updated
-    /// window counts `[m]`.
-    pub fn push_history(&mut self, slots: &Tensor, target: &Tensor) -> Tensor {
+    /// Appends each key's target value and network input `[m, n_in]` to its
+    /// rings and returns the updated window counts `[m]`.
+    pub fn push_history(&mut self, slots: &Tensor, target: &Tensor, input: &Tensor) -> Tensor {
         let seen = self.seen.index_select(0, slots);
         let pos = seen.remainder(self.ring_len);
-        let flat = slots * self.ring_len + pos;
+        let flat = slots * self.ring_len + &pos;
         let mut ring_flat = self.ring.view([-1]);
         let _ = ring_flat.index_copy_(0, &flat, target);
+        let mut inputs_flat = self.inputs.view([-1, self.n_in]);
+        let _ = inputs_flat.index_copy_(0, &flat, input);
         let seen_new = seen + 1;
         let _ = self.seen.index_copy_(0, slots, &seen_new);
         seen_new
+    }
+
+    /// Rebuilds the recurrent state of every live key with `net` by
+    /// replaying its last `min(seen, W)` inputs from a zero state: `W`
+    /// batched steps over all keys, a key's state only advancing on its own
+    /// windows (keys with a shorter history join later). Returns the number
+    /// of key-windows replayed.
+    pub fn replay(&mut self, net: &Network) -> i64 {
+        let live: Vec<i64> = self.slots.values().copied().collect();
+        if live.is_empty() {
+            return 0;
+        }
+        let slots = Tensor::from_slice(&live).to_device(self.device);
+        let seen = self.seen.index_select(0, &slots); // [m]
+        let w = self.ring_len;
+        let (mut h, mut c) = net.zero_state(live.len() as i64);
+        let rows = self.inputs.index_select(0, &slots); // [m, W, n_in]
+        for t in 0..w {
+            // Step t replays the key's window number seen - W + t.
+            let k = &seen - w + t;
+            let valid = k.ge(0);
+            let pos = k.remainder(w).unsqueeze(1).unsqueeze(2).expand([-1, 1, self.n_in], false);
+            let x = rows.gather(1, &pos, false).squeeze_dim(1);
+            let (_, hn, cn) = net.step(&x, &h, c.as_ref(), 0.0);
+            let mask = valid.view([1, -1, 1]);
+            h = hn.where_self(&mask, &h);
+            c = match (cn, c) {
+                (Some(cn), Some(c)) => Some(cn.where_self(&mask, &c)),
+                _ => None,
+            };
+        }
+        let _ = self.h.index_copy_(1, &slots, &h);
+        if let (Some(dst), Some(src)) = (self.c.as_mut(), c.as_ref()) {
+            let _ = dst.index_copy_(1, &slots, src);
+        }
+        i64::try_from(seen.clamp_max(w).sum(Kind::Int64)).unwrap_or(0)
     }
 
     /// Seasonal-naive forecasts `[m, horizon]` from the rings: repeat the
