@@ -283,7 +283,7 @@ pub struct SinkConfig {
     pub librdkafka: BTreeMap<String, String>,
 }
 
-/// The closed-window archive.
+/// The closed-window archive: Parquet files the retrainer learns from.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArchiveConfig {
@@ -293,6 +293,18 @@ pub struct ArchiveConfig {
     /// Archive directory; default `.state/archive/<pipeline name>`.
     #[serde(default)]
     pub dir: Option<PathBuf>,
+    /// Start a new file after this many rows.
+    #[serde(default = "default_roll_rows")]
+    pub roll_rows: usize,
+    /// Start a new file after this long (so readers see recent windows).
+    #[serde(default = "default_roll_interval", deserialize_with = "de_duration")]
+    pub roll_interval: Duration,
+    /// Delete files whose newest window is older than this (event time).
+    #[serde(default = "default_retention_age", deserialize_with = "de_duration")]
+    pub retention_age: Duration,
+    /// Delete the oldest files while the archive is larger than this.
+    #[serde(default = "default_retention_bytes")]
+    pub retention_bytes: u64,
 }
 
 /// Metrics endpoint.
@@ -342,6 +354,18 @@ const fn default_key_ttl() -> Duration {
 }
 const fn default_max_keys() -> usize {
     1_000_000
+}
+const fn default_roll_rows() -> usize {
+    100_000
+}
+const fn default_roll_interval() -> Duration {
+    Duration::from_secs(60)
+}
+const fn default_retention_age() -> Duration {
+    Duration::from_secs(90 * 86_400)
+}
+const fn default_retention_bytes() -> u64 {
+    10 << 30
 }
 const fn default_hidden() -> i64 {
     32
@@ -402,6 +426,10 @@ impl Default for ArchiveConfig {
         ArchiveConfig {
             enabled: false,
             dir: None,
+            roll_rows: default_roll_rows(),
+            roll_interval: default_roll_interval(),
+            retention_age: default_retention_age(),
+            retention_bytes: default_retention_bytes(),
         }
     }
 }

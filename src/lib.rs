@@ -14,10 +14,12 @@
 //! delivery contract (commit only what has been forecast and acknowledged).
 
 pub mod accuracy;
+pub mod archive;
 pub mod backfill;
 pub mod baseline;
 pub mod config;
 pub mod decode;
+pub mod eval;
 pub mod error;
 pub mod generate;
 pub mod model;
@@ -27,6 +29,7 @@ pub mod run;
 pub mod sink;
 pub mod source;
 pub mod telemetry;
+pub mod train;
 pub mod window;
 
 pub use config::PipelineConfig;

@@ -67,6 +67,75 @@ enum Cmd {
     },
     /// Validate a pipeline file and print it with defaults filled in.
     Check { pipeline: PathBuf },
+    /// Evaluate forecasters offline (M4 Hourly; rolling-origin backtests on streams).
+    Eval {
+        #[command(subcommand)]
+        which: EvalCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalCmd {
+    /// M4 Hourly: forecast 48 steps after every series (submission CSV), or
+    /// score a holdout of the last values of every series (--holdout).
+    M4 {
+        /// The M4 training CSV (e.g. ../shared/data/m4/Hourly-train.csv).
+        #[arg(long)]
+        train: PathBuf,
+        /// Forecasts of the first model, as `id,F1,...,FH` (required without --holdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Hold out the last N values of every series and score forecasts of them.
+        #[arg(long)]
+        holdout: Option<usize>,
+        /// Forecast horizon without --holdout.
+        #[arg(long, default_value_t = 48)]
+        horizon: usize,
+        /// Seasonal period (MASE m; seasonal models).
+        #[arg(long, default_value_t = 24)]
+        season: usize,
+        /// Models to run, comma-separated (the first is written to --out).
+        #[arg(long, value_delimiter = ',', default_value = "naive,snaive,naive2,ses,holt,damped,hw_add,hw_mul,ses_sa,holt_sa,damped_sa")]
+        models: Vec<String>,
+        /// Also write the holdout table as Markdown here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Rolling-origin backtest on timestamped series windowed by a pipeline.
+    Stream {
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// NAB-style CSV files (`timestamp,value`, key = file stem) or events Parquet.
+        #[arg(long, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        /// Windows ahead; default the pipeline's model.horizon.
+        #[arg(long)]
+        horizon: Option<usize>,
+        /// At most this many origins per series (spread over its last 20%).
+        #[arg(long, default_value_t = 50)]
+        origins: usize,
+        /// Models to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "naive,snaive,naive2,ses,holt,damped,hw_add,ses_sa,damped_sa")]
+        models: Vec<String>,
+        /// Write one SVG per plotted key here.
+        #[arg(long)]
+        plot_dir: Option<PathBuf>,
+        /// Keys to plot (default: all), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        plot_keys: Vec<String>,
+        /// Model drawn in the plots (default: the first of --models).
+        #[arg(long)]
+        plot_model: Option<String>,
+        /// Windows shown per plot, ending at the series' end (0 = the whole tail).
+        #[arg(long, default_value_t = 336)]
+        plot_windows: usize,
+        /// Also print H-step MASE per key.
+        #[arg(long)]
+        per_key: bool,
+        /// Also write the tables as Markdown here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -163,10 +232,121 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Eval { which } => eval(which),
         Cmd::Check { pipeline } => {
             let cfg = PipelineConfig::load(&pipeline)?;
             println!("{}", toml::to_string_pretty(&cfg).context("printing the pipeline")?);
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
+    use streamcast::eval;
+    match which {
+        EvalCmd::M4 { train, out, holdout, horizon, season, models, report } => {
+            let started = std::time::Instant::now();
+            let data = eval::read_m4_csv(&train)?;
+            eprintln!("read {} series from {} in {:.1}s", data.len(), train.display(), started.elapsed().as_secs_f64());
+            let ids: Vec<String> = data.iter().map(|(id, _)| id.clone()).collect();
+            match holdout {
+                Some(h) => {
+                    let (rep, checked) = eval::eval_m4_holdout(&data, &models, season, h)?;
+                    let md = rep.to_markdown();
+                    println!("{md}");
+                    if let Some(path) = report {
+                        std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+                    }
+                    if let Some(path) = out {
+                        eval::write_submission(&path, &ids, &checked[0].forecasts)?;
+                        eprintln!("wrote {}'s forecasts of the holdout to {}", checked[0].model, path.display());
+                    }
+                }
+                None => {
+                    let path = out.context("say where the forecasts go: --out <forecasts.csv> (or score a holdout with --holdout 48)")?;
+                    let checked = eval::forecast_m4(&data, &models, season, horizon)?;
+                    for c in &checked {
+                        eprintln!("{}: {} series forecast in {:.1}s", c.model, c.forecasts.len(), c.seconds);
+                    }
+                    eval::write_submission(&path, &ids, &checked[0].forecasts)?;
+                    println!("wrote {}'s {horizon}-step forecasts of {} series to {}", checked[0].model, ids.len(), path.display());
+                }
+            }
+            eprintln!("total {:.1}s", started.elapsed().as_secs_f64());
+            Ok(ExitCode::SUCCESS)
+        }
+        EvalCmd::Stream { pipeline, input, horizon, origins, mut models, plot_dir, plot_keys, plot_model, plot_windows, per_key, report } => {
+            let started = std::time::Instant::now();
+            let cfg = PipelineConfig::load(&pipeline)?;
+            let events = eval::read_stream_inputs(&cfg, &input)?;
+            let series = eval::window_series(&cfg, &events)?;
+            let season = cfg.model.season_windows as usize;
+            let horizon = horizon.unwrap_or(cfg.model.horizon as usize);
+            eprintln!(
+                "{} events -> {} series of {} windows ({} filled) in {:.1}s",
+                events.num_rows(),
+                series.len(),
+                series.iter().map(|s| s.values.len()).sum::<usize>(),
+                series.iter().map(|s| s.filled).sum::<usize>(),
+                started.elapsed().as_secs_f64()
+            );
+            let plot_model = plot_model.unwrap_or_else(|| models.first().cloned().unwrap_or_default());
+            if plot_dir.is_some() {
+                for m in [plot_model.as_str(), "snaive"] {
+                    if !models.iter().any(|x| x == m) {
+                        models.push(m.to_string());
+                    }
+                }
+            }
+            let mut ms = Vec::with_capacity(models.len());
+            for name in &models {
+                let m = eval::stream_model_by_name(name, season)
+                    .with_context(|| format!("unknown model `{name}` (known: {})", eval::BASELINE_NAMES.join(", ")))?;
+                ms.push(m);
+            }
+            let opts = eval::StreamOptions { horizon, season, max_origins: origins, tail_fraction: 0.2 };
+            let rep = eval::backtest_stream(&series, &mut ms, &opts)?;
+            let mut md = rep.to_markdown();
+            if per_key {
+                md.push('\n');
+                md.push_str(&rep.per_key_markdown());
+            }
+            println!("{md}");
+            if let Some(path) = report {
+                std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Some(dir) = plot_dir {
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                let agg = format!("{:?}", cfg.window.aggregation).to_lowercase();
+                let size = humantime_ms(cfg.size_ms());
+                let spec = eval::PlotSpec {
+                    model: plot_model.clone(),
+                    baseline: "snaive".into(),
+                    season,
+                    last_windows: plot_windows,
+                    y_desc: format!("{agg} of {} per {size} window", cfg.decode.value_fields[0]),
+                };
+                for (s, k) in series.iter().filter_map(|s| rep.keys.iter().find(|k| k.key == s.key).map(|k| (s, k))) {
+                    if !plot_keys.is_empty() && !plot_keys.contains(&s.key) {
+                        continue;
+                    }
+                    let path = dir.join(format!("{}.svg", s.key.replace(['/', '\\'], "_")));
+                    eval::plot_key(s, k, &spec, &path)?;
+                    eprintln!("plotted {}", path.display());
+                }
+            }
+            eprintln!("total {:.1}s", started.elapsed().as_secs_f64());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// "30m", "1h", "1d", "90s": a window size for labels.
+fn humantime_ms(ms: i64) -> String {
+    for (unit, len) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        if ms >= len && ms % len == 0 {
+            return format!("{}{unit}", ms / len);
+        }
+    }
+    format!("{ms}ms")
 }

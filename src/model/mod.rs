@@ -396,3 +396,6 @@ pub fn device_for(name: &str) -> Device {
         _ => Device::Cpu,
     }
 }
+
+#[cfg(test)]
+mod tests;

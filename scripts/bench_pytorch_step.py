@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""The peer to beat for `benches/model_step.rs`: plain PyTorch stepping an
+LSTM cell over many keys per tick, states kept in one tensor per kind
+(`[layers=1, slots, hidden]`, as streamcast's `StateStore`) with a gather and
+a scatter by slot index around each step, exactly like streamcast's
+gather -> step -> scatter.
+
+    . scripts/env
+    $STREAMCAST_VENV/bin/python scripts/bench_pytorch_step.py
+
+Rows (same table shape as `cargo bench --bench model_step`):
+- `torch LSTMCell(1,H)`: the reference peer, `nn.LSTMCell(1, H)`.
+- `torch LSTMCell(4,H)`: input 4 features, as streamcast's bench network.
+- `torch LSTMCell(4,H)+head`: plus a `Linear(H, 6)` head, which
+  streamcast's `Network::step` also computes (the like-for-like row).
+
+Each row: `--reps` repetitions (after one warm-up repetition), each timing
+enough ticks to last ~0.3 s; the median per-tick time is reported as
+key-steps/s = keys / tick time. `torch.set_num_threads(2)`, `torch.no_grad()`.
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+
+def bench(keys: int, hidden: int, n_in: int, head: bool, reps: int, target_s: float):
+    torch.manual_seed(0)
+    cell = nn.LSTMCell(n_in, hidden)
+    lin = nn.Linear(hidden, 6) if head else None
+    h_all = torch.zeros(1, keys, hidden)
+    c_all = torch.zeros(1, keys, hidden)
+    slots = torch.arange(keys, dtype=torch.int64)
+    x = torch.randn(keys, n_in)
+
+    def tick():
+        h = h_all.index_select(1, slots)[0]
+        c = c_all.index_select(1, slots)[0]
+        h2, c2 = cell(x, (h, c))
+        if lin is not None:
+            y = lin(h2)
+            del y
+        h_all.index_copy_(1, slots, h2.unsqueeze(0))
+        c_all.index_copy_(1, slots, c2.unsqueeze(0))
+
+    # Warm-up and calibration: how many ticks make ~target_s.
+    t0 = time.perf_counter()
+    tick()
+    one = max(time.perf_counter() - t0, 1e-6)
+    ticks = max(2, int(target_s / one))
+    for _ in range(min(ticks, 5)):
+        tick()
+    per_tick = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(ticks):
+            tick()
+        per_tick.append((time.perf_counter() - t0) / ticks)
+    med = statistics.median(per_tick)
+    return keys / med, med * 1e3, ticks
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--keys", default="10000,100000,1000000")
+    ap.add_argument("--hidden", default="32,64")
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--target-s", type=float, default=0.3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    keys = [int(k) for k in args.keys.split(",")]
+    hiddens = [int(h) for h in args.hidden.split(",")]
+    print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, median of {args.reps} reps")
+    print(f"| {'what':<28} | {'hidden':>6} | {'keys':>9} | {'key-steps/s':>12} | {'ms/tick':>9} |")
+    print(f"|{'-' * 30}|{'-' * 8}:|{'-' * 10}:|{'-' * 13}:|{'-' * 10}:|")
+    with torch.no_grad():
+        for n_in, head in [(1, False), (4, False), (4, True)]:
+            name = f"torch LSTMCell({n_in},H)" + ("+head" if head else "")
+            for hidden in hiddens:
+                for k in keys:
+                    rate, ms, _ = bench(k, hidden, n_in, head, args.reps, args.target_s)
+                    print(f"| {name:<28} | {hidden:>6} | {k:>9} | {rate:>12.3e} | {ms:>9.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

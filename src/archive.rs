@@ -1,0 +1,319 @@
+//! Archive: every closed window, as Parquet, for the retrainer (and for
+//! anyone who wants the regular series streamcast derived from the stream).
+//!
+//! Layout: `<dir>/date=YYYY-MM-DD/windows-<first window_end ms>-<seq>.parquet`
+//! (partitioned by the event date of the file's first window). A file is
+//! written as `*.parquet.tmp` and renamed when complete, so a reader (the
+//! retrainer's polars scan) never sees a half-written file. Files roll after
+//! `roll_rows` rows or `roll_interval`.
+//!
+//! Invariants:
+//! - Writing never blocks ingestion: the compute thread hands batches over
+//!   a bounded channel with `try_send`; when the writer is behind, the batch
+//!   is counted as dropped from the archive (`streamcast_archive_dropped_total`)
+//!   and logged at error level; forecasts are not affected.
+//! - A write error (a full disk) is reported loudly and the writer goes on
+//!   with the next file; it never crash-loops the job.
+//! - Retention: after each file, files whose newest window is older than
+//!   `retention_age` (event time, against the newest window archived) are
+//!   deleted, then the oldest files while the total exceeds `retention_bytes`.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use arrow::array::{RecordBatch, TimestampMillisecondArray};
+use arrow::datatypes::SchemaRef;
+use parquet::arrow::ArrowWriter;
+
+use crate::config::ArchiveConfig;
+use crate::error::{Error, Result};
+
+/// Writes window batches into rolling Parquet files.
+pub struct ArchiveWriter {
+    dir: PathBuf,
+    schema: SchemaRef,
+    cfg: ArchiveConfig,
+    current: Option<Open>,
+    seq: u64,
+    newest_ms: i64,
+}
+
+struct Open {
+    writer: ArrowWriter<File>,
+    tmp: PathBuf,
+    path: PathBuf,
+    rows: usize,
+    opened: Instant,
+}
+
+impl ArchiveWriter {
+    pub fn new(dir: PathBuf, schema: SchemaRef, cfg: ArchiveConfig) -> Result<Self> {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating the archive {}", dir.display()), e))?;
+        Ok(ArchiveWriter {
+            dir,
+            schema,
+            cfg,
+            current: None,
+            seq: 0,
+            newest_ms: i64::MIN,
+        })
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let ends = window_ends(batch);
+        let first = ends.first().copied().unwrap_or(0);
+        self.newest_ms = self.newest_ms.max(ends.iter().copied().max().unwrap_or(i64::MIN));
+        if self.current.is_none() {
+            self.open(first)?;
+        }
+        if let Some(cur) = self.current.as_mut() {
+            cur.writer.write(batch)?;
+            cur.rows += batch.num_rows();
+            if cur.rows >= self.cfg.roll_rows {
+                self.roll()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the current file if it is older than the roll interval.
+    pub fn maybe_roll(&mut self) -> Result<()> {
+        if self.current.as_ref().is_some_and(|c| c.opened.elapsed() >= self.cfg.roll_interval) {
+            self.roll()?;
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, first_end_ms: i64) -> Result<()> {
+        let date = chrono::DateTime::from_timestamp_millis(first_end_ms)
+            .map(|t| t.format("%Y-%m-%d").to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let part = self.dir.join(format!("date={date}"));
+        std::fs::create_dir_all(&part).map_err(|e| Error::io(format!("creating {}", part.display()), e))?;
+        self.seq += 1;
+        let name = format!("windows-{first_end_ms}-{}-{:04}", std::process::id(), self.seq);
+        let path = part.join(format!("{name}.parquet"));
+        let tmp = part.join(format!("{name}.parquet.tmp"));
+        let file = File::create(&tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+        self.current = Some(Open {
+            writer: ArrowWriter::try_new(file, self.schema.clone(), None)?,
+            tmp,
+            path,
+            rows: 0,
+            opened: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Completes the current file (renaming it into view) and applies retention.
+    pub fn roll(&mut self) -> Result<()> {
+        if let Some(cur) = self.current.take() {
+            cur.writer.close()?;
+            std::fs::rename(&cur.tmp, &cur.path).map_err(|e| Error::io(format!("renaming {}", cur.tmp.display()), e))?;
+            metrics::counter!("streamcast_archive_files_total").increment(1);
+        }
+        self.retain()
+    }
+
+    fn retain(&self) -> Result<()> {
+        let mut files = list_files_with_meta(&self.dir)?;
+        let age_ms = self.cfg.retention_age.as_millis() as i64;
+        let mut total: u64 = files.iter().map(|f| f.bytes).sum();
+        files.sort_by_key(|f| f.first_end_ms);
+        for f in &files {
+            let too_old = self.newest_ms != i64::MIN && self.newest_ms.saturating_sub(f.first_end_ms) > age_ms;
+            if too_old || total > self.cfg.retention_bytes {
+                if std::fs::remove_file(&f.path).is_ok() {
+                    total = total.saturating_sub(f.bytes);
+                    metrics::counter!("streamcast_archive_files_deleted_total").increment(1);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn window_ends(batch: &RecordBatch) -> Vec<i64> {
+    batch
+        .column_by_name("window_end")
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+        .map(|a| a.values().to_vec())
+        .unwrap_or_default()
+}
+
+struct FileMeta {
+    path: PathBuf,
+    bytes: u64,
+    first_end_ms: i64,
+}
+
+fn list_files_with_meta(dir: &Path) -> Result<Vec<FileMeta>> {
+    Ok(list_files(dir)?
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let first_end_ms = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.split('-').nth(1))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            FileMeta { path, bytes, first_end_ms }
+        })
+        .collect())
+}
+
+/// Completed archive files under `dir`, sorted by path (date, then time).
+pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    for part in rd.flatten() {
+        let p = part.path();
+        if p.is_dir() {
+            if let Ok(files) = std::fs::read_dir(&p) {
+                out.extend(files.flatten().map(|f| f.path()).filter(|f| f.extension().is_some_and(|x| x == "parquet")));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The archive writer on its own thread. Cloneable sender side.
+pub struct ArchiveHandle {
+    tx: SyncSender<RecordBatch>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ArchiveHandle {
+    /// Starts the writer thread.
+    pub fn spawn(dir: PathBuf, schema: SchemaRef, cfg: ArchiveConfig) -> Result<Self> {
+        let mut w = ArchiveWriter::new(dir, schema, cfg)?;
+        let (tx, rx) = sync_channel::<RecordBatch>(256);
+        let thread = std::thread::Builder::new()
+            .name("streamcast-archive".into())
+            .spawn(move || archive_loop(&mut w, rx))
+            .map_err(|e| Error::io("starting the archive thread", e))?;
+        Ok(ArchiveHandle { tx, thread })
+    }
+
+    /// Hands a batch to the writer without ever blocking.
+    pub fn offer(&self, batch: RecordBatch) {
+        match self.tx.try_send(batch) {
+            Ok(()) => {}
+            Err(TrySendError::Full(b)) => {
+                metrics::counter!("streamcast_archive_dropped_total").increment(b.num_rows() as u64);
+                tracing::error!(rows = b.num_rows(), "archive writer is behind: windows dropped from the archive (forecasts unaffected)");
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                tracing::error!("archive writer stopped: windows are not archived");
+            }
+        }
+    }
+
+    /// Flushes and closes the current file.
+    pub fn close(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
+}
+
+fn archive_loop(w: &mut ArchiveWriter, rx: Receiver<RecordBatch>) {
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let res = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(b) => w.write(&b).and_then(|()| w.maybe_roll()),
+            Err(RecvTimeoutError::Timeout) => w.maybe_roll(),
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        match res {
+            Ok(()) => failing_since = None,
+            Err(e) => {
+                metrics::counter!("streamcast_archive_errors_total").increment(1);
+                tracing::error!(error = %e, "archive write failed (disk full?); windows are being lost from the archive");
+                // Abandon the broken file; the next batch opens a new one.
+                w.current = None;
+                if failing_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(1) {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+    if let Err(e) = w.roll() {
+        tracing::error!(error = %e, "closing the archive file failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use std::sync::Arc;
+
+    fn batch(end_ms: &[i64]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("key", DataType::Utf8, false),
+            Field::new("window_end", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+            Field::new("value", DataType::Float64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(end_ms.iter().map(|_| "k"))),
+                Arc::new(TimestampMillisecondArray::from(end_ms.to_vec()).with_timezone("UTC")),
+                Arc::new(Float64Array::from_iter_values(end_ms.iter().map(|&e| e as f64))),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn rolls_files_renames_into_view_and_applies_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = 86_400_000;
+        let cfg = ArchiveConfig {
+            enabled: true,
+            dir: None,
+            roll_rows: 2,
+            roll_interval: Duration::from_secs(3600),
+            retention_age: Duration::from_secs(2 * 86_400),
+            retention_bytes: u64::MAX,
+        };
+        let mut w = ArchiveWriter::new(dir.path().to_path_buf(), batch(&[0]).schema(), cfg).unwrap();
+        w.write(&batch(&[day, day + 1])).unwrap(); // rolls: 2 rows
+        assert_eq!(list_files(dir.path()).unwrap().len(), 1);
+        w.write(&batch(&[2 * day])).unwrap(); // open, not visible yet
+        assert_eq!(list_files(dir.path()).unwrap().len(), 1, "an open file is not visible");
+        w.write(&batch(&[5 * day])).unwrap(); // rolls; day-1 file is now > 2 days old
+        let files = list_files(dir.path()).unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert!(files[0].to_string_lossy().contains("date=1970-01-03"), "{files:?}");
+    }
+
+    #[test]
+    fn byte_budget_deletes_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ArchiveConfig {
+            enabled: true,
+            dir: None,
+            roll_rows: 1,
+            roll_interval: Duration::from_secs(3600),
+            retention_age: Duration::from_secs(1 << 40),
+            retention_bytes: 1,
+        };
+        let mut w = ArchiveWriter::new(dir.path().to_path_buf(), batch(&[0]).schema(), cfg).unwrap();
+        for i in 0..3 {
+            w.write(&batch(&[i * 1000])).unwrap();
+        }
+        assert!(list_files(dir.path()).unwrap().is_empty(), "a 1-byte budget keeps nothing");
+    }
+}
