@@ -293,10 +293,10 @@ mod tests {
         assert_eq!(list_files(dir.path()).unwrap().len(), 1);
         w.write(&batch(&[2 * day])).unwrap(); // open, not visible yet
         assert_eq!(list_files(dir.path()).unwrap().len(), 1, "an open file is not visible");
-        w.write(&batch(&[5 * day])).unwrap(); // rolls; day-1 file is now > 2 days old
+        w.write(&batch(&[4 * day - 1])).unwrap(); // rolls; the day-1 file is now > 2 days old
         let files = list_files(dir.path()).unwrap();
         assert_eq!(files.len(), 1, "{files:?}");
-        assert!(files[0].to_string_lossy().contains("date=1970-01-03"), "{files:?}");
+        assert!(files[0].to_string_lossy().contains("date=1970-01-03"), "the day-2 file went: {files:?}");
     }
 
     #[test]

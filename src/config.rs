@@ -224,9 +224,16 @@ pub struct ModelConfig {
     /// Windows a key must have seen before the model (not the baseline) forecasts it.
     #[serde(default = "default_warmup")]
     pub warmup_windows: u32,
-    /// Season length in windows for the seasonal-naive cold-start forecast.
+    /// Season length in windows for the seasonal-naive cold-start forecast
+    /// (and the residual head's base).
     #[serde(default = "default_season")]
     pub season_windows: u32,
+    /// Past target windows fed to the network as inputs at every step
+    /// (lags 1..=lags, scaled); default = one season. The network's head
+    /// also has a linear skip from its inputs, so it can weigh past seasons
+    /// directly while the recurrent state carries the rest.
+    #[serde(default)]
+    pub lags: Option<u32>,
     /// A trained model artifact (directory with `model.safetensors` and
     /// `model.json`); absent = a freshly initialised model (seeded).
     #[serde(default)]
@@ -413,6 +420,7 @@ impl Default for ModelConfig {
             horizon: default_horizon(),
             warmup_windows: default_warmup(),
             season_windows: default_season(),
+            lags: None,
             artifact: None,
             seed: default_seed(),
             device: default_device(),
@@ -561,6 +569,11 @@ impl PipelineConfig {
             return bad("model.threads", "expected at least 1");
         }
         Ok(())
+    }
+
+    /// Target lags fed to the network (see `ModelConfig::lags`).
+    pub fn lags(&self) -> i64 {
+        self.model.lags.unwrap_or(self.model.season_windows) as i64
     }
 
     pub fn group_id(&self) -> String {

@@ -41,8 +41,10 @@ use crate::config::{Head, PipelineConfig};
 use crate::error::{Error, Result};
 use crate::window::FIRST_AGG_COLUMN;
 
-/// A stacked recurrent network with a direct multi-output head
-/// (`horizon` values from the last layer's hidden state).
+/// A stacked recurrent network with a multi-output head: `horizon` values
+/// from the last layer's hidden state plus a linear skip from the inputs
+/// (zero-initialised; with lag inputs it is a learned autoregression that
+/// the recurrent part corrects).
 pub struct Network {
     pub vs: nn::VarStore,
     pub shape: CellShape,
@@ -50,18 +52,24 @@ pub struct Network {
     layers: Vec<LayerWeights>,
     head_w: Tensor,
     head_b: Tensor,
+    /// Linear skip from the inputs to the outputs (zero at start).
+    skip_w: Tensor,
 }
 
 impl Network {
     /// A freshly initialised network (seeded, so runs are reproducible).
     pub fn new(shape: CellShape, horizon: i64, device: Device, seed: i64) -> Self {
-        tch::manual_seed(seed);
+        // libtorch's generator is process-global: hold a lock from seeding to
+        // the last initialised weight so concurrent inits (tests, a
+        // retrainer beside the live stage) stay reproducible.
+        let _guard = seed_global(seed);
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let layers = (0..shape.layers).map(|l| LayerWeights::new(&root, shape, l)).collect();
         let k = 1.0 / (shape.hidden as f64).sqrt();
         let head_w = root.var("head_w", &[horizon, shape.hidden], nn::Init::Uniform { lo: -k, up: k });
         let head_b = root.var("head_b", &[horizon], nn::Init::Const(0.0));
+        let skip_w = root.var("skip_w", &[horizon, shape.input], nn::Init::Const(0.0));
         Network {
             vs,
             shape,
@@ -69,6 +77,7 @@ impl Network {
             layers,
             head_w,
             head_b,
+            skip_w,
         }
     }
 
@@ -100,7 +109,7 @@ impl Network {
                 cs.push(cn);
             }
         }
-        let y = input.linear(&self.head_w, Some(&self.head_b));
+        let y = input.linear(&self.head_w, Some(&self.head_b)) + x.linear::<&Tensor>(&self.skip_w, None);
         let c_new = (!cs.is_empty()).then(|| Tensor::stack(&cs, 0));
         (y, Tensor::stack(&hs, 0), c_new)
     }
@@ -122,13 +131,27 @@ impl Network {
     }
 }
 
+/// Seeds libtorch's process-global generator and returns a guard; hold it
+/// while drawing the random numbers that must be reproducible (initial
+/// weights), so concurrent users (tests, a retrainer beside the live stage)
+/// do not interleave their draws.
+pub fn seed_global(seed: i64) -> std::sync::MutexGuard<'static, ()> {
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed);
+    guard
+}
+
 /// The names of the model's input features for a pipeline, in order: the
-/// scaled value fields, the target's missing flag, the calendar covariates.
+/// scaled value fields, the target's missing flag, the calendar covariates,
+/// then the target's lags 1..=lags (scaled with the current scaler).
 pub fn feature_names(cfg: &PipelineConfig) -> Vec<String> {
     let spec = crate::window::WindowSpec::from_config(cfg);
+    let target = &cfg.decode.value_fields[0];
     let mut v: Vec<String> = cfg.decode.value_fields.iter().map(|f| format!("{f}_scaled")).collect();
-    v.push(format!("{}_missing", cfg.decode.value_fields[0]));
+    v.push(format!("{target}_missing"));
     v.extend(spec.covariate_names());
+    v.extend((1..=cfg.lags()).map(|j| format!("{target}_lag{j}")));
     v
 }
 
@@ -154,6 +177,7 @@ pub struct Forecaster {
     store: StateStore,
     n_fields: usize,
     n_cov: usize,
+    n_lags: i64,
     warmup: i64,
     schema: SchemaRef,
 }
@@ -183,14 +207,16 @@ impl Forecaster {
     }
 
     pub fn new(net: Network, spec: ModelSpec, n_fields: usize, warmup: u32) -> Self {
-        let n_cov = spec.features.len() - n_fields - 1;
-        let ring = replay_windows(&spec, warmup);
-        let store = StateStore::new(&net, n_fields as i64, ring);
+        let n_lags = spec.features.iter().filter(|f| f.contains("_lag")).count() as i64;
+        let n_cov = spec.features.len() - n_fields - 1 - n_lags as usize;
+        let ring = replay_windows(&spec, warmup).max(n_lags + 1);
+        let store = StateStore::new(&net, n_fields as i64, ring, n_lags);
         Forecaster {
             schema: forecasts_schema(net.horizon),
             store,
             n_fields,
             n_cov,
+            n_lags,
             warmup: warmup as i64,
             net,
             spec,
@@ -281,7 +307,8 @@ impl Forecaster {
             for rows in &waves {
                 let slots: Vec<i64> = rows.iter().map(|&i| self.store.slot(keys.value(i))).collect();
                 let slots = Tensor::from_slice(&slots).to_device(self.net.vs.device());
-                let idx = Tensor::from_slice(&rows.iter().map(|&i| i as i64).collect::<Vec<_>>());
+                let idx = Tensor::from_slice(&rows.iter().map(|&i| i as i64).collect::<Vec<_>>())
+                    .to_device(self.net.vs.device());
                 let x = x_all.index_select(0, &idx);
                 let (y, use_model) = self.step_wave(&slots, &x)?;
                 let y = Vec::<f64>::try_from(&y.flatten(0, -1))?;
@@ -340,7 +367,9 @@ impl Forecaster {
             };
             cols.push(Tensor::from_slice(&v));
         }
-        Ok(Tensor::stack(&cols, 1).view([n, -1]).to_device(self.net.vs.device()))
+        // An explicit width: `-1` cannot be inferred for an empty batch.
+        let width = cols.len() as i64;
+        Ok(Tensor::stack(&cols, 1).view([n, width]).to_device(self.net.vs.device()))
     }
 
     /// Steps one wave (distinct keys). `x: [m, fields + cov]` raw.
@@ -351,11 +380,13 @@ impl Forecaster {
         let values = x.narrow(1, 0, nf).to_kind(Kind::Double);
         let cov = x.narrow(1, nf, self.n_cov as i64);
         let (scaled, mean, scale) = self.store.update_scaler(slots, &values);
-        let input = network_input(&scaled, &values, &cov);
+        let base_input = network_input(&scaled, &values, &cov);
+        let lags = self.store.lags(slots, self.n_lags, &mean.select(1, 0), &scale.select(1, 0));
+        let input = Tensor::cat(&[&base_input, &lags], 1);
         let (h, c) = self.store.gather(slots);
         let (y, h_new, c_new) = self.net.step(&input, &h, c.as_ref(), 0.0);
         self.store.scatter(slots, &h_new, c_new.as_ref());
-        let seen = self.store.push_history(slots, &values.select(1, 0), &input);
+        let seen = self.store.push_history(slots, &values.select(1, 0), &base_input);
         let mean0 = mean.select(1, 0);
         let base = self.store.seasonal_naive(slots, &seen, self.spec.season, self.net.horizon, &mean0);
         let scale0 = scale.narrow(1, 0, 1);

@@ -30,13 +30,16 @@ pub struct StateStore {
     mean: Tensor,
     m2: Tensor,
     ring: Tensor,
+    /// Inputs kept for replay: the network inputs without the lags (those
+    /// are rebuilt from `ring`).
     inputs: Tensor,
     n_in: i64,
+    n_lags: i64,
     seen: Tensor,
 }
 
 impl StateStore {
-    pub fn new(net: &Network, fields: i64, ring_len: i64) -> Self {
+    pub fn new(net: &Network, fields: i64, ring_len: i64, n_lags: i64) -> Self {
         let mut s = StateStore {
             slots: HashMap::default(),
             free: Vec::new(),
@@ -54,7 +57,8 @@ impl StateStore {
             m2: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
             ring: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
             inputs: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
-            n_in: net.shape.input,
+            n_in: net.shape.input - n_lags,
+            n_lags,
             seen: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
         };
         s.grow(64);
@@ -72,6 +76,7 @@ impl StateStore {
     /// Bytes of tensor state per slot (for the memory figures).
     pub fn bytes_per_slot(&self) -> i64 {
         let hc = self.layers * self.hidden * 4 * if self.has_c { 2 } else { 1 };
+        let _ = self.n_lags;
         hc + self.fields * 8 * 3 + self.ring_len * 8 + self.ring_len * self.n_in * 4 + 8
     }
 
@@ -184,6 +189,36 @@ impl StateStore {
         seen_new
     }
 
+    /// Lag inputs `[m, n_lags]`: the key's target `j` windows back (j = 1..),
+    /// scaled with the current `mean`/`scale` `[m]`; unknown (before the
+    /// series or missing) reads as the mean, i.e. 0. Call before `push_history`.
+    pub fn lags(&self, slots: &Tensor, n_lags: i64, mean: &Tensor, scale: &Tensor) -> Tensor {
+        let m = slots.size()[0];
+        if n_lags == 0 {
+            return Tensor::zeros([m, 0], (Kind::Float, self.device));
+        }
+        let seen = self.seen.index_select(0, slots).unsqueeze(1); // [m,1], windows before this one
+        let j = Tensor::arange_start(1, n_lags + 1, (Kind::Int64, self.device)).unsqueeze(0); // [1,P]
+        let k = &seen - &j; // index of the lagged window
+        let valid = k.ge(0);
+        let pos = k.remainder(self.ring_len);
+        let rows = self.ring.index_select(0, slots);
+        let v = rows.gather(1, &pos, false);
+        let z = (v - mean.unsqueeze(1)) / scale.unsqueeze(1);
+        let z = z.nan_to_num(0.0, None::<f64>, None::<f64>);
+        z.where_self(&valid, &z.zeros_like()).to_kind(Kind::Float)
+    }
+
+    /// The current scaler of the target `(mean, scale)` for these slots.
+    fn target_scaler(&self, slots: &Tensor) -> (Tensor, Tensor) {
+        let n = self.n.index_select(0, slots).select(1, 0);
+        let mean = self.mean.index_select(0, slots).select(1, 0);
+        let m2 = self.m2.index_select(0, slots).select(1, 0);
+        let var = m2 / n.clamp_min(1.0);
+        let floor = mean.abs() * 1e-3 + 1e-6;
+        (mean.shallow_clone(), var.sqrt().maximum(&floor))
+    }
+
     /// Rebuilds the recurrent state of every live key with `net` by
     /// replaying its last `min(seen, W)` inputs from a zero state: `W`
     /// batched steps over all keys, a key's state only advancing on its own
@@ -199,12 +234,24 @@ impl StateStore {
         let w = self.ring_len;
         let (mut h, mut c) = net.zero_state(live.len() as i64);
         let rows = self.inputs.index_select(0, &slots); // [m, W, n_in]
+        let values = self.ring.index_select(0, &slots); // [m, W]
+        // Lags are rebuilt with today's scaler (past scalers are not kept):
+        // a close approximation once a key has some history.
+        let (mean, scale) = self.target_scaler(&slots);
+        let jl = Tensor::arange_start(1, self.n_lags + 1, (Kind::Int64, self.device)).unsqueeze(0);
         for t in 0..w {
             // Step t replays the key's window number seen - W + t.
             let k = &seen - w + t;
             let valid = k.ge(0);
             let pos = k.remainder(w).unsqueeze(1).unsqueeze(2).expand([-1, 1, self.n_in], false);
-            let x = rows.gather(1, &pos, false).squeeze_dim(1);
+            let base = rows.gather(1, &pos, false).squeeze_dim(1);
+            let kl = k.unsqueeze(1) - &jl;
+            let lv = values.gather(1, &kl.remainder(w), false);
+            let z = ((lv - mean.unsqueeze(1)) / scale.unsqueeze(1)).nan_to_num(0.0, None::<f64>, None::<f64>);
+            // A lag is known if it is in the series and still in the ring.
+            let oldest = (&seen - w).clamp_min(0).unsqueeze(1);
+            let z = z.where_self(&kl.ge_tensor(&oldest), &z.zeros_like()).to_kind(Kind::Float);
+            let x = Tensor::cat(&[base, z], 1);
             let (_, hn, cn) = net.step(&x, &h, c.as_ref(), 0.0);
             let mask = valid.view([1, -1, 1]);
             h = hn.where_self(&mask, &h);

@@ -154,6 +154,7 @@ pub fn prep_spec(cfg: &PipelineConfig, t: &TrainConfig) -> PrepSpec {
         key: "key".into(),
         value_fields: cfg.decode.value_fields.clone(),
         covariates: spec.covariate_names(),
+        lags: cfg.lags(),
         horizon: cfg.model.horizon,
         season: cfg.model.season_windows as i64,
         head: cfg.model.head,
@@ -161,6 +162,7 @@ pub fn prep_spec(cfg: &PipelineConfig, t: &TrainConfig) -> PrepSpec {
         stride: t.stride,
         val_windows: t.val_windows.unwrap_or(cfg.model.horizon * 2).max(cfg.model.horizon),
         time_range: None,
+        warmup: cfg.model.warmup_windows as i64,
     }
 }
 
@@ -291,7 +293,9 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
         )));
     }
     tch::set_num_threads(cfg.threads);
-    tch::manual_seed(cfg.seed as i64);
+    // Only dropout draws from libtorch's generator here (initial weights were
+    // drawn under the seeding lock in `Network::new`).
+    drop(crate::model::seed_global(cfg.seed as i64));
     let started = Instant::now();
     let mut opt = nn::Adam::default().wd(cfg.weight_decay).build(&net.vs, cfg.lr)?;
     let burn = cfg.burn_in.min(data.context - 1);
@@ -323,7 +327,8 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
             let (cs, cn) = run_batch(net, &b, cfg.tbptt, &cfg.loss, cfg.dropout, true);
             let norm = clip_global_norm(&net.vs, cfg.clip_norm);
             report.max_grad_norm = report.max_grad_norm.max(norm);
-            report.max_clipped_norm = report.max_clipped_norm.max(grad_norm(&net.vs));
+            let clipped = if cfg.clip_norm > 0.0 { norm.min(cfg.clip_norm) } else { norm };
+            report.max_clipped_norm = report.max_clipped_norm.max(clipped);
             if !cs.is_finite() || !norm.is_finite() {
                 report.diverged = true;
                 tracing::warn!(epoch, "training diverged (non-finite loss or gradient); keeping the best weights so far");

@@ -36,6 +36,8 @@ pub struct PrepSpec {
     pub key: String,
     pub value_fields: Vec<String>,
     pub covariates: Vec<String>,
+    /// Target lags fed as inputs (1..=lags).
+    pub lags: i64,
     pub horizon: i64,
     pub season: i64,
     pub head: Head,
@@ -47,6 +49,10 @@ pub struct PrepSpec {
     pub val_windows: i64,
     /// Event-time range of `window_end` (ms) to use; None = all.
     pub time_range: Option<(i64, i64)>,
+    /// Origins within a key's first `warmup` windows are served by the
+    /// baseline at runtime (and their scaler is still unsettled): they are
+    /// context, never loss terms.
+    pub warmup: i64,
 }
 
 /// Prepared training data.
@@ -137,6 +143,12 @@ pub fn prepare_lazy(lf: LazyFrame, spec: &PrepSpec) -> Result<Prepared> {
     let (mean0, scale0) = (col(format!("__mean_{target}")), col(format!("__scale_{target}")));
     let mut cols = scaled;
     cols.push(col(target).is_nan().cast(DataType::Float64).alias("__in_missing"));
+    // Lags, scaled with the scaler of the current window, unknown = 0: what
+    // `StateStore::lags` gives at runtime.
+    for j in 1..=spec.lags {
+        let z = (col(target).shift(lit(j)).over(k()).map_err(pe)? - mean0.clone()) / scale0.clone();
+        cols.push(z.fill_nan(lit(0.0)).fill_null(lit(0.0)).alias(format!("__lag{j}")));
+    }
     let mut lf = lf.with_columns(cols);
     // Targets per horizon step, in the head's units.
     let mut tgt = Vec::new();
@@ -196,6 +208,7 @@ fn tensors(df: &DataFrame, spec: &PrepSpec) -> Result<Prepared> {
     let mut in_names: Vec<String> = spec.value_fields.iter().map(|f| format!("__in_{f}")).collect();
     in_names.push("__in_missing".into());
     in_names.extend(spec.covariates.iter().cloned());
+    in_names.extend((1..=spec.lags).map(|j| format!("__lag{j}")));
     let inputs = stack(df, &in_names)?;
     let t_names: Vec<String> = (1..=spec.horizon).map(|h| format!("__t{h}")).collect();
     let b_names: Vec<String> = (1..=spec.horizon).map(|h| format!("__b{h}")).collect();
@@ -212,7 +225,7 @@ fn tensors(df: &DataFrame, spec: &PrepSpec) -> Result<Prepared> {
         keys.push((r, n));
         r += n;
     }
-    let complete = targets.isfinite().all_dim(1, false);
+    let complete = targets.isfinite().all_dim(1, false).logical_and(&Tensor::from_slice(&seen).gt(spec.warmup));
     let pos = Tensor::from_slice(&seen) - 1;
     let len = Tensor::from_slice(&lens);
     let (h, v) = (spec.horizon, spec.val_windows.max(spec.horizon));
