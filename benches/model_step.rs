@@ -1,1 +1,291 @@
-fn main(){}
+//! Model step throughput and memory (a plain `fn main`, no harness).
+//!
+//! ```sh
+//! . scripts/env && cargo bench --bench model_step
+//! ```
+//!
+//! 1. Memory: VmRSS before/after building a `StateStore` and registering
+//!    1M keys (LSTM, 1 layer, input 4, W = 48), against
+//!    `StateStore::bytes_per_slot`.
+//! 2. Batched step: `StateStore::gather` -> `Network::step` ->
+//!    `StateStore::scatter` over every key per tick (LSTM, 1 layer, 4 input
+//!    features, horizon 6), hidden 32 and 64, 10k / 100k / 1M keys; plus
+//!    `Network::step` alone (states already gathered) to show the
+//!    gather/scatter share.
+//! 3. The whole `Forecaster::forecast` on a closed-windows batch of 10k and
+//!    100k keys (one window per key): Arrow in, per-key scaling, waves,
+//!    gather/step/scatter, history rings, seasonal-naive baseline and
+//!    warm-up, Arrow out.
+//!
+//! `MODEL_STEP_QUICK=1` shrinks everything to a smoke run (1k keys, one
+//! repetition), e.g. of a debug build (`cargo build --bench model_step`,
+//! then run the binary it names).
+//!
+//! `tch::set_num_threads(2)` (`MODEL_STEP_THREADS` overrides), `tch::no_grad`;
+//! the step and forecast tables are then repeated at 1 thread (the
+//! pipeline's default `model.threads`), in the same run. Each row: one warm-up, then
+//! `REPS` repetitions, each timing enough ticks to last ~0.3 s (at least
+//! one); the median tick time is reported as key-steps/s = keys / time, with
+//! the best tick time beside it. The peer is `scripts/bench_pytorch_step.py`
+//! (same table shape).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder, UInt32Builder,
+};
+use tch::{Device, Kind, Tensor};
+
+use streamcast::config::{CellKind, PipelineConfig};
+use streamcast::model::store::StateStore;
+use streamcast::model::{CellShape, Forecaster, Network};
+use streamcast::window::{covariates, WindowSpec};
+
+const TARGET_S: f64 = 0.3;
+
+fn quick() -> bool {
+    std::env::var_os("MODEL_STEP_QUICK").is_some()
+}
+
+fn reps() -> usize {
+    if quick() {
+        1
+    } else {
+        7
+    }
+}
+const HOUR: i64 = 3_600_000;
+const T0: i64 = 1_790_000_000_000 / HOUR * HOUR;
+
+fn rss_kb() -> i64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(-1)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Times `f` (one tick): warm-up, calibration, `REPS` repetitions.
+/// Returns (median, best) seconds per tick.
+fn time_ticks(mut f: impl FnMut()) -> (f64, f64) {
+    let t = Instant::now();
+    f();
+    let one = t.elapsed().as_secs_f64().max(1e-6);
+    let ticks = ((TARGET_S / one) as usize).max(1);
+    let mut per = Vec::with_capacity(reps());
+    for _ in 0..reps() {
+        let t = Instant::now();
+        for _ in 0..ticks {
+            f();
+        }
+        per.push(t.elapsed().as_secs_f64() / ticks as f64);
+    }
+    let best = per.iter().copied().fold(f64::INFINITY, f64::min);
+    (median(&mut per), best)
+}
+
+fn row(what: &str, hidden: i64, keys: usize, (med, best): (f64, f64)) {
+    println!(
+        "| {what:<28} | {hidden:>6} | {keys:>9} | {:>13.3} | {:>9.3} | {:>9.3} |",
+        keys as f64 / med / 1e6,
+        med * 1e3,
+        best * 1e3
+    );
+}
+
+fn header() {
+    println!(
+        "| {:<28} | {:>6} | {:>9} | {:>13} | {:>9} | {:>9} |",
+        "what", "hidden", "keys", "M key-steps/s", "ms/tick", "best ms"
+    );
+    println!("|{}|{}:|{}:|{}:|{}:|{}:|", "-".repeat(30), "-".repeat(7), "-".repeat(10), "-".repeat(14), "-".repeat(10), "-".repeat(10));
+}
+
+fn lstm(hidden: i64) -> Network {
+    let shape = CellShape {
+        kind: CellKind::Lstm,
+        input: 4,
+        hidden,
+        layers: 1,
+    };
+    Network::new(shape, 6, Device::Cpu, 42)
+}
+
+fn key(i: usize) -> String {
+    format!("key-{i:07}")
+}
+
+/// A store with `n` registered keys; returns it and their slots.
+fn store_with(net: &Network, n: usize) -> (StateStore, Vec<i64>) {
+    let mut store = StateStore::new(net, 1, 48);
+    let slots = (0..n).map(|i| store.slot(&key(i))).collect();
+    (store, slots)
+}
+
+fn pipeline(hidden: i64) -> PipelineConfig {
+    let text = format!(
+        r#"
+name = "bench"
+[source]
+topic = "in"
+[window]
+size = "1h"
+[window.covariates]
+hour_of_day = 1
+[model]
+cell = "lstm"
+hidden = {hidden}
+[sink]
+topic = "out"
+dead_letter_topic = "dlq"
+"#
+    );
+    PipelineConfig::parse(&text, Path::new("bench.toml")).expect("bench pipeline")
+}
+
+/// Closed windows of `n` keys for window `t` (sorted by key, as the window stage emits).
+fn windows(spec: &WindowSpec, n: usize, t: usize) -> RecordBatch {
+    let end = T0 + (t as i64 + 1) * HOUR;
+    let start = end - spec.size_ms;
+    let mut kb = StringBuilder::with_capacity(n, n * 11);
+    let mut sb = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut eb = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut cb = UInt32Builder::with_capacity(n);
+    let mut fb = BooleanBuilder::with_capacity(n);
+    let mut vb = Float64Builder::with_capacity(n);
+    for i in 0..n {
+        kb.append_value(key(i));
+        sb.append_value(start);
+        eb.append_value(end);
+        cb.append_value(12);
+        fb.append_value(false);
+        let v = 50.0 + (i % 97) as f64 + 10.0 * ((t as f64) * 0.5236 + i as f64).sin();
+        vb.append_value(v);
+    }
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(kb.finish()),
+        Arc::new(sb.finish()),
+        Arc::new(eb.finish()),
+        Arc::new(cb.finish()),
+        Arc::new(fb.finish()),
+        Arc::new(vb.finish()),
+    ];
+    cols.extend(covariates(&spec.covariates, &vec![start; n]));
+    RecordBatch::try_new(spec.windows_schema(), cols).expect("windows batch")
+}
+
+fn main() {
+    let threads: i32 = std::env::var("MODEL_STEP_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    tch::set_num_threads(threads);
+    let _guard = tch::no_grad_guard();
+    println!(
+        "# model_step: LSTM, 1 layer, input 4, horizon 6, W = 48; torch threads {}; {} cpus; loadavg {}; median of {} reps",
+        tch::get_num_threads(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        loadavg(),
+        reps()
+    );
+    let (step_keys, fc_keys, n_mem): (&[usize], &[usize], usize) = if quick() {
+        (&[1_000], &[1_000], 10_000)
+    } else {
+        (&[10_000, 100_000, 1_000_000], &[10_000, 100_000], 1_000_000)
+    };
+
+    // 1. Memory per key, in a fresh process (before anything else allocates).
+    println!("\n## Resident memory per key ({n_mem} keys)\n");
+    println!("| hidden | bytes_per_slot | slots allocated | VmRSS delta | RSS per key |");
+    println!("|-------:|---------------:|----------------:|------------:|------------:|");
+    for hidden in [32, 64] {
+        let net = lstm(hidden);
+        let before = rss_kb();
+        let (store, _) = store_with(&net, n_mem);
+        let after = rss_kb();
+        let cap = (n_mem as u64).next_power_of_two(); // capacity doubles from 64
+        println!(
+            "| {hidden:>6} | {:>14} | {cap:>15} | {:>8.1} MiB | {:>9.0} B |",
+            store.bytes_per_slot(),
+            (after - before) as f64 / 1024.0,
+            (after - before) as f64 * 1024.0 / n_mem as f64
+        );
+        drop(store);
+    }
+
+    // 2. Batched step, 3. the whole stage: at the requested threads, then
+    // (same run) at 1 thread, the pipeline's default `model.threads`.
+    let mut runs = vec![threads];
+    if threads != 1 {
+        runs.push(1);
+    }
+    for th in runs {
+        tch::set_num_threads(th);
+        println!("\n## Batched step (gather -> Network::step -> scatter), all keys every tick; torch threads {th}\n");
+        header();
+        for hidden in [32, 64] {
+            for &n in step_keys {
+                bench_step(hidden, n, th == threads);
+            }
+        }
+        println!("\n## Forecaster::forecast on a closed-windows batch (one window per key; median of 23 calls); torch threads {th}\n");
+        header();
+        for hidden in [32, 64] {
+            for &n in fc_keys {
+                bench_forecast(hidden, n);
+            }
+        }
+        println!("\n# loadavg {}", loadavg());
+    }
+}
+
+/// gather -> step -> scatter over `n` keys; with `step_only`, also the step
+/// alone on already-gathered states.
+fn bench_step(hidden: i64, n: usize, step_only: bool) {
+    let net = lstm(hidden);
+    let (mut store, slots) = store_with(&net, n);
+    let slots = Tensor::from_slice(&slots);
+    let x = Tensor::randn([n as i64, 4], (Kind::Float, Device::Cpu));
+    let r = time_ticks(|| {
+        let (h, c) = store.gather(&slots);
+        let (_y, h2, c2) = net.step(&x, &h, c.as_ref(), 0.0);
+        store.scatter(&slots, &h2, c2.as_ref());
+    });
+    row("gather+step+scatter", hidden, n, r);
+    if step_only {
+        let (h, c) = store.gather(&slots);
+        let r = time_ticks(|| {
+            let _ = net.step(&x, &h, c.as_ref(), 0.0);
+        });
+        row("Network::step only", hidden, n, r);
+    }
+}
+
+/// `Forecaster::forecast` on 23 successive closed-windows batches of `n` keys.
+fn bench_forecast(hidden: i64, n: usize) {
+    let cfg = pipeline(hidden);
+    let spec = WindowSpec::from_config(&cfg);
+    let mut fc = Forecaster::from_config(&cfg).expect("forecaster");
+    let batches: Vec<RecordBatch> = (0..24).map(|t| windows(&spec, n, t)).collect();
+    // The first batch registers the keys; not timed.
+    fc.forecast(&batches[0]).expect("forecast");
+    let mut per = Vec::new();
+    for b in &batches[1..] {
+        let t0 = Instant::now();
+        let out = fc.forecast(b).expect("forecast");
+        per.push(t0.elapsed().as_secs_f64());
+        assert_eq!(out.num_rows(), n);
+    }
+    let best = per.iter().copied().fold(f64::INFINITY, f64::min);
+    row("Forecaster::forecast", hidden, n, (median(&mut per), best));
+}

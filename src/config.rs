@@ -36,6 +36,12 @@ pub struct PipelineConfig {
     /// Closed windows kept as Parquet (the training buffer).
     #[serde(default)]
     pub archive: ArchiveConfig,
+    /// Training options (used by `streamcast train` and the retrainer).
+    #[serde(default)]
+    pub train: crate::train::TrainConfig,
+    /// Periodic retraining while running (champion/challenger).
+    #[serde(default)]
+    pub retrain: RetrainConfig,
     /// Metrics and logs.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
@@ -314,6 +320,50 @@ pub struct ArchiveConfig {
     pub retention_bytes: u64,
 }
 
+/// Retraining while the pipeline runs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrainConfig {
+    /// Retrain in the background (needs `archive.enabled`).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Retrain after this many closed windows (all keys)...
+    #[serde(default = "default_retrain_windows")]
+    pub every_windows: u64,
+    /// ...or after this long, whichever comes first.
+    #[serde(default = "default_retrain_every", deserialize_with = "de_duration")]
+    pub every: Duration,
+    /// Start the challenger from the champion's weights (fine-tuning)
+    /// instead of a fresh initialisation.
+    #[serde(default = "default_true")]
+    pub from_champion: bool,
+    /// Where model versions are kept; default `.state/models/<pipeline name>`.
+    #[serde(default)]
+    pub models_dir: Option<PathBuf>,
+}
+
+impl Default for RetrainConfig {
+    fn default() -> Self {
+        RetrainConfig {
+            enabled: false,
+            every_windows: default_retrain_windows(),
+            every: default_retrain_every(),
+            from_champion: true,
+            models_dir: None,
+        }
+    }
+}
+
+const fn default_retrain_windows() -> u64 {
+    50_000
+}
+const fn default_retrain_every() -> Duration {
+    Duration::from_secs(3600)
+}
+const fn default_true() -> bool {
+    true
+}
+
 /// Metrics endpoint.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -568,6 +618,15 @@ impl PipelineConfig {
         if self.model.threads < 1 {
             return bad("model.threads", "expected at least 1");
         }
+        if self.retrain.enabled && !self.archive.enabled {
+            return bad("retrain.enabled", "retraining learns from the archive: set archive.enabled = true");
+        }
+        if !matches!(self.train.loss.as_str(), "mse" | "mae") {
+            return bad("train.loss", "expected \"mse\" or \"mae\"");
+        }
+        if self.train.context < 2 || self.train.tbptt < 1 || self.train.batch_size < 1 {
+            return bad("train", "context >= 2, tbptt >= 1 and batch_size >= 1 expected");
+        }
         Ok(())
     }
 
@@ -581,6 +640,13 @@ impl PipelineConfig {
             .group_id
             .clone()
             .unwrap_or_else(|| format!("streamcast-{}", self.name))
+    }
+
+    pub fn models_dir(&self) -> PathBuf {
+        self.retrain
+            .models_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".state/models").join(&self.name))
     }
 
     pub fn archive_dir(&self) -> PathBuf {

@@ -191,6 +191,12 @@ pub trait Model {
     /// `histories[i]` is everything before series `i`'s forecast origin. A
     /// global model may train on all histories; it must be deterministic.
     fn fit_forecast(&mut self, histories: &[&[f64]], horizon: usize) -> Vec<Vec<f64>>;
+    /// Whether the harness runs the model a second time on perturbed futures
+    /// (the leak check). A model that trains for minutes may opt out; the
+    /// report then says `leak_checked: false` for it.
+    fn leak_check(&self) -> bool {
+        true
+    }
 }
 
 /// Adapter: any [`baseline::Forecaster`] as a [`Model`] (each series on its own).
@@ -244,6 +250,8 @@ pub fn forecaster_by_name(name: &str, season: usize) -> Option<Box<dyn Forecaste
 pub struct ModelContext {
     /// Seasonal period (24 for hourly data).
     pub season: usize,
+    /// Pipeline file configuring the recurrent model (`rnn`).
+    pub rnn_pipeline: Option<PathBuf>,
 }
 
 /// Builds a batch model by name: every name of [`BASELINE_NAMES`].
@@ -252,6 +260,16 @@ pub struct ModelContext {
 /// type implementing [`Model`]); `streamcast eval m4 --models rnn,...` then
 /// evaluates it under the same leak check as the baselines.
 pub fn model_by_name(name: &str, ctx: &ModelContext) -> Option<Box<dyn Model>> {
+    if name == "rnn" {
+        let path = ctx.rnn_pipeline.clone().unwrap_or_else(|| PathBuf::from("pipelines/m4_hourly.toml"));
+        return match crate::eval_rnn::RnnModel::from_pipeline(&path) {
+            Ok(m) => Some(Box::new(m)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the rnn model");
+                None
+            }
+        };
+    }
     forecaster_by_name(name, ctx.season).map(|f| Box::new(BaselineModel::named(name, f)) as Box<dyn Model>)
 }
 
@@ -416,9 +434,10 @@ fn run_once(panel: &Panel, factory: &mut dyn FnMut() -> Box<dyn Model>, horizon:
 /// module docs). Returns the forecasts of the unperturbed run.
 pub fn run_checked(panel: &Panel, factory: &mut dyn FnMut() -> Box<dyn Model>, horizon: usize) -> Result<Checked, HarnessError> {
     let started = Instant::now();
+    let check = factory().leak_check();
     let (name, first) = run_once(panel, factory, horizon)?;
     let has_future = panel.read().iter().any(|s| s.origin < s.values.len());
-    if !has_future {
+    if !has_future || !check {
         return Ok(Checked { model: name, forecasts: first, seconds: started.elapsed().as_secs_f64(), leak_checked: false });
     }
     let second = {
@@ -508,12 +527,18 @@ fn mean_panel_scores(panel: &Panel, forecasts: &[Vec<f64>], season: usize) -> Re
 /// every model and scores them (M4 definitions, MASE with `m = season`).
 /// Our Naive2 is always run (as OWA's own reference) even if not listed.
 /// Also returns the accepted forecasts of every listed model.
-pub fn eval_m4_holdout(data: &[(String, Vec<f64>)], models: &[String], season: usize, horizon: usize) -> Result<(M4Report, Vec<Checked>)> {
+pub fn eval_m4_holdout(
+    data: &[(String, Vec<f64>)],
+    models: &[String],
+    season: usize,
+    horizon: usize,
+    rnn_pipeline: Option<PathBuf>,
+) -> Result<(M4Report, Vec<Checked>)> {
     if horizon == 0 {
         bail!("the holdout must be at least 1 value");
     }
     let panel = Panel::holdout(data, horizon)?;
-    let ctx = ModelContext { season };
+    let ctx = ModelContext { season, rnn_pipeline };
     let checked = run_models(&panel, models, &ctx, horizon)?;
     let naive2 = match checked.iter().position(|c| c.model == "naive2") {
         Some(i) => mean_panel_scores(&panel, &checked[i].forecasts, season)?,
@@ -540,9 +565,15 @@ pub fn eval_m4_holdout(data: &[(String, Vec<f64>)], models: &[String], season: u
 
 /// Forecasts `horizon` values after the last value of every series with each
 /// model (the M4 submission setting). Returns the accepted forecasts.
-pub fn forecast_m4(data: &[(String, Vec<f64>)], models: &[String], season: usize, horizon: usize) -> Result<Vec<Checked>> {
+pub fn forecast_m4(
+    data: &[(String, Vec<f64>)],
+    models: &[String],
+    season: usize,
+    horizon: usize,
+    rnn_pipeline: Option<PathBuf>,
+) -> Result<Vec<Checked>> {
     let panel = Panel::at_end(data);
-    run_models(&panel, models, &ModelContext { season }, horizon)
+    run_models(&panel, models, &ModelContext { season, rnn_pipeline }, horizon)
 }
 
 /// Writes forecasts in the M4 submission shape: `id,F1,...,FH`, one row per series.
@@ -1299,7 +1330,7 @@ mod tests {
         // Forecasting past the end: all history, no future, no second run.
         let end = Panel::at_end(&data);
         assert!(end.read().iter().all(|s| s.future().is_empty() && s.history().len() == s.values.len()));
-        let c = run_checked(&end, &mut || model_by_name("naive", &ModelContext { season: 2 }).unwrap(), 2).unwrap();
+        let c = run_checked(&end, &mut || model_by_name("naive", &ModelContext { season: 2, rnn_pipeline: None }).unwrap(), 2).unwrap();
         assert!(!c.leak_checked);
         assert_eq!(c.forecasts, vec![vec![9.0, 9.0], vec![4.0, 4.0]]);
     }
@@ -1315,7 +1346,7 @@ mod tests {
             ("A".to_string(), vec![1.0, 3.0, 2.0, 5.0, 4.0, 6.0]),
             ("B".to_string(), vec![2.0, 4.0, 4.0, 8.0, 4.0, 4.0]),
         ];
-        let (rep, checked) = eval_m4_holdout(&data, &["snaive".to_string()], 2, 2).unwrap();
+        let (rep, checked) = eval_m4_holdout(&data, &["snaive".to_string()], 2, 2, None).unwrap();
         assert_eq!(checked[0].forecasts, vec![vec![2.0, 5.0], vec![4.0, 8.0]]);
         assert!(checked[0].leak_checked);
         let smape_a = (200.0 * 2.0 / 6.0 + 200.0 / 11.0) / 2.0;
@@ -1393,7 +1424,7 @@ mod tests {
         assert_eq!(*panel.read(), before);
         // Every honest baseline passes on the same panel, with the forecasts
         // it gives on the histories alone.
-        let ctx = ModelContext { season: 4 };
+        let ctx = ModelContext { season: 4, rnn_pipeline: None };
         for name in BASELINE_NAMES {
             let c = run_checked(&panel, &mut || model_by_name(name, &ctx).unwrap(), 4).unwrap();
             assert!(c.leak_checked);
@@ -1435,7 +1466,7 @@ mod tests {
         }
         let e = run_checked(&panel, &mut || Box::new(Short), 2).unwrap_err();
         assert!(matches!(e, HarnessError::Length { want: 2, got: 1, .. }), "{e:?}");
-        assert!(eval_m4_holdout(&data, &["arima".to_string()], 2, 2).unwrap_err().to_string().contains("unknown model `arima`"));
+        assert!(eval_m4_holdout(&data, &["arima".to_string()], 2, 2, None).unwrap_err().to_string().contains("unknown model `arima`"));
     }
 
     #[test]

@@ -67,10 +67,43 @@ enum Cmd {
     },
     /// Validate a pipeline file and print it with defaults filled in.
     Check { pipeline: PathBuf },
+    /// Train a model from Parquet (events or archived windows), the same
+    /// code path as the background retrainer.
+    Train {
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// Parquet files: events (the pipeline's key/time/value columns) or
+        /// windows (the archive's schema, with `window_end`).
+        #[arg(long, required = true, num_args = 1..)]
+        data: Vec<PathBuf>,
+        /// Model registry to save into; default the pipeline's models dir.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Make the new model the registry's champion if it beats the current one.
+        #[arg(long)]
+        promote: bool,
+    },
+    /// Model versions of a pipeline.
+    Models {
+        #[command(subcommand)]
+        which: ModelsCmd,
+    },
     /// Evaluate forecasters offline (M4 Hourly; rolling-origin backtests on streams).
     Eval {
         #[command(subcommand)]
         which: EvalCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCmd {
+    /// List versions with their validation metrics; `*` marks the active one.
+    List {
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// Registry directory; default the pipeline's models dir.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -100,6 +133,9 @@ enum EvalCmd {
         /// Also write the holdout table as Markdown here.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Pipeline file configuring the recurrent model `rnn`.
+        #[arg(long, default_value = "pipelines/m4_hourly.toml")]
+        rnn_pipeline: PathBuf,
     },
     /// Rolling-origin backtest on timestamped series windowed by a pipeline.
     Stream {
@@ -233,6 +269,38 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Eval { which } => eval(which),
+        Cmd::Train { pipeline, data, out, promote } => train_cmd(&pipeline, &data, out, promote),
+        Cmd::Models { which: ModelsCmd::List { pipeline, dir } } => {
+            let cfg = PipelineConfig::load(&pipeline)?;
+            let reg = streamcast::retrain::Registry::new(dir.unwrap_or_else(|| cfg.models_dir()));
+            let list = reg.list()?;
+            if list.is_empty() {
+                println!("no model versions in {}", reg.dir().display());
+            } else {
+                println!("  {:<40} {:>10} {:>10}  {:<9} trained on", "version", "val_loss", "baseline", "status");
+                for v in list {
+                    let metric = |k: &str| v.spec.metrics.get(k).map_or("-".to_string(), |x| format!("{x:.5}"));
+                    let status = match &v.status {
+                        Some(d) if d.promoted => "promoted",
+                        Some(_) => "rejected",
+                        None => "-",
+                    };
+                    let range = v.spec.trained_on.map_or("-".to_string(), |(a, b)| {
+                        format!("{} .. {}", streamcast::sink::rfc3339_ms(a), streamcast::sink::rfc3339_ms(b))
+                    });
+                    println!(
+                        "{} {:<40} {:>10} {:>10}  {:<9} {}",
+                        if v.active { "*" } else { " " },
+                        v.version,
+                        metric("val_loss"),
+                        metric("baseline_val_loss"),
+                        status,
+                        range
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Check { pipeline } => {
             let cfg = PipelineConfig::load(&pipeline)?;
             println!("{}", toml::to_string_pretty(&cfg).context("printing the pipeline")?);
@@ -241,17 +309,74 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn train_cmd(pipeline: &std::path::Path, data: &[PathBuf], out: Option<PathBuf>, promote: bool) -> anyhow::Result<ExitCode> {
+    use streamcast::{retrain, train, window::WindowSpec};
+    let cfg = PipelineConfig::load(pipeline)?;
+    let tmp = tempfile::tempdir().context("creating a temporary directory")?;
+    // Events files go through the pipeline's own window stage first.
+    let mut windows = Vec::new();
+    for path in data {
+        let is_windows = parquet_has_column(path, "window_end")?;
+        if is_windows {
+            windows.push(path.clone());
+        } else {
+            let (events, rejected) = streamcast::source::read_parquet_events(&cfg, std::slice::from_ref(path))?;
+            if !rejected.is_empty() {
+                eprintln!("{}: {} rows rejected (e.g. {})", path.display(), rejected.len(), rejected[0].reason);
+            }
+            let w = train::windows_from_events(&cfg, &events);
+            let out = tmp.path().join(format!("windows-{}.parquet", windows.len()));
+            train::write_windows(&w, WindowSpec::from_config(&cfg).windows_schema(), &out)?;
+            windows.push(out);
+        }
+    }
+    let t = cfg.train.clone();
+    let prepared = train::prepare(&windows, &train::prep_spec(&cfg, &t))?;
+    eprintln!(
+        "{} training samples, {} validation samples from {} keys",
+        prepared.train_ends.len(),
+        prepared.val_ends.len(),
+        prepared.keys.len()
+    );
+    let registry = retrain::Registry::new(out.unwrap_or_else(|| cfg.models_dir()));
+    let champion = retrain::starting_model(&cfg)?;
+    let (decision, _) = if promote {
+        retrain::challenge(&cfg, &t, &prepared, &champion, &registry)?
+    } else {
+        let trained = train::train_prepared(&cfg, &t, &prepared, None)?;
+        let champion_val = train::validation_loss(&champion.0, &prepared, &t);
+        let mut d = retrain::decide(&trained, champion_val, &champion.1.version);
+        d.promoted = false;
+        d.reason = format!("not promoted (no --promote): {}", d.reason);
+        registry.record(&trained, &d)?;
+        (d, None)
+    };
+    println!(
+        "model {}: validation loss {:.5} (champion {} {:.5}); {}",
+        decision.version, decision.challenger_val_loss, decision.champion_version, decision.champion_val_loss, decision.reason
+    );
+    println!("saved in {}", registry.dir().join(&decision.version).display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parquet_has_column(path: &std::path::Path, name: &str) -> anyhow::Result<bool> {
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(b.schema().field_with_name(name).is_ok())
+}
+
 fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
     use streamcast::eval;
     match which {
-        EvalCmd::M4 { train, out, holdout, horizon, season, models, report } => {
+        EvalCmd::M4 { train, out, holdout, horizon, season, models, report, rnn_pipeline } => {
             let started = std::time::Instant::now();
             let data = eval::read_m4_csv(&train)?;
             eprintln!("read {} series from {} in {:.1}s", data.len(), train.display(), started.elapsed().as_secs_f64());
             let ids: Vec<String> = data.iter().map(|(id, _)| id.clone()).collect();
             match holdout {
                 Some(h) => {
-                    let (rep, checked) = eval::eval_m4_holdout(&data, &models, season, h)?;
+                    let (rep, checked) = eval::eval_m4_holdout(&data, &models, season, h, Some(rnn_pipeline.clone()))?;
                     let md = rep.to_markdown();
                     println!("{md}");
                     if let Some(path) = report {
@@ -264,7 +389,7 @@ fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
                 }
                 None => {
                     let path = out.context("say where the forecasts go: --out <forecasts.csv> (or score a holdout with --holdout 48)")?;
-                    let checked = eval::forecast_m4(&data, &models, season, horizon)?;
+                    let checked = eval::forecast_m4(&data, &models, season, horizon, Some(rnn_pipeline.clone()))?;
                     for c in &checked {
                         eprintln!("{}: {} series forecast in {:.1}s", c.model, c.forecasts.len(), c.seconds);
                     }

@@ -69,7 +69,10 @@ impl Core {
         Ok(Core {
             decoder: Decoder::new(&cfg.decode),
             window: WindowStage::new(WindowSpec::from_config(cfg)),
-            model: Forecaster::from_config(cfg)?,
+            model: {
+                let (net, spec) = crate::retrain::starting_model(cfg)?;
+                Forecaster::new(net, spec, cfg.decode.value_fields.len(), cfg.model.warmup_windows)
+            },
             tracker,
             totals: Totals::default(),
         })
@@ -94,6 +97,11 @@ impl Core {
     /// Tells the window stage which partitions this consumer owns.
     pub fn assign(&mut self, partitions: &[i32], now_ms: i64) {
         self.window.assign(partitions, now_ms);
+    }
+
+    /// Hot-swaps the model (see `Forecaster::swap`).
+    pub fn swap(&mut self, net: crate::model::Network, spec: crate::model::ModelSpec) -> Result<crate::model::SwapReport> {
+        self.model.swap(net, spec)
     }
 
     /// Tells the window stage which partitions still have unread messages.

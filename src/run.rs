@@ -72,12 +72,35 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
         tracker.clone(),
     );
 
+    // Archive writer and retrainer (optional), each on its own thread.
+    let archive = if cfg.archive.enabled {
+        let schema = crate::window::WindowSpec::from_config(&cfg).windows_schema();
+        Some(crate::archive::ArchiveHandle::spawn(cfg.archive_dir(), schema, cfg.archive.clone())?)
+    } else {
+        None
+    };
+    let signals = Arc::new(crate::retrain::RetrainSignals::default());
+    let (swap_tx, swap_rx) = sync_channel::<(crate::model::Network, crate::model::ModelSpec)>(1);
+    let retrainer = if cfg.retrain.enabled {
+        let (c, s) = (cfg.clone(), signals.clone());
+        Some(
+            std::thread::Builder::new()
+                .name("streamcast-retrain".into())
+                .spawn(move || crate::retrain::run_retrainer(c, s, swap_tx))
+                .map_err(|e| Error::io("starting the retrainer", e))?,
+        )
+    } else {
+        drop(swap_tx);
+        None
+    };
+
     // Compute thread: owns decode, window and model state.
     let (in_tx, in_rx) = sync_channel::<Input>(4);
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Output>(16);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<String>>();
     let compute_cfg = cfg.clone();
     let compute_tracker = tracker.clone();
+    let compute_signals = signals.clone();
     let compute = std::thread::Builder::new()
         .name("streamcast-compute".into())
         .spawn(move || -> Result<Totals> {
@@ -95,6 +118,13 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
             };
             let mut assigned: Vec<i32> = Vec::new();
             loop {
+                // A promoted model is swapped in between batches.
+                if let Ok((net, spec)) = swap_rx.try_recv() {
+                    match core.swap(net, spec) {
+                        Ok(r) => tracing::info!(keys = r.keys, replayed = r.replayed_windows, pause_ms = r.pause_ms, "model swapped"),
+                        Err(e) => tracing::error!(error = %e, "model swap refused; the champion stays"),
+                    }
+                }
                 let outputs = match in_rx.recv_timeout(Duration::from_millis(200)) {
                     Ok(Input::Batch {
                         messages,
@@ -116,10 +146,19 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
                     Err(RecvTimeoutError::Disconnected) => break,
                 };
                 for o in outputs {
+                    if let Output::Forecasts { windows, .. } = &o {
+                        compute_signals.windows.fetch_add(windows.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
+                        if let Some(a) = &archive {
+                            a.offer(windows.clone());
+                        }
+                    }
                     if out_tx.blocking_send(o).is_err() {
                         return Err(Error::StageStopped("sink"));
                     }
                 }
+            }
+            if let Some(a) = archive {
+                a.close();
             }
             Ok(core.totals())
         })
@@ -233,6 +272,12 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
         .map_err(|_| Error::StageStopped("compute"))??;
     let _ = sink_task.await;
     committer.abort();
+    // The retrainer is not joined: a training run may take minutes and a
+    // shutdown must not wait for it. A version it was writing when the
+    // process exits has no model.json yet and is ignored; the champion file
+    // is only ever replaced atomically.
+    signals.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(retrainer);
     store_offsets(&consumer, &tracker, &cfg.source.topic);
     let points = commit_list(&tracker, &cfg.source.topic);
     if points.count() > 0 {

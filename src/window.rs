@@ -308,6 +308,14 @@ impl WindowStage {
         self.process(&empty, now_ms)
     }
 
+    /// Ends a bounded input: moves the watermark to `watermark_ms` (e.g. the
+    /// end of the last window of a finished file) and closes what it allows,
+    /// as a stream processor does with its final watermark at end of input.
+    pub fn finish(&mut self, watermark_ms: i64, now_ms: i64) -> Closed {
+        self.watermark = self.watermark.max(watermark_ms);
+        self.tick(now_ms)
+    }
+
     fn ingest(&mut self, events: &RecordBatch, now_ms: i64, out: &mut Closed) {
         let n = events.num_rows();
         if n == 0 {

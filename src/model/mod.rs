@@ -37,7 +37,7 @@ pub use artifact::ModelSpec;
 pub use cells::{CellShape, LayerWeights};
 use store::StateStore;
 
-use crate::config::{Head, PipelineConfig};
+use crate::config::{CellKind, Head, PipelineConfig};
 use crate::error::{Error, Result};
 use crate::window::FIRST_AGG_COLUMN;
 
@@ -114,15 +114,45 @@ impl Network {
         (y, Tensor::stack(&hs, 0), c_new)
     }
 
-    /// Runs whole sequences `xs: [n, T, input]` from the given state; returns
-    /// the outputs at every step `[n, T, horizon]` and the final state.
-    pub fn forward_seq(&self, xs: &Tensor, h: &Tensor, c: Option<&Tensor>, dropout: f64) -> (Tensor, Tensor, Option<Tensor>) {
+    /// Runs whole sequences `xs: [n, T, input]` from the given state with
+    /// libtorch's sequence kernels (the same equations as `step`, one call
+    /// for all steps instead of one per step); returns the outputs at every
+    /// step `[n, T, horizon]` and the final state. `dropout` applies between
+    /// stacked layers when `train`.
+    pub fn forward_seq(&self, xs: &Tensor, h: &Tensor, c: Option<&Tensor>, dropout: f64, train: bool) -> (Tensor, Tensor, Option<Tensor>) {
+        let params: Vec<&Tensor> = self.layers.iter().flat_map(|w| [&w.w_ih, &w.w_hh, &w.b_ih, &w.b_hh]).collect();
+        let l = self.shape.layers;
+        let (out, h_n, c_n) = match self.shape.kind {
+            CellKind::Lstm => {
+                let c0 = c.map(|c| c.shallow_clone()).unwrap_or_else(|| h.zeros_like());
+                let (o, hn, cn) = xs.lstm(&[h, &c0], &params, true, l, dropout, train, false, true);
+                (o, hn, Some(cn))
+            }
+            CellKind::Gru => {
+                let (o, hn) = xs.gru(h, &params, true, l, dropout, train, false, true);
+                (o, hn, None)
+            }
+            CellKind::Rnn => {
+                let (o, hn) = xs.rnn_tanh(h, &params, true, l, dropout, train, false, true);
+                (o, hn, None)
+            }
+            CellKind::Irnn => {
+                let (o, hn) = xs.rnn_relu(h, &params, true, l, dropout, train, false, true);
+                (o, hn, None)
+            }
+        };
+        let y = out.linear(&self.head_w, Some(&self.head_b)) + xs.linear::<&Tensor>(&self.skip_w, None);
+        (y, h_n, c_n)
+    }
+
+    /// The same as `forward_seq`, one `step` at a time (reference for tests).
+    pub fn forward_steps(&self, xs: &Tensor, h: &Tensor, c: Option<&Tensor>) -> (Tensor, Tensor, Option<Tensor>) {
         let t_len = xs.size()[1];
         let mut h = h.shallow_clone();
         let mut c = c.map(|c| c.shallow_clone());
         let mut ys = Vec::with_capacity(t_len as usize);
         for t in 0..t_len {
-            let (y, hn, cn) = self.step(&xs.select(1, t), &h, c.as_ref(), dropout);
+            let (y, hn, cn) = self.step(&xs.select(1, t), &h, c.as_ref(), 0.0);
             ys.push(y);
             h = hn;
             c = cn;

@@ -176,9 +176,10 @@ fn masked_loss(pred: &Tensor, y: &Tensor, mask: &Tensor, kind: &str) -> (Tensor,
     (total, count)
 }
 
-/// Runs the network over a batch with masked steps (invalid steps keep the
-/// state), in TBPTT chunks. With `train`, backpropagates each chunk.
-/// Returns (sum of loss, count of terms).
+/// Runs the network over a batch in TBPTT chunks (libtorch's sequence
+/// kernels within a chunk, the state detached between chunks). With
+/// `train`, backpropagates each chunk on its own. Returns (sum of loss,
+/// count of terms).
 fn run_batch(net: &Network, b: &prep::Batch, tbptt: i64, loss: &str, dropout: f64, train: bool) -> (f64, f64) {
     let bsz = b.x.size()[0];
     let l = b.x.size()[1];
@@ -189,18 +190,9 @@ fn run_batch(net: &Network, b: &prep::Batch, tbptt: i64, loss: &str, dropout: f6
         let len = tbptt.max(1).min(l - t0);
         h = h.detach();
         c = c.map(|c| c.detach());
-        let mut preds = Vec::with_capacity(len as usize);
-        for t in t0..t0 + len {
-            let (y, hn, cn) = net.step(&b.x.select(1, t), &h, c.as_ref(), if train { dropout } else { 0.0 });
-            let v = b.valid.select(1, t).view([1, -1, 1]);
-            h = hn.where_self(&v, &h);
-            c = match (cn, c) {
-                (Some(cn), Some(c)) => Some(cn.where_self(&v, &c)),
-                _ => None,
-            };
-            preds.push(y);
-        }
-        let pred = Tensor::stack(&preds, 1);
+        let (pred, hn, cn) = net.forward_seq(&b.x.narrow(1, t0, len), &h, c.as_ref(), dropout, train);
+        h = hn;
+        c = cn;
         let (s, n) = masked_loss(&pred, &b.y.narrow(1, t0, len), &b.loss_mask.narrow(1, t0, len), loss);
         let n_f = f64::try_from(&n).unwrap_or(0.0);
         if train && n_f > 0.0 {
@@ -432,9 +424,16 @@ pub fn train_prepared(cfg: &PipelineConfig, t: &TrainConfig, data: &Prepared, in
     )
     .to_lowercase();
     spec.trained_on = Some(data.time_range);
-    spec.metrics.insert("val_loss".into(), report.best_val_loss);
-    spec.metrics.insert("baseline_val_loss".into(), report.baseline_val_loss);
-    spec.metrics.insert("epochs".into(), report.epochs as f64);
+    // JSON holds no NaN: a non-finite metric is left out (the report keeps it).
+    for (k, v) in [
+        ("val_loss", report.best_val_loss),
+        ("baseline_val_loss", report.baseline_val_loss),
+        ("epochs", report.epochs as f64),
+    ] {
+        if v.is_finite() {
+            spec.metrics.insert(k.into(), v);
+        }
+    }
     spec.seed = t.seed as i64;
     if matches!(cfg.model.head, Head::Residual | Head::Direct) {
         spec.head = cfg.model.head;
@@ -456,6 +455,16 @@ pub fn save(trained: &Trained, dir: &std::path::Path) -> Result<PathBuf> {
 /// the allowed lateness (as a backfill does). The batches have the archive's
 /// schema.
 pub fn windows_from_events(cfg: &PipelineConfig, events: &arrow::array::RecordBatch) -> Vec<arrow::array::RecordBatch> {
+    windows_from_events_until(cfg, events, None)
+}
+
+/// As `windows_from_events`, then, for a bounded input known to be complete,
+/// closes every window ending at or before `final_watermark_ms`.
+pub fn windows_from_events_until(
+    cfg: &PipelineConfig,
+    events: &arrow::array::RecordBatch,
+    final_watermark_ms: Option<i64>,
+) -> Vec<arrow::array::RecordBatch> {
     let mut stage = crate::window::WindowStage::new(crate::window::WindowSpec::from_config(cfg));
     let mut out = Vec::new();
     let chunk = 65_536;
@@ -466,6 +475,11 @@ pub fn windows_from_events(cfg: &PipelineConfig, events: &arrow::array::RecordBa
             out.push(w);
         }
         off += len;
+    }
+    if let Some(wm) = final_watermark_ms {
+        if let Some(w) = stage.finish(wm, 0).windows {
+            out.push(w);
+        }
     }
     out
 }

@@ -236,14 +236,18 @@ fn tensors(df: &DataFrame, spec: &PrepSpec) -> Result<Prepared> {
     let train_mask = Vec::<bool>::try_from(&train_origin)?;
     let mut train_ends = Vec::new();
     let mut val_ends = Vec::new();
+    // Samples have a full context (no padding), so training runs on
+    // libtorch's sequence kernels: a key needs at least `context` windows
+    // before an origin to contribute it.
+    let l = spec.context;
     for &(first, n) in &keys {
         let last_val = first + n - h - 1;
-        if last_val >= first && last_val - first >= n - v - 1 {
+        if last_val - first >= l - 1 {
             val_ends.push(last_val);
         }
         let last_train = first + n - v - h - 1;
         let mut e = last_train;
-        while e >= first {
+        while e - first >= l - 1 {
             if train_mask[e as usize] {
                 train_ends.push(e);
             }
@@ -269,9 +273,8 @@ fn tensors(df: &DataFrame, spec: &PrepSpec) -> Result<Prepared> {
 }
 
 /// A batch: `x: [B, L, n_in]`, `y: [B, L, H]`, `loss_mask: [B, L]` (origins
-/// whose loss counts), `valid: [B, L]` (steps inside the key's series; a
-/// sample shorter than `L` is left-padded with invalid steps that must not
-/// move the state).
+/// whose loss counts), `valid: [B, L]` (steps inside the key's series;
+/// samples are built with a full context, so all true today).
 pub struct Batch {
     pub x: Tensor,
     pub y: Tensor,

@@ -160,3 +160,25 @@ fn clipping_bounds_the_global_norm_it_reports() {
     assert!(after <= 1e-3 * (1.0 + 1e-5), "clipped norm {after}");
     assert!(after > 0.9e-3, "clipping scales, it does not zero: {after}");
 }
+
+#[test]
+fn sequence_kernels_match_the_cells_step_by_step() {
+    for cell in ["rnn", "irnn", "lstm", "gru"] {
+        let mut cfg = pipeline(cell, "direct");
+        cfg.model.layers = 2;
+        let spec = crate::model::ModelSpec::untrained(&cfg);
+        let net = Network::new(spec.shape, spec.horizon, tch::Device::Cpu, 5);
+        tch::manual_seed(9);
+        let xs = Tensor::randn([3, 7, spec.shape.input], (Kind::Float, tch::Device::Cpu));
+        let (h0, c0) = net.zero_state(3);
+        let h0 = h0 + 0.1;
+        let (y1, h1, c1) = tch::no_grad(|| net.forward_seq(&xs, &h0, c0.as_ref(), 0.0, false));
+        let (y2, h2, c2) = tch::no_grad(|| net.forward_steps(&xs, &h0, c0.as_ref()));
+        let d = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap();
+        assert!(d(&y1, &y2) < 1e-5, "{cell}: outputs differ by {}", d(&y1, &y2));
+        assert!(d(&h1, &h2) < 1e-5, "{cell}: states differ by {}", d(&h1, &h2));
+        if let (Some(a), Some(b)) = (c1, c2) {
+            assert!(d(&a, &b) < 1e-5, "{cell}: cell states differ");
+        }
+    }
+}

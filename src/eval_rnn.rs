@@ -1,0 +1,262 @@
+//! The recurrent model inside the evaluation harness, through the project's
+//! own path: series -> events -> window stage -> Parquet -> polars batch
+//! prep -> TBPTT training -> the live forecast stage (`model::Forecaster`),
+//! stepping every key window by window with its carried state.
+//!
+//! - [`RnnModel`] is an `eval::Model` (M4: all histories at once; one global
+//!   network trained on them; the forecast is the stage's output after each
+//!   series' last window).
+//! - [`OnlineRnn`] is an `eval::StreamModel` (rolling-origin backtests): it
+//!   is trained once on the part of each series before the first origin the
+//!   harness will ask about, then steps window by window as the live
+//!   pipeline would, forecasting from its carried state.
+
+use std::path::PathBuf;
+
+use arrow::array::{Array, AsArray, RecordBatch, TimestampMillisecondArray};
+use arrow::datatypes::Float64Type;
+
+use crate::config::PipelineConfig;
+use crate::decode::{events_schema, EventsBuilder};
+use crate::error::{Error, Result};
+use crate::eval::{Model, StreamModel};
+use crate::model::Forecaster;
+use crate::train::{self, TrainReport};
+use crate::window::WindowSpec;
+
+/// Where the synthetic clock of an evaluation ends (2020-01-01T00:00Z): all
+/// series end here, one window per value, so windows line up across series.
+pub const EVAL_END_MS: i64 = 1_577_836_800_000;
+
+/// A global recurrent model trained on the histories it is given.
+pub struct RnnModel {
+    cfg: PipelineConfig,
+    /// Report of the last training run.
+    pub report: Option<TrainReport>,
+}
+
+impl RnnModel {
+    /// Model, window and training settings come from a pipeline file.
+    pub fn from_pipeline(path: &std::path::Path) -> Result<Self> {
+        Ok(RnnModel {
+            cfg: PipelineConfig::load(path)?,
+            report: None,
+        })
+    }
+
+    pub fn new(cfg: PipelineConfig) -> Self {
+        RnnModel { cfg, report: None }
+    }
+
+    fn run(&mut self, histories: &[&[f64]], horizon: usize) -> Result<Vec<Vec<f64>>> {
+        let mut cfg = self.cfg.clone();
+        cfg.model.horizon = horizon as i64;
+        let step = cfg.slide_ms();
+        let events = series_events(&cfg, histories, step);
+        let windows = train::windows_from_events_until(&cfg, &events, Some(EVAL_END_MS));
+        let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
+        let path: PathBuf = dir.path().join("windows.parquet");
+        train::write_windows(&windows, WindowSpec::from_config(&cfg).windows_schema(), &path)?;
+        let data = train::prepare(&[path], &train::prep_spec(&cfg, &cfg.train))?;
+        let trained = train::train_prepared(&cfg, &cfg.train, &data, None)?;
+        tracing::info!(
+            val = trained.report.best_val_loss,
+            baseline = trained.report.baseline_val_loss,
+            epochs = trained.report.epochs,
+            seconds = trained.report.seconds,
+            "rnn trained"
+        );
+        self.report = Some(trained.report.clone());
+        let mut stage = Forecaster::new(trained.net, trained.spec, cfg.decode.value_fields.len(), cfg.model.warmup_windows);
+        let mut out = vec![vec![f64::NAN; horizon]; histories.len()];
+        for w in &windows {
+            let f = stage.forecast(w)?;
+            collect_last(&f, EVAL_END_MS, &mut out);
+        }
+        Ok(out)
+    }
+}
+
+/// Events for series `i` (key `s{i:05}`): one per value, in the middle of
+/// its window, the last window ending at `EVAL_END_MS`.
+fn series_events(cfg: &PipelineConfig, histories: &[&[f64]], step: i64) -> RecordBatch {
+    let n: usize = histories.iter().map(|h| h.len()).sum();
+    let mut b = EventsBuilder::new(events_schema(&cfg.decode.value_fields), n);
+    let longest = histories.iter().map(|h| h.len()).max().unwrap_or(0) as i64;
+    // In time order across series, as a stream would deliver them.
+    for t in 0..longest {
+        for (i, h) in histories.iter().enumerate() {
+            let len = h.len() as i64;
+            let idx = t - (longest - len);
+            if idx < 0 {
+                continue;
+            }
+            let ts = EVAL_END_MS - (len - idx) * step + step / 2;
+            b.push(&key_of(i), ts, 0, t * histories.len() as i64 + i as i64, &[h[idx as usize]]);
+        }
+    }
+    b.finish()
+}
+
+fn key_of(i: usize) -> String {
+    format!("s{i:05}")
+}
+
+/// Stores the forecasts made at the window ending at `end_ms` by key index.
+fn collect_last(f: &RecordBatch, end_ms: i64, out: &mut [Vec<f64>]) {
+    let keys = f.column(0).as_string::<i32>();
+    let Some(ends) = f.column(1).as_any().downcast_ref::<TimestampMillisecondArray>() else { return };
+    let lists = f.column(4).as_fixed_size_list();
+    let h = lists.value_length() as usize;
+    let vals = lists.values().as_primitive::<Float64Type>().values();
+    for r in 0..f.num_rows() {
+        if ends.value(r) != end_ms {
+            continue;
+        }
+        if let Some(i) = keys.value(r).strip_prefix('s').and_then(|s| s.parse::<usize>().ok()) {
+            if i < out.len() {
+                out[i] = vals[r * h..(r + 1) * h].to_vec();
+            }
+        }
+    }
+}
+
+impl Model for RnnModel {
+    fn name(&self) -> String {
+        "rnn".into()
+    }
+
+    /// Training takes minutes: no second run. It only ever receives the
+    /// harness's copies of the histories, so it cannot see a future.
+    fn leak_check(&self) -> bool {
+        false
+    }
+
+    fn fit_forecast(&mut self, histories: &[&[f64]], horizon: usize) -> Vec<Vec<f64>> {
+        match self.run(histories, horizon) {
+            Ok(f) => f,
+            Err(e) => {
+                // The harness refuses non-finite forecasts with a message.
+                tracing::error!(error = %e, "rnn failed");
+                vec![vec![f64::NAN; horizon]; histories.len()]
+            }
+        }
+    }
+}
+
+/// The online recurrent model for rolling-origin backtests: trained on each
+/// series' windows before `train_fraction` of its length, then stepped
+/// window by window, forecasting from its carried state.
+pub struct OnlineRnn {
+    cfg: PipelineConfig,
+    /// Series given in full up front so the model can be trained on their
+    /// early parts (never on anything at or after the evaluated origins).
+    train_series: Vec<Vec<f64>>,
+    train_fraction: f64,
+    stage: Option<Forecaster>,
+    key: String,
+    seen: i64,
+    last: Option<Vec<f64>>,
+    pub report: Option<TrainReport>,
+}
+
+impl OnlineRnn {
+    /// `train_series[i][..len * train_fraction]` is used for training.
+    pub fn new(cfg: PipelineConfig, train_series: Vec<Vec<f64>>, train_fraction: f64) -> Self {
+        OnlineRnn {
+            cfg,
+            train_series,
+            train_fraction,
+            stage: None,
+            key: String::new(),
+            seen: 0,
+            last: None,
+            report: None,
+        }
+    }
+
+    fn ensure_trained(&mut self) -> Result<()> {
+        if self.stage.is_some() {
+            return Ok(());
+        }
+        let cfg = self.cfg.clone();
+        let parts: Vec<&[f64]> = self
+            .train_series
+            .iter()
+            .map(|s| &s[..((s.len() as f64 * self.train_fraction) as usize).min(s.len())])
+            .collect();
+        let events = series_events(&cfg, &parts, cfg.slide_ms());
+        let windows = train::windows_from_events_until(&cfg, &events, Some(EVAL_END_MS));
+        let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
+        let path = dir.path().join("windows.parquet");
+        train::write_windows(&windows, WindowSpec::from_config(&cfg).windows_schema(), &path)?;
+        let data = train::prepare(&[path], &train::prep_spec(&cfg, &cfg.train))?;
+        let trained = train::train_prepared(&cfg, &cfg.train, &data, None)?;
+        self.report = Some(trained.report.clone());
+        self.stage = Some(Forecaster::new(trained.net, trained.spec, 1, cfg.model.warmup_windows));
+        Ok(())
+    }
+}
+
+impl StreamModel for OnlineRnn {
+    fn name(&self) -> String {
+        "rnn".into()
+    }
+
+    fn reset(&mut self, key: &str) {
+        if let Err(e) = self.ensure_trained() {
+            tracing::error!(error = %e, "online rnn could not be trained");
+        }
+        if let Some(s) = self.stage.as_mut() {
+            s.end_keys(&[std::sync::Arc::from(self.key.as_str())]);
+        }
+        self.key = key.to_string();
+        self.seen = 0;
+        self.last = None;
+    }
+
+    fn observe(&mut self, window_start_ms: i64, value: f64) {
+        let Some(stage) = self.stage.as_mut() else { return };
+        let spec = WindowSpec::from_config(&self.cfg);
+        let batch = one_window(&spec, &self.key, window_start_ms, self.cfg.size_ms(), value);
+        self.seen += 1;
+        match stage.forecast(&batch) {
+            Ok(f) => {
+                let lists = f.column(4).as_fixed_size_list();
+                let vals = lists.values().as_primitive::<Float64Type>().values();
+                self.last = Some(vals.to_vec());
+            }
+            Err(e) => tracing::error!(error = %e, "online rnn step failed"),
+        }
+    }
+
+    fn forecast(&mut self, horizon: usize) -> Vec<f64> {
+        match &self.last {
+            Some(v) if v.len() >= horizon => v[..horizon].to_vec(),
+            Some(v) => {
+                let mut v = v.clone();
+                let last = v.last().copied().unwrap_or(0.0);
+                v.resize(horizon, last);
+                v
+            }
+            None => vec![f64::NAN; horizon],
+        }
+    }
+}
+
+/// A one-row windows batch (the schema the forecast stage takes).
+fn one_window(spec: &WindowSpec, key: &str, start_ms: i64, size_ms: i64, value: f64) -> RecordBatch {
+    use arrow::array::{ArrayRef, BooleanArray, Float64Array, StringArray, UInt32Array};
+    use std::sync::Arc;
+    let starts = [start_ms];
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![key])),
+        Arc::new(TimestampMillisecondArray::from(vec![start_ms]).with_timezone("UTC")),
+        Arc::new(TimestampMillisecondArray::from(vec![start_ms + size_ms]).with_timezone("UTC")),
+        Arc::new(UInt32Array::from(vec![1u32])),
+        Arc::new(BooleanArray::from(vec![false])),
+        Arc::new(Float64Array::from(vec![value])),
+    ];
+    cols.extend(crate::window::covariates(&spec.covariates, &starts));
+    RecordBatch::try_new(spec.windows_schema(), cols).expect("one-window batch matches the windows schema")
+}
