@@ -227,6 +227,11 @@ pub struct ModelConfig {
     /// Windows ahead to forecast.
     #[serde(default = "default_horizon")]
     pub horizon: i64,
+    /// Quantiles to forecast besides the point forecast, e.g. `[0.1, 0.5,
+    /// 0.9]` (must include 0.5, the point forecast); trained with the
+    /// pinball loss. Empty = point forecasts only.
+    #[serde(default)]
+    pub quantiles: Vec<f64>,
     /// Windows a key must have seen before the model (not the baseline) forecasts it.
     #[serde(default = "default_warmup")]
     pub warmup_windows: u32,
@@ -468,6 +473,7 @@ impl Default for ModelConfig {
             hidden: default_hidden(),
             layers: default_layers(),
             horizon: default_horizon(),
+            quantiles: Vec::new(),
             warmup_windows: default_warmup(),
             season_windows: default_season(),
             lags: None,
@@ -608,6 +614,12 @@ impl PipelineConfig {
         }
         if self.model.hidden < 1 || self.model.layers < 1 || self.model.horizon < 1 {
             return bad("model", "hidden, layers and horizon must be at least 1");
+        }
+        let q = &self.model.quantiles;
+        if !q.is_empty()
+            && (q.iter().any(|x| !(*x > 0.0 && *x < 1.0)) || q.windows(2).any(|w| w[0] >= w[1]) || !q.contains(&0.5))
+        {
+            return bad("model.quantiles", "expected increasing values in (0, 1) that include 0.5");
         }
         if self.model.season_windows < 1 {
             return bad("model.season_windows", "expected at least 1");

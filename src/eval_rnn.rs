@@ -149,9 +149,10 @@ impl Model for RnnModel {
 /// window by window, forecasting from its carried state.
 pub struct OnlineRnn {
     cfg: PipelineConfig,
-    /// Series given in full up front so the model can be trained on their
-    /// early parts (never on anything at or after the evaluated origins).
-    train_series: Vec<Vec<f64>>,
+    /// Series (window starts, values) given in full up front so the model
+    /// can be trained on their early parts (never on anything at or after
+    /// the evaluated origins).
+    train_series: Vec<(Vec<i64>, Vec<f64>)>,
     train_fraction: f64,
     stage: Option<Forecaster>,
     key: String,
@@ -161,8 +162,8 @@ pub struct OnlineRnn {
 }
 
 impl OnlineRnn {
-    /// `train_series[i][..len * train_fraction]` is used for training.
-    pub fn new(cfg: PipelineConfig, train_series: Vec<Vec<f64>>, train_fraction: f64) -> Self {
+    /// The first `train_fraction` of each series' windows is used for training.
+    pub fn new(cfg: PipelineConfig, train_series: Vec<(Vec<i64>, Vec<f64>)>, train_fraction: f64) -> Self {
         OnlineRnn {
             cfg,
             train_series,
@@ -180,13 +181,26 @@ impl OnlineRnn {
             return Ok(());
         }
         let cfg = self.cfg.clone();
-        let parts: Vec<&[f64]> = self
-            .train_series
-            .iter()
-            .map(|s| &s[..((s.len() as f64 * self.train_fraction) as usize).min(s.len())])
-            .collect();
-        let events = series_events(&cfg, &parts, cfg.slide_ms());
-        let windows = train::windows_from_events_until(&cfg, &events, Some(EVAL_END_MS));
+        // Events at the middle of each training window, on the real clock
+        // (calendar covariates must mean the same in training and replay).
+        let size = cfg.size_ms();
+        let mut rows: Vec<(i64, usize, f64)> = Vec::new();
+        let mut final_wm = i64::MIN;
+        for (i, (starts, values)) in self.train_series.iter().enumerate() {
+            let n = ((values.len() as f64 * self.train_fraction) as usize).min(values.len());
+            for j in 0..n {
+                rows.push((starts[j] + size / 2, i, values[j]));
+            }
+            if n > 0 {
+                final_wm = final_wm.max(starts[n - 1] + size);
+            }
+        }
+        rows.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut b = EventsBuilder::new(events_schema(&cfg.decode.value_fields), rows.len());
+        for (o, (ts, i, v)) in rows.iter().enumerate() {
+            b.push(&key_of(*i), *ts, 0, o as i64, &[*v]);
+        }
+        let windows = train::windows_from_events_until(&cfg, &b.finish(), Some(final_wm));
         let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
         let path = dir.path().join("windows.parquet");
         train::write_windows(&windows, WindowSpec::from_config(&cfg).windows_schema(), &path)?;

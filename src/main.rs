@@ -425,8 +425,15 @@ fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
             }
             let mut ms = Vec::with_capacity(models.len());
             for name in &models {
+                if name == "rnn" {
+                    // Trained on the first 80% of every series: the origins
+                    // are all in the last 20% (tail_fraction below).
+                    let train: Vec<(Vec<i64>, Vec<f64>)> = series.iter().map(|s| (s.start_ms.clone(), s.values.clone())).collect();
+                    ms.push(Box::new(streamcast::eval_rnn::OnlineRnn::new(cfg.clone(), train, 0.8)) as Box<dyn eval::StreamModel>);
+                    continue;
+                }
                 let m = eval::stream_model_by_name(name, season)
-                    .with_context(|| format!("unknown model `{name}` (known: {})", eval::BASELINE_NAMES.join(", ")))?;
+                    .with_context(|| format!("unknown model `{name}` (known: rnn, {})", eval::BASELINE_NAMES.join(", ")))?;
                 ms.push(m);
             }
             let opts = eval::StreamOptions { horizon, season, max_origins: origins, tail_fraction: 0.2 };

@@ -39,6 +39,9 @@ pub struct ForecastRecord {
     pub forecast: Vec<f64>,
     pub model_version: String,
     pub source: String,
+    /// Quantile forecasts by quantile (e.g. `"0.1"`), when the model has them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub quantiles: std::collections::BTreeMap<String, Vec<f64>>,
 }
 
 /// Turns a forecasts batch into records.
@@ -55,8 +58,31 @@ pub fn forecast_records(batch: &RecordBatch, step_ms: i64) -> Vec<ForecastRecord
     let lists = batch.column(4).as_fixed_size_list();
     let h = lists.value_length() as usize;
     let values = lists.values().as_primitive::<Float64Type>().values();
+    // Optional quantiles column: `h` values per quantile, quantile-major.
+    let quant = batch.schema().index_of("quantiles").ok().map(|ix| {
+        let names: Vec<String> = batch
+            .schema()
+            .field(ix)
+            .metadata()
+            .get("quantiles")
+            .map(|s| s.split(',').map(str::to_string).collect())
+            .unwrap_or_default();
+        let col = batch.column(ix).as_fixed_size_list();
+        (names, col.values().as_primitive::<Float64Type>().values().to_vec())
+    });
     (0..batch.num_rows())
         .map(|i| ForecastRecord {
+            quantiles: quant
+                .as_ref()
+                .map(|(names, v)| {
+                    let w = h * names.len();
+                    names
+                        .iter()
+                        .enumerate()
+                        .map(|(qi, n)| (n.clone(), v[i * w + qi * h..i * w + (qi + 1) * h].to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default(),
             key: keys.value(i).to_string(),
             window_end: rfc3339_ms(ends[i]),
             window_end_ms: ends[i],
@@ -236,7 +262,7 @@ mod tests {
         fb.values().append_slice(&[1.0, 2.0]);
         fb.append(true);
         let batch = RecordBatch::try_new(
-            forecasts_schema(2),
+            forecasts_schema(2, &[]),
             vec![
                 Arc::new(StringArray::from(vec!["a"])),
                 Arc::new(TimestampMillisecondArray::from(vec![3_600_000]).with_timezone("UTC")),

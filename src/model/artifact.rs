@@ -23,6 +23,9 @@ pub struct ModelSpec {
     pub version: String,
     pub shape: CellShape,
     pub horizon: i64,
+    /// Quantiles forecast besides the point (empty = none).
+    #[serde(default)]
+    pub quantiles: Vec<f64>,
     /// What the head predicts.
     pub head: Head,
     /// Season length in windows (the residual head's seasonal-naive base).
@@ -52,6 +55,7 @@ impl ModelSpec {
             version: format!("untrained-{:?}-h{}-s{}", shape.kind, shape.hidden, cfg.model.seed).to_lowercase(),
             shape,
             horizon: cfg.model.horizon,
+            quantiles: cfg.model.quantiles.clone(),
             head: cfg.model.head,
             season: cfg.model.season_windows as i64,
             features,
@@ -67,6 +71,11 @@ impl ModelSpec {
         Self::untrained(cfg)
     }
 
+    /// Network outputs: `horizon` per quantile (or just `horizon`).
+    pub fn outputs(&self) -> i64 {
+        self.horizon * self.quantiles.len().max(1) as i64
+    }
+
     /// Why `self` cannot serve where `want` is expected, if it cannot.
     pub fn mismatch(&self, want: &ModelSpec) -> Option<String> {
         if self.features != want.features {
@@ -74,6 +83,9 @@ impl ModelSpec {
                 "the model was trained on features {:?} but this pipeline provides {:?}",
                 self.features, want.features
             ));
+        }
+        if self.quantiles != want.quantiles {
+            return Some(format!("the model forecasts quantiles {:?}, the pipeline wants {:?}", self.quantiles, want.quantiles));
         }
         if self.horizon != want.horizon {
             return Some(format!("the model forecasts {} windows ahead, the pipeline wants {}", self.horizon, want.horizon));
@@ -108,7 +120,7 @@ pub fn load(dir: &Path, want: &ModelSpec, device: Device) -> Result<(Network, Mo
             meta.display()
         )));
     }
-    let mut net = Network::new(spec.shape, spec.horizon, device, spec.seed);
+    let mut net = Network::new(spec.shape, spec.outputs(), device, spec.seed);
     net.vs
         .load(dir.join("model.safetensors"))
         .map_err(|e| Error::Model(format!("{}: cannot load weights: {e}", dir.join("model.safetensors").display())))?;

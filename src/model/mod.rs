@@ -185,9 +185,10 @@ pub fn feature_names(cfg: &PipelineConfig) -> Vec<String> {
     v
 }
 
-/// Schema of the forecasts batch.
-pub fn forecasts_schema(horizon: i64) -> SchemaRef {
-    Arc::new(Schema::new(vec![
+/// Schema of the forecasts batch; with quantiles, a `quantiles` column
+/// holds `horizon` values per quantile, quantile-major.
+pub fn forecasts_schema(horizon: i64, quantiles: &[f64]) -> SchemaRef {
+    let mut fields = vec![
         Field::new("key", DataType::Utf8, false),
         Field::new("window_end", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
         Field::new("model_version", DataType::Utf8, false),
@@ -197,7 +198,23 @@ pub fn forecasts_schema(horizon: i64) -> SchemaRef {
             DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float64, true)), horizon as i32),
             false,
         ),
-    ]))
+    ];
+    if !quantiles.is_empty() {
+        let q: Vec<String> = quantiles.iter().map(|q| q.to_string()).collect();
+        let meta = std::collections::HashMap::from([("quantiles".to_string(), q.join(","))]);
+        fields.push(
+            Field::new(
+                "quantiles",
+                DataType::FixedSizeList(
+                    Arc::new(Field::new("item", DataType::Float64, true)),
+                    (horizon as usize * quantiles.len()) as i32,
+                ),
+                false,
+            )
+            .with_metadata(meta),
+        );
+    }
+    Arc::new(Schema::new(fields))
 }
 
 /// The forecast stage: network, per-key state, scalers and cold start.
@@ -230,19 +247,28 @@ impl Forecaster {
             Some(dir) => artifact::load(dir, &ModelSpec::expected(cfg), device)?,
             None => {
                 let spec = ModelSpec::untrained(cfg);
-                (Network::new(spec.shape, spec.horizon, device, spec.seed), spec)
+                (Network::new(spec.shape, spec.outputs(), device, spec.seed), spec)
             }
         };
         Ok(Self::new(net, spec, cfg.decode.value_fields.len(), cfg.model.warmup_windows))
     }
 
     pub fn new(net: Network, spec: ModelSpec, n_fields: usize, warmup: u32) -> Self {
-        let n_lags = spec.features.iter().filter(|f| f.contains("_lag")).count() as i64;
+        // The lags are the trailing `{target}_lag{j}` features (a value field
+        // may itself be called e.g. `io_lag`).
+        let target = spec.features.first().and_then(|f| f.strip_suffix("_scaled")).unwrap_or_default();
+        let lag_prefix = format!("{target}_lag");
+        let n_lags = spec
+            .features
+            .iter()
+            .rev()
+            .take_while(|f| f.strip_prefix(lag_prefix.as_str()).is_some_and(|j| j.parse::<u32>().is_ok()))
+            .count() as i64;
         let n_cov = spec.features.len() - n_fields - 1 - n_lags as usize;
         let ring = replay_windows(&spec, warmup).max(n_lags + 1);
         let store = StateStore::new(&net, n_fields as i64, ring, n_lags);
         Forecaster {
-            schema: forecasts_schema(net.horizon),
+            schema: forecasts_schema(spec.horizon, &spec.quantiles),
             store,
             n_fields,
             n_cov,
@@ -330,8 +356,10 @@ impl Forecaster {
             *r += 1;
         }
         let x_all = self.inputs(windows)?;
-        let h = self.net.horizon as usize;
+        let h = self.spec.horizon as usize;
+        let nq = self.spec.quantiles.len();
         let mut out = vec![0.0f64; n * h];
+        let mut qout = vec![0.0f64; n * h * nq];
         let mut from_model = vec![false; n];
         tch::no_grad(|| -> Result<()> {
             for rows in &waves {
@@ -340,12 +368,19 @@ impl Forecaster {
                 let idx = Tensor::from_slice(&rows.iter().map(|&i| i as i64).collect::<Vec<_>>())
                     .to_device(self.net.vs.device());
                 let x = x_all.index_select(0, &idx);
-                let (y, use_model) = self.step_wave(&slots, &x)?;
+                let (y, q, use_model) = self.step_wave(&slots, &x)?;
                 let y = Vec::<f64>::try_from(&y.flatten(0, -1))?;
                 let use_model = Vec::<bool>::try_from(&use_model)?;
                 for (j, &i) in rows.iter().enumerate() {
                     out[i * h..(i + 1) * h].copy_from_slice(&y[j * h..(j + 1) * h]);
                     from_model[i] = use_model[j];
+                }
+                if let Some(q) = q {
+                    let q = Vec::<f64>::try_from(&q.flatten(0, -1))?;
+                    let w = h * nq;
+                    for (j, &i) in rows.iter().enumerate() {
+                        qout[i * w..(i + 1) * w].copy_from_slice(&q[j * w..(j + 1) * w]);
+                    }
                 }
             }
             Ok(())
@@ -363,13 +398,23 @@ impl Forecaster {
             fb.append(true);
         }
         let end_col: ArrayRef = Arc::new(ends.clone());
-        let cols: Vec<ArrayRef> = vec![
+        let mut cols: Vec<ArrayRef> = vec![
             Arc::new(kb.finish()),
             end_col,
             Arc::new(vb.finish()),
             Arc::new(sb.finish()),
             Arc::new(fb.finish()),
         ];
+        if nq > 0 {
+            let w = h * nq;
+            let mut qb = FixedSizeListBuilder::with_capacity(Float64Builder::with_capacity(n * w), w as i32, n)
+                .with_field(Arc::new(Field::new("item", DataType::Float64, true)));
+            for i in 0..n {
+                qb.values().append_slice(&qout[i * w..(i + 1) * w]);
+                qb.append(true);
+            }
+            cols.push(Arc::new(qb.finish()));
+        }
         metrics::counter!("streamcast_forecasts_total").increment(n as u64);
         Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
     }
@@ -403,9 +448,11 @@ impl Forecaster {
     }
 
     /// Steps one wave (distinct keys). `x: [m, fields + cov]` raw.
-    /// Returns the forecasts `[m, horizon]` (f64, original units) and
-    /// whether each came from the model (else the cold-start baseline).
-    fn step_wave(&mut self, slots: &Tensor, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// Returns the point forecasts `[m, horizon]` (f64, original units), the
+    /// quantile forecasts `[m, Q, horizon]` when configured (sorted along Q,
+    /// so quantiles never cross), and whether each came from the model
+    /// (else the cold-start baseline, which then fills every quantile).
+    fn step_wave(&mut self, slots: &Tensor, x: &Tensor) -> Result<(Tensor, Option<Tensor>, Tensor)> {
         let nf = self.n_fields as i64;
         let values = x.narrow(1, 0, nf).to_kind(Kind::Double);
         let cov = x.narrow(1, nf, self.n_cov as i64);
@@ -418,18 +465,31 @@ impl Forecaster {
         self.store.scatter(slots, &h_new, c_new.as_ref());
         let seen = self.store.push_history(slots, &values.select(1, 0), &base_input);
         let mean0 = mean.select(1, 0);
-        let base = self.store.seasonal_naive(slots, &seen, self.spec.season, self.net.horizon, &mean0);
-        let scale0 = scale.narrow(1, 0, 1);
+        let horizon = self.spec.horizon;
+        let base = self.store.seasonal_naive(slots, &seen, self.spec.season, horizon, &mean0);
+        let nq = self.spec.quantiles.len() as i64;
+        let m = y.size()[0];
+        // [m, Q', H] in original units.
+        let y = y.to_kind(Kind::Double).view([m, nq.max(1), horizon]);
+        let scale0 = scale.narrow(1, 0, 1).unsqueeze(2);
         let y_model = match self.spec.head {
-            Head::Direct => y.to_kind(Kind::Double) * &scale0 + mean.narrow(1, 0, 1),
-            Head::Residual => &base + y.to_kind(Kind::Double) * &scale0,
+            Head::Direct => y * &scale0 + mean.narrow(1, 0, 1).unsqueeze(2),
+            Head::Residual => base.unsqueeze(1) + y * &scale0,
         };
         let use_model = seen.gt(self.warmup);
-        let y = y_model.where_self(&use_model.unsqueeze(1), &base);
+        let base_q = base.unsqueeze(1).expand_as(&y_model);
+        let y_all = y_model.where_self(&use_model.view([-1, 1, 1]), &base_q);
         // A non-finite model output must never reach a consumer: fall back.
-        let bad = y.isfinite().logical_not();
-        let y = base.where_self(&bad, &y);
-        Ok((y.to_device(Device::Cpu), use_model.to_device(Device::Cpu)))
+        let bad = y_all.isfinite().logical_not();
+        let y_all = base_q.where_self(&bad, &y_all);
+        let (point, q) = if nq > 0 {
+            let sorted = y_all.sort(1, false).0;
+            let mid = self.spec.quantiles.iter().position(|q| *q == 0.5).unwrap_or(0) as i64;
+            (sorted.select(1, mid), Some(sorted.to_device(Device::Cpu)))
+        } else {
+            (y_all.select(1, 0), None)
+        };
+        Ok((point.to_device(Device::Cpu), q, use_model.to_device(Device::Cpu)))
     }
 }
 

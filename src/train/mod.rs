@@ -151,6 +151,7 @@ pub struct TrainReport {
 pub fn prep_spec(cfg: &PipelineConfig, t: &TrainConfig) -> PrepSpec {
     let spec = crate::window::WindowSpec::from_config(cfg);
     PrepSpec {
+        quantiles: cfg.model.quantiles.clone(),
         key: "key".into(),
         value_fields: cfg.decode.value_fields.clone(),
         covariates: spec.covariate_names(),
@@ -166,11 +167,43 @@ pub fn prep_spec(cfg: &PipelineConfig, t: &TrainConfig) -> PrepSpec {
     }
 }
 
-fn masked_loss(pred: &Tensor, y: &Tensor, mask: &Tensor, kind: &str) -> (Tensor, Tensor) {
-    // pred, y: [B, T, H]; mask: [B, T]
+/// The loss of a batch: MSE, MAE, or (with quantiles) the pinball loss
+/// averaged over quantiles.
+#[derive(Debug, Clone)]
+pub enum Loss {
+    Mse,
+    Mae,
+    Pinball(Vec<f64>),
+}
+
+impl Loss {
+    pub fn of(t: &TrainConfig, quantiles: &[f64]) -> Self {
+        if !quantiles.is_empty() {
+            Loss::Pinball(quantiles.to_vec())
+        } else if t.loss == "mae" {
+            Loss::Mae
+        } else {
+            Loss::Mse
+        }
+    }
+}
+
+/// Sum of the loss over masked terms, and the number of terms.
+/// `pred: [B, T, Q*H]` (quantile-major), `y: [B, T, H]`, `mask: [B, T]`.
+fn masked_loss(pred: &Tensor, y: &Tensor, mask: &Tensor, loss: &Loss) -> (Tensor, Tensor) {
     let m = mask.to_kind(Kind::Float).unsqueeze(2);
-    let err = pred - y;
-    let per = if kind == "mae" { err.abs() } else { err.square() };
+    let h = y.size()[2];
+    let per = match loss {
+        Loss::Mse => (pred - y).square(),
+        Loss::Mae => (pred - y).abs(),
+        Loss::Pinball(qs) => {
+            let nq = qs.len() as i64;
+            let q = Tensor::from_slice(qs).to_kind(Kind::Float).repeat_interleave_self_int(h, Some(0), None::<i64>);
+            let e = y.repeat([1, 1, nq]) - pred; // y - p
+            let q = q.view([1, 1, -1]);
+            (&e * &q).maximum(&(&e * (q - 1.0)))
+        }
+    };
     let total = (per * &m).sum(Kind::Float);
     let count = m.sum(Kind::Float) * pred.size()[2] as f64;
     (total, count)
@@ -180,7 +213,7 @@ fn masked_loss(pred: &Tensor, y: &Tensor, mask: &Tensor, kind: &str) -> (Tensor,
 /// kernels within a chunk, the state detached between chunks). With
 /// `train`, backpropagates each chunk on its own. Returns (sum of loss,
 /// count of terms).
-fn run_batch(net: &Network, b: &prep::Batch, tbptt: i64, loss: &str, dropout: f64, train: bool) -> (f64, f64) {
+fn run_batch(net: &Network, b: &prep::Batch, tbptt: i64, loss: &Loss, dropout: f64, train: bool) -> (f64, f64) {
     let bsz = b.x.size()[0];
     let l = b.x.size()[1];
     let (mut h, mut c) = net.zero_state(bsz);
@@ -239,11 +272,12 @@ pub fn grad_norm(vs: &nn::VarStore) -> f64 {
 
 /// Validation loss of `net` on the prepared holdout (mean per term).
 pub fn validation_loss(net: &Network, data: &Prepared, cfg: &TrainConfig) -> f64 {
+    let loss = Loss::of(cfg, &data.quantiles);
     tch::no_grad(|| {
         let (mut s, mut n) = (0.0, 0.0);
         for chunk in data.val_ends.chunks(cfg.batch_size.max(1)) {
             let b = data.batch(chunk, &data.val_origin, cfg.burn_in.min(data.context - 1));
-            let (cs, cn) = run_batch(net, &b, data.context, &cfg.loss, 0.0, false);
+            let (cs, cn) = run_batch(net, &b, data.context, &loss, 0.0, false);
             s += cs;
             n += cn;
         }
@@ -257,13 +291,15 @@ pub fn validation_loss(net: &Network, data: &Prepared, cfg: &TrainConfig) -> f64
 
 /// Validation loss of a network that outputs zeros: the bar to clear.
 pub fn baseline_loss(data: &Prepared, cfg: &TrainConfig) -> f64 {
+    let loss = Loss::of(cfg, &data.quantiles);
+    let nq = data.quantiles.len().max(1) as i64;
     let (mut s, mut n) = (0.0, 0.0);
     for chunk in data.val_ends.chunks(cfg.batch_size.max(1)) {
         let b = data.batch(chunk, &data.val_origin, cfg.burn_in.min(data.context - 1));
         // Zero output scores the targets' own size; in these units the
         // baseline is `y - baseline` for the direct head, `y` for residual.
-        let zero = b.y.zeros_like() + (&b.y - &b.baseline);
-        let (cs, cn) = masked_loss(&zero, &b.y, &b.loss_mask, &cfg.loss);
+        let zero = (b.y.zeros_like() + (&b.y - &b.baseline)).repeat([1, 1, nq]);
+        let (cs, cn) = masked_loss(&zero, &b.y, &b.loss_mask, &loss);
         s += f64::try_from(&cs).unwrap_or(f64::NAN);
         n += f64::try_from(&cn).unwrap_or(0.0);
     }
@@ -291,6 +327,7 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
     let started = Instant::now();
     let mut opt = nn::Adam::default().wd(cfg.weight_decay).build(&net.vs, cfg.lr)?;
     let burn = cfg.burn_in.min(data.context - 1);
+    let loss = Loss::of(cfg, &data.quantiles);
     let baseline = baseline_loss(data, cfg);
     let mut best = validation_loss(net, data, cfg);
     let mut best_weights = snapshot(&net.vs);
@@ -316,7 +353,7 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
         for chunk in ends.chunks(cfg.batch_size.max(1)) {
             let b = data.batch(chunk, &data.train_origin, burn);
             opt.zero_grad();
-            let (cs, cn) = run_batch(net, &b, cfg.tbptt, &cfg.loss, cfg.dropout, true);
+            let (cs, cn) = run_batch(net, &b, cfg.tbptt, &loss, cfg.dropout, true);
             let norm = clip_global_norm(&net.vs, cfg.clip_norm);
             report.max_grad_norm = report.max_grad_norm.max(norm);
             let clipped = if cfg.clip_norm > 0.0 { norm.min(cfg.clip_norm) } else { norm };
@@ -411,7 +448,7 @@ pub fn train_from_windows(cfg: &PipelineConfig, t: &TrainConfig, windows: &[Path
 pub fn train_prepared(cfg: &PipelineConfig, t: &TrainConfig, data: &Prepared, init: Option<&Network>) -> Result<Trained> {
     let mut spec = ModelSpec::untrained(cfg);
     let device = crate::model::device_for(&cfg.model.device);
-    let mut net = Network::new(spec.shape, spec.horizon, device, t.seed as i64);
+    let mut net = Network::new(spec.shape, spec.outputs(), device, t.seed as i64);
     if let Some(src) = init {
         net.vs.copy(&src.vs)?;
     }

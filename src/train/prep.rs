@@ -41,6 +41,8 @@ pub struct PrepSpec {
     pub horizon: i64,
     pub season: i64,
     pub head: Head,
+    /// Quantiles the model forecasts (pinball loss); empty = point only.
+    pub quantiles: Vec<f64>,
     /// Windows of context per sample.
     pub context: i64,
     /// Origins between consecutive training samples of a key.
@@ -75,6 +77,7 @@ pub struct Prepared {
     /// One validation sample end per key (its last validation origin).
     pub val_ends: Vec<i64>,
     pub context: i64,
+    pub quantiles: Vec<f64>,
     /// Event-time range (ms) of the windows used.
     pub time_range: (i64, i64),
     pub n_inputs: i64,
@@ -268,6 +271,7 @@ fn tensors(df: &DataFrame, spec: &PrepSpec) -> Result<Prepared> {
         train_ends,
         val_ends,
         context: spec.context,
+        quantiles: spec.quantiles.clone(),
         time_range: (lo, hi),
     })
 }

@@ -109,7 +109,7 @@ fn toy_batch(l: i64, n_in: i64, h: i64) -> prep::Batch {
     tch::manual_seed(3);
     let x = Tensor::randn([2, l, n_in], (Kind::Float, tch::Device::Cpu));
     let y = Tensor::randn([2, l, h], (Kind::Float, tch::Device::Cpu));
-    let mut loss_mask = Tensor::zeros([2, l], (Kind::Bool, tch::Device::Cpu));
+    let loss_mask = Tensor::zeros([2, l], (Kind::Bool, tch::Device::Cpu));
     let _ = loss_mask.narrow(1, l - 1, 1).fill_(1);
     prep::Batch {
         baseline: y.zeros_like(),
@@ -128,7 +128,7 @@ fn tbptt_never_backpropagates_past_its_truncation() {
     let (l, k) = (20, 8);
     // Loss only at the last step (19). Chunks: [0,8) [8,16) [16,20).
     let b = toy_batch(l, spec.shape.input, spec.horizon);
-    run_batch(&net, &b, k, "mse", 0.0, true);
+    run_batch(&net, &b, k, &Loss::Mse, 0.0, true);
     let g = b.x.grad().abs().sum_dim_intlist([0i64, 2].as_slice(), false, Kind::Float);
     let g = Vec::<f32>::try_from(&g).unwrap();
     for (t, v) in g.iter().enumerate() {
@@ -140,7 +140,7 @@ fn tbptt_never_backpropagates_past_its_truncation() {
     }
     // Without truncation the gradient reaches the first step: the case matters.
     let b = toy_batch(l, spec.shape.input, spec.horizon);
-    run_batch(&net, &b, l, "mse", 0.0, true);
+    run_batch(&net, &b, l, &Loss::Mse, 0.0, true);
     let g0 = f64::try_from(b.x.grad().select(1, 0).abs().sum(Kind::Float)).unwrap();
     assert!(g0 > 0.0, "a full-length pass must reach step 0");
 }
@@ -151,7 +151,7 @@ fn clipping_bounds_the_global_norm_it_reports() {
     let spec = crate::model::ModelSpec::untrained(&cfg);
     let net = Network::new(spec.shape, spec.horizon, tch::Device::Cpu, 1);
     let b = toy_batch(10, spec.shape.input, spec.horizon);
-    run_batch(&net, &b, 10, "mse", 0.0, true);
+    run_batch(&net, &b, 10, &Loss::Mse, 0.0, true);
     let before = grad_norm(&net.vs);
     assert!(before > 1e-3, "test needs a real gradient, got {before}");
     let reported = clip_global_norm(&net.vs, 1e-3);
@@ -181,4 +181,49 @@ fn sequence_kernels_match_the_cells_step_by_step() {
             assert!(d(&a, &b) < 1e-5, "{cell}: cell states differ");
         }
     }
+}
+
+#[test]
+fn quantile_head_learns_intervals_with_the_pinball_loss() {
+    use arrow::array::AsArray;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = pipeline("gru", "residual");
+    cfg.model.quantiles = vec![0.1, 0.5, 0.9];
+    let files = seasonal_windows(&cfg, 6, 24 * 30, dir.path());
+    let trained = train_from_windows(&cfg, &quick(8), &files, None).unwrap();
+    let r = &trained.report;
+    assert!(r.best_val_loss < 0.8 * r.baseline_val_loss, "pinball {} vs baseline {}", r.best_val_loss, r.baseline_val_loss);
+    // Run the live stage over the windows: intervals are ordered and cover
+    // roughly 80% of what happens next.
+    let mut stage = crate::model::Forecaster::new(trained.net, trained.spec, 1, cfg.model.warmup_windows);
+    let f = std::fs::File::open(&files[0]).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+    let mut series: std::collections::BTreeMap<String, Vec<(f64, [f64; 3])>> = Default::default();
+    for b in reader {
+        let b = b.unwrap();
+        let out = stage.forecast(&b).unwrap();
+        let keys = b.column(0).as_string::<i32>();
+        let vals = b.column(crate::window::FIRST_AGG_COLUMN).as_primitive::<arrow::datatypes::Float64Type>();
+        let q = out.column(5).as_fixed_size_list();
+        let qv = q.values().as_primitive::<arrow::datatypes::Float64Type>().values();
+        let w = q.value_length() as usize; // 3 quantiles x 6 steps
+        for i in 0..b.num_rows() {
+            // One-step-ahead quantiles (step 1 of each quantile block).
+            let one = [qv[i * w], qv[i * w + 6], qv[i * w + 12]];
+            series.entry(keys.value(i).to_string()).or_default().push((vals.value(i), one));
+        }
+    }
+    let (mut inside, mut total) = (0, 0);
+    for s in series.values() {
+        for t in (s.len() - 200)..s.len() - 1 {
+            let (next, q) = (s[t + 1].0, s[t].1);
+            assert!(q[0] <= q[1] && q[1] <= q[2], "quantiles cross: {q:?}");
+            total += 1;
+            if next >= q[0] && next <= q[2] {
+                inside += 1;
+            }
+        }
+    }
+    let cover = inside as f64 / total as f64;
+    assert!((0.6..=0.95).contains(&cover), "80% interval covers {cover}");
 }
