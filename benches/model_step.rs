@@ -13,9 +13,10 @@
 //!    `Network::step` alone (states already gathered) to show the
 //!    gather/scatter share.
 //! 3. The whole `Forecaster::forecast` on a closed-windows batch of 10k and
-//!    100k keys (one window per key): Arrow in, per-key scaling, waves,
-//!    gather/step/scatter, history rings, seasonal-naive baseline and
-//!    warm-up, Arrow out.
+//!    100k keys (one window per key): Arrow in, per-key scaling, lag
+//!    inputs, waves, gather/step/scatter, history rings, seasonal-naive
+//!    baseline and warm-up, Arrow out. Without lags (4 inputs, as in 2.) and
+//!    with the default 12 lags (16 inputs).
 //!
 //! `MODEL_STEP_QUICK=1` shrinks everything to a smoke run (1k keys, one
 //! repetition), e.g. of a debug build (`cargo build --bench model_step`,
@@ -130,12 +131,14 @@ fn key(i: usize) -> String {
 
 /// A store with `n` registered keys; returns it and their slots.
 fn store_with(net: &Network, n: usize) -> (StateStore, Vec<i64>) {
-    let mut store = StateStore::new(net, 1, 48);
+    let mut store = StateStore::new(net, 1, 48, 0);
     let slots = (0..n).map(|i| store.slot(&key(i))).collect();
     (store, slots)
 }
 
-fn pipeline(hidden: i64) -> PipelineConfig {
+/// The bench pipeline: hourly windows, hour-of-day covariates, LSTM;
+/// `lags` target lags as extra inputs (the default is one season, 12).
+fn pipeline(hidden: i64, lags: u32) -> PipelineConfig {
     let text = format!(
         r#"
 name = "bench"
@@ -148,6 +151,7 @@ hour_of_day = 1
 [model]
 cell = "lstm"
 hidden = {hidden}
+lags = {lags}
 [sink]
 topic = "out"
 dead_letter_topic = "dlq"
@@ -240,9 +244,11 @@ fn main() {
         }
         println!("\n## Forecaster::forecast on a closed-windows batch (one window per key; median of 23 calls); torch threads {th}\n");
         header();
-        for hidden in [32, 64] {
-            for &n in fc_keys {
-                bench_forecast(hidden, n);
+        for lags in [0, 12] {
+            for hidden in [32, 64] {
+                for &n in fc_keys {
+                    bench_forecast(hidden, lags, n);
+                }
             }
         }
         println!("\n# loadavg {}", loadavg());
@@ -272,8 +278,8 @@ fn bench_step(hidden: i64, n: usize, step_only: bool) {
 }
 
 /// `Forecaster::forecast` on 23 successive closed-windows batches of `n` keys.
-fn bench_forecast(hidden: i64, n: usize) {
-    let cfg = pipeline(hidden);
+fn bench_forecast(hidden: i64, lags: u32, n: usize) {
+    let cfg = pipeline(hidden, lags);
     let spec = WindowSpec::from_config(&cfg);
     let mut fc = Forecaster::from_config(&cfg).expect("forecaster");
     let batches: Vec<RecordBatch> = (0..24).map(|t| windows(&spec, n, t)).collect();
@@ -287,5 +293,6 @@ fn bench_forecast(hidden: i64, n: usize) {
         assert_eq!(out.num_rows(), n);
     }
     let best = per.iter().copied().fold(f64::INFINITY, f64::min);
-    row("Forecaster::forecast", hidden, n, (median(&mut per), best));
+    let what = format!("Forecaster::forecast, {} in", fc.network().shape.input);
+    row(&what, hidden, n, (median(&mut per), best));
 }

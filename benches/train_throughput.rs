@@ -41,7 +41,7 @@ use tch::Device;
 
 use streamcast::config::PipelineConfig;
 use streamcast::model::{ModelSpec, Network};
-use streamcast::train::{self, TrainConfig};
+use streamcast::train;
 use streamcast::window::{covariates, WindowSpec};
 
 const HOUR: i64 = 3_600_000;

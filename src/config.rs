@@ -218,6 +218,9 @@ pub struct ModelConfig {
     /// What the output head predicts (see `Head`).
     #[serde(default)]
     pub head: Head,
+    /// How the horizon is produced (see `Decoder`).
+    #[serde(default)]
+    pub decoder: Decoder,
     /// Hidden units per layer.
     #[serde(default = "default_hidden")]
     pub hidden: i64,
@@ -271,6 +274,18 @@ pub enum Head {
     /// is exactly the baseline; training only has to learn what it misses.
     #[default]
     Residual,
+}
+
+/// How the network turns its state into `horizon` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decoder {
+    /// All steps at once from the last hidden state (a linear layer).
+    #[default]
+    Direct,
+    /// Sequence to sequence: the encoder's state seeds a GRU decoder that
+    /// emits one step at a time, each fed the previous step's output.
+    Seq2seq,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -470,6 +485,7 @@ impl Default for ModelConfig {
         ModelConfig {
             cell: CellKind::default(),
             head: Head::default(),
+            decoder: Decoder::default(),
             hidden: default_hidden(),
             layers: default_layers(),
             horizon: default_horizon(),

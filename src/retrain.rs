@@ -176,7 +176,7 @@ pub fn starting_model(cfg: &PipelineConfig) -> Result<(Network, ModelSpec)> {
         }
     }
     let spec = ModelSpec::untrained(cfg);
-    Ok((Network::new(spec.shape, spec.outputs(), device, spec.seed), spec))
+    Ok((Network::for_spec(&spec, device, spec.seed), spec))
 }
 
 /// Trains a challenger on `data`, scores the champion on the same holdout,
@@ -250,7 +250,7 @@ pub fn run_retrainer(cfg: PipelineConfig, signals: Arc<RetrainSignals>, swap_tx:
             Ok((_, Some(trained))) => {
                 // Keep a copy as the new champion for the next round.
                 let device = trained.net.vs.device();
-                let mut copy = Network::new(trained.spec.shape, trained.spec.outputs(), device, trained.spec.seed);
+                let mut copy = Network::for_spec(&trained.spec, device, trained.spec.seed);
                 if copy.vs.copy(&trained.net.vs).is_ok() {
                     champion = (copy, trained.spec.clone());
                 }

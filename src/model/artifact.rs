@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use super::{feature_names, CellShape, Network};
-use crate::config::{Head, PipelineConfig};
+use crate::config::{Decoder, Head, PipelineConfig};
 use crate::error::{Error, Result};
 
 /// Everything about a model except its weights.
@@ -28,6 +28,9 @@ pub struct ModelSpec {
     pub quantiles: Vec<f64>,
     /// What the head predicts.
     pub head: Head,
+    /// How the horizon is produced.
+    #[serde(default)]
+    pub decoder: Decoder,
     /// Season length in windows (the residual head's seasonal-naive base).
     pub season: i64,
     /// Input features in order (see `model::feature_names`).
@@ -57,6 +60,7 @@ impl ModelSpec {
             horizon: cfg.model.horizon,
             quantiles: cfg.model.quantiles.clone(),
             head: cfg.model.head,
+            decoder: cfg.model.decoder,
             season: cfg.model.season_windows as i64,
             features,
             scaler: "online_per_key".into(),
@@ -86,6 +90,9 @@ impl ModelSpec {
         }
         if self.quantiles != want.quantiles {
             return Some(format!("the model forecasts quantiles {:?}, the pipeline wants {:?}", self.quantiles, want.quantiles));
+        }
+        if self.decoder != want.decoder {
+            return Some(format!("the model's decoder is {:?}, the pipeline's {:?}", self.decoder, want.decoder));
         }
         if self.horizon != want.horizon {
             return Some(format!("the model forecasts {} windows ahead, the pipeline wants {}", self.horizon, want.horizon));
@@ -120,7 +127,7 @@ pub fn load(dir: &Path, want: &ModelSpec, device: Device) -> Result<(Network, Mo
             meta.display()
         )));
     }
-    let mut net = Network::new(spec.shape, spec.outputs(), device, spec.seed);
+    let mut net = Network::for_spec(&spec, device, spec.seed);
     net.vs
         .load(dir.join("model.safetensors"))
         .map_err(|e| Error::Model(format!("{}: cannot load weights: {e}", dir.join("model.safetensors").display())))?;

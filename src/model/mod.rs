@@ -37,7 +37,7 @@ pub use artifact::ModelSpec;
 pub use cells::{CellShape, LayerWeights};
 use store::StateStore;
 
-use crate::config::{CellKind, Head, PipelineConfig};
+use crate::config::{CellKind, Decoder, Head, PipelineConfig};
 use crate::error::{Error, Result};
 use crate::window::FIRST_AGG_COLUMN;
 
@@ -54,11 +54,53 @@ pub struct Network {
     head_b: Tensor,
     /// Linear skip from the inputs to the outputs (zero at start).
     skip_w: Tensor,
+    /// The seq2seq decoder, when configured.
+    decoder: Option<Seq2seq>,
+}
+
+/// A GRU decoder seeded with the encoder's top state: step k takes the
+/// previous step's outputs (all quantiles) and emits this step's.
+struct Seq2seq {
+    steps: i64,
+    per_step: i64,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor,
+    b_hh: Tensor,
+    out_w: Tensor,
+    out_b: Tensor,
+}
+
+impl Seq2seq {
+    /// `top: [n, hidden]` -> `[n, steps * per_step]`, quantile-major.
+    fn decode(&self, top: &Tensor) -> Tensor {
+        let n = top.size()[0];
+        let mut d = top.shallow_clone();
+        let mut prev = Tensor::zeros([n, self.per_step], (top.kind(), top.device()));
+        let mut outs = Vec::with_capacity(self.steps as usize);
+        for _ in 0..self.steps {
+            d = prev.gru_cell(&d, &self.w_ih, &self.w_hh, Some(&self.b_ih), Some(&self.b_hh));
+            prev = d.linear(&self.out_w, Some(&self.out_b));
+            outs.push(prev.shallow_clone());
+        }
+        // [n, steps, Q] -> [n, Q, steps] -> quantile-major flat.
+        Tensor::stack(&outs, 1).transpose(1, 2).reshape([n, -1])
+    }
 }
 
 impl Network {
-    /// A freshly initialised network (seeded, so runs are reproducible).
+    /// The network a model spec describes (freshly initialised, seeded).
+    pub fn for_spec(spec: &ModelSpec, device: Device, seed: i64) -> Self {
+        let seq = (spec.decoder == Decoder::Seq2seq).then_some((spec.horizon, spec.quantiles.len().max(1) as i64));
+        Self::build(spec.shape, spec.outputs(), seq, device, seed)
+    }
+
+    /// A freshly initialised network with a direct head (seeded).
     pub fn new(shape: CellShape, horizon: i64, device: Device, seed: i64) -> Self {
+        Self::build(shape, horizon, None, device, seed)
+    }
+
+    fn build(shape: CellShape, horizon: i64, seq2seq: Option<(i64, i64)>, device: Device, seed: i64) -> Self {
         // libtorch's generator is process-global: hold a lock from seeding to
         // the last initialised weight so concurrent inits (tests, a
         // retrainer beside the live stage) stay reproducible.
@@ -70,7 +112,23 @@ impl Network {
         let head_w = root.var("head_w", &[horizon, shape.hidden], nn::Init::Uniform { lo: -k, up: k });
         let head_b = root.var("head_b", &[horizon], nn::Init::Const(0.0));
         let skip_w = root.var("skip_w", &[horizon, shape.input], nn::Init::Const(0.0));
+        let decoder = seq2seq.map(|(steps, per_step)| {
+            let d = &root / "dec";
+            let hd = shape.hidden;
+            let u = nn::Init::Uniform { lo: -k, up: k };
+            Seq2seq {
+                steps,
+                per_step,
+                w_ih: d.var("w_ih", &[3 * hd, per_step], u),
+                w_hh: d.var("w_hh", &[3 * hd, hd], u),
+                b_ih: d.var("b_ih", &[3 * hd], u),
+                b_hh: d.var("b_hh", &[3 * hd], u),
+                out_w: d.var("out_w", &[per_step, hd], u),
+                out_b: d.var("out_b", &[per_step], nn::Init::Const(0.0)),
+            }
+        });
         Network {
+            decoder,
             vs,
             shape,
             horizon,
@@ -109,7 +167,7 @@ impl Network {
                 cs.push(cn);
             }
         }
-        let y = input.linear(&self.head_w, Some(&self.head_b)) + x.linear::<&Tensor>(&self.skip_w, None);
+        let y = self.head(&input) + x.linear::<&Tensor>(&self.skip_w, None);
         let c_new = (!cs.is_empty()).then(|| Tensor::stack(&cs, 0));
         (y, Tensor::stack(&hs, 0), c_new)
     }
@@ -141,8 +199,22 @@ impl Network {
                 (o, hn, None)
             }
         };
-        let y = out.linear(&self.head_w, Some(&self.head_b)) + xs.linear::<&Tensor>(&self.skip_w, None);
+        let y = self.head(&out) + xs.linear::<&Tensor>(&self.skip_w, None);
         (y, h_n, c_n)
+    }
+
+    /// The head on top-layer states `[.., hidden]` -> `[.., outputs]`.
+    fn head(&self, top: &Tensor) -> Tensor {
+        match &self.decoder {
+            None => top.linear(&self.head_w, Some(&self.head_b)),
+            Some(d) => {
+                let size = top.size();
+                let flat = top.reshape([-1, self.shape.hidden]);
+                let mut out_size = size[..size.len() - 1].to_vec();
+                out_size.push(self.horizon);
+                d.decode(&flat).reshape(out_size.as_slice())
+            }
+        }
     }
 
     /// The same as `forward_seq`, one `step` at a time (reference for tests).
@@ -247,7 +319,7 @@ impl Forecaster {
             Some(dir) => artifact::load(dir, &ModelSpec::expected(cfg), device)?,
             None => {
                 let spec = ModelSpec::untrained(cfg);
-                (Network::new(spec.shape, spec.outputs(), device, spec.seed), spec)
+                (Network::for_spec(&spec, device, spec.seed), spec)
             }
         };
         Ok(Self::new(net, spec, cfg.decode.value_fields.len(), cfg.model.warmup_windows))

@@ -448,7 +448,7 @@ pub fn train_from_windows(cfg: &PipelineConfig, t: &TrainConfig, windows: &[Path
 pub fn train_prepared(cfg: &PipelineConfig, t: &TrainConfig, data: &Prepared, init: Option<&Network>) -> Result<Trained> {
     let mut spec = ModelSpec::untrained(cfg);
     let device = crate::model::device_for(&cfg.model.device);
-    let mut net = Network::new(spec.shape, spec.outputs(), device, t.seed as i64);
+    let mut net = Network::for_spec(&spec, device, t.seed as i64);
     if let Some(src) = init {
         net.vs.copy(&src.vs)?;
     }
