@@ -221,6 +221,11 @@ pub struct ModelConfig {
     /// How the horizon is produced (see `Decoder`).
     #[serde(default)]
     pub decoder: Decoder,
+    /// Output recurrence: feed the network's previous one-step output back
+    /// as an extra input (output-to-hidden recurrence). Training then steps
+    /// one window at a time instead of using the sequence kernels.
+    #[serde(default)]
+    pub output_recurrence: bool,
     /// Hidden units per layer.
     #[serde(default = "default_hidden")]
     pub hidden: i64,
@@ -486,6 +491,7 @@ impl Default for ModelConfig {
             cell: CellKind::default(),
             head: Head::default(),
             decoder: Decoder::default(),
+            output_recurrence: false,
             hidden: default_hidden(),
             layers: default_layers(),
             horizon: default_horizon(),

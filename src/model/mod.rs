@@ -254,8 +254,14 @@ pub fn feature_names(cfg: &PipelineConfig) -> Vec<String> {
     v.push(format!("{target}_missing"));
     v.extend(spec.covariate_names());
     v.extend((1..=cfg.lags()).map(|j| format!("{target}_lag{j}")));
+    if cfg.model.output_recurrence {
+        v.push(PREV_OUTPUT.into());
+    }
     v
 }
+
+/// The feature name of the fed-back previous output (output recurrence).
+pub const PREV_OUTPUT: &str = "prev_output";
 
 /// Schema of the forecasts batch; with quantiles, a `quantiles` column
 /// holds `horizon` values per quantile, quantile-major.
@@ -330,15 +336,18 @@ impl Forecaster {
         // may itself be called e.g. `io_lag`).
         let target = spec.features.first().and_then(|f| f.strip_suffix("_scaled")).unwrap_or_default();
         let lag_prefix = format!("{target}_lag");
+        let recurrent = spec.features.last().is_some_and(|f| f == PREV_OUTPUT);
         let n_lags = spec
             .features
             .iter()
             .rev()
+            .skip(recurrent as usize)
             .take_while(|f| f.strip_prefix(lag_prefix.as_str()).is_some_and(|j| j.parse::<u32>().is_ok()))
             .count() as i64;
-        let n_cov = spec.features.len() - n_fields - 1 - n_lags as usize;
+        let n_cov = spec.features.len() - n_fields - 1 - n_lags as usize - recurrent as usize;
         let ring = replay_windows(&spec, warmup).max(n_lags + 1);
-        let store = StateStore::new(&net, n_fields as i64, ring, n_lags);
+        let mut store = StateStore::new(&net, n_fields as i64, ring, n_lags, recurrent);
+        store.prev_index = spec.quantiles.iter().position(|q| *q == 0.5).unwrap_or(0) as i64 * spec.horizon;
         Forecaster {
             schema: forecasts_schema(spec.horizon, &spec.quantiles),
             store,
@@ -531,10 +540,18 @@ impl Forecaster {
         let (scaled, mean, scale) = self.store.update_scaler(slots, &values);
         let base_input = network_input(&scaled, &values, &cov);
         let lags = self.store.lags(slots, self.n_lags, &mean.select(1, 0), &scale.select(1, 0));
-        let input = Tensor::cat(&[&base_input, &lags], 1);
+        let mut parts = vec![base_input.shallow_clone(), lags];
+        let recurrent = self.store.has_prev_output();
+        if recurrent {
+            parts.push(self.store.prev_output(slots).unsqueeze(1));
+        }
+        let input = Tensor::cat(&parts, 1);
         let (h, c) = self.store.gather(slots);
         let (y, h_new, c_new) = self.net.step(&input, &h, c.as_ref(), 0.0);
         self.store.scatter(slots, &h_new, c_new.as_ref());
+        if recurrent {
+            self.store.set_prev_output(slots, &first_output(&y, &self.spec));
+        }
         let seen = self.store.push_history(slots, &values.select(1, 0), &base_input);
         let mean0 = mean.select(1, 0);
         let horizon = self.spec.horizon;
@@ -563,6 +580,13 @@ impl Forecaster {
         };
         Ok((point.to_device(Device::Cpu), q, use_model.to_device(Device::Cpu)))
     }
+}
+
+/// The network's one-step output that output recurrence feeds back: step 1
+/// of the median quantile (or of the point head), in the network's units.
+pub fn first_output(y: &Tensor, spec: &ModelSpec) -> Tensor {
+    let mid = spec.quantiles.iter().position(|q| *q == 0.5).unwrap_or(0) as i64;
+    y.select(-1, mid * spec.horizon).to_kind(Kind::Float)
 }
 
 /// The network input from scaled values `[m, F]`, raw values (for the

@@ -24,6 +24,7 @@ pub struct StateStore {
     ring_len: i64,
     device: Device,
     has_c: bool,
+    recurrent: bool,
     h: Tensor,
     c: Option<Tensor>,
     n: Tensor,
@@ -36,10 +37,14 @@ pub struct StateStore {
     n_in: i64,
     n_lags: i64,
     seen: Tensor,
+    /// Last one-step output per key (output recurrence), if the network takes it.
+    prev: Option<Tensor>,
+    /// Column of the network output fed back (see `model::first_output`).
+    pub prev_index: i64,
 }
 
 impl StateStore {
-    pub fn new(net: &Network, fields: i64, ring_len: i64, n_lags: i64) -> Self {
+    pub fn new(net: &Network, fields: i64, ring_len: i64, n_lags: i64, recurrent: bool) -> Self {
         let mut s = StateStore {
             slots: HashMap::default(),
             free: Vec::new(),
@@ -50,6 +55,7 @@ impl StateStore {
             ring_len,
             device: net.vs.device(),
             has_c: net.shape.kind.has_cell_state(),
+            recurrent,
             h: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
             c: None,
             n: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
@@ -57,8 +63,10 @@ impl StateStore {
             m2: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
             ring: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
             inputs: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
-            n_in: net.shape.input - n_lags,
+            n_in: net.shape.input - n_lags - recurrent as i64,
             n_lags,
+            prev: None,
+            prev_index: 0,
             seen: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
         };
         s.grow(64);
@@ -102,6 +110,10 @@ impl StateStore {
         self.ring = grow(&self.ring, &[new_cap, self.ring_len], d, 0);
         self.inputs = grow(&self.inputs, &[new_cap, self.ring_len, self.n_in], f, 0);
         self.seen = grow(&self.seen, &[new_cap], (Kind::Int64, self.device), 0);
+        if self.recurrent {
+            let p = self.prev.take().unwrap_or_else(|| Tensor::zeros([0], f));
+            self.prev = Some(grow(&p, &[new_cap], f, 0));
+        }
         self.free.extend((old..new_cap).rev());
         self.cap = new_cap;
     }
@@ -135,6 +147,9 @@ impl StateStore {
             let _ = t.index_fill_(0, &idx, 0.0);
         }
         let _ = self.seen.index_fill_(0, &idx, 0);
+        if let Some(p) = self.prev.as_mut() {
+            let _ = p.index_fill_(0, &idx, 0.0);
+        }
         self.free.extend(freed);
     }
 
@@ -209,6 +224,24 @@ impl StateStore {
         z.where_self(&valid, &z.zeros_like()).to_kind(Kind::Float)
     }
 
+    pub fn has_prev_output(&self) -> bool {
+        self.recurrent
+    }
+
+    /// The keys' previous one-step outputs `[m]` (0 for a new key).
+    pub fn prev_output(&self, slots: &Tensor) -> Tensor {
+        match &self.prev {
+            Some(p) => p.index_select(0, slots),
+            None => Tensor::zeros([slots.size()[0]], (Kind::Float, self.device)),
+        }
+    }
+
+    pub fn set_prev_output(&mut self, slots: &Tensor, v: &Tensor) {
+        if let Some(p) = self.prev.as_mut() {
+            let _ = p.index_copy_(0, slots, v);
+        }
+    }
+
     /// The current scaler of the target `(mean, scale)` for these slots.
     fn target_scaler(&self, slots: &Tensor) -> (Tensor, Tensor) {
         let n = self.n.index_select(0, slots).select(1, 0);
@@ -239,6 +272,7 @@ impl StateStore {
         // a close approximation once a key has some history.
         let (mean, scale) = self.target_scaler(&slots);
         let jl = Tensor::arange_start(1, self.n_lags + 1, (Kind::Int64, self.device)).unsqueeze(0);
+        let mut prev = Tensor::zeros([live.len() as i64], (Kind::Float, self.device));
         for t in 0..w {
             // Step t replays the key's window number seen - W + t.
             let k = &seen - w + t;
@@ -251,8 +285,18 @@ impl StateStore {
             // A lag is known if it is in the series and still in the ring.
             let oldest = (&seen - w).clamp_min(0).unsqueeze(1);
             let z = z.where_self(&kl.ge_tensor(&oldest), &z.zeros_like()).to_kind(Kind::Float);
-            let x = Tensor::cat(&[base, z], 1);
-            let (_, hn, cn) = net.step(&x, &h, c.as_ref(), 0.0);
+            let mut parts = vec![base, z];
+            if self.recurrent {
+                parts.push(prev.unsqueeze(1));
+            }
+            let x = Tensor::cat(&parts, 1);
+            let (y, hn, cn) = net.step(&x, &h, c.as_ref(), 0.0);
+            if self.recurrent {
+                // The median's (or point's) step 1 sits at the front unless
+                // quantiles are configured; `replay_prev_index` says where.
+                let p_new = y.select(1, self.prev_index).to_kind(Kind::Float);
+                prev = p_new.where_self(&valid, &prev);
+            }
             let mask = valid.view([1, -1, 1]);
             h = hn.where_self(&mask, &h);
             c = match (cn, c) {
@@ -263,6 +307,9 @@ impl StateStore {
         let _ = self.h.index_copy_(1, &slots, &h);
         if let (Some(dst), Some(src)) = (self.c.as_mut(), c.as_ref()) {
             let _ = dst.index_copy_(1, &slots, src);
+        }
+        if let Some(p) = self.prev.as_mut() {
+            let _ = p.index_copy_(0, &slots, &prev);
         }
         i64::try_from(seen.clamp_max(w).sum(Kind::Int64)).unwrap_or(0)
     }

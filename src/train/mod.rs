@@ -151,6 +151,9 @@ pub struct TrainReport {
 pub fn prep_spec(cfg: &PipelineConfig, t: &TrainConfig) -> PrepSpec {
     let spec = crate::window::WindowSpec::from_config(cfg);
     PrepSpec {
+        recur: cfg.model.output_recurrence.then(|| {
+            cfg.model.quantiles.iter().position(|q| *q == 0.5).unwrap_or(0) as i64 * cfg.model.horizon
+        }),
         quantiles: cfg.model.quantiles.clone(),
         key: "key".into(),
         value_fields: cfg.decode.value_fields.clone(),
@@ -213,19 +216,47 @@ fn masked_loss(pred: &Tensor, y: &Tensor, mask: &Tensor, loss: &Loss) -> (Tensor
 /// kernels within a chunk, the state detached between chunks). With
 /// `train`, backpropagates each chunk on its own. Returns (sum of loss,
 /// count of terms).
+#[cfg(test)]
 fn run_batch(net: &Network, b: &prep::Batch, tbptt: i64, loss: &Loss, dropout: f64, train: bool) -> (f64, f64) {
+    run_batch_with(net, b, tbptt, loss, dropout, train, None)
+}
+
+/// `run_batch`; with `recur = Some(i)`, output recurrence: the inputs' last
+/// column is replaced, step by step, by output column `i` of the previous
+/// step (the fed-back one-step output), so the chunk runs one step at a time.
+fn run_batch_with(net: &Network, b: &prep::Batch, tbptt: i64, loss: &Loss, dropout: f64, train: bool, recur: Option<i64>) -> (f64, f64) {
     let bsz = b.x.size()[0];
     let l = b.x.size()[1];
+    let n_in = b.x.size()[2];
     let (mut h, mut c) = net.zero_state(bsz);
+    let mut prev = Tensor::zeros([bsz, 1], (Kind::Float, b.x.device()));
     let (mut sum, mut count) = (0.0, 0.0);
     let mut t0 = 0;
     while t0 < l {
         let len = tbptt.max(1).min(l - t0);
         h = h.detach();
         c = c.map(|c| c.detach());
-        let (pred, hn, cn) = net.forward_seq(&b.x.narrow(1, t0, len), &h, c.as_ref(), dropout, train);
-        h = hn;
-        c = cn;
+        prev = prev.detach();
+        let pred = match recur {
+            None => {
+                let (pred, hn, cn) = net.forward_seq(&b.x.narrow(1, t0, len), &h, c.as_ref(), dropout, train);
+                h = hn;
+                c = cn;
+                pred
+            }
+            Some(col) => {
+                let mut preds = Vec::with_capacity(len as usize);
+                for t in t0..t0 + len {
+                    let x = Tensor::cat(&[b.x.select(1, t).narrow(1, 0, n_in - 1), prev.shallow_clone()], 1);
+                    let (y, hn, cn) = net.step(&x, &h, c.as_ref(), if train { dropout } else { 0.0 });
+                    prev = y.narrow(1, col, 1);
+                    h = hn;
+                    c = cn;
+                    preds.push(y);
+                }
+                Tensor::stack(&preds, 1)
+            }
+        };
         let (s, n) = masked_loss(&pred, &b.y.narrow(1, t0, len), &b.loss_mask.narrow(1, t0, len), loss);
         let n_f = f64::try_from(&n).unwrap_or(0.0);
         if train && n_f > 0.0 {
@@ -277,7 +308,7 @@ pub fn validation_loss(net: &Network, data: &Prepared, cfg: &TrainConfig) -> f64
         let (mut s, mut n) = (0.0, 0.0);
         for chunk in data.val_ends.chunks(cfg.batch_size.max(1)) {
             let b = data.batch(chunk, &data.val_origin, cfg.burn_in.min(data.context - 1));
-            let (cs, cn) = run_batch(net, &b, data.context, &loss, 0.0, false);
+            let (cs, cn) = run_batch_with(net, &b, data.context, &loss, 0.0, false, data.recur);
             s += cs;
             n += cn;
         }
@@ -353,7 +384,7 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
         for chunk in ends.chunks(cfg.batch_size.max(1)) {
             let b = data.batch(chunk, &data.train_origin, burn);
             opt.zero_grad();
-            let (cs, cn) = run_batch(net, &b, cfg.tbptt, &loss, cfg.dropout, true);
+            let (cs, cn) = run_batch_with(net, &b, cfg.tbptt, &loss, cfg.dropout, true, data.recur);
             let norm = clip_global_norm(&net.vs, cfg.clip_norm);
             report.max_grad_norm = report.max_grad_norm.max(norm);
             let clipped = if cfg.clip_norm > 0.0 { norm.min(cfg.clip_norm) } else { norm };

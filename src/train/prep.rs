@@ -43,6 +43,9 @@ pub struct PrepSpec {
     pub head: Head,
     /// Quantiles the model forecasts (pinball loss); empty = point only.
     pub quantiles: Vec<f64>,
+    /// Output recurrence: the output column fed back as the last input
+    /// (a placeholder column of zeros is prepared for it).
+    pub recur: Option<i64>,
     /// Windows of context per sample.
     pub context: i64,
     /// Origins between consecutive training samples of a key.
@@ -78,6 +81,7 @@ pub struct Prepared {
     pub val_ends: Vec<i64>,
     pub context: i64,
     pub quantiles: Vec<f64>,
+    pub recur: Option<i64>,
     /// Event-time range (ms) of the windows used.
     pub time_range: (i64, i64),
     pub n_inputs: i64,
@@ -212,7 +216,12 @@ fn tensors(df: &DataFrame, spec: &PrepSpec) -> Result<Prepared> {
     in_names.push("__in_missing".into());
     in_names.extend(spec.covariates.iter().cloned());
     in_names.extend((1..=spec.lags).map(|j| format!("__lag{j}")));
-    let inputs = stack(df, &in_names)?;
+    let mut inputs = stack(df, &in_names)?;
+    if spec.recur.is_some() {
+        // Filled step by step with the network's own previous output.
+        inputs = Tensor::cat(&[&inputs, &inputs.narrow(1, 0, 1).zeros_like()], 1);
+        in_names.push("__prev".into());
+    }
     let t_names: Vec<String> = (1..=spec.horizon).map(|h| format!("__t{h}")).collect();
     let b_names: Vec<String> = (1..=spec.horizon).map(|h| format!("__b{h}")).collect();
     let targets = stack(df, &t_names)?;
@@ -272,6 +281,7 @@ fn tensors(df: &DataFrame, spec: &PrepSpec) -> Result<Prepared> {
         val_ends,
         context: spec.context,
         quantiles: spec.quantiles.clone(),
+        recur: spec.recur,
         time_range: (lo, hi),
     })
 }

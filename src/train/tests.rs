@@ -247,3 +247,24 @@ fn seq2seq_decoder_learns_and_agrees_between_step_and_sequence() {
     let r = &trained.report;
     assert!(r.best_val_loss < 0.8 * r.baseline_val_loss, "seq2seq val {} vs seasonal naive {}", r.best_val_loss, r.baseline_val_loss);
 }
+
+#[test]
+fn output_recurrence_trains_and_matches_the_live_stage_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = pipeline("gru", "residual");
+    cfg.model.output_recurrence = true;
+    let features = crate::model::feature_names(&cfg);
+    assert_eq!(features.last().map(String::as_str), Some(crate::model::PREV_OUTPUT));
+    let files = seasonal_windows(&cfg, 4, 24 * 20, dir.path());
+    let trained = train_from_windows(&cfg, &quick(4), &files, None).unwrap();
+    assert!(!trained.report.diverged);
+    assert!(trained.report.best_val_loss < trained.report.baseline_val_loss, "{:?}", trained.report);
+    // The live stage takes the same network (input size includes the fed-back output).
+    let mut stage = crate::model::Forecaster::new(trained.net, trained.spec, 1, cfg.model.warmup_windows);
+    let f = std::fs::File::open(&files[0]).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+    for b in reader {
+        let out = stage.forecast(&b.unwrap()).unwrap();
+        assert!(out.num_rows() > 0);
+    }
+}
