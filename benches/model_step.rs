@@ -131,7 +131,7 @@ fn key(i: usize) -> String {
 
 /// A store with `n` registered keys; returns it and their slots.
 fn store_with(net: &Network, n: usize) -> (StateStore, Vec<i64>) {
-    let mut store = StateStore::new(net, 1, 48, 0);
+    let mut store = StateStore::new(net, 1, 48, 0, false);
     let slots = (0..n).map(|i| store.slot(&key(i))).collect();
     (store, slots)
 }

@@ -33,7 +33,10 @@
 //! Everything runs on one thread (the window stage is single-threaded by
 //! design), so the figures are per core.
 //!
-//! `WINDOW_BENCH_QUICK=1` shrinks everything to a smoke run.
+//! `WINDOW_BENCH_QUICK=1` shrinks everything to a smoke run;
+//! `WINDOW_BENCH_REPS` sets the runs per case; `WINDOW_BENCH_ONLY=path:fields:keys`
+//! (e.g. `window:1:100000`, any part may be `*`) runs only matching cases
+//! (handy under `perf record`).
 
 use std::path::Path;
 use std::time::Instant;
@@ -257,6 +260,14 @@ fn account(r: &mut Run, closed: &streamcast::window::Closed, dec: f64, win: f64)
     }
 }
 
+/// Whether `WINDOW_BENCH_ONLY` (path:fields:keys, `*` = any) selects this case.
+fn selected(path: &str, nf: usize, keys: usize) -> bool {
+    let Ok(only) = std::env::var("WINDOW_BENCH_ONLY") else { return true };
+    let want: Vec<&str> = only.split(':').collect();
+    let have = [path.to_string(), nf.to_string(), keys.to_string()];
+    want.iter().zip(&have).all(|(w, h)| *w == "*" || *w == h)
+}
+
 fn main() {
     let reps: usize = std::env::var("WINDOW_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(if quick() { 1 } else { 3 });
     // (keys, seconds of event time)
@@ -286,11 +297,14 @@ fn main() {
     for decode in [false, true] {
         for nf in [1, 8] {
             for &(keys, seconds) in &sizes {
+                let path = if decode { "decode+window" } else { "window" };
+                if !selected(path, nf, keys) {
+                    continue;
+                }
                 let mut runs: Vec<(usize, Run)> = (0..reps).map(|_| run_once(nf, keys, seconds, decode)).collect();
                 runs.sort_by(|a, b| a.1.total().total_cmp(&b.1.total()));
                 let (events, med) = runs[runs.len() / 2].clone();
                 let best = &runs[0].1;
-                let path = if decode { "decode+window" } else { "window" };
                 let share = if decode { format!("{:.0}%", 100.0 * med.decode_s / med.total()) } else { "-".into() };
                 let closing = if med.closing_calls > 0 { med.closing_s * 1e3 / med.closing_calls as f64 } else { 0.0 };
                 println!(

@@ -237,12 +237,18 @@ pub fn run_retrainer(cfg: PipelineConfig, signals: Arc<RetrainSignals>, swap_tx:
         last_windows = windows;
         let files = match crate::archive::list_files(&cfg.archive_dir()) {
             Ok(f) if !f.is_empty() => f,
-            Ok(_) => continue,
+            Ok(_) => {
+                tracing::info!(dir = %cfg.archive_dir().display(), "retrain due but the archive has no completed file yet");
+                // Try again at the next poll rather than a full period later.
+                last_windows = 0;
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "retrainer cannot list the archive");
                 continue;
             }
         };
+        tracing::info!(windows, files = files.len(), "retraining a challenger");
         let t = cfg.train.clone();
         let outcome = train::prepare(&files, &train::prep_spec(&cfg, &t))
             .and_then(|data| challenge(&cfg, &t, &data, &champion, &registry));

@@ -582,6 +582,12 @@ impl Forecaster {
     }
 }
 
+/// Scaled inputs (and training targets) are clamped to this many scale units:
+/// a key that sat flat and then moves would otherwise feed the network (or
+/// the loss) values in the millions. Training and the live stage apply the
+/// same clamp.
+pub const SCALED_CLAMP: f64 = 10.0;
+
 /// The network's one-step output that output recurrence feeds back: step 1
 /// of the median quantile (or of the point head), in the network's units.
 pub fn first_output(y: &Tensor, spec: &ModelSpec) -> Tensor {

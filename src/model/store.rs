@@ -185,7 +185,8 @@ impl StateStore {
         // turn the first change into an enormous input.
         let floor = mean_new.abs() * 1e-3 + 1e-6;
         let scale = var.sqrt().maximum(&floor);
-        let scaled = (x - &mean_new) / &scale * present;
+        let c = super::SCALED_CLAMP;
+        let scaled = ((x - &mean_new) / &scale).clamp(-c, c) * present;
         (scaled, mean_new, scale)
     }
 
@@ -219,7 +220,8 @@ impl StateStore {
         let pos = k.remainder(self.ring_len);
         let rows = self.ring.index_select(0, slots);
         let v = rows.gather(1, &pos, false);
-        let z = (v - mean.unsqueeze(1)) / scale.unsqueeze(1);
+        let c = super::SCALED_CLAMP;
+        let z = ((v - mean.unsqueeze(1)) / scale.unsqueeze(1)).clamp(-c, c);
         let z = z.nan_to_num(0.0, None::<f64>, None::<f64>);
         z.where_self(&valid, &z.zeros_like()).to_kind(Kind::Float)
     }
@@ -281,7 +283,8 @@ impl StateStore {
             let base = rows.gather(1, &pos, false).squeeze_dim(1);
             let kl = k.unsqueeze(1) - &jl;
             let lv = values.gather(1, &kl.remainder(w), false);
-            let z = ((lv - mean.unsqueeze(1)) / scale.unsqueeze(1)).nan_to_num(0.0, None::<f64>, None::<f64>);
+            let lim = super::SCALED_CLAMP;
+            let z = ((lv - mean.unsqueeze(1)) / scale.unsqueeze(1)).clamp(-lim, lim).nan_to_num(0.0, None::<f64>, None::<f64>);
             // A lag is known if it is in the series and still in the ring.
             let oldest = (&seen - w).clamp_min(0).unsqueeze(1);
             let z = z.where_self(&kl.ge_tensor(&oldest), &z.zeros_like()).to_kind(Kind::Float);

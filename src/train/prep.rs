@@ -28,6 +28,17 @@ use rand::SeedableRng;
 use tch::{Kind, Tensor};
 
 use crate::config::Head;
+use crate::model::SCALED_CLAMP;
+
+/// `e` clamped to ±SCALED_CLAMP (NaN stays NaN), as the live stage does.
+fn clamped(e: Expr) -> Expr {
+    let c = SCALED_CLAMP;
+    when(e.clone().gt(lit(c)))
+        .then(lit(c))
+        .when(e.clone().lt(lit(-c)))
+        .then(lit(-c))
+        .otherwise(e)
+}
 use crate::error::{Error, Result};
 
 /// What to prepare.
@@ -141,7 +152,7 @@ pub fn prepare_lazy(lf: LazyFrame, spec: &PrepSpec) -> Result<Prepared> {
         let scale = when(sd.clone().gt(floor.clone())).then(sd).otherwise(floor);
         lf = lf.with_columns([mean.alias(format!("__mean_{f}")), scale.alias(format!("__scale_{f}"))]);
         let scaled_f = when(present)
-            .then((x - col(format!("__mean_{f}"))) / col(format!("__scale_{f}")))
+            .then(clamped((x - col(format!("__mean_{f}"))) / col(format!("__scale_{f}"))))
             .otherwise(lit(0.0))
             .alias(format!("__in_{f}"));
         scaled.push(scaled_f);
@@ -153,7 +164,7 @@ pub fn prepare_lazy(lf: LazyFrame, spec: &PrepSpec) -> Result<Prepared> {
     // Lags, scaled with the scaler of the current window, unknown = 0: what
     // `StateStore::lags` gives at runtime.
     for j in 1..=spec.lags {
-        let z = (col(target).shift(lit(j)).over(k()).map_err(pe)? - mean0.clone()) / scale0.clone();
+        let z = clamped((col(target).shift(lit(j)).over(k()).map_err(pe)? - mean0.clone()) / scale0.clone());
         cols.push(z.fill_nan(lit(0.0)).fill_null(lit(0.0)).alias(format!("__lag{j}")));
     }
     let mut lf = lf.with_columns(cols);
@@ -172,10 +183,11 @@ pub fn prepare_lazy(lf: LazyFrame, spec: &PrepSpec) -> Result<Prepared> {
             Head::Residual => resid.clone(),
             Head::Direct => resid.clone() + b,
         };
-        tgt.push(t.alias(format!("__t{h}")));
+        // Clamped like the inputs: one wild target must not own the loss.
+        tgt.push(clamped(t).alias(format!("__t{h}")));
         // What a network outputting zeros scores, in the same units.
         let zero_out = match spec.head {
-            Head::Residual => resid,
+            Head::Residual => clamped(resid),
             Head::Direct => col(format!("__t{h}")),
         };
         base.push(zero_out);

@@ -8,3 +8,4 @@
 mod cli;
 mod common;
 mod kafka_e2e;
+mod retrain_e2e;
