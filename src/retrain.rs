@@ -63,7 +63,9 @@ mod nan_as_null {
 /// The champion/challenger rule.
 pub fn decide(challenger: &Trained, champion_val: f64, champion_version: &str) -> Decision {
     let c = challenger.report.best_val_loss;
-    let (promoted, reason) = if challenger.report.diverged {
+    let (promoted, reason) = if challenger.report.cancelled {
+        (false, "training was cancelled (shutdown)".to_string())
+    } else if challenger.report.diverged {
         (false, "training diverged".to_string())
     } else if !c.is_finite() {
         (false, format!("challenger validation loss is {c}"))
@@ -289,6 +291,7 @@ mod tests {
                 ..spec
             },
             report: TrainReport {
+                cancelled: false,
                 epochs: 1,
                 best_epoch: 1,
                 train_loss: vec![val],

@@ -272,12 +272,14 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
         .map_err(|_| Error::StageStopped("compute"))??;
     let _ = sink_task.await;
     committer.abort();
-    // The retrainer is not joined: a training run may take minutes and a
-    // shutdown must not wait for it. A version it was writing when the
-    // process exits has no model.json yet and is ignored; the champion file
-    // is only ever replaced atomically.
+    // Stop the retrainer: a training in progress is cancelled at its next
+    // batch (never promoted), and we wait for the thread, because libtorch
+    // must not be computing on another thread while the process exits.
     signals.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    drop(retrainer);
+    crate::train::request_cancel();
+    if let Some(r) = retrainer {
+        let _ = tokio::task::spawn_blocking(move || r.join()).await;
+    }
     store_offsets(&consumer, &tracker, &cfg.source.topic);
     let points = commit_list(&tracker, &cfg.source.topic);
     if points.count() > 0 {

@@ -128,9 +128,26 @@ impl Default for TrainConfig {
     }
 }
 
+/// Set when the process is shutting down: running trainings stop at the
+/// next batch and report `cancelled` (a cancelled run is never promoted).
+/// libtorch must not be mid-computation on another thread while the
+/// process exits, so the job asks, then waits for the trainer to return.
+static CANCEL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn request_cancel() {
+    CANCEL.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn cancelled() -> bool {
+    CANCEL.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// What one training run did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainReport {
+    /// Stopped early because the process is shutting down.
+    #[serde(default)]
+    pub cancelled: bool,
     pub epochs: usize,
     pub best_epoch: usize,
     pub train_loss: Vec<f64>,
@@ -363,6 +380,7 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
     let mut best = validation_loss(net, data, cfg);
     let mut best_weights = snapshot(&net.vs);
     let mut report = TrainReport {
+        cancelled: false,
         epochs: 0,
         best_epoch: 0,
         train_loss: Vec::new(),
@@ -400,6 +418,10 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
             samples += chunk.len();
             if cfg.max_seconds.is_some_and(|m| started.elapsed().as_secs_f64() > m) {
                 break;
+            }
+            if cancelled() {
+                report.cancelled = true;
+                break 'epochs;
             }
         }
         let train_loss = s / n.max(1.0);
