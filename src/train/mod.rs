@@ -77,7 +77,8 @@ pub struct TrainConfig {
     /// Seed for initialisation and shuffling.
     #[serde(default = "d_seed")]
     pub seed: u64,
-    /// libtorch threads while training.
+    /// libtorch threads while training (1 is fastest for small models on
+    /// a shared machine; see BENCHMARKS.md).
     #[serde(default = "d_threads")]
     pub threads: i32,
     /// Stop after this many seconds (the best model so far is kept).
@@ -119,7 +120,10 @@ fn d_seed() -> u64 {
     7
 }
 fn d_threads() -> i32 {
-    2
+    // One: the ops of these small recurrent nets are too small to split, and
+    // with two OpenMP threads on a busy 2-core machine every op's barrier
+    // waits on a descheduled thread — measured 85x slower (BENCHMARKS.md).
+    1
 }
 
 impl Default for TrainConfig {

@@ -268,3 +268,31 @@ fn output_recurrence_trains_and_matches_the_live_stage_features() {
         assert!(out.num_rows() > 0);
     }
 }
+
+/// Timing probe (run by hand): sequence kernels vs the step loop.
+#[test]
+#[ignore]
+fn probe_training_step_speed() {
+    let mut cfg = pipeline("gru", "residual");
+    cfg.model.hidden = 64;
+    cfg.model.horizon = 48;
+    cfg.model.lags = Some(168);
+    let spec = crate::model::ModelSpec::untrained(&cfg);
+    let net = Network::for_spec(&spec, tch::Device::Cpu, 1);
+    let threads: i32 = std::env::var("PROBE_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    tch::set_num_threads(threads);
+    for (name, recur) in [("sequence kernel", None), ("step loop", Some(0i64))] {
+        let b = prep::Batch {
+            x: Tensor::randn([64, 240, spec.shape.input], (Kind::Float, tch::Device::Cpu)),
+            y: Tensor::randn([64, 240, 48], (Kind::Float, tch::Device::Cpu)),
+            baseline: Tensor::zeros([64, 240, 48], (Kind::Float, tch::Device::Cpu)),
+            loss_mask: Tensor::ones([64, 240], (Kind::Bool, tch::Device::Cpu)),
+            valid: Tensor::ones([64, 240], (Kind::Bool, tch::Device::Cpu)),
+        };
+        let t = std::time::Instant::now();
+        for _ in 0..3 {
+            run_batch_with(&net, &b, 48, &Loss::Mae, 0.0, true, recur);
+        }
+        eprintln!("{name}: {:.1} ms per batch of 64x240", t.elapsed().as_secs_f64() * 1000.0 / 3.0);
+    }
+}
