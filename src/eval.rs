@@ -252,6 +252,8 @@ pub struct ModelContext {
     pub season: usize,
     /// Pipeline file configuring the recurrent model (`rnn`).
     pub rnn_pipeline: Option<PathBuf>,
+    /// Networks averaged by `rnn` (its ensemble size).
+    pub rnn_ensemble: usize,
 }
 
 /// Builds a batch model by name: every name of [`BASELINE_NAMES`].
@@ -263,7 +265,10 @@ pub fn model_by_name(name: &str, ctx: &ModelContext) -> Option<Box<dyn Model>> {
     if name == "rnn" {
         let path = ctx.rnn_pipeline.clone().unwrap_or_else(|| PathBuf::from("pipelines/m4_hourly.toml"));
         return match crate::eval_rnn::RnnModel::from_pipeline(&path) {
-            Ok(m) => Some(Box::new(m)),
+            Ok(mut m) => {
+                m.ensemble = ctx.rnn_ensemble.max(1);
+                Some(Box::new(m))
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot build the rnn model");
                 None
@@ -533,12 +538,13 @@ pub fn eval_m4_holdout(
     season: usize,
     horizon: usize,
     rnn_pipeline: Option<PathBuf>,
+    rnn_ensemble: usize,
 ) -> Result<(M4Report, Vec<Checked>)> {
     if horizon == 0 {
         bail!("the holdout must be at least 1 value");
     }
     let panel = Panel::holdout(data, horizon)?;
-    let ctx = ModelContext { season, rnn_pipeline };
+    let ctx = ModelContext { season, rnn_pipeline, rnn_ensemble };
     let checked = run_models(&panel, models, &ctx, horizon)?;
     let naive2 = match checked.iter().position(|c| c.model == "naive2") {
         Some(i) => mean_panel_scores(&panel, &checked[i].forecasts, season)?,
@@ -571,9 +577,10 @@ pub fn forecast_m4(
     season: usize,
     horizon: usize,
     rnn_pipeline: Option<PathBuf>,
+    rnn_ensemble: usize,
 ) -> Result<Vec<Checked>> {
     let panel = Panel::at_end(data);
-    run_models(&panel, models, &ModelContext { season, rnn_pipeline }, horizon)
+    run_models(&panel, models, &ModelContext { season, rnn_pipeline, rnn_ensemble }, horizon)
 }
 
 /// Writes forecasts in the M4 submission shape: `id,F1,...,FH`, one row per series.
@@ -1330,7 +1337,7 @@ mod tests {
         // Forecasting past the end: all history, no future, no second run.
         let end = Panel::at_end(&data);
         assert!(end.read().iter().all(|s| s.future().is_empty() && s.history().len() == s.values.len()));
-        let c = run_checked(&end, &mut || model_by_name("naive", &ModelContext { season: 2, rnn_pipeline: None }).unwrap(), 2).unwrap();
+        let c = run_checked(&end, &mut || model_by_name("naive", &ModelContext { season: 2, rnn_pipeline: None, rnn_ensemble: 1 }).unwrap(), 2).unwrap();
         assert!(!c.leak_checked);
         assert_eq!(c.forecasts, vec![vec![9.0, 9.0], vec![4.0, 4.0]]);
     }
@@ -1346,7 +1353,7 @@ mod tests {
             ("A".to_string(), vec![1.0, 3.0, 2.0, 5.0, 4.0, 6.0]),
             ("B".to_string(), vec![2.0, 4.0, 4.0, 8.0, 4.0, 4.0]),
         ];
-        let (rep, checked) = eval_m4_holdout(&data, &["snaive".to_string()], 2, 2, None).unwrap();
+        let (rep, checked) = eval_m4_holdout(&data, &["snaive".to_string()], 2, 2, None, 1).unwrap();
         assert_eq!(checked[0].forecasts, vec![vec![2.0, 5.0], vec![4.0, 8.0]]);
         assert!(checked[0].leak_checked);
         let smape_a = (200.0 * 2.0 / 6.0 + 200.0 / 11.0) / 2.0;
@@ -1424,7 +1431,7 @@ mod tests {
         assert_eq!(*panel.read(), before);
         // Every honest baseline passes on the same panel, with the forecasts
         // it gives on the histories alone.
-        let ctx = ModelContext { season: 4, rnn_pipeline: None };
+        let ctx = ModelContext { season: 4, rnn_pipeline: None, rnn_ensemble: 1 };
         for name in BASELINE_NAMES {
             let c = run_checked(&panel, &mut || model_by_name(name, &ctx).unwrap(), 4).unwrap();
             assert!(c.leak_checked);
@@ -1466,7 +1473,7 @@ mod tests {
         }
         let e = run_checked(&panel, &mut || Box::new(Short), 2).unwrap_err();
         assert!(matches!(e, HarnessError::Length { want: 2, got: 1, .. }), "{e:?}");
-        assert!(eval_m4_holdout(&data, &["arima".to_string()], 2, 2, None).unwrap_err().to_string().contains("unknown model `arima`"));
+        assert!(eval_m4_holdout(&data, &["arima".to_string()], 2, 2, None, 1).unwrap_err().to_string().contains("unknown model `arima`"));
     }
 
     #[test]

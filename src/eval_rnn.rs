@@ -31,6 +31,9 @@ pub const EVAL_END_MS: i64 = 1_577_836_800_000;
 /// A global recurrent model trained on the histories it is given.
 pub struct RnnModel {
     cfg: PipelineConfig,
+    /// Networks trained (seeds `train.seed`, `+1`, ...) whose forecasts are
+    /// averaged: ensembling, as the M4 winners did.
+    pub ensemble: usize,
     /// Report of the last training run.
     pub report: Option<TrainReport>,
 }
@@ -40,12 +43,13 @@ impl RnnModel {
     pub fn from_pipeline(path: &std::path::Path) -> Result<Self> {
         Ok(RnnModel {
             cfg: PipelineConfig::load(path)?,
+            ensemble: 1,
             report: None,
         })
     }
 
     pub fn new(cfg: PipelineConfig) -> Self {
-        RnnModel { cfg, report: None }
+        RnnModel { cfg, ensemble: 1, report: None }
     }
 
     fn run(&mut self, histories: &[&[f64]], horizon: usize) -> Result<Vec<Vec<f64>>> {
@@ -58,22 +62,36 @@ impl RnnModel {
         let path: PathBuf = dir.path().join("windows.parquet");
         train::write_windows(&windows, WindowSpec::from_config(&cfg).windows_schema(), &path)?;
         let data = train::prepare(&[path], &train::prep_spec(&cfg, &cfg.train))?;
-        let trained = train::train_prepared(&cfg, &cfg.train, &data, None)?;
-        tracing::info!(
-            val = trained.report.best_val_loss,
-            baseline = trained.report.baseline_val_loss,
-            epochs = trained.report.epochs,
-            seconds = trained.report.seconds,
-            "rnn trained"
-        );
-        self.report = Some(trained.report.clone());
-        let mut stage = Forecaster::new(trained.net, trained.spec, cfg.decode.value_fields.len(), cfg.model.warmup_windows);
-        let mut out = vec![vec![f64::NAN; horizon]; histories.len()];
-        for w in &windows {
-            let f = stage.forecast(w)?;
-            collect_last(&f, EVAL_END_MS, &mut out);
+        let mut sum = vec![vec![0.0; horizon]; histories.len()];
+        let members = self.ensemble.max(1);
+        for m in 0..members {
+            let mut t = cfg.train.clone();
+            t.seed = t.seed.wrapping_add(m as u64);
+            let mut mcfg = cfg.clone();
+            mcfg.model.seed = cfg.model.seed.wrapping_add(m as i64);
+            let trained = train::train_prepared(&mcfg, &t, &data, None)?;
+            tracing::info!(
+                member = m,
+                val = trained.report.best_val_loss,
+                baseline = trained.report.baseline_val_loss,
+                epochs = trained.report.epochs,
+                seconds = trained.report.seconds,
+                "rnn trained"
+            );
+            self.report = Some(trained.report.clone());
+            let mut stage = Forecaster::new(trained.net, trained.spec, cfg.decode.value_fields.len(), cfg.model.warmup_windows);
+            let mut out = vec![vec![f64::NAN; horizon]; histories.len()];
+            for w in &windows {
+                let f = stage.forecast(w)?;
+                collect_last(&f, EVAL_END_MS, &mut out);
+            }
+            for (s, o) in sum.iter_mut().zip(&out) {
+                for (a, b) in s.iter_mut().zip(o) {
+                    *a += b / members as f64;
+                }
+            }
         }
-        Ok(out)
+        Ok(sum)
     }
 }
 

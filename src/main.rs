@@ -136,6 +136,9 @@ enum EvalCmd {
         /// Pipeline file configuring the recurrent model `rnn`.
         #[arg(long, default_value = "pipelines/m4_hourly.toml")]
         rnn_pipeline: PathBuf,
+        /// Networks (seeds) the `rnn` trains and averages.
+        #[arg(long, default_value_t = 3)]
+        rnn_ensemble: usize,
     },
     /// Rolling-origin backtest on timestamped series windowed by a pipeline.
     Stream {
@@ -369,14 +372,14 @@ fn parquet_has_column(path: &std::path::Path, name: &str) -> anyhow::Result<bool
 fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
     use streamcast::eval;
     match which {
-        EvalCmd::M4 { train, out, holdout, horizon, season, models, report, rnn_pipeline } => {
+        EvalCmd::M4 { train, out, holdout, horizon, season, models, report, rnn_pipeline, rnn_ensemble } => {
             let started = std::time::Instant::now();
             let data = eval::read_m4_csv(&train)?;
             eprintln!("read {} series from {} in {:.1}s", data.len(), train.display(), started.elapsed().as_secs_f64());
             let ids: Vec<String> = data.iter().map(|(id, _)| id.clone()).collect();
             match holdout {
                 Some(h) => {
-                    let (rep, checked) = eval::eval_m4_holdout(&data, &models, season, h, Some(rnn_pipeline.clone()))?;
+                    let (rep, checked) = eval::eval_m4_holdout(&data, &models, season, h, Some(rnn_pipeline.clone()), rnn_ensemble)?;
                     let md = rep.to_markdown();
                     println!("{md}");
                     if let Some(path) = report {
@@ -389,7 +392,7 @@ fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
                 }
                 None => {
                     let path = out.context("say where the forecasts go: --out <forecasts.csv> (or score a holdout with --holdout 48)")?;
-                    let checked = eval::forecast_m4(&data, &models, season, horizon, Some(rnn_pipeline.clone()))?;
+                    let checked = eval::forecast_m4(&data, &models, season, horizon, Some(rnn_pipeline.clone()), rnn_ensemble)?;
                     for c in &checked {
                         eprintln!("{}: {} series forecast in {:.1}s", c.model, c.forecasts.len(), c.seconds);
                     }
