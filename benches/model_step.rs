@@ -35,7 +35,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder, UInt32Builder,
+    ArrayRef, BooleanBuilder, Float64Builder, RecordBatch, StringBuilder,
+    TimestampMillisecondBuilder, UInt32Builder,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -112,7 +113,15 @@ fn header() {
         "| {:<28} | {:>6} | {:>9} | {:>13} | {:>9} | {:>9} |",
         "what", "hidden", "keys", "M key-steps/s", "ms/tick", "best ms"
     );
-    println!("|{}|{}:|{}:|{}:|{}:|{}:|", "-".repeat(30), "-".repeat(7), "-".repeat(10), "-".repeat(14), "-".repeat(10), "-".repeat(10));
+    println!(
+        "|{}|{}:|{}:|{}:|{}:|{}:|",
+        "-".repeat(30),
+        "-".repeat(7),
+        "-".repeat(10),
+        "-".repeat(14),
+        "-".repeat(10),
+        "-".repeat(10)
+    );
 }
 
 fn lstm(hidden: i64) -> Network {
@@ -192,7 +201,10 @@ fn windows(spec: &WindowSpec, n: usize, t: usize) -> RecordBatch {
 }
 
 fn main() {
-    let threads: i32 = std::env::var("MODEL_STEP_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let threads: i32 = std::env::var("MODEL_STEP_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     tch::set_num_threads(threads);
     let _guard = tch::no_grad_guard();
     println!(

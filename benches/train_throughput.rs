@@ -35,7 +35,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array};
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    UInt32Array,
+};
 use parquet::arrow::ArrowWriter;
 use tch::Device;
 
@@ -53,7 +56,10 @@ fn quick() -> bool {
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 fn loadavg() -> String {
@@ -114,7 +120,8 @@ dead_letter_topic = "bench.dead"
 
 /// A deterministic value in [0, 1).
 fn noise(k: usize, w: usize) -> f64 {
-    let mut x = (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (w as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    let mut x = (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (w as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     x ^= x >> 29;
     x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x ^= x >> 32;
@@ -132,7 +139,10 @@ fn window_batch(spec: &WindowSpec, names: &[String], w: usize) -> RecordBatch {
         .map(|k| {
             let level = 20.0 + (k % 50) as f64;
             let phase = (k % 24) as f64;
-            Some(level * (1.0 + 0.3 * (2.0 * std::f64::consts::PI * (hod + phase) / 24.0).sin()) + 3.0 * noise(k, w))
+            Some(
+                level * (1.0 + 0.3 * (2.0 * std::f64::consts::PI * (hod + phase) / 24.0).sin())
+                    + 3.0 * noise(k, w),
+            )
         })
         .collect();
     let mut cols: Vec<ArrayRef> = vec![
@@ -148,16 +158,28 @@ fn window_batch(spec: &WindowSpec, names: &[String], w: usize) -> RecordBatch {
 }
 
 /// Writes the archive: `files` Parquet files of `windows / files` windows each.
-fn write_archive(dir: &Path, spec: &WindowSpec, keys: usize, windows: usize, files: usize) -> Vec<PathBuf> {
+fn write_archive(
+    dir: &Path,
+    spec: &WindowSpec,
+    keys: usize,
+    windows: usize,
+    files: usize,
+) -> Vec<PathBuf> {
     let names: Vec<String> = (0..keys).map(|k| format!("key-{k:06}")).collect();
     let per_file = windows.div_ceil(files);
     let mut paths = Vec::new();
     let mut w = 0;
     while w < windows {
         let path = dir.join(format!("windows-{:04}.parquet", paths.len()));
-        let mut wr = ArrowWriter::try_new(std::fs::File::create(&path).expect("create parquet"), spec.windows_schema(), None).expect("writer");
+        let mut wr = ArrowWriter::try_new(
+            std::fs::File::create(&path).expect("create parquet"),
+            spec.windows_schema(),
+            None,
+        )
+        .expect("writer");
         for w in w..(w + per_file).min(windows) {
-            wr.write(&window_batch(spec, &names, w)).expect("write batch");
+            wr.write(&window_batch(spec, &names, w))
+                .expect("write batch");
         }
         wr.close().expect("close parquet");
         paths.push(path);
@@ -167,7 +189,11 @@ fn write_archive(dir: &Path, spec: &WindowSpec, keys: usize, windows: usize, fil
 }
 
 fn dir_bytes(paths: &[PathBuf]) -> u64 {
-    paths.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
+    paths
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn main() {
@@ -197,8 +223,19 @@ fn main() {
         dir_bytes(&paths) as f64 / 1e6,
         t.elapsed().as_secs_f64()
     );
-    println!("| {:<34} | {:>10} | {:>9} | {:>9} | {:>12} | {:>13} |", "what", "rows", "median s", "best s", "M rows/s", "peak RSS MB");
-    println!("|{}|{}:|{}:|{}:|{}:|{}:|", "-".repeat(36), "-".repeat(11), "-".repeat(10), "-".repeat(10), "-".repeat(13), "-".repeat(14));
+    println!(
+        "| {:<34} | {:>10} | {:>9} | {:>9} | {:>12} | {:>13} |",
+        "what", "rows", "median s", "best s", "M rows/s", "peak RSS MB"
+    );
+    println!(
+        "|{}|{}:|{}:|{}:|{}:|{}:|",
+        "-".repeat(36),
+        "-".repeat(11),
+        "-".repeat(10),
+        "-".repeat(10),
+        "-".repeat(13),
+        "-".repeat(14)
+    );
     let reps = env_usize("PREP_REPS", if quick() { 1 } else { 3 });
     let rss0 = status_kb("VmRSS:");
     let mut secs = Vec::new();
@@ -263,15 +300,28 @@ fn main() {
         let _ = train::validation_loss(&net, &data, &tcfg);
         let extra = t.elapsed().as_secs_f64();
         if i == 0 {
-            eprintln!("  warm-up run: {:.2} s, {:.0} samples/s, train loss {:?}", w, rep.samples_per_sec, rep.train_loss);
+            eprintln!(
+                "  warm-up run: {:.2} s, {:.0} samples/s, train loss {:?}",
+                w, rep.samples_per_sec, rep.train_loss
+            );
             continue;
         }
         wall.push(w);
         reported.push(rep.samples_per_sec);
         loop_only.push(samples as f64 / (w - extra));
     }
-    println!("| {:<40} | {:>8} | {:>9} | {:>12} | {:>9} |", "what", "batches", "median s", "samples/s", "best");
-    println!("|{}|{}:|{}:|{}:|{}:|", "-".repeat(42), "-".repeat(9), "-".repeat(10), "-".repeat(13), "-".repeat(10));
+    println!(
+        "| {:<40} | {:>8} | {:>9} | {:>12} | {:>9} |",
+        "what", "batches", "median s", "samples/s", "best"
+    );
+    println!(
+        "|{}|{}:|{}:|{}:|{}:|",
+        "-".repeat(42),
+        "-".repeat(9),
+        "-".repeat(10),
+        "-".repeat(13),
+        "-".repeat(10)
+    );
     let best_rep = reported.iter().copied().fold(0.0, f64::max);
     let best_loop = loop_only.iter().copied().fold(0.0, f64::max);
     println!(
@@ -286,5 +336,8 @@ fn main() {
         "",
         median(&mut loop_only)
     );
-    println!("\n(median of {reps} runs after one warm-up; loadavg at end {})", loadavg());
+    println!(
+        "\n(median of {reps} runs after one warm-up; loadavg at end {})",
+        loadavg()
+    );
 }

@@ -65,11 +65,23 @@ fn loadavg() -> String {
 }
 
 fn field_names(nf: usize) -> Vec<String> {
-    (0..nf).map(|j| if j == 0 { "value".to_string() } else { format!("f{j}") }).collect()
+    (0..nf)
+        .map(|j| {
+            if j == 0 {
+                "value".to_string()
+            } else {
+                format!("f{j}")
+            }
+        })
+        .collect()
 }
 
 fn pipeline(nf: usize) -> PipelineConfig {
-    let fields = field_names(nf).iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ");
+    let fields = field_names(nf)
+        .iter()
+        .map(|f| format!("{f:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let text = format!(
         r#"
 name = "bench"
@@ -137,7 +149,8 @@ impl Workload {
 
 /// A deterministic value in [0, 100) with three decimals.
 fn value(g: usize, j: usize) -> f64 {
-    let mut x = (g as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (j as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    let mut x = (g as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (j as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     x ^= x >> 29;
     x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x ^= x >> 32;
@@ -149,7 +162,9 @@ fn json_chunk(w: &mut Workload, fields: &[String], from: usize, n: usize) -> Vec
     let mut batch = Vec::with_capacity(BATCH);
     for g in from..from + n {
         let e = w.event(g);
-        let ts = DateTime::from_timestamp_millis(e.ts_ms).expect("ts in range").to_rfc3339_opts(SecondsFormat::Millis, true);
+        let ts = DateTime::from_timestamp_millis(e.ts_ms)
+            .expect("ts in range")
+            .to_rfc3339_opts(SecondsFormat::Millis, true);
         let mut s = format!(r#"{{"key":"{}","ts":"{ts}""#, w.names[e.key]);
         for (j, f) in fields.iter().enumerate() {
             s.push_str(&format!(r#","{f}":{:.3}"#, value(g, j)));
@@ -230,12 +245,20 @@ fn run_once(nf: usize, keys: usize, seconds: usize, decode: bool) -> (usize, Run
                 let closed = stage.process(&d.events, now);
                 let t2 = Instant::now();
                 assert!(d.dead_letters.is_empty() && closed.late.is_empty());
-                account(&mut r, &closed, (t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64());
+                account(
+                    &mut r,
+                    &closed,
+                    (t1 - t0).as_secs_f64(),
+                    (t2 - t1).as_secs_f64(),
+                );
                 drop((d, closed));
             }
         } else {
             for ev in events_chunk(&mut w, &fields, g, n) {
-                let now = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(ev.column(1)).value(0);
+                let now = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
+                    ev.column(1),
+                )
+                .value(0);
                 let t1 = Instant::now();
                 let closed = stage.process(&ev, now);
                 let t2 = Instant::now();
@@ -262,16 +285,25 @@ fn account(r: &mut Run, closed: &streamcast::window::Closed, dec: f64, win: f64)
 
 /// Whether `WINDOW_BENCH_ONLY` (path:fields:keys, `*` = any) selects this case.
 fn selected(path: &str, nf: usize, keys: usize) -> bool {
-    let Ok(only) = std::env::var("WINDOW_BENCH_ONLY") else { return true };
+    let Ok(only) = std::env::var("WINDOW_BENCH_ONLY") else {
+        return true;
+    };
     let want: Vec<&str> = only.split(':').collect();
     let have = [path.to_string(), nf.to_string(), keys.to_string()];
     want.iter().zip(&have).all(|(w, h)| *w == "*" || *w == h)
 }
 
 fn main() {
-    let reps: usize = std::env::var("WINDOW_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(if quick() { 1 } else { 3 });
+    let reps: usize = std::env::var("WINDOW_BENCH_REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if quick() { 1 } else { 3 });
     // (keys, seconds of event time)
-    let sizes: Vec<(usize, usize)> = if quick() { vec![(10, 6_000), (100_000, 3)] } else { vec![(10, 600_000), (100_000, 126)] };
+    let sizes: Vec<(usize, usize)> = if quick() {
+        vec![(10, 6_000), (100_000, 3)]
+    } else {
+        vec![(10, 600_000), (100_000, 126)]
+    };
     println!(
         "\n# window_throughput: batches of {BATCH}, tumbling 1m windows, 1 event/s/key, {PARTITIONS} partitions, \
          median of {reps} runs, single thread; loadavg at start {}\n",
@@ -279,7 +311,16 @@ fn main() {
     );
     println!(
         "| {:<13} | {:>6} | {:>7} | {:>10} | {:>8} | {:>10} | {:>10} | {:>12} | {:>12} | {:>9} |",
-        "path", "fields", "keys", "events", "windows", "M ev/s", "best M/s", "decode share", "closing ms", "max batch"
+        "path",
+        "fields",
+        "keys",
+        "events",
+        "windows",
+        "M ev/s",
+        "best M/s",
+        "decode share",
+        "closing ms",
+        "max batch"
     );
     println!(
         "|{}|{}:|{}:|{}:|{}:|{}:|{}:|{}:|{}:|{}:|",
@@ -301,12 +342,22 @@ fn main() {
                 if !selected(path, nf, keys) {
                     continue;
                 }
-                let mut runs: Vec<(usize, Run)> = (0..reps).map(|_| run_once(nf, keys, seconds, decode)).collect();
+                let mut runs: Vec<(usize, Run)> = (0..reps)
+                    .map(|_| run_once(nf, keys, seconds, decode))
+                    .collect();
                 runs.sort_by(|a, b| a.1.total().total_cmp(&b.1.total()));
                 let (events, med) = runs[runs.len() / 2].clone();
                 let best = &runs[0].1;
-                let share = if decode { format!("{:.0}%", 100.0 * med.decode_s / med.total()) } else { "-".into() };
-                let closing = if med.closing_calls > 0 { med.closing_s * 1e3 / med.closing_calls as f64 } else { 0.0 };
+                let share = if decode {
+                    format!("{:.0}%", 100.0 * med.decode_s / med.total())
+                } else {
+                    "-".into()
+                };
+                let closing = if med.closing_calls > 0 {
+                    med.closing_s * 1e3 / med.closing_calls as f64
+                } else {
+                    0.0
+                };
                 println!(
                     "| {path:<13} | {nf:>6} | {keys:>7} | {events:>10} | {:>8} | {:>10.3} | {:>10.3} | {share:>12} | {:>12.2} | {:>6.1} ms |",
                     med.windows,

@@ -172,7 +172,10 @@ pub struct Scores {
 impl Scores {
     /// True when all four fields are finite.
     pub fn is_finite(&self) -> bool {
-        self.smape.is_finite() && self.mase.is_finite() && self.mae.is_finite() && self.rmse.is_finite()
+        self.smape.is_finite()
+            && self.mase.is_finite()
+            && self.mae.is_finite()
+            && self.rmse.is_finite()
     }
 
     /// OWA of these (normally aggregated) scores against the given Naive2 values.
@@ -188,7 +191,12 @@ impl Scores {
 
 /// Score one series: all metrics of `forecast` against `actual`, MASE scaled
 /// by `insample` with seasonal period `m`.
-pub fn score(insample: &[f64], actual: &[f64], forecast: &[f64], m: usize) -> Result<Scores, MetricError> {
+pub fn score(
+    insample: &[f64],
+    actual: &[f64],
+    forecast: &[f64],
+    m: usize,
+) -> Result<Scores, MetricError> {
     Ok(Scores {
         smape: smape(actual, forecast)?,
         mase: mase(insample, actual, forecast, m)?,
@@ -204,7 +212,12 @@ pub fn mean_scores(scores: &[Scores]) -> Option<Scores> {
         return None;
     }
     let n = scores.len() as f64;
-    let mut acc = Scores { smape: 0.0, mase: 0.0, mae: 0.0, rmse: 0.0 };
+    let mut acc = Scores {
+        smape: 0.0,
+        mase: 0.0,
+        mae: 0.0,
+        rmse: 0.0,
+    };
     for s in scores {
         acc.smape += s.smape;
         acc.mase += s.mase;
@@ -236,7 +249,10 @@ mod tests {
         assert!(close(rmse(&y, &f).unwrap(), (1.0f64 / 3.0).sqrt()));
         // y=[2,4], f=[5,0]: errors 3,4 -> MAE 3.5, RMSE sqrt(12.5).
         assert!(close(mae(&[2.0, 4.0], &[5.0, 0.0]).unwrap(), 3.5));
-        assert!(close(rmse(&[2.0, 4.0], &[5.0, 0.0]).unwrap(), 12.5f64.sqrt()));
+        assert!(close(
+            rmse(&[2.0, 4.0], &[5.0, 0.0]).unwrap(),
+            12.5f64.sqrt()
+        ));
     }
 
     #[test]
@@ -244,7 +260,7 @@ mod tests {
         // Only step 3 contributes: 200*|3-4|/(3+4) = 200/7; mean over 3 steps.
         let s = smape(&[1.0, 2.0, 3.0], &[1.0, 2.0, 4.0]).unwrap();
         assert!(close(s, 200.0 / 7.0 / 3.0)); // 9.5238...
-        // 0/0 term is 0; y=0,f=1 gives 200; mean = 100.
+                                              // 0/0 term is 0; y=0,f=1 gives 200; mean = 100.
         assert!(close(smape(&[0.0, 0.0], &[0.0, 1.0]).unwrap(), 100.0));
         // sign-symmetric magnitude: y=-2,f=2 -> 200*4/4 = 200.
         assert!(close(smape(&[-2.0], &[2.0]).unwrap(), 200.0));
@@ -275,15 +291,28 @@ mod tests {
     fn errors() {
         assert_eq!(
             mae(&[1.0, 2.0], &[1.0]),
-            Err(MetricError::LengthMismatch { actual: 2, forecast: 1 })
+            Err(MetricError::LengthMismatch {
+                actual: 2,
+                forecast: 1
+            })
         );
         assert_eq!(smape(&[], &[]), Err(MetricError::Empty));
-        assert_eq!(mase(&[1.0, 2.0], &[1.0], &[1.0], 0), Err(MetricError::ZeroPeriod));
+        assert_eq!(
+            mase(&[1.0, 2.0], &[1.0], &[1.0], 0),
+            Err(MetricError::ZeroPeriod)
+        );
         assert_eq!(
             score(&[1.0, 2.0], &[1.0], &[1.0, 2.0], 1),
-            Err(MetricError::LengthMismatch { actual: 1, forecast: 2 })
+            Err(MetricError::LengthMismatch {
+                actual: 1,
+                forecast: 2
+            })
         );
-        let msg = MetricError::LengthMismatch { actual: 3, forecast: 2 }.to_string();
+        let msg = MetricError::LengthMismatch {
+            actual: 3,
+            forecast: 2,
+        }
+        .to_string();
         assert!(msg.contains('3') && msg.contains('2'));
         let _: &dyn std::error::Error = &MetricError::Empty;
     }
@@ -294,7 +323,12 @@ mod tests {
         assert!(close(owa(10.0, 2.0, 10.0, 2.0), 1.0));
         assert!(close(owa(5.0, 1.0, 10.0, 2.0), 0.5));
         assert!(close(owa(20.0, 2.0, 10.0, 2.0), 1.5));
-        let s = Scores { smape: M4_HOURLY_NAIVE2_SMAPE, mase: M4_HOURLY_NAIVE2_MASE, mae: 0.0, rmse: 0.0 };
+        let s = Scores {
+            smape: M4_HOURLY_NAIVE2_SMAPE,
+            mase: M4_HOURLY_NAIVE2_MASE,
+            mae: 0.0,
+            rmse: 0.0,
+        };
         assert!(close(s.owa_m4_hourly(), 1.0));
     }
 
@@ -310,7 +344,15 @@ mod tests {
         // Series B: insample [0,4] (scale 4), y=[2], f=[6]:
         //   sMAPE 200*4/8 = 100, MAE 4, MASE 1, RMSE 4.
         let b = score(&[0.0, 4.0], &[2.0], &[6.0], 1).unwrap();
-        assert_eq!(b, Scores { smape: 100.0, mase: 1.0, mae: 4.0, rmse: 4.0 });
+        assert_eq!(
+            b,
+            Scores {
+                smape: 100.0,
+                mase: 1.0,
+                mae: 4.0,
+                rmse: 4.0
+            }
+        );
         let mean = mean_scores(&[a, b]).unwrap();
         assert!(close(mean.smape, (200.0 / 21.0 + 100.0) / 2.0));
         assert!(close(mean.mase, (1.0 / 3.0 + 1.0) / 2.0));

@@ -50,7 +50,8 @@ struct Open {
 
 impl ArchiveWriter {
     pub fn new(dir: PathBuf, schema: SchemaRef, cfg: ArchiveConfig) -> Result<Self> {
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating the archive {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating the archive {}", dir.display()), e))?;
         Ok(ArchiveWriter {
             dir,
             schema,
@@ -67,7 +68,9 @@ impl ArchiveWriter {
         }
         let ends = window_ends(batch);
         let first = ends.first().copied().unwrap_or(0);
-        self.newest_ms = self.newest_ms.max(ends.iter().copied().max().unwrap_or(i64::MIN));
+        self.newest_ms = self
+            .newest_ms
+            .max(ends.iter().copied().max().unwrap_or(i64::MIN));
         if self.current.is_none() {
             self.open(first)?;
         }
@@ -83,7 +86,11 @@ impl ArchiveWriter {
 
     /// Closes the current file if it is older than the roll interval.
     pub fn maybe_roll(&mut self) -> Result<()> {
-        if self.current.as_ref().is_some_and(|c| c.opened.elapsed() >= self.cfg.roll_interval) {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.opened.elapsed() >= self.cfg.roll_interval)
+        {
             self.roll()?;
         }
         Ok(())
@@ -94,12 +101,18 @@ impl ArchiveWriter {
             .map(|t| t.format("%Y-%m-%d").to_string())
             .unwrap_or_else(|| "unknown".into());
         let part = self.dir.join(format!("date={date}"));
-        std::fs::create_dir_all(&part).map_err(|e| Error::io(format!("creating {}", part.display()), e))?;
+        std::fs::create_dir_all(&part)
+            .map_err(|e| Error::io(format!("creating {}", part.display()), e))?;
         self.seq += 1;
-        let name = format!("windows-{first_end_ms}-{}-{:04}", std::process::id(), self.seq);
+        let name = format!(
+            "windows-{first_end_ms}-{}-{:04}",
+            std::process::id(),
+            self.seq
+        );
         let path = part.join(format!("{name}.parquet"));
         let tmp = part.join(format!("{name}.parquet.tmp"));
-        let file = File::create(&tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+        let file =
+            File::create(&tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
         self.current = Some(Open {
             writer: ArrowWriter::try_new(file, self.schema.clone(), None)?,
             tmp,
@@ -114,7 +127,8 @@ impl ArchiveWriter {
     pub fn roll(&mut self) -> Result<()> {
         if let Some(cur) = self.current.take() {
             cur.writer.close()?;
-            std::fs::rename(&cur.tmp, &cur.path).map_err(|e| Error::io(format!("renaming {}", cur.tmp.display()), e))?;
+            std::fs::rename(&cur.tmp, &cur.path)
+                .map_err(|e| Error::io(format!("renaming {}", cur.tmp.display()), e))?;
             metrics::counter!("streamcast_archive_files_total").increment(1);
         }
         self.retain()
@@ -126,7 +140,8 @@ impl ArchiveWriter {
         let mut total: u64 = files.iter().map(|f| f.bytes).sum();
         files.sort_by_key(|f| f.first_end_ms);
         for f in &files {
-            let too_old = self.newest_ms != i64::MIN && self.newest_ms.saturating_sub(f.first_end_ms) > age_ms;
+            let too_old = self.newest_ms != i64::MIN
+                && self.newest_ms.saturating_sub(f.first_end_ms) > age_ms;
             if too_old || total > self.cfg.retention_bytes {
                 if std::fs::remove_file(&f.path).is_ok() {
                     total = total.saturating_sub(f.bytes);
@@ -163,7 +178,11 @@ fn list_files_with_meta(dir: &Path) -> Result<Vec<FileMeta>> {
                 .and_then(|s| s.split('-').nth(1))
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
-            FileMeta { path, bytes, first_end_ms }
+            FileMeta {
+                path,
+                bytes,
+                first_end_ms,
+            }
         })
         .collect())
 }
@@ -174,12 +193,18 @@ pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if !dir.exists() {
         return Ok(out);
     }
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    let rd =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
     for part in rd.flatten() {
         let p = part.path();
         if p.is_dir() {
             if let Ok(files) = std::fs::read_dir(&p) {
-                out.extend(files.flatten().map(|f| f.path()).filter(|f| f.extension().is_some_and(|x| x == "parquet")));
+                out.extend(
+                    files
+                        .flatten()
+                        .map(|f| f.path())
+                        .filter(|f| f.extension().is_some_and(|x| x == "parquet")),
+                );
             }
         }
     }
@@ -210,7 +235,8 @@ impl ArchiveHandle {
         match self.tx.try_send(batch) {
             Ok(()) => {}
             Err(TrySendError::Full(b)) => {
-                metrics::counter!("streamcast_archive_dropped_total").increment(b.num_rows() as u64);
+                metrics::counter!("streamcast_archive_dropped_total")
+                    .increment(b.num_rows() as u64);
                 tracing::error!(rows = b.num_rows(), "archive writer is behind: windows dropped from the archive (forecasts unaffected)");
             }
             Err(TrySendError::Disconnected(_)) => {
@@ -241,7 +267,8 @@ fn archive_loop(w: &mut ArchiveWriter, rx: Receiver<RecordBatch>) {
                 tracing::error!(error = %e, "archive write failed (disk full?); windows are being lost from the archive");
                 // Abandon the broken file; the next batch opens a new one.
                 w.current = None;
-                if failing_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(1) {
+                if failing_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(1)
+                {
                     std::thread::sleep(Duration::from_millis(500));
                 }
             }
@@ -262,7 +289,11 @@ mod tests {
     fn batch(end_ms: &[i64]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
             Field::new("key", DataType::Utf8, false),
-            Field::new("window_end", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+            Field::new(
+                "window_end",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                false,
+            ),
             Field::new("value", DataType::Float64, false),
         ]));
         RecordBatch::try_new(
@@ -270,7 +301,9 @@ mod tests {
             vec![
                 Arc::new(StringArray::from_iter_values(end_ms.iter().map(|_| "k"))),
                 Arc::new(TimestampMillisecondArray::from(end_ms.to_vec()).with_timezone("UTC")),
-                Arc::new(Float64Array::from_iter_values(end_ms.iter().map(|&e| e as f64))),
+                Arc::new(Float64Array::from_iter_values(
+                    end_ms.iter().map(|&e| e as f64),
+                )),
             ],
         )
         .unwrap()
@@ -288,15 +321,23 @@ mod tests {
             retention_age: Duration::from_secs(2 * 86_400),
             retention_bytes: u64::MAX,
         };
-        let mut w = ArchiveWriter::new(dir.path().to_path_buf(), batch(&[0]).schema(), cfg).unwrap();
+        let mut w =
+            ArchiveWriter::new(dir.path().to_path_buf(), batch(&[0]).schema(), cfg).unwrap();
         w.write(&batch(&[day, day + 1])).unwrap(); // rolls: 2 rows
         assert_eq!(list_files(dir.path()).unwrap().len(), 1);
         w.write(&batch(&[2 * day])).unwrap(); // open, not visible yet
-        assert_eq!(list_files(dir.path()).unwrap().len(), 1, "an open file is not visible");
+        assert_eq!(
+            list_files(dir.path()).unwrap().len(),
+            1,
+            "an open file is not visible"
+        );
         w.write(&batch(&[4 * day - 1])).unwrap(); // rolls; the day-1 file is now > 2 days old
         let files = list_files(dir.path()).unwrap();
         assert_eq!(files.len(), 1, "{files:?}");
-        assert!(files[0].to_string_lossy().contains("date=1970-01-03"), "the day-2 file went: {files:?}");
+        assert!(
+            files[0].to_string_lossy().contains("date=1970-01-03"),
+            "the day-2 file went: {files:?}"
+        );
     }
 
     #[test]
@@ -310,10 +351,14 @@ mod tests {
             retention_age: Duration::from_secs(1 << 40),
             retention_bytes: 1,
         };
-        let mut w = ArchiveWriter::new(dir.path().to_path_buf(), batch(&[0]).schema(), cfg).unwrap();
+        let mut w =
+            ArchiveWriter::new(dir.path().to_path_buf(), batch(&[0]).schema(), cfg).unwrap();
         for i in 0..3 {
             w.write(&batch(&[i * 1000])).unwrap();
         }
-        assert!(list_files(dir.path()).unwrap().is_empty(), "a 1-byte budget keeps nothing");
+        assert!(
+            list_files(dir.path()).unwrap().is_empty(),
+            "a 1-byte budget keeps nothing"
+        );
     }
 }

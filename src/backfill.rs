@@ -40,8 +40,10 @@ pub fn backfill(cfg: &PipelineConfig, inputs: &[PathBuf], output: &Path) -> Resu
     let n = events.num_rows();
     let bar = indicatif::ProgressBar::new(n as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} backfill [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} backfill [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut rejected = Some(rejected);
     let mut off = 0;

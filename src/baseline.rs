@@ -57,10 +57,26 @@ pub fn by_name(name: &str, period: usize) -> Option<Box<dyn Forecaster + Send + 
         "naive2" => Box::new(Naive2 { period }),
         "ma" => Box::new(MovingAverage { window: period }),
         "ses" => Box::new(SimpleExpSmoothing { alpha: None }),
-        "holt" => Box::new(Holt { alpha: None, beta: None, damped: None }),
-        "damped" => Box::new(Holt { alpha: None, beta: None, damped: Some(Damping::Fitted) }),
-        "hw_add" => Box::new(HoltWinters { period, seasonal: Seasonal::Additive, params: None }),
-        "hw_mul" => Box::new(HoltWinters { period, seasonal: Seasonal::Multiplicative, params: None }),
+        "holt" => Box::new(Holt {
+            alpha: None,
+            beta: None,
+            damped: None,
+        }),
+        "damped" => Box::new(Holt {
+            alpha: None,
+            beta: None,
+            damped: Some(Damping::Fitted),
+        }),
+        "hw_add" => Box::new(HoltWinters {
+            period,
+            seasonal: Seasonal::Additive,
+            params: None,
+        }),
+        "hw_mul" => Box::new(HoltWinters {
+            period,
+            seasonal: Seasonal::Multiplicative,
+            params: None,
+        }),
         _ => return None,
     })
 }
@@ -87,7 +103,13 @@ fn clamp(v: f64, lo: f64, hi: f64) -> f64 {
 
 /// Box-constrained Nelder–Mead (points are projected into `[lo, hi]`).
 /// Returns the best point and value after at most about `max_evals` calls.
-fn nelder_mead(f: &dyn Fn(&[f64]) -> f64, x0: &[f64], lo: &[f64], hi: &[f64], max_evals: usize) -> (Vec<f64>, f64) {
+fn nelder_mead(
+    f: &dyn Fn(&[f64]) -> f64,
+    x0: &[f64],
+    lo: &[f64],
+    hi: &[f64],
+    max_evals: usize,
+) -> (Vec<f64>, f64) {
     let d = x0.len();
     let project = |p: &mut Vec<f64>| {
         for i in 0..d {
@@ -96,7 +118,11 @@ fn nelder_mead(f: &dyn Fn(&[f64]) -> f64, x0: &[f64], lo: &[f64], hi: &[f64], ma
     };
     let eval = |p: &[f64]| {
         let v = f(p);
-        if v.is_finite() { v } else { f64::INFINITY }
+        if v.is_finite() {
+            v
+        } else {
+            f64::INFINITY
+        }
     };
     let mut evals = 0usize;
     let mut simplex: Vec<(Vec<f64>, f64)> = Vec::with_capacity(d + 1);
@@ -108,7 +134,11 @@ fn nelder_mead(f: &dyn Fn(&[f64]) -> f64, x0: &[f64], lo: &[f64], hi: &[f64], ma
     for i in 0..d {
         let mut p = p0.clone();
         let step = 0.1 * (hi[i] - lo[i]);
-        p[i] = if p[i] + step <= hi[i] { p[i] + step } else { p[i] - step };
+        p[i] = if p[i] + step <= hi[i] {
+            p[i] + step
+        } else {
+            p[i] - step
+        };
         project(&mut p);
         let fp = eval(&p);
         evals += 1;
@@ -149,7 +179,11 @@ fn nelder_mead(f: &dyn Fn(&[f64]) -> f64, x0: &[f64], lo: &[f64], hi: &[f64], ma
         } else if fr < simplex[d - 1].1 {
             simplex[d] = (xr, fr);
         } else {
-            let xc = if fr < fw { lin(&c, &xr, 0.5) } else { lin(&c, &worst, 0.5) };
+            let xc = if fr < fw {
+                lin(&c, &xr, 0.5)
+            } else {
+                lin(&c, &worst, 0.5)
+            };
             let fc = eval(&xc);
             evals += 1;
             if fc < fr.min(fw) {
@@ -173,7 +207,14 @@ fn nelder_mead(f: &dyn Fn(&[f64]) -> f64, x0: &[f64], lo: &[f64], hi: &[f64], ma
 /// `[lo, hi]`, starting from `start`; fixed entries are clamped into the box.
 /// Budget: 4 pre-screening evaluations on the first free parameter, then
 /// Nelder–Mead with one restart, `max_evals` in total.
-fn fit(fixed: &[Option<f64>], lo: &[f64], hi: &[f64], start: &[f64], sse: &dyn Fn(&[f64]) -> f64, max_evals: usize) -> Vec<f64> {
+fn fit(
+    fixed: &[Option<f64>],
+    lo: &[f64],
+    hi: &[f64],
+    start: &[f64],
+    sse: &dyn Fn(&[f64]) -> f64,
+    max_evals: usize,
+) -> Vec<f64> {
     let full: Vec<f64> = (0..fixed.len())
         .map(|i| clamp(fixed[i].unwrap_or(start[i]), lo[i], hi[i]))
         .collect();
@@ -273,7 +314,10 @@ pub fn seasonality_test(x: &[f64], m: usize) -> bool {
         return false;
     }
     let acf = |k: usize| -> f64 {
-        (k..n).map(|i| (x[i] - mean) * (x[i - k] - mean)).sum::<f64>() / denom
+        (k..n)
+            .map(|i| (x[i] - mean) * (x[i - k] - mean))
+            .sum::<f64>()
+            / denom
     };
     let s: f64 = (1..m).map(|k| acf(k).powi(2)).sum();
     let limit = 1.645 * ((1.0 + 2.0 * s) / n as f64).sqrt();
@@ -351,7 +395,10 @@ impl Forecaster for Naive2 {
         match m4_seasonal_indices(history, m) {
             Some(si) => {
                 let level = last / si[(n - 1) % m];
-                finite_or_naive((0..horizon).map(|h| level * si[(n + h) % m]).collect(), last)
+                finite_or_naive(
+                    (0..horizon).map(|h| level * si[(n + h) % m]).collect(),
+                    last,
+                )
             }
             None => vec![last; horizon],
         }
@@ -388,7 +435,11 @@ impl<F: Forecaster> Forecaster for SeasonallyAdjusted<F> {
         let Some(si) = m4_seasonal_indices(history, m) else {
             return self.inner.forecast(history, horizon);
         };
-        let adjusted: Vec<f64> = history.iter().enumerate().map(|(t, v)| v / si[t % m]).collect();
+        let adjusted: Vec<f64> = history
+            .iter()
+            .enumerate()
+            .map(|(t, v)| v / si[t % m])
+            .collect();
         let out = self
             .inner
             .forecast(&adjusted, horizon)
@@ -441,7 +492,11 @@ fn ses_run(x: &[f64], alpha: f64) -> (f64, f64) {
 fn fit_ses_alpha(x: &[f64]) -> f64 {
     let sse = |a: f64| {
         let v = ses_run(x, a).0;
-        if v.is_finite() { v } else { f64::INFINITY }
+        if v.is_finite() {
+            v
+        } else {
+            f64::INFINITY
+        }
     };
     let (mut best_a, mut best_v) = (0.5, f64::INFINITY);
     for k in 1..=99 {
@@ -473,7 +528,11 @@ fn fit_ses_alpha(x: &[f64]) -> f64 {
         }
     }
     let (a, v) = if fc < fd { (c, fc) } else { (d, fd) };
-    if v < best_v { a } else { best_a }
+    if v < best_v {
+        a
+    } else {
+        best_a
+    }
 }
 
 /// Simple exponential smoothing, `l_t = l_{t−1} + α (x_t − l_{t−1})`, `l_0 = x_0`;
@@ -547,7 +606,11 @@ fn holt_run(x: &[f64], alpha: f64, beta: f64, phi: f64) -> (f64, f64, f64) {
 
 impl Forecaster for Holt {
     fn name(&self) -> &str {
-        if self.damped.is_some() { "damped" } else { "holt" }
+        if self.damped.is_some() {
+            "damped"
+        } else {
+            "holt"
+        }
     }
     fn forecast(&self, history: &[f64], horizon: usize) -> Vec<f64> {
         let Some(&last) = history.last() else {
@@ -659,7 +722,13 @@ fn hw_init(x: &[f64], m: usize, mult: bool) -> Option<(f64, f64, Vec<f64>)> {
 
 /// Runs Holt–Winters over `x` from `t = m`; returns (SSE, level, trend,
 /// season) with `season[p]` the latest term for position `p`.
-fn hw_run(x: &[f64], m: usize, mult: bool, init: &(f64, f64, Vec<f64>), p: &[f64]) -> (f64, f64, f64, Vec<f64>) {
+fn hw_run(
+    x: &[f64],
+    m: usize,
+    mult: bool,
+    init: &(f64, f64, Vec<f64>),
+    p: &[f64],
+) -> (f64, f64, f64, Vec<f64>) {
     let (a, b, g) = (p[0], p[1], p[2]);
     let (mut level, mut trend, mut s) = (init.0, init.1, init.2.clone());
     let mut sse = 0.0;
@@ -700,8 +769,13 @@ impl Forecaster for HoltWinters {
         if m < 2 || n < 2 * m {
             return fallback();
         }
-        let want_mult = self.seasonal == Seasonal::Multiplicative && history.iter().all(|&v| v > 0.0);
-        let mul_init = if want_mult { hw_init(history, m, true) } else { None };
+        let want_mult =
+            self.seasonal == Seasonal::Multiplicative && history.iter().all(|&v| v > 0.0);
+        let mul_init = if want_mult {
+            hw_init(history, m, true)
+        } else {
+            None
+        };
         let (mult, init) = match mul_init {
             Some(i) => (true, i),
             None => match hw_init(history, m, false) {
@@ -710,10 +784,18 @@ impl Forecaster for HoltWinters {
             },
         };
         let fixed = match self.params {
-            Some((a, b, g)) => [Some(clamp(a, 0.0, 1.0)), Some(clamp(b, 0.0, 1.0)), Some(clamp(g, 0.0, 1.0))],
+            Some((a, b, g)) => [
+                Some(clamp(a, 0.0, 1.0)),
+                Some(clamp(b, 0.0, 1.0)),
+                Some(clamp(g, 0.0, 1.0)),
+            ],
             None => [None, None, None],
         };
-        let lo = if self.params.is_some() { [0.0; 3] } else { [1e-4, 0.0, 0.0] };
+        let lo = if self.params.is_some() {
+            [0.0; 3]
+        } else {
+            [1e-4, 0.0, 0.0]
+        };
         let sse = |p: &[f64]| hw_run(history, m, mult, &init, p).0;
         let p = fit(&fixed, &lo, &[1.0; 3], &[0.3, 0.05, 0.1], &sse, 300);
         let (_, level, trend, s) = hw_run(history, m, mult, &init, &p);
@@ -721,7 +803,11 @@ impl Forecaster for HoltWinters {
             .map(|h| {
                 let base = level + h as f64 * trend;
                 let q = (n - 1 + h) % m;
-                if mult { base * s[q] } else { base + s[q] }
+                if mult {
+                    base * s[q]
+                } else {
+                    base + s[q]
+                }
             })
             .collect();
         finite_or_naive(out, last)
@@ -744,7 +830,9 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
             })
             .collect()
@@ -755,7 +843,10 @@ mod tests {
         assert_eq!(Naive.forecast(&[3.0, 1.0, 4.0], 3), vec![4.0; 3]);
         // Last season of [1..=6] with m=4 is [3,4,5,6]; horizon 6 wraps.
         let sn = SeasonalNaive { period: 4 };
-        assert_eq!(sn.forecast(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 6), vec![3.0, 4.0, 5.0, 6.0, 3.0, 4.0]);
+        assert_eq!(
+            sn.forecast(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 6),
+            vec![3.0, 4.0, 5.0, 6.0, 3.0, 4.0]
+        );
         // Shorter than a period -> naive.
         assert_eq!(sn.forecast(&[1.0, 2.0, 7.0], 2), vec![7.0, 7.0]);
         assert!(Naive.forecast(&[], 2).iter().all(|v| v.is_nan()));
@@ -765,14 +856,22 @@ mod tests {
     #[test]
     fn moving_average() {
         // mean(4,6,8) = 6
-        assert_eq!(MovingAverage { window: 3 }.forecast(&[100.0, 4.0, 6.0, 8.0], 2), vec![6.0, 6.0]);
+        assert_eq!(
+            MovingAverage { window: 3 }.forecast(&[100.0, 4.0, 6.0, 8.0], 2),
+            vec![6.0, 6.0]
+        );
         // window larger than history -> mean of all = 2
-        assert_eq!(MovingAverage { window: 10 }.forecast(&[1.0, 3.0], 1), vec![2.0]);
+        assert_eq!(
+            MovingAverage { window: 10 }.forecast(&[1.0, 3.0], 1),
+            vec![2.0]
+        );
     }
 
     fn pattern(cycles: usize) -> Vec<f64> {
         // level 10 times indices [0.5, 1.5, 1.0, 1.0]
-        (0..4 * cycles).map(|t| 10.0 * [0.5, 1.5, 1.0, 1.0][t % 4]).collect()
+        (0..4 * cycles)
+            .map(|t| 10.0 * [0.5, 1.5, 1.0, 1.0][t % 4])
+            .collect()
     }
 
     #[test]
@@ -822,9 +921,16 @@ mod tests {
         // 10 everywhere; n = 20 so the next position is 0.
         let f = Naive2 { period: 4 }.forecast(&pattern(5), 6);
         assert_close(&f, &[5.0, 15.0, 10.0, 10.0, 5.0, 15.0], 1e-12);
-        assert_close(&seasonal_indices(&pattern(5), 4).unwrap(), &[0.5, 1.5, 1.0, 1.0], 1e-12);
+        assert_close(
+            &seasonal_indices(&pattern(5), 4).unwrap(),
+            &[0.5, 1.5, 1.0, 1.0],
+            1e-12,
+        );
         // Not seasonal (period 1) -> naive.
-        assert_eq!(Naive2 { period: 1 }.forecast(&pattern(5), 2), vec![10.0, 10.0]);
+        assert_eq!(
+            Naive2 { period: 1 }.forecast(&pattern(5), 2),
+            vec![10.0, 10.0]
+        );
     }
 
     #[test]
@@ -846,11 +952,24 @@ mod tests {
         let mut x = pattern(5);
         x[19] = 12.0;
         let n2 = Naive2 { period: 4 }.forecast(&x, 7);
-        assert_eq!(SeasonallyAdjusted { inner: Naive, period: 4 }.forecast(&x, 7), n2);
-        let ses1 = SeasonallyAdjusted { inner: SimpleExpSmoothing { alpha: Some(1.0) }, period: 4 };
+        assert_eq!(
+            SeasonallyAdjusted {
+                inner: Naive,
+                period: 4
+            }
+            .forecast(&x, 7),
+            n2
+        );
+        let ses1 = SeasonallyAdjusted {
+            inner: SimpleExpSmoothing { alpha: Some(1.0) },
+            period: 4,
+        };
         assert_close(&ses1.forecast(&x, 7), &n2, 1e-12);
         // Non-seasonal input: inner model on raw data.
-        let w = SeasonallyAdjusted { inner: MovingAverage { window: 2 }, period: 4 };
+        let w = SeasonallyAdjusted {
+            inner: MovingAverage { window: 2 },
+            period: 4,
+        };
         assert_eq!(w.forecast(&[1.0, 2.0, 4.0], 2), vec![3.0, 3.0]);
     }
 
@@ -867,11 +986,22 @@ mod tests {
     #[test]
     fn ses_hand_values() {
         // alpha = 1 is naive.
-        assert_eq!(SimpleExpSmoothing { alpha: Some(1.0) }.forecast(&[1.0, 5.0, 2.0], 2), vec![2.0, 2.0]);
+        assert_eq!(
+            SimpleExpSmoothing { alpha: Some(1.0) }.forecast(&[1.0, 5.0, 2.0], 2),
+            vec![2.0, 2.0]
+        );
         // alpha = 0.5 on [1,2,3]: 1 -> 1.5 -> 2.25.
-        assert_close(&SimpleExpSmoothing { alpha: Some(0.5) }.forecast(&[1.0, 2.0, 3.0], 2), &[2.25, 2.25], 1e-12);
+        assert_close(
+            &SimpleExpSmoothing { alpha: Some(0.5) }.forecast(&[1.0, 2.0, 3.0], 2),
+            &[2.25, 2.25],
+            1e-12,
+        );
         // alpha = 0.1 on [10, 20]: 10 + 0.1*10 = 11.
-        assert_close(&SimpleExpSmoothing { alpha: Some(0.1) }.forecast(&[10.0, 20.0], 1), &[11.0], 1e-12);
+        assert_close(
+            &SimpleExpSmoothing { alpha: Some(0.1) }.forecast(&[10.0, 20.0], 1),
+            &[11.0],
+            1e-12,
+        );
     }
 
     #[test]
@@ -885,8 +1015,13 @@ mod tests {
         }
         let a = fit_ses_alpha(&x);
         let fitted = ses_run(&x, a).0;
-        let brute = (0..=10_000).map(|k| ses_run(&x, k as f64 / 10_000.0).0).fold(f64::INFINITY, f64::min);
-        assert!(fitted <= brute * (1.0 + 1e-6), "fitted {fitted} brute {brute} alpha {a}");
+        let brute = (0..=10_000)
+            .map(|k| ses_run(&x, k as f64 / 10_000.0).0)
+            .fold(f64::INFINITY, f64::min);
+        assert!(
+            fitted <= brute * (1.0 + 1e-6),
+            "fitted {fitted} brute {brute} alpha {a}"
+        );
         assert!(a > 0.0 && a <= 1.0);
     }
 
@@ -895,11 +1030,46 @@ mod tests {
         // x_t = 2 + 3t, t = 0..9: the line is reproduced for any parameters.
         let x: Vec<f64> = (0..10).map(|t| 2.0 + 3.0 * t as f64).collect();
         let want = [32.0, 35.0, 38.0];
-        assert_close(&Holt { alpha: None, beta: None, damped: None }.forecast(&x, 3), &want, 1e-9);
-        assert_close(&Holt { alpha: Some(0.2), beta: Some(0.1), damped: None }.forecast(&x, 3), &want, 1e-9);
+        assert_close(
+            &Holt {
+                alpha: None,
+                beta: None,
+                damped: None,
+            }
+            .forecast(&x, 3),
+            &want,
+            1e-9,
+        );
+        assert_close(
+            &Holt {
+                alpha: Some(0.2),
+                beta: Some(0.1),
+                damped: None,
+            }
+            .forecast(&x, 3),
+            &want,
+            1e-9,
+        );
         // Two points -> still the line through them.
-        assert_close(&Holt { alpha: None, beta: None, damped: None }.forecast(&[1.0, 2.0], 2), &[3.0, 4.0], 1e-9);
-        assert_eq!(Holt { alpha: None, beta: None, damped: None }.forecast(&[7.0], 2), vec![7.0, 7.0]);
+        assert_close(
+            &Holt {
+                alpha: None,
+                beta: None,
+                damped: None,
+            }
+            .forecast(&[1.0, 2.0], 2),
+            &[3.0, 4.0],
+            1e-9,
+        );
+        assert_eq!(
+            Holt {
+                alpha: None,
+                beta: None,
+                damped: None
+            }
+            .forecast(&[7.0], 2),
+            vec![7.0, 7.0]
+        );
     }
 
     #[test]
@@ -908,7 +1078,11 @@ mod tests {
         // t=1: ŷ = 1, e = 0 -> l = 1, b = 1.
         // t=2: ŷ = 2, e = 1 -> l = 2.5, b = 0.5*(2.5-1) + 0.5*1 = 1.25.
         // Forecast 2.5 + 1.25h = [3.75, 5.0].
-        let h = Holt { alpha: Some(0.5), beta: Some(0.5), damped: None };
+        let h = Holt {
+            alpha: Some(0.5),
+            beta: Some(0.5),
+            damped: None,
+        };
         assert_close(&h.forecast(&[0.0, 1.0, 3.0], 2), &[3.75, 5.0], 1e-12);
     }
 
@@ -917,11 +1091,20 @@ mod tests {
         // alpha = beta = 1: l_t = x_t, b_t = x_t - x_{t-1} = 1 at the end.
         // phi = 0.5: 3 + 0.5 = 3.5, + 0.25 = 3.75, + 0.125 = 3.875, limit 4.
         let x = [0.0, 1.0, 2.0, 3.0];
-        let d = Holt { alpha: Some(1.0), beta: Some(1.0), damped: Some(Damping::Fixed(0.5)) };
+        let d = Holt {
+            alpha: Some(1.0),
+            beta: Some(1.0),
+            damped: Some(Damping::Fixed(0.5)),
+        };
         assert_close(&d.forecast(&x, 3), &[3.5, 3.75, 3.875], 1e-12);
         // Fitted damped on a line: increments shrink (phi <= 0.98 < 1).
         let line: Vec<f64> = (0..30).map(|t| t as f64).collect();
-        let f = Holt { alpha: None, beta: None, damped: Some(Damping::Fitted) }.forecast(&line, 40);
+        let f = Holt {
+            alpha: None,
+            beta: None,
+            damped: Some(Damping::Fitted),
+        }
+        .forecast(&line, 40);
         let steps: Vec<f64> = f.windows(2).map(|w| w[1] - w[0]).collect();
         assert!(steps.windows(2).all(|w| w[1] < w[0]));
         assert!(f[39] < 29.0 + 40.0 - 5.0);
@@ -931,9 +1114,18 @@ mod tests {
     #[test]
     fn holt_fit_not_worse_than_grid() {
         let e = noise(200, 11);
-        let x: Vec<f64> = (0..200).map(|t| 100.0 + 0.5 * t as f64 + 5.0 * e[t] + 3.0 * (t as f64 / 15.0).sin()).collect();
+        let x: Vec<f64> = (0..200)
+            .map(|t| 100.0 + 0.5 * t as f64 + 5.0 * e[t] + 3.0 * (t as f64 / 15.0).sin())
+            .collect();
         let sse = |p: &[f64]| holt_run(&x, p[0], p[1], p[2]).0;
-        let p = fit(&[None, None, Some(1.0)], &[1e-4, 0.0, 0.0], &[1.0, 1.0, 1.0], &[0.3, 0.05, 0.95], &sse, 300);
+        let p = fit(
+            &[None, None, Some(1.0)],
+            &[1e-4, 0.0, 0.0],
+            &[1.0, 1.0, 1.0],
+            &[0.3, 0.05, 0.95],
+            &sse,
+            300,
+        );
         let fitted = sse(&p);
         let mut grid = f64::INFINITY;
         for i in 1..=20 {
@@ -941,12 +1133,17 @@ mod tests {
                 grid = grid.min(sse(&[i as f64 / 20.0, j as f64 / 20.0, 1.0]));
             }
         }
-        assert!(fitted <= grid * (1.0 + 1e-9), "fitted {fitted} grid {grid} p {p:?}");
+        assert!(
+            fitted <= grid * (1.0 + 1e-9),
+            "fitted {fitted} grid {grid} p {p:?}"
+        );
     }
 
     fn trend_season(n: usize) -> Vec<f64> {
         // 5 + 0.5 t + s_{t mod 4}, s = [-3, 2, 0, 1] (sum 0).
-        (0..n).map(|t| 5.0 + 0.5 * t as f64 + [-3.0, 2.0, 0.0, 1.0][t % 4]).collect()
+        (0..n)
+            .map(|t| 5.0 + 0.5 * t as f64 + [-3.0, 2.0, 0.0, 1.0][t % 4])
+            .collect()
     }
 
     #[test]
@@ -954,36 +1151,74 @@ mod tests {
         // History t = 0..15, forecast t = 16..21 continues the pattern exactly.
         let x = trend_season(16);
         let want = &trend_season(22)[16..];
-        let fitted = HoltWinters { period: 4, seasonal: Seasonal::Additive, params: None };
+        let fitted = HoltWinters {
+            period: 4,
+            seasonal: Seasonal::Additive,
+            params: None,
+        };
         assert_close(&fitted.forecast(&x, 6), want, 1e-6);
-        let fixed = HoltWinters { period: 4, seasonal: Seasonal::Additive, params: Some((0.4, 0.2, 0.3)) };
+        let fixed = HoltWinters {
+            period: 4,
+            seasonal: Seasonal::Additive,
+            params: Some((0.4, 0.2, 0.3)),
+        };
         assert_close(&fixed.forecast(&x, 6), want, 1e-9);
     }
 
     #[test]
     fn hw_multiplicative_exact_and_fallbacks() {
-        let hw = HoltWinters { period: 4, seasonal: Seasonal::Multiplicative, params: None };
-        assert_close(&hw.forecast(&pattern(5), 5), &[5.0, 15.0, 10.0, 10.0, 5.0], 1e-6);
+        let hw = HoltWinters {
+            period: 4,
+            seasonal: Seasonal::Multiplicative,
+            params: None,
+        };
+        assert_close(
+            &hw.forecast(&pattern(5), 5),
+            &[5.0, 15.0, 10.0, 10.0, 5.0],
+            1e-6,
+        );
         // Non-positive data -> additive.
         let mut x = trend_season(16);
         x[2] = 0.0;
-        let add = HoltWinters { period: 4, seasonal: Seasonal::Additive, params: Some((0.3, 0.1, 0.2)) };
-        let mul = HoltWinters { period: 4, seasonal: Seasonal::Multiplicative, params: Some((0.3, 0.1, 0.2)) };
+        let add = HoltWinters {
+            period: 4,
+            seasonal: Seasonal::Additive,
+            params: Some((0.3, 0.1, 0.2)),
+        };
+        let mul = HoltWinters {
+            period: 4,
+            seasonal: Seasonal::Multiplicative,
+            params: Some((0.3, 0.1, 0.2)),
+        };
         assert_eq!(mul.forecast(&x, 4), add.forecast(&x, 4));
         // Fewer than two seasons -> fitted SES.
         let short = [1.0, 2.0, 3.0, 4.0, 5.0];
-        assert_eq!(hw.forecast(&short, 3), SimpleExpSmoothing { alpha: None }.forecast(&short, 3));
+        assert_eq!(
+            hw.forecast(&short, 3),
+            SimpleExpSmoothing { alpha: None }.forecast(&short, 3)
+        );
     }
 
     #[test]
     fn hw_fit_not_worse_than_grid() {
         let e = noise(240, 5);
         let x: Vec<f64> = (0..240)
-            .map(|t| 50.0 + 0.1 * t as f64 + 8.0 * (2.0 * std::f64::consts::PI * t as f64 / 24.0).sin() + 3.0 * e[t])
+            .map(|t| {
+                50.0 + 0.1 * t as f64
+                    + 8.0 * (2.0 * std::f64::consts::PI * t as f64 / 24.0).sin()
+                    + 3.0 * e[t]
+            })
             .collect();
         let init = hw_init(&x, 24, false).unwrap();
         let sse = |p: &[f64]| hw_run(&x, 24, false, &init, p).0;
-        let p = fit(&[None, None, None], &[1e-4, 0.0, 0.0], &[1.0; 3], &[0.3, 0.05, 0.1], &sse, 300);
+        let p = fit(
+            &[None, None, None],
+            &[1e-4, 0.0, 0.0],
+            &[1.0; 3],
+            &[0.3, 0.05, 0.1],
+            &sse,
+            300,
+        );
         let fitted = sse(&p);
         let mut grid = f64::INFINITY;
         for i in 1..=10 {
@@ -993,7 +1228,10 @@ mod tests {
                 }
             }
         }
-        assert!(fitted <= grid * (1.0 + 1e-9), "fitted {fitted} grid {grid} p {p:?}");
+        assert!(
+            fitted <= grid * (1.0 + 1e-9),
+            "fitted {fitted} grid {grid} p {p:?}"
+        );
     }
 
     #[test]
@@ -1003,7 +1241,9 @@ mod tests {
             vec![2.0, 3.0],
             (0..30).map(|t| (t % 5) as f64).collect(), // contains zeros
             noise(100, 1).iter().map(|v| v * 1e6).collect(), // mixed signs
-            (0..300).map(|t| 1.0 + (t % 24) as f64 + 1e-3 * t as f64).collect(),
+            (0..300)
+                .map(|t| 1.0 + (t % 24) as f64 + 1e-3 * t as f64)
+                .collect(),
             vec![0.0; 60],
         ];
         for name in ALL {

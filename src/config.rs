@@ -523,7 +523,9 @@ impl Default for ArchiveConfig {
 /// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h"`, `"7d"` (and a bare number of seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num
         .parse()
@@ -534,7 +536,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
         "d" => n * 86400.0,
-        other => return Err(format!("unknown duration unit {other:?} in {s:?} (use ms, s, m, h, d)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {s:?} (use ms, s, m, h, d)"
+            ))
+        }
     };
     if !(secs.is_finite() && secs >= 0.0) {
         return Err(format!("duration must be non-negative, got {s:?}"));
@@ -553,11 +559,15 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration,
     match DurationRepr::deserialize(d)? {
         DurationRepr::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
         DurationRepr::Secs(n) if n.is_finite() && n >= 0.0 => Ok(Duration::from_secs_f64(n)),
-        DurationRepr::Secs(n) => Err(serde::de::Error::custom(format!("duration must be non-negative, got {n}"))),
+        DurationRepr::Secs(n) => Err(serde::de::Error::custom(format!(
+            "duration must be non-negative, got {n}"
+        ))),
     }
 }
 
-fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Duration>, D::Error> {
+fn de_opt_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
     de_duration(d).map(Some)
 }
 
@@ -571,7 +581,8 @@ impl PipelineConfig {
 
     /// Parses and validates pipeline TOML; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let de = toml::Deserializer::parse(text).map_err(|e| Error::config(path, "<toml>", e.to_string()))?;
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| Error::config(path, "<toml>", e.to_string()))?;
         let mut cfg: PipelineConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
             let inner = e.into_inner();
@@ -628,7 +639,10 @@ impl PipelineConfig {
                 return bad("window.slide", "expected 1ms <= slide <= size");
             }
             if self.window.size.as_millis() % slide.as_millis() != 0 {
-                return bad("window.slide", "expected the window size to be a whole multiple of the slide");
+                return bad(
+                    "window.slide",
+                    "expected the window size to be a whole multiple of the slide",
+                );
             }
         }
         if self.window.max_keys == 0 {
@@ -639,9 +653,14 @@ impl PipelineConfig {
         }
         let q = &self.model.quantiles;
         if !q.is_empty()
-            && (q.iter().any(|x| !(*x > 0.0 && *x < 1.0)) || q.windows(2).any(|w| w[0] >= w[1]) || !q.contains(&0.5))
+            && (q.iter().any(|x| !(*x > 0.0 && *x < 1.0))
+                || q.windows(2).any(|w| w[0] >= w[1])
+                || !q.contains(&0.5))
         {
-            return bad("model.quantiles", "expected increasing values in (0, 1) that include 0.5");
+            return bad(
+                "model.quantiles",
+                "expected increasing values in (0, 1) that include 0.5",
+            );
         }
         if self.model.season_windows < 1 {
             return bad("model.season_windows", "expected at least 1");
@@ -653,13 +672,19 @@ impl PipelineConfig {
             return bad("model.threads", "expected at least 1");
         }
         if self.retrain.enabled && !self.archive.enabled {
-            return bad("retrain.enabled", "retraining learns from the archive: set archive.enabled = true");
+            return bad(
+                "retrain.enabled",
+                "retraining learns from the archive: set archive.enabled = true",
+            );
         }
         if !matches!(self.train.loss.as_str(), "mse" | "mae") {
             return bad("train.loss", "expected \"mse\" or \"mae\"");
         }
         if self.train.context < 2 || self.train.tbptt < 1 || self.train.batch_size < 1 {
-            return bad("train", "context >= 2, tbptt >= 1 and batch_size >= 1 expected");
+            return bad(
+                "train",
+                "context >= 2, tbptt >= 1 and batch_size >= 1 expected",
+            );
         }
         Ok(())
     }
@@ -756,7 +781,8 @@ dead_letter_topic = "dlq"
 
     #[test]
     fn slide_must_divide_size() {
-        let err = parse(&GOOD.replace("size = \"5m\"", "size = \"5m\"\nslide = \"2m\"")).unwrap_err();
+        let err =
+            parse(&GOOD.replace("size = \"5m\"", "size = \"5m\"\nslide = \"2m\"")).unwrap_err();
         assert!(err.to_string().contains("window.slide"), "{err}");
     }
 
@@ -764,7 +790,10 @@ dead_letter_topic = "dlq"
     fn durations_parse() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
         assert!(parse_duration("3 weeks").is_err());
         assert!(parse_duration("-1s").is_err());
     }

@@ -16,7 +16,9 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder};
+use arrow::array::{
+    ArrayRef, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
@@ -86,7 +88,11 @@ pub fn events_schema(value_fields: &[String]) -> SchemaRef {
         Field::new("partition", DataType::Int32, false),
         Field::new("offset", DataType::Int64, false),
     ];
-    fields.extend(value_fields.iter().map(|f| Field::new(f, DataType::Float64, false)));
+    fields.extend(
+        value_fields
+            .iter()
+            .map(|f| Field::new(f, DataType::Float64, false)),
+    );
     Arc::new(Schema::new(fields))
 }
 
@@ -111,7 +117,9 @@ impl EventsBuilder {
             ts: Int64Builder::with_capacity(capacity),
             partition: Int32Builder::with_capacity(capacity),
             offset: Int64Builder::with_capacity(capacity),
-            values: (0..n_values).map(|_| Float64Builder::with_capacity(capacity)).collect(),
+            values: (0..n_values)
+                .map(|_| Float64Builder::with_capacity(capacity))
+                .collect(),
             schema,
         }
     }
@@ -133,7 +141,11 @@ impl EventsBuilder {
             Arc::new(self.partition.finish()),
             Arc::new(self.offset.finish()),
         ];
-        cols.extend(self.values.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        cols.extend(
+            self.values
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        );
         // Columns are built together, one value per row each: lengths and
         // types match the schema by construction.
         RecordBatch::try_new(self.schema, cols).expect("events columns match their schema")
@@ -167,7 +179,8 @@ impl Decoder {
             match self.decode_one(m, &mut fields) {
                 Ok(ts_ms) => out.push(&fields.key, ts_ms, m.partition, m.offset, &fields.values),
                 Err(reason) => {
-                    metrics::counter!("streamcast_dead_letters_total", "kind" => kind_of(&reason)).increment(1);
+                    metrics::counter!("streamcast_dead_letters_total", "kind" => kind_of(&reason))
+                        .increment(1);
                     dead_letters.push(DeadLetter {
                         reason,
                         partition: m.partition,
@@ -177,7 +190,8 @@ impl Decoder {
                 }
             }
         }
-        metrics::counter!("streamcast_events_decoded_total").increment((messages.len() - dead_letters.len()) as u64);
+        metrics::counter!("streamcast_events_decoded_total")
+            .increment((messages.len() - dead_letters.len()) as u64);
         Decoded {
             events: out.finish(),
             dead_letters,
@@ -185,26 +199,32 @@ impl Decoder {
     }
 
     fn decode_one(&self, m: &RawMessage, fields: &mut Fields) -> Result<i64, String> {
-        let payload = m.payload.as_deref().ok_or_else(|| "malformed: empty payload".to_string())?;
+        let payload = m
+            .payload
+            .as_deref()
+            .ok_or_else(|| "malformed: empty payload".to_string())?;
         fields.reset();
         let mut de = serde_json::Deserializer::from_slice(payload);
-        ObjectSeed { cfg: &self.cfg, out: fields }
-            .deserialize(&mut de)
-            .and_then(|()| de.end())
-            .map_err(|e| {
-                if fields.failure.is_some() {
-                    String::new()
-                } else if e.to_string().contains("number out of range") {
-                    // serde_json refuses 1e999 and friends before we see them.
-                    format!("non-finite value: {e}")
-                } else {
-                    format!("malformed JSON: {e}")
-                }
-            })
-            .or_else(|e| match fields.failure.take() {
-                Some(f) => Err(f),
-                None => Err(e),
-            })?;
+        ObjectSeed {
+            cfg: &self.cfg,
+            out: fields,
+        }
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| {
+            if fields.failure.is_some() {
+                String::new()
+            } else if e.to_string().contains("number out of range") {
+                // serde_json refuses 1e999 and friends before we see them.
+                format!("non-finite value: {e}")
+            } else {
+                format!("malformed JSON: {e}")
+            }
+        })
+        .or_else(|e| match fields.failure.take() {
+            Some(f) => Err(f),
+            None => Err(e),
+        })?;
         if !fields.has_key {
             return Err(format!("missing field `{}`", self.cfg.key_field));
         }
@@ -219,8 +239,12 @@ impl Decoder {
                 .ok_or_else(|| "missing timestamp: the Kafka message has none".to_string()),
             fmt => match fields.ts.take() {
                 None => Err(format!("missing field `{}`", self.cfg.time_field)),
-                Some(raw) => parse_time(&raw, fmt)
-                    .map_err(|e| format!("unparsable timestamp in field `{}`: {e}", self.cfg.time_field)),
+                Some(raw) => parse_time(&raw, fmt).map_err(|e| {
+                    format!(
+                        "unparsable timestamp in field `{}`: {e}",
+                        self.cfg.time_field
+                    )
+                }),
             },
         }
     }
@@ -248,10 +272,20 @@ pub fn parse_time(raw: &RawTime, fmt: TimeFormat) -> Result<i64, String> {
     let ms = match (raw, fmt) {
         (RawTime::Number(n), TimeFormat::EpochS) => n * 1000.0,
         (RawTime::Number(n), TimeFormat::EpochMs) => *n,
-        (RawTime::Text(s), TimeFormat::EpochS) => s.trim().parse::<f64>().map_err(|_| format!("{s:?} is not epoch seconds"))? * 1000.0,
-        (RawTime::Text(s), TimeFormat::EpochMs) => s.trim().parse::<f64>().map_err(|_| format!("{s:?} is not epoch milliseconds"))?,
+        (RawTime::Text(s), TimeFormat::EpochS) => {
+            s.trim()
+                .parse::<f64>()
+                .map_err(|_| format!("{s:?} is not epoch seconds"))?
+                * 1000.0
+        }
+        (RawTime::Text(s), TimeFormat::EpochMs) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| format!("{s:?} is not epoch milliseconds"))?,
         (RawTime::Text(s), _) => return parse_rfc3339_ms(s),
-        (RawTime::Number(n), _) => return Err(format!("expected an RFC 3339 string, got the number {n}")),
+        (RawTime::Number(n), _) => {
+            return Err(format!("expected an RFC 3339 string, got the number {n}"))
+        }
     };
     if !ms.is_finite() || ms.abs() > 8.0e15 {
         return Err(format!("{ms} ms is out of range"));
@@ -433,7 +467,10 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
                         out.has_key = true;
                     }
                     Scalar::Other(what) => {
-                        out.failure = Some(format!("bad key: field `{}` is {what}, expected a string or number", cfg.key_field));
+                        out.failure = Some(format!(
+                            "bad key: field `{}` is {what}, expected a string or number",
+                            cfg.key_field
+                        ));
                         return Err(A::Error::custom("bad key"));
                     }
                 },
@@ -442,7 +479,10 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
                         Scalar::Num(n) => Some(RawTime::Number(n)),
                         Scalar::Str(s) => Some(RawTime::Text(s.into_owned())),
                         Scalar::Other(what) => {
-                            out.failure = Some(format!("unparsable timestamp in field `{}`: got {what}", cfg.time_field));
+                            out.failure = Some(format!(
+                                "unparsable timestamp in field `{}`: got {what}",
+                                cfg.time_field
+                            ));
                             return Err(A::Error::custom("bad time"));
                         }
                     }
@@ -459,11 +499,13 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
                             return Err(A::Error::custom("bad value"));
                         }
                         Scalar::Str(s) => {
-                            out.failure = Some(format!("non-numeric value in field `{name}`: {s:?}"));
+                            out.failure =
+                                Some(format!("non-numeric value in field `{name}`: {s:?}"));
                             return Err(A::Error::custom("bad value"));
                         }
                         Scalar::Other(what) => {
-                            out.failure = Some(format!("non-numeric value in field `{name}`: {what}"));
+                            out.failure =
+                                Some(format!("non-numeric value in field `{name}`: {what}"));
                             return Err(A::Error::custom("bad value"));
                         }
                     }
@@ -526,18 +568,35 @@ mod tests {
             (r#"{"ts":10,"value":1}"#, "missing field `key`"),
             (r#"{"key":"a","value":1}"#, "missing field `ts`"),
             (r#"{"key":"a","ts":10}"#, "missing field `value`"),
-            (r#"{"key":"a","ts":10,"value":"high"}"#, "non-numeric value in field `value`"),
-            (r#"{"key":"a","ts":10,"value":null}"#, "non-numeric value in field `value`: null"),
+            (
+                r#"{"key":"a","ts":10,"value":"high"}"#,
+                "non-numeric value in field `value`",
+            ),
+            (
+                r#"{"key":"a","ts":10,"value":null}"#,
+                "non-numeric value in field `value`: null",
+            ),
             (r#"{"key":"a","ts":10,"value":1e999}"#, "non-finite value"),
-            (r#"{"key":"a","ts":"yesterday","value":1}"#, "unparsable timestamp"),
+            (
+                r#"{"key":"a","ts":"yesterday","value":1}"#,
+                "unparsable timestamp",
+            ),
             (r#"{"key":[1],"ts":10,"value":1}"#, "bad key"),
         ];
-        let msgs: Vec<_> = cases.iter().enumerate().map(|(i, (s, _))| msg(100 + i as i64, s)).collect();
+        let msgs: Vec<_> = cases
+            .iter()
+            .enumerate()
+            .map(|(i, (s, _))| msg(100 + i as i64, s))
+            .collect();
         let out = d.decode(&msgs);
         assert_eq!(out.events.num_rows(), 0);
         assert_eq!(out.dead_letters.len(), cases.len());
         for (i, (dl, (_, want))) in out.dead_letters.iter().zip(cases).enumerate() {
-            assert!(dl.reason.contains(want), "case {i}: {:?} should contain {want:?}", dl.reason);
+            assert!(
+                dl.reason.contains(want),
+                "case {i}: {:?} should contain {want:?}",
+                dl.reason
+            );
             assert_eq!(dl.offset, 100 + i as i64);
             assert_eq!(dl.partition, 2);
         }
@@ -560,15 +619,27 @@ mod tests {
     fn kafka_timestamp_mode_uses_message_time() {
         let d = decoder(TimeFormat::Kafka, &["value"]);
         let out = d.decode(&[msg(0, r#"{"key":"a","value":1,"ts":"ignored"}"#)]);
-        assert_eq!(out.events.column(1).as_primitive::<Int64Type>().value(0), 1_000);
+        assert_eq!(
+            out.events.column(1).as_primitive::<Int64Type>().value(0),
+            1_000
+        );
     }
 
     #[test]
     fn time_formats() {
-        assert_eq!(parse_time(&RawTime::Number(1.5), TimeFormat::EpochS), Ok(1500));
-        assert_eq!(parse_time(&RawTime::Number(1500.0), TimeFormat::EpochMs), Ok(1500));
         assert_eq!(
-            parse_time(&RawTime::Text("2024-01-01T01:00:00+01:00".into()), TimeFormat::Rfc3339),
+            parse_time(&RawTime::Number(1.5), TimeFormat::EpochS),
+            Ok(1500)
+        );
+        assert_eq!(
+            parse_time(&RawTime::Number(1500.0), TimeFormat::EpochMs),
+            Ok(1500)
+        );
+        assert_eq!(
+            parse_time(
+                &RawTime::Text("2024-01-01T01:00:00+01:00".into()),
+                TimeFormat::Rfc3339
+            ),
             Ok(1_704_067_200_000)
         );
         assert!(parse_time(&RawTime::Number(1.0), TimeFormat::Rfc3339).is_err());

@@ -41,7 +41,11 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn config(file: impl Into<PathBuf>, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn config(
+        file: impl Into<PathBuf>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Error::Config {
             file: file.into(),
             field: field.into(),

@@ -82,13 +82,16 @@ use crate::window::{WindowSpec, WindowStage, FIRST_AGG_COLUMN};
 /// empty). Returns `(id, values)` in file order. Errors name the file and the
 /// 1-based line (and column where it applies).
 pub fn read_m4_csv(path: &Path) -> Result<Vec<(String, Vec<f64>)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     parse_m4_csv(&text, path)
 }
 
 fn unquote(cell: &str) -> &str {
     let c = cell.trim();
-    c.strip_prefix('"').and_then(|c| c.strip_suffix('"')).unwrap_or(c)
+    c.strip_prefix('"')
+        .and_then(|c| c.strip_suffix('"'))
+        .unwrap_or(c)
 }
 
 fn parse_m4_csv(text: &str, path: &Path) -> Result<Vec<(String, Vec<f64>)>> {
@@ -106,12 +109,21 @@ fn parse_m4_csv(text: &str, path: &Path) -> Result<Vec<(String, Vec<f64>)>> {
             continue; // the header
         }
         if id.is_empty() {
-            bail!("{}: line {lineno}: empty series id in the first column", path.display());
+            bail!(
+                "{}: line {lineno}: empty series id in the first column",
+                path.display()
+            );
         }
         let cells: Vec<&str> = cells.collect();
-        let used = cells.iter().rposition(|c| !c.is_empty()).map_or(0, |p| p + 1);
+        let used = cells
+            .iter()
+            .rposition(|c| !c.is_empty())
+            .map_or(0, |p| p + 1);
         if used == 0 {
-            bail!("{}: line {lineno}: series `{id}` has no values", path.display());
+            bail!(
+                "{}: line {lineno}: series `{id}` has no values",
+                path.display()
+            );
         }
         let mut values = Vec::with_capacity(used);
         for (j, c) in cells[..used].iter().enumerate() {
@@ -122,16 +134,25 @@ fn parse_m4_csv(text: &str, path: &Path) -> Result<Vec<(String, Vec<f64>)>> {
                     path.display()
                 );
             }
-            let v: f64 = c
-                .parse()
-                .map_err(|_| anyhow::anyhow!("{}: line {lineno}: series `{id}`: column V{col}: {c:?} is not a number", path.display()))?;
+            let v: f64 = c.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "{}: line {lineno}: series `{id}`: column V{col}: {c:?} is not a number",
+                    path.display()
+                )
+            })?;
             if !v.is_finite() {
-                bail!("{}: line {lineno}: series `{id}`: column V{col}: value {c:?} is not finite", path.display());
+                bail!(
+                    "{}: line {lineno}: series `{id}`: column V{col}: value {c:?} is not finite",
+                    path.display()
+                );
             }
             values.push(v);
         }
         if let Some(prev) = seen.insert(id.to_string(), lineno) {
-            bail!("{}: line {lineno}: series id `{id}` already used on line {prev}", path.display());
+            bail!(
+                "{}: line {lineno}: series id `{id}` already used on line {prev}",
+                path.display()
+            );
         }
         out.push((id.to_string(), values));
     }
@@ -158,14 +179,54 @@ pub struct Published {
 /// our own figures are on the held-out tail of the *training* set, a
 /// different (earlier) 48 hours of every series.
 pub const M4_HOURLY_PUBLISHED_TEST: &[Published] = &[
-    Published { method: "Naive (last value)", smape: 43.003, mase: 11.608, owa: 3.593 },
-    Published { method: "Naive2 (seasonally adjusted naive; OWA's reference)", smape: 18.383, mase: 2.395, owa: 1.000 },
-    Published { method: "Seasonal naive (m=24)", smape: 13.912, mase: 1.193, owa: 0.627 },
-    Published { method: "Theta", smape: 18.138, mase: 2.455, owa: 1.006 },
-    Published { method: "M4 benchmark MLP", smape: 13.842, mase: 2.607, owa: 0.921 },
-    Published { method: "M4 benchmark RNN", smape: 14.698, mase: 3.048, owa: 1.036 },
-    Published { method: "ES-RNN (competition winner, exponential smoothing + LSTM)", smape: 9.328, mase: 0.893, owa: 0.440 },
-    Published { method: "best Hourly entry", smape: 8.913, mase: 0.801, owa: 0.410 },
+    Published {
+        method: "Naive (last value)",
+        smape: 43.003,
+        mase: 11.608,
+        owa: 3.593,
+    },
+    Published {
+        method: "Naive2 (seasonally adjusted naive; OWA's reference)",
+        smape: 18.383,
+        mase: 2.395,
+        owa: 1.000,
+    },
+    Published {
+        method: "Seasonal naive (m=24)",
+        smape: 13.912,
+        mase: 1.193,
+        owa: 0.627,
+    },
+    Published {
+        method: "Theta",
+        smape: 18.138,
+        mase: 2.455,
+        owa: 1.006,
+    },
+    Published {
+        method: "M4 benchmark MLP",
+        smape: 13.842,
+        mase: 2.607,
+        owa: 0.921,
+    },
+    Published {
+        method: "M4 benchmark RNN",
+        smape: 14.698,
+        mase: 3.048,
+        owa: 1.036,
+    },
+    Published {
+        method: "ES-RNN (competition winner, exponential smoothing + LSTM)",
+        smape: 9.328,
+        mase: 0.893,
+        owa: 0.440,
+    },
+    Published {
+        method: "best Hourly entry",
+        smape: 8.913,
+        mase: 0.801,
+        owa: 0.410,
+    },
 ];
 
 /// The published test-set row matching one of our model names, if any.
@@ -208,11 +269,17 @@ pub struct BaselineModel {
 impl BaselineModel {
     /// Named after the forecaster.
     pub fn new(inner: Box<dyn Forecaster + Send + Sync>) -> Self {
-        BaselineModel { name: inner.name().to_string(), inner }
+        BaselineModel {
+            name: inner.name().to_string(),
+            inner,
+        }
     }
     /// With a report name of its own (e.g. `ses_sa` for a wrapped `ses`).
     pub fn named(name: &str, inner: Box<dyn Forecaster + Send + Sync>) -> Self {
-        BaselineModel { name: name.to_string(), inner }
+        BaselineModel {
+            name: name.to_string(),
+            inner,
+        }
     }
 }
 
@@ -221,7 +288,10 @@ impl Model for BaselineModel {
         self.name.clone()
     }
     fn fit_forecast(&mut self, histories: &[&[f64]], horizon: usize) -> Vec<Vec<f64>> {
-        histories.iter().map(|h| self.inner.forecast(h, horizon)).collect()
+        histories
+            .iter()
+            .map(|h| self.inner.forecast(h, horizon))
+            .collect()
     }
 }
 
@@ -230,7 +300,18 @@ impl Model for BaselineModel {
 /// `holt_sa`, `damped_sa` ([`baseline::SeasonallyAdjusted`] around the plain
 /// model, as M4 ran its SES / Holt / Damped benchmarks).
 pub const BASELINE_NAMES: &[&str] = &[
-    "naive", "snaive", "naive2", "ma", "ses", "holt", "damped", "hw_add", "hw_mul", "ses_sa", "holt_sa", "damped_sa",
+    "naive",
+    "snaive",
+    "naive2",
+    "ma",
+    "ses",
+    "holt",
+    "damped",
+    "hw_add",
+    "hw_mul",
+    "ses_sa",
+    "holt_sa",
+    "damped_sa",
 ];
 
 /// A classical forecaster by one of [`BASELINE_NAMES`].
@@ -238,9 +319,26 @@ pub fn forecaster_by_name(name: &str, season: usize) -> Option<Box<dyn Forecaste
     use baseline::{Damping, Holt, SeasonallyAdjusted, SimpleExpSmoothing};
     let period = season.max(1);
     Some(match name {
-        "ses_sa" => Box::new(SeasonallyAdjusted { inner: SimpleExpSmoothing { alpha: None }, period }),
-        "holt_sa" => Box::new(SeasonallyAdjusted { inner: Holt { alpha: None, beta: None, damped: None }, period }),
-        "damped_sa" => Box::new(SeasonallyAdjusted { inner: Holt { alpha: None, beta: None, damped: Some(Damping::Fitted) }, period }),
+        "ses_sa" => Box::new(SeasonallyAdjusted {
+            inner: SimpleExpSmoothing { alpha: None },
+            period,
+        }),
+        "holt_sa" => Box::new(SeasonallyAdjusted {
+            inner: Holt {
+                alpha: None,
+                beta: None,
+                damped: None,
+            },
+            period,
+        }),
+        "damped_sa" => Box::new(SeasonallyAdjusted {
+            inner: Holt {
+                alpha: None,
+                beta: None,
+                damped: Some(Damping::Fitted),
+            },
+            period,
+        }),
         _ => return baseline::by_name(name, period),
     })
 }
@@ -263,7 +361,10 @@ pub struct ModelContext {
 /// evaluates it under the same leak check as the baselines.
 pub fn model_by_name(name: &str, ctx: &ModelContext) -> Option<Box<dyn Model>> {
     if name == "rnn" {
-        let path = ctx.rnn_pipeline.clone().unwrap_or_else(|| PathBuf::from("pipelines/m4_hourly.toml"));
+        let path = ctx
+            .rnn_pipeline
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("pipelines/m4_hourly.toml"));
         return match crate::eval_rnn::RnnModel::from_pipeline(&path) {
             Ok(mut m) => {
                 m.ensemble = ctx.rnn_ensemble.max(1);
@@ -275,7 +376,8 @@ pub fn model_by_name(name: &str, ctx: &ModelContext) -> Option<Box<dyn Model>> {
             }
         };
     }
-    forecaster_by_name(name, ctx.season).map(|f| Box::new(BaselineModel::named(name, f)) as Box<dyn Model>)
+    forecaster_by_name(name, ctx.season)
+        .map(|f| Box::new(BaselineModel::named(name, f)) as Box<dyn Model>)
 }
 
 /// One series of a [`Panel`]: `values[..origin]` is the history a model may
@@ -310,7 +412,9 @@ impl Panel {
         for s in &mut series {
             s.origin = s.origin.min(s.values.len());
         }
-        Panel { inner: Arc::new(RwLock::new(series)) }
+        Panel {
+            inner: Arc::new(RwLock::new(series)),
+        }
     }
 
     /// Holds out the last `h` values of every series (origin = `len − h`).
@@ -319,9 +423,16 @@ impl Panel {
         let mut series = Vec::with_capacity(data.len());
         for (id, v) in data {
             if v.len() <= h {
-                bail!("series `{id}` has {} values: too short to hold out {h} and keep a history", v.len());
+                bail!(
+                    "series `{id}` has {} values: too short to hold out {h} and keep a history",
+                    v.len()
+                );
             }
-            series.push(Series { id: id.clone(), values: v.clone(), origin: v.len() - h });
+            series.push(Series {
+                id: id.clone(),
+                values: v.clone(),
+                origin: v.len() - h,
+            });
         }
         Ok(Panel::new(series))
     }
@@ -330,7 +441,11 @@ impl Panel {
     pub fn at_end(data: &[(String, Vec<f64>)]) -> Self {
         Panel::new(
             data.iter()
-                .map(|(id, v)| Series { id: id.clone(), values: v.clone(), origin: v.len() })
+                .map(|(id, v)| Series {
+                    id: id.clone(),
+                    values: v.clone(),
+                    origin: v.len(),
+                })
                 .collect(),
         )
     }
@@ -361,16 +476,36 @@ impl Panel {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum HarnessError {
     #[error("model `{model}` returned {got} forecasts for {want} series")]
-    Count { model: String, want: usize, got: usize },
+    Count {
+        model: String,
+        want: usize,
+        got: usize,
+    },
     #[error("model `{model}`: series `{id}`: expected {want} forecast values, got {got}")]
-    Length { model: String, id: String, want: usize, got: usize },
+    Length {
+        model: String,
+        id: String,
+        want: usize,
+        got: usize,
+    },
     #[error("model `{model}`: series `{id}`: forecast step {step} is not finite ({value})")]
-    NonFinite { model: String, id: String, step: usize, value: f64 },
+    NonFinite {
+        model: String,
+        id: String,
+        step: usize,
+        value: f64,
+    },
     #[error(
         "model `{model}` refused: it read past the forecast origin (its forecast for series `{id}`, step {step}, \
          changed from {before} to {after} when only the values after the origin were perturbed)"
     )]
-    Leak { model: String, id: String, step: usize, before: f64, after: f64 },
+    Leak {
+        model: String,
+        id: String,
+        step: usize,
+        before: f64,
+        after: f64,
+    },
 }
 
 /// A model's accepted forecasts.
@@ -410,7 +545,11 @@ fn histories(panel: &Panel) -> Vec<Vec<f64>> {
     panel.read().iter().map(|s| s.history().to_vec()).collect()
 }
 
-fn run_once(panel: &Panel, factory: &mut dyn FnMut() -> Box<dyn Model>, horizon: usize) -> Result<(String, Vec<Vec<f64>>), HarnessError> {
+fn run_once(
+    panel: &Panel,
+    factory: &mut dyn FnMut() -> Box<dyn Model>,
+    horizon: usize,
+) -> Result<(String, Vec<Vec<f64>>), HarnessError> {
     // Fresh copies: the model can reach nothing past the origin through them.
     let hist = histories(panel);
     let refs: Vec<&[f64]> = hist.iter().map(|h| h.as_slice()).collect();
@@ -420,14 +559,28 @@ fn run_once(panel: &Panel, factory: &mut dyn FnMut() -> Box<dyn Model>, horizon:
     drop(model);
     let ids = panel.ids();
     if out.len() != ids.len() {
-        return Err(HarnessError::Count { model: name, want: ids.len(), got: out.len() });
+        return Err(HarnessError::Count {
+            model: name,
+            want: ids.len(),
+            got: out.len(),
+        });
     }
     for (f, id) in out.iter().zip(&ids) {
         if f.len() != horizon {
-            return Err(HarnessError::Length { model: name, id: id.clone(), want: horizon, got: f.len() });
+            return Err(HarnessError::Length {
+                model: name,
+                id: id.clone(),
+                want: horizon,
+                got: f.len(),
+            });
         }
         if let Some((step, &value)) = f.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(HarnessError::NonFinite { model: name, id: id.clone(), step: step + 1, value });
+            return Err(HarnessError::NonFinite {
+                model: name,
+                id: id.clone(),
+                step: step + 1,
+                value,
+            });
         }
     }
     Ok((name, out))
@@ -437,13 +590,22 @@ fn run_once(panel: &Panel, factory: &mut dyn FnMut() -> Box<dyn Model>, horizon:
 /// checks its output: shape, finiteness, and — when the panel has futures —
 /// that perturbing the futures leaves the forecasts bit-identical (see the
 /// module docs). Returns the forecasts of the unperturbed run.
-pub fn run_checked(panel: &Panel, factory: &mut dyn FnMut() -> Box<dyn Model>, horizon: usize) -> Result<Checked, HarnessError> {
+pub fn run_checked(
+    panel: &Panel,
+    factory: &mut dyn FnMut() -> Box<dyn Model>,
+    horizon: usize,
+) -> Result<Checked, HarnessError> {
     let started = Instant::now();
     let check = factory().leak_check();
     let (name, first) = run_once(panel, factory, horizon)?;
     let has_future = panel.read().iter().any(|s| s.origin < s.values.len());
     if !has_future || !check {
-        return Ok(Checked { model: name, forecasts: first, seconds: started.elapsed().as_secs_f64(), leak_checked: false });
+        return Ok(Checked {
+            model: name,
+            forecasts: first,
+            seconds: started.elapsed().as_secs_f64(),
+            leak_checked: false,
+        });
     }
     let second = {
         let saved: Vec<Vec<f64>> = panel.read().iter().map(|s| s.future().to_vec()).collect();
@@ -461,11 +623,26 @@ pub fn run_checked(panel: &Panel, factory: &mut dyn FnMut() -> Box<dyn Model>, h
     };
     let ids = panel.ids();
     for ((a, b), id) in first.iter().zip(&second).zip(&ids) {
-        if let Some(step) = a.iter().zip(b).position(|(x, y)| x.to_bits() != y.to_bits()) {
-            return Err(HarnessError::Leak { model: name, id: id.clone(), step: step + 1, before: a[step], after: b[step] });
+        if let Some(step) = a
+            .iter()
+            .zip(b)
+            .position(|(x, y)| x.to_bits() != y.to_bits())
+        {
+            return Err(HarnessError::Leak {
+                model: name,
+                id: id.clone(),
+                step: step + 1,
+                before: a[step],
+                after: b[step],
+            });
         }
     }
-    Ok(Checked { model: name, forecasts: first, seconds: started.elapsed().as_secs_f64(), leak_checked: true })
+    Ok(Checked {
+        model: name,
+        forecasts: first,
+        seconds: started.elapsed().as_secs_f64(),
+        leak_checked: true,
+    })
 }
 
 // ======================================================================
@@ -499,7 +676,10 @@ pub struct M4Report {
 
 fn build_factory(name: &str, ctx: &ModelContext) -> Result<impl FnMut() -> Box<dyn Model>> {
     if model_by_name(name, ctx).is_none() {
-        bail!("unknown model `{name}` (known: {})", BASELINE_NAMES.join(", "));
+        bail!(
+            "unknown model `{name}` (known: {})",
+            BASELINE_NAMES.join(", ")
+        );
     }
     let (name, ctx) = (name.to_string(), ctx.clone());
     Ok(move || model_by_name(&name, &ctx).expect("checked above"))
@@ -507,7 +687,12 @@ fn build_factory(name: &str, ctx: &ModelContext) -> Result<impl FnMut() -> Box<d
 
 /// Runs each named model through [`run_checked`] on `panel`. Returns the
 /// accepted forecasts in the order of `models`.
-pub fn run_models(panel: &Panel, models: &[String], ctx: &ModelContext, horizon: usize) -> Result<Vec<Checked>> {
+pub fn run_models(
+    panel: &Panel,
+    models: &[String],
+    ctx: &ModelContext,
+    horizon: usize,
+) -> Result<Vec<Checked>> {
     let mut out = Vec::with_capacity(models.len());
     for name in models {
         let mut factory = build_factory(name, ctx)?;
@@ -522,7 +707,8 @@ fn mean_panel_scores(panel: &Panel, forecasts: &[Vec<f64>], season: usize) -> Re
     let g = panel.read();
     let mut scores = Vec::with_capacity(g.len());
     for (s, f) in g.iter().zip(forecasts) {
-        let sc = accuracy::score(s.history(), s.future(), f, season.max(1)).with_context(|| format!("scoring series `{}`", s.id))?;
+        let sc = accuracy::score(s.history(), s.future(), f, season.max(1))
+            .with_context(|| format!("scoring series `{}`", s.id))?;
         scores.push(sc);
     }
     accuracy::mean_scores(&scores).context("no series to score")
@@ -544,7 +730,11 @@ pub fn eval_m4_holdout(
         bail!("the holdout must be at least 1 value");
     }
     let panel = Panel::holdout(data, horizon)?;
-    let ctx = ModelContext { season, rnn_pipeline, rnn_ensemble };
+    let ctx = ModelContext {
+        season,
+        rnn_pipeline,
+        rnn_ensemble,
+    };
     let checked = run_models(&panel, models, &ctx, horizon)?;
     let naive2 = match checked.iter().position(|c| c.model == "naive2") {
         Some(i) => mean_panel_scores(&panel, &checked[i].forecasts, season)?,
@@ -565,7 +755,13 @@ pub fn eval_m4_holdout(
             leak_checked: c.leak_checked,
         });
     }
-    let report = M4Report { series: panel.len(), horizon, season, naive2_own: (naive2.smape, naive2.mase), rows };
+    let report = M4Report {
+        series: panel.len(),
+        horizon,
+        season,
+        naive2_own: (naive2.smape, naive2.mase),
+        rows,
+    };
     Ok((report, checked))
 }
 
@@ -580,7 +776,16 @@ pub fn forecast_m4(
     rnn_ensemble: usize,
 ) -> Result<Vec<Checked>> {
     let panel = Panel::at_end(data);
-    run_models(&panel, models, &ModelContext { season, rnn_pipeline, rnn_ensemble }, horizon)
+    run_models(
+        &panel,
+        models,
+        &ModelContext {
+            season,
+            rnn_pipeline,
+            rnn_ensemble,
+        },
+        horizon,
+    )
 }
 
 /// Writes forecasts in the M4 submission shape: `id,F1,...,FH`, one row per series.
@@ -590,7 +795,8 @@ pub fn write_submission(path: &Path, ids: &[String], forecasts: &[Vec<f64>]) -> 
         bail!("{} ids but {} forecasts", ids.len(), forecasts.len());
     }
     let h = forecasts.first().map_or(0, |f| f.len());
-    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut w = std::io::BufWriter::new(file);
     let mut line = String::from("id");
     for i in 1..=h {
@@ -634,7 +840,8 @@ impl M4Report {
         s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for r in &self.rows {
             let p = published_for(&r.model);
-            let pc = |f: fn(&Published) -> f64| p.map_or("—".to_string(), |p| format!("{:.3}", f(p)));
+            let pc =
+                |f: fn(&Published) -> f64| p.map_or("—".to_string(), |p| format!("{:.3}", f(p)));
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} | {:.1} | {} | {} | {} |",
@@ -652,7 +859,11 @@ impl M4Report {
         s.push_str("\nPublished M4 Hourly results on the *test set* (source: ../shared/data/README.md, from the M4 competition results):\n\n");
         s.push_str("| method | sMAPE | MASE | OWA |\n|---|---:|---:|---:|\n");
         for p in M4_HOURLY_PUBLISHED_TEST {
-            let _ = writeln!(s, "| {} | {:.3} | {:.3} | {:.3} |", p.method, p.smape, p.mase, p.owa);
+            let _ = writeln!(
+                s,
+                "| {} | {:.3} | {:.3} | {:.3} |",
+                p.method, p.smape, p.mase, p.owa
+            );
         }
         s
     }
@@ -682,14 +893,19 @@ pub struct KeySeries {
 pub fn read_nab_csv(cfg: &PipelineConfig, path: &Path) -> Result<RecordBatch> {
     let fields = &cfg.decode.value_fields;
     if fields.len() != 1 {
-        bail!("{}: a `timestamp,value` CSV feeds exactly one value field, the pipeline has {}", path.display(), fields.len());
+        bail!(
+            "{}: a `timestamp,value` CSV feeds exactly one value field, the pipeline has {}",
+            path.display(),
+            fields.len()
+        );
     }
     let key = path
         .file_stem()
         .and_then(|s| s.to_str())
         .with_context(|| format!("{}: no usable file stem for the key", path.display()))?
         .to_string();
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut b = EventsBuilder::new(events_schema(fields), text.len() / 24 + 1);
     for (i, line) in text.lines().enumerate() {
         let lineno = i + 1;
@@ -699,18 +915,29 @@ pub fn read_nab_csv(cfg: &PipelineConfig, path: &Path) -> Result<RecordBatch> {
         }
         let mut cells = line.split(',').map(unquote);
         let (Some(t), Some(v)) = (cells.next(), cells.next()) else {
-            bail!("{}: line {lineno}: expected `timestamp,value`, got {line:?}", path.display());
+            bail!(
+                "{}: line {lineno}: expected `timestamp,value`, got {line:?}",
+                path.display()
+            );
         };
         if lineno == 1 && t.eq_ignore_ascii_case("timestamp") {
             continue;
         }
-        let ts = parse_time(&RawTime::Text(t.to_string()), cfg.decode.time_format)
-            .map_err(|e| anyhow::anyhow!("{}: line {lineno}: bad timestamp: {e}", path.display()))?;
-        let value: f64 = v
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{}: line {lineno}: value {v:?} is not a number", path.display()))?;
+        let ts =
+            parse_time(&RawTime::Text(t.to_string()), cfg.decode.time_format).map_err(|e| {
+                anyhow::anyhow!("{}: line {lineno}: bad timestamp: {e}", path.display())
+            })?;
+        let value: f64 = v.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "{}: line {lineno}: value {v:?} is not a number",
+                path.display()
+            )
+        })?;
         if !value.is_finite() {
-            bail!("{}: line {lineno}: value {v:?} is not finite", path.display());
+            bail!(
+                "{}: line {lineno}: value {v:?} is not finite",
+                path.display()
+            );
         }
         b.push(&key, ts, 0, lineno as i64, &[value]);
     }
@@ -724,9 +951,13 @@ pub fn read_stream_inputs(cfg: &PipelineConfig, inputs: &[PathBuf]) -> Result<Re
     let schema = events_schema(&cfg.decode.value_fields);
     let mut parts = Vec::with_capacity(inputs.len());
     for p in inputs {
-        let is_parquet = p.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
+        let is_parquet = p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
         if is_parquet {
-            let (events, dead) = crate::source::read_parquet_events(cfg, std::slice::from_ref(p)).with_context(|| format!("reading {}", p.display()))?;
+            let (events, dead) = crate::source::read_parquet_events(cfg, std::slice::from_ref(p))
+                .with_context(|| format!("reading {}", p.display()))?;
             if !dead.is_empty() {
                 tracing::warn!(file = %p.display(), rows = dead.len(), first = %dead[0].reason, "skipped unusable rows");
             }
@@ -769,12 +1000,28 @@ pub fn window_series(cfg: &PipelineConfig, events: &RecordBatch) -> Result<Vec<K
                 if entry.1 {
                     let n = segments_of.entry(key.to_string()).or_insert(0);
                     *n += 1;
-                    let name = if *n == 1 { key.to_string() } else { format!("{key}#{n}") };
-                    out.push((KeySeries { key: name, start_ms: Vec::new(), values: Vec::new(), filled: 0 }, Vec::new()));
+                    let name = if *n == 1 {
+                        key.to_string()
+                    } else {
+                        format!("{key}#{n}")
+                    };
+                    out.push((
+                        KeySeries {
+                            key: name,
+                            start_ms: Vec::new(),
+                            values: Vec::new(),
+                            filled: 0,
+                        },
+                        Vec::new(),
+                    ));
                     *entry = (out.len() - 1, false);
                 }
                 let (ks, fl) = &mut out[entry.0];
-                let v = if vals.is_null(i) { f64::NAN } else { vals.value(i) };
+                let v = if vals.is_null(i) {
+                    f64::NAN
+                } else {
+                    vals.value(i)
+                };
                 ks.start_ms.push(starts.value(i));
                 ks.values.push(v);
                 fl.push(filled.value(i));
@@ -843,7 +1090,11 @@ pub struct RefitBaseline {
 
 impl RefitBaseline {
     pub fn new(name: &str, inner: Box<dyn Forecaster + Send + Sync>) -> Self {
-        RefitBaseline { name: name.to_string(), inner, history: Vec::new() }
+        RefitBaseline {
+            name: name.to_string(),
+            inner,
+            history: Vec::new(),
+        }
     }
 }
 
@@ -866,7 +1117,8 @@ impl StreamModel for RefitBaseline {
 /// at each origin. Hook for the online recurrent model: add `"rnn" => ...`
 /// here (a type implementing [`StreamModel`] that carries its state).
 pub fn stream_model_by_name(name: &str, season: usize) -> Option<Box<dyn StreamModel>> {
-    forecaster_by_name(name, season).map(|f| Box::new(RefitBaseline::new(name, f)) as Box<dyn StreamModel>)
+    forecaster_by_name(name, season)
+        .map(|f| Box::new(RefitBaseline::new(name, f)) as Box<dyn StreamModel>)
 }
 
 /// Settings of a rolling-origin backtest.
@@ -885,7 +1137,12 @@ pub struct StreamOptions {
 /// Origins of a series of `n` windows: from `ceil((1 − tail)·n)` (at least 1)
 /// to `n − horizon`, every `step` windows, `step` the smallest spacing that
 /// keeps at most `max_origins`. Empty when the series is too short.
-pub fn rolling_origins(n: usize, horizon: usize, max_origins: usize, tail_fraction: f64) -> Vec<usize> {
+pub fn rolling_origins(
+    n: usize,
+    horizon: usize,
+    max_origins: usize,
+    tail_fraction: f64,
+) -> Vec<usize> {
     let tail = tail_fraction.clamp(0.0, 1.0);
     let first = ((n as f64) * (1.0 - tail)).ceil().max(1.0) as usize;
     if max_origins == 0 || n < horizon.max(1) || first > n - horizon.max(1) {
@@ -947,7 +1204,11 @@ impl Acc {
             mae: self.mae / n,
             rmse: (self.mse / n).sqrt(),
             smape: self.smape / n,
-            mase: if self.mase_n > 0 { self.mase / self.mase_n as f64 } else { f64::NAN },
+            mase: if self.mase_n > 0 {
+                self.mase / self.mase_n as f64
+            } else {
+                f64::NAN
+            },
             mase_undefined: self.n - self.mase_n,
         }
     }
@@ -997,12 +1258,17 @@ pub struct StreamReport {
 /// and model: `reset`, then for `t = 0..=last origin`: at an origin ask for
 /// the forecast (the model has observed exactly windows `0..t`), then feed
 /// window `t`. Windows after the last origin are never fed.
-pub fn backtest_stream(series: &[KeySeries], models: &mut [Box<dyn StreamModel>], opts: &StreamOptions) -> Result<StreamReport> {
+pub fn backtest_stream(
+    series: &[KeySeries],
+    models: &mut [Box<dyn StreamModel>],
+    opts: &StreamOptions,
+) -> Result<StreamReport> {
     let h = opts.horizon.max(1);
     let m = opts.season.max(1);
     let mut keys = Vec::new();
     let mut skipped = Vec::new();
-    let mut totals: Vec<(Acc, Acc, f64)> = vec![(Acc::default(), Acc::default(), 0.0); models.len()];
+    let mut totals: Vec<(Acc, Acc, f64)> =
+        vec![(Acc::default(), Acc::default(), 0.0); models.len()];
     for s in series {
         let origins = rolling_origins(s.values.len(), h, opts.max_origins, opts.tail_fraction);
         if origins.is_empty() {
@@ -1010,7 +1276,12 @@ pub fn backtest_stream(series: &[KeySeries], models: &mut [Box<dyn StreamModel>]
             continue;
         }
         let last = *origins.last().expect("non-empty");
-        let mut kr = KeyResult { key: s.key.clone(), windows: s.values.len(), origins: origins.clone(), models: Vec::new() };
+        let mut kr = KeyResult {
+            key: s.key.clone(),
+            windows: s.values.len(),
+            origins: origins.clone(),
+            models: Vec::new(),
+        };
         for (mi, model) in models.iter_mut().enumerate() {
             let started = Instant::now();
             let name = model.name();
@@ -1044,7 +1315,12 @@ pub fn backtest_stream(series: &[KeySeries], models: &mut [Box<dyn StreamModel>]
             t.0.merge(&one);
             t.1.merge(&multi);
             t.2 += started.elapsed().as_secs_f64();
-            kr.models.push(KeyModelResult { model: name, forecasts, one_step: one.finish(), h_step: multi.finish() });
+            kr.models.push(KeyModelResult {
+                model: name,
+                forecasts,
+                one_step: one.finish(),
+                h_step: multi.finish(),
+            });
         }
         keys.push(kr);
     }
@@ -1059,7 +1335,13 @@ pub fn backtest_stream(series: &[KeySeries], models: &mut [Box<dyn StreamModel>]
             seconds: *secs,
         })
         .collect();
-    Ok(StreamReport { horizon: h, season: m, rows, keys, skipped })
+    Ok(StreamReport {
+        horizon: h,
+        season: m,
+        rows,
+        keys,
+        skipped,
+    })
 }
 
 fn fmt_num(v: f64) -> String {
@@ -1108,13 +1390,26 @@ impl StreamReport {
                 r.seconds
             );
         }
-        let undefined: usize = self.rows.iter().map(|r| r.h_step.mase_undefined).max().unwrap_or(0);
+        let undefined: usize = self
+            .rows
+            .iter()
+            .map(|r| r.h_step.mase_undefined)
+            .max()
+            .unwrap_or(0);
         if undefined > 0 {
             let _ = writeln!(s, "\nMASE leaves out {undefined} forecasts whose history had a zero seasonal-difference scale.");
         }
         if !self.skipped.is_empty() {
-            let list: Vec<String> = self.skipped.iter().map(|(k, n)| format!("{k} ({n} windows)")).collect();
-            let _ = writeln!(s, "\nSkipped (too short for one origin): {}", list.join(", "));
+            let list: Vec<String> = self
+                .skipped
+                .iter()
+                .map(|(k, n)| format!("{k} ({n} windows)"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "\nSkipped (too short for one origin): {}",
+                list.join(", ")
+            );
         }
         s
     }
@@ -1123,11 +1418,26 @@ impl StreamReport {
     pub fn per_key_markdown(&self) -> String {
         let mut s = String::new();
         let names: Vec<String> = self.rows.iter().map(|r| r.model.clone()).collect();
-        let _ = writeln!(s, "| key | windows | origins | {} |", names.iter().map(|n| format!("{n} {}-step MASE", self.horizon)).collect::<Vec<_>>().join(" | "));
+        let _ = writeln!(
+            s,
+            "| key | windows | origins | {} |",
+            names
+                .iter()
+                .map(|n| format!("{n} {}-step MASE", self.horizon))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
         let _ = writeln!(s, "|---|---:|---:|{}", "---:|".repeat(names.len()));
         for k in &self.keys {
             let cells: Vec<String> = k.models.iter().map(|m| fmt_num(m.h_step.mase)).collect();
-            let _ = writeln!(s, "| {} | {} | {} | {} |", k.key, k.windows, k.origins.len(), cells.join(" | "));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                k.key,
+                k.windows,
+                k.origins.len(),
+                cells.join(" | ")
+            );
         }
         s
     }
@@ -1157,12 +1467,18 @@ pub struct PlotSpec {
 /// `spec.model`'s `horizon`-step forecasts from origins at least `horizon`
 /// apart (blue) and the same for `spec.baseline` (red, dashed), origins as
 /// dots on the time axis, with a legend and axis labels.
-pub fn plot_key(series: &KeySeries, result: &KeyResult, spec: &PlotSpec, path: &Path) -> Result<()> {
+pub fn plot_key(
+    series: &KeySeries,
+    result: &KeyResult,
+    spec: &PlotSpec,
+    path: &Path,
+) -> Result<()> {
     use plotters::prelude::*;
 
     let (model, baseline) = (spec.model.as_str(), spec.baseline.as_str());
     let find = |name: &str| result.models.iter().find(|m| m.model == name);
-    let main = find(model).with_context(|| format!("no backtest of model `{model}` for key `{}`", result.key))?;
+    let main = find(model)
+        .with_context(|| format!("no backtest of model `{model}` for key `{}`", result.key))?;
     let base = find(baseline).filter(|_| baseline != model);
     let first = *result.origins.first().context("no origins")?;
     let n = series.values.len();
@@ -1197,13 +1513,21 @@ pub fn plot_key(series: &KeySeries, result: &KeyResult, spec: &PlotSpec, path: &
     // Extra room at the top for the legend.
     let top = hi + 5.0 * pad;
     let (x0, x1) = (x_of(from), x_of(n - 1));
-    let fmt_time = |ms: &i64| chrono::DateTime::from_timestamp_millis(*ms).map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%d %H:%M").to_string());
+    let fmt_time = |ms: &i64| {
+        chrono::DateTime::from_timestamp_millis(*ms).map_or_else(
+            || ms.to_string(),
+            |t| t.format("%Y-%m-%d %H:%M").to_string(),
+        )
+    };
 
     let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
     let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("plotting {}: {e}", path.display());
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{}: {h}-step forecasts from rolling origins", series.key), ("sans-serif", 22))
+        .caption(
+            format!("{}: {h}-step forecasts from rolling origins", series.key),
+            ("sans-serif", 22),
+        )
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(90)
@@ -1220,7 +1544,10 @@ pub fn plot_key(series: &KeySeries, result: &KeyResult, spec: &PlotSpec, path: &
         .draw()
         .map_err(|e| err(&e))?;
     chart
-        .draw_series(LineSeries::new((from..n).map(|i| (x_of(i), series.values[i])), BLACK.stroke_width(1)))
+        .draw_series(LineSeries::new(
+            (from..n).map(|i| (x_of(i), series.values[i])),
+            BLACK.stroke_width(1),
+        ))
         .map_err(|e| err(&e))?
         .label("actual")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
@@ -1228,23 +1555,37 @@ pub fn plot_key(series: &KeySeries, result: &KeyResult, spec: &PlotSpec, path: &
     let red = RGBColor(214, 39, 40);
     for (j, &k) in shown.iter().enumerate() {
         let o = result.origins[k];
-        let pts: Vec<(i64, f64)> = main.forecasts[k].iter().enumerate().map(|(i, &v)| (x_of(o + i), v)).collect();
-        let a = chart.draw_series(LineSeries::new(pts, blue.stroke_width(2))).map_err(|e| err(&e))?;
+        let pts: Vec<(i64, f64)> = main.forecasts[k]
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (x_of(o + i), v))
+            .collect();
+        let a = chart
+            .draw_series(LineSeries::new(pts, blue.stroke_width(2)))
+            .map_err(|e| err(&e))?;
         if j == 0 {
             a.label(format!("{model} ({h}-step from each origin)"))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(2))
+                });
         }
     }
     if let Some(b) = base {
         for (j, &k) in shown.iter().enumerate() {
             let o = result.origins[k];
-            let pts: Vec<(i64, f64)> = b.forecasts[k].iter().enumerate().map(|(i, &v)| (x_of(o + i), v)).collect();
+            let pts: Vec<(i64, f64)> = b.forecasts[k]
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| (x_of(o + i), v))
+                .collect();
             let a = chart
                 .draw_series(DashedLineSeries::new(pts, 6, 4, red.stroke_width(2)))
                 .map_err(|e| err(&e))?;
             if j == 0 {
                 a.label(format!("{baseline} (seasonal-naive baseline)"))
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red.stroke_width(2)));
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], red.stroke_width(2))
+                    });
             }
         }
     }
@@ -1308,23 +1649,53 @@ mod tests {
             ]
         );
         // Errors name the file, the line and the column.
-        let bad = write_tmp(&dir, "bad.csv", "\"V1\",\"V2\",\"V3\"\n\"H1\",\"1\",\"2\"\n\"H2\",\"1\",\"x\"\n");
+        let bad = write_tmp(
+            &dir,
+            "bad.csv",
+            "\"V1\",\"V2\",\"V3\"\n\"H1\",\"1\",\"2\"\n\"H2\",\"1\",\"x\"\n",
+        );
         let e = read_m4_csv(&bad).unwrap_err().to_string();
-        assert!(e.contains("bad.csv") && e.contains("line 3") && e.contains("V3") && e.contains("\"x\""), "{e}");
-        let gap = write_tmp(&dir, "gap.csv", "\"V1\",\"V2\",\"V3\",\"V4\"\n\"H1\",\"1\",,\"2\"\n");
+        assert!(
+            e.contains("bad.csv")
+                && e.contains("line 3")
+                && e.contains("V3")
+                && e.contains("\"x\""),
+            "{e}"
+        );
+        let gap = write_tmp(
+            &dir,
+            "gap.csv",
+            "\"V1\",\"V2\",\"V3\",\"V4\"\n\"H1\",\"1\",,\"2\"\n",
+        );
         let e = read_m4_csv(&gap).unwrap_err().to_string();
-        assert!(e.contains("gap.csv") && e.contains("line 2") && e.contains("V3"), "{e}");
+        assert!(
+            e.contains("gap.csv") && e.contains("line 2") && e.contains("V3"),
+            "{e}"
+        );
         let empty = write_tmp(&dir, "empty.csv", "\"V1\",\"V2\"\n\"H1\",,\n");
-        assert!(read_m4_csv(&empty).unwrap_err().to_string().contains("line 2"));
-        let dup = write_tmp(&dir, "dup.csv", "\"V1\",\"V2\"\n\"H1\",\"1\"\n\"H1\",\"2\"\n");
-        assert!(read_m4_csv(&dup).unwrap_err().to_string().contains("line 3"));
+        assert!(read_m4_csv(&empty)
+            .unwrap_err()
+            .to_string()
+            .contains("line 2"));
+        let dup = write_tmp(
+            &dir,
+            "dup.csv",
+            "\"V1\",\"V2\"\n\"H1\",\"1\"\n\"H1\",\"2\"\n",
+        );
+        assert!(read_m4_csv(&dup)
+            .unwrap_err()
+            .to_string()
+            .contains("line 3"));
         let missing = dir.path().join("nope.csv");
         assert!(format!("{:#}", read_m4_csv(&missing).unwrap_err()).contains("nope.csv"));
     }
 
     #[test]
     fn holdout_split() {
-        let data = vec![("a".to_string(), (0..10).map(f64::from).collect::<Vec<_>>()), ("b".to_string(), vec![1.0, 2.0, 3.0, 4.0])];
+        let data = vec![
+            ("a".to_string(), (0..10).map(f64::from).collect::<Vec<_>>()),
+            ("b".to_string(), vec![1.0, 2.0, 3.0, 4.0]),
+        ];
         let p = Panel::holdout(&data, 3).unwrap();
         let g = p.read();
         assert_eq!(g[0].history(), &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
@@ -1333,11 +1704,32 @@ mod tests {
         assert_eq!(g[1].future(), &[2.0, 3.0, 4.0]);
         drop(g);
         // At least one history value must remain.
-        assert!(Panel::holdout(&data, 4).unwrap_err().to_string().contains("`b`"));
+        assert!(Panel::holdout(&data, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("`b`"));
         // Forecasting past the end: all history, no future, no second run.
         let end = Panel::at_end(&data);
-        assert!(end.read().iter().all(|s| s.future().is_empty() && s.history().len() == s.values.len()));
-        let c = run_checked(&end, &mut || model_by_name("naive", &ModelContext { season: 2, rnn_pipeline: None, rnn_ensemble: 1 }).unwrap(), 2).unwrap();
+        assert!(end
+            .read()
+            .iter()
+            .all(|s| s.future().is_empty() && s.history().len() == s.values.len()));
+        let c = run_checked(
+            &end,
+            &mut || {
+                model_by_name(
+                    "naive",
+                    &ModelContext {
+                        season: 2,
+                        rnn_pipeline: None,
+                        rnn_ensemble: 1,
+                    },
+                )
+                .unwrap()
+            },
+            2,
+        )
+        .unwrap();
         assert!(!c.leak_checked);
         assert_eq!(c.forecasts, vec![vec![9.0, 9.0], vec![4.0, 4.0]]);
     }
@@ -1353,21 +1745,40 @@ mod tests {
             ("A".to_string(), vec![1.0, 3.0, 2.0, 5.0, 4.0, 6.0]),
             ("B".to_string(), vec![2.0, 4.0, 4.0, 8.0, 4.0, 4.0]),
         ];
-        let (rep, checked) = eval_m4_holdout(&data, &["snaive".to_string()], 2, 2, None, 1).unwrap();
+        let (rep, checked) =
+            eval_m4_holdout(&data, &["snaive".to_string()], 2, 2, None, 1).unwrap();
         assert_eq!(checked[0].forecasts, vec![vec![2.0, 5.0], vec![4.0, 8.0]]);
         assert!(checked[0].leak_checked);
         let smape_a = (200.0 * 2.0 / 6.0 + 200.0 / 11.0) / 2.0;
         let smape_b = 100.0 / 3.0;
         let r = &rep.rows[0];
-        assert!(close(r.mean.smape, (smape_a + smape_b) / 2.0), "{}", r.mean.smape);
-        assert!(close(r.mean.mase, (1.0 + 2.0 / 3.0) / 2.0), "{}", r.mean.mase);
-        assert!(close(r.owa_published, 0.5 * (r.mean.smape / 18.383 + r.mean.mase / 2.395)));
+        assert!(
+            close(r.mean.smape, (smape_a + smape_b) / 2.0),
+            "{}",
+            r.mean.smape
+        );
+        assert!(
+            close(r.mean.mase, (1.0 + 2.0 / 3.0) / 2.0),
+            "{}",
+            r.mean.mase
+        );
+        assert!(close(
+            r.owa_published,
+            0.5 * (r.mean.smape / 18.383 + r.mean.mase / 2.395)
+        ));
         // Too short for the seasonality test: our Naive2 is the naive forecast
         // ([5,5] and [8,8]): sMAPE (200/9 + 200/11)/2 and (100+100)/2.
         let n2_smape = ((200.0 / 9.0 + 200.0 / 11.0) / 2.0 + 200.0 * 4.0 / 12.0) / 2.0;
         let n2_mase = ((1.0 + 1.0) / 2.0 / 1.5 + 4.0 / 3.0) / 2.0;
-        assert!(close(rep.naive2_own.0, n2_smape) && close(rep.naive2_own.1, n2_mase), "{:?}", rep.naive2_own);
-        assert!(close(r.owa_own, 0.5 * (r.mean.smape / n2_smape + r.mean.mase / n2_mase)));
+        assert!(
+            close(rep.naive2_own.0, n2_smape) && close(rep.naive2_own.1, n2_mase),
+            "{:?}",
+            rep.naive2_own
+        );
+        assert!(close(
+            r.owa_own,
+            0.5 * (r.mean.smape / n2_smape + r.mean.mase / n2_mase)
+        ));
         let md = rep.to_markdown();
         assert!(md.contains("| snaive |") && md.contains("13.912") && md.contains("test set"));
     }
@@ -1387,7 +1798,11 @@ mod tests {
             histories
                 .iter()
                 .zip(g.iter())
-                .map(|(_, s)| (0..horizon).map(|i| s.future().get(i).copied().unwrap_or(0.0)).collect())
+                .map(|(_, s)| {
+                    (0..horizon)
+                        .map(|i| s.future().get(i).copied().unwrap_or(0.0))
+                        .collect()
+                })
                 .collect()
         }
     }
@@ -1416,22 +1831,40 @@ mod tests {
     #[test]
     fn leaking_model_is_refused() {
         let data: Vec<(String, Vec<f64>)> = (0..3)
-            .map(|k| (format!("s{k}"), (0..40).map(|t| 10.0 + k as f64 + (t % 4) as f64).collect()))
+            .map(|k| {
+                (
+                    format!("s{k}"),
+                    (0..40).map(|t| 10.0 + k as f64 + (t % 4) as f64).collect(),
+                )
+            })
             .collect();
         let panel = Panel::holdout(&data, 4).unwrap();
         let before = panel.read().clone();
         let p = panel.clone();
-        let err = run_checked(&panel, &mut || Box::new(Peeker { panel: p.clone() }), 4).unwrap_err();
-        assert!(matches!(&err, HarnessError::Leak { model, id, step: 1, .. } if model == "peeker" && id == "s0"), "{err:?}");
+        let err =
+            run_checked(&panel, &mut || Box::new(Peeker { panel: p.clone() }), 4).unwrap_err();
+        assert!(
+            matches!(&err, HarnessError::Leak { model, id, step: 1, .. } if model == "peeker" && id == "s0"),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("read past the forecast origin"));
         let p = panel.clone();
-        let err = run_checked(&panel, &mut || Box::new(SubtlePeeker { panel: p.clone() }), 4).unwrap_err();
+        let err = run_checked(
+            &panel,
+            &mut || Box::new(SubtlePeeker { panel: p.clone() }),
+            4,
+        )
+        .unwrap_err();
         assert!(matches!(err, HarnessError::Leak { .. }), "{err:?}");
         // The panel is restored after each check.
         assert_eq!(*panel.read(), before);
         // Every honest baseline passes on the same panel, with the forecasts
         // it gives on the histories alone.
-        let ctx = ModelContext { season: 4, rnn_pipeline: None, rnn_ensemble: 1 };
+        let ctx = ModelContext {
+            season: 4,
+            rnn_pipeline: None,
+            rnn_ensemble: 1,
+        };
         for name in BASELINE_NAMES {
             let c = run_checked(&panel, &mut || model_by_name(name, &ctx).unwrap(), 4).unwrap();
             assert!(c.leak_checked);
@@ -1450,18 +1883,35 @@ mod tests {
             "broken".into()
         }
         fn fit_forecast(&mut self, histories: &[&[f64]], horizon: usize) -> Vec<Vec<f64>> {
-            histories.iter().take(self.0).map(|_| vec![self.1; horizon]).collect()
+            histories
+                .iter()
+                .take(self.0)
+                .map(|_| vec![self.1; horizon])
+                .collect()
         }
     }
 
     #[test]
     fn harness_checks_shape_and_finiteness() {
-        let data = vec![("a".to_string(), vec![1.0; 10]), ("b".to_string(), vec![2.0; 10])];
+        let data = vec![
+            ("a".to_string(), vec![1.0; 10]),
+            ("b".to_string(), vec![2.0; 10]),
+        ];
         let panel = Panel::holdout(&data, 2).unwrap();
         let e = run_checked(&panel, &mut || Box::new(Broken(1, 1.0)), 2).unwrap_err();
-        assert_eq!(e, HarnessError::Count { model: "broken".into(), want: 2, got: 1 });
+        assert_eq!(
+            e,
+            HarnessError::Count {
+                model: "broken".into(),
+                want: 2,
+                got: 1
+            }
+        );
         let e = run_checked(&panel, &mut || Box::new(Broken(2, f64::NAN)), 2).unwrap_err();
-        assert!(matches!(e, HarnessError::NonFinite { step: 1, .. }), "{e:?}");
+        assert!(
+            matches!(e, HarnessError::NonFinite { step: 1, .. }),
+            "{e:?}"
+        );
         struct Short;
         impl Model for Short {
             fn name(&self) -> String {
@@ -1472,27 +1922,64 @@ mod tests {
             }
         }
         let e = run_checked(&panel, &mut || Box::new(Short), 2).unwrap_err();
-        assert!(matches!(e, HarnessError::Length { want: 2, got: 1, .. }), "{e:?}");
-        assert!(eval_m4_holdout(&data, &["arima".to_string()], 2, 2, None, 1).unwrap_err().to_string().contains("unknown model `arima`"));
+        assert!(
+            matches!(
+                e,
+                HarnessError::Length {
+                    want: 2,
+                    got: 1,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(
+            eval_m4_holdout(&data, &["arima".to_string()], 2, 2, None, 1)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown model `arima`")
+        );
     }
 
     #[test]
     fn submission_file_shape() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sub.csv");
-        write_submission(&p, &["H1".into(), "H2".into()], &[vec![1.0, 2.5], vec![3.0, 4.0]]).unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "id,F1,F2\nH1,1,2.5\nH2,3,4\n");
+        write_submission(
+            &p,
+            &["H1".into(), "H2".into()],
+            &[vec![1.0, 2.5], vec![3.0, 4.0]],
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "id,F1,F2\nH1,1,2.5\nH2,3,4\n"
+        );
     }
 
     #[test]
     fn rolling_origins_stay_in_the_tail() {
-        for (n, h, max) in [(100, 12, 50), (100, 12, 5), (1000, 1, 7), (30, 6, 50), (10, 12, 5), (5, 1, 3)] {
+        for (n, h, max) in [
+            (100, 12, 50),
+            (100, 12, 5),
+            (1000, 1, 7),
+            (30, 6, 50),
+            (10, 12, 5),
+            (5, 1, 3),
+        ] {
             let o = rolling_origins(n, h, max, 0.2);
             assert!(o.len() <= max, "{n} {h} {max}: {o:?}");
-            assert!(o.iter().all(|&x| x as f64 >= 0.8 * n as f64 && x + h <= n && x >= 1), "{n} {h} {max}: {o:?}");
+            assert!(
+                o.iter()
+                    .all(|&x| x as f64 >= 0.8 * n as f64 && x + h <= n && x >= 1),
+                "{n} {h} {max}: {o:?}"
+            );
             assert!(o.windows(2).all(|w| w[0] < w[1]));
         }
-        assert_eq!(rolling_origins(100, 12, 50, 0.2), (80..=88).collect::<Vec<_>>());
+        assert_eq!(
+            rolling_origins(100, 12, 50, 0.2),
+            (80..=88).collect::<Vec<_>>()
+        );
         assert_eq!(rolling_origins(100, 1, 5, 0.2), vec![80, 84, 88, 92, 96]);
         assert!(rolling_origins(10, 12, 5, 0.2).is_empty());
     }
@@ -1523,22 +2010,42 @@ mod tests {
     }
 
     fn key_series(key: &str, values: Vec<f64>) -> KeySeries {
-        KeySeries { key: key.into(), start_ms: (0..values.len() as i64).map(|i| i * 3_600_000).collect(), values, filled: 0 }
+        KeySeries {
+            key: key.into(),
+            start_ms: (0..values.len() as i64).map(|i| i * 3_600_000).collect(),
+            values,
+            filled: 0,
+        }
     }
 
     #[test]
     fn stream_backtest_sees_no_window_at_or_after_origin() {
-        let vals: Vec<f64> = (0..200).map(|t| 5.0 + (t % 24) as f64 + 0.01 * t as f64).collect();
-        let series = vec![key_series("a", vals.clone()), key_series("b", vals[..120].to_vec()), key_series("tiny", vec![1.0; 5])];
+        let vals: Vec<f64> = (0..200)
+            .map(|t| 5.0 + (t % 24) as f64 + 0.01 * t as f64)
+            .collect();
+        let series = vec![
+            key_series("a", vals.clone()),
+            key_series("b", vals[..120].to_vec()),
+            key_series("tiny", vec![1.0; 5]),
+        ];
         let at = Rc::new(RefCell::new(Vec::new()));
         let max_seen = Rc::new(RefCell::new(0));
         let mut models: Vec<Box<dyn StreamModel>> = vec![
-            Box::new(Recorder { seen: 0, at_forecast: at.clone(), max_seen: max_seen.clone() }),
+            Box::new(Recorder {
+                seen: 0,
+                at_forecast: at.clone(),
+                max_seen: max_seen.clone(),
+            }),
             stream_model_by_name("snaive", 24).unwrap(),
             stream_model_by_name("hw_add", 24).unwrap(),
             stream_model_by_name("damped_sa", 24).unwrap(),
         ];
-        let opts = StreamOptions { horizon: 6, season: 24, max_origins: 10, tail_fraction: 0.2 };
+        let opts = StreamOptions {
+            horizon: 6,
+            season: 24,
+            max_origins: 10,
+            tail_fraction: 0.2,
+        };
         let rep = backtest_stream(&series, &mut models, &opts).unwrap();
         assert_eq!(rep.skipped, vec![("tiny".to_string(), 5)]);
         let oa = rolling_origins(200, 6, 10, 0.2);
@@ -1583,14 +2090,30 @@ mod tests {
         // -> 10; then a 5-hour gap (> max_gap 2) resets the key: hour 9: 20,
         // hour 10: 30 (the last window of the stream never closes).
         let mut csv = String::from("timestamp,value\n");
-        let rows = [(0, 1.0), (15, 2.0), (30, 3.0), (45, 4.0), (60, 5.0), (75, 6.0), (90, 7.0), (105, 8.0), (180, 10.0), (540, 20.0), (600, 30.0)];
+        let rows = [
+            (0, 1.0),
+            (15, 2.0),
+            (30, 3.0),
+            (45, 4.0),
+            (60, 5.0),
+            (75, 6.0),
+            (90, 7.0),
+            (105, 8.0),
+            (180, 10.0),
+            (540, 20.0),
+            (600, 30.0),
+        ];
         for (min, v) in rows {
             let t = chrono::DateTime::from_timestamp(1_400_000_400 + min * 60, 0).unwrap();
             let _ = writeln!(csv, "{},{v}", t.format("%Y-%m-%d %H:%M:%S"));
         }
         let p = write_tmp(&dir, "k.csv", &csv);
         // A second key ends earlier: its trailing filled windows are trimmed.
-        let q = write_tmp(&dir, "other.csv", "timestamp,value\n2014-05-13 17:00:00,3\n2014-05-13 18:10:00,4\n");
+        let q = write_tmp(
+            &dir,
+            "other.csv",
+            "timestamp,value\n2014-05-13 17:00:00,3\n2014-05-13 18:10:00,4\n",
+        );
         let cfg = nab_cfg("1h", 2);
         let events = read_stream_inputs(&cfg, &[p.clone(), q]).unwrap();
         assert_eq!(events.num_rows(), 13);
@@ -1604,7 +2127,11 @@ mod tests {
         assert_eq!(s[1].values, vec![20.0]);
         assert_eq!(s[2].values, vec![3.0, 4.0]);
         // Bad lines are named.
-        let bad = write_tmp(&dir, "bad.csv", "timestamp,value\n2014-05-13 17:00:00,abc\n");
+        let bad = write_tmp(
+            &dir,
+            "bad.csv",
+            "timestamp,value\n2014-05-13 17:00:00,abc\n",
+        );
         let e = read_stream_inputs(&cfg, &[bad]).unwrap_err().to_string();
         assert!(e.contains("bad.csv") && e.contains("line 2"), "{e}");
     }
@@ -1613,7 +2140,11 @@ mod tests {
     fn parquet_events_window_like_csv() {
         let dir = tempfile::tempdir().unwrap();
         let events: Vec<crate::generate::GenEvent> = (0..48)
-            .map(|i| crate::generate::GenEvent { key: "g".into(), ts_ms: 1_400_000_400_000 + i * 900_000, value: i as f64 })
+            .map(|i| crate::generate::GenEvent {
+                key: "g".into(),
+                ts_ms: 1_400_000_400_000 + i * 900_000,
+                value: i as f64,
+            })
             .collect();
         let pq = dir.path().join("e.parquet");
         crate::generate::write_parquet(&events, &pq, "key", "ts", "value").unwrap();
@@ -1628,15 +2159,41 @@ mod tests {
     #[test]
     fn plot_renders_svg_with_legend() {
         let dir = tempfile::tempdir().unwrap();
-        let vals: Vec<f64> = (0..240).map(|t| 50.0 + 10.0 * ((t % 24) as f64 / 24.0 * 6.283).sin()).collect();
+        let vals: Vec<f64> = (0..240)
+            .map(|t| 50.0 + 10.0 * ((t % 24) as f64 / 24.0 * 6.283).sin())
+            .collect();
         let series = vec![key_series("cpu", vals)];
-        let mut models: Vec<Box<dyn StreamModel>> = vec![stream_model_by_name("ses", 24).unwrap(), stream_model_by_name("snaive", 24).unwrap()];
-        let rep = backtest_stream(&series, &mut models, &StreamOptions { horizon: 12, season: 24, max_origins: 20, tail_fraction: 0.2 }).unwrap();
+        let mut models: Vec<Box<dyn StreamModel>> = vec![
+            stream_model_by_name("ses", 24).unwrap(),
+            stream_model_by_name("snaive", 24).unwrap(),
+        ];
+        let rep = backtest_stream(
+            &series,
+            &mut models,
+            &StreamOptions {
+                horizon: 12,
+                season: 24,
+                max_origins: 20,
+                tail_fraction: 0.2,
+            },
+        )
+        .unwrap();
         let p = dir.path().join("cpu.svg");
-        let mut spec = PlotSpec { model: "ses".into(), baseline: "snaive".into(), season: 24, last_windows: 100, y_desc: "mean of value per 1h window".into() };
+        let mut spec = PlotSpec {
+            model: "ses".into(),
+            baseline: "snaive".into(),
+            season: 24,
+            last_windows: 100,
+            y_desc: "mean of value per 1h window".into(),
+        };
         plot_key(&series[0], &rep.keys[0], &spec, &p).unwrap();
         let svg = std::fs::read_to_string(&p).unwrap();
-        assert!(svg.starts_with("<svg") && svg.contains("actual") && svg.contains("snaive (seasonal-naive baseline)") && svg.contains("window start"));
+        assert!(
+            svg.starts_with("<svg")
+                && svg.contains("actual")
+                && svg.contains("snaive (seasonal-naive baseline)")
+                && svg.contains("window start")
+        );
         assert!(svg.contains("mean of value per 1h window"));
         spec.model = "rnn".into();
         assert!(plot_key(&series[0], &rep.keys[0], &spec, &p).is_err());

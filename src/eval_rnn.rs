@@ -49,7 +49,11 @@ impl RnnModel {
     }
 
     pub fn new(cfg: PipelineConfig) -> Self {
-        RnnModel { cfg, ensemble: 1, report: None }
+        RnnModel {
+            cfg,
+            ensemble: 1,
+            report: None,
+        }
     }
 
     fn run(&mut self, histories: &[&[f64]], horizon: usize) -> Result<Vec<Vec<f64>>> {
@@ -58,9 +62,14 @@ impl RnnModel {
         let step = cfg.slide_ms();
         let events = series_events(&cfg, histories, step);
         let windows = train::windows_from_events_until(&cfg, &events, Some(EVAL_END_MS));
-        let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
+        let dir =
+            tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
         let path: PathBuf = dir.path().join("windows.parquet");
-        train::write_windows(&windows, WindowSpec::from_config(&cfg).windows_schema(), &path)?;
+        train::write_windows(
+            &windows,
+            WindowSpec::from_config(&cfg).windows_schema(),
+            &path,
+        )?;
         let data = train::prepare(&[path], &train::prep_spec(&cfg, &cfg.train))?;
         let mut sum = vec![vec![0.0; horizon]; histories.len()];
         let members = self.ensemble.max(1);
@@ -79,7 +88,12 @@ impl RnnModel {
                 "rnn trained"
             );
             self.report = Some(trained.report.clone());
-            let mut stage = Forecaster::new(trained.net, trained.spec, cfg.decode.value_fields.len(), cfg.model.warmup_windows);
+            let mut stage = Forecaster::new(
+                trained.net,
+                trained.spec,
+                cfg.decode.value_fields.len(),
+                cfg.model.warmup_windows,
+            );
             let mut out = vec![vec![f64::NAN; horizon]; histories.len()];
             for w in &windows {
                 let f = stage.forecast(w)?;
@@ -110,7 +124,13 @@ fn series_events(cfg: &PipelineConfig, histories: &[&[f64]], step: i64) -> Recor
                 continue;
             }
             let ts = EVAL_END_MS - (len - idx) * step + step / 2;
-            b.push(&key_of(i), ts, 0, t * histories.len() as i64 + i as i64, &[h[idx as usize]]);
+            b.push(
+                &key_of(i),
+                ts,
+                0,
+                t * histories.len() as i64 + i as i64,
+                &[h[idx as usize]],
+            );
         }
     }
     b.finish()
@@ -123,7 +143,13 @@ fn key_of(i: usize) -> String {
 /// Stores the forecasts made at the window ending at `end_ms` by key index.
 fn collect_last(f: &RecordBatch, end_ms: i64, out: &mut [Vec<f64>]) {
     let keys = f.column(0).as_string::<i32>();
-    let Some(ends) = f.column(1).as_any().downcast_ref::<TimestampMillisecondArray>() else { return };
+    let Some(ends) = f
+        .column(1)
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+    else {
+        return;
+    };
     let lists = f.column(4).as_fixed_size_list();
     let h = lists.value_length() as usize;
     let vals = lists.values().as_primitive::<Float64Type>().values();
@@ -131,7 +157,11 @@ fn collect_last(f: &RecordBatch, end_ms: i64, out: &mut [Vec<f64>]) {
         if ends.value(r) != end_ms {
             continue;
         }
-        if let Some(i) = keys.value(r).strip_prefix('s').and_then(|s| s.parse::<usize>().ok()) {
+        if let Some(i) = keys
+            .value(r)
+            .strip_prefix('s')
+            .and_then(|s| s.parse::<usize>().ok())
+        {
             if i < out.len() {
                 out[i] = vals[r * h..(r + 1) * h].to_vec();
             }
@@ -181,7 +211,11 @@ pub struct OnlineRnn {
 
 impl OnlineRnn {
     /// The first `train_fraction` of each series' windows is used for training.
-    pub fn new(cfg: PipelineConfig, train_series: Vec<(Vec<i64>, Vec<f64>)>, train_fraction: f64) -> Self {
+    pub fn new(
+        cfg: PipelineConfig,
+        train_series: Vec<(Vec<i64>, Vec<f64>)>,
+        train_fraction: f64,
+    ) -> Self {
         OnlineRnn {
             cfg,
             train_series,
@@ -219,13 +253,23 @@ impl OnlineRnn {
             b.push(&key_of(*i), *ts, 0, o as i64, &[*v]);
         }
         let windows = train::windows_from_events_until(&cfg, &b.finish(), Some(final_wm));
-        let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
+        let dir =
+            tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
         let path = dir.path().join("windows.parquet");
-        train::write_windows(&windows, WindowSpec::from_config(&cfg).windows_schema(), &path)?;
+        train::write_windows(
+            &windows,
+            WindowSpec::from_config(&cfg).windows_schema(),
+            &path,
+        )?;
         let data = train::prepare(&[path], &train::prep_spec(&cfg, &cfg.train))?;
         let trained = train::train_prepared(&cfg, &cfg.train, &data, None)?;
         self.report = Some(trained.report.clone());
-        self.stage = Some(Forecaster::new(trained.net, trained.spec, 1, cfg.model.warmup_windows));
+        self.stage = Some(Forecaster::new(
+            trained.net,
+            trained.spec,
+            1,
+            cfg.model.warmup_windows,
+        ));
         Ok(())
     }
 }
@@ -248,7 +292,9 @@ impl StreamModel for OnlineRnn {
     }
 
     fn observe(&mut self, window_start_ms: i64, value: f64) {
-        let Some(stage) = self.stage.as_mut() else { return };
+        let Some(stage) = self.stage.as_mut() else {
+            return;
+        };
         let spec = WindowSpec::from_config(&self.cfg);
         let batch = one_window(&spec, &self.key, window_start_ms, self.cfg.size_ms(), value);
         self.seen += 1;
@@ -277,7 +323,13 @@ impl StreamModel for OnlineRnn {
 }
 
 /// A one-row windows batch (the schema the forecast stage takes).
-fn one_window(spec: &WindowSpec, key: &str, start_ms: i64, size_ms: i64, value: f64) -> RecordBatch {
+fn one_window(
+    spec: &WindowSpec,
+    key: &str,
+    start_ms: i64,
+    size_ms: i64,
+    value: f64,
+) -> RecordBatch {
     use arrow::array::{ArrayRef, BooleanArray, Float64Array, StringArray, UInt32Array};
     use std::sync::Arc;
     let starts = [start_ms];
@@ -290,5 +342,6 @@ fn one_window(spec: &WindowSpec, key: &str, start_ms: i64, size_ms: i64, value: 
         Arc::new(Float64Array::from(vec![value])),
     ];
     cols.extend(crate::window::covariates(&spec.covariates, &starts));
-    RecordBatch::try_new(spec.windows_schema(), cols).expect("one-window batch matches the windows schema")
+    RecordBatch::try_new(spec.windows_schema(), cols)
+        .expect("one-window batch matches the windows schema")
 }

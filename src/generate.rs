@@ -63,9 +63,24 @@ pub fn generate(spec: &GenSpec) -> Vec<GenEvent> {
                 _ => format!("sensor-{i:03}"),
             };
             let (level, daily, weekly, noise) = match family {
-                0 => (rng.random_range(15.0..45.0), rng.random_range(8.0..25.0), rng.random_range(0.1..0.4), rng.random_range(1.0..4.0)),
-                1 => (rng.random_range(40.0..400.0), rng.random_range(0.3..0.8), rng.random_range(0.2..0.5), rng.random_range(0.05..0.15)),
-                _ => (rng.random_range(18.0..28.0), rng.random_range(1.0..4.0), 0.0, rng.random_range(0.1..0.4)),
+                0 => (
+                    rng.random_range(15.0..45.0),
+                    rng.random_range(8.0..25.0),
+                    rng.random_range(0.1..0.4),
+                    rng.random_range(1.0..4.0),
+                ),
+                1 => (
+                    rng.random_range(40.0..400.0),
+                    rng.random_range(0.3..0.8),
+                    rng.random_range(0.2..0.5),
+                    rng.random_range(0.05..0.15),
+                ),
+                _ => (
+                    rng.random_range(18.0..28.0),
+                    rng.random_range(1.0..4.0),
+                    0.0,
+                    rng.random_range(0.1..0.4),
+                ),
             };
             KeyModel {
                 name,
@@ -96,7 +111,11 @@ pub fn generate(spec: &GenSpec) -> Vec<GenEvent> {
                 0 => {
                     let office = (daily_wave + m.phase).max(-0.5);
                     let wk = if weekend { 1.0 - m.weekly } else { 1.0 };
-                    let spike = if rng.random::<f64>() < 0.002 { rng.random_range(20.0..50.0) } else { 0.0 };
+                    let spike = if rng.random::<f64>() < 0.002 {
+                        rng.random_range(20.0..50.0)
+                    } else {
+                        0.0
+                    };
                     ((m.level + m.daily * office) * wk * growth + m.ar + spike).clamp(0.0, 100.0)
                 }
                 1 => {
@@ -144,22 +163,38 @@ mod tests {
         assert!(a.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms));
         assert!(a.iter().all(|e| e.value.is_finite()));
         // A daily cycle: the store's values 24h apart correlate more than 12h apart.
-        let s: Vec<f64> = a.iter().filter(|e| e.key == "store-001").map(|e| e.value).collect();
+        let s: Vec<f64> = a
+            .iter()
+            .filter(|e| e.key == "store-001")
+            .map(|e| e.value)
+            .collect();
         let corr = |lag: usize| {
             let (x, y) = (&s[..s.len() - lag], &s[lag..]);
-            let (mx, my) = (x.iter().sum::<f64>() / x.len() as f64, y.iter().sum::<f64>() / y.len() as f64);
+            let (mx, my) = (
+                x.iter().sum::<f64>() / x.len() as f64,
+                y.iter().sum::<f64>() / y.len() as f64,
+            );
             let cov: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
             let vx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
             let vy: f64 = y.iter().map(|b| (b - my).powi(2)).sum();
             cov / (vx * vy).sqrt()
         };
-        assert!(corr(288) > corr(144) + 0.5, "daily {} vs half-day {}", corr(288), corr(144));
+        assert!(
+            corr(288) > corr(144) + 0.5,
+            "daily {} vs half-day {}",
+            corr(288),
+            corr(144)
+        );
     }
 }
 
 /// Produces JSON payloads keyed by entity to a topic and waits for every
 /// acknowledgement. Keyed, so each key's events stay in order in one partition.
-pub async fn produce(brokers: &str, topic: &str, records: impl IntoIterator<Item = (String, String)>) -> crate::Result<u64> {
+pub async fn produce(
+    brokers: &str,
+    topic: &str,
+    records: impl IntoIterator<Item = (String, String)>,
+) -> crate::Result<u64> {
     use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
     use std::time::Duration;
     let producer: FutureProducer = rdkafka::ClientConfig::new()
@@ -214,24 +249,42 @@ pub async fn produce(brokers: &str, topic: &str, records: impl IntoIterator<Item
 
 /// Writes generated events to Parquet (`key`, `ts` as a UTC ms timestamp, `value`),
 /// with the given column names.
-pub fn write_parquet(events: &[GenEvent], path: &std::path::Path, key: &str, ts: &str, value: &str) -> crate::Result<()> {
+pub fn write_parquet(
+    events: &[GenEvent],
+    path: &std::path::Path,
+    key: &str,
+    ts: &str,
+    value: &str,
+) -> crate::Result<()> {
     use arrow::array::{Float64Array, StringArray, TimestampMillisecondArray};
     use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use std::sync::Arc;
     let schema = Arc::new(Schema::new(vec![
         Field::new(key, DataType::Utf8, false),
-        Field::new(ts, DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+        Field::new(
+            ts,
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
         Field::new(value, DataType::Float64, false),
     ]));
     let batch = arrow::array::RecordBatch::try_new(
         schema.clone(),
         vec![
-            Arc::new(StringArray::from_iter_values(events.iter().map(|e| e.key.as_str()))),
-            Arc::new(TimestampMillisecondArray::from_iter_values(events.iter().map(|e| e.ts_ms)).with_timezone("UTC")),
-            Arc::new(Float64Array::from_iter_values(events.iter().map(|e| e.value))),
+            Arc::new(StringArray::from_iter_values(
+                events.iter().map(|e| e.key.as_str()),
+            )),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(events.iter().map(|e| e.ts_ms))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(Float64Array::from_iter_values(
+                events.iter().map(|e| e.value),
+            )),
         ],
     )?;
-    let file = std::fs::File::create(path).map_err(|e| crate::Error::io(format!("creating {}", path.display()), e))?;
+    let file = std::fs::File::create(path)
+        .map_err(|e| crate::Error::io(format!("creating {}", path.display()), e))?;
     let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None)?;
     w.write(&batch)?;
     w.close()?;

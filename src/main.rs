@@ -10,7 +10,11 @@ use streamcast::config::{parse_duration, PipelineConfig};
 use streamcast::generate::{self, GenSpec};
 
 #[derive(Parser)]
-#[command(name = "streamcast", version, about = "Online per-key forecasting for Kafka streams")]
+#[command(
+    name = "streamcast",
+    version,
+    about = "Online per-key forecasting for Kafka streams"
+)]
 struct Cli {
     /// Log as JSON lines (for log shippers) instead of text.
     #[arg(long, global = true)]
@@ -128,7 +132,11 @@ enum EvalCmd {
         #[arg(long, default_value_t = 24)]
         season: usize,
         /// Models to run, comma-separated (the first is written to --out).
-        #[arg(long, value_delimiter = ',', default_value = "naive,snaive,naive2,ses,holt,damped,hw_add,hw_mul,ses_sa,holt_sa,damped_sa")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "naive,snaive,naive2,ses,holt,damped,hw_add,hw_mul,ses_sa,holt_sa,damped_sa"
+        )]
         models: Vec<String>,
         /// Also write the holdout table as Markdown here.
         #[arg(long)]
@@ -154,7 +162,11 @@ enum EvalCmd {
         #[arg(long, default_value_t = 50)]
         origins: usize,
         /// Models to run, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "naive,snaive,naive2,ses,holt,damped,hw_add,ses_sa,damped_sa")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "naive,snaive,naive2,ses,holt,damped,hw_add,ses_sa,damped_sa"
+        )]
         models: Vec<String>,
         /// Write one SVG per plotted key here.
         #[arg(long)]
@@ -209,7 +221,11 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             rt.block_on(streamcast::run::run(cfg, opts))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Backfill { pipeline, input, output } => {
+        Cmd::Backfill {
+            pipeline,
+            input,
+            output,
+        } => {
             let cfg = PipelineConfig::load(&pipeline)?;
             let r = streamcast::backfill::backfill(&cfg, &input, &output)?;
             println!(
@@ -245,7 +261,8 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let day = 86_400_000;
             let points = ((days * day as f64) / step_ms as f64).round() as usize;
             // Start `days` before now, on a day boundary, so the data ends about now.
-            let start = (chrono::Utc::now().timestamp_millis() - (days * day as f64) as i64) / day * day;
+            let start =
+                (chrono::Utc::now().timestamp_millis() - (days * day as f64) as i64) / day * day;
             let events = generate::generate(&GenSpec {
                 keys,
                 points_per_key: points,
@@ -255,41 +272,77 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             });
             let d = &cfg.decode;
             if let Some(path) = parquet {
-                generate::write_parquet(&events, &path, &d.key_field, &d.time_field, &d.value_fields[0])?;
-                println!("wrote {} events for {} keys to {}", events.len(), keys, path.display());
+                generate::write_parquet(
+                    &events,
+                    &path,
+                    &d.key_field,
+                    &d.time_field,
+                    &d.value_fields[0],
+                )?;
+                println!(
+                    "wrote {} events for {} keys to {}",
+                    events.len(),
+                    keys,
+                    path.display()
+                );
             }
             if to_kafka {
                 let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
                 let n = rt.block_on(async {
                     streamcast::source::ensure_topics(&cfg).await?;
-                    let recs = events
-                        .iter()
-                        .map(|e| (e.key.clone(), generate::to_json(e, &d.key_field, &d.time_field, &d.value_fields[0])));
+                    let recs = events.iter().map(|e| {
+                        (
+                            e.key.clone(),
+                            generate::to_json(e, &d.key_field, &d.time_field, &d.value_fields[0]),
+                        )
+                    });
                     generate::produce(&cfg.source.brokers, &cfg.source.topic, recs).await
                 })?;
-                println!("produced {n} events for {keys} keys to {}", cfg.source.topic);
+                println!(
+                    "produced {n} events for {keys} keys to {}",
+                    cfg.source.topic
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Eval { which } => eval(which),
-        Cmd::Train { pipeline, data, out, promote } => train_cmd(&pipeline, &data, out, promote),
-        Cmd::Models { which: ModelsCmd::List { pipeline, dir } } => {
+        Cmd::Train {
+            pipeline,
+            data,
+            out,
+            promote,
+        } => train_cmd(&pipeline, &data, out, promote),
+        Cmd::Models {
+            which: ModelsCmd::List { pipeline, dir },
+        } => {
             let cfg = PipelineConfig::load(&pipeline)?;
             let reg = streamcast::retrain::Registry::new(dir.unwrap_or_else(|| cfg.models_dir()));
             let list = reg.list()?;
             if list.is_empty() {
                 println!("no model versions in {}", reg.dir().display());
             } else {
-                println!("  {:<40} {:>10} {:>10}  {:<9} trained on", "version", "val_loss", "baseline", "status");
+                println!(
+                    "  {:<40} {:>10} {:>10}  {:<9} trained on",
+                    "version", "val_loss", "baseline", "status"
+                );
                 for v in list {
-                    let metric = |k: &str| v.spec.metrics.get(k).map_or("-".to_string(), |x| format!("{x:.5}"));
+                    let metric = |k: &str| {
+                        v.spec
+                            .metrics
+                            .get(k)
+                            .map_or("-".to_string(), |x| format!("{x:.5}"))
+                    };
                     let status = match &v.status {
                         Some(d) if d.promoted => "promoted",
                         Some(_) => "rejected",
                         None => "-",
                     };
                     let range = v.spec.trained_on.map_or("-".to_string(), |(a, b)| {
-                        format!("{} .. {}", streamcast::sink::rfc3339_ms(a), streamcast::sink::rfc3339_ms(b))
+                        format!(
+                            "{} .. {}",
+                            streamcast::sink::rfc3339_ms(a),
+                            streamcast::sink::rfc3339_ms(b)
+                        )
                     });
                     println!(
                         "{} {:<40} {:>10} {:>10}  {:<9} {}",
@@ -306,13 +359,21 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Check { pipeline } => {
             let cfg = PipelineConfig::load(&pipeline)?;
-            println!("{}", toml::to_string_pretty(&cfg).context("printing the pipeline")?);
+            println!(
+                "{}",
+                toml::to_string_pretty(&cfg).context("printing the pipeline")?
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn train_cmd(pipeline: &std::path::Path, data: &[PathBuf], out: Option<PathBuf>, promote: bool) -> anyhow::Result<ExitCode> {
+fn train_cmd(
+    pipeline: &std::path::Path,
+    data: &[PathBuf],
+    out: Option<PathBuf>,
+    promote: bool,
+) -> anyhow::Result<ExitCode> {
     use streamcast::{retrain, train, window::WindowSpec};
     let cfg = PipelineConfig::load(pipeline)?;
     let tmp = tempfile::tempdir().context("creating a temporary directory")?;
@@ -323,12 +384,20 @@ fn train_cmd(pipeline: &std::path::Path, data: &[PathBuf], out: Option<PathBuf>,
         if is_windows {
             windows.push(path.clone());
         } else {
-            let (events, rejected) = streamcast::source::read_parquet_events(&cfg, std::slice::from_ref(path))?;
+            let (events, rejected) =
+                streamcast::source::read_parquet_events(&cfg, std::slice::from_ref(path))?;
             if !rejected.is_empty() {
-                eprintln!("{}: {} rows rejected (e.g. {})", path.display(), rejected.len(), rejected[0].reason);
+                eprintln!(
+                    "{}: {} rows rejected (e.g. {})",
+                    path.display(),
+                    rejected.len(),
+                    rejected[0].reason
+                );
             }
             let w = train::windows_from_events(&cfg, &events);
-            let out = tmp.path().join(format!("windows-{}.parquet", windows.len()));
+            let out = tmp
+                .path()
+                .join(format!("windows-{}.parquet", windows.len()));
             train::write_windows(&w, WindowSpec::from_config(&cfg).windows_schema(), &out)?;
             windows.push(out);
         }
@@ -356,9 +425,16 @@ fn train_cmd(pipeline: &std::path::Path, data: &[PathBuf], out: Option<PathBuf>,
     };
     println!(
         "model {}: validation loss {:.5} (champion {} {:.5}); {}",
-        decision.version, decision.challenger_val_loss, decision.champion_version, decision.champion_val_loss, decision.reason
+        decision.version,
+        decision.challenger_val_loss,
+        decision.champion_version,
+        decision.champion_val_loss,
+        decision.reason
     );
-    println!("saved in {}", registry.dir().join(&decision.version).display());
+    println!(
+        "saved in {}",
+        registry.dir().join(&decision.version).display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -372,38 +448,94 @@ fn parquet_has_column(path: &std::path::Path, name: &str) -> anyhow::Result<bool
 fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
     use streamcast::eval;
     match which {
-        EvalCmd::M4 { train, out, holdout, horizon, season, models, report, rnn_pipeline, rnn_ensemble } => {
+        EvalCmd::M4 {
+            train,
+            out,
+            holdout,
+            horizon,
+            season,
+            models,
+            report,
+            rnn_pipeline,
+            rnn_ensemble,
+        } => {
             let started = std::time::Instant::now();
             let data = eval::read_m4_csv(&train)?;
-            eprintln!("read {} series from {} in {:.1}s", data.len(), train.display(), started.elapsed().as_secs_f64());
+            eprintln!(
+                "read {} series from {} in {:.1}s",
+                data.len(),
+                train.display(),
+                started.elapsed().as_secs_f64()
+            );
             let ids: Vec<String> = data.iter().map(|(id, _)| id.clone()).collect();
             match holdout {
                 Some(h) => {
-                    let (rep, checked) = eval::eval_m4_holdout(&data, &models, season, h, Some(rnn_pipeline.clone()), rnn_ensemble)?;
+                    let (rep, checked) = eval::eval_m4_holdout(
+                        &data,
+                        &models,
+                        season,
+                        h,
+                        Some(rnn_pipeline.clone()),
+                        rnn_ensemble,
+                    )?;
                     let md = rep.to_markdown();
                     println!("{md}");
                     if let Some(path) = report {
-                        std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+                        std::fs::write(&path, &md)
+                            .with_context(|| format!("writing {}", path.display()))?;
                     }
                     if let Some(path) = out {
                         eval::write_submission(&path, &ids, &checked[0].forecasts)?;
-                        eprintln!("wrote {}'s forecasts of the holdout to {}", checked[0].model, path.display());
+                        eprintln!(
+                            "wrote {}'s forecasts of the holdout to {}",
+                            checked[0].model,
+                            path.display()
+                        );
                     }
                 }
                 None => {
                     let path = out.context("say where the forecasts go: --out <forecasts.csv> (or score a holdout with --holdout 48)")?;
-                    let checked = eval::forecast_m4(&data, &models, season, horizon, Some(rnn_pipeline.clone()), rnn_ensemble)?;
+                    let checked = eval::forecast_m4(
+                        &data,
+                        &models,
+                        season,
+                        horizon,
+                        Some(rnn_pipeline.clone()),
+                        rnn_ensemble,
+                    )?;
                     for c in &checked {
-                        eprintln!("{}: {} series forecast in {:.1}s", c.model, c.forecasts.len(), c.seconds);
+                        eprintln!(
+                            "{}: {} series forecast in {:.1}s",
+                            c.model,
+                            c.forecasts.len(),
+                            c.seconds
+                        );
                     }
                     eval::write_submission(&path, &ids, &checked[0].forecasts)?;
-                    println!("wrote {}'s {horizon}-step forecasts of {} series to {}", checked[0].model, ids.len(), path.display());
+                    println!(
+                        "wrote {}'s {horizon}-step forecasts of {} series to {}",
+                        checked[0].model,
+                        ids.len(),
+                        path.display()
+                    );
                 }
             }
             eprintln!("total {:.1}s", started.elapsed().as_secs_f64());
             Ok(ExitCode::SUCCESS)
         }
-        EvalCmd::Stream { pipeline, input, horizon, origins, mut models, plot_dir, plot_keys, plot_model, plot_windows, per_key, report } => {
+        EvalCmd::Stream {
+            pipeline,
+            input,
+            horizon,
+            origins,
+            mut models,
+            plot_dir,
+            plot_keys,
+            plot_model,
+            plot_windows,
+            per_key,
+            report,
+        } => {
             let started = std::time::Instant::now();
             let cfg = PipelineConfig::load(&pipeline)?;
             let events = eval::read_stream_inputs(&cfg, &input)?;
@@ -418,7 +550,8 @@ fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
                 series.iter().map(|s| s.filled).sum::<usize>(),
                 started.elapsed().as_secs_f64()
             );
-            let plot_model = plot_model.unwrap_or_else(|| models.first().cloned().unwrap_or_default());
+            let plot_model =
+                plot_model.unwrap_or_else(|| models.first().cloned().unwrap_or_default());
             if plot_dir.is_some() {
                 for m in [plot_model.as_str(), "snaive"] {
                     if !models.iter().any(|x| x == m) {
@@ -431,15 +564,31 @@ fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
                 if name == "rnn" {
                     // Trained on the first 80% of every series: the origins
                     // are all in the last 20% (tail_fraction below).
-                    let train: Vec<(Vec<i64>, Vec<f64>)> = series.iter().map(|s| (s.start_ms.clone(), s.values.clone())).collect();
-                    ms.push(Box::new(streamcast::eval_rnn::OnlineRnn::new(cfg.clone(), train, 0.8)) as Box<dyn eval::StreamModel>);
+                    let train: Vec<(Vec<i64>, Vec<f64>)> = series
+                        .iter()
+                        .map(|s| (s.start_ms.clone(), s.values.clone()))
+                        .collect();
+                    ms.push(Box::new(streamcast::eval_rnn::OnlineRnn::new(
+                        cfg.clone(),
+                        train,
+                        0.8,
+                    )) as Box<dyn eval::StreamModel>);
                     continue;
                 }
-                let m = eval::stream_model_by_name(name, season)
-                    .with_context(|| format!("unknown model `{name}` (known: rnn, {})", eval::BASELINE_NAMES.join(", ")))?;
+                let m = eval::stream_model_by_name(name, season).with_context(|| {
+                    format!(
+                        "unknown model `{name}` (known: rnn, {})",
+                        eval::BASELINE_NAMES.join(", ")
+                    )
+                })?;
                 ms.push(m);
             }
-            let opts = eval::StreamOptions { horizon, season, max_origins: origins, tail_fraction: 0.2 };
+            let opts = eval::StreamOptions {
+                horizon,
+                season,
+                max_origins: origins,
+                tail_fraction: 0.2,
+            };
             let rep = eval::backtest_stream(&series, &mut ms, &opts)?;
             let mut md = rep.to_markdown();
             if per_key {
@@ -448,10 +597,12 @@ fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
             }
             println!("{md}");
             if let Some(path) = report {
-                std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, &md)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
             if let Some(dir) = plot_dir {
-                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
                 let agg = format!("{:?}", cfg.window.aggregation).to_lowercase();
                 let size = humantime_ms(cfg.size_ms());
                 let spec = eval::PlotSpec {
@@ -461,7 +612,10 @@ fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
                     last_windows: plot_windows,
                     y_desc: format!("{agg} of {} per {size} window", cfg.decode.value_fields[0]),
                 };
-                for (s, k) in series.iter().filter_map(|s| rep.keys.iter().find(|k| k.key == s.key).map(|k| (s, k))) {
+                for (s, k) in series
+                    .iter()
+                    .filter_map(|s| rep.keys.iter().find(|k| k.key == s.key).map(|k| (s, k)))
+                {
                     if !plot_keys.is_empty() && !plot_keys.contains(&s.key) {
                         continue;
                     }
@@ -478,7 +632,12 @@ fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
 
 /// "30m", "1h", "1d", "90s": a window size for labels.
 fn humantime_ms(ms: i64) -> String {
-    for (unit, len) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+    for (unit, len) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
         if ms >= len && ms % len == 0 {
             return format!("{}{unit}", ms / len);
         }

@@ -43,7 +43,11 @@ impl OffsetTracker {
     /// pinned is a bug in the caller; it is logged, not a crash.
     pub fn unpin(&mut self, (p, o): Position) {
         let Some(m) = self.pins.get_mut(&p) else {
-            tracing::error!(partition = p, offset = o, "unpin of an unpinned partition (bug)");
+            tracing::error!(
+                partition = p,
+                offset = o,
+                "unpin of an unpinned partition (bug)"
+            );
             return;
         };
         match m.get_mut(&o) {
@@ -51,7 +55,11 @@ impl OffsetTracker {
             Some(_) => {
                 m.remove(&o);
             }
-            None => tracing::error!(partition = p, offset = o, "unpin of an unpinned offset (bug)"),
+            None => tracing::error!(
+                partition = p,
+                offset = o,
+                "unpin of an unpinned offset (bug)"
+            ),
         }
     }
 
@@ -112,7 +120,11 @@ mod tests {
         t.pin((0, 7));
         assert_eq!(t.commit_points(), vec![(0, 3)]);
         t.unpin((0, 3));
-        assert_eq!(t.commit_points(), vec![(0, 3)], "counted: one holder remains");
+        assert_eq!(
+            t.commit_points(),
+            vec![(0, 3)],
+            "counted: one holder remains"
+        );
         t.release(&Ticket { pins: vec![(0, 3)] });
         assert_eq!(t.commit_points(), vec![(0, 7)]);
         t.unpin((0, 7));

@@ -34,7 +34,10 @@ pub enum Output {
         ticket: Ticket,
     },
     /// Records that could not be used, with reasons.
-    DeadLetters { letters: Vec<DeadLetter>, ticket: Ticket },
+    DeadLetters {
+        letters: Vec<DeadLetter>,
+        ticket: Ticket,
+    },
 }
 
 impl Output {
@@ -71,7 +74,12 @@ impl Core {
             window: WindowStage::new(WindowSpec::from_config(cfg)),
             model: {
                 let (net, spec) = crate::retrain::starting_model(cfg)?;
-                Forecaster::new(net, spec, cfg.decode.value_fields.len(), cfg.model.warmup_windows)
+                Forecaster::new(
+                    net,
+                    spec,
+                    cfg.decode.value_fields.len(),
+                    cfg.model.warmup_windows,
+                )
             },
             tracker,
             totals: Totals::default(),
@@ -100,7 +108,11 @@ impl Core {
     }
 
     /// Hot-swaps the model (see `Forecaster::swap`).
-    pub fn swap(&mut self, net: crate::model::Network, spec: crate::model::ModelSpec) -> Result<crate::model::SwapReport> {
+    pub fn swap(
+        &mut self,
+        net: crate::model::Network,
+        spec: crate::model::ModelSpec,
+    ) -> Result<crate::model::SwapReport> {
         self.model.swap(net, spec)
     }
 
@@ -115,11 +127,21 @@ impl Core {
         self.totals.messages += messages.len() as u64;
         let closed = self.window.process(&decoded.events, now_ms);
         let consumed: Vec<Position> = messages.iter().map(|m| (m.partition, m.offset)).collect();
-        self.finish(decoded.events.num_rows(), decoded.dead_letters, closed, &consumed)
+        self.finish(
+            decoded.events.num_rows(),
+            decoded.dead_letters,
+            closed,
+            &consumed,
+        )
     }
 
     /// Windows and forecasts an already-typed events batch (Parquet input).
-    pub fn on_events(&mut self, events: &RecordBatch, rejected: Vec<DeadLetter>, now_ms: i64) -> Result<Vec<Output>> {
+    pub fn on_events(
+        &mut self,
+        events: &RecordBatch,
+        rejected: Vec<DeadLetter>,
+        now_ms: i64,
+    ) -> Result<Vec<Output>> {
         self.totals.messages += (events.num_rows() + rejected.len()) as u64;
         let closed = self.window.process(events, now_ms);
         self.finish(events.num_rows(), rejected, closed, &[])
@@ -131,7 +153,13 @@ impl Core {
         self.finish(0, Vec::new(), closed, &[])
     }
 
-    fn finish(&mut self, events: usize, mut dead: Vec<DeadLetter>, mut closed: Closed, consumed: &[Position]) -> Result<Vec<Output>> {
+    fn finish(
+        &mut self,
+        events: usize,
+        mut dead: Vec<DeadLetter>,
+        mut closed: Closed,
+        consumed: &[Position],
+    ) -> Result<Vec<Output>> {
         self.totals.events += events as u64;
         dead.append(&mut closed.late);
         self.totals.dead_letters += dead.len() as u64;
@@ -141,7 +169,11 @@ impl Core {
         {
             // One lock: pins before "consumed", then the releases.
             let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
-            closed.pin.iter().chain(&dead_ticket.pins).for_each(|p| t.pin(*p));
+            closed
+                .pin
+                .iter()
+                .chain(&dead_ticket.pins)
+                .for_each(|p| t.pin(*p));
             consumed.iter().for_each(|p| t.consumed(*p));
             closed.unpin.iter().for_each(|p| t.unpin(*p));
         }
@@ -163,7 +195,9 @@ impl Core {
             out.push(Output::Forecasts {
                 forecasts,
                 windows,
-                ticket: Ticket { pins: closed.ticket },
+                ticket: Ticket {
+                    pins: closed.ticket,
+                },
             });
         } else if !closed.ticket.is_empty() {
             // Cannot happen (a ticket comes from emitted windows), but never

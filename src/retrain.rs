@@ -70,9 +70,15 @@ pub fn decide(challenger: &Trained, champion_val: f64, champion_version: &str) -
     } else if !c.is_finite() {
         (false, format!("challenger validation loss is {c}"))
     } else if champion_val.is_finite() && c >= champion_val {
-        (false, format!("validation loss {c:.6} does not beat the champion's {champion_val:.6}"))
+        (
+            false,
+            format!("validation loss {c:.6} does not beat the champion's {champion_val:.6}"),
+        )
     } else {
-        (true, format!("validation loss {c:.6} beats the champion's {champion_val:.6}"))
+        (
+            true,
+            format!("validation loss {c:.6} beats the champion's {champion_val:.6}"),
+        )
     };
     Decision {
         version: challenger.spec.version.clone(),
@@ -115,14 +121,18 @@ impl Registry {
     }
 
     pub fn champion_dir(&self) -> Option<PathBuf> {
-        self.champion_version().map(|v| self.dir.join(v)).filter(|d| d.join("model.json").exists())
+        self.champion_version()
+            .map(|v| self.dir.join(v))
+            .filter(|d| d.join("model.json").exists())
     }
 
     /// Saves a challenger with its decision; makes it champion if promoted.
     pub fn record(&self, trained: &Trained, decision: &Decision) -> Result<PathBuf> {
         let dir = train::save(trained, &self.dir)?;
-        let status = serde_json::to_string_pretty(decision).map_err(|e| Error::Model(e.to_string()))?;
-        std::fs::write(dir.join("status.json"), status).map_err(|e| Error::io(format!("writing {}", dir.display()), e))?;
+        let status =
+            serde_json::to_string_pretty(decision).map_err(|e| Error::Model(e.to_string()))?;
+        std::fs::write(dir.join("status.json"), status)
+            .map_err(|e| Error::io(format!("writing {}", dir.display()), e))?;
         if decision.promoted {
             self.set_champion(&decision.version)?;
         }
@@ -130,10 +140,13 @@ impl Registry {
     }
 
     pub fn set_champion(&self, version: &str) -> Result<()> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))?;
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))?;
         let tmp = self.dir.join("champion.tmp");
-        std::fs::write(&tmp, version).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
-        std::fs::rename(&tmp, self.dir.join("champion")).map_err(|e| Error::io("promoting the champion", e))
+        std::fs::write(&tmp, version)
+            .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, self.dir.join("champion"))
+            .map_err(|e| Error::io("promoting the champion", e))
     }
 
     /// Every version, newest first.
@@ -143,11 +156,16 @@ impl Registry {
             return Ok(out);
         }
         let active = self.champion_version();
-        let rd = std::fs::read_dir(&self.dir).map_err(|e| Error::io(format!("reading {}", self.dir.display()), e))?;
+        let rd = std::fs::read_dir(&self.dir)
+            .map_err(|e| Error::io(format!("reading {}", self.dir.display()), e))?;
         for d in rd.flatten() {
             let p = d.path();
-            let Ok(text) = std::fs::read_to_string(p.join("model.json")) else { continue };
-            let Ok(spec) = serde_json::from_str::<ModelSpec>(&text) else { continue };
+            let Ok(text) = std::fs::read_to_string(p.join("model.json")) else {
+                continue;
+            };
+            let Ok(spec) = serde_json::from_str::<ModelSpec>(&text) else {
+                continue;
+            };
             let status = std::fs::read_to_string(p.join("status.json"))
                 .ok()
                 .and_then(|t| serde_json::from_str(&t).ok());
@@ -174,7 +192,9 @@ pub fn starting_model(cfg: &PipelineConfig) -> Result<(Network, ModelSpec)> {
     if let Some(dir) = Registry::new(cfg.models_dir()).champion_dir() {
         match artifact::load(&dir, &want, device) {
             Ok(m) => return Ok(m),
-            Err(e) => tracing::warn!(error = %e, "the registry's champion does not fit this pipeline; starting untrained"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the registry's champion does not fit this pipeline; starting untrained")
+            }
         }
     }
     let spec = ModelSpec::untrained(cfg);
@@ -217,7 +237,11 @@ pub struct RetrainSignals {
 
 /// Runs the retrainer loop until `signals.stop`. Promoted models go to
 /// `swap_tx` (the compute thread swaps them in).
-pub fn run_retrainer(cfg: PipelineConfig, signals: Arc<RetrainSignals>, swap_tx: SyncSender<(Network, ModelSpec)>) {
+pub fn run_retrainer(
+    cfg: PipelineConfig,
+    signals: Arc<RetrainSignals>,
+    swap_tx: SyncSender<(Network, ModelSpec)>,
+) {
     let registry = Registry::new(cfg.models_dir());
     let mut champion = match starting_model(&cfg) {
         Ok(m) => m,
@@ -231,7 +255,8 @@ pub fn run_retrainer(cfg: PipelineConfig, signals: Arc<RetrainSignals>, swap_tx:
     while !signals.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(500));
         let windows = signals.windows.load(Ordering::Relaxed);
-        let due = windows.saturating_sub(last_windows) >= cfg.retrain.every_windows || last_at.elapsed() >= cfg.retrain.every;
+        let due = windows.saturating_sub(last_windows) >= cfg.retrain.every_windows
+            || last_at.elapsed() >= cfg.retrain.every;
         if !due {
             continue;
         }
@@ -310,11 +335,23 @@ mod tests {
     #[test]
     fn promotes_only_a_finite_better_non_diverged_challenger() {
         assert!(decide(&trained(0.5, false), 0.6, "c").promoted);
-        assert!(!decide(&trained(0.6, false), 0.6, "c").promoted, "a tie keeps the champion");
+        assert!(
+            !decide(&trained(0.6, false), 0.6, "c").promoted,
+            "a tie keeps the champion"
+        );
         assert!(!decide(&trained(0.7, false), 0.6, "c").promoted);
-        assert!(!decide(&trained(f64::NAN, false), 0.6, "c").promoted, "NaN never replaces the champion");
-        assert!(!decide(&trained(0.1, true), 0.6, "c").promoted, "a diverged run never replaces the champion");
-        assert!(decide(&trained(0.5, false), f64::NAN, "c").promoted, "any finite model beats a NaN champion");
+        assert!(
+            !decide(&trained(f64::NAN, false), 0.6, "c").promoted,
+            "NaN never replaces the champion"
+        );
+        assert!(
+            !decide(&trained(0.1, true), 0.6, "c").promoted,
+            "a diverged run never replaces the champion"
+        );
+        assert!(
+            decide(&trained(0.5, false), f64::NAN, "c").promoted,
+            "any finite model beats a NaN champion"
+        );
     }
 
     #[test]
@@ -352,16 +389,38 @@ mod nan_tests {
         )
         .unwrap();
         // A small regular series per key through the real window stage.
-        let mut b = crate::decode::EventsBuilder::new(crate::decode::events_schema(&cfg.decode.value_fields), 800);
+        let mut b = crate::decode::EventsBuilder::new(
+            crate::decode::events_schema(&cfg.decode.value_fields),
+            800,
+        );
         for t in 0..200i64 {
             for k in 0..4 {
-                b.push(&format!("k{k}"), t * 3_600_000 + 60_000, 0, t * 4 + k, &[(t % 4) as f64 + k as f64]);
+                b.push(
+                    &format!("k{k}"),
+                    t * 3_600_000 + 60_000,
+                    0,
+                    t * 4 + k,
+                    &[(t % 4) as f64 + k as f64],
+                );
             }
         }
         let windows = train::windows_from_events(&cfg, &b.finish());
         let path = dir.path().join("w.parquet");
-        train::write_windows(&windows, crate::window::WindowSpec::from_config(&cfg).windows_schema(), &path).unwrap();
-        let mut t = TrainConfig { epochs: 2, context: 16, stride: 4, tbptt: 8, burn_in: 2, val_windows: Some(4), ..TrainConfig::default() };
+        train::write_windows(
+            &windows,
+            crate::window::WindowSpec::from_config(&cfg).windows_schema(),
+            &path,
+        )
+        .unwrap();
+        let mut t = TrainConfig {
+            epochs: 2,
+            context: 16,
+            stride: 4,
+            tbptt: 8,
+            burn_in: 2,
+            val_windows: Some(4),
+            ..TrainConfig::default()
+        };
         let data = train::prepare(&[path], &train::prep_spec(&cfg, &t)).unwrap();
         let registry = Registry::new(dir.path().join("models"));
         let champion = starting_model(&cfg).unwrap();
@@ -373,12 +432,18 @@ mod nan_tests {
         let (d, promoted) = challenge(&cfg, &t, &data, &champion, &registry).unwrap();
         assert!(!d.promoted, "{d:?}");
         assert!(promoted.is_none());
-        assert_eq!(registry.champion_version().as_deref(), Some(champion.1.version.as_str()));
+        assert_eq!(
+            registry.champion_version().as_deref(),
+            Some(champion.1.version.as_str())
+        );
         // A sane learning rate on the same data is promoted over the untrained champion.
         t.lr = 1e-2;
         t.clip_norm = 1.0;
         let (d, _) = challenge(&cfg, &t, &data, &champion, &registry).unwrap();
         assert!(d.promoted, "{d:?}");
-        assert_eq!(registry.champion_version().as_deref(), Some(d.version.as_str()));
+        assert_eq!(
+            registry.champion_version().as_deref(),
+            Some(d.version.as_str())
+        );
     }
 }

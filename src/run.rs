@@ -75,7 +75,11 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
     // Archive writer and retrainer (optional), each on its own thread.
     let archive = if cfg.archive.enabled {
         let schema = crate::window::WindowSpec::from_config(&cfg).windows_schema();
-        Some(crate::archive::ArchiveHandle::spawn(cfg.archive_dir(), schema, cfg.archive.clone())?)
+        Some(crate::archive::ArchiveHandle::spawn(
+            cfg.archive_dir(),
+            schema,
+            cfg.archive.clone(),
+        )?)
     } else {
         None
     };
@@ -121,8 +125,15 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
                 // A promoted model is swapped in between batches.
                 if let Ok((net, spec)) = swap_rx.try_recv() {
                     match core.swap(net, spec) {
-                        Ok(r) => tracing::info!(keys = r.keys, replayed = r.replayed_windows, pause_ms = r.pause_ms, "model swapped"),
-                        Err(e) => tracing::error!(error = %e, "model swap refused; the champion stays"),
+                        Ok(r) => tracing::info!(
+                            keys = r.keys,
+                            replayed = r.replayed_windows,
+                            pause_ms = r.pause_ms,
+                            "model swapped"
+                        ),
+                        Err(e) => {
+                            tracing::error!(error = %e, "model swap refused; the champion stays")
+                        }
                     }
                 }
                 let outputs = match in_rx.recv_timeout(Duration::from_millis(200)) {
@@ -147,7 +158,10 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
                 };
                 for o in outputs {
                     if let Output::Forecasts { windows, .. } = &o {
-                        compute_signals.windows.fetch_add(windows.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
+                        compute_signals.windows.fetch_add(
+                            windows.num_rows() as u64,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
                         if let Some(a) = &archive {
                             a.offer(windows.clone());
                         }
@@ -163,7 +177,9 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
             Ok(core.totals())
         })
         .map_err(|e| Error::io("starting the compute thread", e))?;
-    let version = ready_rx.await.map_err(|_| Error::StageStopped("compute"))??;
+    let version = ready_rx
+        .await
+        .map_err(|_| Error::StageStopped("compute"))??;
     tracing::info!(pipeline = %cfg.name, model_version = %version, topic = %cfg.source.topic, "running");
 
     // Sink task: deliveries run concurrently; each releases its own ticket.
@@ -231,8 +247,15 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
                 // Idle means quiet *and* caught up: a consumer still waiting
                 // for its assignment, or behind, is not done.
                 if last_input.elapsed() >= idle {
-                    let (c, t, n) = (consumer.clone(), cfg.source.topic.clone(), next_offsets.clone());
-                    if tokio::task::spawn_blocking(move || source::caught_up(&c, &t, &n)).await.unwrap_or(false) {
+                    let (c, t, n) = (
+                        consumer.clone(),
+                        cfg.source.topic.clone(),
+                        next_offsets.clone(),
+                    );
+                    if tokio::task::spawn_blocking(move || source::caught_up(&c, &t, &n))
+                        .await
+                        .unwrap_or(false)
+                    {
                         stop_reason = "idle";
                         break;
                     }
@@ -260,7 +283,9 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
                 }
                 Err(TrySendError::Disconnected(_)) => {
                     committer.abort();
-                    return Err(join_compute(compute).err().unwrap_or(Error::StageStopped("compute")));
+                    return Err(join_compute(compute)
+                        .err()
+                        .unwrap_or(Error::StageStopped("compute")));
                 }
             }
         }
@@ -275,7 +300,9 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
     // Stop the retrainer: a training in progress is cancelled at its next
     // batch (never promoted), and we wait for the thread, because libtorch
     // must not be computing on another thread while the process exits.
-    signals.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    signals
+        .stop
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     crate::train::request_cancel();
     if let Some(r) = retrainer {
         let _ = tokio::task::spawn_blocking(move || r.join()).await;
@@ -292,11 +319,15 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
 }
 
 fn join_compute(h: std::thread::JoinHandle<Result<Totals>>) -> Result<Totals> {
-    h.join().map_err(|_| Error::Model("the compute thread panicked".into()))?
+    h.join()
+        .map_err(|_| Error::Model("the compute thread panicked".into()))?
 }
 
 fn commit_list(tracker: &Mutex<OffsetTracker>, topic: &str) -> TopicPartitionList {
-    let points = tracker.lock().map(|t| t.commit_points()).unwrap_or_default();
+    let points = tracker
+        .lock()
+        .map(|t| t.commit_points())
+        .unwrap_or_default();
     let mut tpl = TopicPartitionList::new();
     for (p, o) in points {
         let _ = tpl.add_partition_offset(topic, p, Offset::Offset(o));
@@ -304,7 +335,11 @@ fn commit_list(tracker: &Mutex<OffsetTracker>, topic: &str) -> TopicPartitionLis
     tpl
 }
 
-fn store_offsets(consumer: &rdkafka::consumer::StreamConsumer, tracker: &Mutex<OffsetTracker>, topic: &str) {
+fn store_offsets(
+    consumer: &rdkafka::consumer::StreamConsumer,
+    tracker: &Mutex<OffsetTracker>,
+    topic: &str,
+) {
     let tpl = commit_list(tracker, topic);
     if tpl.count() == 0 {
         return;
@@ -339,7 +374,10 @@ impl Printer {
                 );
             }
             if self.n == Self::FULL {
-                println!("... (from here on every {}th forecast is printed)", Self::EVERY);
+                println!(
+                    "... (from here on every {}th forecast is printed)",
+                    Self::EVERY
+                );
             }
         }
     }
@@ -349,7 +387,11 @@ fn print_summary(t: &Totals, elapsed: Duration) {
     let secs = elapsed.as_secs_f64().max(1e-9);
     println!("\n== streamcast summary ==");
     println!("messages read        {:>10}", t.messages);
-    println!("events windowed      {:>10}  ({:.0}/s)", t.events, t.events as f64 / secs);
+    println!(
+        "events windowed      {:>10}  ({:.0}/s)",
+        t.events,
+        t.events as f64 / secs
+    );
     println!("dead letters         {:>10}", t.dead_letters);
     println!("windows closed       {:>10}", t.windows);
     println!("forecasts (model)    {:>10}", t.forecasts_from_model);

@@ -68,7 +68,10 @@ pub fn forecast_records(batch: &RecordBatch, step_ms: i64) -> Vec<ForecastRecord
             .map(|s| s.split(',').map(str::to_string).collect())
             .unwrap_or_default();
         let col = batch.column(ix).as_fixed_size_list();
-        (names, col.values().as_primitive::<Float64Type>().values().to_vec())
+        (
+            names,
+            col.values().as_primitive::<Float64Type>().values().to_vec(),
+        )
     });
     (0..batch.num_rows())
         .map(|i| ForecastRecord {
@@ -79,7 +82,9 @@ pub fn forecast_records(batch: &RecordBatch, step_ms: i64) -> Vec<ForecastRecord
                     names
                         .iter()
                         .enumerate()
-                        .map(|(qi, n)| (n.clone(), v[i * w + qi * h..i * w + (qi + 1) * h].to_vec()))
+                        .map(|(qi, n)| {
+                            (n.clone(), v[i * w + qi * h..i * w + (qi + 1) * h].to_vec())
+                        })
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -133,29 +138,38 @@ impl KafkaSink {
     /// Sends every record of `output`, waits for all acknowledgements, then
     /// releases the ticket. Returns the forecast records (for printing).
     pub async fn deliver(&self, output: Output) -> Vec<ForecastRecord> {
-        let (topic, records, printed): (&str, Vec<(String, String)>, Vec<ForecastRecord>) = match &output {
-            Output::Forecasts { forecasts, .. } => {
-                let recs = forecast_records(forecasts, self.step_ms);
-                let payloads = recs
-                    .iter()
-                    .map(|r| (r.key.clone(), serde_json::to_string(r).unwrap_or_default()))
-                    .collect();
-                (&self.topic, payloads, recs)
-            }
-            Output::DeadLetters { letters, .. } => (
-                &self.dead_letter_topic,
-                letters
-                    .iter()
-                    .map(|d| (dead_letter_key(d), d.to_json(&self.source_topic).to_string()))
-                    .collect(),
-                Vec::new(),
-            ),
-        };
-        let sends = records.iter().map(|(k, v)| self.send_until_acked(topic, k, v));
+        let (topic, records, printed): (&str, Vec<(String, String)>, Vec<ForecastRecord>) =
+            match &output {
+                Output::Forecasts { forecasts, .. } => {
+                    let recs = forecast_records(forecasts, self.step_ms);
+                    let payloads = recs
+                        .iter()
+                        .map(|r| (r.key.clone(), serde_json::to_string(r).unwrap_or_default()))
+                        .collect();
+                    (&self.topic, payloads, recs)
+                }
+                Output::DeadLetters { letters, .. } => (
+                    &self.dead_letter_topic,
+                    letters
+                        .iter()
+                        .map(|d| {
+                            (
+                                dead_letter_key(d),
+                                d.to_json(&self.source_topic).to_string(),
+                            )
+                        })
+                        .collect(),
+                    Vec::new(),
+                ),
+            };
+        let sends = records
+            .iter()
+            .map(|(k, v)| self.send_until_acked(topic, k, v));
         futures::future::join_all(sends).await;
         let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
         t.release(output.ticket());
-        metrics::counter!("streamcast_records_published_total", "topic" => topic.to_string()).increment(records.len() as u64);
+        metrics::counter!("streamcast_records_published_total", "topic" => topic.to_string())
+            .increment(records.len() as u64);
         printed
     }
 
@@ -196,9 +210,11 @@ impl FileSink {
     /// (created only when there is one).
     pub fn create(path: &Path, schema: arrow::datatypes::SchemaRef, source: &str) -> Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
-        let file = File::create(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        let file =
+            File::create(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         let writer = ArrowWriter::try_new(file, schema, None)?;
         let mut dead_path = path.as_os_str().to_owned();
         dead_path.push(".dead-letter.jsonl");
@@ -225,14 +241,16 @@ impl FileSink {
             }
             Output::DeadLetters { letters, .. } => {
                 if self.dead.is_none() {
-                    let f = File::create(&self.dead_path)
-                        .map_err(|e| Error::io(format!("creating {}", self.dead_path.display()), e))?;
+                    let f = File::create(&self.dead_path).map_err(|e| {
+                        Error::io(format!("creating {}", self.dead_path.display()), e)
+                    })?;
                     self.dead = Some(BufWriter::new(f));
                 }
                 if let Some(w) = self.dead.as_mut() {
                     for d in letters {
-                        writeln!(w, "{}", d.to_json(&self.source))
-                            .map_err(|e| Error::io(format!("writing {}", self.dead_path.display()), e))?;
+                        writeln!(w, "{}", d.to_json(&self.source)).map_err(|e| {
+                            Error::io(format!("writing {}", self.dead_path.display()), e)
+                        })?;
                     }
                 }
                 self.dead_letters += letters.len() as u64;
@@ -244,7 +262,8 @@ impl FileSink {
     pub fn close(self) -> Result<PathBuf> {
         self.writer.close()?;
         if let Some(mut w) = self.dead {
-            w.flush().map_err(|e| Error::io(format!("writing {}", self.dead_path.display()), e))?;
+            w.flush()
+                .map_err(|e| Error::io(format!("writing {}", self.dead_path.display()), e))?;
         }
         Ok(self.path)
     }

@@ -31,7 +31,6 @@ use crate::config::{PipelineConfig, TimeFormat};
 use crate::decode::{events_schema, parse_time, DeadLetter, EventsBuilder, RawMessage, RawTime};
 use crate::error::{Error, Result};
 
-
 fn base_config(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers);
@@ -115,7 +114,9 @@ pub async fn create_topics(brokers: &str, topics: &[(&str, i32)], attempts: u32)
                             last_err = format!("topic {name}: {code}");
                         }
                         Err((name, code)) => {
-                            return Err(Error::Model(format!("cannot create topic {name}: {code}")));
+                            return Err(Error::Model(format!(
+                                "cannot create topic {name}: {code}"
+                            )));
                         }
                     }
                 }
@@ -149,7 +150,12 @@ fn is_transient(code: RDKafkaErrorCode) -> bool {
 
 /// Waits for the next message, then gathers more until `max` or `wait` has
 /// passed. Returns an empty batch if nothing arrives within `idle`.
-pub async fn next_batch(consumer: &StreamConsumer, max: usize, wait: Duration, idle: Duration) -> Result<Vec<RawMessage>> {
+pub async fn next_batch(
+    consumer: &StreamConsumer,
+    max: usize,
+    wait: Duration,
+    idle: Duration,
+) -> Result<Vec<RawMessage>> {
     let mut out = Vec::new();
     let first = match tokio::time::timeout(idle, consumer.recv()).await {
         Err(_) => return Ok(out),
@@ -184,8 +190,14 @@ fn raw<M: Message>(m: &M) -> RawMessage {
 /// `next` maps a partition to the offset after the last message read.
 /// A partition with a backlog is not idle, however long it has been since
 /// its last message was processed.
-pub fn backlogged_partitions(consumer: &StreamConsumer, topic: &str, next: &std::collections::HashMap<i32, i64>) -> Vec<i32> {
-    let Ok(ctopic) = std::ffi::CString::new(topic) else { return Vec::new() };
+pub fn backlogged_partitions(
+    consumer: &StreamConsumer,
+    topic: &str,
+    next: &std::collections::HashMap<i32, i64>,
+) -> Vec<i32> {
+    let Ok(ctopic) = std::ffi::CString::new(topic) else {
+        return Vec::new();
+    };
     let ptr = consumer.client().native_ptr();
     next.iter()
         .filter(|(&p, &n)| {
@@ -194,7 +206,13 @@ pub fn backlogged_partitions(consumer: &StreamConsumer, topic: &str, next: &std:
             // outlives this call; the function only reads librdkafka's cached
             // watermarks into the two out-parameters.
             let err = unsafe {
-                rdkafka::bindings::rd_kafka_get_watermark_offsets(ptr, ctopic.as_ptr(), p, &mut low, &mut high)
+                rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                    ptr,
+                    ctopic.as_ptr(),
+                    p,
+                    &mut low,
+                    &mut high,
+                )
             };
             err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high > n
         })
@@ -206,19 +224,27 @@ pub fn backlogged_partitions(consumer: &StreamConsumer, topic: &str, next: &std:
 /// one's position (the offset after the last message read, else its
 /// committed offset) has reached the broker's high watermark. Makes network
 /// calls: call it from a blocking context, and only when the job looks idle.
-pub fn caught_up(consumer: &StreamConsumer, topic: &str, next: &std::collections::HashMap<i32, i64>) -> bool {
+pub fn caught_up(
+    consumer: &StreamConsumer,
+    topic: &str,
+    next: &std::collections::HashMap<i32, i64>,
+) -> bool {
     let assigned = assigned_partitions(consumer, topic);
     if assigned.is_empty() {
         return false;
     }
     let committed = consumer.committed(Duration::from_secs(5)).ok();
     assigned.iter().all(|&p| {
-        let Ok((_, high)) = consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) else { return false };
+        let Ok((_, high)) = consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) else {
+            return false;
+        };
         let pos = next.get(&p).copied().or_else(|| {
-            committed.as_ref().and_then(|c| match c.find_partition(topic, p).map(|e| e.offset()) {
-                Some(rdkafka::Offset::Offset(o)) => Some(o),
-                _ => None,
-            })
+            committed
+                .as_ref()
+                .and_then(|c| match c.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(rdkafka::Offset::Offset(o)) => Some(o),
+                    _ => None,
+                })
         });
         // Nothing read and nothing committed: caught up only if the partition is empty.
         pos.map_or(high <= 0, |pos| pos >= high)
@@ -242,7 +268,10 @@ pub fn assigned_partitions(consumer: &StreamConsumer, topic: &str) -> Vec<i32> {
 /// Reads events from Parquet files into one events batch sorted by event
 /// time (a backfill replays history in time order, as it happened), plus the
 /// rows that could not be used. Offsets are row numbers across the files.
-pub fn read_parquet_events(cfg: &PipelineConfig, paths: &[impl AsRef<Path>]) -> Result<(RecordBatch, Vec<DeadLetter>)> {
+pub fn read_parquet_events(
+    cfg: &PipelineConfig,
+    paths: &[impl AsRef<Path>],
+) -> Result<(RecordBatch, Vec<DeadLetter>)> {
     let d = &cfg.decode;
     let schema = events_schema(&d.value_fields);
     let mut parts = Vec::new();
@@ -250,8 +279,11 @@ pub fn read_parquet_events(cfg: &PipelineConfig, paths: &[impl AsRef<Path>]) -> 
     let mut row_base = 0i64;
     for path in paths {
         let path = path.as_ref();
-        let file = std::fs::File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(65_536).build()?;
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
+            .with_batch_size(65_536)
+            .build()?;
         for batch in reader {
             let batch = batch?;
             let (events, mut bad) = typed_events(cfg, &batch, row_base, path)?;
@@ -265,13 +297,21 @@ pub fn read_parquet_events(cfg: &PipelineConfig, paths: &[impl AsRef<Path>]) -> 
     Ok((take_record_batch(&all, &order)?, dead))
 }
 
-fn typed_events(cfg: &PipelineConfig, batch: &RecordBatch, row_base: i64, path: &Path) -> Result<(RecordBatch, Vec<DeadLetter>)> {
+fn typed_events(
+    cfg: &PipelineConfig,
+    batch: &RecordBatch,
+    row_base: i64,
+    path: &Path,
+) -> Result<(RecordBatch, Vec<DeadLetter>)> {
     let d = &cfg.decode;
     let col = |name: &str| -> Result<ArrayRef> {
-        batch
-            .column_by_name(name)
-            .cloned()
-            .ok_or_else(|| Error::config(path, name, format!("column `{name}` is missing from the Parquet file")))
+        batch.column_by_name(name).cloned().ok_or_else(|| {
+            Error::config(
+                path,
+                name,
+                format!("column `{name}` is missing from the Parquet file"),
+            )
+        })
     };
     let key = cast(&col(&d.key_field)?, &DataType::Utf8)?;
     let key = key.as_string::<i32>();
@@ -281,7 +321,10 @@ fn typed_events(cfg: &PipelineConfig, batch: &RecordBatch, row_base: i64, path: 
         .iter()
         .map(|f| Ok(cast(&col(f)?, &DataType::Float64)?))
         .collect::<Result<_>>()?;
-    let values: Vec<_> = values.iter().map(|v| v.as_primitive::<Float64Type>()).collect();
+    let values: Vec<_> = values
+        .iter()
+        .map(|v| v.as_primitive::<Float64Type>())
+        .collect();
     let mut out = EventsBuilder::new(events_schema(&d.value_fields), batch.num_rows());
     let mut dead = Vec::new();
     let mut row = vec![0.0; values.len()];
@@ -290,7 +333,10 @@ fn typed_events(cfg: &PipelineConfig, batch: &RecordBatch, row_base: i64, path: 
         let reason = if key.is_null(i) {
             Some(format!("missing field `{}`", d.key_field))
         } else if let Err(e) = &ts[i] {
-            Some(format!("unparsable timestamp in field `{}`: {e}", d.time_field))
+            Some(format!(
+                "unparsable timestamp in field `{}`: {e}",
+                d.time_field
+            ))
         } else {
             let mut r = None;
             for (j, v) in values.iter().enumerate() {
@@ -300,7 +346,10 @@ fn typed_events(cfg: &PipelineConfig, batch: &RecordBatch, row_base: i64, path: 
                 }
                 row[j] = v.value(i);
                 if !row[j].is_finite() {
-                    r = Some(format!("non-finite value {} in field `{}`", row[j], d.value_fields[j]));
+                    r = Some(format!(
+                        "non-finite value {} in field `{}`",
+                        row[j], d.value_fields[j]
+                    ));
                     break;
                 }
             }
@@ -349,14 +398,26 @@ fn time_column(a: &ArrayRef, fmt: TimeFormat) -> Result<Vec<std::result::Result<
             let v = cast(a, &DataType::Utf8)?;
             let v = v.as_string::<i32>();
             (0..n)
-                .map(|i| if nulls(i) { Err("null".to_string()) } else { parse_time(&RawTime::Text(v.value(i).to_string()), fmt) })
+                .map(|i| {
+                    if nulls(i) {
+                        Err("null".to_string())
+                    } else {
+                        parse_time(&RawTime::Text(v.value(i).to_string()), fmt)
+                    }
+                })
                 .collect()
         }
         _ => {
             let v = cast(a, &DataType::Float64)?;
             let v = v.as_primitive::<Float64Type>();
             (0..n)
-                .map(|i| if nulls(i) { Err("null".to_string()) } else { parse_time(&RawTime::Number(v.value(i)), fmt) })
+                .map(|i| {
+                    if nulls(i) {
+                        Err("null".to_string())
+                    } else {
+                        parse_time(&RawTime::Number(v.value(i)), fmt)
+                    }
+                })
                 .collect()
         }
     })

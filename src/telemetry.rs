@@ -13,13 +13,21 @@ use crate::error::{Error, Result};
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Serves `/metrics` on the configured address, if any. Needs a tokio runtime.
 pub fn serve_prometheus(cfg: &TelemetryConfig) -> Result<()> {
-    let Some(addr) = &cfg.prometheus_listen else { return Ok(()) };
+    let Some(addr) = &cfg.prometheus_listen else {
+        return Ok(());
+    };
     let sock: std::net::SocketAddr = addr
         .parse()
         .map_err(|e| Error::Model(format!("telemetry.prometheus_listen {addr:?}: {e}")))?;

@@ -46,8 +46,8 @@ use std::f64::consts::PI;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBuilder, Float64Array, Float64Builder, RecordBatch, StringBuilder,
-    TimestampMillisecondBuilder, UInt32Builder,
+    Array, ArrayRef, AsArray, BooleanBuilder, Float64Array, Float64Builder, RecordBatch,
+    StringBuilder, TimestampMillisecondBuilder, UInt32Builder,
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
 
@@ -100,7 +100,11 @@ impl WindowSpec {
     pub fn covariate_names(&self) -> Vec<String> {
         let c = &self.covariates;
         let mut v = Vec::new();
-        for (name, order) in [("hod", c.hour_of_day), ("dow", c.day_of_week), ("doy", c.day_of_year)] {
+        for (name, order) in [
+            ("hod", c.hour_of_day),
+            ("dow", c.day_of_week),
+            ("doy", c.day_of_year),
+        ] {
             for j in 1..=order {
                 v.push(format!("{name}_sin{j}"));
                 v.push(format!("{name}_cos{j}"));
@@ -122,8 +126,16 @@ impl WindowSpec {
             Field::new("count", DataType::UInt32, false),
             Field::new("filled", DataType::Boolean, false),
         ];
-        fields.extend(self.value_fields.iter().map(|f| Field::new(f, DataType::Float64, true)));
-        fields.extend(self.covariate_names().into_iter().map(|f| Field::new(f, DataType::Float64, false)));
+        fields.extend(
+            self.value_fields
+                .iter()
+                .map(|f| Field::new(f, DataType::Float64, true)),
+        );
+        fields.extend(
+            self.covariate_names()
+                .into_iter()
+                .map(|f| Field::new(f, DataType::Float64, false)),
+        );
         Arc::new(Schema::new(fields))
     }
 }
@@ -327,7 +339,13 @@ impl WindowStage {
         let off = events.column(3).as_primitive::<Int64Type>().values();
         let nf = self.spec.value_fields.len();
         let vals: Vec<&[f64]> = (0..nf)
-            .map(|i| events.column(FIRST_VALUE_COLUMN + i).as_primitive::<arrow::datatypes::Float64Type>().values().as_ref())
+            .map(|i| {
+                events
+                    .column(FIRST_VALUE_COLUMN + i)
+                    .as_primitive::<arrow::datatypes::Float64Type>()
+                    .values()
+                    .as_ref()
+            })
             .collect();
         let slide = self.spec.slide_ms;
         let r = self.spec.panes_per_window();
@@ -354,13 +372,23 @@ impl WindowStage {
                 None => Some(self.insert_key(key, pane, out)),
             };
             let st = slot.and_then(|s| self.slots[s].as_mut());
-            let Some(st) = st.filter(|st| !window_closed && (pane >= st.next_win || !st.emitted_any)) else {
+            let Some(st) =
+                st.filter(|st| !window_closed && (pane >= st.next_win || !st.emitted_any))
+            else {
                 late += 1;
                 if self.spec.late_policy == LatePolicy::DeadLetter {
                     for (j, v) in row_vals.iter_mut().enumerate() {
                         *v = vals[j][i];
                     }
-                    out.late.push(late_letter(key, t, &self.spec.value_fields, &row_vals, p, o, self.watermark));
+                    out.late.push(late_letter(
+                        key,
+                        t,
+                        &self.spec.value_fields,
+                        &row_vals,
+                        p,
+                        o,
+                        self.watermark,
+                    ));
                 }
                 continue;
             };
@@ -516,7 +544,9 @@ impl WindowStage {
         let wm = self.watermark;
         let mut ended: Vec<(usize, &'static str)> = Vec::new();
         for slot in 0..self.slots.len() {
-            let Some(st) = self.slots[slot].as_mut() else { continue };
+            let Some(st) = self.slots[slot].as_mut() else {
+                continue;
+            };
             if let Some(reason) = close_key(st, last, &self.spec, &mut rows, out) {
                 ended.push((slot, reason));
             } else if st.last_event_ts != i64::MIN && wm.saturating_sub(st.last_event_ts) > ttl {
@@ -529,7 +559,13 @@ impl WindowStage {
             // series rather than vanish with the old one.
             let rest = match (reason, self.slots[slot].as_mut()) {
                 ("gap", Some(st)) => st.panes.iter().position(|pn| pn.count > 0).map(|i| {
-                    (st.key.clone(), st.next_win + i as i64, st.panes.split_off(i), st.last_event_ts, st.last_seen_seq)
+                    (
+                        st.key.clone(),
+                        st.next_win + i as i64,
+                        st.panes.split_off(i),
+                        st.last_event_ts,
+                        st.last_seen_seq,
+                    )
                 }),
                 _ => None,
             };
@@ -557,14 +593,19 @@ impl WindowStage {
         let n = rows.key.len();
         let nf = self.spec.value_fields.len();
         let mut order: Vec<usize> = (0..n).collect();
-        order.sort_unstable_by(|&a, &b| rows.win[a].cmp(&rows.win[b]).then_with(|| rows.key[a].cmp(&rows.key[b])));
+        order.sort_unstable_by(|&a, &b| {
+            rows.win[a]
+                .cmp(&rows.win[b])
+                .then_with(|| rows.key[a].cmp(&rows.key[b]))
+        });
         let (slide, size) = (self.spec.slide_ms, self.spec.size_ms);
         let mut key = StringBuilder::with_capacity(n, n * 16);
         let mut start = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
         let mut end = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
         let mut count = UInt32Builder::with_capacity(n);
         let mut filled = BooleanBuilder::with_capacity(n);
-        let mut vals: Vec<Float64Builder> = (0..nf).map(|_| Float64Builder::with_capacity(n)).collect();
+        let mut vals: Vec<Float64Builder> =
+            (0..nf).map(|_| Float64Builder::with_capacity(n)).collect();
         for &i in &order {
             key.append_value(&rows.key[i]);
             let s = rows.win[i] * slide;
@@ -593,7 +634,13 @@ impl WindowStage {
 
 /// Emits every window of `st` with index <= `last`. Returns why the key's
 /// series ended, if it did.
-fn close_key(st: &mut KeyState, last: i64, spec: &WindowSpec, rows: &mut Rows, out: &mut Closed) -> Option<&'static str> {
+fn close_key(
+    st: &mut KeyState,
+    last: i64,
+    spec: &WindowSpec,
+    rows: &mut Rows,
+    out: &mut Closed,
+) -> Option<&'static str> {
     let r = spec.panes_per_window() as usize;
     let nf = spec.value_fields.len();
     let agg = spec.aggregation;
@@ -668,7 +715,15 @@ fn close_key(st: &mut KeyState, last: i64, spec: &WindowSpec, rows: &mut Rows, o
     None
 }
 
-fn late_letter(key: &str, ts: i64, fields: &[String], vals: &[f64], p: i32, o: i64, wm: i64) -> DeadLetter {
+fn late_letter(
+    key: &str,
+    ts: i64,
+    fields: &[String],
+    vals: &[f64],
+    p: i32,
+    o: i64,
+    wm: i64,
+) -> DeadLetter {
     let mut obj = serde_json::Map::new();
     obj.insert("key".into(), key.into());
     obj.insert("ts_ms".into(), ts.into());
@@ -676,7 +731,9 @@ fn late_letter(key: &str, ts: i64, fields: &[String], vals: &[f64], p: i32, o: i
         obj.insert(f.clone(), (*v).into());
     }
     DeadLetter {
-        reason: format!("late: event time {ts} ms is behind the watermark {wm} ms and its window has closed"),
+        reason: format!(
+            "late: event time {ts} ms is behind the watermark {wm} ms and its window has closed"
+        ),
         partition: p,
         offset: o,
         payload: serde_json::Value::Object(obj).to_string().into_bytes(),
@@ -688,12 +745,22 @@ pub fn covariates(c: &CovariatesConfig, starts: &[i64]) -> Vec<ArrayRef> {
     const DAY: f64 = 86_400_000.0;
     let mut cols: Vec<ArrayRef> = Vec::new();
     // Day-of-week phase: 1970-01-01 was a Thursday; shift so Monday 00:00 = 0.
-    let cycles: [(u32, f64, f64); 3] = [(c.hour_of_day, DAY, 0.0), (c.day_of_week, 7.0 * DAY, 3.0 * DAY), (c.day_of_year, 365.25 * DAY, 0.0)];
+    let cycles: [(u32, f64, f64); 3] = [
+        (c.hour_of_day, DAY, 0.0),
+        (c.day_of_week, 7.0 * DAY, 3.0 * DAY),
+        (c.day_of_year, 365.25 * DAY, 0.0),
+    ];
     for (order, period, shift) in cycles {
         for j in 1..=order {
             let w = 2.0 * PI * j as f64 / period;
-            let sin: Float64Array = starts.iter().map(|&t| (w * (t as f64 + shift)).sin()).collect();
-            let cos: Float64Array = starts.iter().map(|&t| (w * (t as f64 + shift)).cos()).collect();
+            let sin: Float64Array = starts
+                .iter()
+                .map(|&t| (w * (t as f64 + shift)).sin())
+                .collect();
+            let cos: Float64Array = starts
+                .iter()
+                .map(|&t| (w * (t as f64 + shift)).cos())
+                .collect();
             cols.push(Arc::new(sin));
             cols.push(Arc::new(cos));
         }
@@ -702,11 +769,21 @@ pub fn covariates(c: &CovariatesConfig, starts: &[i64]) -> Vec<ArrayRef> {
         let days: std::collections::HashSet<i64> = c
             .holidays
             .iter()
-            .map(|d| d.and_hms_opt(0, 0, 0).map_or(0, |t| t.and_utc().timestamp_millis()) / DAY as i64)
+            .map(|d| {
+                d.and_hms_opt(0, 0, 0)
+                    .map_or(0, |t| t.and_utc().timestamp_millis())
+                    / DAY as i64
+            })
             .collect();
         let col: Float64Array = starts
             .iter()
-            .map(|&t| if days.contains(&t.div_euclid(DAY as i64)) { 1.0 } else { 0.0 })
+            .map(|&t| {
+                if days.contains(&t.div_euclid(DAY as i64)) {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
             .collect();
         cols.push(Arc::new(col));
     }
@@ -716,7 +793,11 @@ pub fn covariates(c: &CovariatesConfig, starts: &[i64]) -> Vec<ArrayRef> {
 /// Reads the aggregates of a windows batch as columns (for the model stage).
 pub fn aggregate_columns(batch: &RecordBatch, n_fields: usize) -> Vec<&Float64Array> {
     (0..n_fields)
-        .map(|j| batch.column(FIRST_AGG_COLUMN + j).as_primitive::<arrow::datatypes::Float64Type>())
+        .map(|j| {
+            batch
+                .column(FIRST_AGG_COLUMN + j)
+                .as_primitive::<arrow::datatypes::Float64Type>()
+        })
         .collect()
 }
 

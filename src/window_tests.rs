@@ -70,7 +70,11 @@ fn ev(key: &str, ts: i64, part: i32, off: i64, vals: &[f64]) -> Ev {
 fn batch(value_fields: &[String], evs: &[Ev]) -> RecordBatch {
     let mut b = EventsBuilder::new(events_schema(value_fields), evs.len());
     for e in evs {
-        assert_eq!(e.vals.len(), value_fields.len(), "test event has the wrong number of values");
+        assert_eq!(
+            e.vals.len(),
+            value_fields.len(),
+            "test event has the wrong number of values"
+        );
         b.push(&e.key, e.ts, e.part, e.off, &e.vals);
     }
     b.finish()
@@ -104,10 +108,18 @@ fn rows_of(b: &RecordBatch, nf: usize) -> Vec<Row> {
             count: count.value(i),
             filled: filled.value(i),
             vals: (0..nf)
-                .map(|j| b.column(FIRST_AGG_COLUMN + j).as_primitive::<Float64Type>().value(i))
+                .map(|j| {
+                    b.column(FIRST_AGG_COLUMN + j)
+                        .as_primitive::<Float64Type>()
+                        .value(i)
+                })
                 .collect(),
             covs: (0..ncov)
-                .map(|j| b.column(FIRST_AGG_COLUMN + nf + j).as_primitive::<Float64Type>().value(i))
+                .map(|j| {
+                    b.column(FIRST_AGG_COLUMN + nf + j)
+                        .as_primitive::<Float64Type>()
+                        .value(i)
+                })
                 .collect(),
         })
         .collect()
@@ -170,7 +182,11 @@ impl Run {
 
     fn absorb(&mut self, c: Closed) -> Step {
         let step = Step {
-            rows: c.windows.as_ref().map(|b| rows_of(b, self.nf)).unwrap_or_default(),
+            rows: c
+                .windows
+                .as_ref()
+                .map(|b| rows_of(b, self.nf))
+                .unwrap_or_default(),
             ended: c.ended_keys.iter().map(|k| k.to_string()).collect(),
             late: c.late.clone(),
             pin: c.pin.clone(),
@@ -193,7 +209,10 @@ impl Run {
         }
         let t = Ticket { pins: c.ticket };
         for p in &t.pins {
-            assert!(self.ledger.get(p).copied().unwrap_or(0) > 0, "ticket holds {p:?} that is not pinned");
+            assert!(
+                self.ledger.get(p).copied().unwrap_or(0) > 0,
+                "ticket holds {p:?} that is not pinned"
+            );
         }
         if self.hold_tickets {
             self.held.push(t);
@@ -246,7 +265,11 @@ impl Run {
 
     fn check_ledger(&mut self) {
         self.ledger.retain(|_, n| *n != 0);
-        assert_eq!(self.ledger, self.expected_pins(), "pin ledger != pins held by live keys + tickets");
+        assert_eq!(
+            self.ledger,
+            self.expected_pins(),
+            "pin ledger != pins held by live keys + tickets"
+        );
         assert_eq!(self.tracker.pinned(), self.ledger.len());
     }
 
@@ -294,7 +317,11 @@ fn tumbling_window_closes_exactly_when_watermark_reaches_end() {
     // Window [10, 20) of b stays open until 20.
     assert!(run.feed(&[ev("b", 19, 0, 4, &[0.0])], 0).rows.is_empty());
     let s = run.feed(&[ev("b", 20, 0, 5, &[0.0])], 0);
-    let got: Vec<(String, i64, u32)> = s.rows.iter().map(|r| (r.key.clone(), r.start, r.count)).collect();
+    let got: Vec<(String, i64, u32)> = s
+        .rows
+        .iter()
+        .map(|r| (r.key.clone(), r.start, r.count))
+        .collect();
     // a's [10, 20) is an empty window (ffill), b's holds two events.
     assert_eq!(got, vec![("a".into(), 10, 0), ("b".into(), 10, 2)]);
     assert!(s.rows[0].filled && s.rows[0].vals == vec![3.0]);
@@ -320,7 +347,10 @@ fn hopping_windows_combine_overlapping_panes() {
     let s = run.feed(&[ev("z", 60, 0, 4, &[0.0])], 0);
     assert_eq!(s.watermark, 60);
     let a = run.key_rows("a");
-    let got: Vec<(i64, i64, u32, f64, bool)> = a.iter().map(|r| (r.start, r.end, r.count, r.vals[0], r.filled)).collect();
+    let got: Vec<(i64, i64, u32, f64, bool)> = a
+        .iter()
+        .map(|r| (r.start, r.end, r.count, r.vals[0], r.filled))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -334,20 +364,39 @@ fn hopping_windows_combine_overlapping_panes() {
     let s = run.feed(&[ev("z", 70, 0, 5, &[0.0])], 0);
     let a: Vec<&Row> = s.rows.iter().filter(|r| r.key == "a").collect();
     assert_eq!(a.len(), 1);
-    assert_eq!((a[0].start, a[0].count, a[0].filled, a[0].vals[0]), (40, 0, true, 8.0));
+    assert_eq!(
+        (a[0].start, a[0].count, a[0].filled, a[0].vals[0]),
+        (40, 0, true, 8.0)
+    );
 }
 
 /// The rows of one call are sorted by (window_end, key).
 #[test]
 fn rows_are_sorted_by_end_then_key() {
     let mut run = Run::new(spec(10, 10, 0, Aggregation::Sum));
-    run.feed(&[ev("c", 1, 0, 0, &[1.0]), ev("a", 2, 0, 1, &[1.0]), ev("b", 15, 0, 2, &[1.0])], 0);
+    run.feed(
+        &[
+            ev("c", 1, 0, 0, &[1.0]),
+            ev("a", 2, 0, 1, &[1.0]),
+            ev("b", 15, 0, 2, &[1.0]),
+        ],
+        0,
+    );
     run.feed(&[ev("a", 12, 0, 3, &[1.0]), ev("z", 30, 0, 4, &[1.0])], 0);
     let got: Vec<(i64, String)> = run.rows.iter().map(|r| (r.end, r.key.clone())).collect();
-    let want: Vec<(i64, String)> = [(10, "a"), (10, "c"), (20, "a"), (20, "b"), (20, "c"), (30, "a"), (30, "b"), (30, "c")]
-        .iter()
-        .map(|&(e, k)| (e, k.to_string()))
-        .collect();
+    let want: Vec<(i64, String)> = [
+        (10, "a"),
+        (10, "c"),
+        (20, "a"),
+        (20, "b"),
+        (20, "c"),
+        (30, "a"),
+        (30, "b"),
+        (30, "c"),
+    ]
+    .iter()
+    .map(|&(e, k)| (e, k.to_string()))
+    .collect();
     assert_eq!(got, want);
 }
 
@@ -392,17 +441,32 @@ fn every_aggregation_on_two_fields() {
 #[test]
 fn last_across_panes_uses_event_time() {
     let mut run = Run::new(spec(20, 10, 10, Aggregation::Last));
-    run.feed(&[ev("a", 12, 0, 0, &[2.0]), ev("a", 5, 0, 1, &[1.0]), ev("a", 15, 0, 2, &[3.0])], 0);
+    run.feed(
+        &[
+            ev("a", 12, 0, 0, &[2.0]),
+            ev("a", 5, 0, 1, &[1.0]),
+            ev("a", 15, 0, 2, &[3.0]),
+        ],
+        0,
+    );
     run.feed(&[ev("a", 14, 0, 3, &[4.0])], 0); // arrives last, not latest
     run.feed(&[ev("z", 50, 0, 4, &[0.0])], 0); // wm 40
-    let got: Vec<(i64, u32, f64)> = run.key_rows("a").iter().map(|r| (r.start, r.count, r.vals[0])).collect();
+    let got: Vec<(i64, u32, f64)> = run
+        .key_rows("a")
+        .iter()
+        .map(|r| (r.start, r.count, r.vals[0]))
+        .collect();
     assert_eq!(got, vec![(0, 4, 3.0), (10, 3, 3.0), (20, 0, 3.0)]);
 }
 
 /// Min/max/mean of negative values and a single event.
 #[test]
 fn min_max_of_negative_values() {
-    for (agg, want) in [(Aggregation::Min, -7.5), (Aggregation::Max, -0.5), (Aggregation::Mean, -4.0)] {
+    for (agg, want) in [
+        (Aggregation::Min, -7.5),
+        (Aggregation::Max, -0.5),
+        (Aggregation::Mean, -4.0),
+    ] {
         let mut run = Run::new(spec(10, 10, 0, agg));
         run.feed(&[ev("a", 0, 0, 0, &[-0.5]), ev("a", 9, 0, 1, &[-7.5])], 0);
         run.feed(&[ev("b", 3, 0, 2, &[-2.0])], 0);
@@ -452,14 +516,31 @@ fn silent_assigned_partition_holds_until_idle() {
     let mut run = Run::new(sp);
     run.stage.assign(&[0, 1], 0);
     let s = run.feed(&[ev("a", 5, 0, 0, &[1.0]), ev("a", 100, 0, 1, &[1.0])], 500);
-    assert_eq!(s.watermark, i64::MIN, "partition 1 has sent nothing and is not idle yet");
+    assert_eq!(
+        s.watermark,
+        i64::MIN,
+        "partition 1 has sent nothing and is not idle yet"
+    );
     assert!(s.rows.is_empty());
-    assert_eq!(run.tick(999).watermark, i64::MIN, "999 ms after assignment: still active");
+    assert_eq!(
+        run.tick(999).watermark,
+        i64::MIN,
+        "999 ms after assignment: still active"
+    );
     let s = run.tick(1000);
-    assert_eq!(s.watermark, 100, "partition 1 idle: only partition 0 counts");
-    assert_eq!(run.key_rows("a").first().map(|r| (r.start, r.count)), Some((0, 1)));
+    assert_eq!(
+        s.watermark, 100,
+        "partition 1 idle: only partition 0 counts"
+    );
+    assert_eq!(
+        run.key_rows("a").first().map(|r| (r.start, r.count)),
+        Some((0, 1))
+    );
     // Once it sends, partition 1 counts again (and may hold further closing).
-    let s = run.feed(&[ev("b", 150, 1, 0, &[1.0]), ev("a", 300, 0, 2, &[1.0])], 1100);
+    let s = run.feed(
+        &[ev("b", 150, 1, 0, &[1.0]), ev("a", 300, 0, 2, &[1.0])],
+        1100,
+    );
     assert_eq!(s.watermark, 150);
 }
 
@@ -474,7 +555,11 @@ fn all_idle_partitions_use_the_max() {
     assert_eq!(run.tick(999).watermark, 47);
     // Partition 1 sent at 500: idle at 1500; partition 0 (sent at 0) at 1000.
     run.feed(&[ev("b", 51, 1, 1, &[1.0])], 500);
-    assert_eq!(run.tick(1000).watermark, 48, "partition 0 idle, partition 1 active (51 - 3)");
+    assert_eq!(
+        run.tick(1000).watermark,
+        48,
+        "partition 0 idle, partition 1 active (51 - 3)"
+    );
     assert_eq!(run.tick(1500).watermark, 97, "all idle: max(100, 51) - 3");
 }
 
@@ -485,7 +570,11 @@ fn watermark_never_goes_back() {
     let mut run = Run::new(spec(10, 10, 0, Aggregation::Sum));
     assert_eq!(run.stage.watermark(), i64::MIN);
     assert_eq!(run.feed(&[ev("a", 100, 0, 0, &[1.0])], 0).watermark, 100);
-    assert_eq!(run.feed(&[ev("a", 105, 1, 0, &[1.0]), ev("b", 20, 2, 0, &[1.0])], 0).watermark, 100);
+    assert_eq!(
+        run.feed(&[ev("a", 105, 1, 0, &[1.0]), ev("b", 20, 2, 0, &[1.0])], 0)
+            .watermark,
+        100
+    );
     run.stage.assign(&[0, 1, 2, 3], 0);
     assert_eq!(run.tick(10).watermark, 100);
     assert_eq!(run.stage.watermark(), 100);
@@ -503,12 +592,22 @@ fn out_of_order_within_lateness_lands_in_its_window() {
     run.feed(&[ev("b", 17, 0, 4, &[1.0]), ev("b", 4, 0, 5, &[2.0])], 0); // b starts at 17, then 4
     let s = run.feed(&[ev("a", 25, 0, 6, &[100.0])], 0); // wm 15
     assert_eq!(s.watermark, 15);
-    let got: Vec<(String, i64, u32, f64)> = s.rows.iter().map(|r| (r.key.clone(), r.start, r.count, r.vals[0])).collect();
+    let got: Vec<(String, i64, u32, f64)> = s
+        .rows
+        .iter()
+        .map(|r| (r.key.clone(), r.start, r.count, r.vals[0]))
+        .collect();
     assert_eq!(got, vec![("a".into(), 0, 2, 3.0), ("b".into(), 0, 1, 2.0)]);
     run.feed(&[ev("a", 18, 0, 7, &[40.0]), ev("a", 35, 0, 8, &[0.0])], 0); // wm 25
     assert_eq!(run.key_rows("a")[1].start, 10);
-    assert_eq!((run.key_rows("a")[1].count, run.key_rows("a")[1].vals[0]), (3, 70.0));
-    assert_eq!((run.key_rows("b")[1].count, run.key_rows("b")[1].vals[0]), (1, 1.0));
+    assert_eq!(
+        (run.key_rows("a")[1].count, run.key_rows("a")[1].vals[0]),
+        (3, 70.0)
+    );
+    assert_eq!(
+        (run.key_rows("b")[1].count, run.key_rows("b")[1].vals[0]),
+        (1, 1.0)
+    );
     assert!(run.late.is_empty());
 }
 
@@ -544,7 +643,11 @@ fn late_events_dropped() {
     // Partition 3 (the late event's) is slow; let it go idle.
     run.feed(&[ev("z", 40, 0, 5, &[0.0])], IDLE);
     assert!(run.key_rows("c").is_empty());
-    let a: Vec<(i64, u32)> = run.key_rows("a").iter().map(|r| (r.start, r.count)).collect();
+    let a: Vec<(i64, u32)> = run
+        .key_rows("a")
+        .iter()
+        .map(|r| (r.start, r.count))
+        .collect();
     assert_eq!(a, vec![(0, 1), (10, 0), (20, 1)]);
     assert_eq!(run.key_rows("b").iter().map(|r| r.count).sum::<u32>(), 1);
 }
@@ -581,7 +684,11 @@ fn fill_rows(fill: FillPolicy) -> Vec<Row> {
 /// policy.
 #[test]
 fn fill_policies() {
-    for (fill, want) in [(FillPolicy::Ffill, 5.0), (FillPolicy::Zero, 0.0), (FillPolicy::Missing, f64::NAN)] {
+    for (fill, want) in [
+        (FillPolicy::Ffill, 5.0),
+        (FillPolicy::Zero, 0.0),
+        (FillPolicy::Missing, f64::NAN),
+    ] {
         let r = fill_rows(fill);
         assert_eq!(starts(&r), vec![0, 10, 20], "{fill:?}");
         assert_eq!((r[0].count, r[0].filled, r[0].vals[0]), (2, false, 5.0));
@@ -606,12 +713,19 @@ fn gap_ends_key_and_return_restarts() {
     let s = run.feed(&[ev("b", 40, 0, 2, &[1.0])], 0); // a's third empty window
     assert_eq!(s.ended, vec!["a".to_string()]);
     assert_eq!(run.stage.live_keys(), 1);
-    assert_eq!(starts(&run.key_rows("a")), vec![0, 10, 20], "the window that breaks the gap is not emitted");
+    assert_eq!(
+        starts(&run.key_rows("a")),
+        vec![0, 10, 20],
+        "the window that breaks the gap is not emitted"
+    );
     // a returns: starts at its pane, the first window is not a fill.
     run.feed(&[ev("a", 75, 0, 3, &[5.0])], 0);
     run.feed(&[ev("b", 90, 0, 4, &[1.0])], 0);
     let a = run.key_rows("a");
-    let got: Vec<(i64, u32, bool, f64)> = a[3..].iter().map(|r| (r.start, r.count, r.filled, r.vals[0])).collect();
+    let got: Vec<(i64, u32, bool, f64)> = a[3..]
+        .iter()
+        .map(|r| (r.start, r.count, r.filled, r.vals[0]))
+        .collect();
     assert_eq!(got, vec![(70, 1, false, 5.0), (80, 0, true, 5.0)]);
 }
 
@@ -625,16 +739,27 @@ fn gap_return_in_the_same_batch_is_not_lost() {
     let mut run = Run::new(sp);
     run.feed(&[ev("a", 1, 0, 0, &[1.0])], 0);
     let s = run.feed(&[ev("a", 105, 0, 1, &[7.0]), ev("a", 106, 0, 2, &[1.0])], 0);
-    assert_eq!(s.ended, vec!["a".to_string()], "old series ended by the gap");
+    assert_eq!(
+        s.ended,
+        vec!["a".to_string()],
+        "old series ended by the gap"
+    );
     assert_eq!(starts(&s.rows), vec![0, 10, 20]);
     assert_eq!(run.stage.live_keys(), 1, "a lives on with its new events");
     run.feed(&[ev("b", 120, 0, 3, &[0.0])], 0);
     // Drain any window owed to the restarted series.
     run.tick(0);
     let a = run.key_rows("a");
-    let got: Vec<(i64, u32, bool, f64)> = a[3..].iter().map(|r| (r.start, r.count, r.filled, r.vals[0])).collect();
+    let got: Vec<(i64, u32, bool, f64)> = a[3..]
+        .iter()
+        .map(|r| (r.start, r.count, r.filled, r.vals[0]))
+        .collect();
     assert_eq!(got, vec![(100, 2, false, 8.0), (110, 0, true, 8.0)]);
-    assert_eq!(a.iter().map(|r| r.count).sum::<u32>(), 3, "every event counted");
+    assert_eq!(
+        a.iter().map(|r| r.count).sum::<u32>(),
+        3,
+        "every event counted"
+    );
 }
 
 /// Same, but the batch also moves the watermark past the returned events'
@@ -649,11 +774,25 @@ fn gap_return_window_owed_comes_with_next_call() {
     run.feed(&[ev("a", 1, 0, 0, &[1.0])], 0);
     let s = run.feed(&[ev("a", 105, 0, 1, &[7.0]), ev("b", 125, 0, 2, &[0.0])], 0);
     assert_eq!(s.ended, vec!["a".to_string()]);
-    assert_eq!(s.rows.iter().filter(|r| r.key == "a").map(|r| r.start).collect::<Vec<_>>(), vec![0, 10, 20]);
+    assert_eq!(
+        s.rows
+            .iter()
+            .filter(|r| r.key == "a")
+            .map(|r| r.start)
+            .collect::<Vec<_>>(),
+        vec![0, 10, 20]
+    );
     let s = run.tick(0);
     assert_eq!(s.watermark, 125);
-    let got: Vec<(String, i64, u32, bool)> = s.rows.iter().map(|r| (r.key.clone(), r.start, r.count, r.filled)).collect();
-    assert_eq!(got, vec![("a".into(), 100, 1, false), ("a".into(), 110, 0, true)]);
+    let got: Vec<(String, i64, u32, bool)> = s
+        .rows
+        .iter()
+        .map(|r| (r.key.clone(), r.start, r.count, r.filled))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("a".into(), 100, 1, false), ("a".into(), 110, 0, true)]
+    );
     assert!(s.ended.is_empty());
     assert!(run.tick(0).rows.is_empty(), "owed once, emitted once");
 }
@@ -695,7 +834,11 @@ fn max_keys_evicts_least_recently_seen() {
     assert_eq!(s.ended, vec!["c".to_string()], "b was seen after c");
     run.feed(&[ev("z", 10, 0, 5, &[1.0])], 0); // evicts b (d seen later)
     let keys: Vec<String> = run.rows.iter().map(|r| r.key.clone()).collect();
-    assert_eq!(keys, vec!["d".to_string()], "only d's window was still open");
+    assert_eq!(
+        keys,
+        vec!["d".to_string()],
+        "only d's window was still open"
+    );
     assert_eq!(run.ended, vec!["a", "c", "b"]);
 }
 
@@ -712,11 +855,26 @@ fn covariates_at_known_instants() {
         day_of_year: 0,
         holidays: vec![chrono::NaiveDate::from_ymd_opt(1970, 1, 5).unwrap()],
     };
-    assert_eq!(sp.covariate_names(), vec!["hod_sin1", "hod_cos1", "dow_sin1", "dow_cos1", "holiday"]);
+    assert_eq!(
+        sp.covariate_names(),
+        vec!["hod_sin1", "hod_cos1", "dow_sin1", "dow_cos1", "holiday"]
+    );
     let mut run = Run::new(sp);
     let mon = 4 * DAY;
-    run.feed(&[ev("a", mon + 1, 0, 0, &[1.0]), ev("a", mon + 6 * HOUR + 1, 0, 1, &[1.0])], 0);
-    run.feed(&[ev("a", mon + DAY + 1, 0, 2, &[1.0]), ev("z", mon + 2 * DAY, 0, 3, &[1.0])], 0);
+    run.feed(
+        &[
+            ev("a", mon + 1, 0, 0, &[1.0]),
+            ev("a", mon + 6 * HOUR + 1, 0, 1, &[1.0]),
+        ],
+        0,
+    );
+    run.feed(
+        &[
+            ev("a", mon + DAY + 1, 0, 2, &[1.0]),
+            ev("z", mon + 2 * DAY, 0, 3, &[1.0]),
+        ],
+        0,
+    );
     let a = run.key_rows("a");
     let at = |t: i64| a.iter().find(|r| r.start == t).unwrap().covs.clone();
     let approx = |got: Vec<f64>, want: [f64; 5]| {
@@ -727,7 +885,10 @@ fn covariates_at_known_instants() {
     let q = 2.0 * PI * 0.25 / 7.0; // a quarter day into the week
     approx(at(mon), [0.0, 1.0, 0.0, 1.0, 1.0]);
     approx(at(mon + 6 * HOUR), [1.0, 0.0, q.sin(), q.cos(), 1.0]);
-    approx(at(mon + 12 * HOUR), [0.0, -1.0, (2.0 * q).sin(), (2.0 * q).cos(), 1.0]);
+    approx(
+        at(mon + 12 * HOUR),
+        [0.0, -1.0, (2.0 * q).sin(), (2.0 * q).cos(), 1.0],
+    );
     let tue = 2.0 * PI / 7.0;
     approx(at(mon + DAY), [0.0, 1.0, tue.sin(), tue.cos(), 0.0]);
 }
@@ -744,7 +905,11 @@ fn covariate_function_orders_and_phases() {
     };
     let starts = [0i64, 3 * HOUR, (365.25 * DAY as f64 / 4.0) as i64];
     let cols = covariates(&c, &starts);
-    assert_eq!(cols.len(), 8, "hod 2 pairs, dow 1 pair, doy 1 pair; no holiday column");
+    assert_eq!(
+        cols.len(),
+        8,
+        "hod 2 pairs, dow 1 pair, doy 1 pair; no holiday column"
+    );
     let v = |i: usize, row: usize| cols[i].as_primitive::<Float64Type>().value(row);
     let eps = 1e-9;
     // hod_sin2 at 03:00 = sin(2 * 2pi/8) = 1
@@ -776,7 +941,11 @@ fn pane_pins_move_to_ticket_and_continuation() {
         ],
         0,
     );
-    assert_eq!(s.pin, vec![(0, 100), (0, 102), (1, 7)], "first offset per partition per pane");
+    assert_eq!(
+        s.pin,
+        vec![(0, 100), (0, 102), (1, 7)],
+        "first offset per partition per pane"
+    );
     assert!(s.ticket.is_empty());
     let s = run.feed(&[ev("a", 12, 0, 103, &[1.0]), ev("b", 10, 1, 8, &[1.0])], 0); // wm 10: window 0 closes
     let mut t = s.ticket.clone();
@@ -815,7 +984,13 @@ fn pins_balance_after_keys_end_by_gap() {
     for i in 0..60i64 {
         let p = (i % 3) as i32;
         off[p as usize] += 1;
-        evs.push(ev(["a", "b", "c", "d"][(i % 4) as usize], i * 3 + (i % 5), p, off[p as usize], &[i as f64]));
+        evs.push(ev(
+            ["a", "b", "c", "d"][(i % 4) as usize],
+            i * 3 + (i % 5),
+            p,
+            off[p as usize],
+            &[i as f64],
+        ));
     }
     for chunk in evs.chunks(7) {
         run.feed(chunk, 0);
@@ -885,7 +1060,13 @@ fn arrival(raw: &[RawEv], d: i64, nf: usize) -> Vec<Ev> {
             let r = raw[i];
             off[r.4 as usize] += 1;
             let vals = [r.2 as f64 / 8.0, r.3 as f64 / 8.0];
-            ev(&format!("k{}", r.0), T0 + r.1, r.4, off[r.4 as usize], &vals[..nf])
+            ev(
+                &format!("k{}", r.0),
+                T0 + r.1,
+                r.4,
+                off[r.4 as usize],
+                &vals[..nf],
+            )
         })
         .collect()
 }
@@ -929,18 +1110,30 @@ fn run_to_end(run: &mut Run, evs: &[Ev], sizes: &[usize], lateness: i64) -> i64 
 }
 
 /// What polars computes: (key, window_start) -> (count, aggregates).
-fn polars_windows(evs: &[Ev], slide: i64, size: i64, agg: Aggregation, nf: usize) -> BTreeMap<(String, i64), (u32, Vec<f64>)> {
+fn polars_windows(
+    evs: &[Ev],
+    slide: i64,
+    size: i64,
+    agg: Aggregation,
+    nf: usize,
+) -> BTreeMap<(String, i64), (u32, Vec<f64>)> {
     use polars::prelude as pl;
     use polars::prelude::IntoLazy;
     let n = evs.len();
     let mut cols = vec![
-        pl::Column::new("key".into(), evs.iter().map(|e| e.key.as_str()).collect::<Vec<_>>()),
+        pl::Column::new(
+            "key".into(),
+            evs.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+        ),
         pl::Column::new("ts".into(), evs.iter().map(|e| e.ts).collect::<Vec<i64>>()),
         // Arrival order: breaks ties in time for `last`, as the stage does.
         pl::Column::new("seq".into(), (0..n as i64).collect::<Vec<i64>>()),
     ];
     for j in 0..nf {
-        cols.push(pl::Column::new(format!("v{j}").into(), evs.iter().map(|e| e.vals[j]).collect::<Vec<f64>>()));
+        cols.push(pl::Column::new(
+            format!("v{j}").into(),
+            evs.iter().map(|e| e.vals[j]).collect::<Vec<f64>>(),
+        ));
     }
     let df = pl::DataFrame::new(n, cols).unwrap();
     let opts = pl::DynamicGroupOptions {
@@ -1002,7 +1195,10 @@ fn polars_window_bound_starts_at_first_point_truncated() {
         ev("b", 3, 0, 3, &[8.0]),
     ];
     let m = polars_windows(&evs, 10, 30, Aggregation::Sum, 1);
-    let got: Vec<(&str, i64, u32, f64)> = m.iter().map(|((k, s), (n, v))| (k.as_str(), *s, *n, v[0])).collect();
+    let got: Vec<(&str, i64, u32, f64)> = m
+        .iter()
+        .map(|((k, s), (n, v))| (k.as_str(), *s, *n, v[0]))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -1033,7 +1229,11 @@ fn check_against_polars(
     let mut run = Run::new(sp);
     let evs = arrival(raw, d, nf);
     let final_wm = run_to_end(&mut run, &evs, sizes, lateness);
-    prop_assert!(run.late.is_empty(), "an in-lateness event was judged late: {:?}", run.late.first());
+    prop_assert!(
+        run.late.is_empty(),
+        "an in-lateness event was judged late: {:?}",
+        run.late.first()
+    );
 
     // Stage: each key's series is regular from floor(min ts / slide) on,
     // every window once.
@@ -1043,8 +1243,18 @@ fn check_against_polars(
         by_key.entry(r.key.clone()).or_default().push(r.start);
     }
     for (key, st) in &by_key {
-        let first = evs.iter().filter(|e| &e.key == key).map(|e| e.ts).min().unwrap();
-        prop_assert_eq!(st[0], first.div_euclid(slide) * slide, "series start of {}", key);
+        let first = evs
+            .iter()
+            .filter(|e| &e.key == key)
+            .map(|e| e.ts)
+            .min()
+            .unwrap();
+        prop_assert_eq!(
+            st[0],
+            first.div_euclid(slide) * slide,
+            "series start of {}",
+            key
+        );
         for w in st.windows(2) {
             prop_assert_eq!(w[1], w[0] + slide, "series of {} not regular", key);
         }
@@ -1056,10 +1266,11 @@ fn check_against_polars(
         .filter(|r| r.key != "~sentinel" && r.count > 0)
         .map(|r| ((r.key.clone(), r.start), (r.count, r.vals.clone())))
         .collect();
-    let theirs: BTreeMap<(String, i64), (u32, Vec<f64>)> = polars_windows(&evs, slide, size, agg, nf)
-        .into_iter()
-        .filter(|((_, s), _)| s + size <= final_wm)
-        .collect();
+    let theirs: BTreeMap<(String, i64), (u32, Vec<f64>)> =
+        polars_windows(&evs, slide, size, agg, nf)
+            .into_iter()
+            .filter(|((_, s), _)| s + size <= final_wm)
+            .collect();
     let ok: Vec<_> = ours.keys().collect();
     let tk: Vec<_> = theirs.keys().collect();
     prop_assert_eq!(ok, tk, "window sets differ");

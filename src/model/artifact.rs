@@ -55,7 +55,11 @@ impl ModelSpec {
             layers: cfg.model.layers,
         };
         ModelSpec {
-            version: format!("untrained-{:?}-h{}-s{}", shape.kind, shape.hidden, cfg.model.seed).to_lowercase(),
+            version: format!(
+                "untrained-{:?}-h{}-s{}",
+                shape.kind, shape.hidden, cfg.model.seed
+            )
+            .to_lowercase(),
             shape,
             horizon: cfg.model.horizon,
             quantiles: cfg.model.quantiles.clone(),
@@ -89,19 +93,35 @@ impl ModelSpec {
             ));
         }
         if self.quantiles != want.quantiles {
-            return Some(format!("the model forecasts quantiles {:?}, the pipeline wants {:?}", self.quantiles, want.quantiles));
+            return Some(format!(
+                "the model forecasts quantiles {:?}, the pipeline wants {:?}",
+                self.quantiles, want.quantiles
+            ));
         }
         if self.decoder != want.decoder {
-            return Some(format!("the model's decoder is {:?}, the pipeline's {:?}", self.decoder, want.decoder));
+            return Some(format!(
+                "the model's decoder is {:?}, the pipeline's {:?}",
+                self.decoder, want.decoder
+            ));
         }
         if self.horizon != want.horizon {
-            return Some(format!("the model forecasts {} windows ahead, the pipeline wants {}", self.horizon, want.horizon));
+            return Some(format!(
+                "the model forecasts {} windows ahead, the pipeline wants {}",
+                self.horizon, want.horizon
+            ));
         }
         if self.head == Head::Residual && self.season != want.season {
-            return Some(format!("the model's season is {} windows, the pipeline's {}", self.season, want.season));
+            return Some(format!(
+                "the model's season is {} windows, the pipeline's {}",
+                self.season, want.season
+            ));
         }
         if self.shape.input != self.features.len() as i64 {
-            return Some(format!("input size {} does not match {} features", self.shape.input, self.features.len()));
+            return Some(format!(
+                "input size {} does not match {} features",
+                self.shape.input,
+                self.features.len()
+            ));
         }
         None
     }
@@ -109,18 +129,21 @@ impl ModelSpec {
 
 /// Writes `dir/model.safetensors` and `dir/model.json`.
 pub fn save(net: &Network, spec: &ModelSpec, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     net.vs.save(dir.join("model.safetensors"))?;
     let json = serde_json::to_string_pretty(spec).map_err(|e| Error::Model(e.to_string()))?;
-    std::fs::write(dir.join("model.json"), json).map_err(|e| Error::io(format!("writing {}/model.json", dir.display()), e))
+    std::fs::write(dir.join("model.json"), json)
+        .map_err(|e| Error::io(format!("writing {}/model.json", dir.display()), e))
 }
 
 /// Loads an artifact, refusing it when its features differ from `features`.
 pub fn load(dir: &Path, want: &ModelSpec, device: Device) -> Result<(Network, ModelSpec)> {
     let meta = dir.join("model.json");
-    let text = std::fs::read_to_string(&meta).map_err(|e| Error::io(format!("reading {}", meta.display()), e))?;
-    let spec: ModelSpec =
-        serde_json::from_str(&text).map_err(|e| Error::Model(format!("{}: invalid model metadata: {e}", meta.display())))?;
+    let text = std::fs::read_to_string(&meta)
+        .map_err(|e| Error::io(format!("reading {}", meta.display()), e))?;
+    let spec: ModelSpec = serde_json::from_str(&text)
+        .map_err(|e| Error::Model(format!("{}: invalid model metadata: {e}", meta.display())))?;
     if let Some(why) = spec.mismatch(want) {
         return Err(Error::Model(format!(
             "{}: refusing this model: {why}; retrain it for this pipeline or change the pipeline",
@@ -128,8 +151,11 @@ pub fn load(dir: &Path, want: &ModelSpec, device: Device) -> Result<(Network, Mo
         )));
     }
     let mut net = Network::for_spec(&spec, device, spec.seed);
-    net.vs
-        .load(dir.join("model.safetensors"))
-        .map_err(|e| Error::Model(format!("{}: cannot load weights: {e}", dir.join("model.safetensors").display())))?;
+    net.vs.load(dir.join("model.safetensors")).map_err(|e| {
+        Error::Model(format!(
+            "{}: cannot load weights: {e}",
+            dir.join("model.safetensors").display()
+        ))
+    })?;
     Ok((net, spec))
 }

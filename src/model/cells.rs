@@ -66,11 +66,23 @@ impl LayerWeights {
         let lp = p / format!("l{layer}");
         match shape.kind {
             CellKind::Irnn => {
-                let w_ih = lp.var("w_ih", &[h, input], Init::Randn { mean: 0.0, stdev: 0.001 });
+                let w_ih = lp.var(
+                    "w_ih",
+                    &[h, input],
+                    Init::Randn {
+                        mean: 0.0,
+                        stdev: 0.001,
+                    },
+                );
                 let w_hh = lp.var_copy("w_hh", &Tensor::eye(h, (tch::Kind::Float, p.device())));
                 let b_ih = lp.var("b_ih", &[h], Init::Const(0.0));
                 let b_hh = lp.var("b_hh", &[h], Init::Const(0.0));
-                LayerWeights { w_ih, w_hh, b_ih, b_hh }
+                LayerWeights {
+                    w_ih,
+                    w_hh,
+                    b_ih,
+                    b_hh,
+                }
             }
             _ => {
                 let w_ih = lp.var("w_ih", &[g * h, input], u);
@@ -84,7 +96,12 @@ impl LayerWeights {
                         let _ = b_hh.narrow(0, h, h).fill_(0.5);
                     });
                 }
-                LayerWeights { w_ih, w_hh, b_ih, b_hh }
+                LayerWeights {
+                    w_ih,
+                    w_hh,
+                    b_ih,
+                    b_hh,
+                }
             }
         }
     }
@@ -92,7 +109,13 @@ impl LayerWeights {
 
 /// One step of one layer for a batch: `x: [n, in]`, `h: [n, H]`, `c: [n, H]`
 /// (LSTM only). Returns `(h', c')`.
-pub fn step(kind: CellKind, w: &LayerWeights, x: &Tensor, h: &Tensor, c: Option<&Tensor>) -> (Tensor, Option<Tensor>) {
+pub fn step(
+    kind: CellKind,
+    w: &LayerWeights,
+    x: &Tensor,
+    h: &Tensor,
+    c: Option<&Tensor>,
+) -> (Tensor, Option<Tensor>) {
     let gi = x.linear(&w.w_ih, Some(&w.b_ih));
     let gh = h.linear(&w.w_hh, Some(&w.b_hh));
     match kind {
@@ -100,7 +123,12 @@ pub fn step(kind: CellKind, w: &LayerWeights, x: &Tensor, h: &Tensor, c: Option<
         CellKind::Irnn => ((gi + gh).relu(), None),
         CellKind::Lstm => {
             let gates = (gi + gh).chunk(4, 1);
-            let (i, f, g, o) = (gates[0].sigmoid(), gates[1].sigmoid(), gates[2].tanh(), gates[3].sigmoid());
+            let (i, f, g, o) = (
+                gates[0].sigmoid(),
+                gates[1].sigmoid(),
+                gates[2].tanh(),
+                gates[3].sigmoid(),
+            );
             let c_prev = match c {
                 Some(c) => c.shallow_clone(),
                 None => h.zeros_like(),
@@ -147,7 +175,12 @@ mod tests {
     fn setup(kind: CellKind) -> (nn::VarStore, LayerWeights, Tensor, Tensor, Tensor) {
         tch::manual_seed(7);
         let vs = nn::VarStore::new(Device::Cpu);
-        let shape = CellShape { kind, input: 3, hidden: 4, layers: 1 };
+        let shape = CellShape {
+            kind,
+            input: 3,
+            hidden: 4,
+            layers: 1,
+        };
         let w = LayerWeights::new(&vs.root(), shape, 0);
         let x = Tensor::randn([2, 3], (Kind::Float, Device::Cpu));
         let h = Tensor::randn([2, 4], (Kind::Float, Device::Cpu)) * 0.5;
@@ -187,7 +220,13 @@ mod tests {
                     let b = affine(&whh, hr, &bhh);
                     a.iter()
                         .zip(b)
-                        .map(|(p, q)| if kind == CellKind::Rnn { (p + q).tanh() } else { (p + q).max(0.0) })
+                        .map(|(p, q)| {
+                            if kind == CellKind::Rnn {
+                                (p + q).tanh()
+                            } else {
+                                (p + q).max(0.0)
+                            }
+                        })
                         .collect()
                 })
                 .collect();

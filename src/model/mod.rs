@@ -79,7 +79,13 @@ impl Seq2seq {
         let mut prev = Tensor::zeros([n, self.per_step], (top.kind(), top.device()));
         let mut outs = Vec::with_capacity(self.steps as usize);
         for _ in 0..self.steps {
-            d = prev.gru_cell(&d, &self.w_ih, &self.w_hh, Some(&self.b_ih), Some(&self.b_hh));
+            d = prev.gru_cell(
+                &d,
+                &self.w_ih,
+                &self.w_hh,
+                Some(&self.b_ih),
+                Some(&self.b_hh),
+            );
             prev = d.linear(&self.out_w, Some(&self.out_b));
             outs.push(prev.shallow_clone());
         }
@@ -91,7 +97,8 @@ impl Seq2seq {
 impl Network {
     /// The network a model spec describes (freshly initialised, seeded).
     pub fn for_spec(spec: &ModelSpec, device: Device, seed: i64) -> Self {
-        let seq = (spec.decoder == Decoder::Seq2seq).then_some((spec.horizon, spec.quantiles.len().max(1) as i64));
+        let seq = (spec.decoder == Decoder::Seq2seq)
+            .then_some((spec.horizon, spec.quantiles.len().max(1) as i64));
         Self::build(spec.shape, spec.outputs(), seq, device, seed)
     }
 
@@ -100,16 +107,28 @@ impl Network {
         Self::build(shape, horizon, None, device, seed)
     }
 
-    fn build(shape: CellShape, horizon: i64, seq2seq: Option<(i64, i64)>, device: Device, seed: i64) -> Self {
+    fn build(
+        shape: CellShape,
+        horizon: i64,
+        seq2seq: Option<(i64, i64)>,
+        device: Device,
+        seed: i64,
+    ) -> Self {
         // libtorch's generator is process-global: hold a lock from seeding to
         // the last initialised weight so concurrent inits (tests, a
         // retrainer beside the live stage) stay reproducible.
         let _guard = seed_global(seed);
         let vs = nn::VarStore::new(device);
         let root = vs.root();
-        let layers = (0..shape.layers).map(|l| LayerWeights::new(&root, shape, l)).collect();
+        let layers = (0..shape.layers)
+            .map(|l| LayerWeights::new(&root, shape, l))
+            .collect();
         let k = 1.0 / (shape.hidden as f64).sqrt();
-        let head_w = root.var("head_w", &[horizon, shape.hidden], nn::Init::Uniform { lo: -k, up: k });
+        let head_w = root.var(
+            "head_w",
+            &[horizon, shape.hidden],
+            nn::Init::Uniform { lo: -k, up: k },
+        );
         let head_b = root.var("head_b", &[horizon], nn::Init::Const(0.0));
         let skip_w = root.var("skip_w", &[horizon, shape.input], nn::Init::Const(0.0));
         let decoder = seq2seq.map(|(steps, per_step)| {
@@ -143,14 +162,24 @@ impl Network {
     pub fn zero_state(&self, n: i64) -> (Tensor, Option<Tensor>) {
         let opts = (Kind::Float, self.vs.device());
         let dims = [self.shape.layers, n, self.shape.hidden];
-        let c = self.shape.kind.has_cell_state().then(|| Tensor::zeros(dims, opts));
+        let c = self
+            .shape
+            .kind
+            .has_cell_state()
+            .then(|| Tensor::zeros(dims, opts));
         (Tensor::zeros(dims, opts), c)
     }
 
     /// One time step for a batch of keys: `x: [n, input]`, states
     /// `[layers, n, hidden]`. Returns `(y: [n, horizon], h', c')`.
     /// `dropout` (training only) applies between stacked layers.
-    pub fn step(&self, x: &Tensor, h: &Tensor, c: Option<&Tensor>, dropout: f64) -> (Tensor, Tensor, Option<Tensor>) {
+    pub fn step(
+        &self,
+        x: &Tensor,
+        h: &Tensor,
+        c: Option<&Tensor>,
+        dropout: f64,
+    ) -> (Tensor, Tensor, Option<Tensor>) {
         let mut input = x.shallow_clone();
         let mut hs = Vec::with_capacity(self.layers.len());
         let mut cs = Vec::with_capacity(self.layers.len());
@@ -177,12 +206,25 @@ impl Network {
     /// for all steps instead of one per step); returns the outputs at every
     /// step `[n, T, horizon]` and the final state. `dropout` applies between
     /// stacked layers when `train`.
-    pub fn forward_seq(&self, xs: &Tensor, h: &Tensor, c: Option<&Tensor>, dropout: f64, train: bool) -> (Tensor, Tensor, Option<Tensor>) {
-        let params: Vec<&Tensor> = self.layers.iter().flat_map(|w| [&w.w_ih, &w.w_hh, &w.b_ih, &w.b_hh]).collect();
+    pub fn forward_seq(
+        &self,
+        xs: &Tensor,
+        h: &Tensor,
+        c: Option<&Tensor>,
+        dropout: f64,
+        train: bool,
+    ) -> (Tensor, Tensor, Option<Tensor>) {
+        let params: Vec<&Tensor> = self
+            .layers
+            .iter()
+            .flat_map(|w| [&w.w_ih, &w.w_hh, &w.b_ih, &w.b_hh])
+            .collect();
         let l = self.shape.layers;
         let (out, h_n, c_n) = match self.shape.kind {
             CellKind::Lstm => {
-                let c0 = c.map(|c| c.shallow_clone()).unwrap_or_else(|| h.zeros_like());
+                let c0 = c
+                    .map(|c| c.shallow_clone())
+                    .unwrap_or_else(|| h.zeros_like());
                 let (o, hn, cn) = xs.lstm(&[h, &c0], &params, true, l, dropout, train, false, true);
                 (o, hn, Some(cn))
             }
@@ -218,7 +260,12 @@ impl Network {
     }
 
     /// The same as `forward_seq`, one `step` at a time (reference for tests).
-    pub fn forward_steps(&self, xs: &Tensor, h: &Tensor, c: Option<&Tensor>) -> (Tensor, Tensor, Option<Tensor>) {
+    pub fn forward_steps(
+        &self,
+        xs: &Tensor,
+        h: &Tensor,
+        c: Option<&Tensor>,
+    ) -> (Tensor, Tensor, Option<Tensor>) {
         let t_len = xs.size()[1];
         let mut h = h.shallow_clone();
         let mut c = c.map(|c| c.shallow_clone());
@@ -250,7 +297,12 @@ pub fn seed_global(seed: i64) -> std::sync::MutexGuard<'static, ()> {
 pub fn feature_names(cfg: &PipelineConfig) -> Vec<String> {
     let spec = crate::window::WindowSpec::from_config(cfg);
     let target = &cfg.decode.value_fields[0];
-    let mut v: Vec<String> = cfg.decode.value_fields.iter().map(|f| format!("{f}_scaled")).collect();
+    let mut v: Vec<String> = cfg
+        .decode
+        .value_fields
+        .iter()
+        .map(|f| format!("{f}_scaled"))
+        .collect();
     v.push(format!("{target}_missing"));
     v.extend(spec.covariate_names());
     v.extend((1..=cfg.lags()).map(|j| format!("{target}_lag{j}")));
@@ -268,12 +320,19 @@ pub const PREV_OUTPUT: &str = "prev_output";
 pub fn forecasts_schema(horizon: i64, quantiles: &[f64]) -> SchemaRef {
     let mut fields = vec![
         Field::new("key", DataType::Utf8, false),
-        Field::new("window_end", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+        Field::new(
+            "window_end",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
         Field::new("model_version", DataType::Utf8, false),
         Field::new("source", DataType::Utf8, false),
         Field::new(
             "forecast",
-            DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float64, true)), horizon as i32),
+            DataType::FixedSizeList(
+                Arc::new(Field::new("item", DataType::Float64, true)),
+                horizon as i32,
+            ),
             false,
         ),
     ];
@@ -328,13 +387,22 @@ impl Forecaster {
                 (Network::for_spec(&spec, device, spec.seed), spec)
             }
         };
-        Ok(Self::new(net, spec, cfg.decode.value_fields.len(), cfg.model.warmup_windows))
+        Ok(Self::new(
+            net,
+            spec,
+            cfg.decode.value_fields.len(),
+            cfg.model.warmup_windows,
+        ))
     }
 
     pub fn new(net: Network, spec: ModelSpec, n_fields: usize, warmup: u32) -> Self {
         // The lags are the trailing `{target}_lag{j}` features (a value field
         // may itself be called e.g. `io_lag`).
-        let target = spec.features.first().and_then(|f| f.strip_suffix("_scaled")).unwrap_or_default();
+        let target = spec
+            .features
+            .first()
+            .and_then(|f| f.strip_suffix("_scaled"))
+            .unwrap_or_default();
         let lag_prefix = format!("{target}_lag");
         let recurrent = spec.features.last().is_some_and(|f| f == PREV_OUTPUT);
         let n_lags = spec
@@ -342,12 +410,16 @@ impl Forecaster {
             .iter()
             .rev()
             .skip(recurrent as usize)
-            .take_while(|f| f.strip_prefix(lag_prefix.as_str()).is_some_and(|j| j.parse::<u32>().is_ok()))
+            .take_while(|f| {
+                f.strip_prefix(lag_prefix.as_str())
+                    .is_some_and(|j| j.parse::<u32>().is_ok())
+            })
             .count() as i64;
         let n_cov = spec.features.len() - n_fields - 1 - n_lags as usize - recurrent as usize;
         let ring = replay_windows(&spec, warmup).max(n_lags + 1);
         let mut store = StateStore::new(&net, n_fields as i64, ring, n_lags, recurrent);
-        store.prev_index = spec.quantiles.iter().position(|q| *q == 0.5).unwrap_or(0) as i64 * spec.horizon;
+        store.prev_index =
+            spec.quantiles.iter().position(|q| *q == 0.5).unwrap_or(0) as i64 * spec.horizon;
         Forecaster {
             schema: forecasts_schema(spec.horizon, &spec.quantiles),
             store,
@@ -395,7 +467,10 @@ impl Forecaster {
     /// Scalers and histories do not depend on the network and are kept.
     /// Refuses a model whose spec does not fit this stage.
     pub fn swap(&mut self, net: Network, spec: ModelSpec) -> Result<SwapReport> {
-        if spec.features != self.spec.features || spec.horizon != self.spec.horizon || spec.season != self.spec.season {
+        if spec.features != self.spec.features
+            || spec.horizon != self.spec.horizon
+            || spec.season != self.spec.season
+        {
             return Err(Error::Model(format!(
                 "cannot swap to {}: its features/horizon/season ({:?}, {}, {}) differ from the running model's ({:?}, {}, {})",
                 spec.version, spec.features, spec.horizon, spec.season, self.spec.features, self.spec.horizon, self.spec.season
@@ -444,7 +519,10 @@ impl Forecaster {
         let mut from_model = vec![false; n];
         tch::no_grad(|| -> Result<()> {
             for rows in &waves {
-                let slots: Vec<i64> = rows.iter().map(|&i| self.store.slot(keys.value(i))).collect();
+                let slots: Vec<i64> = rows
+                    .iter()
+                    .map(|&i| self.store.slot(keys.value(i)))
+                    .collect();
                 let slots = Tensor::from_slice(&slots).to_device(self.net.vs.device());
                 let idx = Tensor::from_slice(&rows.iter().map(|&i| i as i64).collect::<Vec<_>>())
                     .to_device(self.net.vs.device());
@@ -469,8 +547,9 @@ impl Forecaster {
         let mut kb = StringBuilder::with_capacity(n, n * 16);
         let mut vb = StringBuilder::with_capacity(n, n * self.spec.version.len());
         let mut sb = StringBuilder::with_capacity(n, n * 8);
-        let mut fb = FixedSizeListBuilder::with_capacity(Float64Builder::with_capacity(n * h), h as i32, n)
-            .with_field(Arc::new(Field::new("item", DataType::Float64, true)));
+        let mut fb =
+            FixedSizeListBuilder::with_capacity(Float64Builder::with_capacity(n * h), h as i32, n)
+                .with_field(Arc::new(Field::new("item", DataType::Float64, true)));
         for i in 0..n {
             kb.append_value(keys.value(i));
             vb.append_value(&self.spec.version);
@@ -488,8 +567,12 @@ impl Forecaster {
         ];
         if nq > 0 {
             let w = h * nq;
-            let mut qb = FixedSizeListBuilder::with_capacity(Float64Builder::with_capacity(n * w), w as i32, n)
-                .with_field(Arc::new(Field::new("item", DataType::Float64, true)));
+            let mut qb = FixedSizeListBuilder::with_capacity(
+                Float64Builder::with_capacity(n * w),
+                w as i32,
+                n,
+            )
+            .with_field(Arc::new(Field::new("item", DataType::Float64, true)));
             for i in 0..n {
                 qb.values().append_slice(&qout[i * w..(i + 1) * w]);
                 qb.append(true);
@@ -525,7 +608,9 @@ impl Forecaster {
         }
         // An explicit width: `-1` cannot be inferred for an empty batch.
         let width = cols.len() as i64;
-        Ok(Tensor::stack(&cols, 1).view([n, width]).to_device(self.net.vs.device()))
+        Ok(Tensor::stack(&cols, 1)
+            .view([n, width])
+            .to_device(self.net.vs.device()))
     }
 
     /// Steps one wave (distinct keys). `x: [m, fields + cov]` raw.
@@ -533,13 +618,19 @@ impl Forecaster {
     /// quantile forecasts `[m, Q, horizon]` when configured (sorted along Q,
     /// so quantiles never cross), and whether each came from the model
     /// (else the cold-start baseline, which then fills every quantile).
-    fn step_wave(&mut self, slots: &Tensor, x: &Tensor) -> Result<(Tensor, Option<Tensor>, Tensor)> {
+    fn step_wave(
+        &mut self,
+        slots: &Tensor,
+        x: &Tensor,
+    ) -> Result<(Tensor, Option<Tensor>, Tensor)> {
         let nf = self.n_fields as i64;
         let values = x.narrow(1, 0, nf).to_kind(Kind::Double);
         let cov = x.narrow(1, nf, self.n_cov as i64);
         let (scaled, mean, scale) = self.store.update_scaler(slots, &values);
         let base_input = network_input(&scaled, &values, &cov);
-        let lags = self.store.lags(slots, self.n_lags, &mean.select(1, 0), &scale.select(1, 0));
+        let lags = self
+            .store
+            .lags(slots, self.n_lags, &mean.select(1, 0), &scale.select(1, 0));
         let mut parts = vec![base_input.shallow_clone(), lags];
         let recurrent = self.store.has_prev_output();
         if recurrent {
@@ -550,12 +641,17 @@ impl Forecaster {
         let (y, h_new, c_new) = self.net.step(&input, &h, c.as_ref(), 0.0);
         self.store.scatter(slots, &h_new, c_new.as_ref());
         if recurrent {
-            self.store.set_prev_output(slots, &first_output(&y, &self.spec));
+            self.store
+                .set_prev_output(slots, &first_output(&y, &self.spec));
         }
-        let seen = self.store.push_history(slots, &values.select(1, 0), &base_input);
+        let seen = self
+            .store
+            .push_history(slots, &values.select(1, 0), &base_input);
         let mean0 = mean.select(1, 0);
         let horizon = self.spec.horizon;
-        let base = self.store.seasonal_naive(slots, &seen, self.spec.season, horizon, &mean0);
+        let base = self
+            .store
+            .seasonal_naive(slots, &seen, self.spec.season, horizon, &mean0);
         let nq = self.spec.quantiles.len() as i64;
         let m = y.size()[0];
         // [m, Q', H] in original units.
@@ -573,12 +669,21 @@ impl Forecaster {
         let y_all = base_q.where_self(&bad, &y_all);
         let (point, q) = if nq > 0 {
             let sorted = y_all.sort(1, false).0;
-            let mid = self.spec.quantiles.iter().position(|q| *q == 0.5).unwrap_or(0) as i64;
+            let mid = self
+                .spec
+                .quantiles
+                .iter()
+                .position(|q| *q == 0.5)
+                .unwrap_or(0) as i64;
             (sorted.select(1, mid), Some(sorted.to_device(Device::Cpu)))
         } else {
             (y_all.select(1, 0), None)
         };
-        Ok((point.to_device(Device::Cpu), q, use_model.to_device(Device::Cpu)))
+        Ok((
+            point.to_device(Device::Cpu),
+            q,
+            use_model.to_device(Device::Cpu),
+        ))
     }
 }
 
@@ -600,7 +705,14 @@ pub fn first_output(y: &Tensor, spec: &ModelSpec) -> Tensor {
 /// Training builds the same features (see `train::prep`).
 pub fn network_input(scaled: &Tensor, values: &Tensor, cov: &Tensor) -> Tensor {
     let target_missing = values.narrow(1, 0, 1).isnan().to_kind(Kind::Float);
-    Tensor::cat(&[scaled.to_kind(Kind::Float), target_missing, cov.to_kind(Kind::Float)], 1)
+    Tensor::cat(
+        &[
+            scaled.to_kind(Kind::Float),
+            target_missing,
+            cov.to_kind(Kind::Float),
+        ],
+        1,
+    )
 }
 
 /// Windows of history kept per key: enough for seasonal naive, warm-up and
@@ -613,7 +725,9 @@ pub fn device_for(name: &str) -> Device {
     match name {
         "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
         "cuda" => {
-            tracing::warn!("model.device = \"cuda\" but no CUDA device is available; using the CPU");
+            tracing::warn!(
+                "model.device = \"cuda\" but no CUDA device is available; using the CPU"
+            );
             Device::Cpu
         }
         _ => Device::Cpu,

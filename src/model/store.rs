@@ -143,7 +143,13 @@ impl StateStore {
         if let Some(c) = self.c.as_mut() {
             let _ = c.index_fill_(1, &idx, 0.0);
         }
-        for t in [&mut self.n, &mut self.mean, &mut self.m2, &mut self.ring, &mut self.inputs] {
+        for t in [
+            &mut self.n,
+            &mut self.mean,
+            &mut self.m2,
+            &mut self.ring,
+            &mut self.inputs,
+        ] {
             let _ = t.index_fill_(0, &idx, 0.0);
         }
         let _ = self.seen.index_fill_(0, &idx, 0);
@@ -154,7 +160,10 @@ impl StateStore {
     }
 
     pub fn gather(&self, slots: &Tensor) -> (Tensor, Option<Tensor>) {
-        (self.h.index_select(1, slots), self.c.as_ref().map(|c| c.index_select(1, slots)))
+        (
+            self.h.index_select(1, slots),
+            self.c.as_ref().map(|c| c.index_select(1, slots)),
+        )
     }
 
     pub fn scatter(&mut self, slots: &Tensor, h: &Tensor, c: Option<&Tensor>) {
@@ -270,8 +279,8 @@ impl StateStore {
         let (mut h, mut c) = net.zero_state(live.len() as i64);
         let rows = self.inputs.index_select(0, &slots); // [m, W, n_in]
         let values = self.ring.index_select(0, &slots); // [m, W]
-        // Lags are rebuilt with today's scaler (past scalers are not kept):
-        // a close approximation once a key has some history.
+                                                        // Lags are rebuilt with today's scaler (past scalers are not kept):
+                                                        // a close approximation once a key has some history.
         let (mean, scale) = self.target_scaler(&slots);
         let jl = Tensor::arange_start(1, self.n_lags + 1, (Kind::Int64, self.device)).unsqueeze(0);
         let mut prev = Tensor::zeros([live.len() as i64], (Kind::Float, self.device));
@@ -279,15 +288,23 @@ impl StateStore {
             // Step t replays the key's window number seen - W + t.
             let k = &seen - w + t;
             let valid = k.ge(0);
-            let pos = k.remainder(w).unsqueeze(1).unsqueeze(2).expand([-1, 1, self.n_in], false);
+            let pos = k
+                .remainder(w)
+                .unsqueeze(1)
+                .unsqueeze(2)
+                .expand([-1, 1, self.n_in], false);
             let base = rows.gather(1, &pos, false).squeeze_dim(1);
             let kl = k.unsqueeze(1) - &jl;
             let lv = values.gather(1, &kl.remainder(w), false);
             let lim = super::SCALED_CLAMP;
-            let z = ((lv - mean.unsqueeze(1)) / scale.unsqueeze(1)).clamp(-lim, lim).nan_to_num(0.0, None::<f64>, None::<f64>);
+            let z = ((lv - mean.unsqueeze(1)) / scale.unsqueeze(1))
+                .clamp(-lim, lim)
+                .nan_to_num(0.0, None::<f64>, None::<f64>);
             // A lag is known if it is in the series and still in the ring.
             let oldest = (&seen - w).clamp_min(0).unsqueeze(1);
-            let z = z.where_self(&kl.ge_tensor(&oldest), &z.zeros_like()).to_kind(Kind::Float);
+            let z = z
+                .where_self(&kl.ge_tensor(&oldest), &z.zeros_like())
+                .to_kind(Kind::Float);
             let mut parts = vec![base, z];
             if self.recurrent {
                 parts.push(prev.unsqueeze(1));
@@ -320,7 +337,14 @@ impl StateStore {
     /// Seasonal-naive forecasts `[m, horizon]` from the rings: repeat the
     /// last `season` values; naive (last value) while fewer than `season`
     /// are known. Missing history reads as `fallback` (the key's mean).
-    pub fn seasonal_naive(&self, slots: &Tensor, seen: &Tensor, season: i64, horizon: i64, fallback: &Tensor) -> Tensor {
+    pub fn seasonal_naive(
+        &self,
+        slots: &Tensor,
+        seen: &Tensor,
+        season: i64,
+        horizon: i64,
+        fallback: &Tensor,
+    ) -> Tensor {
         let w = self.ring_len;
         let season = season.min(w);
         let t = (seen - 1).unsqueeze(1); // index of the newest value

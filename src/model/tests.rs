@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use arrow::array::{
-    BooleanBuilder, FixedSizeListArray, Float64Array, Float64Builder, TimestampMillisecondBuilder, UInt32Builder,
+    BooleanBuilder, FixedSizeListArray, Float64Array, Float64Builder, TimestampMillisecondBuilder,
+    UInt32Builder,
 };
 use tch::Device;
 
@@ -77,7 +78,11 @@ fn windows(cfg: &PipelineConfig, rows: &[(String, i64, f64)]) -> RecordBatch {
     let mut eb = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut cb = UInt32Builder::with_capacity(n);
     let mut fb = BooleanBuilder::with_capacity(n);
-    let mut vbs: Vec<Float64Builder> = spec.value_fields.iter().map(|_| Float64Builder::with_capacity(n)).collect();
+    let mut vbs: Vec<Float64Builder> = spec
+        .value_fields
+        .iter()
+        .map(|_| Float64Builder::with_capacity(n))
+        .collect();
     let mut starts = Vec::with_capacity(n);
     for (k, end, v) in rows {
         let start = end - spec.size_ms;
@@ -116,10 +121,18 @@ struct Fc {
 
 fn read(out: &RecordBatch) -> Vec<Fc> {
     let keys = out.column(0).as_string::<i32>();
-    let ends = out.column(1).as_any().downcast_ref::<TimestampMillisecondArray>().unwrap();
+    let ends = out
+        .column(1)
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .unwrap();
     let vers = out.column(2).as_string::<i32>();
     let srcs = out.column(3).as_string::<i32>();
-    let fl = out.column(4).as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+    let fl = out
+        .column(4)
+        .as_any()
+        .downcast_ref::<FixedSizeListArray>()
+        .unwrap();
     (0..out.num_rows())
         .map(|i| {
             let v = fl.value(i);
@@ -142,9 +155,15 @@ fn run(fc: &mut Forecaster, cfg: &PipelineConfig, rows: &[(String, i64, f64)]) -
     assert_eq!(out.num_rows(), rows.len());
     let got = read(&out);
     for (r, g) in rows.iter().zip(&got) {
-        assert_eq!((&r.0, r.1), (&g.key, g.end), "output rows follow input rows");
+        assert_eq!(
+            (&r.0, r.1),
+            (&g.key, g.end),
+            "output rows follow input rows"
+        );
     }
-    got.into_iter().map(|f| ((f.key.clone(), f.end), f)).collect()
+    got.into_iter()
+        .map(|f| ((f.key.clone(), f.end), f))
+        .collect()
 }
 
 /// A deterministic series per key: level and amplitude differ by key, a
@@ -152,7 +171,9 @@ fn run(fc: &mut Forecaster, cfg: &PipelineConfig, rows: &[(String, i64, f64)]) -
 fn value(key: usize, t: usize) -> f64 {
     let k = key as f64;
     let wiggle = ((t * 7919 + key * 104_729) % 13) as f64 * 0.37;
-    (20.0 + 15.0 * k) + (3.0 + k) * (2.0 * std::f64::consts::PI * t as f64 / 12.0 + k).sin() + wiggle
+    (20.0 + 15.0 * k)
+        + (3.0 + k) * (2.0 * std::f64::consts::PI * t as f64 / 12.0 + k).sin()
+        + wiggle
 }
 
 fn end(t: usize) -> i64 {
@@ -200,7 +221,11 @@ fn snaive(hist: &[f64], season: usize, horizon: usize, mean: f64) -> Vec<f64> {
     let t = hist.len() - 1;
     (0..horizon)
         .map(|i| {
-            let v = if hist.len() >= season { hist[t + 1 - season + i % season] } else { hist[t] };
+            let v = if hist.len() >= season {
+                hist[t + 1 - season + i % season]
+            } else {
+                hist[t]
+            };
             if v.is_nan() {
                 mean
             } else {
@@ -229,7 +254,11 @@ impl Welford {
         }
         let var = self.m2 / self.n.max(1.0);
         let scale = var.sqrt().max(self.mean.abs() * 1e-3 + 1e-6);
-        let scaled = if x.is_nan() { 0.0 } else { (x - self.mean) / scale };
+        let scaled = if x.is_nan() {
+            0.0
+        } else {
+            (x - self.mean) / scale
+        };
         (scaled, self.mean, scale)
     }
 }
@@ -257,7 +286,12 @@ fn copy_of(net: &Network) -> Network {
 /// touched libtorch's global RNG between `manual_seed` and the init, which
 /// parallel tests do not guarantee.)
 fn twin(fc: &Forecaster, cfg: &PipelineConfig) -> Forecaster {
-    Forecaster::new(copy_of(fc.network()), fc.spec().clone(), cfg.decode.value_fields.len(), cfg.model.warmup_windows)
+    Forecaster::new(
+        copy_of(fc.network()),
+        fc.spec().clone(),
+        cfg.decode.value_fields.len(),
+        cfg.model.warmup_windows,
+    )
 }
 
 // ---------------------------------------------------------------- tests
@@ -285,12 +319,23 @@ fn waves_equal_window_by_window_and_forward_seq() {
             let mut fb = twin(&fa, &cfg);
             let all: Vec<_> = (0..n_win).flat_map(|t| tick(&ks, t)).collect();
             let b = run(&mut fb, &cfg, &all);
-            assert_bitwise(&a, &b, &format!("{cell:?} layers={layers}: waves vs window by window"));
+            assert_bitwise(
+                &a,
+                &b,
+                &format!("{cell:?} layers={layers}: waves vs window by window"),
+            );
             // Key-major order (all of key 0, then key 1, ...): the same waves.
             let mut fc = twin(&fa, &cfg);
-            let by_key: Vec<_> = ks.iter().flat_map(|&k| (0..n_win).map(move |t| (key(k), end(t), value(k, t)))).collect();
+            let by_key: Vec<_> = ks
+                .iter()
+                .flat_map(|&k| (0..n_win).map(move |t| (key(k), end(t), value(k, t))))
+                .collect();
             let c = run(&mut fc, &cfg, &by_key);
-            assert_bitwise(&a, &c, &format!("{cell:?} layers={layers}: key-major batch"));
+            assert_bitwise(
+                &a,
+                &c,
+                &format!("{cell:?} layers={layers}: key-major batch"),
+            );
             // Uneven: in call j, key k brings its windows j*(k+1) .. (j+1)*(k+1),
             // so calls mix keys with several windows, one, or none. Waves now
             // hold other keys than window by window: equal within 1e-6.
@@ -299,7 +344,10 @@ fn waves_equal_window_by_window_and_forward_seq() {
             for j in 0..n_win {
                 let mut rows: Vec<(String, i64, f64)> = ks
                     .iter()
-                    .flat_map(|&k| (j * (k + 1)..((j + 1) * (k + 1)).min(n_win)).map(move |t| (key(k), end(t), value(k, t))))
+                    .flat_map(|&k| {
+                        (j * (k + 1)..((j + 1) * (k + 1)).min(n_win))
+                            .map(move |t| (key(k), end(t), value(k, t)))
+                    })
                     .collect();
                 rows.sort_by(|x, y| (x.1, &x.0).cmp(&(y.1, &y.0)));
                 if !rows.is_empty() {
@@ -307,7 +355,10 @@ fn waves_equal_window_by_window_and_forward_seq() {
                 }
             }
             let diff = max_rel_diff(&a, &d);
-            assert!(diff <= 1e-6, "{cell:?} layers={layers}: uneven batches differ by {diff}");
+            assert!(
+                diff <= 1e-6,
+                "{cell:?} layers={layers}: uneven batches differ by {diff}"
+            );
 
             // forward_seq from zero over hand-built inputs.
             let spec = WindowSpec::from_config(&cfg);
@@ -329,7 +380,13 @@ fn waves_equal_window_by_window_and_forward_seq() {
                     xs.push(0.0); // missing flag
                     xs.extend(cov.iter().map(|c| c[t] as f32));
                     // Lags 1..=P of the target, scaled with today's scaler; 0 before the series.
-                    xs.extend((1..=n_lags).map(|j| if t >= j { ((value(k, t - j) - mean) / scale) as f32 } else { 0.0 }));
+                    xs.extend((1..=n_lags).map(|j| {
+                        if t >= j {
+                            ((value(k, t - j) - mean) / scale) as f32
+                        } else {
+                            0.0
+                        }
+                    }));
                 }
             }
             let n_in = fa.network().shape.input;
@@ -339,17 +396,24 @@ fn waves_equal_window_by_window_and_forward_seq() {
             let (h0, c0) = net.zero_state(n_keys as i64);
             let (ys, h, c) = tch::no_grad(|| net.forward_seq(&xs, &h0, c0.as_ref(), 0.0, false));
             let (ys_steps, h_steps, _) = tch::no_grad(|| net.forward_steps(&xs, &h0, c0.as_ref()));
-            assert!(max_abs(&ys, &ys_steps) < 1e-5 && max_abs(&h, &h_steps) < 1e-5, "{cell:?}: forward_seq vs forward_steps");
+            assert!(
+                max_abs(&ys, &ys_steps) < 1e-5 && max_abs(&h, &h_steps) < 1e-5,
+                "{cell:?}: forward_seq vs forward_steps"
+            );
             for k in 0..n_keys {
                 let (hk, ck) = state_of(&mut fa, &key(k));
                 let dh = max_abs(&hk, &h.select(1, k as i64));
-                assert!(dh < 1e-5, "{cell:?} layers={layers} key {k}: |h - forward_seq h| = {dh}");
+                assert!(
+                    dh < 1e-5,
+                    "{cell:?} layers={layers} key {k}: |h - forward_seq h| = {dh}"
+                );
                 if let (Some(ck), Some(c)) = (ck, c.as_ref()) {
                     let dc = max_abs(&ck, &c.select(1, k as i64));
                     assert!(dc < 1e-5, "{cell:?} key {k}: |c - forward_seq c| = {dc}");
                 }
                 // Model forecasts = seasonal naive + scale * y (residual head).
-                let ys_k = Vec::<Vec<f64>>::try_from(&ys.select(0, k as i64).to_kind(Kind::Double)).unwrap();
+                let ys_k = Vec::<Vec<f64>>::try_from(&ys.select(0, k as i64).to_kind(Kind::Double))
+                    .unwrap();
                 let hist: Vec<f64> = (0..n_win).map(|t| value(k, t)).collect();
                 for t in 0..n_win {
                     let got = &a[&(key(k), end(t))];
@@ -360,7 +424,11 @@ fn waves_equal_window_by_window_and_forward_seq() {
                     for i in 0..6 {
                         let want = base[i] + scales[k][t] * ys_k[t][i];
                         let d = (got.f[i] - want).abs();
-                        assert!(d <= 1e-4 * want.abs().max(1.0), "{cell:?} key {k} t {t}: {} vs {want}", got.f[i]);
+                        assert!(
+                            d <= 1e-4 * want.abs().max(1.0),
+                            "{cell:?} key {k} t {t}: {} vs {want}",
+                            got.f[i]
+                        );
                     }
                 }
             }
@@ -403,9 +471,16 @@ fn keys_are_isolated() {
         for t in 0..n_win {
             alone.extend(run(&mut fs, &cfg, &tick(&[3], t)));
         }
-        let with_others: ByKey = a.iter().filter(|(k, _)| k.0 == key(3)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let with_others: ByKey = a
+            .iter()
+            .filter(|(k, _)| k.0 == key(3))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let d = max_rel_diff(&alone, &with_others);
-        assert!(d <= 1e-6, "{cell:?}: key alone vs with others differ by {d}");
+        assert!(
+            d <= 1e-6,
+            "{cell:?}: key alone vs with others differ by {d}"
+        );
     }
 }
 
@@ -456,7 +531,10 @@ fn artifact_with_other_features_is_refused() {
         Ok(_) => panic!("accepted"),
         Err(e) => e.to_string(),
     };
-    assert!(err.contains(&format!("{have:?}")) && err.contains(&format!("{want:?}")), "{err}");
+    assert!(
+        err.contains(&format!("{have:?}")) && err.contains(&format!("{want:?}")),
+        "{err}"
+    );
 }
 
 /// Hot swap: to the same network (every key's history within W) the state is
@@ -472,84 +550,100 @@ fn artifact_with_other_features_is_refused() {
 #[test]
 fn hot_swap_replays_state() {
     for (lags, tol) in [("lags = 0", 1e-5), ("", LAG_REPLAY_TOL)] {
-    for cell in CELLS {
-        let cfg = cfg(cell, lags);
-        let w = replay_windows(&ModelSpec::expected(&cfg), cfg.model.warmup_windows) as usize;
-        assert_eq!(w, 48);
-        let before = 40usize; // < W: the replay is exact
-        let after = 10usize;
-        // Keys 0..3 from t=0; key 3 from t=25; key 4 from t=35 (still warming up after the swap).
-        let rows = |t: usize| -> Vec<(String, i64, f64)> {
-            let mut ks = vec![0, 1, 2];
-            if t >= 25 {
-                ks.push(3);
-            }
-            if t >= 35 {
-                ks.push(4);
-            }
-            tick(&ks, t)
-        };
-        let feed = |fc: &mut Forecaster, from: usize, to: usize| -> ByKey {
-            let mut m = ByKey::new();
-            for t in from..to {
-                m.extend(run(fc, &cfg, &rows(t)));
-            }
-            m
-        };
+        for cell in CELLS {
+            let cfg = cfg(cell, lags);
+            let w = replay_windows(&ModelSpec::expected(&cfg), cfg.model.warmup_windows) as usize;
+            assert_eq!(w, 48);
+            let before = 40usize; // < W: the replay is exact
+            let after = 10usize;
+            // Keys 0..3 from t=0; key 3 from t=25; key 4 from t=35 (still warming up after the swap).
+            let rows = |t: usize| -> Vec<(String, i64, f64)> {
+                let mut ks = vec![0, 1, 2];
+                if t >= 25 {
+                    ks.push(3);
+                }
+                if t >= 35 {
+                    ks.push(4);
+                }
+                tick(&ks, t)
+            };
+            let feed = |fc: &mut Forecaster, from: usize, to: usize| -> ByKey {
+                let mut m = ByKey::new();
+                for t in from..to {
+                    m.extend(run(fc, &cfg, &rows(t)));
+                }
+                m
+            };
 
-        // Same network.
-        let mut plain = Forecaster::from_config(&cfg).unwrap();
-        let mut swapped = twin(&plain, &cfg);
-        feed(&mut plain, 0, before);
-        feed(&mut swapped, 0, before);
-        let same = copy_of(swapped.network());
-        let spec = swapped.spec().clone();
-        let rep = swapped.swap(same, spec).unwrap();
-        assert_eq!(rep.keys, 5);
-        assert_eq!(rep.replayed_windows, 3 * 40 + 15 + 5);
-        let a = feed(&mut plain, before, before + after);
-        let b = feed(&mut swapped, before, before + after);
-        let d = max_rel_diff(&a, &b);
-        assert!(d <= tol, "{cell:?} {lags:?}: swap to the same network moved forecasts by {d}");
-        eprintln!("{cell:?} {lags:?}: swap to the same network: max relative difference {d:e}");
+            // Same network.
+            let mut plain = Forecaster::from_config(&cfg).unwrap();
+            let mut swapped = twin(&plain, &cfg);
+            feed(&mut plain, 0, before);
+            feed(&mut swapped, 0, before);
+            let same = copy_of(swapped.network());
+            let spec = swapped.spec().clone();
+            let rep = swapped.swap(same, spec).unwrap();
+            assert_eq!(rep.keys, 5);
+            assert_eq!(rep.replayed_windows, 3 * 40 + 15 + 5);
+            let a = feed(&mut plain, before, before + after);
+            let b = feed(&mut swapped, before, before + after);
+            let d = max_rel_diff(&a, &b);
+            assert!(
+                d <= tol,
+                "{cell:?} {lags:?}: swap to the same network moved forecasts by {d}"
+            );
+            eprintln!("{cell:?} {lags:?}: swap to the same network: max relative difference {d:e}");
 
-        // Another network.
-        let mut other_spec = plain.spec().clone();
-        other_spec.version = "other-net".into();
-        other_spec.seed = 7;
-        let other = Network::new(other_spec.shape, other_spec.horizon, Device::Cpu, 7);
-        let mut from_start = Forecaster::new(copy_of(&other), other_spec.clone(), 1, cfg.model.warmup_windows);
-        feed(&mut from_start, 0, before);
-        let mut changed = twin(&plain, &cfg);
-        feed(&mut changed, 0, before);
-        changed.swap(other, other_spec).unwrap();
-        assert_eq!(changed.version(), "other-net");
-        let c = feed(&mut changed, before, before + after);
-        let s = feed(&mut from_start, before, before + after);
-        let d = max_rel_diff(&s, &c);
-        assert!(d <= tol, "{cell:?} {lags:?}: swapped stage vs new network from the start differ by {d}");
-        eprintln!("{cell:?} {lags:?}: swap vs new network from the start: max relative difference {d:e}");
-        let mut moved = 0;
-        for (k, fc) in &c {
-            assert_eq!(fc.version, "other-net");
-            let old = &a[k];
-            assert_eq!(fc.source, old.source, "{k:?}");
-            if fc.source == "model" {
-                moved += usize::from(fc.f != old.f);
-            } else {
-                // Key 4 is still warming up: baseline, unchanged by the swap.
-                assert_eq!(k.0, key(4));
-                assert_eq!(fc.f, old.f);
+            // Another network.
+            let mut other_spec = plain.spec().clone();
+            other_spec.version = "other-net".into();
+            other_spec.seed = 7;
+            let other = Network::new(other_spec.shape, other_spec.horizon, Device::Cpu, 7);
+            let mut from_start = Forecaster::new(
+                copy_of(&other),
+                other_spec.clone(),
+                1,
+                cfg.model.warmup_windows,
+            );
+            feed(&mut from_start, 0, before);
+            let mut changed = twin(&plain, &cfg);
+            feed(&mut changed, 0, before);
+            changed.swap(other, other_spec).unwrap();
+            assert_eq!(changed.version(), "other-net");
+            let c = feed(&mut changed, before, before + after);
+            let s = feed(&mut from_start, before, before + after);
+            let d = max_rel_diff(&s, &c);
+            assert!(
+                d <= tol,
+                "{cell:?} {lags:?}: swapped stage vs new network from the start differ by {d}"
+            );
+            eprintln!("{cell:?} {lags:?}: swap vs new network from the start: max relative difference {d:e}");
+            let mut moved = 0;
+            for (k, fc) in &c {
+                assert_eq!(fc.version, "other-net");
+                let old = &a[k];
+                assert_eq!(fc.source, old.source, "{k:?}");
+                if fc.source == "model" {
+                    moved += usize::from(fc.f != old.f);
+                } else {
+                    // Key 4 is still warming up: baseline, unchanged by the swap.
+                    assert_eq!(k.0, key(4));
+                    assert_eq!(fc.f, old.f);
+                }
             }
+            assert!(
+                moved > 0 && moved == c.values().filter(|f| f.source == "model").count(),
+                "{cell:?}: {moved}"
+            );
+
+            // A model that does not fit is refused.
+            let mut bad = plain.spec().clone();
+            bad.horizon = 3;
+            let err = plain
+                .swap(Network::new(bad.shape, 3, Device::Cpu, 1), bad)
+                .unwrap_err();
+            assert!(err.to_string().contains("cannot swap"), "{err}");
         }
-        assert!(moved > 0 && moved == c.values().filter(|f| f.source == "model").count(), "{cell:?}: {moved}");
-
-        // A model that does not fit is refused.
-        let mut bad = plain.spec().clone();
-        bad.horizon = 3;
-        let err = plain.swap(Network::new(bad.shape, 3, Device::Cpu, 1), bad).unwrap_err();
-        assert!(err.to_string().contains("cannot swap"), "{err}");
-    }
     }
 }
 
@@ -565,7 +659,10 @@ const LAG_REPLAY_TOL: f64 = 1e-2;
 fn warmup_is_seasonal_naive_then_model() {
     for (warmup, season) in [(10usize, 4usize), (5, 12), (12, 12)] {
         for cell in [CellKind::Lstm, CellKind::Gru] {
-            let cfg = cfg(cell, &format!("warmup_windows = {warmup}\nseason_windows = {season}\nhorizon = 7"));
+            let cfg = cfg(
+                cell,
+                &format!("warmup_windows = {warmup}\nseason_windows = {season}\nhorizon = 7"),
+            );
             let mut fc = Forecaster::from_config(&cfg).unwrap();
             let n_win = warmup + 8;
             let mut hist: Vec<Vec<f64>> = vec![Vec::new(); 2];
@@ -612,22 +709,36 @@ fn ended_key_returns_fresh() {
         let mut solo = ByKey::new();
         for t in 20..50 {
             let v = value(5, t);
-            let rows = vec![(key(0), end(t), v), (key(1), end(t), value(1, t)), (key(5), end(t), v)];
+            let rows = vec![
+                (key(0), end(t), v),
+                (key(1), end(t), value(1, t)),
+                (key(5), end(t), v),
+            ];
             let out = run(&mut fc, &cfg, &rows);
             back.insert((String::new(), end(t)), out[&(key(0), end(t))].clone());
             fresh.insert((String::new(), end(t)), out[&(key(5), end(t))].clone());
             let o = run(&mut alone, &cfg, &[(key(5), end(t), v)]);
             solo.insert((String::new(), end(t)), o[&(key(5), end(t))].clone());
         }
-        for f in back.values_mut().chain(fresh.values_mut()).chain(solo.values_mut()) {
+        for f in back
+            .values_mut()
+            .chain(fresh.values_mut())
+            .chain(solo.values_mut())
+        {
             f.key.clear();
         }
         assert_eq!(back.values().filter(|f| f.source == "baseline").count(), 12);
         // Same batches, different rows: within 1e-6 (see `keys_are_isolated`).
         let d = max_rel_diff(&back, &fresh);
-        assert!(d <= 1e-6, "{cell:?}: returning key vs new key differ by {d}");
+        assert!(
+            d <= 1e-6,
+            "{cell:?}: returning key vs new key differ by {d}"
+        );
         let d = max_rel_diff(&back, &solo);
-        assert!(d <= 1e-6, "{cell:?}: returning key vs a fresh stage differ by {d}");
+        assert!(
+            d <= 1e-6,
+            "{cell:?}: returning key vs a fresh stage differ by {d}"
+        );
     }
 }
 
@@ -652,7 +763,12 @@ fn zero_residual_head_is_seasonal_naive() {
                 hist[k].push(value(k, t));
                 let got = &out[&(key(k), end(t))];
                 models += usize::from(got.source == "model");
-                assert_eq!(got.f, snaive(&hist[k], 5, 6, f64::NAN), "{cell:?} key {k} t {t} ({})", got.source);
+                assert_eq!(
+                    got.f,
+                    snaive(&hist[k], 5, 6, f64::NAN),
+                    "{cell:?} key {k} t {t} ({})",
+                    got.source
+                );
             }
         }
         assert_eq!(models, 3 * (40 - 12));
@@ -674,7 +790,11 @@ fn empty_batch_gives_empty_output() {
 /// contains `_lag` is not mistaken for a lag input.
 #[test]
 fn extra_value_fields_whatever_their_names() {
-    for (fields, hod) in [(r#"["value", "load"]"#, 1), (r#"["value", "io_lag"]"#, 1), (r#"["value", "io_lag"]"#, 0)] {
+    for (fields, hod) in [
+        (r#"["value", "load"]"#, 1),
+        (r#"["value", "io_lag"]"#, 1),
+        (r#"["value", "io_lag"]"#, 0),
+    ] {
         let text = format!(
             r#"
 name = "t"
@@ -699,7 +819,10 @@ dead_letter_topic = "dlq"
         let mut fc = Forecaster::from_config(&cfg).unwrap();
         for t in 0..20 {
             let out = run(&mut fc, &cfg, &tick(&[0, 1], t));
-            assert!(out.values().all(|f| f.f.iter().all(|v| v.is_finite())), "{fields} t {t}");
+            assert!(
+                out.values().all(|f| f.f.iter().all(|v| v.is_finite())),
+                "{fields} t {t}"
+            );
         }
     }
 }

@@ -173,7 +173,12 @@ pub fn prep_spec(cfg: &PipelineConfig, t: &TrainConfig) -> PrepSpec {
     let spec = crate::window::WindowSpec::from_config(cfg);
     PrepSpec {
         recur: cfg.model.output_recurrence.then(|| {
-            cfg.model.quantiles.iter().position(|q| *q == 0.5).unwrap_or(0) as i64 * cfg.model.horizon
+            cfg.model
+                .quantiles
+                .iter()
+                .position(|q| *q == 0.5)
+                .unwrap_or(0) as i64
+                * cfg.model.horizon
         }),
         quantiles: cfg.model.quantiles.clone(),
         key: "key".into(),
@@ -185,7 +190,10 @@ pub fn prep_spec(cfg: &PipelineConfig, t: &TrainConfig) -> PrepSpec {
         head: cfg.model.head,
         context: t.context,
         stride: t.stride,
-        val_windows: t.val_windows.unwrap_or(cfg.model.horizon * 2).max(cfg.model.horizon),
+        val_windows: t
+            .val_windows
+            .unwrap_or(cfg.model.horizon * 2)
+            .max(cfg.model.horizon),
         time_range: None,
         warmup: cfg.model.warmup_windows as i64,
     }
@@ -222,7 +230,9 @@ fn masked_loss(pred: &Tensor, y: &Tensor, mask: &Tensor, loss: &Loss) -> (Tensor
         Loss::Mae => (pred - y).abs(),
         Loss::Pinball(qs) => {
             let nq = qs.len() as i64;
-            let q = Tensor::from_slice(qs).to_kind(Kind::Float).repeat_interleave_self_int(h, Some(0), None::<i64>);
+            let q = Tensor::from_slice(qs)
+                .to_kind(Kind::Float)
+                .repeat_interleave_self_int(h, Some(0), None::<i64>);
             let e = y.repeat([1, 1, nq]) - pred; // y - p
             let q = q.view([1, 1, -1]);
             (&e * &q).maximum(&(&e * (q - 1.0)))
@@ -238,14 +248,29 @@ fn masked_loss(pred: &Tensor, y: &Tensor, mask: &Tensor, loss: &Loss) -> (Tensor
 /// `train`, backpropagates each chunk on its own. Returns (sum of loss,
 /// count of terms).
 #[cfg(test)]
-fn run_batch(net: &Network, b: &prep::Batch, tbptt: i64, loss: &Loss, dropout: f64, train: bool) -> (f64, f64) {
+fn run_batch(
+    net: &Network,
+    b: &prep::Batch,
+    tbptt: i64,
+    loss: &Loss,
+    dropout: f64,
+    train: bool,
+) -> (f64, f64) {
     run_batch_with(net, b, tbptt, loss, dropout, train, None)
 }
 
 /// `run_batch`; with `recur = Some(i)`, output recurrence: the inputs' last
 /// column is replaced, step by step, by output column `i` of the previous
 /// step (the fed-back one-step output), so the chunk runs one step at a time.
-fn run_batch_with(net: &Network, b: &prep::Batch, tbptt: i64, loss: &Loss, dropout: f64, train: bool, recur: Option<i64>) -> (f64, f64) {
+fn run_batch_with(
+    net: &Network,
+    b: &prep::Batch,
+    tbptt: i64,
+    loss: &Loss,
+    dropout: f64,
+    train: bool,
+    recur: Option<i64>,
+) -> (f64, f64) {
     let bsz = b.x.size()[0];
     let l = b.x.size()[1];
     let n_in = b.x.size()[2];
@@ -260,7 +285,8 @@ fn run_batch_with(net: &Network, b: &prep::Batch, tbptt: i64, loss: &Loss, dropo
         prev = prev.detach();
         let pred = match recur {
             None => {
-                let (pred, hn, cn) = net.forward_seq(&b.x.narrow(1, t0, len), &h, c.as_ref(), dropout, train);
+                let (pred, hn, cn) =
+                    net.forward_seq(&b.x.narrow(1, t0, len), &h, c.as_ref(), dropout, train);
                 h = hn;
                 c = cn;
                 pred
@@ -268,8 +294,15 @@ fn run_batch_with(net: &Network, b: &prep::Batch, tbptt: i64, loss: &Loss, dropo
             Some(col) => {
                 let mut preds = Vec::with_capacity(len as usize);
                 for t in t0..t0 + len {
-                    let x = Tensor::cat(&[b.x.select(1, t).narrow(1, 0, n_in - 1), prev.shallow_clone()], 1);
-                    let (y, hn, cn) = net.step(&x, &h, c.as_ref(), if train { dropout } else { 0.0 });
+                    let x = Tensor::cat(
+                        &[
+                            b.x.select(1, t).narrow(1, 0, n_in - 1),
+                            prev.shallow_clone(),
+                        ],
+                        1,
+                    );
+                    let (y, hn, cn) =
+                        net.step(&x, &h, c.as_ref(), if train { dropout } else { 0.0 });
                     prev = y.narrow(1, col, 1);
                     h = hn;
                     c = cn;
@@ -278,7 +311,12 @@ fn run_batch_with(net: &Network, b: &prep::Batch, tbptt: i64, loss: &Loss, dropo
                 Tensor::stack(&preds, 1)
             }
         };
-        let (s, n) = masked_loss(&pred, &b.y.narrow(1, t0, len), &b.loss_mask.narrow(1, t0, len), loss);
+        let (s, n) = masked_loss(
+            &pred,
+            &b.y.narrow(1, t0, len),
+            &b.loss_mask.narrow(1, t0, len),
+            loss,
+        );
         let n_f = f64::try_from(&n).unwrap_or(0.0);
         if train && n_f > 0.0 {
             // Normalised per chunk by the batch's terms so chunks weigh alike.
@@ -377,7 +415,9 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
     // drawn under the seeding lock in `Network::new`).
     drop(crate::model::seed_global(cfg.seed as i64));
     let started = Instant::now();
-    let mut opt = nn::Adam::default().wd(cfg.weight_decay).build(&net.vs, cfg.lr)?;
+    let mut opt = nn::Adam::default()
+        .wd(cfg.weight_decay)
+        .build(&net.vs, cfg.lr)?;
     let burn = cfg.burn_in.min(data.context - 1);
     let loss = Loss::of(cfg, &data.quantiles);
     let baseline = baseline_loss(data, cfg);
@@ -409,7 +449,11 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
             let (cs, cn) = run_batch_with(net, &b, cfg.tbptt, &loss, cfg.dropout, true, data.recur);
             let norm = clip_global_norm(&net.vs, cfg.clip_norm);
             report.max_grad_norm = report.max_grad_norm.max(norm);
-            let clipped = if cfg.clip_norm > 0.0 { norm.min(cfg.clip_norm) } else { norm };
+            let clipped = if cfg.clip_norm > 0.0 {
+                norm.min(cfg.clip_norm)
+            } else {
+                norm
+            };
             report.max_clipped_norm = report.max_clipped_norm.max(clipped);
             if !cs.is_finite() || !norm.is_finite() {
                 report.diverged = true;
@@ -420,7 +464,10 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
             s += cs;
             n += cn;
             samples += chunk.len();
-            if cfg.max_seconds.is_some_and(|m| started.elapsed().as_secs_f64() > m) {
+            if cfg
+                .max_seconds
+                .is_some_and(|m| started.elapsed().as_secs_f64() > m)
+            {
                 break;
             }
             if cancelled() {
@@ -447,12 +494,25 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
         }
         let sps = samples as f64 / started.elapsed().as_secs_f64().max(1e-9);
         bar.set_position(epoch as u64);
-        bar.set_message(format!("train {train_loss:.4}  val {val:.4}  (baseline {baseline:.4})  {sps:.0} samples/s"));
+        bar.set_message(format!(
+            "train {train_loss:.4}  val {val:.4}  (baseline {baseline:.4})  {sps:.0} samples/s"
+        ));
         if !bar.is_hidden() {
         } else {
-            tracing::info!(epoch, train_loss, val_loss = val, baseline_val_loss = baseline, samples_per_sec = sps, "epoch");
+            tracing::info!(
+                epoch,
+                train_loss,
+                val_loss = val,
+                baseline_val_loss = baseline,
+                samples_per_sec = sps,
+                "epoch"
+            );
         }
-        if since_best >= cfg.patience || cfg.max_seconds.is_some_and(|m| started.elapsed().as_secs_f64() > m) {
+        if since_best >= cfg.patience
+            || cfg
+                .max_seconds
+                .is_some_and(|m| started.elapsed().as_secs_f64() > m)
+        {
             break;
         }
     }
@@ -474,7 +534,10 @@ fn progress(n: u64) -> indicatif::ProgressBar {
 }
 
 fn snapshot(vs: &nn::VarStore) -> BTreeMap<String, Tensor> {
-    vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect()
+    vs.variables()
+        .into_iter()
+        .map(|(k, v)| (k, v.detach().copy()))
+        .collect()
 }
 
 fn restore(vs: &mut nn::VarStore, w: &BTreeMap<String, Tensor>) {
@@ -495,14 +558,24 @@ pub struct Trained {
 }
 
 /// Trains a fresh network for a pipeline on window Parquet files.
-pub fn train_from_windows(cfg: &PipelineConfig, t: &TrainConfig, windows: &[PathBuf], init: Option<&Network>) -> Result<Trained> {
+pub fn train_from_windows(
+    cfg: &PipelineConfig,
+    t: &TrainConfig,
+    windows: &[PathBuf],
+    init: Option<&Network>,
+) -> Result<Trained> {
     let data = prepare(windows, &prep_spec(cfg, t))?;
     train_prepared(cfg, t, &data, init)
 }
 
 /// Trains on prepared data, from `init`'s weights when given (fine-tuning
 /// the champion), else from a fresh seeded initialisation.
-pub fn train_prepared(cfg: &PipelineConfig, t: &TrainConfig, data: &Prepared, init: Option<&Network>) -> Result<Trained> {
+pub fn train_prepared(
+    cfg: &PipelineConfig,
+    t: &TrainConfig,
+    data: &Prepared,
+    init: Option<&Network>,
+) -> Result<Trained> {
     let mut spec = ModelSpec::untrained(cfg);
     let device = crate::model::device_for(&cfg.model.device);
     let mut net = Network::for_spec(&spec, device, t.seed as i64);
@@ -539,8 +612,10 @@ pub fn train_prepared(cfg: &PipelineConfig, t: &TrainConfig, data: &Prepared, in
 pub fn save(trained: &Trained, dir: &std::path::Path) -> Result<PathBuf> {
     let out = dir.join(&trained.spec.version);
     artifact::save(&trained.net, &trained.spec, &out)?;
-    let report = serde_json::to_string_pretty(&trained.report).map_err(|e| Error::Model(e.to_string()))?;
-    std::fs::write(out.join("train_report.json"), report).map_err(|e| Error::io(format!("writing {}", out.display()), e))?;
+    let report =
+        serde_json::to_string_pretty(&trained.report).map_err(|e| Error::Model(e.to_string()))?;
+    std::fs::write(out.join("train_report.json"), report)
+        .map_err(|e| Error::io(format!("writing {}", out.display()), e))?;
     Ok(out)
 }
 
@@ -548,7 +623,10 @@ pub fn save(trained: &Trained, dir: &std::path::Path) -> Result<PathBuf> {
 /// own window stage, closing every window up to the newest event time minus
 /// the allowed lateness (as a backfill does). The batches have the archive's
 /// schema.
-pub fn windows_from_events(cfg: &PipelineConfig, events: &arrow::array::RecordBatch) -> Vec<arrow::array::RecordBatch> {
+pub fn windows_from_events(
+    cfg: &PipelineConfig,
+    events: &arrow::array::RecordBatch,
+) -> Vec<arrow::array::RecordBatch> {
     windows_from_events_until(cfg, events, None)
 }
 
@@ -579,8 +657,13 @@ pub fn windows_from_events_until(
 }
 
 /// Writes window batches to one Parquet file (the archive's format).
-pub fn write_windows(batches: &[arrow::array::RecordBatch], schema: arrow::datatypes::SchemaRef, path: &std::path::Path) -> Result<()> {
-    let file = std::fs::File::create(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+pub fn write_windows(
+    batches: &[arrow::array::RecordBatch],
+    schema: arrow::datatypes::SchemaRef,
+    path: &std::path::Path,
+) -> Result<()> {
+    let file = std::fs::File::create(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
     let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None)?;
     for b in batches {
         w.write(b)?;

@@ -105,13 +105,16 @@ fn pe(e: PolarsError) -> Error {
 /// Reads window Parquet files and prepares tensors.
 pub fn prepare(paths: &[PathBuf], spec: &PrepSpec) -> Result<Prepared> {
     if paths.is_empty() {
-        return Err(Error::Model("no training data: no window files given".into()));
+        return Err(Error::Model(
+            "no training data: no window files given".into(),
+        ));
     }
     let scans = paths
         .iter()
         .map(|p| {
             let s = p.to_string_lossy().to_string();
-            LazyFrame::scan_parquet(PlRefPath::new(s.as_str()), ScanArgsParquet::default()).map_err(pe)
+            LazyFrame::scan_parquet(PlRefPath::new(s.as_str()), ScanArgsParquet::default())
+                .map_err(pe)
         })
         .collect::<Result<Vec<_>>>()?;
     let lf = concat(scans, UnionArgs::default()).map_err(pe)?;
@@ -123,18 +126,41 @@ pub fn prepare_lazy(lf: LazyFrame, spec: &PrepSpec) -> Result<Prepared> {
     let k = || [col(spec.key.as_str())];
     let h_max = spec.horizon;
     let season = spec.season.max(1);
-    let mut sel: Vec<Expr> = vec![col(spec.key.as_str()), col("window_end").cast(DataType::Int64).alias("end_ms")];
-    sel.extend(spec.value_fields.iter().map(|f| col(f.as_str()).cast(DataType::Float64)));
-    sel.extend(spec.covariates.iter().map(|f| col(f.as_str()).cast(DataType::Float64)));
+    let mut sel: Vec<Expr> = vec![
+        col(spec.key.as_str()),
+        col("window_end").cast(DataType::Int64).alias("end_ms"),
+    ];
+    sel.extend(
+        spec.value_fields
+            .iter()
+            .map(|f| col(f.as_str()).cast(DataType::Float64)),
+    );
+    sel.extend(
+        spec.covariates
+            .iter()
+            .map(|f| col(f.as_str()).cast(DataType::Float64)),
+    );
     let mut lf = lf.select(sel);
     if let Some((a, b)) = spec.time_range {
         lf = lf.filter(col("end_ms").gt_eq(lit(a)).and(col("end_ms").lt_eq(lit(b))));
     }
     let mut lf = lf
-        .sort([spec.key.as_str(), "end_ms"], SortMultipleOptions::default())
+        .sort(
+            [spec.key.as_str(), "end_ms"],
+            SortMultipleOptions::default(),
+        )
         .with_columns([
-            col(spec.key.as_str()).cum_count(false).over(k()).map_err(pe)?.cast(DataType::Int64).alias("__seen"),
-            len().over(k()).map_err(pe)?.cast(DataType::Int64).alias("__len"),
+            col(spec.key.as_str())
+                .cum_count(false)
+                .over(k())
+                .map_err(pe)?
+                .cast(DataType::Int64)
+                .alias("__seen"),
+            len()
+                .over(k())
+                .map_err(pe)?
+                .cast(DataType::Int64)
+                .alias("__len"),
         ]);
     // The online scaler, per field, exactly as `StateStore::update_scaler`.
     let mut scaled = Vec::new();
@@ -142,30 +168,55 @@ pub fn prepare_lazy(lf: LazyFrame, spec: &PrepSpec) -> Result<Prepared> {
         let x = col(f.as_str());
         let present = x.clone().is_not_nan();
         let x0 = when(present.clone()).then(x.clone()).otherwise(lit(0.0));
-        let n = present.clone().cast(DataType::Float64).cum_sum(false).over(k()).map_err(pe)?;
+        let n = present
+            .clone()
+            .cast(DataType::Float64)
+            .cum_sum(false)
+            .over(k())
+            .map_err(pe)?;
         let nn = when(n.clone().gt(lit(1.0))).then(n).otherwise(lit(1.0));
         let mean = x0.clone().cum_sum(false).over(k()).map_err(pe)? / nn.clone();
-        let var = (x0.clone() * x0).cum_sum(false).over(k()).map_err(pe)? / nn - mean.clone() * mean.clone();
+        let var = (x0.clone() * x0).cum_sum(false).over(k()).map_err(pe)? / nn
+            - mean.clone() * mean.clone();
         let var = when(var.clone().gt(lit(0.0))).then(var).otherwise(lit(0.0));
         let sd = var.sqrt();
         let floor = mean.clone().abs() * lit(1e-3) + lit(1e-6);
         let scale = when(sd.clone().gt(floor.clone())).then(sd).otherwise(floor);
-        lf = lf.with_columns([mean.alias(format!("__mean_{f}")), scale.alias(format!("__scale_{f}"))]);
+        lf = lf.with_columns([
+            mean.alias(format!("__mean_{f}")),
+            scale.alias(format!("__scale_{f}")),
+        ]);
         let scaled_f = when(present)
-            .then(clamped((x - col(format!("__mean_{f}"))) / col(format!("__scale_{f}"))))
+            .then(clamped(
+                (x - col(format!("__mean_{f}"))) / col(format!("__scale_{f}")),
+            ))
             .otherwise(lit(0.0))
             .alias(format!("__in_{f}"));
         scaled.push(scaled_f);
     }
     let target = spec.value_fields[0].as_str();
-    let (mean0, scale0) = (col(format!("__mean_{target}")), col(format!("__scale_{target}")));
+    let (mean0, scale0) = (
+        col(format!("__mean_{target}")),
+        col(format!("__scale_{target}")),
+    );
     let mut cols = scaled;
-    cols.push(col(target).is_nan().cast(DataType::Float64).alias("__in_missing"));
+    cols.push(
+        col(target)
+            .is_nan()
+            .cast(DataType::Float64)
+            .alias("__in_missing"),
+    );
     // Lags, scaled with the scaler of the current window, unknown = 0: what
     // `StateStore::lags` gives at runtime.
     for j in 1..=spec.lags {
-        let z = clamped((col(target).shift(lit(j)).over(k()).map_err(pe)? - mean0.clone()) / scale0.clone());
-        cols.push(z.fill_nan(lit(0.0)).fill_null(lit(0.0)).alias(format!("__lag{j}")));
+        let z = clamped(
+            (col(target).shift(lit(j)).over(k()).map_err(pe)? - mean0.clone()) / scale0.clone(),
+        );
+        cols.push(
+            z.fill_nan(lit(0.0))
+                .fill_null(lit(0.0))
+                .alias(format!("__lag{j}")),
+        );
     }
     let mut lf = lf.with_columns(cols);
     // Targets per horizon step, in the head's units.
@@ -175,8 +226,12 @@ pub fn prepare_lazy(lf: LazyFrame, spec: &PrepSpec) -> Result<Prepared> {
         let y = col(target).shift(lit(-h)).over(k()).map_err(pe)?;
         let back = season - 1 - ((h - 1) % season);
         let seasonal = col(target).shift(lit(back)).over(k()).map_err(pe)?;
-        let snaive = when(col("__seen").gt_eq(lit(season))).then(seasonal).otherwise(col(target));
-        let snaive = when(snaive.clone().is_nan()).then(mean0.clone()).otherwise(snaive);
+        let snaive = when(col("__seen").gt_eq(lit(season)))
+            .then(seasonal)
+            .otherwise(col(target));
+        let snaive = when(snaive.clone().is_nan())
+            .then(mean0.clone())
+            .otherwise(snaive);
         let b = (snaive.clone() - mean0.clone()) / scale0.clone();
         let resid = (y - snaive) / scale0.clone();
         let t = match spec.head {
@@ -193,20 +248,32 @@ pub fn prepare_lazy(lf: LazyFrame, spec: &PrepSpec) -> Result<Prepared> {
         base.push(zero_out);
     }
     lf = lf.with_columns(tgt);
-    let base_cols: Vec<Expr> = base.into_iter().enumerate().map(|(i, e)| e.alias(format!("__b{}", i + 1))).collect();
+    let base_cols: Vec<Expr> = base
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| e.alias(format!("__b{}", i + 1)))
+        .collect();
     lf = lf.with_columns(base_cols);
     let df = lf.collect().map_err(pe)?;
     tensors(&df, spec)
 }
 
 fn f64_col(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
-    let c = df.column(name).map_err(pe)?.cast(&DataType::Float64).map_err(pe)?;
+    let c = df
+        .column(name)
+        .map_err(pe)?
+        .cast(&DataType::Float64)
+        .map_err(pe)?;
     let ca = c.f64().map_err(pe)?;
     Ok(ca.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
 }
 
 fn i64_col(df: &DataFrame, name: &str) -> Result<Vec<i64>> {
-    let c = df.column(name).map_err(pe)?.cast(&DataType::Int64).map_err(pe)?;
+    let c = df
+        .column(name)
+        .map_err(pe)?
+        .cast(&DataType::Int64)
+        .map_err(pe)?;
     let ca = c.i64().map_err(pe)?;
     Ok(ca.iter().map(|v| v.unwrap_or(0)).collect())
 }
@@ -222,9 +289,15 @@ fn stack(df: &DataFrame, names: &[String]) -> Result<Tensor> {
 fn tensors(df: &DataFrame, spec: &PrepSpec) -> Result<Prepared> {
     let rows = df.height() as i64;
     if rows == 0 {
-        return Err(Error::Model("no training data: the window files hold no rows in the range".into()));
+        return Err(Error::Model(
+            "no training data: the window files hold no rows in the range".into(),
+        ));
     }
-    let mut in_names: Vec<String> = spec.value_fields.iter().map(|f| format!("__in_{f}")).collect();
+    let mut in_names: Vec<String> = spec
+        .value_fields
+        .iter()
+        .map(|f| format!("__in_{f}"))
+        .collect();
     in_names.push("__in_missing".into());
     in_names.extend(spec.covariates.iter().cloned());
     in_names.extend((1..=spec.lags).map(|j| format!("__lag{j}")));
@@ -249,13 +322,18 @@ fn tensors(df: &DataFrame, spec: &PrepSpec) -> Result<Prepared> {
         keys.push((r, n));
         r += n;
     }
-    let complete = targets.isfinite().all_dim(1, false).logical_and(&Tensor::from_slice(&seen).gt(spec.warmup));
+    let complete = targets
+        .isfinite()
+        .all_dim(1, false)
+        .logical_and(&Tensor::from_slice(&seen).gt(spec.warmup));
     let pos = Tensor::from_slice(&seen) - 1;
     let len = Tensor::from_slice(&lens);
     let (h, v) = (spec.horizon, spec.val_windows.max(spec.horizon));
     // Origin t (0-based position): validation if t+1 >= len-V and t+H <= len-1;
     // training if t+H <= len-V-1 (no target in the validation windows).
-    let val_origin = complete.logical_and(&pos.ge_tensor(&(&len - v - 1))).logical_and(&(&pos + h).le_tensor(&(&len - 1)));
+    let val_origin = complete
+        .logical_and(&pos.ge_tensor(&(&len - v - 1)))
+        .logical_and(&(&pos + h).le_tensor(&(&len - 1)));
     let train_origin = complete.logical_and(&(&pos + h).le_tensor(&(&len - v - 1)));
     let train_mask = Vec::<bool>::try_from(&train_origin)?;
     let mut train_ends = Vec::new();
@@ -316,7 +394,9 @@ impl Prepared {
     pub fn batch(&self, ends: &[i64], origin: &Tensor, burn_in: i64) -> Batch {
         let l = self.context;
         let e = Tensor::from_slice(ends).unsqueeze(1); // [B, 1]
-        let first = Tensor::from_slice(&ends.iter().map(|&x| self.key_first(x)).collect::<Vec<_>>()).unsqueeze(1);
+        let first =
+            Tensor::from_slice(&ends.iter().map(|&x| self.key_first(x)).collect::<Vec<_>>())
+                .unsqueeze(1);
         let steps = Tensor::arange(l, (Kind::Int64, tch::Device::Cpu)).unsqueeze(0) - (l - 1); // [1, L]: -(L-1)..0
         let idx = &e + steps; // [B, L]
         let valid = idx.ge_tensor(&first);
@@ -327,7 +407,9 @@ impl Prepared {
         let y = self.targets.index_select(0, &flat).view([b, l, -1]);
         let base = self.baseline.index_select(0, &flat).view([b, l, -1]);
         let in_loss = origin.index_select(0, &flat).view([b, l]);
-        let warm = Tensor::arange(l, (Kind::Int64, tch::Device::Cpu)).ge(burn_in).unsqueeze(0);
+        let warm = Tensor::arange(l, (Kind::Int64, tch::Device::Cpu))
+            .ge(burn_in)
+            .unsqueeze(0);
         let loss_mask = in_loss.logical_and(&valid).logical_and(&warm);
         Batch {
             x,

@@ -32,23 +32,44 @@ dead_letter_topic = "dlq"
 }
 
 /// Hourly seasonal series with noise: 10 + a*sin(2*pi*t/24 + p) + N(0, 0.5^2).
-fn seasonal_windows(cfg: &PipelineConfig, keys: usize, hours: i64, dir: &std::path::Path) -> Vec<PathBuf> {
+fn seasonal_windows(
+    cfg: &PipelineConfig,
+    keys: usize,
+    hours: i64,
+    dir: &std::path::Path,
+) -> Vec<PathBuf> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let mut b = EventsBuilder::new(events_schema(&cfg.decode.value_fields), keys * hours as usize);
-    let params: Vec<(f64, f64)> = (0..keys).map(|_| (rng.random_range(2.0..6.0), rng.random_range(0.0..6.28))).collect();
+    let mut b = EventsBuilder::new(
+        events_schema(&cfg.decode.value_fields),
+        keys * hours as usize,
+    );
+    let params: Vec<(f64, f64)> = (0..keys)
+        .map(|_| (rng.random_range(2.0..6.0), rng.random_range(0.0..6.28)))
+        .collect();
     for t in 0..hours {
         for (k, (a, p)) in params.iter().enumerate() {
             let u1: f64 = rng.random::<f64>().max(1e-12);
             let u2: f64 = rng.random();
             let noise = (-2.0 * u1.ln()).sqrt() * (6.283 * u2).cos() * 0.5;
             let v = 10.0 + a * (6.283 * t as f64 / 24.0 + p).sin() + noise;
-            b.push(&format!("k{k}"), t * 3_600_000 + 1_800_000, 0, t * keys as i64 + k as i64, &[v]);
+            b.push(
+                &format!("k{k}"),
+                t * 3_600_000 + 1_800_000,
+                0,
+                t * keys as i64 + k as i64,
+                &[v],
+            );
         }
     }
     let windows = windows_from_events(cfg, &b.finish());
     let path = dir.join("w.parquet");
-    write_windows(&windows, WindowSpec::from_config(cfg).windows_schema(), &path).unwrap();
+    write_windows(
+        &windows,
+        WindowSpec::from_config(cfg).windows_schema(),
+        &path,
+    )
+    .unwrap();
     vec![path]
 }
 
@@ -86,7 +107,11 @@ fn learns_a_noisy_season_well_below_seasonal_naive() {
         r.best_val_loss,
         r.baseline_val_loss
     );
-    assert!(r.train_loss.first() > r.train_loss.last(), "training loss falls: {:?}", r.train_loss);
+    assert!(
+        r.train_loss.first() > r.train_loss.last(),
+        "training loss falls: {:?}",
+        r.train_loss
+    );
 }
 
 #[test]
@@ -129,13 +154,22 @@ fn tbptt_never_backpropagates_past_its_truncation() {
     // Loss only at the last step (19). Chunks: [0,8) [8,16) [16,20).
     let b = toy_batch(l, spec.shape.input, spec.horizon);
     run_batch(&net, &b, k, &Loss::Mse, 0.0, true);
-    let g = b.x.grad().abs().sum_dim_intlist([0i64, 2].as_slice(), false, Kind::Float);
+    let g =
+        b.x.grad()
+            .abs()
+            .sum_dim_intlist([0i64, 2].as_slice(), false, Kind::Float);
     let g = Vec::<f32>::try_from(&g).unwrap();
     for (t, v) in g.iter().enumerate() {
         if t < 16 {
-            assert_eq!(*v, 0.0, "gradient reached step {t}, beyond the truncation: {g:?}");
+            assert_eq!(
+                *v, 0.0,
+                "gradient reached step {t}, beyond the truncation: {g:?}"
+            );
         } else {
-            assert!(*v > 0.0, "no gradient at step {t} inside the last chunk: {g:?}");
+            assert!(
+                *v > 0.0,
+                "no gradient at step {t} inside the last chunk: {g:?}"
+            );
         }
     }
     // Without truncation the gradient reaches the first step: the case matters.
@@ -175,8 +209,16 @@ fn sequence_kernels_match_the_cells_step_by_step() {
         let (y1, h1, c1) = tch::no_grad(|| net.forward_seq(&xs, &h0, c0.as_ref(), 0.0, false));
         let (y2, h2, c2) = tch::no_grad(|| net.forward_steps(&xs, &h0, c0.as_ref()));
         let d = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap();
-        assert!(d(&y1, &y2) < 1e-5, "{cell}: outputs differ by {}", d(&y1, &y2));
-        assert!(d(&h1, &h2) < 1e-5, "{cell}: states differ by {}", d(&h1, &h2));
+        assert!(
+            d(&y1, &y2) < 1e-5,
+            "{cell}: outputs differ by {}",
+            d(&y1, &y2)
+        );
+        assert!(
+            d(&h1, &h2) < 1e-5,
+            "{cell}: states differ by {}",
+            d(&h1, &h2)
+        );
         if let (Some(a), Some(b)) = (c1, c2) {
             assert!(d(&a, &b) < 1e-5, "{cell}: cell states differ");
         }
@@ -192,25 +234,42 @@ fn quantile_head_learns_intervals_with_the_pinball_loss() {
     let files = seasonal_windows(&cfg, 6, 24 * 30, dir.path());
     let trained = train_from_windows(&cfg, &quick(8), &files, None).unwrap();
     let r = &trained.report;
-    assert!(r.best_val_loss < 0.8 * r.baseline_val_loss, "pinball {} vs baseline {}", r.best_val_loss, r.baseline_val_loss);
+    assert!(
+        r.best_val_loss < 0.8 * r.baseline_val_loss,
+        "pinball {} vs baseline {}",
+        r.best_val_loss,
+        r.baseline_val_loss
+    );
     // Run the live stage over the windows: intervals are ordered and cover
     // roughly 80% of what happens next.
-    let mut stage = crate::model::Forecaster::new(trained.net, trained.spec, 1, cfg.model.warmup_windows);
+    let mut stage =
+        crate::model::Forecaster::new(trained.net, trained.spec, 1, cfg.model.warmup_windows);
     let f = std::fs::File::open(&files[0]).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap();
     let mut series: std::collections::BTreeMap<String, Vec<(f64, [f64; 3])>> = Default::default();
     for b in reader {
         let b = b.unwrap();
         let out = stage.forecast(&b).unwrap();
         let keys = b.column(0).as_string::<i32>();
-        let vals = b.column(crate::window::FIRST_AGG_COLUMN).as_primitive::<arrow::datatypes::Float64Type>();
+        let vals = b
+            .column(crate::window::FIRST_AGG_COLUMN)
+            .as_primitive::<arrow::datatypes::Float64Type>();
         let q = out.column(5).as_fixed_size_list();
-        let qv = q.values().as_primitive::<arrow::datatypes::Float64Type>().values();
+        let qv = q
+            .values()
+            .as_primitive::<arrow::datatypes::Float64Type>()
+            .values();
         let w = q.value_length() as usize; // 3 quantiles x 6 steps
         for i in 0..b.num_rows() {
             // One-step-ahead quantiles (step 1 of each quantile block).
             let one = [qv[i * w], qv[i * w + 6], qv[i * w + 12]];
-            series.entry(keys.value(i).to_string()).or_default().push((vals.value(i), one));
+            series
+                .entry(keys.value(i).to_string())
+                .or_default()
+                .push((vals.value(i), one));
         }
     }
     let (mut inside, mut total) = (0, 0);
@@ -245,7 +304,12 @@ fn seq2seq_decoder_learns_and_agrees_between_step_and_sequence() {
     let files = seasonal_windows(&cfg, 6, 24 * 30, dir.path());
     let trained = train_from_windows(&cfg, &quick(8), &files, None).unwrap();
     let r = &trained.report;
-    assert!(r.best_val_loss < 0.8 * r.baseline_val_loss, "seq2seq val {} vs seasonal naive {}", r.best_val_loss, r.baseline_val_loss);
+    assert!(
+        r.best_val_loss < 0.8 * r.baseline_val_loss,
+        "seq2seq val {} vs seasonal naive {}",
+        r.best_val_loss,
+        r.baseline_val_loss
+    );
 }
 
 #[test]
@@ -254,15 +318,26 @@ fn output_recurrence_trains_and_matches_the_live_stage_features() {
     let mut cfg = pipeline("gru", "residual");
     cfg.model.output_recurrence = true;
     let features = crate::model::feature_names(&cfg);
-    assert_eq!(features.last().map(String::as_str), Some(crate::model::PREV_OUTPUT));
+    assert_eq!(
+        features.last().map(String::as_str),
+        Some(crate::model::PREV_OUTPUT)
+    );
     let files = seasonal_windows(&cfg, 4, 24 * 20, dir.path());
     let trained = train_from_windows(&cfg, &quick(4), &files, None).unwrap();
     assert!(!trained.report.diverged);
-    assert!(trained.report.best_val_loss < trained.report.baseline_val_loss, "{:?}", trained.report);
+    assert!(
+        trained.report.best_val_loss < trained.report.baseline_val_loss,
+        "{:?}",
+        trained.report
+    );
     // The live stage takes the same network (input size includes the fed-back output).
-    let mut stage = crate::model::Forecaster::new(trained.net, trained.spec, 1, cfg.model.warmup_windows);
+    let mut stage =
+        crate::model::Forecaster::new(trained.net, trained.spec, 1, cfg.model.warmup_windows);
     let f = std::fs::File::open(&files[0]).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap();
     for b in reader {
         let out = stage.forecast(&b.unwrap()).unwrap();
         assert!(out.num_rows() > 0);
@@ -279,7 +354,10 @@ fn probe_training_step_speed() {
     cfg.model.lags = Some(168);
     let spec = crate::model::ModelSpec::untrained(&cfg);
     let net = Network::for_spec(&spec, tch::Device::Cpu, 1);
-    let threads: i32 = std::env::var("PROBE_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let threads: i32 = std::env::var("PROBE_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     tch::set_num_threads(threads);
     for (name, recur) in [("sequence kernel", None), ("step loop", Some(0i64))] {
         let b = prep::Batch {
@@ -293,6 +371,9 @@ fn probe_training_step_speed() {
         for _ in 0..3 {
             run_batch_with(&net, &b, 48, &Loss::Mae, 0.0, true, recur);
         }
-        eprintln!("{name}: {:.1} ms per batch of 64x240", t.elapsed().as_secs_f64() * 1000.0 / 3.0);
+        eprintln!(
+            "{name}: {:.1} ms per batch of 64x240",
+            t.elapsed().as_secs_f64() * 1000.0 / 3.0
+        );
     }
 }

@@ -60,7 +60,9 @@ pub fn nab_events(dir: &Path) -> Vec<NabEvent> {
         let key = f.file_stem().unwrap().to_string_lossy().to_string();
         let text = std::fs::read_to_string(&f).unwrap();
         for line in text.lines().skip(1) {
-            let Some((ts, v)) = line.split_once(',') else { continue };
+            let Some((ts, v)) = line.split_once(',') else {
+                continue;
+            };
             let ts_ms = chrono::NaiveDateTime::parse_from_str(ts.trim(), "%Y-%m-%d %H:%M:%S")
                 .unwrap_or_else(|e| panic!("{}: bad time {ts:?}: {e}", f.display()))
                 .and_utc()
@@ -115,7 +117,8 @@ pub fn read_topic(
         .expect("metadata");
     let mut tpl = TopicPartitionList::new();
     for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let start = Instant::now();
@@ -124,8 +127,14 @@ pub fn read_topic(
     loop {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
-                let k = m.key().map(|k| String::from_utf8_lossy(k).to_string()).unwrap_or_default();
-                let v = m.payload().map(|p| String::from_utf8_lossy(p).to_string()).unwrap_or_default();
+                let k = m
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).to_string())
+                    .unwrap_or_default();
+                let v = m
+                    .payload()
+                    .map(|p| String::from_utf8_lossy(p).to_string())
+                    .unwrap_or_default();
                 out.push((k, v));
                 last_new = Instant::now();
             }

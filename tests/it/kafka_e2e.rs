@@ -27,7 +27,11 @@ struct Setup {
 fn setup(name: &str) -> Setup {
     let s = rand_suffix();
     let dir = tempfile::tempdir().unwrap();
-    let (input, output, dlq) = (format!("it.{name}.in.{s}"), format!("it.{name}.out.{s}"), format!("it.{name}.dlq.{s}"));
+    let (input, output, dlq) = (
+        format!("it.{name}.in.{s}"),
+        format!("it.{name}.out.{s}"),
+        format!("it.{name}.dlq.{s}"),
+    );
     let body = format!(
         r#"
 name = "it-{name}-{s}"
@@ -80,7 +84,8 @@ fn expected_windows(events: &[NabEvent]) -> BTreeSet<(String, i64)> {
 fn parse_forecasts(raw: &[(String, String)]) -> Vec<ForecastRecord> {
     raw.iter()
         .map(|(k, v)| {
-            let r: ForecastRecord = serde_json::from_str(v).unwrap_or_else(|e| panic!("bad forecast record {v}: {e}"));
+            let r: ForecastRecord =
+                serde_json::from_str(v).unwrap_or_else(|e| panic!("bad forecast record {v}: {e}"));
             assert_eq!(&r.key, k, "Kafka key is the entity key");
             r
         })
@@ -113,21 +118,47 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
-fn missing(expected: &BTreeSet<(String, i64)>, got: &BTreeSet<(String, i64)>) -> Vec<(String, i64)> {
+fn missing(
+    expected: &BTreeSet<(String, i64)>,
+    got: &BTreeSet<(String, i64)>,
+) -> Vec<(String, i64)> {
     expected.difference(got).take(10).cloned().collect()
 }
 
 /// Bad records of every kind, each with the reason text it must come back with.
 fn bad_records() -> Vec<(String, &'static str)> {
     vec![
-        (r#"{"key":"ec2_cpu_utilization_24ae8d","ts":"2014-02-14 14:30:00","value":1.0"#.into(), "malformed JSON"),
+        (
+            r#"{"key":"ec2_cpu_utilization_24ae8d","ts":"2014-02-14 14:30:00","value":1.0"#.into(),
+            "malformed JSON",
+        ),
         ("not json at all".into(), "malformed JSON"),
-        (r#"{"ts":"2014-02-14 14:30:00","value":1.0}"#.into(), "missing field `key`"),
-        (r#"{"key":"ec2_cpu_utilization_24ae8d","value":1.0}"#.into(), "missing field `ts`"),
-        (r#"{"key":"ec2_cpu_utilization_24ae8d","ts":"2014-02-14 14:30:00"}"#.into(), "missing field `value`"),
-        (r#"{"key":"ec2_cpu_utilization_24ae8d","ts":"2014-02-14 14:30:00","value":"high"}"#.into(), "non-numeric value"),
-        (r#"{"key":"ec2_cpu_utilization_24ae8d","ts":"2014-02-14 14:30:00","value":1e999}"#.into(), "non-finite value"),
-        (r#"{"key":"ec2_cpu_utilization_24ae8d","ts":"Feb 14th","value":1.0}"#.into(), "unparsable timestamp"),
+        (
+            r#"{"ts":"2014-02-14 14:30:00","value":1.0}"#.into(),
+            "missing field `key`",
+        ),
+        (
+            r#"{"key":"ec2_cpu_utilization_24ae8d","value":1.0}"#.into(),
+            "missing field `ts`",
+        ),
+        (
+            r#"{"key":"ec2_cpu_utilization_24ae8d","ts":"2014-02-14 14:30:00"}"#.into(),
+            "missing field `value`",
+        ),
+        (
+            r#"{"key":"ec2_cpu_utilization_24ae8d","ts":"2014-02-14 14:30:00","value":"high"}"#
+                .into(),
+            "non-numeric value",
+        ),
+        (
+            r#"{"key":"ec2_cpu_utilization_24ae8d","ts":"2014-02-14 14:30:00","value":1e999}"#
+                .into(),
+            "non-finite value",
+        ),
+        (
+            r#"{"key":"ec2_cpu_utilization_24ae8d","ts":"Feb 14th","value":1.0}"#.into(),
+            "unparsable timestamp",
+        ),
     ]
 }
 
@@ -135,17 +166,27 @@ fn bad_records() -> Vec<(String, &'static str)> {
 fn forecasts_every_closed_window_once_dead_letters_bad_records_and_matches_backfill() {
     let events = nab_events(&data_dir().join("nab/realAWSCloudwatch"));
     let keys: BTreeSet<&str> = events.iter().map(|e| e.key.as_str()).collect();
-    assert!(keys.len() >= 10, "expected the CloudWatch files, found {} keys", keys.len());
+    assert!(
+        keys.len() >= 10,
+        "expected the CloudWatch files, found {} keys",
+        keys.len()
+    );
     let expected = expected_windows(&events);
     let st = setup("e2e");
     create_topics(&[(&st.input, 3), (&st.output, 3), (&st.dlq, 3)]);
 
     // Good events in time order, with bad records spread among them.
     let bad = bad_records();
-    let mut records: Vec<(String, String)> = events.iter().map(|e| (e.key.clone(), event_json(e))).collect();
+    let mut records: Vec<(String, String)> = events
+        .iter()
+        .map(|e| (e.key.clone(), event_json(e)))
+        .collect();
     let step = records.len() / (bad.len() + 1);
     for (i, (payload, _)) in bad.iter().enumerate().rev() {
-        records.insert((i + 1) * step, ("ec2_cpu_utilization_24ae8d".into(), payload.clone()));
+        records.insert(
+            (i + 1) * step,
+            ("ec2_cpu_utilization_24ae8d".into(), payload.clone()),
+        );
     }
     produce(&st.input, records);
 
@@ -153,36 +194,73 @@ fn forecasts_every_closed_window_once_dead_letters_bad_records_and_matches_backf
     let status = wait_exit(&mut child, Duration::from_secs(600));
     assert!(status.success(), "streamcast run exited with {status}");
 
-    let raw = read_topic(&st.output, Duration::from_secs(2), Duration::from_secs(60), |r| r.len() >= expected.len());
+    let raw = read_topic(
+        &st.output,
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+        |r| r.len() >= expected.len(),
+    );
     let recs = parse_forecasts(&raw);
     let counts = histogram(recs.iter().map(|r| (r.key.clone(), r.window_end_ms)));
     let got: BTreeSet<(String, i64)> = counts.keys().cloned().collect();
-    assert_eq!(got.len(), expected.len(), "missing windows e.g. {:?}", missing(&expected, &got));
-    assert_eq!(got, expected, "spurious windows e.g. {:?}", got.difference(&expected).take(10).collect::<Vec<_>>());
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "missing windows e.g. {:?}",
+        missing(&expected, &got)
+    );
+    assert_eq!(
+        got,
+        expected,
+        "spurious windows e.g. {:?}",
+        got.difference(&expected).take(10).collect::<Vec<_>>()
+    );
     let dups: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).take(5).collect();
-    assert!(dups.is_empty(), "a run without a crash forecasts each window once: {dups:?}");
+    assert!(
+        dups.is_empty(),
+        "a run without a crash forecasts each window once: {dups:?}"
+    );
     for r in &recs {
         assert_eq!(r.forecast.len(), HORIZON);
-        assert!(r.forecast.iter().all(|v| v.is_finite()), "non-finite forecast {r:?}");
+        assert!(
+            r.forecast.iter().all(|v| v.is_finite()),
+            "non-finite forecast {r:?}"
+        );
         assert!(!r.model_version.is_empty());
         assert_eq!(r.step_ms, HOUR);
         assert!(r.source == "model" || r.source == "baseline");
     }
-    assert!(recs.iter().any(|r| r.source == "model"), "after warm-up the model forecasts");
+    assert!(
+        recs.iter().any(|r| r.source == "model"),
+        "after warm-up the model forecasts"
+    );
 
     // Dead letters: every bad record, with its reason and source position.
-    let dlq = read_topic(&st.dlq, Duration::from_secs(2), Duration::from_secs(30), |r| r.len() >= bad.len());
+    let dlq = read_topic(
+        &st.dlq,
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+        |r| r.len() >= bad.len(),
+    );
     assert_eq!(dlq.len(), bad.len(), "dead letters: {dlq:?}");
-    let letters: Vec<serde_json::Value> = dlq.iter().map(|(_, v)| serde_json::from_str(v).unwrap()).collect();
+    let letters: Vec<serde_json::Value> = dlq
+        .iter()
+        .map(|(_, v)| serde_json::from_str(v).unwrap())
+        .collect();
     for (_, want) in &bad {
         assert!(
-            letters.iter().any(|l| l["reason"].as_str().unwrap_or("").contains(want)),
+            letters
+                .iter()
+                .any(|l| l["reason"].as_str().unwrap_or("").contains(want)),
             "no dead letter with reason {want:?} in {letters:?}"
         );
     }
     for l in &letters {
         assert_eq!(l["topic"], st.input.as_str());
-        assert!(l["partition"].as_i64().is_some() && l["offset"].as_i64().is_some(), "{l}");
+        assert!(
+            l["partition"].as_i64().is_some() && l["offset"].as_i64().is_some(),
+            "{l}"
+        );
         assert!(l["payload"].as_str().is_some_and(|p| !p.is_empty()));
     }
 
@@ -211,22 +289,35 @@ fn forecasts_every_closed_window_once_dead_letters_bad_records_and_matches_backf
             max_rel = max_rel.max((x - y).abs() / (1.0 + x.abs().max(y.abs())));
         }
     }
-    assert!(max_rel < 1e-4, "stream and backfill forecasts differ by {max_rel} (relative)");
+    assert!(
+        max_rel < 1e-4,
+        "stream and backfill forecasts differ by {max_rel} (relative)"
+    );
 }
 
 fn read_forecasts_parquet(path: &Path) -> BTreeMap<(String, i64), Vec<f64>> {
     let f = std::fs::File::open(path).unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap();
     let mut out = BTreeMap::new();
     for b in reader {
         let b = b.unwrap();
         let keys = b.column(0).as_string::<i32>();
-        let ends = b.column(1).as_any().downcast_ref::<TimestampMillisecondArray>().unwrap();
+        let ends = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .unwrap();
         let lists = b.column(4).as_fixed_size_list();
         let h = lists.value_length() as usize;
         let vals = lists.values().as_primitive::<Float64Type>().values();
         for i in 0..b.num_rows() {
-            let prev = out.insert((keys.value(i).to_string(), ends.value(i)), vals[i * h..(i + 1) * h].to_vec());
+            let prev = out.insert(
+                (keys.value(i).to_string(), ends.value(i)),
+                vals[i * h..(i + 1) * h].to_vec(),
+            );
             assert!(prev.is_none(), "backfill wrote a window twice");
         }
     }
@@ -239,28 +330,58 @@ fn sigkill_mid_stream_and_restart_loses_no_forecast() {
     let expected = expected_windows(&events);
     let st = setup("crash");
     create_topics(&[(&st.input, 3), (&st.output, 3), (&st.dlq, 3)]);
-    produce(&st.input, events.iter().map(|e| (e.key.clone(), event_json(e))).collect());
+    produce(
+        &st.input,
+        events
+            .iter()
+            .map(|e| (e.key.clone(), event_json(e)))
+            .collect(),
+    );
 
     // First life: killed (SIGKILL, no chance to clean up) once some forecasts are out.
     let mut child = spawn_run(&st.pipeline, &[]);
     let quarter = expected.len() / 4;
-    let early = read_topic(&st.output, Duration::ZERO, Duration::from_secs(300), |r| r.len() >= quarter);
+    let early = read_topic(&st.output, Duration::ZERO, Duration::from_secs(300), |r| {
+        r.len() >= quarter
+    });
     child.kill().expect("SIGKILL");
     let _ = child.wait();
-    assert!(early.len() >= quarter, "only {} forecasts before the kill", early.len());
+    assert!(
+        early.len() >= quarter,
+        "only {} forecasts before the kill",
+        early.len()
+    );
     let before = early.len();
 
     // Second life: must complete every window.
     let mut child = spawn_run(&st.pipeline, &["--exit-when-idle", "6s"]);
     let status = wait_exit(&mut child, Duration::from_secs(600));
-    assert!(status.success(), "restarted streamcast exited with {status}");
+    assert!(
+        status.success(),
+        "restarted streamcast exited with {status}"
+    );
 
-    let raw = read_topic(&st.output, Duration::from_secs(2), Duration::from_secs(60), |_| true);
+    let raw = read_topic(
+        &st.output,
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+        |_| true,
+    );
     let recs = parse_forecasts(&raw);
-    let got: BTreeSet<(String, i64)> = recs.iter().map(|r| (r.key.clone(), r.window_end_ms)).collect();
+    let got: BTreeSet<(String, i64)> = recs
+        .iter()
+        .map(|r| (r.key.clone(), r.window_end_ms))
+        .collect();
     let lost = missing(&expected, &got);
-    assert!(lost.is_empty(), "forecasts lost across the crash, e.g. {lost:?}");
-    assert!(got.is_subset(&expected), "spurious windows: {:?}", got.difference(&expected).take(5).collect::<Vec<_>>());
+    assert!(
+        lost.is_empty(),
+        "forecasts lost across the crash, e.g. {lost:?}"
+    );
+    assert!(
+        got.is_subset(&expected),
+        "spurious windows: {:?}",
+        got.difference(&expected).take(5).collect::<Vec<_>>()
+    );
     // Duplicates are allowed and identifiable by (key, window_end, model_version).
     let versions: BTreeSet<&str> = recs.iter().map(|r| r.model_version.as_str()).collect();
     assert_eq!(versions.len(), 1, "one model version: {versions:?}");

@@ -32,7 +32,11 @@ fn archive_retrain_promote_and_hot_swap_while_running() {
     .collect();
     let s = rand_suffix();
     let dir = tempfile::tempdir().unwrap();
-    let (input, output, dlq) = (format!("it.rt.in.{s}"), format!("it.rt.out.{s}"), format!("it.rt.dlq.{s}"));
+    let (input, output, dlq) = (
+        format!("it.rt.in.{s}"),
+        format!("it.rt.out.{s}"),
+        format!("it.rt.dlq.{s}"),
+    );
     let archive = dir.path().join("archive");
     let models = dir.path().join("models");
     let body = format!(
@@ -87,7 +91,10 @@ dead_letter_topic = "{dlq}"
     let mut child = std::process::Command::new(streamcast_bin())
         .arg("run")
         .arg(&pipeline)
-        .env("RUST_LOG", std::env::var("IT_RETRAIN_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("IT_RETRAIN_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -104,15 +111,27 @@ dead_letter_topic = "{dlq}"
         std::thread::sleep(Duration::from_millis(500));
     };
     let files = streamcast::archive::list_files(&archive).unwrap();
-    assert!(!files.is_empty(), "the archive holds completed Parquet files");
+    assert!(
+        !files.is_empty(),
+        "the archive holds completed Parquet files"
+    );
 
     // Second half: forecasts made after the swap carry the new version.
     produce(&input, events[half..].iter().map(json).collect());
-    let raw = read_topic(&output, Duration::from_secs(1), Duration::from_secs(300), |r| {
-        r.iter().any(|(_, v)| v.contains(&format!("\"model_version\":\"{champion}\"")))
-    });
+    let raw = read_topic(
+        &output,
+        Duration::from_secs(1),
+        Duration::from_secs(300),
+        |r| {
+            r.iter()
+                .any(|(_, v)| v.contains(&format!("\"model_version\":\"{champion}\"")))
+        },
+    );
     // SIGTERM: drain, commit, exit 0.
-    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     let status = {
         let t = Instant::now();
@@ -130,12 +149,25 @@ dead_letter_topic = "{dlq}"
     assert!(status.success(), "SIGTERM ends the job cleanly: {status}");
     let versions: BTreeSet<String> = raw
         .iter()
-        .map(|(_, v)| serde_json::from_str::<streamcast::sink::ForecastRecord>(v).unwrap().model_version)
+        .map(|(_, v)| {
+            serde_json::from_str::<streamcast::sink::ForecastRecord>(v)
+                .unwrap()
+                .model_version
+        })
         .collect();
-    assert!(versions.len() >= 2, "untrained and promoted versions both appear: {versions:?}");
-    assert!(versions.contains(&champion), "forecasts after the swap carry {champion}: {versions:?}");
+    assert!(
+        versions.len() >= 2,
+        "untrained and promoted versions both appear: {versions:?}"
+    );
+    assert!(
+        versions.contains(&champion),
+        "forecasts after the swap carry {champion}: {versions:?}"
+    );
     let list = registry.list().unwrap();
     let promoted = list.iter().find(|v| v.version == champion).unwrap();
     let d = promoted.status.as_ref().unwrap();
-    assert!(d.promoted && d.challenger_val_loss < d.champion_val_loss, "{d:?}");
+    assert!(
+        d.promoted && d.challenger_val_loss < d.champion_val_loss,
+        "{d:?}"
+    );
 }
