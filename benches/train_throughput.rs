@@ -29,7 +29,9 @@
 //!     gives `TrainReport::samples_per_sec` (everything included) and the
 //!     training loop alone (those passes, timed separately, subtracted).
 //!
-//! `TRAIN_BENCH_QUICK=1` shrinks (a) to 100 keys and (b) to one run.
+//! `TRAIN_BENCH_QUICK=1` shrinks (a) to 100 keys and (b) to one run;
+//! `TRAIN_BENCH_PREP_KEYS` sets the keys of (a); `TRAIN_BENCH_ONLY=a` or `=b`
+//! runs one part; `PREP_REPS` / `TRAIN_REPS` set the runs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -211,11 +213,21 @@ fn main() {
         loadavg()
     );
 
-    // (a) polars preparation of the archive.
-    let (keys, windows) = if quick() { (100, 1000) } else { (10_000, 1000) };
+    let only = std::env::var("TRAIN_BENCH_ONLY").unwrap_or_default();
+    if only != "b" {
+        prep_bench(&spec, &pspec, &mspec);
+    }
+    if only != "a" {
+        train_bench(&spec, &pspec, &mspec, &tcfg);
+    }
+}
+
+/// (a) polars preparation of the archive.
+fn prep_bench(spec: &WindowSpec, pspec: &train::PrepSpec, mspec: &ModelSpec) {
+    let (keys, windows) = (env_usize("TRAIN_BENCH_PREP_KEYS", if quick() { 100 } else { 10_000 }), 1000);
     let tmp = tempfile::tempdir().expect("temp dir");
     let t = Instant::now();
-    let paths = write_archive(tmp.path(), &spec, keys, windows, 100);
+    let paths = write_archive(tmp.path(), spec, keys, windows, 100);
     let rows = keys * windows;
     println!(
         "\n(a) archive: {keys} keys x {windows} windows = {rows} rows in {} Parquet files, {:.1} MB, generated in {:.1} s (not timed)\n",
@@ -242,7 +254,7 @@ fn main() {
     let mut peak_mb = 0.0;
     for i in 0..reps {
         let t = Instant::now();
-        let data = train::prepare(&paths, &pspec).expect("prepare");
+        let data = train::prepare(&paths, pspec).expect("prepare");
         secs.push(t.elapsed().as_secs_f64());
         if i == 0 {
             peak_mb = status_kb("VmHWM:") as f64 / 1024.0;
@@ -267,12 +279,14 @@ fn main() {
         rows as f64 / med / 1e6
     );
     drop(tmp);
+}
 
-    // (b) training speed.
+/// (b) training speed.
+fn train_bench(spec: &WindowSpec, pspec: &train::PrepSpec, mspec: &ModelSpec, tcfg: &train::TrainConfig) {
     let (tkeys, twindows) = (128, 640);
     let tmp = tempfile::tempdir().expect("temp dir");
-    let paths = write_archive(tmp.path(), &spec, tkeys, twindows, 1);
-    let data = train::prepare(&paths, &pspec).expect("prepare");
+    let paths = write_archive(tmp.path(), spec, tkeys, twindows, 1);
+    let data = train::prepare(&paths, pspec).expect("prepare");
     let samples = data.train_ends.len();
     let batches = samples.div_ceil(tcfg.batch_size);
     println!(
@@ -291,13 +305,13 @@ fn main() {
     for i in 0..=reps {
         let mut net = Network::new(mspec.shape, mspec.horizon, Device::Cpu, mspec.seed);
         let t = Instant::now();
-        let rep = train::train(&mut net, &data, &tcfg).expect("train");
+        let rep = train::train(&mut net, &data, tcfg).expect("train");
         let w = t.elapsed().as_secs_f64();
         // The passes `train` makes besides the training loop, timed alone.
         let t = Instant::now();
-        let _ = train::baseline_loss(&data, &tcfg);
-        let _ = train::validation_loss(&net, &data, &tcfg);
-        let _ = train::validation_loss(&net, &data, &tcfg);
+        let _ = train::baseline_loss(&data, tcfg);
+        let _ = train::validation_loss(&net, &data, tcfg);
+        let _ = train::validation_loss(&net, &data, tcfg);
         let extra = t.elapsed().as_secs_f64();
         if i == 0 {
             eprintln!(
