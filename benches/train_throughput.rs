@@ -224,7 +224,10 @@ fn main() {
 
 /// (a) polars preparation of the archive.
 fn prep_bench(spec: &WindowSpec, pspec: &train::PrepSpec, mspec: &ModelSpec) {
-    let (keys, windows) = (env_usize("TRAIN_BENCH_PREP_KEYS", if quick() { 100 } else { 10_000 }), 1000);
+    let (keys, windows) = (
+        env_usize("TRAIN_BENCH_PREP_KEYS", if quick() { 100 } else { 10_000 }),
+        1000,
+    );
     let tmp = tempfile::tempdir().expect("temp dir");
     let t = Instant::now();
     let paths = write_archive(tmp.path(), spec, keys, windows, 100);
@@ -282,7 +285,12 @@ fn prep_bench(spec: &WindowSpec, pspec: &train::PrepSpec, mspec: &ModelSpec) {
 }
 
 /// (b) training speed.
-fn train_bench(spec: &WindowSpec, pspec: &train::PrepSpec, mspec: &ModelSpec, tcfg: &train::TrainConfig) {
+fn train_bench(
+    spec: &WindowSpec,
+    pspec: &train::PrepSpec,
+    mspec: &ModelSpec,
+    tcfg: &train::TrainConfig,
+) {
     let (tkeys, twindows) = (128, 640);
     let tmp = tempfile::tempdir().expect("temp dir");
     let paths = write_archive(tmp.path(), spec, tkeys, twindows, 1);

@@ -11,8 +11,6 @@
 //!   harness will ask about, then steps window by window as the live
 //!   pipeline would, forecasting from its carried state.
 
-use std::path::PathBuf;
-
 use arrow::array::{Array, AsArray, RecordBatch, TimestampMillisecondArray};
 use arrow::datatypes::Float64Type;
 
@@ -62,15 +60,7 @@ impl RnnModel {
         let step = cfg.slide_ms();
         let events = series_events(&cfg, histories, step);
         let windows = train::windows_from_events_until(&cfg, &events, Some(EVAL_END_MS));
-        let dir =
-            tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
-        let path: PathBuf = dir.path().join("windows.parquet");
-        train::write_windows(
-            &windows,
-            WindowSpec::from_config(&cfg).windows_schema(),
-            &path,
-        )?;
-        let data = train::prepare(&[path], &train::prep_spec(&cfg, &cfg.train))?;
+        let data = prepare_windows(&cfg, &windows)?;
         let mut sum = vec![vec![0.0; horizon]; histories.len()];
         let members = self.ensemble.max(1);
         for m in 0..members {
@@ -107,6 +97,19 @@ impl RnnModel {
         }
         Ok(sum)
     }
+}
+
+/// Windows (in memory, arrow-rs) -> polars-prepared training data. The two
+/// Arrow implementations meet through a Parquet file, as DESIGN.md asks.
+fn prepare_windows(cfg: &PipelineConfig, windows: &[RecordBatch]) -> Result<train::Prepared> {
+    let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
+    let path = dir.path().join("windows.parquet");
+    train::write_windows(
+        windows,
+        WindowSpec::from_config(cfg).windows_schema(),
+        &path,
+    )?;
+    train::prepare(&[path], &train::prep_spec(cfg, &cfg.train))
 }
 
 /// Events for series `i` (key `s{i:05}`): one per value, in the middle of
@@ -253,15 +256,7 @@ impl OnlineRnn {
             b.push(&key_of(*i), *ts, 0, o as i64, &[*v]);
         }
         let windows = train::windows_from_events_until(&cfg, &b.finish(), Some(final_wm));
-        let dir =
-            tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
-        let path = dir.path().join("windows.parquet");
-        train::write_windows(
-            &windows,
-            WindowSpec::from_config(&cfg).windows_schema(),
-            &path,
-        )?;
-        let data = train::prepare(&[path], &train::prep_spec(&cfg, &cfg.train))?;
+        let data = prepare_windows(&cfg, &windows)?;
         let trained = train::train_prepared(&cfg, &cfg.train, &data, None)?;
         self.report = Some(trained.report.clone());
         self.stage = Some(Forecaster::new(
