@@ -340,3 +340,104 @@ fn one_window(
     RecordBatch::try_new(spec.windows_schema(), cols)
         .expect("one-window batch matches the windows schema")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> PipelineConfig {
+        PipelineConfig::parse(
+            r#"
+name = "t"
+[source]
+topic = "i"
+[window]
+size = "1h"
+max_gap_windows = 100000
+[model]
+cell = "gru"
+hidden = 8
+horizon = 12
+season_windows = 24
+lags = 24
+warmup_windows = 24
+[train]
+epochs = 4
+context = 48
+stride = 12
+tbptt = 24
+burn_in = 12
+val_windows = 12
+lr = 0.01
+[sink]
+topic = "o"
+dead_letter_topic = "d"
+"#,
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap()
+    }
+
+    /// Seasonal series with different levels, lengths and phases.
+    fn series() -> Vec<Vec<f64>> {
+        (0..8)
+            .map(|i| {
+                let n = 300 + 20 * i;
+                (0..n)
+                    .map(|t| {
+                        50.0 + 10.0 * i as f64
+                            + 8.0 * ((t as f64 + i as f64) * std::f64::consts::TAU / 24.0).sin()
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_m4_path_trains_and_forecasts_every_series_after_its_last_window() {
+        let s = series();
+        let histories: Vec<&[f64]> = s.iter().map(|v| &v[..v.len() - 12]).collect();
+        let mut m = RnnModel::new(cfg());
+        let f = m.fit_forecast(&histories, 12);
+        assert_eq!(f.len(), s.len());
+        for (i, (fc, full)) in f.iter().zip(&s).enumerate() {
+            assert_eq!(fc.len(), 12);
+            assert!(fc.iter().all(|v| v.is_finite()), "series {i}: {fc:?}");
+            // A noiseless season: the forecast is close to what came next.
+            let truth = &full[full.len() - 12..];
+            let mae: f64 = fc
+                .iter()
+                .zip(truth)
+                .map(|(a, b)| (a - b).abs())
+                .sum::<f64>()
+                / 12.0;
+            assert!(mae < 2.0, "series {i}: MAE {mae} (amplitude 8)");
+        }
+        assert!(m.report.is_some());
+    }
+
+    #[test]
+    fn the_online_model_steps_from_its_carried_state() {
+        let s = series();
+        let size = 3_600_000;
+        let train: Vec<(Vec<i64>, Vec<f64>)> = s
+            .iter()
+            .map(|v| {
+                (
+                    (0..v.len() as i64)
+                        .map(|t| 1_600_000_000_000 / size * size + t * size)
+                        .collect(),
+                    v.clone(),
+                )
+            })
+            .collect();
+        let mut m = OnlineRnn::new(cfg(), train.clone(), 0.8);
+        m.reset("s00000");
+        for (t, v) in train[0].0.iter().zip(&train[0].1) {
+            m.observe(*t, *v);
+        }
+        let f = m.forecast(12);
+        assert_eq!(f.len(), 12);
+        assert!(f.iter().all(|v| v.is_finite()), "{f:?}");
+    }
+}
