@@ -12,7 +12,6 @@
 //! bad time or a non-finite value becomes a dead letter, not an error.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
@@ -422,6 +421,3 @@ fn time_column(a: &ArrayRef, fmt: TimeFormat) -> Result<Vec<std::result::Result<
         }
     })
 }
-
-/// Shared handle type for the consumer (the committer and the loop both use it).
-pub type SharedConsumer = Arc<StreamConsumer>;

@@ -46,8 +46,8 @@ use std::f64::consts::PI;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBuilder, Float64Array, Float64Builder, RecordBatch,
-    StringBuilder, TimestampMillisecondBuilder, UInt32Builder,
+    ArrayRef, AsArray, BooleanBuilder, Float64Array, Float64Builder, RecordBatch, StringBuilder,
+    TimestampMillisecondBuilder, UInt32Builder,
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
 
@@ -789,20 +789,6 @@ pub fn covariates(c: &CovariatesConfig, starts: &[i64]) -> Vec<ArrayRef> {
     }
     cols
 }
-
-/// Reads the aggregates of a windows batch as columns (for the model stage).
-pub fn aggregate_columns(batch: &RecordBatch, n_fields: usize) -> Vec<&Float64Array> {
-    (0..n_fields)
-        .map(|j| {
-            batch
-                .column(FIRST_AGG_COLUMN + j)
-                .as_primitive::<arrow::datatypes::Float64Type>()
-        })
-        .collect()
-}
-
-#[allow(dead_code)]
-fn _assert_array(_: &dyn Array) {}
 
 #[cfg(test)]
 #[path = "window_tests.rs"]
