@@ -12,7 +12,7 @@
 //!    features, horizon 6), hidden 32 and 64, 10k / 100k / 1M keys; plus
 //!    `Network::step` alone (states already gathered) to show the
 //!    gather/scatter share.
-//! 3. The whole `Forecaster::forecast` on a closed-windows batch of 10k and
+//! 3. The whole `ForecastStage::forecast` on a closed-windows batch of 10k and
 //!    100k keys (one window per key): Arrow in, per-key scaling, lag
 //!    inputs, waves, gather/step/scatter, history rings, seasonal-naive
 //!    baseline and warm-up, Arrow out. Without lags (4 inputs, as in 2.) and
@@ -42,7 +42,7 @@ use tch::{Device, Kind, Tensor};
 
 use streamcast::config::{CellKind, PipelineConfig};
 use streamcast::model::store::StateStore;
-use streamcast::model::{CellShape, Forecaster, Network};
+use streamcast::model::{CellShape, ForecastStage, Network};
 use streamcast::window::{covariates, WindowSpec};
 
 const TARGET_S: f64 = 0.3;
@@ -254,7 +254,7 @@ fn main() {
                 bench_step(hidden, n, th == threads);
             }
         }
-        println!("\n## Forecaster::forecast on a closed-windows batch (one window per key; median of 23 calls); torch threads {th}\n");
+        println!("\n## ForecastStage::forecast on a closed-windows batch (one window per key; median of 23 calls); torch threads {th}\n");
         header();
         for lags in [0, 12] {
             for hidden in [32, 64] {
@@ -289,11 +289,11 @@ fn bench_step(hidden: i64, n: usize, step_only: bool) {
     }
 }
 
-/// `Forecaster::forecast` on 23 successive closed-windows batches of `n` keys.
+/// `ForecastStage::forecast` on 23 successive closed-windows batches of `n` keys.
 fn bench_forecast(hidden: i64, lags: u32, n: usize) {
     let cfg = pipeline(hidden, lags);
     let spec = WindowSpec::from_config(&cfg);
-    let mut fc = Forecaster::from_config(&cfg).expect("forecaster");
+    let mut fc = ForecastStage::from_config(&cfg).expect("forecaster");
     let batches: Vec<RecordBatch> = (0..24).map(|t| windows(&spec, n, t)).collect();
     // The first batch registers the keys; not timed.
     fc.forecast(&batches[0]).expect("forecast");
@@ -305,6 +305,6 @@ fn bench_forecast(hidden: i64, lags: u32, n: usize) {
         assert_eq!(out.num_rows(), n);
     }
     let best = per.iter().copied().fold(f64::INFINITY, f64::min);
-    let what = format!("Forecaster::forecast, {} in", fc.network().shape.input);
+    let what = format!("ForecastStage::forecast, {} in", fc.network().shape.input);
     row(&what, hidden, n, (median(&mut per), best));
 }

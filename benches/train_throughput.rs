@@ -289,7 +289,7 @@ fn train_bench(
     spec: &WindowSpec,
     pspec: &train::PrepSpec,
     mspec: &ModelSpec,
-    tcfg: &train::TrainConfig,
+    tcfg: &streamcast::config::TrainConfig,
 ) {
     let (tkeys, twindows) = (128, 640);
     let tmp = tempfile::tempdir().expect("temp dir");

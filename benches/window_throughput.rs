@@ -45,7 +45,8 @@ use arrow::array::RecordBatch;
 use chrono::{DateTime, SecondsFormat};
 
 use streamcast::config::PipelineConfig;
-use streamcast::decode::{events_schema, Decoder, EventsBuilder, RawMessage};
+use streamcast::decode::{Decoder, RawMessage};
+use streamcast::schema::{events_schema, EventsBuilder};
 use streamcast::window::{WindowSpec, WindowStage};
 
 const BATCH: usize = 10_000;

@@ -129,7 +129,7 @@ impl ArchiveWriter {
             cur.writer.close()?;
             std::fs::rename(&cur.tmp, &cur.path)
                 .map_err(|e| Error::io(format!("renaming {}", cur.tmp.display()), e))?;
-            metrics::counter!("streamcast_archive_files_total").increment(1);
+            metrics::counter!(crate::telemetry::ARCHIVE_FILES).increment(1);
         }
         self.retain()
     }
@@ -145,7 +145,7 @@ impl ArchiveWriter {
             if too_old || total > self.cfg.retention_bytes {
                 if std::fs::remove_file(&f.path).is_ok() {
                     total = total.saturating_sub(f.bytes);
-                    metrics::counter!("streamcast_archive_files_deleted_total").increment(1);
+                    metrics::counter!(crate::telemetry::ARCHIVE_FILES_DELETED).increment(1);
                 }
             }
         }
@@ -235,7 +235,7 @@ impl ArchiveHandle {
         match self.tx.try_send(batch) {
             Ok(()) => {}
             Err(TrySendError::Full(b)) => {
-                metrics::counter!("streamcast_archive_dropped_total")
+                metrics::counter!(crate::telemetry::ARCHIVE_DROPPED)
                     .increment(b.num_rows() as u64);
                 tracing::error!(rows = b.num_rows(), "archive writer is behind: windows dropped from the archive (forecasts unaffected)");
             }
@@ -263,7 +263,7 @@ fn archive_loop(w: &mut ArchiveWriter, rx: Receiver<RecordBatch>) {
         match res {
             Ok(()) => failing_since = None,
             Err(e) => {
-                metrics::counter!("streamcast_archive_errors_total").increment(1);
+                metrics::counter!(crate::telemetry::ARCHIVE_ERRORS).increment(1);
                 tracing::error!(error = %e, "archive write failed (disk full?); windows are being lost from the archive");
                 // Abandon the broken file; the next batch opens a new one.
                 w.current = None;
@@ -277,6 +277,19 @@ fn archive_loop(w: &mut ArchiveWriter, rx: Receiver<RecordBatch>) {
     if let Err(e) = w.roll() {
         tracing::error!(error = %e, "closing the archive file failed");
     }
+}
+
+/// Writes window batches to one Parquet file in the archive's format
+/// (training data made from events, evaluation).
+pub fn write_windows_file(batches: &[RecordBatch], schema: SchemaRef, path: &Path) -> Result<()> {
+    let file = std::fs::File::create(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None)?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.close()?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,10 +1,14 @@
-//! The library's error type, by domain.
+//! The library's error type, by domain, and the crate's one retry rule.
 //!
 //! Invariant: nothing a user sends (an event, a pipeline file, a Parquet file)
-//! produces a panic; it produces one of these. `is_retryable` separates the
-//! transient (a broker that is not up yet) from the fatal (a bad config).
+//! produces a panic; it produces one of these. [`Error::is_retryable`] (and
+//! [`retryable_kafka_code`] for the codes librdkafka reports per topic or
+//! per message) separate the transient (a broker that is not up yet) from
+//! the fatal (a bad config); every retry loop in the crate asks them.
 
 use std::path::PathBuf;
+
+use rdkafka::types::RDKafkaErrorCode;
 
 /// Everything that can go wrong in streamcast, grouped by where it happened.
 #[derive(Debug, thiserror::Error)]
@@ -18,26 +22,53 @@ pub enum Error {
     },
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The broker refused to create a topic.
+    #[error("kafka: cannot create topic {topic}: {code}")]
+    TopicAdmin {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
-    #[error("model: {0}")]
-    Model(String),
+    #[error("polars: {0}")]
+    Polars(#[from] polars::error::PolarsError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    #[error("{context}: {source}")]
+    Json {
+        context: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
         #[source]
         source: std::io::Error,
     },
+    /// A model artifact or spec that does not fit the pipeline (or is invalid).
+    #[error("model: {0}")]
+    Model(String),
+    /// Training has nothing, or too little, to learn from.
+    #[error("training: {0}")]
+    Training(String),
+    /// An offline evaluation cannot run (unknown model, unusable input).
+    #[error("eval: {0}")]
+    Eval(String),
+    /// The metrics endpoint cannot be served.
+    #[error("telemetry: {0}")]
+    Telemetry(String),
     /// The brokers could not be reached within the bounded retries.
     #[error("{0}")]
     Unreachable(String),
     /// A stage's channel closed: the stage after it stopped (shutdown or crash).
     #[error("pipeline stage `{0}` stopped")]
     StageStopped(&'static str),
+    /// A thread of the job panicked (a bug: please report it).
+    #[error("the {0} thread panicked")]
+    Panicked(&'static str),
 }
 
 impl Error {
@@ -60,32 +91,64 @@ impl Error {
         }
     }
 
+    pub fn json(context: impl Into<String>, source: serde_json::Error) -> Self {
+        Error::Json {
+            context: context.into(),
+            source,
+        }
+    }
+
     /// True when trying again later may succeed (broker down, queue full).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Kafka(e) => e
-                .rdkafka_error_code()
-                .map(|c| {
-                    use rdkafka::types::RDKafkaErrorCode as C;
-                    matches!(
-                        c,
-                        C::BrokerTransportFailure
-                            | C::AllBrokersDown
-                            | C::QueueFull
-                            | C::RequestTimedOut
-                            | C::OperationTimedOut
-                            | C::NetworkException
-                            | C::LeaderNotAvailable
-                            | C::NotLeaderForPartition
-                            | C::NotCoordinator
-                            | C::CoordinatorLoadInProgress
-                    )
-                })
-                .unwrap_or(false),
+            Error::Kafka(e) => e.rdkafka_error_code().is_some_and(retryable_kafka_code),
+            Error::TopicAdmin { code, .. } => retryable_kafka_code(*code),
             Error::Io { .. } | Error::Unreachable(_) => true,
             _ => false,
         }
     }
 }
 
+/// The crate's retry rule for librdkafka's codes: true for the transient
+/// (the broker or its leader is not there yet, a queue is full, a request
+/// timed out), false for the permanent (authorization, a record too large,
+/// an invalid config).
+pub fn retryable_kafka_code(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::BrokerTransportFailure
+            | C::AllBrokersDown
+            | C::QueueFull
+            | C::RequestTimedOut
+            | C::OperationTimedOut
+            | C::NetworkException
+            | C::LeaderNotAvailable
+            | C::NotLeaderForPartition
+            | C::NotController
+            | C::NotCoordinator
+            | C::CoordinatorLoadInProgress
+            | C::MessageTimedOut
+    )
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_rule_tells_transient_from_permanent() {
+        assert!(retryable_kafka_code(RDKafkaErrorCode::AllBrokersDown));
+        assert!(!retryable_kafka_code(RDKafkaErrorCode::MessageSizeTooLarge));
+        assert!(!retryable_kafka_code(RDKafkaErrorCode::TopicAuthorizationFailed));
+        let admin = |code| Error::TopicAdmin {
+            topic: "t".into(),
+            code,
+        };
+        assert!(admin(RDKafkaErrorCode::LeaderNotAvailable).is_retryable());
+        assert!(!admin(RDKafkaErrorCode::InvalidReplicationFactor).is_retryable());
+        assert!(!Error::config("p.toml", "name", "empty").is_retryable());
+    }
+}

@@ -1,38 +1,51 @@
 //! streamcast: online per-key time-series forecasting for Kafka streams.
 //!
-//! Data flows one way through one module per stage:
+//! Data flows one way through one room per stage (see ARCHITECTURE.md):
 //!
 //! ```text
-//! source (kafka | parquet) -> decode -> window -> model -> sink (kafka | parquet)
-//!                                          \-> archive (parquet, the training buffer)
+//! source (kafka | parquet | generator) -> decode -> window -> model -> sink (kafka | file)
+//!                                                      \-> archive (parquet) -> retrain -> model
 //! ```
 //!
-//! The unit between stages after `decode` is an Arrow `RecordBatch`; the
-//! model stage steps all keys of a batch with one batched libtorch call.
-//! `pipeline` holds the compute core shared by the streaming job (`run`) and
-//! `backfill`, so both run the very same stages. `offsets` keeps the
+//! The unit between stages after `decode` is an Arrow `RecordBatch` whose
+//! columns `schema` names; the model stage steps all keys of a batch with
+//! one batched libtorch call. `pipeline` wires the stages (the streaming job
+//! and the backfill run the same `pipeline::Core`); `offsets` keeps the
 //! delivery contract (commit only what has been forecast and acknowledged).
+//! Offline evaluation (`eval`, behind the default `eval` feature) sits
+//! beside the streaming core and is never imported by it.
 
-pub mod accuracy;
-pub mod archive;
-pub mod backfill;
-pub mod baseline;
+// Shared foundations.
 pub mod config;
-pub mod decode;
 pub mod error;
-pub mod eval;
-pub mod eval_rnn;
-pub mod generate;
+pub mod schema;
+pub mod telemetry;
+pub mod time;
+
+// The stages, in the order data flows.
+pub mod source;
+pub mod decode;
+pub mod window;
 pub mod model;
+pub mod sink;
+
+// Around the stages.
+pub mod archive;
+pub mod broker;
 pub mod offsets;
 pub mod pipeline;
 pub mod retrain;
-pub mod run;
-pub mod sink;
-pub mod source;
-pub mod telemetry;
 pub mod train;
-pub mod window;
+
+// Forecasters and metrics shared by the live path and evaluation.
+pub mod accuracy;
+pub mod baselines;
+
+#[cfg(feature = "eval")]
+pub mod eval;
+
+#[doc(hidden)]
+pub mod testkit;
 
 pub use config::PipelineConfig;
 pub use error::{Error, Result};

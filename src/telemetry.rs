@@ -1,12 +1,58 @@
 //! Telemetry: structured logs (tracing) and Prometheus metrics.
 //!
-//! Metric names (all prefixed `streamcast_`): `events_decoded_total`,
-//! `dead_letters_total{kind}`, `late_events_total`, `windows_closed_total`,
-//! `keys_ended_total{reason}`, `live_keys`, `forecasts_total`,
-//! `records_published_total{topic}`, `delivery_retries_total`.
+//! Every metric name is defined here, once, with what it counts; stages
+//! record through these constants (`metrics::counter!(telemetry::X)`), so
+//! this list is the complete catalogue (the README's metrics table mirrors it).
 
 use crate::config::TelemetryConfig;
 use crate::error::{Error, Result};
+
+/// Messages decoded into events (counter).
+pub const EVENTS_DECODED: &str = "streamcast_events_decoded_total";
+/// Records sent to the dead letters, by `kind` (counter).
+pub const DEAD_LETTERS: &str = "streamcast_dead_letters_total";
+/// Events behind the watermark whose window had closed (counter).
+pub const LATE_EVENTS: &str = "streamcast_late_events_total";
+/// Windows closed, all keys (counter).
+pub const WINDOWS_CLOSED: &str = "streamcast_windows_closed_total";
+/// Keys whose series ended, by `reason` (gap, ttl, capacity) (counter).
+pub const KEYS_ENDED: &str = "streamcast_keys_ended_total";
+/// Keys with open windows (gauge).
+pub const LIVE_KEYS: &str = "streamcast_live_keys";
+/// Forecasts made (counter).
+pub const FORECASTS: &str = "streamcast_forecasts_total";
+/// Pause of the forecast stage during a hot swap (histogram, seconds).
+pub const HOT_SWAP_PAUSE: &str = "streamcast_hot_swap_pause_seconds";
+/// Records acknowledged by the broker, by `topic` (counter).
+pub const RECORDS_PUBLISHED: &str = "streamcast_records_published_total";
+/// Failed deliveries retried (counter).
+pub const DELIVERY_RETRIES: &str = "streamcast_delivery_retries_total";
+/// Archive files completed (counter).
+pub const ARCHIVE_FILES: &str = "streamcast_archive_files_total";
+/// Archive files deleted by retention (counter).
+pub const ARCHIVE_FILES_DELETED: &str = "streamcast_archive_files_deleted_total";
+/// Window batches the archive writer could not take (queue full) (counter).
+pub const ARCHIVE_DROPPED: &str = "streamcast_archive_dropped_total";
+/// Archive write errors (counter).
+pub const ARCHIVE_ERRORS: &str = "streamcast_archive_errors_total";
+
+/// Every metric name above, for docs and tests.
+pub const ALL: &[&str] = &[
+    EVENTS_DECODED,
+    DEAD_LETTERS,
+    LATE_EVENTS,
+    WINDOWS_CLOSED,
+    KEYS_ENDED,
+    LIVE_KEYS,
+    FORECASTS,
+    HOT_SWAP_PAUSE,
+    RECORDS_PUBLISHED,
+    DELIVERY_RETRIES,
+    ARCHIVE_FILES,
+    ARCHIVE_FILES_DELETED,
+    ARCHIVE_DROPPED,
+    ARCHIVE_ERRORS,
+];
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`). `json` switches to
 /// one JSON object per line for log shippers.
@@ -28,13 +74,17 @@ pub fn serve_prometheus(cfg: &TelemetryConfig) -> Result<()> {
     let Some(addr) = &cfg.prometheus_listen else {
         return Ok(());
     };
-    let sock: std::net::SocketAddr = addr
-        .parse()
-        .map_err(|e| Error::Model(format!("telemetry.prometheus_listen {addr:?}: {e}")))?;
+    let sock: std::net::SocketAddr = addr.parse().map_err(|e| {
+        Error::config(
+            "<pipeline>",
+            "telemetry.prometheus_listen",
+            format!("{addr:?} is not a socket address: {e}"),
+        )
+    })?;
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(sock)
         .install()
-        .map_err(|e| Error::Model(format!("cannot serve Prometheus metrics on {addr}: {e}")))?;
+        .map_err(|e| Error::Telemetry(format!("cannot serve Prometheus metrics on {addr}: {e}")))?;
     tracing::info!(%addr, "serving Prometheus metrics");
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Tests of the forecast stage (`Forecaster`) end to end on windows batches:
+//! Tests of the forecast stage (`ForecastStage`) end to end on windows batches:
 //! waves vs window-by-window vs `Network::forward_seq`, key isolation,
 //! artifacts, hot swap, warm-up baseline, key reset, the residual head.
 //!
@@ -10,12 +10,15 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use arrow::array::{
-    BooleanBuilder, FixedSizeListArray, Float64Array, Float64Builder, TimestampMillisecondBuilder,
+    Array, ArrayRef, AsArray, BooleanBuilder, FixedSizeListArray, Float64Array, Float64Builder,
+    RecordBatch, StringBuilder, TimestampMillisecondArray, TimestampMillisecondBuilder,
     UInt32Builder,
 };
-use tch::Device;
+use arrow::datatypes::Float64Type;
+use tch::{Device, Kind, Tensor};
 
 use super::*;
 use crate::config::CellKind;
@@ -150,7 +153,7 @@ fn read(out: &RecordBatch) -> Vec<Fc> {
 
 type ByKey = BTreeMap<(String, i64), Fc>;
 
-fn run(fc: &mut Forecaster, cfg: &PipelineConfig, rows: &[(String, i64, f64)]) -> ByKey {
+fn run(fc: &mut ForecastStage, cfg: &PipelineConfig, rows: &[(String, i64, f64)]) -> ByKey {
     let out = fc.forecast(&windows(cfg, rows)).expect("forecast");
     assert_eq!(out.num_rows(), rows.len());
     let got = read(&out);
@@ -264,7 +267,7 @@ impl Welford {
 }
 
 /// The stage's recurrent state of `key` (`[layers, hidden]` each).
-fn state_of(fc: &mut Forecaster, key: &str) -> (Tensor, Option<Tensor>) {
+fn state_of(fc: &mut ForecastStage, key: &str) -> (Tensor, Option<Tensor>) {
     let s = fc.store.slot(key);
     let (h, c) = fc.store.gather(&Tensor::from_slice(&[s]));
     (h.select(1, 0), c.map(|c| c.select(1, 0)))
@@ -285,8 +288,8 @@ fn copy_of(net: &Network) -> Network {
 /// `from_config` calls would give equal weights only if no other thread
 /// touched libtorch's global RNG between `manual_seed` and the init, which
 /// parallel tests do not guarantee.)
-fn twin(fc: &Forecaster, cfg: &PipelineConfig) -> Forecaster {
-    Forecaster::new(
+fn twin(fc: &ForecastStage, cfg: &PipelineConfig) -> ForecastStage {
+    ForecastStage::new(
         copy_of(fc.network()),
         fc.spec().clone(),
         cfg.decode.value_fields.len(),
@@ -310,7 +313,7 @@ fn waves_equal_window_by_window_and_forward_seq() {
             let cfg = cfg(cell, &format!("layers = {layers}"));
             let ks: Vec<usize> = (0..n_keys).collect();
             // Window by window.
-            let mut fa = Forecaster::from_config(&cfg).unwrap();
+            let mut fa = ForecastStage::from_config(&cfg).unwrap();
             let mut a = ByKey::new();
             for t in 0..n_win {
                 a.extend(run(&mut fa, &cfg, &tick(&ks, t)));
@@ -446,7 +449,7 @@ fn keys_are_isolated() {
     for cell in CELLS {
         let cfg = cfg(cell, "");
         let ks: Vec<usize> = (0..n_keys).collect();
-        let mut fa = Forecaster::from_config(&cfg).unwrap();
+        let mut fa = ForecastStage::from_config(&cfg).unwrap();
         let mut fb = twin(&fa, &cfg);
         let (mut a, mut b) = (ByKey::new(), ByKey::new());
         for t in 0..n_win {
@@ -489,13 +492,13 @@ fn keys_are_isolated() {
 fn artifact_roundtrip_is_bitwise() {
     for cell in CELLS {
         let cfg = cfg(cell, "layers = 2");
-        let mut fa = Forecaster::from_config(&cfg).unwrap();
+        let mut fa = ForecastStage::from_config(&cfg).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let art = dir.path().join("m");
         artifact::save(fa.network(), fa.spec(), &art).unwrap();
         let mut cfg2 = cfg.clone();
         cfg2.model.artifact = Some(art.clone());
-        let mut fb = Forecaster::from_config(&cfg2).unwrap();
+        let mut fb = ForecastStage::from_config(&cfg2).unwrap();
         assert_eq!(fb.spec(), fa.spec());
         let ks = [0, 1, 2];
         let (mut a, mut b) = (ByKey::new(), ByKey::new());
@@ -512,14 +515,14 @@ fn artifact_roundtrip_is_bitwise() {
 #[test]
 fn artifact_with_other_features_is_refused() {
     let with_cov = cfg_with(CellKind::Lstm, "", 1);
-    let fa = Forecaster::from_config(&with_cov).unwrap();
+    let fa = ForecastStage::from_config(&with_cov).unwrap();
     let dir = tempfile::tempdir().unwrap();
     artifact::save(fa.network(), fa.spec(), dir.path()).unwrap();
     let mut plain = cfg_with(CellKind::Lstm, "", 0);
     plain.model.artifact = Some(dir.path().to_path_buf());
     let (have, want) = (feature_names(&with_cov), feature_names(&plain));
     assert_ne!(have, want);
-    let msg = match Forecaster::from_config(&plain) {
+    let msg = match ForecastStage::from_config(&plain) {
         Ok(_) => panic!("an artifact with other features was accepted"),
         Err(e) => e.to_string(),
     };
@@ -567,7 +570,7 @@ fn hot_swap_replays_state() {
                 }
                 tick(&ks, t)
             };
-            let feed = |fc: &mut Forecaster, from: usize, to: usize| -> ByKey {
+            let feed = |fc: &mut ForecastStage, from: usize, to: usize| -> ByKey {
                 let mut m = ByKey::new();
                 for t in from..to {
                     m.extend(run(fc, &cfg, &rows(t)));
@@ -576,7 +579,7 @@ fn hot_swap_replays_state() {
             };
 
             // Same network.
-            let mut plain = Forecaster::from_config(&cfg).unwrap();
+            let mut plain = ForecastStage::from_config(&cfg).unwrap();
             let mut swapped = twin(&plain, &cfg);
             feed(&mut plain, 0, before);
             feed(&mut swapped, 0, before);
@@ -599,7 +602,7 @@ fn hot_swap_replays_state() {
             other_spec.version = "other-net".into();
             other_spec.seed = 7;
             let other = Network::new(other_spec.shape, other_spec.horizon, Device::Cpu, 7);
-            let mut from_start = Forecaster::new(
+            let mut from_start = ForecastStage::new(
                 copy_of(&other),
                 other_spec.clone(),
                 1,
@@ -663,7 +666,7 @@ fn warmup_is_seasonal_naive_then_model() {
                 cell,
                 &format!("warmup_windows = {warmup}\nseason_windows = {season}\nhorizon = 7"),
             );
-            let mut fc = Forecaster::from_config(&cfg).unwrap();
+            let mut fc = ForecastStage::from_config(&cfg).unwrap();
             let n_win = warmup + 8;
             let mut hist: Vec<Vec<f64>> = vec![Vec::new(); 2];
             let mut scalers = [Welford::default(); 2];
@@ -697,7 +700,7 @@ fn warmup_is_seasonal_naive_then_model() {
 fn ended_key_returns_fresh() {
     for cell in CELLS {
         let cfg = cfg(cell, "");
-        let mut fc = Forecaster::from_config(&cfg).unwrap();
+        let mut fc = ForecastStage::from_config(&cfg).unwrap();
         for t in 0..20 {
             run(&mut fc, &cfg, &tick(&[0, 1], t));
         }
@@ -748,7 +751,7 @@ fn ended_key_returns_fresh() {
 fn zero_residual_head_is_seasonal_naive() {
     for cell in CELLS {
         let cfg = cfg(cell, "season_windows = 5\nlayers = 2");
-        let mut fc = Forecaster::from_config(&cfg).unwrap();
+        let mut fc = ForecastStage::from_config(&cfg).unwrap();
         tch::no_grad(|| {
             let _ = fc.net.head_w.zero_();
             let _ = fc.net.head_b.zero_();
@@ -779,7 +782,7 @@ fn zero_residual_head_is_seasonal_naive() {
 #[test]
 fn empty_batch_gives_empty_output() {
     let cfg = cfg(CellKind::Lstm, "");
-    let mut fc = Forecaster::from_config(&cfg).unwrap();
+    let mut fc = ForecastStage::from_config(&cfg).unwrap();
     let out = fc.forecast(&windows(&cfg, &[])).expect("empty batch");
     assert_eq!(out.num_rows(), 0);
     assert_eq!(out.schema(), fc.schema());
@@ -816,7 +819,7 @@ dead_letter_topic = "dlq"
         let cfg = PipelineConfig::parse(&text, Path::new("pipelines/t.toml")).unwrap();
         let want = 2 + 1 + 2 * hod as usize + 12;
         assert_eq!(feature_names(&cfg).len(), want, "{fields}");
-        let mut fc = Forecaster::from_config(&cfg).unwrap();
+        let mut fc = ForecastStage::from_config(&cfg).unwrap();
         for t in 0..20 {
             let out = run(&mut fc, &cfg, &tick(&[0, 1], t));
             assert!(

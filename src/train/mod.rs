@@ -16,6 +16,7 @@
 //! libtorch runs on the calling thread: call from a plain thread, never a
 //! tokio worker.
 
+mod loss;
 pub mod prep;
 
 use std::collections::BTreeMap;
@@ -26,111 +27,12 @@ use serde::{Deserialize, Serialize};
 use tch::nn::OptimizerConfig;
 use tch::{nn, Kind, Tensor};
 
-use crate::config::{Head, PipelineConfig};
+use crate::config::{Head, PipelineConfig, TrainConfig};
 use crate::error::{Error, Result};
-use crate::model::{artifact, ModelSpec, Network};
+use crate::model::{ModelSpec, Network};
+pub use loss::Loss;
+use loss::masked_loss;
 pub use prep::{prepare, PrepSpec, Prepared};
-
-/// Training options (the `[train]` table of a pipeline file).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainConfig {
-    /// Passes over the training samples at most.
-    #[serde(default = "d_epochs")]
-    pub epochs: usize,
-    /// Samples per batch.
-    #[serde(default = "d_batch")]
-    pub batch_size: usize,
-    /// Adam learning rate.
-    #[serde(default = "d_lr")]
-    pub lr: f64,
-    /// Adam weight decay (L2).
-    #[serde(default)]
-    pub weight_decay: f64,
-    /// Loss on the scaled targets: "mse" or "mae".
-    #[serde(default = "d_loss")]
-    pub loss: String,
-    /// Windows of context per sample.
-    #[serde(default = "d_context")]
-    pub context: i64,
-    /// Origins between consecutive samples of a key.
-    #[serde(default = "d_stride")]
-    pub stride: i64,
-    /// Truncation length of backpropagation through time, in windows.
-    #[serde(default = "d_tbptt")]
-    pub tbptt: i64,
-    /// Clip the global gradient norm to this (0 = no clipping).
-    #[serde(default = "d_clip")]
-    pub clip_norm: f64,
-    /// Steps at the start of each sample left out of the loss (cold state).
-    #[serde(default = "d_burn")]
-    pub burn_in: i64,
-    /// Windows at the end of every key held out for validation (>= horizon).
-    #[serde(default)]
-    pub val_windows: Option<i64>,
-    /// Stop after this many epochs without a better validation loss.
-    #[serde(default = "d_patience")]
-    pub patience: usize,
-    /// Dropout between stacked layers during training.
-    #[serde(default)]
-    pub dropout: f64,
-    /// Seed for initialisation and shuffling.
-    #[serde(default = "d_seed")]
-    pub seed: u64,
-    /// libtorch threads while training (1 is fastest for small models on
-    /// a shared machine; see BENCHMARKS.md).
-    #[serde(default = "d_threads")]
-    pub threads: i32,
-    /// Stop after this many seconds (the best model so far is kept).
-    #[serde(default)]
-    pub max_seconds: Option<f64>,
-}
-
-fn d_epochs() -> usize {
-    20
-}
-fn d_batch() -> usize {
-    128
-}
-fn d_lr() -> f64 {
-    3e-3
-}
-fn d_loss() -> String {
-    "mse".into()
-}
-fn d_context() -> i64 {
-    96
-}
-fn d_stride() -> i64 {
-    12
-}
-fn d_tbptt() -> i64 {
-    48
-}
-fn d_clip() -> f64 {
-    1.0
-}
-fn d_burn() -> i64 {
-    24
-}
-fn d_patience() -> usize {
-    4
-}
-fn d_seed() -> u64 {
-    7
-}
-fn d_threads() -> i32 {
-    // One: the ops of these small recurrent nets are too small to split, and
-    // with two OpenMP threads on a busy 2-core machine every op's barrier
-    // waits on a descheduled thread — measured 85x slower (BENCHMARKS.md).
-    1
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("defaults parse")
-    }
-}
 
 /// Set when the process is shutting down: running trainings stop at the
 /// next batch and report `cancelled` (a cancelled run is never promoted).
@@ -197,50 +99,6 @@ pub fn prep_spec(cfg: &PipelineConfig, t: &TrainConfig) -> PrepSpec {
         time_range: None,
         warmup: cfg.model.warmup_windows as i64,
     }
-}
-
-/// The loss of a batch: MSE, MAE, or (with quantiles) the pinball loss
-/// averaged over quantiles.
-#[derive(Debug, Clone)]
-pub enum Loss {
-    Mse,
-    Mae,
-    Pinball(Vec<f64>),
-}
-
-impl Loss {
-    pub fn of(t: &TrainConfig, quantiles: &[f64]) -> Self {
-        if !quantiles.is_empty() {
-            Loss::Pinball(quantiles.to_vec())
-        } else if t.loss == "mae" {
-            Loss::Mae
-        } else {
-            Loss::Mse
-        }
-    }
-}
-
-/// Sum of the loss over masked terms, and the number of terms.
-/// `pred: [B, T, Q*H]` (quantile-major), `y: [B, T, H]`, `mask: [B, T]`.
-fn masked_loss(pred: &Tensor, y: &Tensor, mask: &Tensor, loss: &Loss) -> (Tensor, Tensor) {
-    let m = mask.to_kind(Kind::Float).unsqueeze(2);
-    let h = y.size()[2];
-    let per = match loss {
-        Loss::Mse => (pred - y).square(),
-        Loss::Mae => (pred - y).abs(),
-        Loss::Pinball(qs) => {
-            let nq = qs.len() as i64;
-            let q = Tensor::from_slice(qs)
-                .to_kind(Kind::Float)
-                .repeat_interleave_self_int(h, Some(0), None::<i64>);
-            let e = y.repeat([1, 1, nq]) - pred; // y - p
-            let q = q.view([1, 1, -1]);
-            (&e * &q).maximum(&(&e * (q - 1.0)))
-        }
-    };
-    let total = (per * &m).sum(Kind::Float);
-    let count = m.sum(Kind::Float) * pred.size()[2] as f64;
-    (total, count)
 }
 
 /// Runs the network over a batch in TBPTT chunks (libtorch's sequence
@@ -577,7 +435,7 @@ pub fn train_prepared(
     init: Option<&Network>,
 ) -> Result<Trained> {
     let mut spec = ModelSpec::untrained(cfg);
-    let device = crate::model::device_for(&cfg.model.device);
+    let device = crate::model::device_for(cfg.model.device);
     let mut net = Network::for_spec(&spec, device, t.seed as i64);
     if let Some(src) = init {
         net.vs.copy(&src.vs)?;
@@ -606,70 +464,6 @@ pub fn train_prepared(
         spec.head = cfg.model.head;
     }
     Ok(Trained { net, spec, report })
-}
-
-/// Saves a trained model under `dir/<version>/`.
-pub fn save(trained: &Trained, dir: &std::path::Path) -> Result<PathBuf> {
-    let out = dir.join(&trained.spec.version);
-    artifact::save(&trained.net, &trained.spec, &out)?;
-    let report =
-        serde_json::to_string_pretty(&trained.report).map_err(|e| Error::Model(e.to_string()))?;
-    std::fs::write(out.join("train_report.json"), report)
-        .map_err(|e| Error::io(format!("writing {}", out.display()), e))?;
-    Ok(out)
-}
-
-/// Runs events (schema of `decode::events_schema`) through the pipeline's
-/// own window stage, closing every window up to the newest event time minus
-/// the allowed lateness (as a backfill does). The batches have the archive's
-/// schema.
-pub fn windows_from_events(
-    cfg: &PipelineConfig,
-    events: &arrow::array::RecordBatch,
-) -> Vec<arrow::array::RecordBatch> {
-    windows_from_events_until(cfg, events, None)
-}
-
-/// As `windows_from_events`, then, for a bounded input known to be complete,
-/// closes every window ending at or before `final_watermark_ms`.
-pub fn windows_from_events_until(
-    cfg: &PipelineConfig,
-    events: &arrow::array::RecordBatch,
-    final_watermark_ms: Option<i64>,
-) -> Vec<arrow::array::RecordBatch> {
-    let mut stage = crate::window::WindowStage::new(crate::window::WindowSpec::from_config(cfg));
-    let mut out = Vec::new();
-    let chunk = 65_536;
-    let mut off = 0;
-    while off < events.num_rows() {
-        let len = chunk.min(events.num_rows() - off);
-        if let Some(w) = stage.process(&events.slice(off, len), 0).windows {
-            out.push(w);
-        }
-        off += len;
-    }
-    if let Some(wm) = final_watermark_ms {
-        if let Some(w) = stage.finish(wm, 0).windows {
-            out.push(w);
-        }
-    }
-    out
-}
-
-/// Writes window batches to one Parquet file (the archive's format).
-pub fn write_windows(
-    batches: &[arrow::array::RecordBatch],
-    schema: arrow::datatypes::SchemaRef,
-    path: &std::path::Path,
-) -> Result<()> {
-    let file = std::fs::File::create(path)
-        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-    let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None)?;
-    for b in batches {
-        w.write(b)?;
-    }
-    w.close()?;
-    Ok(())
 }
 
 #[cfg(test)]

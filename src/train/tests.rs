@@ -1,7 +1,8 @@
 //! Training checks: it learns, clipping bounds the norm, TBPTT truncates.
 
 use super::*;
-use crate::decode::{events_schema, EventsBuilder};
+use crate::schema::{events_schema, windows, EventsBuilder};
+use crate::window::bounded::{closed_windows, End};
 use crate::window::WindowSpec;
 
 fn pipeline(cell: &str, head: &str) -> PipelineConfig {
@@ -62,10 +63,10 @@ fn seasonal_windows(
             );
         }
     }
-    let windows = windows_from_events(cfg, &b.finish());
+    let batches = closed_windows(WindowSpec::from_config(cfg), &b.finish(), End::AtNewestEvent);
     let path = dir.join("w.parquet");
-    write_windows(
-        &windows,
+    crate::archive::write_windows_file(
+        &batches,
         WindowSpec::from_config(cfg).windows_schema(),
         &path,
     )
@@ -243,7 +244,7 @@ fn quantile_head_learns_intervals_with_the_pinball_loss() {
     // Run the live stage over the windows: intervals are ordered and cover
     // roughly 80% of what happens next.
     let mut stage =
-        crate::model::Forecaster::new(trained.net, trained.spec, 1, cfg.model.warmup_windows);
+        crate::model::ForecastStage::new(trained.net, trained.spec, 1, cfg.model.warmup_windows);
     let f = std::fs::File::open(&files[0]).unwrap();
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
         .unwrap()
@@ -255,7 +256,7 @@ fn quantile_head_learns_intervals_with_the_pinball_loss() {
         let out = stage.forecast(&b).unwrap();
         let keys = b.column(0).as_string::<i32>();
         let vals = b
-            .column(crate::window::FIRST_AGG_COLUMN)
+            .column(windows::FIRST_AGG)
             .as_primitive::<arrow::datatypes::Float64Type>();
         let q = out.column(5).as_fixed_size_list();
         let qv = q
@@ -332,7 +333,7 @@ fn output_recurrence_trains_and_matches_the_live_stage_features() {
     );
     // The live stage takes the same network (input size includes the fed-back output).
     let mut stage =
-        crate::model::Forecaster::new(trained.net, trained.spec, 1, cfg.model.warmup_windows);
+        crate::model::ForecastStage::new(trained.net, trained.spec, 1, cfg.model.warmup_windows);
     let f = std::fs::File::open(&files[0]).unwrap();
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
         .unwrap()

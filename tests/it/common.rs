@@ -87,14 +87,14 @@ pub fn produce(topic: &str, records: Vec<(String, String)>) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let n = records.len() as u64;
     let sent = rt
-        .block_on(streamcast::generate::produce(&brokers(), topic, records))
+        .block_on(streamcast::broker::produce(&brokers(), topic, records))
         .expect("producing test events");
     assert_eq!(sent, n);
 }
 
 pub fn create_topics(topics: &[(&str, i32)]) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(streamcast::source::create_topics(&brokers(), topics, 5))
+    rt.block_on(streamcast::broker::create_topics(&brokers(), topics, 5))
         .expect("creating topics (is the broker up? scripts/kafka up)");
 }
 

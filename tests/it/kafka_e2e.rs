@@ -266,9 +266,9 @@ fn forecasts_every_closed_window_once_dead_letters_bad_records_and_matches_backf
 
     // Backfill over the same (good) events as Parquet: same windows, same forecasts.
     let cfg = streamcast::PipelineConfig::load(&st.pipeline).unwrap();
-    let gen: Vec<streamcast::generate::GenEvent> = events
+    let gen: Vec<streamcast::source::generator::GenEvent> = events
         .iter()
-        .map(|e| streamcast::generate::GenEvent {
+        .map(|e| streamcast::source::generator::GenEvent {
             key: e.key.clone(),
             ts_ms: e.ts_ms,
             value: e.value,
@@ -276,8 +276,8 @@ fn forecasts_every_closed_window_once_dead_letters_bad_records_and_matches_backf
         .collect();
     let input = st.dir.path().join("events.parquet");
     let output = st.dir.path().join("forecasts.parquet");
-    streamcast::generate::write_parquet(&gen, &input, "key", "ts", "value").unwrap();
-    let report = streamcast::backfill::backfill(&cfg, &[input], &output).unwrap();
+    streamcast::source::generator::write_parquet(&gen, &input, "key", "ts", "value").unwrap();
+    let report = streamcast::pipeline::backfill(&cfg, &[input], &output).unwrap();
     assert_eq!(report.totals.dead_letters, 0);
     let back = read_forecasts_parquet(&output);
     let back_set: BTreeSet<(String, i64)> = back.keys().cloned().collect();

@@ -15,7 +15,7 @@ use crate::common::*;
 
 #[test]
 fn archive_retrain_promote_and_hot_swap_while_running() {
-    let events: Vec<NabEvent> = streamcast::generate::generate(&streamcast::generate::GenSpec {
+    let events: Vec<NabEvent> = streamcast::source::generator::generate(&streamcast::source::generator::GenSpec {
         keys: 8,
         points_per_key: 12 * 24 * 14,
         step_ms: 300_000,
@@ -24,7 +24,7 @@ fn archive_retrain_promote_and_hot_swap_while_running() {
     })
     .into_iter()
     .map(|e| NabEvent {
-        ts_text: streamcast::sink::rfc3339_ms(e.ts_ms),
+        ts_text: streamcast::time::rfc3339_ms(e.ts_ms),
         key: e.key,
         ts_ms: e.ts_ms,
         value: e.value,
@@ -98,7 +98,7 @@ dead_letter_topic = "{dlq}"
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let registry = streamcast::retrain::Registry::new(models.clone());
+    let registry = streamcast::model::Registry::new(models.clone());
     let start = Instant::now();
     let champion = loop {
         if let Some(v) = registry.champion_version() {

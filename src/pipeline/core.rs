@@ -19,34 +19,11 @@ use arrow::array::RecordBatch;
 use crate::config::PipelineConfig;
 use crate::decode::{DeadLetter, Decoder, RawMessage};
 use crate::error::Result;
-use crate::model::Forecaster;
+use crate::model::{ForecastStage, ModelSpec, Network, SwapReport};
 use crate::offsets::{OffsetTracker, Position, Ticket};
+use crate::schema::forecasts;
+use crate::sink::Output;
 use crate::window::{Closed, WindowSpec, WindowStage};
-
-/// What the core hands to a sink.
-#[derive(Debug)]
-pub enum Output {
-    /// Forecasts (schema `model::forecasts_schema`) and the closed windows
-    /// they were made from (for the archive).
-    Forecasts {
-        forecasts: RecordBatch,
-        windows: RecordBatch,
-        ticket: Ticket,
-    },
-    /// Records that could not be used, with reasons.
-    DeadLetters {
-        letters: Vec<DeadLetter>,
-        ticket: Ticket,
-    },
-}
-
-impl Output {
-    pub fn ticket(&self) -> &Ticket {
-        match self {
-            Output::Forecasts { ticket, .. } | Output::DeadLetters { ticket, .. } => ticket,
-        }
-    }
-}
 
 /// Running totals, for the summary a job prints at the end.
 #[derive(Debug, Default, Clone, Copy)]
@@ -62,7 +39,7 @@ pub struct Totals {
 pub struct Core {
     decoder: Decoder,
     window: WindowStage,
-    model: Forecaster,
+    model: ForecastStage,
     tracker: Arc<Mutex<OffsetTracker>>,
     totals: Totals,
 }
@@ -72,21 +49,13 @@ impl Core {
         Ok(Core {
             decoder: Decoder::new(&cfg.decode),
             window: WindowStage::new(WindowSpec::from_config(cfg)),
-            model: {
-                let (net, spec) = crate::retrain::starting_model(cfg)?;
-                Forecaster::new(
-                    net,
-                    spec,
-                    cfg.decode.value_fields.len(),
-                    cfg.model.warmup_windows,
-                )
-            },
+            model: ForecastStage::from_config(cfg)?,
             tracker,
             totals: Totals::default(),
         })
     }
 
-    pub fn model(&self) -> &Forecaster {
+    pub fn model(&self) -> &ForecastStage {
         &self.model
     }
 
@@ -107,12 +76,8 @@ impl Core {
         self.window.assign(partitions, now_ms);
     }
 
-    /// Hot-swaps the model (see `Forecaster::swap`).
-    pub fn swap(
-        &mut self,
-        net: crate::model::Network,
-        spec: crate::model::ModelSpec,
-    ) -> Result<crate::model::SwapReport> {
+    /// Hot-swaps the model (see `ForecastStage::swap`).
+    pub fn swap(&mut self, net: Network, spec: ModelSpec) -> Result<SwapReport> {
         self.model.swap(net, spec)
     }
 
@@ -210,8 +175,8 @@ impl Core {
     }
 }
 
-fn count_source(forecasts: &RecordBatch, source: &str) -> u64 {
+fn count_source(batch: &RecordBatch, source: &str) -> u64 {
     use arrow::array::AsArray;
-    let col = forecasts.column(3).as_string::<i32>();
+    let col = batch.column(forecasts::SOURCE).as_string::<i32>();
     col.iter().filter(|s| *s == Some(source)).count() as u64
 }

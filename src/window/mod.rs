@@ -42,17 +42,18 @@
 //! allowed lateness. Measured figures are in BENCHMARKS.md.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::f64::consts::PI;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, AsArray, BooleanBuilder, Float64Array, Float64Builder, RecordBatch, StringBuilder,
+    ArrayRef, AsArray, BooleanBuilder, Float64Builder, RecordBatch, StringBuilder,
     TimestampMillisecondBuilder, UInt32Builder,
 };
-use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{Int32Type, Int64Type, SchemaRef};
 
 use crate::config::{Aggregation, CovariatesConfig, FillPolicy, LatePolicy, PipelineConfig};
-use crate::decode::{DeadLetter, FIRST_VALUE_COLUMN};
+use crate::decode::{DeadLetter, DeadLetterKind};
+use crate::schema::events;
+use crate::telemetry;
 use crate::offsets::Position;
 
 /// Everything the window stage needs, validated (from `PipelineConfig`).
@@ -116,32 +117,32 @@ impl WindowSpec {
         v
     }
 
-    /// Schema of the closed-windows batch.
+    /// Schema of the closed-windows batch (see `schema::windows_schema`).
     pub fn windows_schema(&self) -> SchemaRef {
-        let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
-        let mut fields = vec![
-            Field::new("key", DataType::Utf8, false),
-            Field::new("window_start", ts.clone(), false),
-            Field::new("window_end", ts, false),
-            Field::new("count", DataType::UInt32, false),
-            Field::new("filled", DataType::Boolean, false),
-        ];
-        fields.extend(
-            self.value_fields
-                .iter()
-                .map(|f| Field::new(f, DataType::Float64, true)),
-        );
-        fields.extend(
-            self.covariate_names()
-                .into_iter()
-                .map(|f| Field::new(f, DataType::Float64, false)),
-        );
-        Arc::new(Schema::new(fields))
+        crate::schema::windows_schema(&self.value_fields, &self.covariate_names())
     }
 }
 
-/// Column index of the first aggregate in a windows batch.
-pub const FIRST_AGG_COLUMN: usize = 5;
+/// Why a key's series ended (the `reason` label of `keys_ended_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeriesEnd {
+    /// More than `max_gap_windows` empty windows in a row.
+    Gap,
+    /// No event for `key_ttl` (event time).
+    Ttl,
+    /// Evicted, least recently seen first, to stay within `max_keys`.
+    Capacity,
+}
+
+impl SeriesEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SeriesEnd::Gap => "gap",
+            SeriesEnd::Ttl => "ttl",
+            SeriesEnd::Capacity => "capacity",
+        }
+    }
+}
 
 /// What one call to the window stage produced.
 #[derive(Debug)]
@@ -316,7 +317,7 @@ impl WindowStage {
     /// Advances the watermark by wall clock alone (idle partitions) and closes
     /// what it can. Call it when no events arrived for a while.
     pub fn tick(&mut self, now_ms: i64) -> Closed {
-        let empty = RecordBatch::new_empty(crate::decode::events_schema(&self.spec.value_fields));
+        let empty = RecordBatch::new_empty(crate::schema::events_schema(&self.spec.value_fields));
         self.process(&empty, now_ms)
     }
 
@@ -328,20 +329,20 @@ impl WindowStage {
         self.tick(now_ms)
     }
 
-    fn ingest(&mut self, events: &RecordBatch, now_ms: i64, out: &mut Closed) {
-        let n = events.num_rows();
+    fn ingest(&mut self, batch: &RecordBatch, now_ms: i64, out: &mut Closed) {
+        let n = batch.num_rows();
         if n == 0 {
             return;
         }
-        let keys = events.column(0).as_string::<i32>();
-        let ts = events.column(1).as_primitive::<Int64Type>().values();
-        let part = events.column(2).as_primitive::<Int32Type>().values();
-        let off = events.column(3).as_primitive::<Int64Type>().values();
+        let keys = batch.column(events::KEY).as_string::<i32>();
+        let ts = batch.column(events::TS_MS).as_primitive::<Int64Type>().values();
+        let part = batch.column(events::PARTITION).as_primitive::<Int32Type>().values();
+        let off = batch.column(events::OFFSET).as_primitive::<Int64Type>().values();
         let nf = self.spec.value_fields.len();
         let vals: Vec<&[f64]> = (0..nf)
             .map(|i| {
-                events
-                    .column(FIRST_VALUE_COLUMN + i)
+                batch
+                    .column(events::FIRST_VALUE + i)
                     .as_primitive::<arrow::datatypes::Float64Type>()
                     .values()
                     .as_ref()
@@ -427,7 +428,7 @@ impl WindowStage {
             }
         }
         if late > 0 {
-            metrics::counter!("streamcast_late_events_total").increment(late);
+            metrics::counter!(telemetry::LATE_EVENTS).increment(late);
         }
     }
 
@@ -477,11 +478,11 @@ impl WindowStage {
         }
         seqs.select_nth_unstable(k - 1);
         for &(_, slot) in &seqs[..k] {
-            self.end_key(slot, "capacity", out);
+            self.end_key(slot, SeriesEnd::Capacity, out);
         }
     }
 
-    fn end_key(&mut self, slot: usize, reason: &'static str, out: &mut Closed) {
+    fn end_key(&mut self, slot: usize, reason: SeriesEnd, out: &mut Closed) {
         if let Some(st) = self.slots[slot].take() {
             for pn in &st.panes {
                 out.unpin.extend_from_slice(&pn.pins);
@@ -491,7 +492,7 @@ impl WindowStage {
             out.ended_keys.push(st.key);
             self.free.push(slot);
             self.live -= 1;
-            metrics::counter!("streamcast_keys_ended_total", "reason" => reason).increment(1);
+            metrics::counter!(telemetry::KEYS_ENDED, "reason" => reason.as_str()).increment(1);
         }
     }
 
@@ -542,7 +543,7 @@ impl WindowStage {
         let mut rows = Rows::default();
         let ttl = self.spec.key_ttl_ms;
         let wm = self.watermark;
-        let mut ended: Vec<(usize, &'static str)> = Vec::new();
+        let mut ended: Vec<(usize, SeriesEnd)> = Vec::new();
         for slot in 0..self.slots.len() {
             let Some(st) = self.slots[slot].as_mut() else {
                 continue;
@@ -550,7 +551,7 @@ impl WindowStage {
             if let Some(reason) = close_key(st, last, &self.spec, &mut rows, out) {
                 ended.push((slot, reason));
             } else if st.last_event_ts != i64::MIN && wm.saturating_sub(st.last_event_ts) > ttl {
-                ended.push((slot, "ttl"));
+                ended.push((slot, SeriesEnd::Ttl));
             }
         }
         for (slot, reason) in ended {
@@ -558,7 +559,7 @@ impl WindowStage {
             // before the watermark closed the gap): they start the key's new
             // series rather than vanish with the old one.
             let rest = match (reason, self.slots[slot].as_mut()) {
-                ("gap", Some(st)) => st.panes.iter().position(|pn| pn.count > 0).map(|i| {
+                (SeriesEnd::Gap, Some(st)) => st.panes.iter().position(|pn| pn.count > 0).map(|i| {
                     (
                         st.key.clone(),
                         st.next_win + i as i64,
@@ -583,10 +584,10 @@ impl WindowStage {
             }
         }
         if !rows.key.is_empty() {
-            metrics::counter!("streamcast_windows_closed_total").increment(rows.key.len() as u64);
+            metrics::counter!(telemetry::WINDOWS_CLOSED).increment(rows.key.len() as u64);
             out.windows = Some(self.build(rows));
         }
-        metrics::gauge!("streamcast_live_keys").set(self.live as f64);
+        metrics::gauge!(telemetry::LIVE_KEYS).set(self.live as f64);
     }
 
     fn build(&self, rows: Rows) -> RecordBatch {
@@ -640,7 +641,7 @@ fn close_key(
     spec: &WindowSpec,
     rows: &mut Rows,
     out: &mut Closed,
-) -> Option<&'static str> {
+) -> Option<SeriesEnd> {
     let r = spec.panes_per_window() as usize;
     let nf = spec.value_fields.len();
     let agg = spec.aggregation;
@@ -678,7 +679,7 @@ fn close_key(
         if filled {
             st.empty_run += 1;
             if st.empty_run > spec.max_gap_windows || !st.emitted_any {
-                return Some("gap");
+                return Some(SeriesEnd::Gap);
             }
             match spec.fill {
                 FillPolicy::Ffill => combined.copy_from_slice(&st.last_values),
@@ -731,6 +732,7 @@ fn late_letter(
         obj.insert(f.clone(), (*v).into());
     }
     DeadLetter {
+        kind: DeadLetterKind::Late,
         reason: format!(
             "late: event time {ts} ms is behind the watermark {wm} ms and its window has closed"
         ),
@@ -740,56 +742,9 @@ fn late_letter(
     }
 }
 
-/// Calendar covariate columns for window starts (ms since epoch, UTC).
-pub fn covariates(c: &CovariatesConfig, starts: &[i64]) -> Vec<ArrayRef> {
-    const DAY: f64 = 86_400_000.0;
-    let mut cols: Vec<ArrayRef> = Vec::new();
-    // Day-of-week phase: 1970-01-01 was a Thursday; shift so Monday 00:00 = 0.
-    let cycles: [(u32, f64, f64); 3] = [
-        (c.hour_of_day, DAY, 0.0),
-        (c.day_of_week, 7.0 * DAY, 3.0 * DAY),
-        (c.day_of_year, 365.25 * DAY, 0.0),
-    ];
-    for (order, period, shift) in cycles {
-        for j in 1..=order {
-            let w = 2.0 * PI * j as f64 / period;
-            let sin: Float64Array = starts
-                .iter()
-                .map(|&t| (w * (t as f64 + shift)).sin())
-                .collect();
-            let cos: Float64Array = starts
-                .iter()
-                .map(|&t| (w * (t as f64 + shift)).cos())
-                .collect();
-            cols.push(Arc::new(sin));
-            cols.push(Arc::new(cos));
-        }
-    }
-    if !c.holidays.is_empty() {
-        let days: std::collections::HashSet<i64> = c
-            .holidays
-            .iter()
-            .map(|d| {
-                d.and_hms_opt(0, 0, 0)
-                    .map_or(0, |t| t.and_utc().timestamp_millis())
-                    / DAY as i64
-            })
-            .collect();
-        let col: Float64Array = starts
-            .iter()
-            .map(|&t| {
-                if days.contains(&t.div_euclid(DAY as i64)) {
-                    1.0
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        cols.push(Arc::new(col));
-    }
-    cols
-}
+pub mod bounded;
+mod covariates;
+pub use covariates::covariates;
 
 #[cfg(test)]
-#[path = "window_tests.rs"]
 mod tests;

@@ -11,12 +11,14 @@
 use super::*;
 
 use std::collections::BTreeMap;
+use std::f64::consts::PI;
 
 use arrow::array::AsArray;
 use arrow::datatypes::{Float64Type, TimestampMillisecondType, UInt32Type};
 use proptest::prelude::*;
 
-use crate::decode::{events_schema, DeadLetter, EventsBuilder};
+use crate::decode::DeadLetter;
+use crate::schema::{events_schema, windows::FIRST_AGG as FIRST_AGG_COLUMN, EventsBuilder};
 use crate::offsets::{OffsetTracker, Position, Ticket};
 
 // ---------------------------------------------------------------- helpers
@@ -660,7 +662,7 @@ fn late_events_dead_lettered() {
     assert_eq!(got, vec![(3, 40), (0, 2), (0, 3)]);
     for d in &s.late {
         assert!(d.reason.starts_with("late"), "{}", d.reason);
-        assert_eq!(d.kind(), "late");
+        assert_eq!(d.kind, crate::decode::DeadLetterKind::Late);
     }
     let p: serde_json::Value = serde_json::from_slice(&s.late[0].payload).unwrap();
     assert_eq!(p["key"], "a");

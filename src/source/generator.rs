@@ -24,6 +24,24 @@ pub struct GenSpec {
     pub seed: u64,
 }
 
+impl GenSpec {
+    /// `days` of history per key at one event every `step_ms`, starting
+    /// `days` before `now_ms` on a UTC day boundary (so the data ends about
+    /// now, and daily cycles line up with the calendar).
+    pub fn ending_at(now_ms: i64, keys: usize, days: f64, step_ms: i64, seed: u64) -> Self {
+        const DAY: i64 = 86_400_000;
+        let step_ms = step_ms.max(1);
+        let span = (days.max(0.0) * DAY as f64) as i64;
+        GenSpec {
+            keys,
+            points_per_key: (span as f64 / step_ms as f64).round() as usize,
+            step_ms,
+            start_ms: (now_ms - span).div_euclid(DAY) * DAY,
+            seed,
+        }
+    }
+}
+
 /// One generated event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenEvent {
@@ -139,7 +157,7 @@ pub fn generate(spec: &GenSpec) -> Vec<GenEvent> {
 pub fn to_json(e: &GenEvent, key_field: &str, time_field: &str, value_field: &str) -> String {
     let mut m = serde_json::Map::new();
     m.insert(key_field.into(), e.key.clone().into());
-    m.insert(time_field.into(), crate::sink::rfc3339_ms(e.ts_ms).into());
+    m.insert(time_field.into(), crate::time::rfc3339_ms(e.ts_ms).into());
     m.insert(value_field.into(), e.value.into());
     serde_json::Value::Object(m).to_string()
 }
@@ -186,65 +204,6 @@ mod tests {
             corr(144)
         );
     }
-}
-
-/// Produces JSON payloads keyed by entity to a topic and waits for every
-/// acknowledgement. Keyed, so each key's events stay in order in one partition.
-pub async fn produce(
-    brokers: &str,
-    topic: &str,
-    records: impl IntoIterator<Item = (String, String)>,
-) -> crate::Result<u64> {
-    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-    use std::time::Duration;
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "500000")
-        .create()?;
-    let mut pending = Vec::with_capacity(10_000);
-    let mut n = 0u64;
-    for (key, payload) in records {
-        let rec = FutureRecord::to(topic).key(&key).payload(&payload);
-        let fut = loop {
-            match producer.send_result(rec) {
-                Ok(f) => break f,
-                Err((_, _)) => {
-                    // Queue full: let it drain.
-                    for f in pending.drain(..) {
-                        let _ = f.await;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    let rec2 = FutureRecord::to(topic).key(&key).payload(&payload);
-                    match producer.send_result(rec2) {
-                        Ok(f) => break f,
-                        Err((e, _)) => return Err(e.into()),
-                    }
-                }
-            }
-        };
-        pending.push(fut);
-        n += 1;
-        if pending.len() >= 10_000 {
-            for f in pending.drain(..) {
-                match f.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(e.into()),
-                    Err(_) => return Err(crate::Error::StageStopped("producer")),
-                }
-            }
-        }
-    }
-    for f in pending {
-        match f.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(e.into()),
-            Err(_) => return Err(crate::Error::StageStopped("producer")),
-        }
-    }
-    producer.flush(Duration::from_secs(30))?;
-    Ok(n)
 }
 
 /// Writes generated events to Parquet (`key`, `ts` as a UTC ms timestamp, `value`),

@@ -1,6 +1,6 @@
 //! The recurrent model inside the evaluation harness, through the project's
 //! own path: series -> events -> window stage -> Parquet -> polars batch
-//! prep -> TBPTT training -> the live forecast stage (`model::Forecaster`),
+//! prep -> TBPTT training -> the live forecast stage (`model::ForecastStage`),
 //! stepping every key window by window with its carried state.
 //!
 //! - [`RnnModel`] is an `eval::Model` (M4: all histories at once; one global
@@ -14,12 +14,14 @@
 use arrow::array::{Array, AsArray, RecordBatch, TimestampMillisecondArray};
 use arrow::datatypes::Float64Type;
 
+use super::backtest::StreamModel;
+use super::harness::Model;
 use crate::config::PipelineConfig;
-use crate::decode::{events_schema, EventsBuilder};
 use crate::error::{Error, Result};
-use crate::eval::{Model, StreamModel};
-use crate::model::Forecaster;
+use crate::model::ForecastStage;
+use crate::schema::{events_schema, forecasts, EventsBuilder};
 use crate::train::{self, TrainReport};
+use crate::window::bounded::{closed_windows, End};
 use crate::window::WindowSpec;
 
 /// Where the synthetic clock of an evaluation ends (2020-01-01T00:00Z): all
@@ -59,7 +61,7 @@ impl RnnModel {
         cfg.model.horizon = horizon as i64;
         let step = cfg.slide_ms();
         let events = series_events(&cfg, histories, step);
-        let windows = train::windows_from_events_until(&cfg, &events, Some(EVAL_END_MS));
+        let windows = closed_windows(WindowSpec::from_config(&cfg), &events, End::Through(EVAL_END_MS));
         let data = prepare_windows(&cfg, &windows)?;
         let mut sum = vec![vec![0.0; horizon]; histories.len()];
         let members = self.ensemble.max(1);
@@ -78,7 +80,7 @@ impl RnnModel {
                 "rnn trained"
             );
             self.report = Some(trained.report.clone());
-            let mut stage = Forecaster::new(
+            let mut stage = ForecastStage::new(
                 trained.net,
                 trained.spec,
                 cfg.decode.value_fields.len(),
@@ -104,7 +106,7 @@ impl RnnModel {
 fn prepare_windows(cfg: &PipelineConfig, windows: &[RecordBatch]) -> Result<train::Prepared> {
     let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
     let path = dir.path().join("windows.parquet");
-    train::write_windows(
+    crate::archive::write_windows_file(
         windows,
         WindowSpec::from_config(cfg).windows_schema(),
         &path,
@@ -145,15 +147,15 @@ fn key_of(i: usize) -> String {
 
 /// Stores the forecasts made at the window ending at `end_ms` by key index.
 fn collect_last(f: &RecordBatch, end_ms: i64, out: &mut [Vec<f64>]) {
-    let keys = f.column(0).as_string::<i32>();
+    let keys = f.column(forecasts::KEY).as_string::<i32>();
     let Some(ends) = f
-        .column(1)
+        .column(forecasts::WINDOW_END)
         .as_any()
         .downcast_ref::<TimestampMillisecondArray>()
     else {
         return;
     };
-    let lists = f.column(4).as_fixed_size_list();
+    let lists = f.column(forecasts::FORECAST).as_fixed_size_list();
     let h = lists.value_length() as usize;
     let vals = lists.values().as_primitive::<Float64Type>().values();
     for r in 0..f.num_rows() {
@@ -183,15 +185,8 @@ impl Model for RnnModel {
         false
     }
 
-    fn fit_forecast(&mut self, histories: &[&[f64]], horizon: usize) -> Vec<Vec<f64>> {
-        match self.run(histories, horizon) {
-            Ok(f) => f,
-            Err(e) => {
-                // The harness refuses non-finite forecasts with a message.
-                tracing::error!(error = %e, "rnn failed");
-                vec![vec![f64::NAN; horizon]; histories.len()]
-            }
-        }
+    fn fit_forecast(&mut self, histories: &[&[f64]], horizon: usize) -> Result<Vec<Vec<f64>>> {
+        self.run(histories, horizon)
     }
 }
 
@@ -205,7 +200,7 @@ pub struct OnlineRnn {
     /// the evaluated origins).
     train_series: Vec<(Vec<i64>, Vec<f64>)>,
     train_fraction: f64,
-    stage: Option<Forecaster>,
+    stage: Option<ForecastStage>,
     key: String,
     seen: i64,
     last: Option<Vec<f64>>,
@@ -255,11 +250,11 @@ impl OnlineRnn {
         for (o, (ts, i, v)) in rows.iter().enumerate() {
             b.push(&key_of(*i), *ts, 0, o as i64, &[*v]);
         }
-        let windows = train::windows_from_events_until(&cfg, &b.finish(), Some(final_wm));
+        let windows = closed_windows(WindowSpec::from_config(&cfg), &b.finish(), End::Through(final_wm));
         let data = prepare_windows(&cfg, &windows)?;
         let trained = train::train_prepared(&cfg, &cfg.train, &data, None)?;
         self.report = Some(trained.report.clone());
-        self.stage = Some(Forecaster::new(
+        self.stage = Some(ForecastStage::new(
             trained.net,
             trained.spec,
             1,
@@ -274,37 +269,33 @@ impl StreamModel for OnlineRnn {
         "rnn".into()
     }
 
-    fn reset(&mut self, key: &str) {
-        if let Err(e) = self.ensure_trained() {
-            tracing::error!(error = %e, "online rnn could not be trained");
-        }
+    fn reset(&mut self, key: &str) -> Result<()> {
+        self.ensure_trained()?;
         if let Some(s) = self.stage.as_mut() {
             s.end_keys(&[std::sync::Arc::from(self.key.as_str())]);
         }
         self.key = key.to_string();
         self.seen = 0;
         self.last = None;
+        Ok(())
     }
 
-    fn observe(&mut self, window_start_ms: i64, value: f64) {
+    fn observe(&mut self, window_start_ms: i64, value: f64) -> Result<()> {
         let Some(stage) = self.stage.as_mut() else {
-            return;
+            return Ok(());
         };
         let spec = WindowSpec::from_config(&self.cfg);
         let batch = one_window(&spec, &self.key, window_start_ms, self.cfg.size_ms(), value);
         self.seen += 1;
-        match stage.forecast(&batch) {
-            Ok(f) => {
-                let lists = f.column(4).as_fixed_size_list();
-                let vals = lists.values().as_primitive::<Float64Type>().values();
-                self.last = Some(vals.to_vec());
-            }
-            Err(e) => tracing::error!(error = %e, "online rnn step failed"),
-        }
+        let f = stage.forecast(&batch)?;
+        let lists = f.column(forecasts::FORECAST).as_fixed_size_list();
+        let vals = lists.values().as_primitive::<Float64Type>().values();
+        self.last = Some(vals.to_vec());
+        Ok(())
     }
 
-    fn forecast(&mut self, horizon: usize) -> Vec<f64> {
-        match &self.last {
+    fn forecast(&mut self, horizon: usize) -> Result<Vec<f64>> {
+        Ok(match &self.last {
             Some(v) if v.len() >= horizon => v[..horizon].to_vec(),
             Some(v) => {
                 let mut v = v.clone();
@@ -312,8 +303,10 @@ impl StreamModel for OnlineRnn {
                 v.resize(horizon, last);
                 v
             }
+            // Nothing observed yet: the harness refuses non-finite values
+            // with a message naming the key and origin.
             None => vec![f64::NAN; horizon],
-        }
+        })
     }
 }
 
@@ -398,7 +391,7 @@ dead_letter_topic = "d"
         let s = series();
         let histories: Vec<&[f64]> = s.iter().map(|v| &v[..v.len() - 12]).collect();
         let mut m = RnnModel::new(cfg());
-        let f = m.fit_forecast(&histories, 12);
+        let f = m.fit_forecast(&histories, 12).unwrap();
         assert_eq!(f.len(), s.len());
         for (i, (fc, full)) in f.iter().zip(&s).enumerate() {
             assert_eq!(fc.len(), 12);
@@ -432,11 +425,11 @@ dead_letter_topic = "d"
             })
             .collect();
         let mut m = OnlineRnn::new(cfg(), train.clone(), 0.8);
-        m.reset("s00000");
+        m.reset("s00000").unwrap();
         for (t, v) in train[0].0.iter().zip(&train[0].1) {
-            m.observe(*t, *v);
+            m.observe(*t, *v).unwrap();
         }
-        let f = m.forecast(12);
+        let f = m.forecast(12).unwrap();
         assert_eq!(f.len(), 12);
         assert!(f.iter().all(|v| v.is_finite()), "{f:?}");
     }

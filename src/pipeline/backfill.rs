@@ -12,14 +12,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::core::{Core, Totals};
 use crate::config::PipelineConfig;
 use crate::error::Result;
 use crate::offsets::OffsetTracker;
-use crate::pipeline::{Core, Totals};
 use crate::sink::FileSink;
-use crate::source::read_parquet_events;
-
-const CHUNK: usize = 65_536;
+use crate::source::parquet::read_parquet_events;
+use crate::window::bounded::{in_chunks, CHUNK};
 
 /// What a backfill wrote.
 #[derive(Debug, Clone)]
@@ -46,19 +45,19 @@ pub fn backfill(cfg: &PipelineConfig, inputs: &[PathBuf], output: &Path) -> Resu
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut rejected = Some(rejected);
-    let mut off = 0;
-    loop {
-        let len = CHUNK.min(n - off);
-        let chunk = events.slice(off, len);
-        for o in core.on_events(&chunk, rejected.take().unwrap_or_default(), 0)? {
+    if n == 0 {
+        // Still write the rejected rows' dead letters.
+        for o in core.on_events(&events, rejected.take().unwrap_or_default(), 0)? {
             sink.write(&o)?;
         }
-        bar.inc(len as u64);
-        off += len;
-        if off >= n {
-            break;
-        }
     }
+    in_chunks(&events, CHUNK, |chunk| {
+        for o in core.on_events(chunk, rejected.take().unwrap_or_default(), 0)? {
+            sink.write(&o)?;
+        }
+        bar.inc(chunk.num_rows() as u64);
+        Ok::<(), crate::Error>(())
+    })?;
     bar.finish_and_clear();
     let dead_file = (sink.dead_letters > 0).then(|| sink.dead_letter_path().to_path_buf());
     let output = sink.close()?;

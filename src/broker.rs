@@ -1,0 +1,135 @@
+//! The connection to the Kafka cluster shared by every client of the job:
+//! base client settings, topic administration (create what a pipeline
+//! needs, with bounded retries under the crate's retry rule), and a plain
+//! keyed producer for generated data and tests.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::PipelineConfig;
+use crate::error::{retryable_kafka_code, Error, Result};
+
+/// The settings every client of the job shares.
+pub fn base_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    c.set("client.id", "streamcast");
+    c
+}
+
+/// Creates the topics a pipeline uses when they do not exist, retrying
+/// while the brokers cannot be reached. Fails with a clear message after
+/// `source.connect_attempts` tries.
+pub async fn ensure_topics(cfg: &PipelineConfig) -> Result<()> {
+    let topics = [
+        (cfg.source.topic.as_str(), cfg.source.partitions),
+        (cfg.sink.topic.as_str(), cfg.sink.partitions),
+        (cfg.sink.dead_letter_topic.as_str(), cfg.sink.partitions),
+    ];
+    create_topics(&cfg.source.brokers, &topics, cfg.source.connect_attempts).await
+}
+
+/// Creates topics (ignoring "already exists"), trying `attempts` times.
+pub async fn create_topics(brokers: &str, topics: &[(&str, i32)], attempts: u32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = base_config(brokers).create()?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(5)));
+    let mut backoff = Duration::from_millis(500);
+    let mut last_err = String::new();
+    for attempt in 1..=attempts.max(1) {
+        match admin.create_topics(&new, &opts).await {
+            Ok(results) => {
+                let mut retry = false;
+                for r in results {
+                    match r {
+                        Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                        Err((name, code)) if retryable_kafka_code(code) => {
+                            retry = true;
+                            last_err = format!("topic {name}: {code}");
+                        }
+                        Err((name, code)) => {
+                            return Err(Error::TopicAdmin { topic: name, code });
+                        }
+                    }
+                }
+                if !retry {
+                    return Ok(());
+                }
+            }
+            Err(e) => last_err = e.to_string(),
+        }
+        tracing::warn!(attempt, brokers, error = %last_err, "Kafka not reachable yet; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(8));
+    }
+    Err(Error::Unreachable(format!(
+        "cannot reach Kafka brokers at {brokers} after {attempts} attempts (last error: {last_err}); \
+         is the broker running? (scripts/kafka up)"
+    )))
+}
+
+/// Produces JSON payloads keyed by entity to a topic and waits for every
+/// acknowledgement. Keyed, so each key's events stay in order in one partition.
+pub async fn produce(
+    brokers: &str,
+    topic: &str,
+    records: impl IntoIterator<Item = (String, String)>,
+) -> Result<u64> {
+    let producer: FutureProducer = base_config(brokers)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "500000")
+        .create()?;
+    let mut pending = Vec::with_capacity(10_000);
+    let mut n = 0u64;
+    for (key, payload) in records {
+        let rec = FutureRecord::to(topic).key(&key).payload(&payload);
+        let fut = loop {
+            match producer.send_result(rec) {
+                Ok(f) => break f,
+                Err((_, _)) => {
+                    // Queue full: let it drain.
+                    for f in pending.drain(..) {
+                        let _ = f.await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let rec2 = FutureRecord::to(topic).key(&key).payload(&payload);
+                    match producer.send_result(rec2) {
+                        Ok(f) => break f,
+                        Err((e, _)) => return Err(e.into()),
+                    }
+                }
+            }
+        };
+        pending.push(fut);
+        n += 1;
+        if pending.len() >= 10_000 {
+            for f in pending.drain(..) {
+                match f.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(e.into()),
+                    Err(_) => return Err(Error::StageStopped("producer")),
+                }
+            }
+        }
+    }
+    for f in pending {
+        match f.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(e.into()),
+            Err(_) => return Err(Error::StageStopped("producer")),
+        }
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(n)
+}

@@ -1,0 +1,237 @@
+//! The command line: clap types, one function per subcommand (its own
+//! file), and what each prints. Library logic stays in the library; this
+//! room parses, calls and reports.
+
+mod backfill;
+mod check;
+#[cfg(feature = "eval")]
+mod eval;
+mod generate;
+mod models;
+mod run;
+mod train;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "streamcast",
+    version,
+    about = "Online per-key forecasting for Kafka streams"
+)]
+pub struct Cli {
+    /// Log as JSON lines (for log shippers) instead of text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run a pipeline: consume events, forecast every closed window, publish.
+    Run {
+        /// The pipeline file (pipelines/<name>.toml).
+        pipeline: PathBuf,
+        /// Stop gracefully after no input for this long (e.g. "20s").
+        #[arg(long, value_parser = streamcast::time::parse_duration)]
+        exit_when_idle: Option<Duration>,
+        /// Print forecasts as they are acknowledged.
+        #[arg(long)]
+        print_forecasts: bool,
+    },
+    /// The same stages over Parquet: events in, forecasts out.
+    Backfill {
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// Parquet files with the pipeline's key, time and value columns.
+        #[arg(long, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        /// Forecasts Parquet file to write.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Generate realistic multi-key seasonal events (for demos and benchmarks).
+    Generate {
+        /// Takes field names and the input topic from this pipeline.
+        #[arg(long)]
+        pipeline: PathBuf,
+        #[arg(long, default_value_t = 12)]
+        keys: usize,
+        /// Days of history per key.
+        #[arg(long, default_value_t = 7.0)]
+        days: f64,
+        /// Interval between a key's events.
+        #[arg(long, default_value = "5m", value_parser = streamcast::time::parse_duration)]
+        step: Duration,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Produce the events to the pipeline's input topic.
+        #[arg(long)]
+        to_kafka: bool,
+        /// Write the events to this Parquet file.
+        #[arg(long)]
+        parquet: Option<PathBuf>,
+    },
+    /// Validate a pipeline file and print it with defaults filled in.
+    Check { pipeline: PathBuf },
+    /// Train a model from Parquet (events or archived windows), the same
+    /// code path as the background retrainer.
+    Train {
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// Parquet files: events (the pipeline's key/time/value columns) or
+        /// windows (the archive's schema, with `window_end`).
+        #[arg(long, required = true, num_args = 1..)]
+        data: Vec<PathBuf>,
+        /// Model registry to save into; default the pipeline's models dir.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Make the new model the registry's champion if it beats the current one.
+        #[arg(long)]
+        promote: bool,
+    },
+    /// Model versions of a pipeline.
+    Models {
+        #[command(subcommand)]
+        which: ModelsCmd,
+    },
+    /// Evaluate forecasters offline (M4 Hourly; rolling-origin backtests on streams).
+    #[cfg(feature = "eval")]
+    Eval {
+        #[command(subcommand)]
+        which: EvalCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ModelsCmd {
+    /// List versions with their validation metrics; `*` marks the active one.
+    List {
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// Registry directory; default the pipeline's models dir.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[cfg(feature = "eval")]
+#[derive(Subcommand)]
+pub enum EvalCmd {
+    /// M4 Hourly: forecast 48 steps after every series (submission CSV), or
+    /// score a holdout of the last values of every series (--holdout).
+    M4 {
+        /// The M4 training CSV (e.g. ../shared/data/m4/Hourly-train.csv).
+        #[arg(long)]
+        train: PathBuf,
+        /// Forecasts of the first model, as `id,F1,...,FH` (required without --holdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Hold out the last N values of every series and score forecasts of them.
+        #[arg(long)]
+        holdout: Option<usize>,
+        /// Forecast horizon without --holdout.
+        #[arg(long, default_value_t = 48)]
+        horizon: usize,
+        /// Seasonal period (MASE m; seasonal models).
+        #[arg(long, default_value_t = 24)]
+        season: usize,
+        /// Models to run, comma-separated (the first is written to --out).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "naive,snaive,naive2,ses,holt,damped,hw_add,hw_mul,ses_sa,holt_sa,damped_sa"
+        )]
+        models: Vec<String>,
+        /// Also write the holdout table as Markdown here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Pipeline file configuring the recurrent model `rnn`.
+        #[arg(long, default_value = "pipelines/m4_hourly.toml")]
+        rnn_pipeline: PathBuf,
+        /// Networks (seeds) the `rnn` trains and averages.
+        #[arg(long, default_value_t = 3)]
+        rnn_ensemble: usize,
+    },
+    /// Rolling-origin backtest on timestamped series windowed by a pipeline.
+    Stream {
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// NAB-style CSV files (`timestamp,value`, key = file stem) or events Parquet.
+        #[arg(long, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        /// Windows ahead; default the pipeline's model.horizon.
+        #[arg(long)]
+        horizon: Option<usize>,
+        /// At most this many origins per series (spread over its last 20%).
+        #[arg(long, default_value_t = 50)]
+        origins: usize,
+        /// Models to run, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "naive,snaive,naive2,ses,holt,damped,hw_add,ses_sa,damped_sa"
+        )]
+        models: Vec<String>,
+        /// Write one SVG per plotted key here.
+        #[arg(long)]
+        plot_dir: Option<PathBuf>,
+        /// Keys to plot (default: all), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        plot_keys: Vec<String>,
+        /// Model drawn in the plots (default: the first of --models).
+        #[arg(long)]
+        plot_model: Option<String>,
+        /// Windows shown per plot, ending at the series' end (0 = the whole tail).
+        #[arg(long, default_value_t = 336)]
+        plot_windows: usize,
+        /// Also print H-step MASE per key.
+        #[arg(long)]
+        per_key: bool,
+        /// Also write the tables as Markdown here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+}
+
+/// Runs one subcommand.
+pub fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Cmd::Run {
+            pipeline,
+            exit_when_idle,
+            print_forecasts,
+        } => run::run(&pipeline, exit_when_idle, print_forecasts),
+        Cmd::Backfill {
+            pipeline,
+            input,
+            output,
+        } => backfill::backfill(&pipeline, &input, &output),
+        Cmd::Generate {
+            pipeline,
+            keys,
+            days,
+            step,
+            seed,
+            to_kafka,
+            parquet,
+        } => generate::generate(&pipeline, keys, days, step, seed, to_kafka, parquet),
+        Cmd::Check { pipeline } => check::check(&pipeline),
+        Cmd::Train {
+            pipeline,
+            data,
+            out,
+            promote,
+        } => train::train(&pipeline, &data, out, promote),
+        Cmd::Models {
+            which: ModelsCmd::List { pipeline, dir },
+        } => models::list(&pipeline, dir),
+        #[cfg(feature = "eval")]
+        Cmd::Eval { which } => eval::eval(which),
+    }
+}

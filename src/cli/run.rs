@@ -1,0 +1,30 @@
+//! `streamcast run`: the streaming job.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use streamcast::pipeline::{self, RunOptions};
+use streamcast::PipelineConfig;
+
+pub fn run(
+    pipeline: &Path,
+    exit_when_idle: Option<Duration>,
+    print_forecasts: bool,
+) -> anyhow::Result<ExitCode> {
+    let cfg = PipelineConfig::load(pipeline)?;
+    // Two workers: the consumer, sink and committer tasks only move bytes;
+    // the compute, archive and retrain threads are plain threads.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let opts = RunOptions {
+        exit_when_idle,
+        print_forecasts,
+    };
+    rt.block_on(pipeline::run(cfg, opts))?;
+    Ok(ExitCode::SUCCESS)
+}

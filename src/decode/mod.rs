@@ -1,0 +1,149 @@
+//! Decode stage: raw Kafka payloads -> one Arrow `RecordBatch` of events.
+//!
+//! This is the last place where work is done per event (`json` walks each
+//! object once). Rooms: `json` (the walker), `time` (event-time formats),
+//! `dead_letter` (typed rejections and their published form).
+//!
+//! Invariant: every input message ends up either as exactly one row of the
+//! events batch or as exactly one [`DeadLetter`] carrying a typed kind, the
+//! reason and its source partition/offset. Nothing is dropped silently.
+//!
+//! Events schema: see `schema::events_schema`.
+
+mod dead_letter;
+mod json;
+mod time;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use serde::de::DeserializeSeed;
+
+pub use dead_letter::{DeadLetter, DeadLetterKind};
+pub use time::{parse_time, RawTime};
+
+use crate::config::{DecodeConfig, TimeFormat};
+use crate::schema::{events_schema, EventsBuilder};
+use crate::telemetry;
+use dead_letter::{DeadLetterKind as Kind, Rejection};
+use json::{Fields, ObjectSeed};
+
+/// One message as it came from the source (payload copied out of librdkafka).
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    pub payload: Option<Vec<u8>>,
+    pub partition: i32,
+    pub offset: i64,
+    /// The Kafka message timestamp, if any (ms since epoch).
+    pub timestamp_ms: Option<i64>,
+}
+
+/// The events batch and the dead letters of one decoded message batch.
+#[derive(Debug)]
+pub struct Decoded {
+    pub events: RecordBatch,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// Turns JSON payloads into events. Built once per pipeline.
+pub struct Decoder {
+    cfg: DecodeConfig,
+    schema: SchemaRef,
+}
+
+impl Decoder {
+    pub fn new(cfg: &DecodeConfig) -> Self {
+        Decoder {
+            schema: events_schema(&cfg.value_fields),
+            cfg: cfg.clone(),
+        }
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Decodes a batch of messages. Never fails: bad records become dead letters.
+    pub fn decode(&self, messages: &[RawMessage]) -> Decoded {
+        let mut out = EventsBuilder::new(self.schema.clone(), messages.len());
+        let mut dead_letters = Vec::new();
+        let mut fields = Fields::new(self.cfg.value_fields.len());
+        for m in messages {
+            match self.decode_one(m, &mut fields) {
+                Ok(ts_ms) => out.push(&fields.key, ts_ms, m.partition, m.offset, &fields.values),
+                Err(r) => {
+                    metrics::counter!(telemetry::DEAD_LETTERS, "kind" => r.kind.as_str())
+                        .increment(1);
+                    dead_letters.push(DeadLetter {
+                        kind: r.kind,
+                        reason: r.reason,
+                        partition: m.partition,
+                        offset: m.offset,
+                        payload: m.payload.clone().unwrap_or_default(),
+                    })
+                }
+            }
+        }
+        metrics::counter!(telemetry::EVENTS_DECODED)
+            .increment((messages.len() - dead_letters.len()) as u64);
+        Decoded {
+            events: out.finish(),
+            dead_letters,
+        }
+    }
+
+    fn decode_one(&self, m: &RawMessage, fields: &mut Fields) -> Result<i64, Rejection> {
+        let payload = m
+            .payload
+            .as_deref()
+            .ok_or_else(|| Rejection::new(Kind::Malformed, "malformed: empty payload"))?;
+        fields.reset();
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        ObjectSeed {
+            cfg: &self.cfg,
+            out: fields,
+        }
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| match fields.failure.take() {
+            Some(f) => f,
+            // serde_json refuses 1e999 and friends before we see them.
+            None if e.to_string().contains("number out of range") => {
+                Rejection::new(Kind::BadValue, format!("non-finite value: {e}"))
+            }
+            None => Rejection::new(Kind::Malformed, format!("malformed JSON: {e}")),
+        })?;
+        if !fields.has_key {
+            return Err(Rejection::missing(&self.cfg.key_field));
+        }
+        for (i, v) in fields.values.iter().enumerate() {
+            if v.is_nan() && !fields.seen_value[i] {
+                return Err(Rejection::missing(&self.cfg.value_fields[i]));
+            }
+        }
+        match self.cfg.time_format {
+            TimeFormat::Kafka => m
+                .timestamp_ms
+                .ok_or_else(|| {
+                    Rejection::new(
+                        Kind::MissingField,
+                        "missing timestamp: the Kafka message has none",
+                    )
+                }),
+            fmt => match fields.ts.take() {
+                None => Err(Rejection::missing(&self.cfg.time_field)),
+                Some(raw) => parse_time(&raw, fmt).map_err(|e| {
+                    Rejection::new(
+                        Kind::BadTimestamp,
+                        format!(
+                            "unparsable timestamp in field `{}`: {e}",
+                            self.cfg.time_field
+                        ),
+                    )
+                }),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

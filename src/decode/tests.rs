@@ -1,0 +1,147 @@
+//! Decoder tests: every message becomes one row or one typed dead letter.
+
+use super::*;
+use arrow::array::{AsArray, Float64Array, Int64Array};
+use arrow::datatypes::Int64Type;
+
+fn msg(offset: i64, s: &str) -> RawMessage {
+    RawMessage {
+        payload: Some(s.as_bytes().to_vec()),
+        partition: 2,
+        offset,
+        timestamp_ms: Some(1_000),
+    }
+}
+
+fn decoder(fmt: TimeFormat, fields: &[&str]) -> Decoder {
+    Decoder::new(&DecodeConfig {
+        time_format: fmt,
+        value_fields: fields.iter().map(|s| s.to_string()).collect(),
+        ..DecodeConfig::default()
+    })
+}
+
+#[test]
+fn good_events_become_rows() {
+    let d = decoder(TimeFormat::Rfc3339, &["value", "temp"]);
+    let out = d.decode(&[
+        msg(0, r#"{"key":"a","ts":"2024-01-01T00:00:00Z","value":1.5,"temp":3,"extra":{"x":[1,2]}}"#),
+        msg(1, r#"{"ts":"2024-01-01 00:05:00","key":42,"temp":-1e3,"value":2}"#),
+    ]);
+    assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+    let b = &out.events;
+    assert_eq!(b.num_rows(), 2);
+    assert_eq!(b.column(0).as_string::<i32>().value(1), "42");
+    let ts = b.column(1).as_primitive::<Int64Type>();
+    assert_eq!(ts.value(0), 1_704_067_200_000);
+    assert_eq!(ts.value(1), 1_704_067_500_000);
+    let temp = b.column(crate::schema::events::FIRST_VALUE + 1).as_any().downcast_ref::<Float64Array>().unwrap();
+    assert_eq!(temp.value(1), -1000.0);
+    let off = b.column(crate::schema::events::OFFSET).as_any().downcast_ref::<Int64Array>().unwrap();
+    assert_eq!(off.values(), &[0, 1]);
+}
+
+#[test]
+fn each_bad_record_is_a_dead_letter_with_reason_and_position() {
+    let d = decoder(TimeFormat::EpochS, &["value"]);
+    let cases = [
+        (r#"{"key":"a","ts":10,"value":1"#, "malformed JSON"),
+        (r#"[1,2,3]"#, "malformed JSON"),
+        (r#"{"ts":10,"value":1}"#, "missing field `key`"),
+        (r#"{"key":"a","value":1}"#, "missing field `ts`"),
+        (r#"{"key":"a","ts":10}"#, "missing field `value`"),
+        (
+            r#"{"key":"a","ts":10,"value":"high"}"#,
+            "non-numeric value in field `value`",
+        ),
+        (
+            r#"{"key":"a","ts":10,"value":null}"#,
+            "non-numeric value in field `value`: null",
+        ),
+        (r#"{"key":"a","ts":10,"value":1e999}"#, "non-finite value"),
+        (
+            r#"{"key":"a","ts":"yesterday","value":1}"#,
+            "unparsable timestamp",
+        ),
+        (r#"{"key":[1],"ts":10,"value":1}"#, "bad key"),
+    ];
+    let msgs: Vec<_> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (s, _))| msg(100 + i as i64, s))
+        .collect();
+    let out = d.decode(&msgs);
+    assert_eq!(out.events.num_rows(), 0);
+    assert_eq!(out.dead_letters.len(), cases.len());
+    for (i, (dl, (_, want))) in out.dead_letters.iter().zip(cases).enumerate() {
+        assert!(
+            dl.reason.contains(want),
+            "case {i}: {:?} should contain {want:?}",
+            dl.reason
+        );
+        assert_eq!(dl.offset, 100 + i as i64);
+        assert_eq!(dl.partition, 2);
+    }
+    // The kind is typed where the record was refused, not guessed from the text.
+    use DeadLetterKind as K;
+    let kinds: Vec<K> = out.dead_letters.iter().map(|d| d.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            K::Malformed,
+            K::Malformed,
+            K::MissingField,
+            K::MissingField,
+            K::MissingField,
+            K::BadValue,
+            K::BadValue,
+            K::BadValue,
+            K::BadTimestamp,
+            K::BadKey,
+        ]
+    );
+}
+
+#[test]
+fn good_records_around_bad_ones_survive() {
+    let d = decoder(TimeFormat::EpochMs, &["value"]);
+    let out = d.decode(&[
+        msg(0, r#"{"key":"a","ts":1000,"value":1}"#),
+        msg(1, "not json"),
+        msg(2, r#"{"key":"b","ts":2000,"value":2}"#),
+    ]);
+    assert_eq!(out.events.num_rows(), 2);
+    assert_eq!(out.dead_letters.len(), 1);
+    assert_eq!(out.dead_letters[0].offset, 1);
+}
+
+#[test]
+fn kafka_timestamp_mode_uses_message_time() {
+    let d = decoder(TimeFormat::Kafka, &["value"]);
+    let out = d.decode(&[msg(0, r#"{"key":"a","value":1,"ts":"ignored"}"#)]);
+    assert_eq!(
+        out.events.column(1).as_primitive::<Int64Type>().value(0),
+        1_000
+    );
+}
+
+#[test]
+fn time_formats() {
+    assert_eq!(
+        parse_time(&RawTime::Number(1.5), TimeFormat::EpochS),
+        Ok(1500)
+    );
+    assert_eq!(
+        parse_time(&RawTime::Number(1500.0), TimeFormat::EpochMs),
+        Ok(1500)
+    );
+    assert_eq!(
+        parse_time(
+            &RawTime::Text("2024-01-01T01:00:00+01:00".into()),
+            TimeFormat::Rfc3339
+        ),
+        Ok(1_704_067_200_000)
+    );
+    assert!(parse_time(&RawTime::Number(1.0), TimeFormat::Rfc3339).is_err());
+    assert!(parse_time(&RawTime::Number(f64::INFINITY), TimeFormat::EpochS).is_err());
+}

@@ -1,0 +1,170 @@
+//! The model registry of a pipeline: every trained version with its
+//! training report and the champion/challenger decision, and which version
+//! is the champion.
+//!
+//! Layout (`retrain.models_dir`, default `.state/models/<pipeline>`):
+//! `<version>/model.safetensors`, `<version>/model.json`,
+//! `<version>/train_report.json`, `<version>/status.json` (promoted or
+//! rejected, with both validation losses), and a `champion` file naming the
+//! active version (replaced atomically by rename).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::artifact::{self, ModelSpec};
+use super::network::{device_for, Network};
+use crate::config::PipelineConfig;
+use crate::error::{Error, Result};
+
+/// What happened to a challenger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub version: String,
+    pub promoted: bool,
+    #[serde(with = "nan_as_null")]
+    pub challenger_val_loss: f64,
+    #[serde(with = "nan_as_null")]
+    pub champion_val_loss: f64,
+    pub champion_version: String,
+    pub reason: String,
+}
+
+/// JSON has no NaN: write a non-finite loss as `null`, read `null` as NaN.
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else {
+            s.serialize_none()
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
+
+/// The model versions of one pipeline.
+pub struct Registry {
+    dir: PathBuf,
+}
+
+/// One row of `streamcast models list`.
+#[derive(Debug, Clone)]
+pub struct VersionInfo {
+    pub version: String,
+    pub spec: ModelSpec,
+    pub status: Option<Decision>,
+    pub active: bool,
+}
+
+impl Registry {
+    pub fn new(dir: PathBuf) -> Self {
+        Registry { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn champion_version(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join("champion"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    }
+
+    pub fn champion_dir(&self) -> Option<PathBuf> {
+        self.champion_version()
+            .map(|v| self.dir.join(v))
+            .filter(|d| d.join("model.json").exists())
+    }
+
+    /// Saves a trained model (artifact, training report) with its decision
+    /// under `<dir>/<version>/`; makes it champion if promoted.
+    pub fn record(
+        &self,
+        net: &Network,
+        spec: &ModelSpec,
+        report: &impl Serialize,
+        decision: &Decision,
+    ) -> Result<PathBuf> {
+        let dir = self.dir.join(&spec.version);
+        artifact::save(net, spec, &dir)?;
+        write_json(&dir.join("train_report.json"), report)?;
+        write_json(&dir.join("status.json"), decision)?;
+        if decision.promoted {
+            self.set_champion(&decision.version)?;
+        }
+        Ok(dir)
+    }
+
+    pub fn set_champion(&self, version: &str) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))?;
+        let tmp = self.dir.join("champion.tmp");
+        std::fs::write(&tmp, version)
+            .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, self.dir.join("champion"))
+            .map_err(|e| Error::io("promoting the champion", e))
+    }
+
+    /// Every version, newest first.
+    pub fn list(&self) -> Result<Vec<VersionInfo>> {
+        let mut out = Vec::new();
+        if !self.dir.exists() {
+            return Ok(out);
+        }
+        let active = self.champion_version();
+        let rd = std::fs::read_dir(&self.dir)
+            .map_err(|e| Error::io(format!("reading {}", self.dir.display()), e))?;
+        for d in rd.flatten() {
+            let p = d.path();
+            let Ok(text) = std::fs::read_to_string(p.join("model.json")) else {
+                continue;
+            };
+            let Ok(spec) = serde_json::from_str::<ModelSpec>(&text) else {
+                continue;
+            };
+            let status = std::fs::read_to_string(p.join("status.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok());
+            out.push(VersionInfo {
+                active: active.as_deref() == Some(spec.version.as_str()),
+                version: spec.version.clone(),
+                spec,
+                status,
+            });
+        }
+        out.sort_by(|a, b| b.version.cmp(&a.version));
+        Ok(out)
+    }
+}
+
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::json(format!("serializing {}", path.display()), e))?;
+    std::fs::write(path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// Loads the model a pipeline should start with: `model.artifact` if set,
+/// else the registry's champion, else a fresh untrained network.
+pub fn starting_model(cfg: &PipelineConfig) -> Result<(Network, ModelSpec)> {
+    let device = device_for(cfg.model.device);
+    let want = ModelSpec::expected(cfg);
+    if let Some(dir) = &cfg.model.artifact {
+        return artifact::load(dir, &want, device);
+    }
+    if let Some(dir) = Registry::new(cfg.models_dir()).champion_dir() {
+        match artifact::load(&dir, &want, device) {
+            Ok(m) => return Ok(m),
+            Err(e) => {
+                tracing::warn!(error = %e, "the registry's champion does not fit this pipeline; starting untrained")
+            }
+        }
+    }
+    let spec = ModelSpec::untrained(cfg);
+    Ok((Network::for_spec(&spec, device, spec.seed), spec))
+}

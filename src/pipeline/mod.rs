@@ -1,0 +1,16 @@
+//! The pipeline: the stages wired together.
+//!
+//! - `core`: decode -> window -> model on one thread that owns their state;
+//!   never touches the network. Streaming and backfill both run it, so the
+//!   same events give the same windows and forecasts.
+//! - `stream`: the streaming job (`streamcast run`): Kafka consumer,
+//!   compute thread, sink, committer, archive and retrainer.
+//! - `backfill`: the same core over Parquet in, Parquet out.
+
+pub mod backfill;
+pub mod core;
+pub mod stream;
+
+pub use self::core::{Core, Totals};
+pub use backfill::{backfill, BackfillReport};
+pub use stream::{run, RunOptions};

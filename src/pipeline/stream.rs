@@ -1,0 +1,473 @@
+//! The streaming job: Kafka in, forecasts out, at least once.
+//!
+//! Threads and tasks (data flows one way, every channel bounded):
+//!
+//! ```text
+//! consumer task (tokio) --raw batches--> compute thread (std) --outputs--> sink task (tokio)
+//!        ^                                 decode/window/model                 | acks release
+//!        +----- committer task stores the tracker's commit points <-- tickets -+
+//!                                           \--> archive thread, retrainer thread (optional)
+//! ```
+//!
+//! `run` reads as the job's life: start the rooms (`spawn_*`), consume
+//! until a signal or idleness (`consume`), then drain and commit (`drain`).
+//!
+//! - The consumer task only moves bytes. libtorch runs on the compute
+//!   thread, never on a tokio worker.
+//! - Offsets are stored only from `OffsetTracker::commit_points`, i.e. after
+//!   every forecast depending on them was acknowledged (see `offsets`).
+//! - SIGINT/SIGTERM: stop consuming, let the compute thread finish what it
+//!   was given, wait for every delivery, commit, exit 0. Windows still open
+//!   stay uncommitted and are rebuilt from Kafka on the next start.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::task::JoinHandle as TaskHandle;
+
+use super::core::{Core, Totals};
+use crate::archive::ArchiveHandle;
+use crate::config::PipelineConfig;
+use crate::decode::RawMessage;
+use crate::error::{Error, Result};
+use crate::model::{ModelSpec, Network};
+use crate::offsets::OffsetTracker;
+use crate::retrain::RetrainSignals;
+use crate::sink::{ForecastRecord, KafkaSink, Output};
+use crate::source::kafka as source;
+use crate::time::now_ms;
+use crate::window::WindowSpec;
+
+/// Options of `streamcast run` beyond the pipeline file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop (gracefully) after no input for this long and nothing in flight.
+    pub exit_when_idle: Option<Duration>,
+    /// Print forecasts to stdout as they are acknowledged.
+    pub print_forecasts: bool,
+}
+
+/// What the consumer hands the compute thread: messages (possibly none:
+/// then it is a heartbeat carrying the partition state), the assigned
+/// partitions and those with a backlog.
+struct Input {
+    messages: Vec<RawMessage>,
+    partitions: Vec<i32>,
+    backlogged: Vec<i32>,
+}
+
+/// A promoted model on its way from the retrainer to the compute thread.
+type Swap = (Network, ModelSpec);
+
+/// Runs a pipeline until a signal (or idleness, if asked). Returns totals.
+pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
+    let started = Instant::now();
+    crate::telemetry::serve_prometheus(&cfg.telemetry)?;
+    crate::broker::ensure_topics(&cfg).await?;
+    let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
+    let consumer = Arc::new(source::create_consumer(&cfg)?);
+    let sink = KafkaSink::from_config(&cfg, tracker.clone())?;
+    let archive = spawn_archive(&cfg)?;
+    let signals = Arc::new(RetrainSignals::default());
+    let (swap_tx, swap_rx) = sync_channel::<Swap>(1);
+    let retrainer = spawn_retrainer(&cfg, signals.clone(), swap_tx)?;
+    let compute = spawn_compute(&cfg, tracker.clone(), archive, swap_rx, signals.clone()).await?;
+    let sink_task = spawn_sink(sink, compute.outputs, opts.print_forecasts);
+    let committer = spawn_committer(consumer.clone(), tracker.clone(), cfg.source.topic.clone());
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::io("installing the SIGTERM handler", e))?;
+    let stop_reason = match consume(&cfg, &opts, &consumer, &compute.inputs, &mut sigterm).await {
+        Ok(reason) => reason,
+        Err(()) => {
+            committer.abort();
+            return Err(join_compute(compute.thread)
+                .err()
+                .unwrap_or(Error::StageStopped("compute")));
+        }
+    };
+    tracing::info!(reason = stop_reason, "stopping: draining in-flight work");
+    drop(compute.inputs);
+    let totals = tokio::task::spawn_blocking(move || join_compute(compute.thread))
+        .await
+        .map_err(|_| Error::Panicked("compute"))??;
+    let _ = sink_task.await;
+    committer.abort();
+    stop_retrainer(&signals, retrainer).await;
+    commit_final(&consumer, &tracker, &cfg.source.topic);
+    print_summary(&totals, started.elapsed());
+    Ok(totals)
+}
+
+/// The archive writer thread, when `archive.enabled`.
+fn spawn_archive(cfg: &PipelineConfig) -> Result<Option<ArchiveHandle>> {
+    if !cfg.archive.enabled {
+        return Ok(None);
+    }
+    let schema = WindowSpec::from_config(cfg).windows_schema();
+    ArchiveHandle::spawn(cfg.archive_dir(), schema, cfg.archive.clone()).map(Some)
+}
+
+/// The retrainer thread, when `retrain.enabled`; promoted models go to `swap_tx`.
+fn spawn_retrainer(
+    cfg: &PipelineConfig,
+    signals: Arc<RetrainSignals>,
+    swap_tx: SyncSender<Swap>,
+) -> Result<Option<JoinHandle<()>>> {
+    if !cfg.retrain.enabled {
+        return Ok(None);
+    }
+    let c = cfg.clone();
+    std::thread::Builder::new()
+        .name("streamcast-retrain".into())
+        .spawn(move || crate::retrain::run_retrainer(c, signals, swap_tx))
+        .map(Some)
+        .map_err(|e| Error::io("starting the retrainer", e))
+}
+
+/// Stops the retrainer: a training in progress is cancelled at its next
+/// batch (never promoted), and we wait for the thread, because libtorch
+/// must not be computing on another thread while the process exits.
+async fn stop_retrainer(signals: &RetrainSignals, retrainer: Option<JoinHandle<()>>) {
+    signals.stop.store(true, Ordering::Relaxed);
+    crate::train::request_cancel();
+    if let Some(r) = retrainer {
+        let _ = tokio::task::spawn_blocking(move || r.join()).await;
+    }
+}
+
+/// The compute thread and its two channels.
+struct Compute {
+    thread: JoinHandle<Result<Totals>>,
+    inputs: SyncSender<Input>,
+    outputs: tokio::sync::mpsc::Receiver<Output>,
+}
+
+/// Starts the compute thread (it owns decode, window and model state) and
+/// waits until its model is loaded, so a bad model fails the start.
+async fn spawn_compute(
+    cfg: &PipelineConfig,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    archive: Option<ArchiveHandle>,
+    swaps: Receiver<Swap>,
+    signals: Arc<RetrainSignals>,
+) -> Result<Compute> {
+    let (in_tx, in_rx) = sync_channel::<Input>(4);
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Output>(16);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<String>>();
+    let (name, topic) = (cfg.name.clone(), cfg.source.topic.clone());
+    let cfg = cfg.clone();
+    let thread = std::thread::Builder::new()
+        .name("streamcast-compute".into())
+        .spawn(move || -> Result<Totals> {
+            tch::set_num_threads(cfg.model.threads);
+            let core = match Core::new(&cfg, tracker) {
+                Ok(c) => {
+                    let _ = ready_tx.send(Ok(c.model().version().to_string()));
+                    c
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return Err(Error::StageStopped("compute"));
+                }
+            };
+            compute_loop(core, in_rx, out_tx, archive, swaps, &signals)
+        })
+        .map_err(|e| Error::io("starting the compute thread", e))?;
+    let version = ready_rx.await.map_err(|_| Error::StageStopped("compute"))??;
+    tracing::info!(pipeline = %name, model_version = %version, %topic, "running");
+    Ok(Compute {
+        thread,
+        inputs: in_tx,
+        outputs: out_rx,
+    })
+}
+
+/// The compute thread's life: swap in promoted models between batches,
+/// run each input through the core (or tick the clock when none comes),
+/// hand outputs to the sink and closed windows to the archive.
+fn compute_loop(
+    mut core: Core,
+    inputs: Receiver<Input>,
+    outputs: tokio::sync::mpsc::Sender<Output>,
+    archive: Option<ArchiveHandle>,
+    swaps: Receiver<Swap>,
+    signals: &RetrainSignals,
+) -> Result<Totals> {
+    let mut assigned: Vec<i32> = Vec::new();
+    loop {
+        if let Ok((net, spec)) = swaps.try_recv() {
+            match core.swap(net, spec) {
+                Ok(r) => tracing::info!(
+                    keys = r.keys,
+                    replayed = r.replayed_windows,
+                    pause_ms = r.pause_ms,
+                    "model swapped"
+                ),
+                Err(e) => tracing::error!(error = %e, "model swap refused; the champion stays"),
+            }
+        }
+        let outs = match inputs.recv_timeout(Duration::from_millis(200)) {
+            Ok(input) => {
+                if input.partitions != assigned && !input.partitions.is_empty() {
+                    core.assign(&input.partitions, now_ms());
+                    assigned = input.partitions;
+                }
+                core.set_backlogged(&input.backlogged);
+                if input.messages.is_empty() {
+                    core.tick(now_ms())?
+                } else {
+                    core.on_messages(&input.messages, now_ms())?
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => core.tick(now_ms())?,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        for o in outs {
+            if let Output::Forecasts { windows, .. } = &o {
+                signals
+                    .windows
+                    .fetch_add(windows.num_rows() as u64, Ordering::Relaxed);
+                if let Some(a) = &archive {
+                    a.offer(windows.clone());
+                }
+            }
+            if outputs.blocking_send(o).is_err() {
+                return Err(Error::StageStopped("sink"));
+            }
+        }
+    }
+    if let Some(a) = archive {
+        a.close();
+    }
+    Ok(core.totals())
+}
+
+/// The sink task: deliveries run concurrently; each releases its own ticket.
+fn spawn_sink(
+    sink: KafkaSink,
+    mut outputs: tokio::sync::mpsc::Receiver<Output>,
+    print: bool,
+) -> TaskHandle<()> {
+    tokio::spawn(async move {
+        let mut inflight = FuturesUnordered::new();
+        let mut printer = Printer::default();
+        let mut delivered = |r: Result<Vec<ForecastRecord>>| match r {
+            Ok(recs) if print => printer.print(&recs),
+            Ok(_) => {}
+            // The ticket stays pinned: nothing past this output is committed.
+            Err(e) => tracing::error!(error = %e, "an output could not be published"),
+        };
+        loop {
+            tokio::select! {
+                o = outputs.recv() => match o {
+                    Some(o) => inflight.push(sink.deliver(o)),
+                    None => break,
+                },
+                Some(r) = inflight.next(), if !inflight.is_empty() => delivered(r),
+            }
+        }
+        while let Some(r) = inflight.next().await {
+            delivered(r);
+        }
+    })
+}
+
+/// The committer task: stores the tracker's commit points every 500 ms
+/// (librdkafka's auto-commit sends them).
+fn spawn_committer(
+    consumer: Arc<StreamConsumer>,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    topic: String,
+) -> TaskHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            every.tick().await;
+            store_offsets(&consumer, &tracker, &topic);
+        }
+    })
+}
+
+/// The consumer loop: batches of messages to the compute thread until a
+/// signal or idleness. Returns why it stopped; `Err` when the compute
+/// thread is gone.
+async fn consume(
+    cfg: &PipelineConfig,
+    opts: &RunOptions,
+    consumer: &Arc<StreamConsumer>,
+    to_compute: &SyncSender<Input>,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> std::result::Result<&'static str, ()> {
+    let mut last_input = Instant::now();
+    let mut next_offsets: HashMap<i32, i64> = HashMap::new();
+    loop {
+        let batch = tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok("SIGINT"),
+            _ = sigterm.recv() => return Ok("SIGTERM"),
+            b = source::next_batch(consumer, cfg.source.max_batch, cfg.source.batch_wait, Duration::from_millis(500)) => b,
+        };
+        let messages = match batch {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error; continuing");
+                continue;
+            }
+        };
+        for m in &messages {
+            let n = next_offsets.entry(m.partition).or_insert(0);
+            *n = (*n).max(m.offset + 1);
+        }
+        if !messages.is_empty() {
+            last_input = Instant::now();
+        } else if idle_and_caught_up(cfg, opts, consumer, last_input, &next_offsets).await {
+            return Ok("idle");
+        }
+        let partitions = source::assigned_partitions(consumer, &cfg.source.topic);
+        next_offsets.retain(|p, _| partitions.contains(p));
+        let backlogged = source::backlogged_partitions(consumer, &cfg.source.topic, &next_offsets);
+        let mut item = Input {
+            messages,
+            partitions,
+            backlogged,
+        };
+        // Bounded hand-off: when the compute thread is behind, wait here
+        // (backpressure) instead of buffering without limit.
+        loop {
+            match to_compute.try_send(item) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) => {
+                    item = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(()),
+            }
+        }
+    }
+}
+
+/// `--exit-when-idle`: quiet for long enough *and* caught up. A consumer
+/// still waiting for its assignment, or behind, is not done; idle
+/// partitions close their last windows only after `idle_partition_timeout`,
+/// so never stop before that has passed.
+async fn idle_and_caught_up(
+    cfg: &PipelineConfig,
+    opts: &RunOptions,
+    consumer: &Arc<StreamConsumer>,
+    last_input: Instant,
+    next_offsets: &HashMap<i32, i64>,
+) -> bool {
+    let min_idle = cfg.window.idle_partition_timeout + Duration::from_secs(2);
+    let Some(idle) = opts.exit_when_idle.map(|d| d.max(min_idle)) else {
+        return false;
+    };
+    if last_input.elapsed() < idle {
+        return false;
+    }
+    let (c, t, n) = (
+        consumer.clone(),
+        cfg.source.topic.clone(),
+        next_offsets.clone(),
+    );
+    tokio::task::spawn_blocking(move || source::caught_up(&c, &t, &n))
+        .await
+        .unwrap_or(false)
+}
+
+/// Stores and synchronously commits the last commit points.
+fn commit_final(consumer: &StreamConsumer, tracker: &Mutex<OffsetTracker>, topic: &str) {
+    store_offsets(consumer, tracker, topic);
+    let points = commit_list(tracker, topic);
+    if points.count() > 0 {
+        if let Err(e) = consumer.commit(&points, CommitMode::Sync) {
+            tracing::warn!(error = %e, "final commit failed; the next start re-reads from the last commit");
+        }
+    }
+}
+
+fn join_compute(h: JoinHandle<Result<Totals>>) -> Result<Totals> {
+    h.join().map_err(|_| Error::Panicked("compute"))?
+}
+
+fn commit_list(tracker: &Mutex<OffsetTracker>, topic: &str) -> TopicPartitionList {
+    let points = tracker
+        .lock()
+        .map(|t| t.commit_points())
+        .unwrap_or_default();
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in points {
+        let _ = tpl.add_partition_offset(topic, p, Offset::Offset(o));
+    }
+    tpl
+}
+
+fn store_offsets(
+    consumer: &StreamConsumer,
+    tracker: &Mutex<OffsetTracker>,
+    topic: &str,
+) {
+    let tpl = commit_list(tracker, topic);
+    if tpl.count() == 0 {
+        return;
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        // E.g. a partition revoked a moment ago: harmless, the next round retries.
+        tracing::debug!(error = %e, "store_offsets");
+    }
+}
+
+#[derive(Default)]
+struct Printer {
+    n: u64,
+}
+
+impl Printer {
+    const FULL: u64 = 60;
+    const EVERY: u64 = 250;
+
+    fn print(&mut self, recs: &[ForecastRecord]) {
+        for r in recs {
+            self.n += 1;
+            if self.n <= Self::FULL || self.n % Self::EVERY == 0 {
+                let vals: Vec<String> = r.forecast.iter().map(|v| format!("{v:.2}")).collect();
+                println!(
+                    "#{:<6} {:<22} {}  [{:<8}] {}",
+                    self.n,
+                    r.key,
+                    r.window_end,
+                    r.source,
+                    vals.join(" ")
+                );
+            }
+            if self.n == Self::FULL {
+                println!(
+                    "... (from here on every {}th forecast is printed)",
+                    Self::EVERY
+                );
+            }
+        }
+    }
+}
+
+fn print_summary(t: &Totals, elapsed: Duration) {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    println!("\n== streamcast summary ==");
+    println!("messages read        {:>10}", t.messages);
+    println!(
+        "events windowed      {:>10}  ({:.0}/s)",
+        t.events,
+        t.events as f64 / secs
+    );
+    println!("dead letters         {:>10}", t.dead_letters);
+    println!("windows closed       {:>10}", t.windows);
+    println!("forecasts (model)    {:>10}", t.forecasts_from_model);
+    println!("forecasts (baseline) {:>10}", t.forecasts_from_baseline);
+    println!("elapsed              {:>9.1}s", secs);
+}

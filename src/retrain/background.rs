@@ -1,0 +1,88 @@
+//! The background retrainer: its own thread (libtorch and polars never run
+//! on a tokio worker) that wakes every `retrain.every` or after
+//! `every_windows` closed windows, trains a challenger on the archive, and
+//! hands a promoted model to the compute thread over a channel; the compute
+//! thread hot-swaps it between batches (replaying each key's recent
+//! windows), so ingestion and forecasting never wait for training.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::challenge;
+use crate::config::PipelineConfig;
+use crate::model::registry::{starting_model, Registry};
+use crate::model::{ModelSpec, Network};
+use crate::train;
+
+/// Shared counters between the compute thread and the retrainer.
+#[derive(Default)]
+pub struct RetrainSignals {
+    /// Closed windows so far (the compute thread adds).
+    pub windows: AtomicU64,
+    /// Set to stop the retrainer.
+    pub stop: AtomicBool,
+}
+
+/// Runs the retrainer loop until `signals.stop`. Promoted models go to
+/// `swap_tx` (the compute thread swaps them in).
+pub fn run_retrainer(
+    cfg: PipelineConfig,
+    signals: Arc<RetrainSignals>,
+    swap_tx: SyncSender<(Network, ModelSpec)>,
+) {
+    let registry = Registry::new(cfg.models_dir());
+    let mut champion = match starting_model(&cfg) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "retrainer cannot load the starting model; retraining is off");
+            return;
+        }
+    };
+    let mut last_at = Instant::now();
+    let mut last_windows = 0u64;
+    while !signals.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(500));
+        let windows = signals.windows.load(Ordering::Relaxed);
+        let due = windows.saturating_sub(last_windows) >= cfg.retrain.every_windows
+            || last_at.elapsed() >= cfg.retrain.every;
+        if !due {
+            continue;
+        }
+        last_at = Instant::now();
+        last_windows = windows;
+        let files = match crate::archive::list_files(&cfg.archive_dir()) {
+            Ok(f) if !f.is_empty() => f,
+            Ok(_) => {
+                tracing::info!(dir = %cfg.archive_dir().display(), "retrain due but the archive has no completed file yet");
+                // Try again at the next poll rather than a full period later.
+                last_windows = 0;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retrainer cannot list the archive");
+                continue;
+            }
+        };
+        tracing::info!(windows, files = files.len(), "retraining a challenger");
+        let t = cfg.train.clone();
+        let outcome = train::prepare(&files, &train::prep_spec(&cfg, &t))
+            .and_then(|data| challenge(&cfg, &t, &data, &champion, &registry));
+        match outcome {
+            Ok((_, Some(trained))) => {
+                // Keep a copy as the new champion for the next round.
+                let device = trained.net.vs.device();
+                let mut copy = Network::for_spec(&trained.spec, device, trained.spec.seed);
+                if copy.vs.copy(&trained.net.vs).is_ok() {
+                    champion = (copy, trained.spec.clone());
+                }
+                if swap_tx.send((trained.net, trained.spec)).is_err() {
+                    return;
+                }
+            }
+            Ok((_, None)) => {}
+            Err(e) => tracing::warn!(error = %e, "retraining failed; the champion stays"),
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Kafka sink: forecasts and dead letters to their topics.
+//!
+//! Invariant: a ticket is released only after *every* record of its batch
+//! was acknowledged by the broker. A failed delivery is retried (with
+//! backoff) rather than dropped: losing it would lose a forecast.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use super::records::{forecast_records, ForecastRecord};
+use super::Output;
+use crate::broker::base_config;
+use crate::config::PipelineConfig;
+use crate::decode::DeadLetter;
+use crate::error::{retryable_kafka_code, Error, Result};
+use crate::offsets::OffsetTracker;
+use crate::telemetry;
+
+pub fn producer_config(cfg: &PipelineConfig) -> ClientConfig {
+    let mut c = base_config(&cfg.source.brokers);
+    c.set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("compression.type", "none")
+        .set("message.timeout.ms", "60000");
+    for (k, v) in &cfg.sink.librdkafka {
+        c.set(k, v);
+    }
+    c
+}
+
+pub fn create_producer(cfg: &PipelineConfig) -> Result<FutureProducer> {
+    Ok(producer_config(cfg).create()?)
+}
+
+/// Publishes outputs to Kafka and releases their tickets once acknowledged.
+#[derive(Clone)]
+pub struct KafkaSink {
+    producer: FutureProducer,
+    topic: String,
+    dead_letter_topic: String,
+    source_topic: String,
+    step_ms: i64,
+    tracker: Arc<Mutex<OffsetTracker>>,
+}
+
+impl KafkaSink {
+    /// The pipeline's sink: its producer, topics and step.
+    pub fn from_config(cfg: &PipelineConfig, tracker: Arc<Mutex<OffsetTracker>>) -> Result<Self> {
+        Ok(KafkaSink::new(
+            create_producer(cfg)?,
+            cfg.sink.topic.clone(),
+            cfg.sink.dead_letter_topic.clone(),
+            cfg.source.topic.clone(),
+            cfg.slide_ms(),
+            tracker,
+        ))
+    }
+
+    pub fn new(
+        producer: FutureProducer,
+        topic: String,
+        dead_letter_topic: String,
+        source_topic: String,
+        step_ms: i64,
+        tracker: Arc<Mutex<OffsetTracker>>,
+    ) -> Self {
+        KafkaSink {
+            producer,
+            topic,
+            dead_letter_topic,
+            source_topic,
+            step_ms,
+            tracker,
+        }
+    }
+
+    /// Sends every record of `output`, waits for all acknowledgements, then
+    /// releases the ticket. Returns the forecast records (for printing).
+    /// A record that cannot be serialized is an error (never an empty
+    /// payload); its ticket is then not released, so nothing is committed
+    /// past it.
+    pub async fn deliver(&self, output: Output) -> Result<Vec<ForecastRecord>> {
+        let (topic, records, printed): (&str, Vec<(String, String)>, Vec<ForecastRecord>) =
+            match &output {
+                Output::Forecasts { forecasts, .. } => {
+                    let recs = forecast_records(forecasts, self.step_ms);
+                    let payloads = recs
+                        .iter()
+                        .map(|r| {
+                            serde_json::to_string(r)
+                                .map(|p| (r.key.clone(), p))
+                                .map_err(|e| {
+                                    Error::json(format!("serializing the forecast of {}", r.key), e)
+                                })
+                        })
+                        .collect::<Result<_>>()?;
+                    (&self.topic, payloads, recs)
+                }
+                Output::DeadLetters { letters, .. } => (
+                    &self.dead_letter_topic,
+                    letters
+                        .iter()
+                        .map(|d| {
+                            (
+                                dead_letter_key(d),
+                                d.to_json(&self.source_topic).to_string(),
+                            )
+                        })
+                        .collect(),
+                    Vec::new(),
+                ),
+            };
+        let sends = records
+            .iter()
+            .map(|(k, v)| self.send_until_acked(topic, k, v));
+        futures::future::join_all(sends).await;
+        let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        t.release(output.ticket());
+        metrics::counter!(telemetry::RECORDS_PUBLISHED, "topic" => topic.to_string())
+            .increment(records.len() as u64);
+        Ok(printed)
+    }
+
+    async fn send_until_acked(&self, topic: &str, key: &str, payload: &str) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let rec = FutureRecord::to(topic).key(key).payload(payload);
+            match self.producer.send(rec, Duration::from_secs(30)).await {
+                Ok(_) => return,
+                Err((e, _)) => {
+                    metrics::counter!(telemetry::DELIVERY_RETRIES).increment(1);
+                    // Every failure is retried for now (a forecast is never
+                    // dropped); the log says whether the crate's retry rule
+                    // expects it to clear.
+                    let transient = e.rdkafka_error_code().is_some_and(retryable_kafka_code);
+                    tracing::warn!(error = %e, topic, transient, "delivery failed; retrying (the forecast is kept)");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}
+
+fn dead_letter_key(d: &DeadLetter) -> String {
+    format!("{}:{}", d.partition, d.offset)
+}

@@ -1,0 +1,44 @@
+//! Sinks: where the compute core's [`Output`]s go.
+//!
+//! - `kafka`: forecasts and dead letters to their topics (streaming); a
+//!   ticket is released only when every record of its output is acked.
+//! - `file`: forecasts to Parquet, dead letters to JSON lines (backfill).
+//! - `records`: the published forecast record and its JSON form.
+
+pub mod file;
+pub mod kafka;
+pub mod records;
+
+use arrow::array::RecordBatch;
+
+use crate::decode::DeadLetter;
+use crate::offsets::Ticket;
+
+pub use file::FileSink;
+pub use kafka::KafkaSink;
+pub use records::{forecast_records, ForecastRecord};
+
+/// What the core hands to a sink.
+#[derive(Debug)]
+pub enum Output {
+    /// Forecasts (schema `schema::forecasts_schema`) and the closed windows
+    /// they were made from (for the archive).
+    Forecasts {
+        forecasts: RecordBatch,
+        windows: RecordBatch,
+        ticket: Ticket,
+    },
+    /// Records that could not be used, with reasons.
+    DeadLetters {
+        letters: Vec<DeadLetter>,
+        ticket: Ticket,
+    },
+}
+
+impl Output {
+    pub fn ticket(&self) -> &Ticket {
+        match self {
+            Output::Forecasts { ticket, .. } | Output::DeadLetters { ticket, .. } => ticket,
+        }
+    }
+}
