@@ -30,7 +30,9 @@
 //! the best tick time beside it. The peer is `scripts/bench_pytorch_step.py`
 //! (same table shape).
 
-use std::path::Path;
+// Test and bench code may unwrap: a failing unwrap is a failing run.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -150,9 +152,6 @@ fn store_with(net: &Network, n: usize) -> (StateStore, Vec<i64>) {
 fn pipeline(hidden: i64, lags: u32) -> PipelineConfig {
     let text = format!(
         r#"
-name = "bench"
-[source]
-topic = "in"
 [window]
 size = "1h"
 [window.covariates]
@@ -161,12 +160,9 @@ hour_of_day = 1
 cell = "lstm"
 hidden = {hidden}
 lags = {lags}
-[sink]
-topic = "out"
-dead_letter_topic = "dlq"
 "#
     );
-    PipelineConfig::parse(&text, Path::new("bench.toml")).expect("bench pipeline")
+    streamcast::testkit::pipeline(&text)
 }
 
 /// Closed windows of `n` keys for window `t` (sorted by key, as the window stage emits).
@@ -185,7 +181,9 @@ fn windows(spec: &WindowSpec, n: usize, t: usize) -> RecordBatch {
         eb.append_value(end);
         cb.append_value(12);
         fb.append_value(false);
-        let v = 50.0 + (i % 97) as f64 + 10.0 * ((t as f64) * 0.5236 + i as f64).sin();
+        let v = 50.0
+            + (i % 97) as f64
+            + 10.0 * ((t as f64) * std::f64::consts::FRAC_PI_6 + i as f64).sin();
         vb.append_value(v);
     }
     let mut cols: Vec<ArrayRef> = vec![

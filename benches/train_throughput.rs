@@ -29,9 +29,17 @@
 //!     gives `TrainReport::samples_per_sec` (everything included) and the
 //!     training loop alone (those passes, timed separately, subtracted).
 //!
+//! (c) With `TRAIN_BENCH_ONLY=c` only: one training pass of a batch of 64
+//!     samples x 240 windows (GRU hidden 64, horizon 48, 168 lags) through
+//!     the sequence kernels vs the step loop that output recurrence needs,
+//!     3 runs each, mean (`PROBE_THREADS` libtorch threads, default 1).
+//!
 //! `TRAIN_BENCH_QUICK=1` shrinks (a) to 100 keys and (b) to one run;
 //! `TRAIN_BENCH_PREP_KEYS` sets the keys of (a); `TRAIN_BENCH_ONLY=a` or `=b`
 //! runs one part; `PREP_REPS` / `TRAIN_REPS` set the runs.
+
+// Test and bench code may unwrap: a failing unwrap is a failing run.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,7 +52,6 @@ use arrow::array::{
 use parquet::arrow::ArrowWriter;
 use tch::Device;
 
-use streamcast::config::PipelineConfig;
 use streamcast::model::{ModelSpec, Network};
 use streamcast::train;
 use streamcast::window::{covariates, WindowSpec};
@@ -84,9 +91,6 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 const PIPELINE: &str = r#"
-name = "bench-train"
-[source]
-topic = "bench.events"
 [window]
 size = "1h"
 [window.covariates]
@@ -115,9 +119,6 @@ clip_norm = 1.0
 patience = 100
 seed = 7
 threads = 2
-[sink]
-topic = "bench.forecasts"
-dead_letter_topic = "bench.dead"
 "#;
 
 /// A deterministic value in [0, 1).
@@ -199,7 +200,7 @@ fn dir_bytes(paths: &[PathBuf]) -> u64 {
 }
 
 fn main() {
-    let cfg = PipelineConfig::parse(PIPELINE, Path::new("<bench>")).expect("bench pipeline parses");
+    let cfg = streamcast::testkit::pipeline(PIPELINE);
     let tcfg = cfg.train.clone();
     let spec = WindowSpec::from_config(&cfg);
     let pspec = train::prep_spec(&cfg, &tcfg);
@@ -214,11 +215,50 @@ fn main() {
     );
 
     let only = std::env::var("TRAIN_BENCH_ONLY").unwrap_or_default();
+    if only == "c" {
+        step_kernel_bench();
+        return;
+    }
     if only != "b" {
         prep_bench(&spec, &pspec, &mspec);
     }
     if only != "a" {
         train_bench(&spec, &pspec, &mspec, &tcfg);
+    }
+}
+
+/// (c) Sequence kernels vs the step loop, one training pass of a batch.
+fn step_kernel_bench() {
+    use tch::{Kind, Tensor};
+    let cfg = streamcast::testkit::pipeline(
+        "[model]\ncell = \"gru\"\nhidden = 64\nhorizon = 48\nlags = 168\nseason_windows = 24",
+    );
+    let spec = ModelSpec::untrained(&cfg);
+    let net = Network::for_spec(&spec, Device::Cpu, 1);
+    let threads = env_usize("PROBE_THREADS", 1) as i32;
+    tch::set_num_threads(threads);
+    println!("\n(c) one training pass of 64 x 240 windows, GRU hidden 64, horizon 48; torch threads {threads}\n");
+    println!("| path | ms per batch (mean of 3) |\n|---|---:|");
+    let opts = (Kind::Float, Device::Cpu);
+    for (name, recur) in [
+        ("sequence kernel", None),
+        ("step loop (output recurrence)", Some(0i64)),
+    ] {
+        let b = train::prep::Batch {
+            x: Tensor::randn([64, 240, spec.shape.input], opts),
+            y: Tensor::randn([64, 240, 48], opts),
+            baseline: Tensor::zeros([64, 240, 48], opts),
+            loss_mask: Tensor::ones([64, 240], (Kind::Bool, Device::Cpu)),
+            valid: Tensor::ones([64, 240], (Kind::Bool, Device::Cpu)),
+        };
+        let t = Instant::now();
+        for _ in 0..3 {
+            train::run_batch(&net, &b, 48, &train::Loss::Mae, 0.0, true, recur);
+        }
+        println!(
+            "| {name} | {:.1} |",
+            t.elapsed().as_secs_f64() * 1000.0 / 3.0
+        );
     }
 }
 

@@ -38,7 +38,9 @@
 //! (e.g. `window:1:100000`, any part may be `*`) runs only matching cases
 //! (handy under `perf record`).
 
-use std::path::Path;
+// Test and bench code may unwrap: a failing unwrap is a failing run.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -85,9 +87,6 @@ fn pipeline(nf: usize) -> PipelineConfig {
         .join(", ");
     let text = format!(
         r#"
-name = "bench"
-[source]
-topic = "bench.events"
 [decode]
 time_format = "rfc3339"
 value_fields = [{fields}]
@@ -99,12 +98,9 @@ fill = "ffill"
 [window.covariates]
 hour_of_day = 2
 day_of_week = 1
-[sink]
-topic = "bench.forecasts"
-dead_letter_topic = "bench.dead"
 "#
     );
-    PipelineConfig::parse(&text, Path::new("<bench>")).expect("bench pipeline parses")
+    streamcast::testkit::pipeline(&text)
 }
 
 /// The workload: event `g` (0-based, in arrival order).

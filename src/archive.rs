@@ -142,11 +142,11 @@ impl ArchiveWriter {
         for f in &files {
             let too_old = self.newest_ms != i64::MIN
                 && self.newest_ms.saturating_sub(f.first_end_ms) > age_ms;
-            if too_old || total > self.cfg.retention_bytes {
-                if std::fs::remove_file(&f.path).is_ok() {
-                    total = total.saturating_sub(f.bytes);
-                    metrics::counter!(crate::telemetry::ARCHIVE_FILES_DELETED).increment(1);
-                }
+            if (too_old || total > self.cfg.retention_bytes)
+                && std::fs::remove_file(&f.path).is_ok()
+            {
+                total = total.saturating_sub(f.bytes);
+                metrics::counter!(crate::telemetry::ARCHIVE_FILES_DELETED).increment(1);
             }
         }
         Ok(())
@@ -235,8 +235,7 @@ impl ArchiveHandle {
         match self.tx.try_send(batch) {
             Ok(()) => {}
             Err(TrySendError::Full(b)) => {
-                metrics::counter!(crate::telemetry::ARCHIVE_DROPPED)
-                    .increment(b.num_rows() as u64);
+                metrics::counter!(crate::telemetry::ARCHIVE_DROPPED).increment(b.num_rows() as u64);
                 tracing::error!(rows = b.num_rows(), "archive writer is behind: windows dropped from the archive (forecasts unaffected)");
             }
             Err(TrySendError::Disconnected(_)) => {

@@ -14,6 +14,24 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::config::PipelineConfig;
 use crate::error::{retryable_kafka_code, Error, Result};
 
+/// A client's settings: the shared ones, then `defaults` (the job's
+/// choices), then the user's `passthrough` options from the pipeline file,
+/// which win.
+pub fn client_config(
+    brokers: &str,
+    defaults: &[(&str, &str)],
+    passthrough: &std::collections::BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut c = base_config(brokers);
+    for (k, v) in defaults {
+        c.set(*k, *v);
+    }
+    for (k, v) in passthrough {
+        c.set(k, v);
+    }
+    c
+}
+
 /// The settings every client of the job shares.
 pub fn base_config(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -93,22 +111,16 @@ pub async fn produce(
     let mut pending = Vec::with_capacity(10_000);
     let mut n = 0u64;
     for (key, payload) in records {
-        let rec = FutureRecord::to(topic).key(&key).payload(&payload);
-        let fut = loop {
-            match producer.send_result(rec) {
-                Ok(f) => break f,
-                Err((_, _)) => {
-                    // Queue full: let it drain.
-                    for f in pending.drain(..) {
-                        let _ = f.await;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    let rec2 = FutureRecord::to(topic).key(&key).payload(&payload);
-                    match producer.send_result(rec2) {
-                        Ok(f) => break f,
-                        Err((e, _)) => return Err(e.into()),
-                    }
+        let record = || FutureRecord::to(topic).key(&key).payload(&payload);
+        let fut = match producer.send_result(record()) {
+            Ok(f) => f,
+            Err(_) => {
+                // Queue full: let it drain, then try once more.
+                for f in pending.drain(..) {
+                    let _ = f.await;
                 }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                producer.send_result(record()).map_err(|(e, _)| e)?
             }
         };
         pending.push(fut);

@@ -142,7 +142,9 @@ mod tests {
     fn one_rule_tells_transient_from_permanent() {
         assert!(retryable_kafka_code(RDKafkaErrorCode::AllBrokersDown));
         assert!(!retryable_kafka_code(RDKafkaErrorCode::MessageSizeTooLarge));
-        assert!(!retryable_kafka_code(RDKafkaErrorCode::TopicAuthorizationFailed));
+        assert!(!retryable_kafka_code(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+        ));
         let admin = |code| Error::TopicAdmin {
             topic: "t".into(),
             code,

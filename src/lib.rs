@@ -15,6 +15,9 @@
 //! Offline evaluation (`eval`, behind the default `eval` feature) sits
 //! beside the streaming core and is never imported by it.
 
+// Tests may unwrap: a failing unwrap is a failing test.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 // Shared foundations.
 pub mod config;
 pub mod error;
@@ -23,11 +26,11 @@ pub mod telemetry;
 pub mod time;
 
 // The stages, in the order data flows.
-pub mod source;
 pub mod decode;
-pub mod window;
 pub mod model;
 pub mod sink;
+pub mod source;
+pub mod window;
 
 // Around the stages.
 pub mod archive;

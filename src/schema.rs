@@ -164,10 +164,8 @@ pub fn forecasts_schema(horizon: i64, quantiles: &[f64]) -> SchemaRef {
     ];
     if !quantiles.is_empty() {
         let q: Vec<String> = quantiles.iter().map(|q| q.to_string()).collect();
-        let meta = std::collections::HashMap::from([(
-            forecasts::QUANTILES_NAME.to_string(),
-            q.join(","),
-        )]);
+        let meta =
+            std::collections::HashMap::from([(forecasts::QUANTILES_NAME.to_string(), q.join(","))]);
         fields.push(
             Field::new(
                 forecasts::QUANTILES_NAME,

@@ -57,7 +57,9 @@ mod tests {
 
     #[test]
     fn overrides_merge_table_by_table() {
-        let c = pipeline("[window]\nsize = \"5m\"\n[window.covariates]\nhour_of_day = 2\n[model]\nhidden = 8");
+        let c = pipeline(
+            "[window]\nsize = \"5m\"\n[window.covariates]\nhour_of_day = 2\n[model]\nhidden = 8",
+        );
         assert_eq!(c.size_ms(), 300_000);
         assert_eq!(c.window.covariates.hour_of_day, 2);
         assert_eq!(c.model.hidden, 8);

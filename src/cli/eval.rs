@@ -32,16 +32,14 @@ pub fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
                 started.elapsed().as_secs_f64()
             );
             let ids: Vec<String> = data.iter().map(|(id, _)| id.clone()).collect();
+            let ctx = eval::ModelContext {
+                season,
+                rnn_pipeline: Some(rnn_pipeline),
+                rnn_ensemble,
+            };
             match holdout {
                 Some(h) => {
-                    let (rep, checked) = eval::eval_m4_holdout(
-                        &data,
-                        &models,
-                        season,
-                        h,
-                        Some(rnn_pipeline.clone()),
-                        rnn_ensemble,
-                    )?;
+                    let (rep, checked) = eval::eval_m4_holdout(&data, &models, &ctx, h)?;
                     let md = rep.to_markdown();
                     println!("{md}");
                     if let Some(path) = report {
@@ -59,14 +57,7 @@ pub fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
                 }
                 None => {
                     let path = out.context("say where the forecasts go: --out <forecasts.csv> (or score a holdout with --holdout 48)")?;
-                    let checked = eval::forecast_m4(
-                        &data,
-                        &models,
-                        season,
-                        horizon,
-                        Some(rnn_pipeline.clone()),
-                        rnn_ensemble,
-                    )?;
+                    let checked = eval::forecast_m4(&data, &models, &ctx, horizon)?;
                     for c in &checked {
                         eprintln!(
                             "{}: {} series forecast in {:.1}s",

@@ -27,7 +27,13 @@ pub fn generate(
     let events = generator::generate(&spec);
     let d = &cfg.decode;
     if let Some(path) = parquet {
-        generator::write_parquet(&events, &path, &d.key_field, &d.time_field, &d.value_fields[0])?;
+        generator::write_parquet(
+            &events,
+            &path,
+            &d.key_field,
+            &d.time_field,
+            &d.value_fields[0],
+        )?;
         println!(
             "wrote {} events for {} keys to {}",
             events.len(),

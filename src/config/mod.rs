@@ -222,9 +222,9 @@ pub struct ModelConfig {
     /// What the output head predicts (see `Head`).
     #[serde(default)]
     pub head: Head,
-    /// How the horizon is produced (see `Decoder`).
+    /// How the horizon is produced (see `HorizonDecoder`).
     #[serde(default)]
-    pub decoder: Decoder,
+    pub decoder: HorizonDecoder,
     /// Output recurrence: feed the network's previous one-step output back
     /// as an extra input (output-to-hidden recurrence). Training then steps
     /// one window at a time instead of using the sequence kernels.
@@ -289,7 +289,7 @@ pub enum Head {
 /// How the network turns its state into `horizon` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Decoder {
+pub enum HorizonDecoder {
     /// All steps at once from the last hidden state (a linear layer).
     #[default]
     Direct,
@@ -502,7 +502,7 @@ impl Default for ModelConfig {
         ModelConfig {
             cell: CellKind::default(),
             head: Head::default(),
-            decoder: Decoder::default(),
+            decoder: HorizonDecoder::default(),
             output_recurrence: false,
             hidden: default_hidden(),
             layers: default_layers(),
@@ -622,7 +622,12 @@ impl PipelineConfig {
             if slide.as_millis() < 1 || slide > self.window.size {
                 return bad("window.slide", "expected 1ms <= slide <= size");
             }
-            if self.window.size.as_millis() % slide.as_millis() != 0 {
+            if !self
+                .window
+                .size
+                .as_millis()
+                .is_multiple_of(slide.as_millis())
+            {
                 return bad(
                     "window.slide",
                     "expected the window size to be a whole multiple of the slide",
@@ -762,5 +767,20 @@ dead_letter_topic = "dlq"
         let err =
             parse(&GOOD.replace("size = \"5m\"", "size = \"5m\"\nslide = \"2m\"")).unwrap_err();
         assert!(err.to_string().contains("window.slide"), "{err}");
+    }
+
+    #[test]
+    fn loss_and_device_are_typed_and_named_when_wrong() {
+        let c = parse(&GOOD.replace(
+            "[sink]",
+            "[train]\nloss = \"mae\"\n[model]\ndevice = \"cuda\"\n[sink]",
+        ))
+        .expect("valid");
+        assert_eq!(c.train.loss, PointLoss::Mae);
+        assert_eq!(c.model.device, DeviceKind::Cuda);
+        let err = parse(&GOOD.replace("[sink]", "[train]\nloss = \"huber\"\n[sink]")).unwrap_err();
+        assert!(err.to_string().contains("train.loss"), "{err}");
+        let err = parse(&GOOD.replace("[sink]", "[model]\ndevice = \"tpu\"\n[sink]")).unwrap_err();
+        assert!(err.to_string().contains("model.device"), "{err}");
     }
 }

@@ -100,7 +100,6 @@ impl Default for TrainConfig {
     }
 }
 
-
 /// The point-forecast loss on scaled targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]

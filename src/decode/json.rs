@@ -234,4 +234,3 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
         Ok(())
     }
 }
-

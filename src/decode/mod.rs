@@ -121,14 +121,12 @@ impl Decoder {
             }
         }
         match self.cfg.time_format {
-            TimeFormat::Kafka => m
-                .timestamp_ms
-                .ok_or_else(|| {
-                    Rejection::new(
-                        Kind::MissingField,
-                        "missing timestamp: the Kafka message has none",
-                    )
-                }),
+            TimeFormat::Kafka => m.timestamp_ms.ok_or_else(|| {
+                Rejection::new(
+                    Kind::MissingField,
+                    "missing timestamp: the Kafka message has none",
+                )
+            }),
             fmt => match fields.ts.take() {
                 None => Err(Rejection::missing(&self.cfg.time_field)),
                 Some(raw) => parse_time(&raw, fmt).map_err(|e| {

@@ -25,8 +25,14 @@ fn decoder(fmt: TimeFormat, fields: &[&str]) -> Decoder {
 fn good_events_become_rows() {
     let d = decoder(TimeFormat::Rfc3339, &["value", "temp"]);
     let out = d.decode(&[
-        msg(0, r#"{"key":"a","ts":"2024-01-01T00:00:00Z","value":1.5,"temp":3,"extra":{"x":[1,2]}}"#),
-        msg(1, r#"{"ts":"2024-01-01 00:05:00","key":42,"temp":-1e3,"value":2}"#),
+        msg(
+            0,
+            r#"{"key":"a","ts":"2024-01-01T00:00:00Z","value":1.5,"temp":3,"extra":{"x":[1,2]}}"#,
+        ),
+        msg(
+            1,
+            r#"{"ts":"2024-01-01 00:05:00","key":42,"temp":-1e3,"value":2}"#,
+        ),
     ]);
     assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
     let b = &out.events;
@@ -35,9 +41,17 @@ fn good_events_become_rows() {
     let ts = b.column(1).as_primitive::<Int64Type>();
     assert_eq!(ts.value(0), 1_704_067_200_000);
     assert_eq!(ts.value(1), 1_704_067_500_000);
-    let temp = b.column(crate::schema::events::FIRST_VALUE + 1).as_any().downcast_ref::<Float64Array>().unwrap();
+    let temp = b
+        .column(crate::schema::events::FIRST_VALUE + 1)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
     assert_eq!(temp.value(1), -1000.0);
-    let off = b.column(crate::schema::events::OFFSET).as_any().downcast_ref::<Int64Array>().unwrap();
+    let off = b
+        .column(crate::schema::events::OFFSET)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
     assert_eq!(off.values(), &[0, 1]);
 }
 

@@ -11,7 +11,7 @@ use std::time::Instant;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, TimestampMillisecondType};
 
-use super::m4::unquote;
+use super::m4::csv_rows;
 use crate::accuracy::{self, Scores};
 use crate::baselines::Baseline;
 use crate::config::PipelineConfig;
@@ -52,30 +52,22 @@ pub fn read_nab_csv(cfg: &PipelineConfig, path: &Path) -> Result<RecordBatch> {
         .and_then(|s| s.to_str())
         .ok_or_else(|| eval_error!("{}: no usable file stem for the key", path.display()))?
         .to_string();
-    let text =
-        std::fs::read_to_string(path)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     let mut b = EventsBuilder::new(events_schema(fields), text.len() / 24 + 1);
-    for (i, line) in text.lines().enumerate() {
-        let lineno = i + 1;
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() {
-            continue;
-        }
-        let mut cells = line.split(',').map(unquote);
-        let (Some(t), Some(v)) = (cells.next(), cells.next()) else {
+    for (lineno, cells) in csv_rows(&text) {
+        let (Some(&t), Some(&v)) = (cells.first(), cells.get(1)) else {
             bail!(
-                "{}: line {lineno}: expected `timestamp,value`, got {line:?}",
-                path.display()
+                "{}: line {lineno}: expected `timestamp,value`, got {:?}",
+                path.display(),
+                cells.join(",")
             );
         };
         if lineno == 1 && t.eq_ignore_ascii_case("timestamp") {
             continue;
         }
-        let ts =
-            parse_time(&RawTime::Text(t.to_string()), cfg.decode.time_format).map_err(|e| {
-                eval_error!("{}: line {lineno}: bad timestamp: {e}", path.display())
-            })?;
+        let ts = parse_time(&RawTime::Text(t.to_string()), cfg.decode.time_format)
+            .map_err(|e| eval_error!("{}: line {lineno}: bad timestamp: {e}", path.display()))?;
         let value: f64 = v.parse().map_err(|_| {
             eval_error!(
                 "{}: line {lineno}: value {v:?} is not a number",
@@ -105,8 +97,9 @@ pub fn read_stream_inputs(cfg: &PipelineConfig, inputs: &[PathBuf]) -> Result<Re
             .and_then(|e| e.to_str())
             .is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
         if is_parquet {
-            let (events, dead) = crate::source::parquet::read_parquet_events(cfg, std::slice::from_ref(p))
-                .map_err(|e| eval_error!("reading {}: {e}", p.display()))?;
+            let (events, dead) =
+                crate::source::parquet::read_parquet_events(cfg, std::slice::from_ref(p))
+                    .map_err(|e| eval_error!("reading {}: {e}", p.display()))?;
             if !dead.is_empty() {
                 tracing::warn!(file = %p.display(), rows = dead.len(), first = %dead[0].reason, "skipped unusable rows");
             }
@@ -141,9 +134,7 @@ pub fn window_series(cfg: &PipelineConfig, events: &RecordBatch) -> Result<Vec<K
                 .column(windows::WINDOW_START)
                 .as_primitive::<TimestampMillisecondType>();
             let filled = w.column(windows::FILLED).as_boolean();
-            let vals = w
-                .column(windows::FIRST_AGG)
-                .as_primitive::<Float64Type>();
+            let vals = w.column(windows::FIRST_AGG).as_primitive::<Float64Type>();
             for i in 0..w.num_rows() {
                 let key = keys.value(i);
                 let entry = current.entry(key.to_string()).or_insert((usize::MAX, true));

@@ -2,9 +2,9 @@
 //! values of every series (OWA against the published and our own Naive2),
 //! and writing a submission file.
 
-use std::fmt::Write as _;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::fmt::Write as _;
+use std::path::Path;
 
 use super::harness::{run_checked, Checked, Model, Panel};
 use super::{model_by_name, ModelContext};
@@ -16,29 +16,31 @@ use crate::error::{Error, Result};
 /// empty). Returns `(id, values)` in file order. Errors name the file and the
 /// 1-based line (and column where it applies).
 pub fn read_m4_csv(path: &Path) -> Result<Vec<(String, Vec<f64>)>> {
-    let text =
-        std::fs::read_to_string(path)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     parse_m4_csv(&text, path)
 }
 
-pub(super) fn unquote(cell: &str) -> &str {
+fn unquote(cell: &str) -> &str {
     let c = cell.trim();
     c.strip_prefix('"')
         .and_then(|c| c.strip_suffix('"'))
         .unwrap_or(c)
 }
 
+/// Non-empty lines of a small CSV file: (1-based line number, unquoted cells).
+pub(super) fn csv_rows(text: &str) -> impl Iterator<Item = (usize, Vec<&str>)> {
+    text.lines().enumerate().filter_map(|(i, line)| {
+        let line = line.trim_end_matches('\r');
+        (!line.trim().is_empty()).then(|| (i + 1, line.split(',').map(unquote).collect()))
+    })
+}
+
 fn parse_m4_csv(text: &str, path: &Path) -> Result<Vec<(String, Vec<f64>)>> {
     let mut out: Vec<(String, Vec<f64>)> = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for (i, line) in text.lines().enumerate() {
-        let lineno = i + 1;
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() {
-            continue;
-        }
-        let mut cells = line.split(',').map(unquote);
+    for (lineno, cells) in csv_rows(text) {
+        let mut cells = cells.into_iter();
         let id = cells.next().unwrap_or("");
         if lineno == 1 && id == "V1" {
             continue; // the header
@@ -244,25 +246,19 @@ fn mean_panel_scores(panel: &Panel, forecasts: &[Vec<f64>], season: usize) -> Re
 pub fn eval_m4_holdout(
     data: &[(String, Vec<f64>)],
     models: &[String],
-    season: usize,
+    ctx: &ModelContext,
     horizon: usize,
-    rnn_pipeline: Option<PathBuf>,
-    rnn_ensemble: usize,
 ) -> Result<(M4Report, Vec<Checked>)> {
+    let season = ctx.season;
     if horizon == 0 {
         bail!("the holdout must be at least 1 value");
     }
     let panel = Panel::holdout(data, horizon)?;
-    let ctx = ModelContext {
-        season,
-        rnn_pipeline,
-        rnn_ensemble,
-    };
-    let checked = run_models(&panel, models, &ctx, horizon)?;
+    let checked = run_models(&panel, models, ctx, horizon)?;
     let naive2 = match checked.iter().position(|c| c.model == "naive2") {
         Some(i) => mean_panel_scores(&panel, &checked[i].forecasts, season)?,
         None => {
-            let c = run_models(&panel, &["naive2".to_string()], &ctx, horizon)?;
+            let c = run_models(&panel, &["naive2".to_string()], ctx, horizon)?;
             mean_panel_scores(&panel, &c[0].forecasts, season)?
         }
     };
@@ -293,22 +289,10 @@ pub fn eval_m4_holdout(
 pub fn forecast_m4(
     data: &[(String, Vec<f64>)],
     models: &[String],
-    season: usize,
+    ctx: &ModelContext,
     horizon: usize,
-    rnn_pipeline: Option<PathBuf>,
-    rnn_ensemble: usize,
 ) -> Result<Vec<Checked>> {
-    let panel = Panel::at_end(data);
-    run_models(
-        &panel,
-        models,
-        &ModelContext {
-            season,
-            rnn_pipeline,
-            rnn_ensemble,
-        },
-        horizon,
-    )
+    run_models(&Panel::at_end(data), models, ctx, horizon)
 }
 
 /// Writes forecasts in the M4 submission shape: `id,F1,...,FH`, one row per series.
@@ -318,9 +302,8 @@ pub fn write_submission(path: &Path, ids: &[String], forecasts: &[Vec<f64>]) -> 
         bail!("{} ids but {} forecasts", ids.len(), forecasts.len());
     }
     let h = forecasts.first().map_or(0, |f| f.len());
-    let file =
-        std::fs::File::create(path)
-            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    let file = std::fs::File::create(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
     let mut w = std::io::BufWriter::new(file);
     let mut line = String::from("id");
     for i in 1..=h {

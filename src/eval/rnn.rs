@@ -61,7 +61,11 @@ impl RnnModel {
         cfg.model.horizon = horizon as i64;
         let step = cfg.slide_ms();
         let events = series_events(&cfg, histories, step);
-        let windows = closed_windows(WindowSpec::from_config(&cfg), &events, End::Through(EVAL_END_MS));
+        let windows = closed_windows(
+            WindowSpec::from_config(&cfg),
+            &events,
+            End::Through(EVAL_END_MS),
+        );
         let data = prepare_windows(&cfg, &windows)?;
         let mut sum = vec![vec![0.0; horizon]; histories.len()];
         let members = self.ensemble.max(1);
@@ -250,7 +254,11 @@ impl OnlineRnn {
         for (o, (ts, i, v)) in rows.iter().enumerate() {
             b.push(&key_of(*i), *ts, 0, o as i64, &[*v]);
         }
-        let windows = closed_windows(WindowSpec::from_config(&cfg), &b.finish(), End::Through(final_wm));
+        let windows = closed_windows(
+            WindowSpec::from_config(&cfg),
+            &b.finish(),
+            End::Through(final_wm),
+        );
         let data = prepare_windows(&cfg, &windows)?;
         let trained = train::train_prepared(&cfg, &cfg.train, &data, None)?;
         self.report = Some(trained.report.clone());
@@ -339,13 +347,9 @@ mod tests {
     use super::*;
 
     fn cfg() -> PipelineConfig {
-        PipelineConfig::parse(
+        crate::testkit::pipeline(
             r#"
-name = "t"
-[source]
-topic = "i"
 [window]
-size = "1h"
 max_gap_windows = 100000
 [model]
 cell = "gru"
@@ -362,13 +366,8 @@ tbptt = 24
 burn_in = 12
 val_windows = 12
 lr = 0.01
-[sink]
-topic = "o"
-dead_letter_topic = "d"
 "#,
-            std::path::Path::new("t.toml"),
         )
-        .unwrap()
     }
 
     /// Seasonal series with different levels, lengths and phases.

@@ -1,12 +1,24 @@
 //! Harness, metrics and backtest tests (including the leak check).
 use super::*;
-use std::fmt::Write as _;
 use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::rc::Rc;
 
 /// A baseline as a stream model, refitted at each origin (season 24).
 fn refit(name: &str) -> Box<dyn StreamModel> {
-    Box::new(RefitBaseline::new(name, baselines::named(name, 24).unwrap()))
+    Box::new(RefitBaseline::new(
+        name,
+        baselines::named(name, 24).unwrap(),
+    ))
+}
+
+/// A model context without the recurrent model's settings.
+fn ctx(season: usize) -> ModelContext {
+    ModelContext {
+        season,
+        rnn_pipeline: None,
+        rnn_ensemble: 1,
+    }
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -44,10 +56,7 @@ fn m4_csv_parses_ragged_rows() {
     );
     let e = read_m4_csv(&bad).unwrap_err().to_string();
     assert!(
-        e.contains("bad.csv")
-            && e.contains("line 3")
-            && e.contains("V3")
-            && e.contains("\"x\""),
+        e.contains("bad.csv") && e.contains("line 3") && e.contains("V3") && e.contains("\"x\""),
         "{e}"
     );
     let gap = write_tmp(
@@ -132,8 +141,7 @@ fn seasonal_naive_hand_computed_smape_mase() {
         ("A".to_string(), vec![1.0, 3.0, 2.0, 5.0, 4.0, 6.0]),
         ("B".to_string(), vec![2.0, 4.0, 4.0, 8.0, 4.0, 4.0]),
     ];
-    let (rep, checked) =
-        eval_m4_holdout(&data, &["snaive".to_string()], 2, 2, None, 1).unwrap();
+    let (rep, checked) = eval_m4_holdout(&data, &["snaive".to_string()], &ctx(2), 2).unwrap();
     assert_eq!(checked[0].forecasts, vec![vec![2.0, 5.0], vec![4.0, 8.0]]);
     assert!(checked[0].leak_checked);
     let smape_a = (200.0 * 2.0 / 6.0 + 200.0 / 11.0) / 2.0;
@@ -320,12 +328,10 @@ fn harness_checks_shape_and_finiteness() {
         ),
         "{e:?}"
     );
-    assert!(
-        eval_m4_holdout(&data, &["arima".to_string()], 2, 2, None, 1)
-            .unwrap_err()
-            .to_string()
-            .contains("unknown model `arima`")
-    );
+    assert!(eval_m4_holdout(&data, &["arima".to_string()], &ctx(2), 2)
+        .unwrap_err()
+        .to_string()
+        .contains("unknown model `arima`"));
 }
 
 #[test]
@@ -547,13 +553,10 @@ fn parquet_events_window_like_csv() {
 fn plot_renders_svg_with_legend() {
     let dir = tempfile::tempdir().unwrap();
     let vals: Vec<f64> = (0..240)
-        .map(|t| 50.0 + 10.0 * ((t % 24) as f64 / 24.0 * 6.283).sin())
+        .map(|t| 50.0 + 10.0 * ((t % 24) as f64 / 24.0 * std::f64::consts::TAU).sin())
         .collect();
     let series = vec![key_series("cpu", vals)];
-    let mut models: Vec<Box<dyn StreamModel>> = vec![
-        refit("ses"),
-        refit("snaive"),
-    ];
+    let mut models: Vec<Box<dyn StreamModel>> = vec![refit("ses"), refit("snaive")];
     let rep = backtest_stream(
         &series,
         &mut models,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use super::{feature_names, CellShape, Network};
-use crate::config::{Decoder, Head, PipelineConfig};
+use crate::config::{Head, HorizonDecoder, PipelineConfig};
 use crate::error::{Error, Result};
 
 /// Everything about a model except its weights.
@@ -30,7 +30,7 @@ pub struct ModelSpec {
     pub head: Head,
     /// How the horizon is produced.
     #[serde(default)]
-    pub decoder: Decoder,
+    pub decoder: HorizonDecoder,
     /// Season length in windows (the residual head's seasonal-naive base).
     pub season: i64,
     /// Input features in order (see `model::feature_names`).

@@ -188,7 +188,10 @@ mod tests {
         (vs, w, x, h, c)
     }
 
-    fn parts(w: &LayerWeights) -> (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<f64>, Vec<f64>) {
+    /// `(w_ih, w_hh, b_ih, b_hh)` as plain numbers.
+    type Parts = (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<f64>, Vec<f64>);
+
+    fn parts(w: &LayerWeights) -> Parts {
         (
             to_vec2(&w.w_ih),
             to_vec2(&w.w_hh),

@@ -8,7 +8,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use super::artifact::ModelSpec;
 use super::cells::{self, CellShape, LayerWeights};
-use crate::config::{CellKind, Decoder, DeviceKind};
+use crate::config::{CellKind, DeviceKind, HorizonDecoder};
 
 /// A stacked recurrent network with a multi-output head: `horizon` values
 /// from the last layer's hidden state plus a linear skip from the inputs
@@ -66,7 +66,7 @@ impl Seq2seq {
 impl Network {
     /// The network a model spec describes (freshly initialised, seeded).
     pub fn for_spec(spec: &ModelSpec, device: Device, seed: i64) -> Self {
-        let seq = (spec.decoder == Decoder::Seq2seq)
+        let seq = (spec.decoder == HorizonDecoder::Seq2seq)
             .then_some((spec.horizon, spec.quantiles.len().max(1) as i64));
         Self::build(spec.shape, spec.outputs(), seq, device, seed)
     }

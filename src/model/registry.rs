@@ -142,7 +142,6 @@ impl Registry {
     }
 }
 
-
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Error::json(format!("serializing {}", path.display()), e))?;

@@ -9,7 +9,6 @@
 //! plain f64 arithmetic, independently of the stage's tensor code.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -43,26 +42,17 @@ fn cell_name(k: CellKind) -> &'static str {
 /// A pipeline with hourly windows, one value field and hour-of-day
 /// covariates (4 features); `model` is extra `[model]` TOML lines.
 fn cfg_with(cell: CellKind, model: &str, hod: u32) -> PipelineConfig {
-    let text = format!(
+    crate::testkit::pipeline(&format!(
         r#"
-name = "t"
-[source]
-topic = "in"
-[window]
-size = "1h"
 [window.covariates]
 hour_of_day = {hod}
 [model]
 cell = "{}"
 hidden = 16
 {model}
-[sink]
-topic = "out"
-dead_letter_topic = "dlq"
 "#,
         cell_name(cell)
-    );
-    PipelineConfig::parse(&text, Path::new("pipelines/t.toml")).expect("valid test pipeline")
+    ))
 }
 
 fn cfg(cell: CellKind, model: &str) -> PipelineConfig {
@@ -374,6 +364,7 @@ fn waves_equal_window_by_window_and_forward_seq() {
             assert_eq!(n_lags, 12);
             let mut xs = Vec::new();
             let mut scales = vec![vec![0.0; n_win]; n_keys];
+            #[allow(clippy::needless_range_loop)]
             for k in 0..n_keys {
                 let mut w = Welford::default();
                 for t in 0..n_win {
@@ -798,25 +789,16 @@ fn extra_value_fields_whatever_their_names() {
         (r#"["value", "io_lag"]"#, 1),
         (r#"["value", "io_lag"]"#, 0),
     ] {
-        let text = format!(
+        let cfg = crate::testkit::pipeline(&format!(
             r#"
-name = "t"
-[source]
-topic = "in"
 [decode]
 value_fields = {fields}
-[window]
-size = "1h"
 [window.covariates]
 hour_of_day = {hod}
 [model]
 hidden = 8
-[sink]
-topic = "out"
-dead_letter_topic = "dlq"
 "#
-        );
-        let cfg = PipelineConfig::parse(&text, Path::new("pipelines/t.toml")).unwrap();
+        ));
         let want = 2 + 1 + 2 * hod as usize + 12;
         assert_eq!(feature_names(&cfg).len(), want, "{fields}");
         let mut fc = ForecastStage::from_config(&cfg).unwrap();

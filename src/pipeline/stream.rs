@@ -181,7 +181,9 @@ async fn spawn_compute(
             compute_loop(core, in_rx, out_tx, archive, swaps, &signals)
         })
         .map_err(|e| Error::io("starting the compute thread", e))?;
-    let version = ready_rx.await.map_err(|_| Error::StageStopped("compute"))??;
+    let version = ready_rx
+        .await
+        .map_err(|_| Error::StageStopped("compute"))??;
     tracing::info!(pipeline = %name, model_version = %version, %topic, "running");
     Ok(Compute {
         thread,
@@ -408,11 +410,7 @@ fn commit_list(tracker: &Mutex<OffsetTracker>, topic: &str) -> TopicPartitionLis
     tpl
 }
 
-fn store_offsets(
-    consumer: &StreamConsumer,
-    tracker: &Mutex<OffsetTracker>,
-    topic: &str,
-) {
+fn store_offsets(consumer: &StreamConsumer, tracker: &Mutex<OffsetTracker>, topic: &str) {
     let tpl = commit_list(tracker, topic);
     if tpl.count() == 0 {
         return;
@@ -435,7 +433,7 @@ impl Printer {
     fn print(&mut self, recs: &[ForecastRecord]) {
         for r in recs {
             self.n += 1;
-            if self.n <= Self::FULL || self.n % Self::EVERY == 0 {
+            if self.n <= Self::FULL || self.n.is_multiple_of(Self::EVERY) {
                 let vals: Vec<String> = r.forecast.iter().map(|v| format!("{v:.2}")).collect();
                 println!(
                     "#{:<6} {:<22} {}  [{:<8}] {}",

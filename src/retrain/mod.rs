@@ -193,7 +193,11 @@ mod nan_tests {
             }
         }
         let spec = crate::window::WindowSpec::from_config(&cfg);
-        let windows = crate::window::bounded::closed_windows(spec, &b.finish(), crate::window::bounded::End::AtNewestEvent);
+        let windows = crate::window::bounded::closed_windows(
+            spec,
+            &b.finish(),
+            crate::window::bounded::End::AtNewestEvent,
+        );
         let path = dir.path().join("w.parquet");
         crate::archive::write_windows_file(
             &windows,

@@ -12,24 +12,23 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::records::{forecast_records, ForecastRecord};
 use super::Output;
-use crate::broker::base_config;
+use crate::broker::client_config;
 use crate::config::PipelineConfig;
 use crate::decode::DeadLetter;
 use crate::error::{retryable_kafka_code, Error, Result};
 use crate::offsets::OffsetTracker;
 use crate::telemetry;
 
+/// The producer's settings (`sink.librdkafka` overrides them).
 pub fn producer_config(cfg: &PipelineConfig) -> ClientConfig {
-    let mut c = base_config(&cfg.source.brokers);
-    c.set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("compression.type", "none")
-        .set("message.timeout.ms", "60000");
-    for (k, v) in &cfg.sink.librdkafka {
-        c.set(k, v);
-    }
-    c
+    let defaults = [
+        ("acks", "all"),
+        ("enable.idempotence", "true"),
+        ("linger.ms", "5"),
+        ("compression.type", "none"),
+        ("message.timeout.ms", "60000"),
+    ];
+    client_config(&cfg.source.brokers, &defaults, &cfg.sink.librdkafka)
 }
 
 pub fn create_producer(cfg: &PipelineConfig) -> Result<FutureProducer> {
@@ -50,32 +49,14 @@ pub struct KafkaSink {
 impl KafkaSink {
     /// The pipeline's sink: its producer, topics and step.
     pub fn from_config(cfg: &PipelineConfig, tracker: Arc<Mutex<OffsetTracker>>) -> Result<Self> {
-        Ok(KafkaSink::new(
-            create_producer(cfg)?,
-            cfg.sink.topic.clone(),
-            cfg.sink.dead_letter_topic.clone(),
-            cfg.source.topic.clone(),
-            cfg.slide_ms(),
+        Ok(KafkaSink {
+            producer: create_producer(cfg)?,
+            topic: cfg.sink.topic.clone(),
+            dead_letter_topic: cfg.sink.dead_letter_topic.clone(),
+            source_topic: cfg.source.topic.clone(),
+            step_ms: cfg.slide_ms(),
             tracker,
-        ))
-    }
-
-    pub fn new(
-        producer: FutureProducer,
-        topic: String,
-        dead_letter_topic: String,
-        source_topic: String,
-        step_ms: i64,
-        tracker: Arc<Mutex<OffsetTracker>>,
-    ) -> Self {
-        KafkaSink {
-            producer,
-            topic,
-            dead_letter_topic,
-            source_topic,
-            step_ms,
-            tracker,
-        }
+        })
     }
 
     /// Sends every record of `output`, waits for all acknowledgements, then

@@ -42,20 +42,24 @@ pub fn forecast_records(batch: &RecordBatch, step_ms: i64) -> Vec<ForecastRecord
     let h = lists.value_length() as usize;
     let values = lists.values().as_primitive::<Float64Type>().values();
     // Optional quantiles column: `h` values per quantile, quantile-major.
-    let quant = batch.schema().index_of(forecasts::QUANTILES_NAME).ok().map(|ix| {
-        let names: Vec<String> = batch
-            .schema()
-            .field(ix)
-            .metadata()
-            .get(forecasts::QUANTILES_NAME)
-            .map(|s| s.split(',').map(str::to_string).collect())
-            .unwrap_or_default();
-        let col = batch.column(ix).as_fixed_size_list();
-        (
-            names,
-            col.values().as_primitive::<Float64Type>().values().to_vec(),
-        )
-    });
+    let quant = batch
+        .schema()
+        .index_of(forecasts::QUANTILES_NAME)
+        .ok()
+        .map(|ix| {
+            let names: Vec<String> = batch
+                .schema()
+                .field(ix)
+                .metadata()
+                .get(forecasts::QUANTILES_NAME)
+                .map(|s| s.split(',').map(str::to_string).collect())
+                .unwrap_or_default();
+            let col = batch.column(ix).as_fixed_size_list();
+            (
+                names,
+                col.values().as_primitive::<Float64Type>().values().to_vec(),
+            )
+        });
     (0..batch.num_rows())
         .map(|i| ForecastRecord {
             quantiles: quant
@@ -85,10 +89,10 @@ pub fn forecast_records(batch: &RecordBatch, step_ms: i64) -> Vec<ForecastRecord
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::TimestampMillisecondArray;
     use crate::schema::forecasts_schema;
-    use std::sync::Arc;
+    use arrow::array::TimestampMillisecondArray;
     use arrow::array::{FixedSizeListBuilder, Float64Builder, StringArray};
+    use std::sync::Arc;
 
     #[test]
     fn records_carry_key_end_horizon_and_version() {

@@ -162,50 +162,6 @@ pub fn to_json(e: &GenEvent, key_field: &str, time_field: &str, value_field: &st
     serde_json::Value::Object(m).to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deterministic_time_ordered_and_seasonal() {
-        let spec = GenSpec {
-            keys: 6,
-            points_per_key: 24 * 12 * 4,
-            step_ms: 300_000,
-            start_ms: 1_700_000_000_000 / 86_400_000 * 86_400_000,
-            seed: 3,
-        };
-        let a = generate(&spec);
-        assert_eq!(a, generate(&spec));
-        assert_eq!(a.len(), 6 * 24 * 12 * 4);
-        assert!(a.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms));
-        assert!(a.iter().all(|e| e.value.is_finite()));
-        // A daily cycle: the store's values 24h apart correlate more than 12h apart.
-        let s: Vec<f64> = a
-            .iter()
-            .filter(|e| e.key == "store-001")
-            .map(|e| e.value)
-            .collect();
-        let corr = |lag: usize| {
-            let (x, y) = (&s[..s.len() - lag], &s[lag..]);
-            let (mx, my) = (
-                x.iter().sum::<f64>() / x.len() as f64,
-                y.iter().sum::<f64>() / y.len() as f64,
-            );
-            let cov: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
-            let vx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
-            let vy: f64 = y.iter().map(|b| (b - my).powi(2)).sum();
-            cov / (vx * vy).sqrt()
-        };
-        assert!(
-            corr(288) > corr(144) + 0.5,
-            "daily {} vs half-day {}",
-            corr(288),
-            corr(144)
-        );
-    }
-}
-
 /// Writes generated events to Parquet (`key`, `ts` as a UTC ms timestamp, `value`),
 /// with the given column names.
 pub fn write_parquet(
@@ -248,4 +204,48 @@ pub fn write_parquet(
     w.write(&batch)?;
     w.close()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_time_ordered_and_seasonal() {
+        let spec = GenSpec {
+            keys: 6,
+            points_per_key: 24 * 12 * 4,
+            step_ms: 300_000,
+            start_ms: 1_700_000_000_000 / 86_400_000 * 86_400_000,
+            seed: 3,
+        };
+        let a = generate(&spec);
+        assert_eq!(a, generate(&spec));
+        assert_eq!(a.len(), 6 * 24 * 12 * 4);
+        assert!(a.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms));
+        assert!(a.iter().all(|e| e.value.is_finite()));
+        // A daily cycle: the store's values 24h apart correlate more than 12h apart.
+        let s: Vec<f64> = a
+            .iter()
+            .filter(|e| e.key == "store-001")
+            .map(|e| e.value)
+            .collect();
+        let corr = |lag: usize| {
+            let (x, y) = (&s[..s.len() - lag], &s[lag..]);
+            let (mx, my) = (
+                x.iter().sum::<f64>() / x.len() as f64,
+                y.iter().sum::<f64>() / y.len() as f64,
+            );
+            let cov: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+            let vx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
+            let vy: f64 = y.iter().map(|b| (b - my).powi(2)).sum();
+            cov / (vx * vy).sqrt()
+        };
+        assert!(
+            corr(288) > corr(144) + 0.5,
+            "daily {} vs half-day {}",
+            corr(288),
+            corr(144)
+        );
+    }
 }

@@ -14,26 +14,26 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 
-use crate::broker::base_config;
+use crate::broker::client_config;
 use crate::config::PipelineConfig;
 use crate::decode::RawMessage;
 use crate::error::Result;
 
+/// The consumer's settings (`source.librdkafka` overrides them).
 pub fn consumer_config(cfg: &PipelineConfig) -> ClientConfig {
-    let mut c = base_config(&cfg.source.brokers);
-    c.set("group.id", cfg.group_id())
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+    let group = cfg.group_id();
+    let defaults = [
+        ("group.id", group.as_str()),
+        ("enable.auto.commit", "true"),
+        ("auto.commit.interval.ms", "1000"),
+        ("enable.auto.offset.store", "false"),
+        ("auto.offset.reset", "earliest"),
         // A restarted job rejoins quickly after a crash of the old member.
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
-        .set("enable.partition.eof", "false");
-    for (k, v) in &cfg.source.librdkafka {
-        c.set(k, v);
-    }
-    c
+        ("session.timeout.ms", "10000"),
+        ("heartbeat.interval.ms", "1000"),
+        ("enable.partition.eof", "false"),
+    ];
+    client_config(&cfg.source.brokers, &defaults, &cfg.source.librdkafka)
 }
 
 pub fn create_consumer(cfg: &PipelineConfig) -> Result<StreamConsumer> {
@@ -119,11 +119,7 @@ pub fn backlogged_partitions(
 /// one's position (the offset after the last message read, else its
 /// committed offset) has reached the broker's high watermark. Makes network
 /// calls: call it from a blocking context, and only when the job looks idle.
-pub fn caught_up(
-    consumer: &StreamConsumer,
-    topic: &str,
-    next: &HashMap<i32, i64>,
-) -> bool {
+pub fn caught_up(consumer: &StreamConsumer, topic: &str, next: &HashMap<i32, i64>) -> bool {
     let assigned = assigned_partitions(consumer, topic);
     if assigned.is_empty() {
         return false;

@@ -78,14 +78,14 @@ fn typed_events(
     let mut out = EventsBuilder::new(events_schema(&d.value_fields), batch.num_rows());
     let mut dead = Vec::new();
     let mut row = vec![0.0; values.len()];
-    for i in 0..batch.num_rows() {
+    for (i, time) in ts.iter().enumerate() {
         let offset = row_base + i as i64;
         let reason = if key.is_null(i) {
             Some((
                 DeadLetterKind::MissingField,
                 format!("missing field `{}`", d.key_field),
             ))
-        } else if let Err(e) = &ts[i] {
+        } else if let Err(e) = time {
             Some((
                 DeadLetterKind::BadTimestamp,
                 format!("unparsable timestamp in field `{}`: {e}", d.time_field),
@@ -114,7 +114,7 @@ fn typed_events(
             }
             r
         };
-        match (reason, &ts[i]) {
+        match (reason, time) {
             (None, Ok(t)) => out.push(key.value(i), *t, 0, offset, &row),
             (reason, _) => dead.push(DeadLetter {
                 kind: reason.as_ref().map_or(DeadLetterKind::BadValue, |r| r.0),

@@ -28,7 +28,12 @@ impl Loss {
 
 /// Sum of the loss over masked terms, and the number of terms.
 /// `pred: [B, T, Q*H]` (quantile-major), `y: [B, T, H]`, `mask: [B, T]`.
-pub(super) fn masked_loss(pred: &Tensor, y: &Tensor, mask: &Tensor, loss: &Loss) -> (Tensor, Tensor) {
+pub(super) fn masked_loss(
+    pred: &Tensor,
+    y: &Tensor,
+    mask: &Tensor,
+    loss: &Loss,
+) -> (Tensor, Tensor) {
     let m = mask.to_kind(Kind::Float).unsqueeze(2);
     let h = y.size()[2];
     let per = match loss {

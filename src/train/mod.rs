@@ -30,8 +30,8 @@ use tch::{nn, Kind, Tensor};
 use crate::config::{Head, PipelineConfig, TrainConfig};
 use crate::error::{Error, Result};
 use crate::model::{ModelSpec, Network};
-pub use loss::Loss;
 use loss::masked_loss;
+pub use loss::Loss;
 pub use prep::{prepare, PrepSpec, Prepared};
 
 /// Set when the process is shutting down: running trainings stop at the
@@ -104,23 +104,12 @@ pub fn prep_spec(cfg: &PipelineConfig, t: &TrainConfig) -> PrepSpec {
 /// Runs the network over a batch in TBPTT chunks (libtorch's sequence
 /// kernels within a chunk, the state detached between chunks). With
 /// `train`, backpropagates each chunk on its own. Returns (sum of loss,
-/// count of terms).
-#[cfg(test)]
-fn run_batch(
-    net: &Network,
-    b: &prep::Batch,
-    tbptt: i64,
-    loss: &Loss,
-    dropout: f64,
-    train: bool,
-) -> (f64, f64) {
-    run_batch_with(net, b, tbptt, loss, dropout, train, None)
-}
-
-/// `run_batch`; with `recur = Some(i)`, output recurrence: the inputs' last
-/// column is replaced, step by step, by output column `i` of the previous
-/// step (the fed-back one-step output), so the chunk runs one step at a time.
-fn run_batch_with(
+/// count of terms). With `recur = Some(i)`, output recurrence: the inputs'
+/// last column is replaced, step by step, by output column `i` of the
+/// previous step (the fed-back one-step output), so the chunk runs one step
+/// at a time.
+#[allow(clippy::too_many_arguments)]
+pub fn run_batch(
     net: &Network,
     b: &prep::Batch,
     tbptt: i64,
@@ -225,7 +214,7 @@ pub fn validation_loss(net: &Network, data: &Prepared, cfg: &TrainConfig) -> f64
         let (mut s, mut n) = (0.0, 0.0);
         for chunk in data.val_ends.chunks(cfg.batch_size.max(1)) {
             let b = data.batch(chunk, &data.val_origin, cfg.burn_in.min(data.context - 1));
-            let (cs, cn) = run_batch_with(net, &b, data.context, &loss, 0.0, false, data.recur);
+            let (cs, cn) = run_batch(net, &b, data.context, &loss, 0.0, false, data.recur);
             s += cs;
             n += cn;
         }
@@ -304,7 +293,7 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
         for chunk in ends.chunks(cfg.batch_size.max(1)) {
             let b = data.batch(chunk, &data.train_origin, burn);
             opt.zero_grad();
-            let (cs, cn) = run_batch_with(net, &b, cfg.tbptt, &loss, cfg.dropout, true, data.recur);
+            let (cs, cn) = run_batch(net, &b, cfg.tbptt, &loss, cfg.dropout, true, data.recur);
             let norm = clip_global_norm(&net.vs, cfg.clip_norm);
             report.max_grad_norm = report.max_grad_norm.max(norm);
             let clipped = if cfg.clip_norm > 0.0 {

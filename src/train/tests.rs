@@ -6,14 +6,9 @@ use crate::window::bounded::{closed_windows, End};
 use crate::window::WindowSpec;
 
 fn pipeline(cell: &str, head: &str) -> PipelineConfig {
-    PipelineConfig::parse(
-        &format!(
-            r#"
-name = "t"
-[source]
-topic = "in"
+    crate::testkit::pipeline(&format!(
+        r#"
 [window]
-size = "1h"
 max_gap_windows = 1000
 [model]
 cell = "{cell}"
@@ -22,14 +17,8 @@ hidden = 16
 horizon = 6
 season_windows = 24
 warmup_windows = 24
-[sink]
-topic = "out"
-dead_letter_topic = "dlq"
 "#
-        ),
-        std::path::Path::new("t.toml"),
-    )
-    .unwrap()
+    ))
 }
 
 /// Hourly seasonal series with noise: 10 + a*sin(2*pi*t/24 + p) + N(0, 0.5^2).
@@ -46,14 +35,19 @@ fn seasonal_windows(
         keys * hours as usize,
     );
     let params: Vec<(f64, f64)> = (0..keys)
-        .map(|_| (rng.random_range(2.0..6.0), rng.random_range(0.0..6.28)))
+        .map(|_| {
+            (
+                rng.random_range(2.0..6.0),
+                rng.random_range(0.0..std::f64::consts::TAU),
+            )
+        })
         .collect();
     for t in 0..hours {
         for (k, (a, p)) in params.iter().enumerate() {
             let u1: f64 = rng.random::<f64>().max(1e-12);
             let u2: f64 = rng.random();
-            let noise = (-2.0 * u1.ln()).sqrt() * (6.283 * u2).cos() * 0.5;
-            let v = 10.0 + a * (6.283 * t as f64 / 24.0 + p).sin() + noise;
+            let noise = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos() * 0.5;
+            let v = 10.0 + a * (std::f64::consts::TAU * t as f64 / 24.0 + p).sin() + noise;
             b.push(
                 &format!("k{k}"),
                 t * 3_600_000 + 1_800_000,
@@ -63,7 +57,11 @@ fn seasonal_windows(
             );
         }
     }
-    let batches = closed_windows(WindowSpec::from_config(cfg), &b.finish(), End::AtNewestEvent);
+    let batches = closed_windows(
+        WindowSpec::from_config(cfg),
+        &b.finish(),
+        End::AtNewestEvent,
+    );
     let path = dir.join("w.parquet");
     crate::archive::write_windows_file(
         &batches,
@@ -154,7 +152,7 @@ fn tbptt_never_backpropagates_past_its_truncation() {
     let (l, k) = (20, 8);
     // Loss only at the last step (19). Chunks: [0,8) [8,16) [16,20).
     let b = toy_batch(l, spec.shape.input, spec.horizon);
-    run_batch(&net, &b, k, &Loss::Mse, 0.0, true);
+    run_batch(&net, &b, k, &Loss::Mse, 0.0, true, None);
     let g =
         b.x.grad()
             .abs()
@@ -175,7 +173,7 @@ fn tbptt_never_backpropagates_past_its_truncation() {
     }
     // Without truncation the gradient reaches the first step: the case matters.
     let b = toy_batch(l, spec.shape.input, spec.horizon);
-    run_batch(&net, &b, l, &Loss::Mse, 0.0, true);
+    run_batch(&net, &b, l, &Loss::Mse, 0.0, true, None);
     let g0 = f64::try_from(b.x.grad().select(1, 0).abs().sum(Kind::Float)).unwrap();
     assert!(g0 > 0.0, "a full-length pass must reach step 0");
 }
@@ -186,7 +184,7 @@ fn clipping_bounds_the_global_norm_it_reports() {
     let spec = crate::model::ModelSpec::untrained(&cfg);
     let net = Network::new(spec.shape, spec.horizon, tch::Device::Cpu, 1);
     let b = toy_batch(10, spec.shape.input, spec.horizon);
-    run_batch(&net, &b, 10, &Loss::Mse, 0.0, true);
+    run_batch(&net, &b, 10, &Loss::Mse, 0.0, true, None);
     let before = grad_norm(&net.vs);
     assert!(before > 1e-3, "test needs a real gradient, got {before}");
     let reported = clip_global_norm(&net.vs, 1e-3);
@@ -292,7 +290,7 @@ fn quantile_head_learns_intervals_with_the_pinball_loss() {
 fn seq2seq_decoder_learns_and_agrees_between_step_and_sequence() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = pipeline("lstm", "residual");
-    cfg.model.decoder = crate::config::Decoder::Seq2seq;
+    cfg.model.decoder = crate::config::HorizonDecoder::Seq2seq;
     let spec = crate::model::ModelSpec::untrained(&cfg);
     let net = Network::for_spec(&spec, tch::Device::Cpu, 3);
     tch::manual_seed(4);
@@ -342,39 +340,5 @@ fn output_recurrence_trains_and_matches_the_live_stage_features() {
     for b in reader {
         let out = stage.forecast(&b.unwrap()).unwrap();
         assert!(out.num_rows() > 0);
-    }
-}
-
-/// Timing probe (run by hand): sequence kernels vs the step loop.
-#[test]
-#[ignore]
-fn probe_training_step_speed() {
-    let mut cfg = pipeline("gru", "residual");
-    cfg.model.hidden = 64;
-    cfg.model.horizon = 48;
-    cfg.model.lags = Some(168);
-    let spec = crate::model::ModelSpec::untrained(&cfg);
-    let net = Network::for_spec(&spec, tch::Device::Cpu, 1);
-    let threads: i32 = std::env::var("PROBE_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    tch::set_num_threads(threads);
-    for (name, recur) in [("sequence kernel", None), ("step loop", Some(0i64))] {
-        let b = prep::Batch {
-            x: Tensor::randn([64, 240, spec.shape.input], (Kind::Float, tch::Device::Cpu)),
-            y: Tensor::randn([64, 240, 48], (Kind::Float, tch::Device::Cpu)),
-            baseline: Tensor::zeros([64, 240, 48], (Kind::Float, tch::Device::Cpu)),
-            loss_mask: Tensor::ones([64, 240], (Kind::Bool, tch::Device::Cpu)),
-            valid: Tensor::ones([64, 240], (Kind::Bool, tch::Device::Cpu)),
-        };
-        let t = std::time::Instant::now();
-        for _ in 0..3 {
-            run_batch_with(&net, &b, 48, &Loss::Mae, 0.0, true, recur);
-        }
-        eprintln!(
-            "{name}: {:.1} ms per batch of 64x240",
-            t.elapsed().as_secs_f64() * 1000.0 / 3.0
-        );
     }
 }

@@ -59,4 +59,3 @@ pub fn covariates(c: &CovariatesConfig, starts: &[i64]) -> Vec<ArrayRef> {
     }
     cols
 }
-

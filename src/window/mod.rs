@@ -52,9 +52,9 @@ use arrow::datatypes::{Int32Type, Int64Type, SchemaRef};
 
 use crate::config::{Aggregation, CovariatesConfig, FillPolicy, LatePolicy, PipelineConfig};
 use crate::decode::{DeadLetter, DeadLetterKind};
+use crate::offsets::Position;
 use crate::schema::events;
 use crate::telemetry;
-use crate::offsets::Position;
 
 /// Everything the window stage needs, validated (from `PipelineConfig`).
 #[derive(Debug, Clone)]
@@ -335,9 +335,18 @@ impl WindowStage {
             return;
         }
         let keys = batch.column(events::KEY).as_string::<i32>();
-        let ts = batch.column(events::TS_MS).as_primitive::<Int64Type>().values();
-        let part = batch.column(events::PARTITION).as_primitive::<Int32Type>().values();
-        let off = batch.column(events::OFFSET).as_primitive::<Int64Type>().values();
+        let ts = batch
+            .column(events::TS_MS)
+            .as_primitive::<Int64Type>()
+            .values();
+        let part = batch
+            .column(events::PARTITION)
+            .as_primitive::<Int32Type>()
+            .values();
+        let off = batch
+            .column(events::OFFSET)
+            .as_primitive::<Int64Type>()
+            .values();
         let nf = self.spec.value_fields.len();
         let vals: Vec<&[f64]> = (0..nf)
             .map(|i| {
@@ -559,15 +568,17 @@ impl WindowStage {
             // before the watermark closed the gap): they start the key's new
             // series rather than vanish with the old one.
             let rest = match (reason, self.slots[slot].as_mut()) {
-                (SeriesEnd::Gap, Some(st)) => st.panes.iter().position(|pn| pn.count > 0).map(|i| {
-                    (
-                        st.key.clone(),
-                        st.next_win + i as i64,
-                        st.panes.split_off(i),
-                        st.last_event_ts,
-                        st.last_seen_seq,
-                    )
-                }),
+                (SeriesEnd::Gap, Some(st)) => {
+                    st.panes.iter().position(|pn| pn.count > 0).map(|i| {
+                        (
+                            st.key.clone(),
+                            st.next_win + i as i64,
+                            st.panes.split_off(i),
+                            st.last_event_ts,
+                            st.last_seen_seq,
+                        )
+                    })
+                }
                 _ => None,
             };
             self.end_key(slot, reason, out);

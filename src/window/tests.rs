@@ -18,8 +18,8 @@ use arrow::datatypes::{Float64Type, TimestampMillisecondType, UInt32Type};
 use proptest::prelude::*;
 
 use crate::decode::DeadLetter;
-use crate::schema::{events_schema, windows::FIRST_AGG as FIRST_AGG_COLUMN, EventsBuilder};
 use crate::offsets::{OffsetTracker, Position, Ticket};
+use crate::schema::{events_schema, windows::FIRST_AGG as FIRST_AGG_COLUMN, EventsBuilder};
 
 // ---------------------------------------------------------------- helpers
 
@@ -1213,6 +1213,7 @@ fn polars_window_bound_starts_at_first_point_truncated() {
     );
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_against_polars(
     slide: i64,
     k: i64,

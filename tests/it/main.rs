@@ -5,6 +5,9 @@
 //! `../shared/data` (or `STREAMCAST_DATA`). Each test uses its own random
 //! topics and consumer group.
 
+// Test and bench code may unwrap: a failing unwrap is a failing run.
+#![allow(clippy::unwrap_used)]
+
 mod cli;
 mod common;
 mod kafka_e2e;

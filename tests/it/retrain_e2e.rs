@@ -15,21 +15,22 @@ use crate::common::*;
 
 #[test]
 fn archive_retrain_promote_and_hot_swap_while_running() {
-    let events: Vec<NabEvent> = streamcast::source::generator::generate(&streamcast::source::generator::GenSpec {
-        keys: 8,
-        points_per_key: 12 * 24 * 14,
-        step_ms: 300_000,
-        start_ms: 1_700_006_400_000,
-        seed: 5,
-    })
-    .into_iter()
-    .map(|e| NabEvent {
-        ts_text: streamcast::time::rfc3339_ms(e.ts_ms),
-        key: e.key,
-        ts_ms: e.ts_ms,
-        value: e.value,
-    })
-    .collect();
+    let events: Vec<NabEvent> =
+        streamcast::source::generator::generate(&streamcast::source::generator::GenSpec {
+            keys: 8,
+            points_per_key: 12 * 24 * 14,
+            step_ms: 300_000,
+            start_ms: 1_700_006_400_000,
+            seed: 5,
+        })
+        .into_iter()
+        .map(|e| NabEvent {
+            ts_text: streamcast::time::rfc3339_ms(e.ts_ms),
+            key: e.key,
+            ts_ms: e.ts_ms,
+            value: e.value,
+        })
+        .collect();
     let s = rand_suffix();
     let dir = tempfile::tempdir().unwrap();
     let (input, output, dlq) = (
