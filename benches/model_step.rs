@@ -33,19 +33,15 @@
 // Test and bench code may unwrap: a failing unwrap is a failing run.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, RecordBatch, StringBuilder,
-    TimestampMillisecondBuilder, UInt32Builder,
-};
+use arrow::array::RecordBatch;
 use tch::{Device, Kind, Tensor};
 
 use streamcast::config::{CellKind, PipelineConfig};
 use streamcast::model::store::StateStore;
 use streamcast::model::{CellShape, ForecastStage, Network};
-use streamcast::window::{covariates, WindowSpec};
+use streamcast::window::{WindowSpec, WindowsBuilder};
 
 const TARGET_S: f64 = 0.3;
 
@@ -169,33 +165,14 @@ lags = {lags}
 fn windows(spec: &WindowSpec, n: usize, t: usize) -> RecordBatch {
     let end = T0 + (t as i64 + 1) * HOUR;
     let start = end - spec.size_ms;
-    let mut kb = StringBuilder::with_capacity(n, n * 11);
-    let mut sb = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut eb = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut cb = UInt32Builder::with_capacity(n);
-    let mut fb = BooleanBuilder::with_capacity(n);
-    let mut vb = Float64Builder::with_capacity(n);
+    let mut b = WindowsBuilder::new(spec, n);
     for i in 0..n {
-        kb.append_value(key(i));
-        sb.append_value(start);
-        eb.append_value(end);
-        cb.append_value(12);
-        fb.append_value(false);
         let v = 50.0
             + (i % 97) as f64
             + 10.0 * ((t as f64) * std::f64::consts::FRAC_PI_6 + i as f64).sin();
-        vb.append_value(v);
+        b.push(&key(i), start, 12, false, &[v]);
     }
-    let mut cols: Vec<ArrayRef> = vec![
-        Arc::new(kb.finish()),
-        Arc::new(sb.finish()),
-        Arc::new(eb.finish()),
-        Arc::new(cb.finish()),
-        Arc::new(fb.finish()),
-        Arc::new(vb.finish()),
-    ];
-    cols.extend(covariates(&spec.covariates, &vec![start; n]));
-    RecordBatch::try_new(spec.windows_schema(), cols).expect("windows batch")
+    b.finish()
 }
 
 fn main() {

@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// Holt's linear trend (no damping) with the given or fitted parameters.
+fn holt(alpha: Option<f64>, beta: Option<f64>) -> Holt {
+    Holt {
+        alpha,
+        beta,
+        damped: None,
+    }
+}
+
 fn assert_close(a: &[f64], b: &[f64], tol: f64) {
     assert_eq!(a.len(), b.len(), "length {a:?} vs {b:?}");
     for (x, y) in a.iter().zip(b) {
@@ -214,34 +223,11 @@ fn holt_linear_series() {
     // x_t = 2 + 3t, t = 0..9: the line is reproduced for any parameters.
     let x: Vec<f64> = (0..10).map(|t| 2.0 + 3.0 * t as f64).collect();
     let want = [32.0, 35.0, 38.0];
-    assert_close(
-        &Holt {
-            alpha: None,
-            beta: None,
-            damped: None,
-        }
-        .forecast(&x, 3),
-        &want,
-        1e-9,
-    );
-    assert_close(
-        &Holt {
-            alpha: Some(0.2),
-            beta: Some(0.1),
-            damped: None,
-        }
-        .forecast(&x, 3),
-        &want,
-        1e-9,
-    );
+    assert_close(&holt(None, None).forecast(&x, 3), &want, 1e-9);
+    assert_close(&holt(Some(0.2), Some(0.1)).forecast(&x, 3), &want, 1e-9);
     // Two points -> still the line through them.
     assert_close(
-        &Holt {
-            alpha: None,
-            beta: None,
-            damped: None,
-        }
-        .forecast(&[1.0, 2.0], 2),
+        &holt(None, None).forecast(&[1.0, 2.0], 2),
         &[3.0, 4.0],
         1e-9,
     );
@@ -262,11 +248,7 @@ fn holt_hand_values() {
     // t=1: ŷ = 1, e = 0 -> l = 1, b = 1.
     // t=2: ŷ = 2, e = 1 -> l = 2.5, b = 0.5*(2.5-1) + 0.5*1 = 1.25.
     // Forecast 2.5 + 1.25h = [3.75, 5.0].
-    let h = Holt {
-        alpha: Some(0.5),
-        beta: Some(0.5),
-        damped: None,
-    };
+    let h = holt(Some(0.5), Some(0.5));
     assert_close(&h.forecast(&[0.0, 1.0, 3.0], 2), &[3.75, 5.0], 1e-12);
 }
 

@@ -293,7 +293,7 @@ impl StreamModel for OnlineRnn {
             return Ok(());
         };
         let spec = WindowSpec::from_config(&self.cfg);
-        let batch = one_window(&spec, &self.key, window_start_ms, self.cfg.size_ms(), value);
+        let batch = one_window(&spec, &self.key, window_start_ms, value);
         self.seen += 1;
         let f = stage.forecast(&batch)?;
         let lists = f.column(forecasts::FORECAST).as_fixed_size_list();
@@ -319,27 +319,10 @@ impl StreamModel for OnlineRnn {
 }
 
 /// A one-row windows batch (the schema the forecast stage takes).
-fn one_window(
-    spec: &WindowSpec,
-    key: &str,
-    start_ms: i64,
-    size_ms: i64,
-    value: f64,
-) -> RecordBatch {
-    use arrow::array::{ArrayRef, BooleanArray, Float64Array, StringArray, UInt32Array};
-    use std::sync::Arc;
-    let starts = [start_ms];
-    let mut cols: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(vec![key])),
-        Arc::new(TimestampMillisecondArray::from(vec![start_ms]).with_timezone("UTC")),
-        Arc::new(TimestampMillisecondArray::from(vec![start_ms + size_ms]).with_timezone("UTC")),
-        Arc::new(UInt32Array::from(vec![1u32])),
-        Arc::new(BooleanArray::from(vec![false])),
-        Arc::new(Float64Array::from(vec![value])),
-    ];
-    cols.extend(crate::window::covariates(&spec.covariates, &starts));
-    RecordBatch::try_new(spec.windows_schema(), cols)
-        .expect("one-window batch matches the windows schema")
+fn one_window(spec: &WindowSpec, key: &str, start_ms: i64, value: f64) -> RecordBatch {
+    let mut b = crate::window::WindowsBuilder::new(spec, 1);
+    b.push(key, start_ms, 1, false, &[value]);
+    b.finish()
 }
 
 #[cfg(test)]

@@ -12,9 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBuilder, FixedSizeListArray, Float64Array, Float64Builder,
-    RecordBatch, StringBuilder, TimestampMillisecondArray, TimestampMillisecondBuilder,
-    UInt32Builder,
+    Array, AsArray, FixedSizeListArray, Float64Array, RecordBatch, TimestampMillisecondArray,
 };
 use arrow::datatypes::Float64Type;
 use tch::{Device, Kind, Tensor};
@@ -64,42 +62,21 @@ fn cfg(cell: CellKind, model: &str) -> PipelineConfig {
 /// gets `value * (1 + j)`.
 fn windows(cfg: &PipelineConfig, rows: &[(String, i64, f64)]) -> RecordBatch {
     let spec = WindowSpec::from_config(cfg);
-    let schema = spec.windows_schema();
-    let n = rows.len();
-    let mut kb = StringBuilder::new();
-    let mut sb = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut eb = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut cb = UInt32Builder::with_capacity(n);
-    let mut fb = BooleanBuilder::with_capacity(n);
-    let mut vbs: Vec<Float64Builder> = spec
-        .value_fields
-        .iter()
-        .map(|_| Float64Builder::with_capacity(n))
-        .collect();
-    let mut starts = Vec::with_capacity(n);
+    let mut b = crate::window::WindowsBuilder::new(&spec, rows.len());
     for (k, end, v) in rows {
-        let start = end - spec.size_ms;
-        kb.append_value(k);
-        sb.append_value(start);
-        eb.append_value(*end);
-        cb.append_value(u32::from(!v.is_nan()));
-        fb.append_value(v.is_nan());
         // Extra value fields (if any): field j carries v * (1 + j).
-        for (j, vb) in vbs.iter_mut().enumerate() {
-            vb.append_value(v * (1 + j) as f64);
-        }
-        starts.push(start);
+        let vals: Vec<f64> = (0..spec.value_fields.len())
+            .map(|j| v * (1 + j) as f64)
+            .collect();
+        b.push(
+            k,
+            end - spec.size_ms,
+            u32::from(!v.is_nan()),
+            v.is_nan(),
+            &vals,
+        );
     }
-    let mut cols: Vec<ArrayRef> = vec![
-        Arc::new(kb.finish()),
-        Arc::new(sb.finish()),
-        Arc::new(eb.finish()),
-        Arc::new(cb.finish()),
-        Arc::new(fb.finish()),
-    ];
-    cols.extend(vbs.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
-    cols.extend(covariates(&spec.covariates, &starts));
-    RecordBatch::try_new(schema, cols).expect("windows batch")
+    b.finish()
 }
 
 /// One forecast row.

@@ -21,6 +21,25 @@ warmup_windows = 24
     ))
 }
 
+/// The live forecast stage of a trained model, and the window batches of
+/// an archive file to run it over.
+fn live_stage(
+    trained: Trained,
+    cfg: &PipelineConfig,
+    file: &std::path::Path,
+) -> (crate::model::ForecastStage, Vec<arrow::array::RecordBatch>) {
+    let stage =
+        crate::model::ForecastStage::new(trained.net, trained.spec, 1, cfg.model.warmup_windows);
+    let f = std::fs::File::open(file).unwrap();
+    let batches = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect();
+    (stage, batches)
+}
+
 /// Hourly seasonal series with noise: 10 + a*sin(2*pi*t/24 + p) + N(0, 0.5^2).
 fn seasonal_windows(
     cfg: &PipelineConfig,
@@ -241,22 +260,18 @@ fn quantile_head_learns_intervals_with_the_pinball_loss() {
     );
     // Run the live stage over the windows: intervals are ordered and cover
     // roughly 80% of what happens next.
-    let mut stage =
-        crate::model::ForecastStage::new(trained.net, trained.spec, 1, cfg.model.warmup_windows);
-    let f = std::fs::File::open(&files[0]).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-        .unwrap()
-        .build()
-        .unwrap();
+    let (mut stage, batches) = live_stage(trained, &cfg, &files[0]);
     let mut series: std::collections::BTreeMap<String, Vec<(f64, [f64; 3])>> = Default::default();
-    for b in reader {
-        let b = b.unwrap();
+    for b in batches {
         let out = stage.forecast(&b).unwrap();
-        let keys = b.column(0).as_string::<i32>();
+        let keys = b.column(windows::KEY).as_string::<i32>();
         let vals = b
             .column(windows::FIRST_AGG)
             .as_primitive::<arrow::datatypes::Float64Type>();
-        let q = out.column(5).as_fixed_size_list();
+        let q = out
+            .column_by_name(crate::schema::forecasts::QUANTILES_NAME)
+            .unwrap()
+            .as_fixed_size_list();
         let qv = q
             .values()
             .as_primitive::<arrow::datatypes::Float64Type>()
@@ -330,15 +345,9 @@ fn output_recurrence_trains_and_matches_the_live_stage_features() {
         trained.report
     );
     // The live stage takes the same network (input size includes the fed-back output).
-    let mut stage =
-        crate::model::ForecastStage::new(trained.net, trained.spec, 1, cfg.model.warmup_windows);
-    let f = std::fs::File::open(&files[0]).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-        .unwrap()
-        .build()
-        .unwrap();
-    for b in reader {
-        let out = stage.forecast(&b.unwrap()).unwrap();
+    let (mut stage, batches) = live_stage(trained, &cfg, &files[0]);
+    for b in batches {
+        let out = stage.forecast(&b).unwrap();
         assert!(out.num_rows() > 0);
     }
 }

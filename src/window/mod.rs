@@ -44,10 +44,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, AsArray, BooleanBuilder, Float64Builder, RecordBatch, StringBuilder,
-    TimestampMillisecondBuilder, UInt32Builder,
-};
+use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type, SchemaRef};
 
 use crate::config::{Aggregation, CovariatesConfig, FillPolicy, LatePolicy, PipelineConfig};
@@ -610,37 +607,17 @@ impl WindowStage {
                 .cmp(&rows.win[b])
                 .then_with(|| rows.key[a].cmp(&rows.key[b]))
         });
-        let (slide, size) = (self.spec.slide_ms, self.spec.size_ms);
-        let mut key = StringBuilder::with_capacity(n, n * 16);
-        let mut start = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-        let mut end = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-        let mut count = UInt32Builder::with_capacity(n);
-        let mut filled = BooleanBuilder::with_capacity(n);
-        let mut vals: Vec<Float64Builder> =
-            (0..nf).map(|_| Float64Builder::with_capacity(n)).collect();
+        let mut b = WindowsBuilder::new(&self.spec, n);
         for &i in &order {
-            key.append_value(&rows.key[i]);
-            let s = rows.win[i] * slide;
-            start.append_value(s);
-            end.append_value(s + size);
-            count.append_value(rows.count[i]);
-            filled.append_value(rows.filled[i]);
-            for (j, b) in vals.iter_mut().enumerate() {
-                b.append_value(rows.values[i * nf + j]);
-            }
+            b.push(
+                &rows.key[i],
+                rows.win[i] * self.spec.slide_ms,
+                rows.count[i],
+                rows.filled[i],
+                &rows.values[i * nf..(i + 1) * nf],
+            );
         }
-        let start = start.finish();
-        let mut cols: Vec<ArrayRef> = vec![
-            Arc::new(key.finish()),
-            Arc::new(start.clone()),
-            Arc::new(end.finish()),
-            Arc::new(count.finish()),
-            Arc::new(filled.finish()),
-        ];
-        cols.extend(vals.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
-        cols.extend(covariates(&self.spec.covariates, start.values()));
-        // Built column by column from the same rows: matches the schema.
-        RecordBatch::try_new(self.schema.clone(), cols).expect("windows columns match their schema")
+        b.finish()
     }
 }
 
@@ -754,7 +731,9 @@ fn late_letter(
 }
 
 pub mod bounded;
+mod builder;
 mod covariates;
+pub use builder::WindowsBuilder;
 pub use covariates::covariates;
 
 #[cfg(test)]
