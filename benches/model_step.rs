@@ -22,6 +22,11 @@
 //! repetition), e.g. of a debug build (`cargo build --bench model_step`,
 //! then run the binary it names).
 //!
+//! `MODEL_STEP_ONLY=step` runs only 2. (no memory, no whole stage) and
+//! `MODEL_STEP_KEYS=10000,100000` picks the key counts of 2. and 3.: with
+//! `MODEL_STEP_THREADS=1` that is the like-for-like comparison
+//! `scripts/bench_step_vs_pytorch` runs beside the peer.
+//!
 //! `tch::set_num_threads(2)` (`MODEL_STEP_THREADS` overrides), `tch::no_grad`;
 //! the step and forecast tables are then repeated at 1 thread (the
 //! pipeline's default `model.threads`), in the same run. Each row: one warm-up, then
@@ -189,29 +194,43 @@ fn main() {
         loadavg(),
         reps()
     );
-    let (step_keys, fc_keys, n_mem): (&[usize], &[usize], usize) = if quick() {
-        (&[1_000], &[1_000], 10_000)
+    let (step_keys, fc_keys, n_mem): (Vec<usize>, Vec<usize>, usize) = if quick() {
+        (vec![1_000], vec![1_000], 10_000)
     } else {
-        (&[10_000, 100_000, 1_000_000], &[10_000, 100_000], 1_000_000)
+        (
+            vec![10_000, 100_000, 1_000_000],
+            vec![10_000, 100_000],
+            1_000_000,
+        )
     };
+    let keys_env: Option<Vec<usize>> = std::env::var("MODEL_STEP_KEYS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|k| k.trim().parse().ok()).collect());
+    let (step_keys, fc_keys) = match keys_env {
+        Some(k) => (k.clone(), k),
+        None => (step_keys, fc_keys),
+    };
+    let only_step = std::env::var("MODEL_STEP_ONLY").is_ok_and(|v| v == "step");
 
     // 1. Memory per key, in a fresh process (before anything else allocates).
-    println!("\n## Resident memory per key ({n_mem} keys)\n");
-    println!("| hidden | bytes_per_slot | slots allocated | VmRSS delta | RSS per key |");
-    println!("|-------:|---------------:|----------------:|------------:|------------:|");
-    for hidden in [32, 64] {
-        let net = lstm(hidden);
-        let before = rss_kb();
-        let (store, _) = store_with(&net, n_mem);
-        let after = rss_kb();
-        let cap = (n_mem as u64).next_power_of_two(); // capacity doubles from 64
-        println!(
-            "| {hidden:>6} | {:>14} | {cap:>15} | {:>8.1} MiB | {:>9.0} B |",
-            store.bytes_per_slot(),
-            (after - before) as f64 / 1024.0,
-            (after - before) as f64 * 1024.0 / n_mem as f64
-        );
-        drop(store);
+    if !only_step {
+        println!("\n## Resident memory per key ({n_mem} keys)\n");
+        println!("| hidden | bytes_per_slot | slots allocated | VmRSS delta | RSS per key |");
+        println!("|-------:|---------------:|----------------:|------------:|------------:|");
+        for hidden in [32, 64] {
+            let net = lstm(hidden);
+            let before = rss_kb();
+            let (store, _) = store_with(&net, n_mem);
+            let after = rss_kb();
+            let cap = (n_mem as u64).next_power_of_two(); // capacity doubles from 64
+            println!(
+                "| {hidden:>6} | {:>14} | {cap:>15} | {:>8.1} MiB | {:>9.0} B |",
+                store.bytes_per_slot(),
+                (after - before) as f64 / 1024.0,
+                (after - before) as f64 * 1024.0 / n_mem as f64
+            );
+            drop(store);
+        }
     }
 
     // 2. Batched step, 3. the whole stage: at the requested threads, then
@@ -225,15 +244,18 @@ fn main() {
         println!("\n## Batched step (gather -> Network::step -> scatter), all keys every tick; torch threads {th}\n");
         header();
         for hidden in [32, 64] {
-            for &n in step_keys {
+            for &n in &step_keys {
                 bench_step(hidden, n, th == threads);
             }
+        }
+        if only_step {
+            continue;
         }
         println!("\n## ForecastStage::forecast on a closed-windows batch (one window per key; median of 23 calls); torch threads {th}\n");
         header();
         for lags in [0, 12] {
             for hidden in [32, 64] {
-                for &n in fc_keys {
+                for &n in &fc_keys {
                     bench_forecast(hidden, lags, n);
                 }
             }

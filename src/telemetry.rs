@@ -23,6 +23,9 @@ pub const LIVE_KEYS: &str = "streamcast_live_keys";
 pub const FORECASTS: &str = "streamcast_forecasts_total";
 /// Pause of the forecast stage during a hot swap (histogram, seconds).
 pub const HOT_SWAP_PAUSE: &str = "streamcast_hot_swap_pause_seconds";
+/// From a window's close (the watermark passed its end) to the broker's
+/// ack of its forecast (histogram, seconds).
+pub const FORECAST_LATENCY: &str = "streamcast_forecast_latency_seconds";
 /// Records acknowledged by the broker, by `topic` (counter).
 pub const RECORDS_PUBLISHED: &str = "streamcast_records_published_total";
 /// Failed deliveries retried (counter).
@@ -46,6 +49,7 @@ pub const ALL: &[&str] = &[
     LIVE_KEYS,
     FORECASTS,
     HOT_SWAP_PAUSE,
+    FORECAST_LATENCY,
     RECORDS_PUBLISHED,
     DELIVERY_RETRIES,
     ARCHIVE_FILES,

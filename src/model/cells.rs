@@ -109,6 +109,11 @@ impl LayerWeights {
 
 /// One step of one layer for a batch: `x: [n, in]`, `h: [n, H]`, `c: [n, H]`
 /// (LSTM only). Returns `(h', c')`.
+///
+/// The equations of the module docs, computed by ATen's fused cells
+/// (`lstm_cell`, `gru_cell`, `rnn_tanh_cell`, `rnn_relu_cell`): one libtorch
+/// call per layer instead of a dozen, with the same weight layout and the
+/// same gradients; the tests check them against the equations written out.
 pub fn step(
     kind: CellKind,
     w: &LayerWeights,
@@ -116,36 +121,19 @@ pub fn step(
     h: &Tensor,
     c: Option<&Tensor>,
 ) -> (Tensor, Option<Tensor>) {
-    let gi = x.linear(&w.w_ih, Some(&w.b_ih));
-    let gh = h.linear(&w.w_hh, Some(&w.b_hh));
+    let (b_ih, b_hh) = (Some(&w.b_ih), Some(&w.b_hh));
     match kind {
-        CellKind::Rnn => ((gi + gh).tanh(), None),
-        CellKind::Irnn => ((gi + gh).relu(), None),
+        CellKind::Rnn => (x.rnn_tanh_cell(h, &w.w_ih, &w.w_hh, b_ih, b_hh), None),
+        CellKind::Irnn => (x.rnn_relu_cell(h, &w.w_ih, &w.w_hh, b_ih, b_hh), None),
         CellKind::Lstm => {
-            let gates = (gi + gh).chunk(4, 1);
-            let (i, f, g, o) = (
-                gates[0].sigmoid(),
-                gates[1].sigmoid(),
-                gates[2].tanh(),
-                gates[3].sigmoid(),
-            );
             let c_prev = match c {
                 Some(c) => c.shallow_clone(),
                 None => h.zeros_like(),
             };
-            let c_new = f * c_prev + i * g;
-            let h_new = o * c_new.tanh();
+            let (h_new, c_new) = x.lstm_cell(&[h, &c_prev], &w.w_ih, &w.w_hh, b_ih, b_hh);
             (h_new, Some(c_new))
         }
-        CellKind::Gru => {
-            let gi = gi.chunk(3, 1);
-            let gh = gh.chunk(3, 1);
-            let r = (&gi[0] + &gh[0]).sigmoid();
-            let z = (&gi[1] + &gh[1]).sigmoid();
-            let n = (&gi[2] + r * &gh[2]).tanh();
-            let h_new = (1.0 - &z) * n + z * h;
-            (h_new, None)
-        }
+        CellKind::Gru => (x.gru_cell(h, &w.w_ih, &w.w_hh, b_ih, b_hh), None),
     }
 }
 

@@ -166,8 +166,13 @@ impl Network {
             }
         }
         let y = self.head(&input) + x.linear::<&Tensor>(&self.skip_w, None);
-        let c_new = (!cs.is_empty()).then(|| Tensor::stack(&cs, 0));
-        (y, Tensor::stack(&hs, 0), c_new)
+        // One layer (the common case): a view, not a copy of the state.
+        let stack = |t: &[Tensor]| match t {
+            [one] => one.unsqueeze(0),
+            many => Tensor::stack(many, 0),
+        };
+        let c_new = (!cs.is_empty()).then(|| stack(&cs));
+        (y, stack(&hs), c_new)
     }
 
     /// Runs whole sequences `xs: [n, T, input]` from the given state with

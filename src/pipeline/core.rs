@@ -150,6 +150,7 @@ impl Core {
             });
         }
         if let Some(windows) = closed.windows {
+            let closed_at = std::time::Instant::now();
             // Forecast before ending keys: a key whose series ends in this
             // batch still gets forecasts for the windows it closed.
             let forecasts = self.model.forecast(&windows)?;
@@ -163,6 +164,7 @@ impl Core {
                 ticket: Ticket {
                     pins: closed.ticket,
                 },
+                closed_at,
             });
         } else if !closed.ticket.is_empty() {
             // Cannot happen (a ticket comes from emitted windows), but never

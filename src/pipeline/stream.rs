@@ -40,7 +40,7 @@ use crate::error::{Error, Result};
 use crate::model::{ModelSpec, Network};
 use crate::offsets::OffsetTracker;
 use crate::retrain::RetrainSignals;
-use crate::sink::{ForecastRecord, KafkaSink, Output};
+use crate::sink::{Delivered, ForecastRecord, KafkaSink, Output};
 use crate::source::kafka as source;
 use crate::time::now_ms;
 use crate::window::WindowSpec;
@@ -84,7 +84,17 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::io("installing the SIGTERM handler", e))?;
-    let stop_reason = match consume(&cfg, &opts, &consumer, &compute.inputs, &mut sigterm).await {
+    let mut reads = ReadTimes::default();
+    let stop_reason = match consume(
+        &cfg,
+        &opts,
+        &consumer,
+        &compute.inputs,
+        &mut sigterm,
+        &mut reads,
+    )
+    .await
+    {
         Ok(reason) => reason,
         Err(()) => {
             committer.abort();
@@ -98,11 +108,11 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
     let totals = tokio::task::spawn_blocking(move || join_compute(compute.thread))
         .await
         .map_err(|_| Error::Panicked("compute"))??;
-    let _ = sink_task.await;
+    let deliveries = sink_task.await.unwrap_or_default();
     committer.abort();
     stop_retrainer(&signals, retrainer).await;
     commit_final(&consumer, &tracker, &cfg.source.topic);
-    print_summary(&totals, started.elapsed());
+    print_summary(&totals, &deliveries, started, &reads);
     Ok(totals)
 }
 
@@ -257,13 +267,20 @@ fn spawn_sink(
     sink: KafkaSink,
     mut outputs: tokio::sync::mpsc::Receiver<Output>,
     print: bool,
-) -> TaskHandle<()> {
+) -> TaskHandle<Deliveries> {
     tokio::spawn(async move {
         let mut inflight = FuturesUnordered::new();
         let mut printer = Printer::default();
-        let mut delivered = |r: Result<Vec<ForecastRecord>>| match r {
-            Ok(recs) if print => printer.print(&recs),
-            Ok(_) => {}
+        let mut stats = Deliveries::default();
+        let mut delivered = |r: Result<Delivered>| match r {
+            Ok(d) => {
+                if let Some(l) = d.latency {
+                    stats.record(l, d.forecasts.len());
+                }
+                if print {
+                    printer.print(&d.forecasts)
+                }
+            }
             // The ticket stays pinned: nothing past this output is committed.
             Err(e) => tracing::error!(error = %e, "an output could not be published"),
         };
@@ -279,7 +296,47 @@ fn spawn_sink(
         while let Some(r) = inflight.next().await {
             delivered(r);
         }
+        stats
     })
+}
+
+/// When the consumer loop handed its first and last messages on.
+#[derive(Debug, Default)]
+struct ReadTimes {
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+/// Forecast deliveries of a run: when the last was acknowledged, and the
+/// close -> ack latency of every forecast (one sample per delivered batch,
+/// weighted by its forecasts).
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    samples: Vec<(Duration, u64)>,
+    /// When the last forecast was acknowledged.
+    pub last_ack: Option<Instant>,
+}
+
+impl Deliveries {
+    fn record(&mut self, latency: Duration, forecasts: usize) {
+        if forecasts > 0 {
+            self.samples.push((latency, forecasts as u64));
+            self.last_ack = Some(Instant::now());
+        }
+    }
+
+    /// The `q`-quantile (0..=1) of the close -> ack latency over forecasts.
+    pub fn latency_quantile(&self, q: f64) -> Option<Duration> {
+        let mut s = self.samples.clone();
+        s.sort_unstable();
+        let total: u64 = s.iter().map(|(_, n)| n).sum();
+        let want = (q.clamp(0.0, 1.0) * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        s.into_iter().find_map(|(l, n)| {
+            seen += n;
+            (seen >= want).then_some(l)
+        })
+    }
 }
 
 /// The committer task: stores the tracker's commit points every 500 ms
@@ -307,6 +364,7 @@ async fn consume(
     consumer: &Arc<StreamConsumer>,
     to_compute: &SyncSender<Input>,
     sigterm: &mut tokio::signal::unix::Signal,
+    reads: &mut ReadTimes,
 ) -> std::result::Result<&'static str, ()> {
     let mut last_input = Instant::now();
     let mut next_offsets: HashMap<i32, i64> = HashMap::new();
@@ -329,6 +387,8 @@ async fn consume(
         }
         if !messages.is_empty() {
             last_input = Instant::now();
+            reads.first.get_or_insert(last_input);
+            reads.last = Some(last_input);
         } else if idle_and_caught_up(cfg, opts, consumer, last_input, &next_offsets).await {
             return Ok("idle");
         }
@@ -454,8 +514,8 @@ impl Printer {
     }
 }
 
-fn print_summary(t: &Totals, elapsed: Duration) {
-    let secs = elapsed.as_secs_f64().max(1e-9);
+fn print_summary(t: &Totals, d: &Deliveries, started: Instant, reads: &ReadTimes) {
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
     println!("\n== streamcast summary ==");
     println!("messages read        {:>10}", t.messages);
     println!(
@@ -467,5 +527,32 @@ fn print_summary(t: &Totals, elapsed: Duration) {
     println!("windows closed       {:>10}", t.windows);
     println!("forecasts (model)    {:>10}", t.forecasts_from_model);
     println!("forecasts (baseline) {:>10}", t.forecasts_from_baseline);
+    let ms = |q: f64| {
+        d.latency_quantile(q)
+            .map_or("-".to_string(), |l| format!("{:.1}", l.as_secs_f64() * 1e3))
+    };
+    println!(
+        "close -> ack (ms)    p50 {}  p99 {}  max {}",
+        ms(0.5),
+        ms(0.99),
+        ms(1.0)
+    );
+    let since_start = |t: Instant| t.duration_since(started).as_secs_f64();
+    if let (Some(first), Some(last)) = (reads.first, reads.last) {
+        println!(
+            "first message read   {:>9.2}s after start",
+            since_start(first)
+        );
+        println!(
+            "last message read    {:>9.2}s after start",
+            since_start(last)
+        );
+    }
+    if let Some(last) = d.last_ack {
+        println!(
+            "last forecast acked  {:>9.2}s after start",
+            since_start(last)
+        );
+    }
     println!("elapsed              {:>9.1}s", secs);
 }

@@ -35,6 +35,15 @@ pub fn create_producer(cfg: &PipelineConfig) -> Result<FutureProducer> {
     Ok(producer_config(cfg).create()?)
 }
 
+/// What one delivered output was.
+#[derive(Debug)]
+pub struct Delivered {
+    /// The forecast records (none for dead letters).
+    pub forecasts: Vec<ForecastRecord>,
+    /// From the windows' close to the last ack of their forecasts.
+    pub latency: Option<Duration>,
+}
+
 /// Publishes outputs to Kafka and releases their tickets once acknowledged.
 #[derive(Clone)]
 pub struct KafkaSink {
@@ -60,11 +69,12 @@ impl KafkaSink {
     }
 
     /// Sends every record of `output`, waits for all acknowledgements, then
-    /// releases the ticket. Returns the forecast records (for printing).
+    /// releases the ticket. Returns the forecast records (for printing) and
+    /// how long after their windows closed they were acknowledged.
     /// A record that cannot be serialized is an error (never an empty
     /// payload); its ticket is then not released, so nothing is committed
     /// past it.
-    pub async fn deliver(&self, output: Output) -> Result<Vec<ForecastRecord>> {
+    pub async fn deliver(&self, output: Output) -> Result<Delivered> {
         let (topic, records, printed): (&str, Vec<(String, String)>, Vec<ForecastRecord>) =
             match &output {
                 Output::Forecasts { forecasts, .. } => {
@@ -103,7 +113,18 @@ impl KafkaSink {
         t.release(output.ticket());
         metrics::counter!(telemetry::RECORDS_PUBLISHED, "topic" => topic.to_string())
             .increment(records.len() as u64);
-        Ok(printed)
+        let latency = match &output {
+            Output::Forecasts { closed_at, .. } => {
+                let l = closed_at.elapsed();
+                metrics::histogram!(telemetry::FORECAST_LATENCY).record(l.as_secs_f64());
+                Some(l)
+            }
+            Output::DeadLetters { .. } => None,
+        };
+        Ok(Delivered {
+            forecasts: printed,
+            latency,
+        })
     }
 
     async fn send_until_acked(&self, topic: &str, key: &str, payload: &str) {

@@ -9,13 +9,15 @@ pub mod file;
 pub mod kafka;
 pub mod records;
 
+use std::time::Instant;
+
 use arrow::array::RecordBatch;
 
 use crate::decode::DeadLetter;
 use crate::offsets::Ticket;
 
 pub use file::FileSink;
-pub use kafka::KafkaSink;
+pub use kafka::{Delivered, KafkaSink};
 pub use records::{forecast_records, ForecastRecord};
 
 /// What the core hands to a sink.
@@ -27,6 +29,9 @@ pub enum Output {
         forecasts: RecordBatch,
         windows: RecordBatch,
         ticket: Ticket,
+        /// When the window stage closed these windows (the watermark passed
+        /// their end): the start of the close -> ack latency.
+        closed_at: Instant,
     },
     /// Records that could not be used, with reasons.
     DeadLetters {

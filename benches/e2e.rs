@@ -1,0 +1,491 @@
+//! End to end through the real broker, side by side in one run: the bare
+//! librdkafka consume rate (the limit), `kcat` when installed, `streamcast
+//! run` as a user runs it, and the plain Python peer a user would write
+//! instead (`scripts/bench_e2e_peer.py`).
+//!
+//! ```sh
+//! scripts/bench_e2e          # setup, broker, release build, then this
+//! ```
+//!
+//! For each workload a fresh topic (4 partitions) gets `E2E_EVENTS` JSON
+//! events (default 2,880,000), one a minute per key, keyed by entity:
+//! `{"key":"k000123","ts":"2026-01-05T00:01:00Z","value":..,"f1":..}`.
+//! Workloads: 2,000 keys with hourly windows, and 100,000 keys with 5-minute
+//! windows (one event a minute; hourly windows would close nothing in 30
+//! events per key); 1 and 8 value fields. Every run reads the topic from the
+//! beginning with a fresh consumer group; streamcast and the peer publish a
+//! forecast (LSTM hidden 32, horizon 6) for every closed window.
+//!
+//! Figures per run: events/s from the first message read until every event
+//! was read and every forecast owed acknowledged (bare consumers: to the
+//! last message; kcat: its whole run, connecting included),
+//! streamcast as a fraction of the bare rate and as a multiple of the peer,
+//! close -> ack latency p50/p99, wall seconds from process start, CPU
+//! seconds and peak RSS (GNU time). `E2E_REPS` repetitions (default 3) give
+//! the median and range. `E2E_WORKLOADS` picks some (e.g. `2000x1,2000x8`),
+//! `E2E_SKIP` skips runners (`peer,kcat,bare-default`); `E2E_OLD_DEFAULT=1`
+//! adds a streamcast run with librdkafka's own `fetch.queue.backoff.ms`
+//! (1 s), the default before streamcast set it.
+
+// Bench code may unwrap: a failing unwrap is a failing run.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+
+const PARTITIONS: i32 = 4;
+/// 2026-01-05T00:00:00Z.
+const T0: i64 = 1_767_571_200_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Workload {
+    keys: usize,
+    fields: usize,
+    window_s: u64,
+}
+
+/// One runner's figures for one run (NaN: not measured for that runner).
+#[derive(Debug, Clone)]
+struct Figures {
+    events_per_s: f64,
+    wall_s: f64,
+    cpu_s: f64,
+    rss_mb: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    forecasts: u64,
+}
+
+impl Default for Figures {
+    fn default() -> Self {
+        Figures {
+            events_per_s: f64::NAN,
+            wall_s: f64::NAN,
+            cpu_s: f64::NAN,
+            rss_mb: f64::NAN,
+            p50_ms: f64::NAN,
+            p99_ms: f64::NAN,
+            forecasts: 0,
+        }
+    }
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+fn brokers() -> String {
+    env_or("STREAMCAST_BROKERS", "127.0.0.1:9092")
+}
+
+fn suffix() -> String {
+    use rand::Rng;
+    format!("{:08x}", rand::rng().random::<u32>())
+}
+
+fn field_names(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            if i == 0 {
+                "value".to_string()
+            } else {
+                format!("f{i}")
+            }
+        })
+        .collect()
+}
+
+/// Produces the workload's events to a fresh topic; returns its name.
+fn produce(w: Workload, events: usize) -> String {
+    let topic = format!("e2e-in-{}", suffix());
+    let minutes = events.div_ceil(w.keys);
+    let fields = field_names(w.fields);
+    let records = (0..minutes).flat_map(move |m| {
+        let fields = fields.clone();
+        (0..w.keys).map(move |k| {
+            let key = format!("k{k:06}");
+            let ts = streamcast::time::rfc3339_ms(T0 + m as i64 * 60_000);
+            let mut json = format!("{{\"key\":\"{key}\",\"ts\":\"{ts}\"");
+            for (j, f) in fields.iter().enumerate() {
+                let v = 50.0
+                    + (k % 97) as f64
+                    + 10.0 * ((m as f64) * std::f64::consts::TAU / 1440.0 + (k + j) as f64).sin();
+                json.push_str(&format!(",\"{f}\":{v:.3}"));
+            }
+            json.push('}');
+            (key, json)
+        })
+    });
+    let records: Vec<(String, String)> = records.take(events).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        streamcast::broker::create_topics(&brokers(), &[(topic.as_str(), PARTITIONS)], 5)
+            .await
+            .unwrap();
+        streamcast::broker::produce(&brokers(), &topic, records)
+            .await
+            .unwrap();
+    });
+    topic
+}
+
+/// A consumer loop that reads every message and drops it: the limit.
+/// `tuned` sets `fetch.queue.backoff.ms = 1` (as streamcast does).
+fn bare_consume(topic: &str, events: usize, tuned: bool) -> Figures {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers())
+        .set("group.id", format!("e2e-bare-{}", suffix()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true");
+    if tuned {
+        cfg.set("fetch.queue.backoff.ms", "1");
+    }
+    let consumer: BaseConsumer = cfg.create().unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let (mut n, mut bytes) = (0usize, 0usize);
+    let mut eof = HashSet::new();
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                first.get_or_insert_with(Instant::now);
+                n += 1;
+                bytes += rdkafka::Message::payload(&m).map_or(0, <[u8]>::len);
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                eof.insert(p);
+            }
+            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => {}
+            Some(Err(e)) => panic!("bare consumer: {e}"),
+            None => {}
+        }
+        if n >= events && eof.len() as i32 >= PARTITIONS {
+            break;
+        }
+    }
+    assert_eq!(n, events, "bare consumer read {n} of {events}");
+    let secs = first.map_or(f64::NAN, |f| f.elapsed().as_secs_f64());
+    let _ = bytes;
+    Figures {
+        events_per_s: n as f64 / secs,
+        wall_s: secs,
+        ..Figures::default()
+    }
+}
+
+/// `kcat` reading the topic to its end, if installed.
+fn kcat(topic: &str, events: usize) -> Option<Figures> {
+    let t = Instant::now();
+    let out = Command::new("kcat")
+        .args([
+            "-C",
+            "-b",
+            &brokers(),
+            "-t",
+            topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+        ])
+        .args(["-f", "x"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let secs = t.elapsed().as_secs_f64();
+    let n = out.stdout.iter().filter(|b| **b == b'x').count();
+    assert_eq!(n, events, "kcat read {n} of {events}");
+    Some(Figures {
+        events_per_s: n as f64 / secs,
+        wall_s: secs,
+        ..Figures::default()
+    })
+}
+
+/// Runs `cmd` under GNU time; returns stdout and (wall, cpu, peak RSS MB).
+fn timed(cmd: Command) -> (String, f64, f64, f64) {
+    let tf = std::env::temp_dir().join(format!("e2e-time-{}", suffix()));
+    let program = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .arg("-f")
+        .arg("%e %U %S %M")
+        .arg("-o")
+        .arg(&tf)
+        .arg(program)
+        .args(args)
+        .stderr(Stdio::null());
+    let out = timed.output().expect("running under /usr/bin/time");
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let t = std::fs::read_to_string(&tf).unwrap();
+    let _ = std::fs::remove_file(&tf);
+    let v: Vec<f64> = t
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        v[0],
+        v[1] + v[2],
+        v[3] / 1024.0,
+    )
+}
+
+/// The number after `label` on the summary line that starts with it.
+fn summary_value(out: &str, label: &str, nth: usize) -> Option<f64> {
+    let line = out.lines().find(|l| l.starts_with(label))?;
+    line[label.len()..]
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter(|s| !s.is_empty())
+        .nth(nth)?
+        .parse()
+        .ok()
+}
+
+fn streamcast_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("STREAMCAST_BIN") {
+        return PathBuf::from(p);
+    }
+    // benches run from target/release/deps; the binary is in target/release.
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("streamcast")
+}
+
+fn run_streamcast(topic: &str, w: Workload, dir: &Path, extra: &str) -> Figures {
+    let s = suffix();
+    let fields: Vec<String> = field_names(w.fields)
+        .iter()
+        .map(|f| format!("{f:?}"))
+        .collect();
+    let pipeline = dir.join(format!("e2e-{s}.toml"));
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name = "e2e-{s}"
+[source]
+topic = "{topic}"
+group_id = "e2e-{s}"
+partitions = {PARTITIONS}
+[decode]
+value_fields = [{}]
+[window]
+size = "{}s"
+idle_partition_timeout = "1s"
+[model]
+cell = "lstm"
+hidden = 32
+horizon = 6
+[sink]
+topic = "e2e-out-{s}"
+dead_letter_topic = "e2e-dlq-{s}"
+partitions = {PARTITIONS}
+{extra}
+"#,
+            fields.join(", "),
+            w.window_s
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(streamcast_bin());
+    cmd.arg("run")
+        .arg(&pipeline)
+        .args(["--exit-when-idle", "3s"]);
+    cmd.current_dir(dir);
+    let (out, wall, cpu, rss) = timed(cmd);
+    let events = summary_value(&out, "events windowed", 0).unwrap_or(f64::NAN);
+    let first = summary_value(&out, "first message read", 0).unwrap_or(f64::NAN);
+    // Done when every event was read and every forecast owed was acked.
+    let last = summary_value(&out, "last forecast acked", 0)
+        .unwrap_or(f64::NAN)
+        .max(summary_value(&out, "last message read", 0).unwrap_or(f64::NAN));
+    let forecasts = summary_value(&out, "forecasts (model)", 0).unwrap_or(0.0)
+        + summary_value(&out, "forecasts (baseline)", 0).unwrap_or(0.0);
+    Figures {
+        events_per_s: events / (last - first),
+        wall_s: wall,
+        cpu_s: cpu,
+        rss_mb: rss,
+        p50_ms: summary_value(&out, "close -> ack (ms)", 1).unwrap_or(f64::NAN),
+        p99_ms: summary_value(&out, "close -> ack (ms)", 3).unwrap_or(f64::NAN),
+        forecasts: forecasts as u64,
+    }
+}
+
+fn run_peer(topic: &str, w: Workload) -> Option<Figures> {
+    let venv = std::env::var("STREAMCAST_VENV").ok()?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_e2e_peer.py");
+    let mut cmd = Command::new(Path::new(&venv).join("bin/python"));
+    cmd.arg(script)
+        .args(["--brokers", &brokers(), "--topic", topic])
+        .args(["--out-topic", &format!("e2e-peer-out-{}", suffix())])
+        .args(["--window", &w.window_s.to_string()])
+        .args(["--fields", &field_names(w.fields).join(",")])
+        .args(["--hidden", "32", "--horizon", "6", "--idle-exit", "3"]);
+    let (out, wall, cpu, rss) = timed(cmd);
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))?;
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
+    Some(Figures {
+        events_per_s: f("events_per_s"),
+        wall_s: wall,
+        cpu_s: cpu,
+        rss_mb: rss,
+        p50_ms: f("latency_p50_ms"),
+        p99_ms: f("latency_p99_ms"),
+        forecasts: f("forecasts_acked") as u64,
+    })
+}
+
+fn median_range(v: &[f64]) -> String {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return "-".into();
+    }
+    s.sort_by(f64::total_cmp);
+    let med = s[s.len() / 2];
+    let fmt = |x: f64| {
+        if x >= 100_000.0 {
+            format!("{:.0}k", x / 1000.0)
+        } else if x >= 10.0 {
+            format!("{x:.0}")
+        } else {
+            format!("{x:.2}")
+        }
+    };
+    if s.len() == 1 {
+        fmt(med)
+    } else {
+        format!("{} ({}-{})", fmt(med), fmt(s[0]), fmt(s[s.len() - 1]))
+    }
+}
+
+fn main() {
+    let events: usize = env_or("E2E_EVENTS", "2880000").parse().unwrap();
+    let reps: usize = env_or("E2E_REPS", "3").parse().unwrap();
+    let skip = env_or("E2E_SKIP", "");
+    let all = [
+        Workload {
+            keys: 2000,
+            fields: 1,
+            window_s: 3600,
+        },
+        Workload {
+            keys: 2000,
+            fields: 8,
+            window_s: 3600,
+        },
+        Workload {
+            keys: 100_000,
+            fields: 1,
+            window_s: 300,
+        },
+    ];
+    let wanted = env_or("E2E_WORKLOADS", "");
+    let dir = tempfile::tempdir().unwrap();
+    println!(
+        "\n# e2e: {events} events per topic, {PARTITIONS} partitions, {reps} reps; streamcast {}",
+        streamcast_bin().display()
+    );
+    for w in all {
+        let name = format!("{}x{}", w.keys, w.fields);
+        if !wanted.is_empty() && !wanted.split(',').any(|x| x == name) {
+            continue;
+        }
+        let topic = produce(w, events);
+        eprintln!("produced {events} events to {topic}");
+        let mut rows: BTreeMap<&str, Vec<Figures>> = BTreeMap::new();
+        for rep in 0..reps {
+            // Interleaved, so drift of the shared machine hits every runner.
+            let mut run = |name: &'static str, f: Option<Figures>| {
+                if let Some(f) = f {
+                    eprintln!("  rep {rep} {name}: {:.0} events/s", f.events_per_s);
+                    rows.entry(name).or_default().push(f);
+                }
+            };
+            run(
+                "bare librdkafka (fetch.queue.backoff.ms=1)",
+                Some(bare_consume(&topic, events, true)),
+            );
+            if !skip.contains("bare-default") {
+                run(
+                    "bare librdkafka (defaults)",
+                    Some(bare_consume(&topic, events, false)),
+                );
+            }
+            if !skip.contains("kcat") {
+                run("kcat", kcat(&topic, events));
+            }
+            run(
+                "streamcast run",
+                Some(run_streamcast(&topic, w, dir.path(), "")),
+            );
+            if std::env::var_os("E2E_OLD_DEFAULT").is_some() {
+                let old = "[source.librdkafka]\n\"fetch.queue.backoff.ms\" = \"1000\"";
+                run(
+                    "streamcast run (librdkafka's default fetch.queue.backoff.ms)",
+                    Some(run_streamcast(&topic, w, dir.path(), old)),
+                );
+            }
+            if !skip.contains("peer") {
+                run("python peer", run_peer(&topic, w));
+            }
+        }
+        let col = |name: &str, f: fn(&Figures) -> f64| {
+            rows.get(name)
+                .map(|v| v.iter().map(f).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        let limit = col("bare librdkafka (fetch.queue.backoff.ms=1)", |f| {
+            f.events_per_s
+        });
+        let ours = col("streamcast run", |f| f.events_per_s);
+        let peer = col("python peer", |f| f.events_per_s);
+        let ratio =
+            |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
+        println!(
+            "\n## {} keys, {} value field(s), {}s windows\n",
+            w.keys, w.fields, w.window_s
+        );
+        println!("| runner | events/s | wall s | CPU s | peak RSS MB | close->ack p50 ms | p99 ms | forecasts |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        for (name, v) in &rows {
+            let c = |f: fn(&Figures) -> f64| median_range(&v.iter().map(f).collect::<Vec<_>>());
+            println!(
+                "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+                c(|f| f.events_per_s),
+                c(|f| f.wall_s),
+                c(|f| f.cpu_s),
+                c(|f| f.rss_mb),
+                c(|f| f.p50_ms),
+                c(|f| f.p99_ms),
+                v.first().map_or(0, |f| f.forecasts)
+            );
+        }
+        println!(
+            "\nstreamcast / bare limit (same rep): {}; streamcast / python peer: {}",
+            median_range(&ratio(&ours, &limit)),
+            median_range(&ratio(&ours, &peer))
+        );
+    }
+}
