@@ -8,6 +8,7 @@
 // Test and bench code may unwrap: a failing unwrap is a failing run.
 #![allow(clippy::unwrap_used)]
 
+mod bench_smoke;
 mod cli;
 mod common;
 mod kafka_e2e;
