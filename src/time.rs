@@ -28,8 +28,23 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     };
+    duration_from_secs(secs, s)
+}
+
+/// The longest duration a pipeline may set: 100 years. Longer ones are
+/// mistakes (and would overflow the millisecond arithmetic downstream).
+pub const MAX_DURATION_SECS: f64 = 100.0 * 365.25 * 86_400.0;
+
+/// `secs` as a `Duration`, refusing negative, non-finite and absurdly long
+/// values with a message that quotes `written` (never a panic).
+pub fn duration_from_secs(secs: f64, written: &str) -> Result<Duration, String> {
     if !(secs.is_finite() && secs >= 0.0) {
-        return Err(format!("duration must be non-negative, got {s:?}"));
+        return Err(format!("duration must be non-negative, got {written:?}"));
+    }
+    if secs > MAX_DURATION_SECS {
+        return Err(format!(
+            "duration {written:?} is longer than 100 years; expected something like \"30s\", \"5m\", \"1h\", \"7d\""
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -90,6 +105,10 @@ mod tests {
         );
         assert!(parse_duration("3 weeks").is_err());
         assert!(parse_duration("-1s").is_err());
+        // Regression (hardening): these panicked in Duration::from_secs_f64.
+        assert!(parse_duration("99999999999999999999999d").is_err());
+        assert!(duration_from_secs(1e30, "1e30").is_err());
+        assert!(duration_from_secs(f64::NAN, "nan").is_err());
     }
 
     #[test]

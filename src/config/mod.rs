@@ -542,10 +542,9 @@ enum DurationRepr {
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
     match DurationRepr::deserialize(d)? {
         DurationRepr::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
-        DurationRepr::Secs(n) if n.is_finite() && n >= 0.0 => Ok(Duration::from_secs_f64(n)),
-        DurationRepr::Secs(n) => Err(serde::de::Error::custom(format!(
-            "duration must be non-negative, got {n}"
-        ))),
+        DurationRepr::Secs(n) => {
+            crate::time::duration_from_secs(n, &n.to_string()).map_err(serde::de::Error::custom)
+        }
     }
 }
 
@@ -760,6 +759,16 @@ dead_letter_topic = "dlq"
         let err = parse(&GOOD.replace("topic = \"out\"\n", "")).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("sink") && msg.contains("topic"), "{msg}");
+    }
+
+    /// Regression (hardening): `size = 1e30` panicked at start.
+    #[test]
+    fn absurd_durations_are_errors_not_panics() {
+        let err = parse(&GOOD.replace("size = \"5m\"", "size = 1e30")).unwrap_err();
+        assert!(err.to_string().contains("window.size"), "{err}");
+        let err = parse(&GOOD.replace("size = \"5m\"", "size = \"5m\"\nkey_ttl = \"1000000000d\""))
+            .unwrap_err();
+        assert!(err.to_string().contains("window.key_ttl"), "{err}");
     }
 
     #[test]

@@ -158,11 +158,33 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
         let cfg = self.cfg;
         let out = self.out;
         while let Some(which) = map.next_key_seed(KeySeed { cfg })? {
+            // A configured field given twice is ambiguous (which one is the
+            // event?): refused, never merged or overwritten.
+            let twice = match &which {
+                Which::Key => out.has_key.then_some(cfg.key_field.as_str()),
+                Which::Time => out.ts.is_some().then_some(cfg.time_field.as_str()),
+                Which::Value(i) => out.seen_value[*i].then_some(cfg.value_fields[*i].as_str()),
+                Which::Other => None,
+            };
+            if let Some(field) = twice {
+                out.failure = Some(Rejection::new(
+                    DeadLetterKind::Malformed,
+                    format!("malformed: field `{field}` appears twice"),
+                ));
+                return Err(A::Error::custom("duplicate field"));
+            }
             match which {
                 Which::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
                 Which::Key => match map.next_value_seed(ScalarSeed)? {
+                    Scalar::Str(s) if s.is_empty() => {
+                        out.failure = Some(Rejection::new(
+                            DeadLetterKind::BadKey,
+                            format!("bad key: field `{}` is empty", cfg.key_field),
+                        ));
+                        return Err(A::Error::custom("empty key"));
+                    }
                     Scalar::Str(s) => {
                         out.key.push_str(&s);
                         out.has_key = true;

@@ -159,3 +159,42 @@ fn time_formats() {
     assert!(parse_time(&RawTime::Number(1.0), TimeFormat::Rfc3339).is_err());
     assert!(parse_time(&RawTime::Number(f64::INFINITY), TimeFormat::EpochS).is_err());
 }
+
+/// Regression (hardening): a second `key` field was appended to the first
+/// (`"a"` + `"b"` = key `ab`), a second value overwrote the first, and an
+/// empty key made an event of key "".
+#[test]
+fn duplicate_fields_and_empty_keys_are_dead_letters() {
+    let d = decoder(TimeFormat::EpochS, &["value"]);
+    let out = d.decode(&[
+        msg(0, r#"{"key":"a","key":"b","ts":10,"value":1}"#),
+        msg(1, r#"{"key":"a","ts":10,"value":1,"value":2}"#),
+        msg(2, r#"{"key":"a","ts":10,"ts":20,"value":1}"#),
+        msg(3, r#"{"key":"","ts":10,"value":1}"#),
+        msg(4, r#"{"key":"a","ts":10,"value":1,"other":1,"other":2}"#),
+    ]);
+    assert_eq!(out.events.num_rows(), 1, "only the last one is an event");
+    let got: Vec<(DeadLetterKind, &str)> = out
+        .dead_letters
+        .iter()
+        .map(|d| (d.kind, d.reason.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                DeadLetterKind::Malformed,
+                "malformed: field `key` appears twice"
+            ),
+            (
+                DeadLetterKind::Malformed,
+                "malformed: field `value` appears twice"
+            ),
+            (
+                DeadLetterKind::Malformed,
+                "malformed: field `ts` appears twice"
+            ),
+            (DeadLetterKind::BadKey, "bad key: field `key` is empty"),
+        ]
+    );
+}

@@ -495,10 +495,12 @@ impl Printer {
             self.n += 1;
             if self.n <= Self::FULL || self.n.is_multiple_of(Self::EVERY) {
                 let vals: Vec<String> = r.forecast.iter().map(|v| format!("{v:.2}")).collect();
+                // Keys are user data: escape control characters so a key
+                // cannot drive the operator's terminal.
                 println!(
                     "#{:<6} {:<22} {}  [{:<8}] {}",
                     self.n,
-                    r.key,
+                    r.key.escape_debug().to_string(),
                     r.window_end,
                     r.source,
                     vals.join(" ")
