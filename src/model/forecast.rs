@@ -330,12 +330,13 @@ impl ForecastStage {
             Head::Direct => y * &scale0 + mean.narrow(1, 0, 1).unsqueeze(2),
             Head::Residual => base.unsqueeze(1) + y * &scale0,
         };
-        let use_model = seen.gt(self.warmup);
+        // The model's forecast is used once a key is warm and only when all
+        // of it is finite; otherwise the key's forecast is the baseline and
+        // says so (`source = "baseline"`), never a `null` marked `model`.
+        let finite = y_model.isfinite().all_dim(2, false).all_dim(1, false);
+        let use_model = seen.gt(self.warmup).logical_and(&finite);
         let base_q = base.unsqueeze(1).expand_as(&y_model);
         let y_all = y_model.where_self(&use_model.view([-1, 1, 1]), &base_q);
-        // A non-finite model output must never reach a consumer: fall back.
-        let bad = y_all.isfinite().logical_not();
-        let y_all = base_q.where_self(&bad, &y_all);
         let (point, q) = if nq > 0 {
             let sorted = y_all.sort(1, false).0;
             let mid = self

@@ -788,3 +788,39 @@ hidden = 8
         }
     }
 }
+
+/// Regression (hardening): a value near f64's range makes a key's scaler
+/// infinite; its forecast then came out as the baseline's values (or null
+/// in JSON) while the record still said `source = "model"`. A forecast
+/// marked `model` is finite; otherwise it is the baseline and says so.
+#[test]
+fn a_non_finite_model_forecast_is_published_as_baseline() {
+    let cfg = cfg(CellKind::Lstm, "warmup_windows = 4");
+    let mut fc = ForecastStage::from_config(&cfg).unwrap();
+    let keys = ["calm".to_string(), "spiky".to_string()];
+    let mut last = ByKey::new();
+    for t in 0..20 {
+        let rows: Vec<(String, i64, f64)> = keys
+            .iter()
+            .enumerate()
+            .map(|(k, key)| {
+                let v = if k == 1 && t == 18 {
+                    1e300
+                } else {
+                    value(k, t)
+                };
+                (key.clone(), end(t), v)
+            })
+            .collect();
+        last = run(&mut fc, &cfg, &rows);
+        for f in last.values() {
+            if f.source == "model" {
+                assert!(f.f.iter().all(|v| v.is_finite()), "t {t}: {f:?}");
+            }
+        }
+    }
+    let calm = &last[&("calm".to_string(), end(19))];
+    let spiky = &last[&("spiky".to_string(), end(19))];
+    assert_eq!(calm.source, "model", "{calm:?}");
+    assert_eq!(spiky.source, "baseline", "{spiky:?}");
+}
