@@ -99,6 +99,12 @@ pub struct DecodeConfig {
     /// are extra inputs. Default `["value"]`.
     #[serde(default = "default_value_fields")]
     pub value_fields: Vec<String>,
+    /// Events whose time is more than this ahead of the wall clock are
+    /// dead letters (`bad_timestamp`): a producer's broken clock, or a
+    /// year-9999 typo, would otherwise hold a key's windows open for years
+    /// and, once every partition is idle, make every later event late.
+    #[serde(default = "default_max_future_skew", deserialize_with = "de_duration")]
+    pub max_future_skew: Duration,
 }
 
 /// Encoding of the event-time field.
@@ -434,6 +440,9 @@ fn default_key_field() -> String {
 fn default_time_field() -> String {
     "ts".into()
 }
+const fn default_max_future_skew() -> Duration {
+    Duration::from_secs(86_400)
+}
 fn default_value_fields() -> Vec<String> {
     vec!["value".into()]
 }
@@ -493,6 +502,7 @@ impl Default for DecodeConfig {
             time_field: default_time_field(),
             time_format: TimeFormat::default(),
             value_fields: default_value_fields(),
+            max_future_skew: default_max_future_skew(),
         }
     }
 }

@@ -67,8 +67,11 @@ impl Decoder {
         let mut out = EventsBuilder::new(self.schema.clone(), messages.len());
         let mut dead_letters = Vec::new();
         let mut fields = Fields::new(self.cfg.value_fields.len());
+        // Against the wall clock, not the watermark: the first event of a
+        // partition has no watermark to compare with. Once per batch.
+        let latest_ms = crate::time::now_ms().saturating_add(self.max_future_skew_ms());
         for m in messages {
-            match self.decode_one(m, &mut fields) {
+            match self.decode_one(m, &mut fields, latest_ms) {
                 Ok(ts_ms) => out.push(&fields.key, ts_ms, m.partition, m.offset, &fields.values),
                 Err(r) => {
                     metrics::counter!(telemetry::DEAD_LETTERS, "kind" => r.kind.as_str())
@@ -91,7 +94,19 @@ impl Decoder {
         }
     }
 
-    fn decode_one(&self, m: &RawMessage, fields: &mut Fields) -> Result<i64, Rejection> {
+    /// The skew bound in ms (durations are capped at 100 years by config).
+    fn max_future_skew_ms(&self) -> i64 {
+        i64::try_from(self.cfg.max_future_skew.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// One message: its event time, or why it is refused. `latest_ms` is the
+    /// latest event time accepted (wall clock + `max_future_skew`).
+    fn decode_one(
+        &self,
+        m: &RawMessage,
+        fields: &mut Fields,
+        latest_ms: i64,
+    ) -> Result<i64, Rejection> {
         let payload = m
             .payload
             .as_deref()
@@ -120,7 +135,7 @@ impl Decoder {
                 return Err(Rejection::missing(&self.cfg.value_fields[i]));
             }
         }
-        match self.cfg.time_format {
+        let ts = match self.cfg.time_format {
             TimeFormat::Kafka => m.timestamp_ms.ok_or_else(|| {
                 Rejection::new(
                     Kind::MissingField,
@@ -139,7 +154,18 @@ impl Decoder {
                     )
                 }),
             },
+        }?;
+        if ts > latest_ms {
+            return Err(Rejection::new(
+                Kind::BadTimestamp,
+                format!(
+                    "event time {} is more than decode.max_future_skew ({}) ahead of the wall clock",
+                    crate::time::rfc3339_ms(ts),
+                    crate::time::format_duration_ms(self.max_future_skew_ms())
+                ),
+            ));
         }
+        Ok(ts)
     }
 }
 

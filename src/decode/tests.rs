@@ -198,3 +198,35 @@ fn duplicate_fields_and_empty_keys_are_dead_letters() {
         ]
     );
 }
+
+/// Regression (hardening): one event stamped in year 9999 was accepted and
+/// made its key allocate a pane per slide up to it (~70M for hourly
+/// windows), then held the watermark. Events more than
+/// `max_future_skew` (default 1 day) ahead of the wall clock are dead
+/// letters; a little ahead is fine (clock skew between producers).
+#[test]
+fn far_future_event_times_are_dead_letters() {
+    let d = decoder(TimeFormat::EpochMs, &["value"]);
+    let now = crate::time::now_ms();
+    let ok = now + 3_600_000;
+    let far = now + 2 * 86_400_000;
+    let out = d.decode(&[
+        msg(0, &format!(r#"{{"key":"a","ts":{ok},"value":1}}"#)),
+        msg(1, &format!(r#"{{"key":"a","ts":{far},"value":1}}"#)),
+        msg(2, r#"{"key":"a","ts":253402300799000,"value":1}"#),
+    ]);
+    assert_eq!(out.events.num_rows(), 1);
+    assert_eq!(out.dead_letters.len(), 2);
+    for dl in &out.dead_letters {
+        assert_eq!(dl.kind, DeadLetterKind::BadTimestamp, "{dl:?}");
+        assert!(dl.reason.contains("max_future_skew"), "{}", dl.reason);
+    }
+    // The Kafka message timestamp is checked the same way.
+    let k = decoder(TimeFormat::Kafka, &["value"]);
+    let mut m = msg(3, r#"{"key":"a","value":1}"#);
+    m.timestamp_ms = Some(far);
+    assert_eq!(
+        k.decode(&[m]).dead_letters[0].kind,
+        DeadLetterKind::BadTimestamp
+    );
+}
