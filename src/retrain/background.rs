@@ -42,6 +42,7 @@ pub fn run_retrainer(
     };
     let mut last_at = Instant::now();
     let mut last_windows = 0u64;
+    let mut waiting_for_archive = false;
     while !signals.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(500));
         let windows = signals.windows.load(Ordering::Relaxed);
@@ -53,9 +54,16 @@ pub fn run_retrainer(
         last_at = Instant::now();
         last_windows = windows;
         let files = match crate::archive::list_files(&cfg.archive_dir()) {
-            Ok(f) if !f.is_empty() => f,
+            Ok(f) if !f.is_empty() => {
+                waiting_for_archive = false;
+                f
+            }
             Ok(_) => {
-                tracing::info!(dir = %cfg.archive_dir().display(), "retrain due but the archive has no completed file yet");
+                // Said once, not at every poll while waiting for the file.
+                if !waiting_for_archive {
+                    tracing::info!(dir = %cfg.archive_dir().display(), "retrain due but the archive has no completed file yet; waiting for one");
+                    waiting_for_archive = true;
+                }
                 // Try again at the next poll rather than a full period later.
                 last_windows = 0;
                 continue;
