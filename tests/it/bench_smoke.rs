@@ -29,6 +29,18 @@ fn events() -> Vec<(String, String)> {
         .collect()
 }
 
+/// Runs a command to its end; its stdout, or a failure showing both streams.
+fn stdout_of(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 fn summary_number(out: &str, label: &str) -> f64 {
     let line = out
         .lines()
@@ -68,17 +80,10 @@ dead_letter_topic = "smoke-dlq-{s}"
 "#
         )),
     );
-    let out = Command::new(streamcast_bin())
-        .args(["run", pipeline.to_str().unwrap(), "--exit-when-idle", "2s"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut run = Command::new(streamcast_bin());
+    run.args(["run", pipeline.to_str().unwrap(), "--exit-when-idle", "2s"])
+        .current_dir(dir.path());
+    let stdout = stdout_of(run);
     assert_eq!(summary_number(&stdout, "windows closed"), owed, "{stdout}");
     let p50 = summary_number(&stdout, "close -> ack (ms)    p50");
     assert!(p50.is_finite() && p50 >= 0.0, "{stdout}");
@@ -91,19 +96,12 @@ dead_letter_topic = "smoke-dlq-{s}"
     // confluent-kafka there).
     let venv = std::env::var("STREAMCAST_VENV").expect("STREAMCAST_VENV (source scripts/env)");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_e2e_peer.py");
-    let out = Command::new(std::path::Path::new(&venv).join("bin/python"))
-        .arg(script)
+    let mut peer = Command::new(std::path::Path::new(&venv).join("bin/python"));
+    peer.arg(script)
         .args(["--brokers", &brokers(), "--topic", &topic])
         .args(["--out-topic", &format!("smoke-peer-out-{s}")])
-        .args(["--window", "3600", "--idle-exit", "2"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .args(["--window", "3600", "--idle-exit", "2"]);
+    let stdout = stdout_of(peer);
     let line = stdout
         .lines()
         .rev()
