@@ -35,7 +35,7 @@ pub struct KeySeries {
 }
 
 /// Reads a NAB-style CSV (`timestamp,value`; key = the file stem) into an
-/// events batch (schema of `decode::events_schema`, partition 0, offset = line
+/// events batch (schema of `schema::events_schema`, partition 0, offset = line
 /// number). Times are parsed with the pipeline's time format; the value goes
 /// to the first value field (the pipeline must have exactly one).
 pub fn read_nab_csv(cfg: &PipelineConfig, path: &Path) -> Result<RecordBatch> {

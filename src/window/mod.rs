@@ -293,7 +293,7 @@ impl WindowStage {
         }
     }
 
-    /// Takes one events batch (schema of `decode::events_schema`) and closes
+    /// Takes one events batch (schema of `schema::events_schema`) and closes
     /// whatever windows the new watermark allows. `now_ms` is the wall clock,
     /// used only for partition idleness.
     pub fn process(&mut self, events: &RecordBatch, now_ms: i64) -> Closed {
