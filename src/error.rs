@@ -28,6 +28,10 @@ pub enum Error {
         topic: String,
         code: RDKafkaErrorCode,
     },
+    /// A record the broker will never take (too large, not authorized, a
+    /// fatal producer error): the job stops rather than retry it forever.
+    #[error("kafka: cannot publish {0}")]
+    Publish(Box<Unpublishable>),
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
     #[error("parquet: {0}")]
@@ -69,6 +73,18 @@ pub enum Error {
     /// A thread of the job panicked (a bug: please report it).
     #[error("the {0} thread panicked")]
     Panicked(&'static str),
+}
+
+/// What could not be published, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("a {bytes}-byte record (key {key:?}) to {topic}: {source}")]
+pub struct Unpublishable {
+    pub topic: String,
+    /// The record's key, escaped and cut to 64 characters.
+    pub key: String,
+    pub bytes: usize,
+    #[source]
+    pub source: rdkafka::error::KafkaError,
 }
 
 impl Error {
@@ -129,6 +145,11 @@ pub fn retryable_kafka_code(code: RDKafkaErrorCode) -> bool {
             | C::NotCoordinator
             | C::CoordinatorLoadInProgress
             | C::MessageTimedOut
+            | C::TimedOutQueue
+            | C::Resolve
+            | C::NotEnoughReplicas
+            | C::NotEnoughReplicasAfterAppend
+            | C::KafkaStorageError
     )
 }
 

@@ -42,17 +42,60 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
 }
 
+/// At most this many bytes of the refused record are copied into its dead
+/// letter (the record itself stays in the source topic at its offset): a
+/// dead letter must stay publishable whatever was sent.
+pub const MAX_PAYLOAD_COPY: usize = 16 * 1024;
+
 impl DeadLetter {
-    /// The JSON document published to the dead-letter destination.
+    /// The JSON document published to the dead-letter destination. The
+    /// payload copy is cut at [`MAX_PAYLOAD_COPY`] bytes and says so
+    /// (`payload_truncated`, `payload_bytes` = the original size).
     pub fn to_json(&self, source_topic: &str) -> serde_json::Value {
+        let copy = &self.payload[..self.payload.len().min(MAX_PAYLOAD_COPY)];
         serde_json::json!({
             "reason": self.reason,
             "kind": self.kind.as_str(),
             "topic": source_topic,
             "partition": self.partition,
             "offset": self.offset,
-            "payload": String::from_utf8_lossy(&self.payload),
+            "payload": String::from_utf8_lossy(copy),
+            "payload_bytes": self.payload.len(),
+            "payload_truncated": copy.len() < self.payload.len(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (hardening): a 200 KB payload of control bytes was copied
+    /// whole into its dead letter; JSON escaping made it ~1.2 MB, over the
+    /// producer's message.max.bytes, and its delivery was retried forever.
+    #[test]
+    fn the_payload_copy_is_bounded_and_says_so() {
+        let d = DeadLetter {
+            kind: DeadLetterKind::Malformed,
+            reason: "malformed JSON".into(),
+            partition: 1,
+            offset: 7,
+            payload: vec![1u8; 200_000],
+        };
+        let json = d.to_json("events").to_string();
+        assert!(json.len() < 8 * MAX_PAYLOAD_COPY, "{} bytes", json.len());
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["payload_truncated"], true);
+        assert_eq!(v["payload_bytes"], 200_000);
+        let small = DeadLetter {
+            payload: b"{oops".to_vec(),
+            ..d
+        };
+        let v = small.to_json("events");
+        assert_eq!(
+            (v["payload"].as_str(), v["payload_truncated"].as_bool()),
+            (Some("{oops"), Some(false))
+        );
     }
 }
 

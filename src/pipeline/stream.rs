@@ -79,7 +79,13 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
     let (swap_tx, swap_rx) = sync_channel::<Swap>(1);
     let retrainer = spawn_retrainer(&cfg, signals.clone(), swap_tx)?;
     let compute = spawn_compute(&cfg, tracker.clone(), archive, swap_rx, signals.clone()).await?;
-    let sink_task = spawn_sink(sink, compute.outputs, opts.print_forecasts);
+    let sink_failed = Arc::new(tokio::sync::Notify::new());
+    let sink_task = spawn_sink(
+        sink,
+        compute.outputs,
+        opts.print_forecasts,
+        sink_failed.clone(),
+    );
     let committer = spawn_committer(consumer.clone(), tracker.clone(), cfg.source.topic.clone());
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -92,28 +98,38 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
         &compute.inputs,
         &mut sigterm,
         &mut reads,
+        &sink_failed,
     )
     .await
     {
         Ok(reason) => reason,
-        Err(()) => {
-            committer.abort();
-            return Err(join_compute(compute.thread)
-                .err()
-                .unwrap_or(Error::StageStopped("compute")));
-        }
+        Err(Stop::ComputeGone) => "the compute thread stopped",
+        Err(Stop::SinkFailed) => "a record cannot be published",
     };
     tracing::info!(reason = stop_reason, "stopping: draining in-flight work");
     drop(compute.inputs);
     let totals = tokio::task::spawn_blocking(move || join_compute(compute.thread))
         .await
-        .map_err(|_| Error::Panicked("compute"))??;
-    let deliveries = sink_task.await.unwrap_or_default();
+        .map_err(|_| Error::Panicked("compute"))?;
+    let delivered = sink_task.await.map_err(|_| Error::Panicked("sink"))?;
     committer.abort();
     stop_retrainer(&signals, retrainer).await;
+    // Commits only what was delivered: a failed output's ticket stays pinned.
     commit_final(&consumer, &tracker, &cfg.source.topic);
+    // The sink's error first: when it stops, the compute thread stops too
+    // (its outputs have nowhere to go), and that is only the consequence.
+    let deliveries = delivered?;
+    let totals = totals?;
     print_summary(&totals, &deliveries, started, &reads);
     Ok(totals)
+}
+
+/// Why the consumer loop stopped early.
+enum Stop {
+    /// The compute thread is gone (its error says why).
+    ComputeGone,
+    /// The sink met a record it can never publish.
+    SinkFailed,
 }
 
 /// The archive writer thread, when `archive.enabled`.
@@ -263,40 +279,52 @@ fn compute_loop(
 }
 
 /// The sink task: deliveries run concurrently; each releases its own ticket.
+/// On a permanent failure it stops at once and says so on `failed`: the
+/// failed output's ticket stays pinned (nothing past it is committed), the
+/// outputs still in flight are abandoned unacknowledged (re-read after a
+/// restart), and the job exits with the error.
 fn spawn_sink(
     sink: KafkaSink,
     mut outputs: tokio::sync::mpsc::Receiver<Output>,
     print: bool,
-) -> TaskHandle<Deliveries> {
+    failed: Arc<tokio::sync::Notify>,
+) -> TaskHandle<Result<Deliveries>> {
     tokio::spawn(async move {
         let mut inflight = FuturesUnordered::new();
         let mut printer = Printer::default();
         let mut stats = Deliveries::default();
-        let mut delivered = |r: Result<Delivered>| match r {
-            Ok(d) => {
-                if let Some(l) = d.latency {
-                    stats.record(l, d.forecasts.len());
-                }
-                if print {
-                    printer.print(&d.forecasts)
-                }
+        let mut delivered = |r: Result<Delivered>| -> Result<()> {
+            let d = r?;
+            if let Some(l) = d.latency {
+                stats.record(l, d.forecasts.len());
             }
-            // The ticket stays pinned: nothing past this output is committed.
-            Err(e) => tracing::error!(error = %e, "an output could not be published"),
+            if print {
+                printer.print(&d.forecasts)
+            }
+            Ok(())
         };
-        loop {
-            tokio::select! {
-                o = outputs.recv() => match o {
-                    Some(o) => inflight.push(sink.deliver(o)),
-                    None => break,
-                },
-                Some(r) = inflight.next(), if !inflight.is_empty() => delivered(r),
+        let outcome: Result<()> = async {
+            loop {
+                tokio::select! {
+                    o = outputs.recv() => match o {
+                        Some(o) => inflight.push(sink.deliver(o)),
+                        None => break,
+                    },
+                    Some(r) = inflight.next(), if !inflight.is_empty() => delivered(r)?,
+                }
             }
+            while let Some(r) = inflight.next().await {
+                delivered(r)?;
+            }
+            Ok(())
         }
-        while let Some(r) = inflight.next().await {
-            delivered(r);
+        .await;
+        if let Err(e) = outcome {
+            tracing::error!(error = %e, "stopping: a record cannot be published");
+            failed.notify_one();
+            return Err(e);
         }
-        stats
+        Ok(stats)
     })
 }
 
@@ -365,13 +393,15 @@ async fn consume(
     to_compute: &SyncSender<Input>,
     sigterm: &mut tokio::signal::unix::Signal,
     reads: &mut ReadTimes,
-) -> std::result::Result<&'static str, ()> {
+    sink_failed: &tokio::sync::Notify,
+) -> std::result::Result<&'static str, Stop> {
     let mut last_input = Instant::now();
     let mut next_offsets: HashMap<i32, i64> = HashMap::new();
     loop {
         let batch = tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok("SIGINT"),
             _ = sigterm.recv() => return Ok("SIGTERM"),
+            _ = sink_failed.notified() => return Err(Stop::SinkFailed),
             b = source::next_batch(consumer, cfg.source.max_batch, cfg.source.batch_wait, Duration::from_millis(500)) => b,
         };
         let messages = match batch {
@@ -409,7 +439,7 @@ async fn consume(
                     item = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err(TrySendError::Disconnected(_)) => return Err(()),
+                Err(TrySendError::Disconnected(_)) => return Err(Stop::ComputeGone),
             }
         }
     }

@@ -15,7 +15,7 @@ use super::Output;
 use crate::broker::client_config;
 use crate::config::PipelineConfig;
 use crate::decode::DeadLetter;
-use crate::error::{retryable_kafka_code, Error, Result};
+use crate::error::{retryable_kafka_code, Error, Result, Unpublishable};
 use crate::offsets::OffsetTracker;
 use crate::telemetry;
 
@@ -108,7 +108,11 @@ impl KafkaSink {
         let sends = records
             .iter()
             .map(|(k, v)| self.send_until_acked(topic, k, v));
-        futures::future::join_all(sends).await;
+        // A permanent failure of any record keeps the whole ticket pinned:
+        // nothing past it is committed, and the job stops (see `stream`).
+        for sent in futures::future::join_all(sends).await {
+            sent?;
+        }
         let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
         t.release(output.ticket());
         metrics::counter!(telemetry::RECORDS_PUBLISHED, "topic" => topic.to_string())
@@ -127,19 +131,29 @@ impl KafkaSink {
         })
     }
 
-    async fn send_until_acked(&self, topic: &str, key: &str, payload: &str) {
+    /// Sends one record until the broker acknowledges it, retrying what the
+    /// crate's retry rule calls transient (broker away, queue full, timeout)
+    /// with backoff. A permanent failure (record too large, not authorized,
+    /// a fatal producer error) is returned: retrying it would freeze the
+    /// partition's commits and grow memory without end.
+    async fn send_until_acked(&self, topic: &str, key: &str, payload: &str) -> Result<()> {
         let mut backoff = Duration::from_millis(100);
         loop {
             let rec = FutureRecord::to(topic).key(key).payload(payload);
             match self.producer.send(rec, Duration::from_secs(30)).await {
-                Ok(_) => return,
+                Ok(_) => return Ok(()),
                 Err((e, _)) => {
+                    let transient = e.rdkafka_error_code().is_none_or(retryable_kafka_code);
+                    if !transient {
+                        return Err(Error::Publish(Box::new(Unpublishable {
+                            topic: topic.to_string(),
+                            key: key.escape_debug().take(64).collect(),
+                            bytes: payload.len(),
+                            source: e,
+                        })));
+                    }
                     metrics::counter!(telemetry::DELIVERY_RETRIES).increment(1);
-                    // Every failure is retried for now (a forecast is never
-                    // dropped); the log says whether the crate's retry rule
-                    // expects it to clear.
-                    let transient = e.rdkafka_error_code().is_some_and(retryable_kafka_code);
-                    tracing::warn!(error = %e, topic, transient, "delivery failed; retrying (the forecast is kept)");
+                    tracing::warn!(error = %e, topic, "delivery failed; retrying (the record is kept)");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }

@@ -11,5 +11,6 @@
 mod bench_smoke;
 mod cli;
 mod common;
+mod faults;
 mod kafka_e2e;
 mod retrain_e2e;
