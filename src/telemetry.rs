@@ -92,3 +92,17 @@ pub fn serve_prometheus(cfg: &TelemetryConfig) -> Result<()> {
     tracing::info!(%addr, "serving Prometheus metrics");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_names_are_prefixed_and_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for name in ALL {
+            assert!(name.starts_with("streamcast_"), "{name}");
+            assert!(seen.insert(name), "{name} twice");
+        }
+    }
+}

@@ -24,7 +24,14 @@ dead_letter_topic = "dlq"
 /// [`MINIMAL`] with `overrides` (TOML) merged in, table by table: a key
 /// given there replaces the minimal one, and new tables are added.
 pub fn pipeline_toml(overrides: &str) -> String {
-    let mut base: toml::Table = MINIMAL.parse().expect("the minimal pipeline is valid TOML");
+    merge_toml(MINIMAL, overrides)
+}
+
+/// `base` with `overrides` merged in, table by table (both TOML text).
+pub fn merge_toml(base: &str, overrides: &str) -> String {
+    let mut base: toml::Table = base
+        .parse()
+        .unwrap_or_else(|e| panic!("test pipeline is not TOML: {e}\n{base}"));
     let extra: toml::Table = overrides
         .parse()
         .unwrap_or_else(|e| panic!("test pipeline overrides are not TOML: {e}\n{overrides}"));

@@ -116,7 +116,7 @@ pub fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
             }
             // The rnn trains on the first 80% of every series: the origins
             // are all in the last 20% (`tail_fraction` below).
-            let ms: Vec<Box<dyn eval::StreamModel>> = models
+            let mut ms: Vec<Box<dyn eval::StreamModel>> = models
                 .iter()
                 .map(|name| eval::stream_model_by_name(name, &cfg, &series, 0.8))
                 .collect::<Result<_, _>>()?;
@@ -126,7 +126,6 @@ pub fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
                 max_origins: origins,
                 tail_fraction: 0.2,
             };
-            let mut ms = ms;
             let rep = eval::backtest_stream(&series, &mut ms, &opts)?;
             let mut md = rep.to_markdown();
             if per_key {

@@ -132,7 +132,8 @@ pub fn save(net: &Network, spec: &ModelSpec, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     net.vs.save(dir.join("model.safetensors"))?;
-    let json = serde_json::to_string_pretty(spec).map_err(|e| Error::Model(e.to_string()))?;
+    let json = serde_json::to_string_pretty(spec)
+        .map_err(|e| Error::json(format!("serializing the model spec {}", spec.version), e))?;
     std::fs::write(dir.join("model.json"), json)
         .map_err(|e| Error::io(format!("writing {}/model.json", dir.display()), e))
 }

@@ -251,7 +251,7 @@ pub fn baseline_loss(data: &Prepared, cfg: &TrainConfig) -> f64 {
 /// validation epoch.
 pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<TrainReport> {
     if data.train_ends.is_empty() {
-        return Err(Error::Model(format!(
+        return Err(Error::Training(format!(
             "not enough history to train: every key needs more than {} windows (validation) + {} (horizon)",
             cfg.val_windows.unwrap_or(0),
             net.horizon

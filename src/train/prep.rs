@@ -98,14 +98,10 @@ pub struct Prepared {
     pub n_inputs: i64,
 }
 
-fn pe(e: PolarsError) -> Error {
-    Error::Model(format!("preparing training data (polars): {e}"))
-}
-
 /// Reads window Parquet files and prepares tensors.
 pub fn prepare(paths: &[PathBuf], spec: &PrepSpec) -> Result<Prepared> {
     if paths.is_empty() {
-        return Err(Error::Model(
+        return Err(Error::Training(
             "no training data: no window files given".into(),
         ));
     }
@@ -114,10 +110,10 @@ pub fn prepare(paths: &[PathBuf], spec: &PrepSpec) -> Result<Prepared> {
         .map(|p| {
             let s = p.to_string_lossy().to_string();
             LazyFrame::scan_parquet(PlRefPath::new(s.as_str()), ScanArgsParquet::default())
-                .map_err(pe)
+                .map_err(Error::Polars)
         })
         .collect::<Result<Vec<_>>>()?;
-    let lf = concat(scans, UnionArgs::default()).map_err(pe)?;
+    let lf = concat(scans, UnionArgs::default()).map_err(Error::Polars)?;
     prepare_lazy(lf, spec)
 }
 
@@ -153,12 +149,12 @@ pub fn prepare_lazy(lf: LazyFrame, spec: &PrepSpec) -> Result<Prepared> {
             col(spec.key.as_str())
                 .cum_count(false)
                 .over(k())
-                .map_err(pe)?
+                .map_err(Error::Polars)?
                 .cast(DataType::Int64)
                 .alias("__seen"),
             len()
                 .over(k())
-                .map_err(pe)?
+                .map_err(Error::Polars)?
                 .cast(DataType::Int64)
                 .alias("__len"),
         ]);
@@ -173,10 +169,14 @@ pub fn prepare_lazy(lf: LazyFrame, spec: &PrepSpec) -> Result<Prepared> {
             .cast(DataType::Float64)
             .cum_sum(false)
             .over(k())
-            .map_err(pe)?;
+            .map_err(Error::Polars)?;
         let nn = when(n.clone().gt(lit(1.0))).then(n).otherwise(lit(1.0));
-        let mean = x0.clone().cum_sum(false).over(k()).map_err(pe)? / nn.clone();
-        let var = (x0.clone() * x0).cum_sum(false).over(k()).map_err(pe)? / nn
+        let mean = x0.clone().cum_sum(false).over(k()).map_err(Error::Polars)? / nn.clone();
+        let var = (x0.clone() * x0)
+            .cum_sum(false)
+            .over(k())
+            .map_err(Error::Polars)?
+            / nn
             - mean.clone() * mean.clone();
         let var = when(var.clone().gt(lit(0.0))).then(var).otherwise(lit(0.0));
         let sd = var.sqrt();
@@ -210,7 +210,8 @@ pub fn prepare_lazy(lf: LazyFrame, spec: &PrepSpec) -> Result<Prepared> {
     // `StateStore::lags` gives at runtime.
     for j in 1..=spec.lags {
         let z = clamped(
-            (col(target).shift(lit(j)).over(k()).map_err(pe)? - mean0.clone()) / scale0.clone(),
+            (col(target).shift(lit(j)).over(k()).map_err(Error::Polars)? - mean0.clone())
+                / scale0.clone(),
         );
         cols.push(
             z.fill_nan(lit(0.0))
@@ -223,9 +224,15 @@ pub fn prepare_lazy(lf: LazyFrame, spec: &PrepSpec) -> Result<Prepared> {
     let mut tgt = Vec::new();
     let mut base = Vec::new();
     for h in 1..=h_max {
-        let y = col(target).shift(lit(-h)).over(k()).map_err(pe)?;
+        let y = col(target)
+            .shift(lit(-h))
+            .over(k())
+            .map_err(Error::Polars)?;
         let back = season - 1 - ((h - 1) % season);
-        let seasonal = col(target).shift(lit(back)).over(k()).map_err(pe)?;
+        let seasonal = col(target)
+            .shift(lit(back))
+            .over(k())
+            .map_err(Error::Polars)?;
         let snaive = when(col("__seen").gt_eq(lit(season)))
             .then(seasonal)
             .otherwise(col(target));
@@ -254,27 +261,27 @@ pub fn prepare_lazy(lf: LazyFrame, spec: &PrepSpec) -> Result<Prepared> {
         .map(|(i, e)| e.alias(format!("__b{}", i + 1)))
         .collect();
     lf = lf.with_columns(base_cols);
-    let df = lf.collect().map_err(pe)?;
+    let df = lf.collect().map_err(Error::Polars)?;
     tensors(&df, spec)
 }
 
 fn f64_col(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
     let c = df
         .column(name)
-        .map_err(pe)?
+        .map_err(Error::Polars)?
         .cast(&DataType::Float64)
-        .map_err(pe)?;
-    let ca = c.f64().map_err(pe)?;
+        .map_err(Error::Polars)?;
+    let ca = c.f64().map_err(Error::Polars)?;
     Ok(ca.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
 }
 
 fn i64_col(df: &DataFrame, name: &str) -> Result<Vec<i64>> {
     let c = df
         .column(name)
-        .map_err(pe)?
+        .map_err(Error::Polars)?
         .cast(&DataType::Int64)
-        .map_err(pe)?;
-    let ca = c.i64().map_err(pe)?;
+        .map_err(Error::Polars)?;
+    let ca = c.i64().map_err(Error::Polars)?;
     Ok(ca.iter().map(|v| v.unwrap_or(0)).collect())
 }
 
@@ -289,7 +296,7 @@ fn stack(df: &DataFrame, names: &[String]) -> Result<Tensor> {
 fn tensors(df: &DataFrame, spec: &PrepSpec) -> Result<Prepared> {
     let rows = df.height() as i64;
     if rows == 0 {
-        return Err(Error::Model(
+        return Err(Error::Training(
             "no training data: the window files hold no rows in the range".into(),
         ));
     }

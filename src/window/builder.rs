@@ -10,12 +10,14 @@ use arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, RecordBatch, StringBuilder,
     TimestampMillisecondBuilder, UInt32Builder,
 };
+use arrow::datatypes::SchemaRef;
 
 use super::{covariates, WindowSpec};
 
 /// Column builders of one closed-windows batch.
 pub struct WindowsBuilder<'a> {
     spec: &'a WindowSpec,
+    schema: SchemaRef,
     key: StringBuilder,
     start: TimestampMillisecondBuilder,
     end: TimestampMillisecondBuilder,
@@ -27,6 +29,12 @@ pub struct WindowsBuilder<'a> {
 
 impl<'a> WindowsBuilder<'a> {
     pub fn new(spec: &'a WindowSpec, capacity: usize) -> Self {
+        Self::with_schema(spec, spec.windows_schema(), capacity)
+    }
+
+    /// As `new`, with the spec's schema already built (the window stage
+    /// keeps one rather than rebuilding it for every batch).
+    pub fn with_schema(spec: &'a WindowSpec, schema: SchemaRef, capacity: usize) -> Self {
         let ts = || TimestampMillisecondBuilder::with_capacity(capacity).with_timezone("UTC");
         WindowsBuilder {
             key: StringBuilder::with_capacity(capacity, capacity * 16),
@@ -41,6 +49,7 @@ impl<'a> WindowsBuilder<'a> {
                 .collect(),
             starts: Vec::with_capacity(capacity),
             spec,
+            schema,
         }
     }
 
@@ -74,7 +83,6 @@ impl<'a> WindowsBuilder<'a> {
         );
         cols.extend(covariates(&self.spec.covariates, &self.starts));
         // Built column by column from the same rows: matches the schema.
-        RecordBatch::try_new(self.spec.windows_schema(), cols)
-            .expect("windows columns match their schema")
+        RecordBatch::try_new(self.schema, cols).expect("windows columns match their schema")
     }
 }

@@ -607,7 +607,7 @@ impl WindowStage {
                 .cmp(&rows.win[b])
                 .then_with(|| rows.key[a].cmp(&rows.key[b]))
         });
-        let mut b = WindowsBuilder::new(&self.spec, n);
+        let mut b = WindowsBuilder::with_schema(&self.spec, self.schema.clone(), n);
         for &i in &order {
             b.push(
                 &rows.key[i],

@@ -56,29 +56,19 @@ fn summary_number(out: &str, label: &str) -> f64 {
 #[test]
 fn streamcast_and_the_python_peer_forecast_the_same_windows() {
     let s = rand_suffix();
-    let (topic, out_topic) = (format!("smoke-in-{s}"), format!("smoke-out-{s}"));
+    let topic = format!("smoke-in-{s}");
     create_topics(&[(topic.as_str(), 2)]);
     produce(&topic, events());
     let owed = (KEYS * 2) as f64;
 
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = pipeline_file(
+    let pipeline = job_pipeline(
         dir.path(),
-        "smoke",
-        &streamcast::testkit::pipeline_toml(&format!(
-            r#"
-name = "smoke-{s}"
-[source]
-topic = "{topic}"
-group_id = "smoke-{s}"
-partitions = 2
-[window]
-idle_partition_timeout = "1s"
-[sink]
-topic = "{out_topic}"
-dead_letter_topic = "smoke-dlq-{s}"
-"#
-        )),
+        &format!("smoke-{s}"),
+        &topic,
+        2,
+        &format!("smoke-dlq-{s}"),
+        "",
     );
     let mut run = Command::new(streamcast_bin());
     run.args(["run", pipeline.to_str().unwrap(), "--exit-when-idle", "2s"])

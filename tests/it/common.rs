@@ -157,6 +157,36 @@ pub fn pipeline_file(dir: &Path, name: &str, body: &str) -> PathBuf {
     p
 }
 
+/// A pipeline file for a job reading `topic` (with `partitions`) in its own
+/// group, hourly windows, partitions idle after 1 s, publishing to
+/// `<name>-out` / `dlq`; `extra` is more TOML merged in.
+pub fn job_pipeline(
+    dir: &Path,
+    name: &str,
+    topic: &str,
+    partitions: i32,
+    dlq: &str,
+    extra: &str,
+) -> PathBuf {
+    let base = streamcast::testkit::pipeline_toml(&format!(
+        r#"
+name = "{name}"
+[source]
+topic = "{topic}"
+group_id = "{name}"
+partitions = {partitions}
+[window]
+idle_partition_timeout = "1s"
+[sink]
+topic = "{name}-out"
+dead_letter_topic = "{dlq}"
+partitions = {partitions}
+"#
+    ));
+    let merged = streamcast::testkit::merge_toml(&base, extra);
+    pipeline_file(dir, name, &merged)
+}
+
 pub fn streamcast_bin() -> &'static str {
     env!("CARGO_BIN_EXE_streamcast")
 }

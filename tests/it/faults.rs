@@ -32,28 +32,8 @@ fn an_unpublishable_record_stops_the_job_and_is_published_by_the_next_run() {
     produce(&topic, records);
 
     let dir = tempfile::tempdir().unwrap();
-    let file = |limit: &str| {
-        pipeline_file(
-            dir.path(),
-            "faults",
-            &streamcast::testkit::pipeline_toml(&format!(
-                r#"
-name = "faults-{s}"
-[source]
-topic = "{topic}"
-group_id = "faults-{s}"
-partitions = 1
-[window]
-idle_partition_timeout = "1s"
-[sink]
-topic = "faults-out-{s}"
-dead_letter_topic = "{dlq}"
-partitions = 1
-{limit}
-"#
-            )),
-        )
-    };
+    let file =
+        |limit: &str| job_pipeline(dir.path(), &format!("faults-{s}"), &topic, 1, &dlq, limit);
     let run = |pipeline: &std::path::Path| {
         let started = Instant::now();
         let out = Command::new("timeout")
