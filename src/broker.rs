@@ -54,10 +54,28 @@ pub async fn ensure_topics(cfg: &PipelineConfig) -> Result<()> {
 
 /// Creates topics (ignoring "already exists"), trying `attempts` times.
 pub async fn create_topics(brokers: &str, topics: &[(&str, i32)], attempts: u32) -> Result<()> {
+    let with: Vec<TopicSpec<'_>> = topics.iter().map(|(t, p)| (*t, *p, &[][..])).collect();
+    create_topics_with(brokers, &with, attempts).await
+}
+
+/// A topic to create: name, partitions, configs.
+pub type TopicSpec<'a> = (&'a str, i32, &'a [(&'a str, &'a str)]);
+
+/// [`create_topics`] with topic configs (e.g. `cleanup.policy = compact`).
+pub async fn create_topics_with(
+    brokers: &str,
+    topics: &[TopicSpec<'_>],
+    attempts: u32,
+) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = base_config(brokers).create()?;
     let new: Vec<NewTopic> = topics
         .iter()
-        .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1)))
+        .map(|(name, parts, configs)| {
+            configs.iter().fold(
+                NewTopic::new(name, *parts, TopicReplication::Fixed(1)),
+                |t, (k, v)| t.set(k, v),
+            )
+        })
         .collect();
     let opts = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
@@ -94,6 +112,28 @@ pub async fn create_topics(brokers: &str, topics: &[(&str, i32)], attempts: u32)
         "cannot reach Kafka brokers at {brokers} after {attempts} attempts (last error: {last_err}); \
          is the broker running? (scripts/kafka up)"
     )))
+}
+
+/// Runs blocking client calls from async code: off the worker on the
+/// multi-threaded runtime (the job's), directly elsewhere.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Partition count of `topic` (an error when it does not exist).
+pub fn partition_count(brokers: &str, topic: &str) -> Result<i32> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = base_config(brokers).create()?;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    md.topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len() as i32)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| Error::State(format!("topic {topic} has no partitions (does it exist?)")))
 }
 
 /// Produces JSON payloads keyed by entity to a topic and waits for every

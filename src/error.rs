@@ -58,6 +58,10 @@ pub enum Error {
     /// Training has nothing, or too little, to learn from.
     #[error("training: {0}")]
     Training(String),
+    /// Durable state cannot be read, written or committed (changelog,
+    /// transactions).
+    #[error("state: {0}")]
+    State(String),
     /// An offline evaluation cannot run (unknown model, unusable input).
     #[error("eval: {0}")]
     Eval(String),

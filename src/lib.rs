@@ -38,7 +38,9 @@ pub mod broker;
 pub mod offsets;
 pub mod pipeline;
 pub mod retrain;
+pub mod state;
 pub mod train;
+pub mod verify;
 
 // Forecasters and metrics shared by the live path and evaluation.
 pub mod accuracy;

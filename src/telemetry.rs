@@ -38,6 +38,19 @@ pub const ARCHIVE_FILES_DELETED: &str = "streamcast_archive_files_deleted_total"
 pub const ARCHIVE_DROPPED: &str = "streamcast_archive_dropped_total";
 /// Archive write errors (counter).
 pub const ARCHIVE_ERRORS: &str = "streamcast_archive_errors_total";
+/// Seconds to restore one partition's state from the changelog (histogram).
+pub const STATE_RESTORE_SECONDS: &str = "streamcast_state_restore_seconds";
+/// Checkpoints committed (state and offsets together) (counter).
+pub const CHECKPOINTS: &str = "streamcast_checkpoints_total";
+/// Seconds from a checkpoint's start to its commit (histogram).
+pub const CHECKPOINT_SECONDS: &str = "streamcast_checkpoint_seconds";
+/// Changelog records written, tombstones included (counter).
+pub const STATE_RECORDS: &str = "streamcast_state_records_total";
+/// Changelog bytes written (counter).
+pub const STATE_BYTES: &str = "streamcast_state_bytes_total";
+/// Events of a key that arrived on another input partition than the key's
+/// first (dead-lettered, `partition_conflict`) (counter).
+pub const PARTITION_CONFLICTS: &str = "streamcast_partition_conflicts_total";
 
 /// Every metric name above, for docs and tests.
 pub const ALL: &[&str] = &[
@@ -56,6 +69,12 @@ pub const ALL: &[&str] = &[
     ARCHIVE_FILES_DELETED,
     ARCHIVE_DROPPED,
     ARCHIVE_ERRORS,
+    STATE_RESTORE_SECONDS,
+    CHECKPOINTS,
+    CHECKPOINT_SECONDS,
+    STATE_RECORDS,
+    STATE_BYTES,
+    PARTITION_CONFLICTS,
 ];
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`). `json` switches to

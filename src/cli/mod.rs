@@ -10,6 +10,7 @@ mod generate;
 mod models;
 mod run;
 mod train;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -99,6 +100,39 @@ pub enum Cmd {
     Models {
         #[command(subcommand)]
         which: ModelsCmd,
+    },
+    /// Check delivery: compare a forecast topic with a reference (topic or
+    /// backfill output) by (key, window_end); exit 1 on missing or differing
+    /// forecasts (and duplicates, with --exactly-once).
+    Verify {
+        #[arg(long, env = "STREAMCAST_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// The forecast topic to check.
+        #[arg(long)]
+        topic: String,
+        /// Reference forecasts from this topic.
+        #[arg(
+            long,
+            required_unless_present = "reference_file",
+            conflicts_with = "reference_file"
+        )]
+        reference_topic: Option<String>,
+        /// Reference forecasts from this file: the Parquet that `backfill
+        /// --output` writes, or JSON lines of forecast records.
+        #[arg(long)]
+        reference_file: Option<PathBuf>,
+        /// Also fail on duplicates (extra copies of a (key, window_end)).
+        #[arg(long)]
+        exactly_once: bool,
+        /// Values differ when |actual - reference| > tolerance * max(1, |reference|).
+        #[arg(long, default_value_t = streamcast::verify::DEFAULT_TOLERANCE)]
+        tolerance: f64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Give up when a topic is not read to its end within this long.
+        #[arg(long, default_value = "60s", value_parser = streamcast::time::parse_duration)]
+        timeout: Duration,
     },
     /// Evaluate forecasters offline (M4 Hourly; rolling-origin backtests on streams).
     #[cfg(feature = "eval")]
@@ -231,6 +265,28 @@ pub fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Models {
             which: ModelsCmd::List { pipeline, dir },
         } => models::list(&pipeline, dir),
+        Cmd::Verify {
+            brokers,
+            topic,
+            reference_topic,
+            reference_file,
+            exactly_once,
+            tolerance,
+            json,
+            timeout,
+        } => verify::verify(verify::Options {
+            brokers,
+            reference: match (reference_topic, reference_file) {
+                (Some(t), _) => verify::Reference::Topic(t),
+                (None, Some(f)) => verify::Reference::File(f),
+                (None, None) => anyhow::bail!("--reference-topic or --reference-file is required"),
+            },
+            topic,
+            exactly_once,
+            tolerance,
+            json,
+            timeout,
+        }),
         #[cfg(feature = "eval")]
         Cmd::Eval { which } => eval::eval(which),
     }

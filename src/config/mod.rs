@@ -46,6 +46,12 @@ pub struct PipelineConfig {
     /// Periodic retraining while running (champion/challenger).
     #[serde(default)]
     pub retrain: RetrainConfig,
+    /// Delivery guarantee of the streaming job (see `state`).
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// Durable per-key state on a changelog topic.
+    #[serde(default)]
+    pub state: StateConfig,
     /// Metrics and logs.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
@@ -366,6 +372,69 @@ pub struct ArchiveConfig {
     pub retention_bytes: u64,
 }
 
+/// The streaming job's delivery guarantee.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Every (key, window_end) at least once; after a crash, forecasts
+    /// since the last checkpoint are published again, with equal values.
+    #[default]
+    AtLeastOnce,
+    /// Forecasts, dead letters, state and input offsets are committed in
+    /// one Kafka transaction per checkpoint: `read_committed` consumers see
+    /// every (key, window_end) exactly once, `state.commit_interval` later.
+    ExactlyOnce,
+}
+
+/// Durable per-key state (`streamcast run` only; see `state`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Keep per-key state on a compacted changelog topic, restored on start
+    /// and on every partition assignment. Off: state lives in memory only
+    /// (a restart rebuilds open windows from Kafka and warms keys up again).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Changelog topic; default `<group id>-state`.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// How often state and offsets are committed together. Shorter: less to
+    /// recompute after a crash and (exactly-once) forecasts visible sooner;
+    /// longer: fewer pauses to drain in-flight deliveries.
+    #[serde(default = "default_commit_interval", deserialize_with = "de_duration")]
+    pub commit_interval: Duration,
+    /// Give up restoring a partition after this long (a clear error rather
+    /// than a job that waits forever on an unreachable changelog).
+    #[serde(default = "default_restore_timeout", deserialize_with = "de_duration")]
+    pub restore_timeout: Duration,
+    /// This instance's stable name within the pipeline, for the
+    /// transactional id (`<group id>-<instance>`): a restarted instance
+    /// with the same name fences its predecessor at once. Two live
+    /// instances must have different names. Default: the host name;
+    /// `STREAMCAST_INSTANCE` or `run --instance` override it.
+    #[serde(default)]
+    pub instance: Option<String>,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            enabled: true,
+            topic: None,
+            commit_interval: default_commit_interval(),
+            restore_timeout: default_restore_timeout(),
+            instance: None,
+        }
+    }
+}
+
+const fn default_commit_interval() -> Duration {
+    Duration::from_secs(1)
+}
+const fn default_restore_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
 /// Retraining while the pipeline runs.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -609,6 +678,18 @@ impl PipelineConfig {
         if self.sink.topic.trim().is_empty() {
             return bad("sink.topic", "expected a topic name");
         }
+        if self.delivery == Delivery::ExactlyOnce && !self.state.enabled {
+            return bad(
+                "delivery",
+                "exactly_once needs durable state (state.enabled = true): the state is committed in the same transaction as the forecasts",
+            );
+        }
+        if self.state.commit_interval.is_zero() {
+            return bad(
+                "state.commit_interval",
+                "expected a positive duration, e.g. \"1s\"",
+            );
+        }
         if self.sink.dead_letter_topic.trim().is_empty() {
             return bad("sink.dead_letter_topic", "expected a topic name");
         }
@@ -691,6 +772,29 @@ impl PipelineConfig {
             .group_id
             .clone()
             .unwrap_or_else(|| format!("streamcast-{}", self.name))
+    }
+
+    /// The changelog topic of the pipeline's state.
+    pub fn state_topic(&self) -> String {
+        self.state
+            .topic
+            .clone()
+            .unwrap_or_else(|| format!("{}-state", self.group_id()))
+    }
+
+    /// This instance's name (see `StateConfig::instance`).
+    pub fn instance(&self) -> String {
+        std::env::var("STREAMCAST_INSTANCE")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .or_else(|| self.state.instance.clone())
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "0".into())
     }
 
     pub fn models_dir(&self) -> PathBuf {

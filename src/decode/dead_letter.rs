@@ -17,6 +17,10 @@ pub enum DeadLetterKind {
     BadValue,
     /// Behind the watermark, its window already closed (`late_policy = "dead_letter"`).
     Late,
+    /// The key's events arrived on another input partition before: its
+    /// state lives with that partition (see `window`), so this event is not
+    /// merged into it (that would split the key across owners).
+    PartitionConflict,
 }
 
 impl DeadLetterKind {
@@ -28,6 +32,7 @@ impl DeadLetterKind {
             DeadLetterKind::BadTimestamp => "bad_timestamp",
             DeadLetterKind::BadValue => "bad_value",
             DeadLetterKind::Late => "late",
+            DeadLetterKind::PartitionConflict => "partition_conflict",
         }
     }
 }

@@ -9,7 +9,7 @@
 //! (each key's first window, then its second, ...), so a key's windows are
 //! always applied in time order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -27,6 +27,7 @@ use super::{replay_windows, PREV_OUTPUT};
 use crate::config::{Head, PipelineConfig};
 use crate::error::{Error, Result};
 use crate::schema::{forecasts_schema, windows as win};
+use crate::state::ModelKeyState;
 use crate::telemetry;
 
 /// The forecast stage: network, per-key state, scalers and cold start.
@@ -39,6 +40,8 @@ pub struct ForecastStage {
     n_lags: i64,
     warmup: i64,
     schema: SchemaRef,
+    /// Durable state: keys whose state changed since `take_changes`.
+    changed: Option<HashSet<Arc<str>, foldhash::fast::RandomState>>,
 }
 
 /// How long a hot swap paused the stage and how much it replayed.
@@ -98,6 +101,7 @@ impl ForecastStage {
             warmup: warmup as i64,
             net,
             spec,
+            changed: None,
         }
     }
 
@@ -125,9 +129,47 @@ impl ForecastStage {
         self.schema.clone()
     }
 
-    /// Frees the state of keys whose series ended.
+    /// Frees the state of keys whose series ended (or moved away).
     pub fn end_keys(&mut self, keys: &[Arc<str>]) {
         self.store.free(keys);
+        if let Some(c) = self.changed.as_mut() {
+            keys.iter().for_each(|k| {
+                c.remove(k);
+            });
+        }
+    }
+
+    /// Starts remembering which keys' state changes, for checkpoints.
+    pub fn enable_state_tracking(&mut self) {
+        self.changed.get_or_insert_with(HashSet::default);
+    }
+
+    /// The state of every key that changed since the last call.
+    pub fn take_changes(&mut self) -> Result<Vec<(Arc<str>, ModelKeyState)>> {
+        let Some(changed) = self.changed.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let mut keys: Vec<Arc<str>> = changed.drain().collect();
+        keys.sort_unstable();
+        self.store.export(&keys, &self.spec.version)
+    }
+
+    /// Takes restored key states in. States of another model version keep
+    /// their scalers and histories, and their hidden state is rebuilt by
+    /// replaying their recent inputs through this model (as a hot swap
+    /// does). Returns how many keys were restored.
+    pub fn restore(&mut self, states: &[(Arc<str>, ModelKeyState)]) -> Result<usize> {
+        let n = self.store.import(states)?;
+        let other = states
+            .iter()
+            .filter(|(_, s)| s.version != self.spec.version)
+            .count();
+        if other > 0 {
+            tracing::info!(keys = other, version = %self.spec.version, "restored state of another model version: replaying it through the running model");
+            let net = &self.net;
+            tch::no_grad(|| self.store.replay(net));
+        }
+        Ok(n)
     }
 
     /// Hot swap: replaces the network and rebuilds every key's hidden state
@@ -147,6 +189,9 @@ impl ForecastStage {
         }
         let t0 = std::time::Instant::now();
         let replayed = tch::no_grad(|| self.store.replay(&net));
+        if let Some(c) = self.changed.as_mut() {
+            c.extend(self.store.keys().cloned());
+        }
         self.net = net;
         self.spec = spec;
         let report = SwapReport {
@@ -247,6 +292,14 @@ impl ForecastStage {
                 qb.append(true);
             }
             cols.push(Arc::new(qb.finish()));
+        }
+        if let Some(c) = self.changed.as_mut() {
+            for i in 0..n {
+                let k = keys.value(i);
+                if !c.contains(k) {
+                    c.insert(Arc::from(k));
+                }
+            }
         }
         metrics::counter!(telemetry::FORECASTS).increment(n as u64);
         Ok(RecordBatch::try_new(self.schema.clone(), cols)?)

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 use super::Network;
+use crate::error::Result;
+use crate::state::ModelKeyState;
 
 pub struct StateStore {
     slots: HashMap<Arc<str>, i64, foldhash::fast::RandomState>,
@@ -71,6 +73,148 @@ impl StateStore {
         };
         s.grow(64);
         s
+    }
+
+    /// The live keys.
+    pub fn keys(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.slots.keys()
+    }
+
+    /// The state of these keys (those that are live), for the changelog.
+    /// One `index_select` per tensor for all keys, then a split per key.
+    pub fn export(
+        &self,
+        keys: &[Arc<str>],
+        version: &str,
+    ) -> Result<Vec<(Arc<str>, ModelKeyState)>> {
+        let (keys, slots): (Vec<Arc<str>>, Vec<i64>) = keys
+            .iter()
+            .filter_map(|k| self.slots.get(k).map(|&s| (k.clone(), s)))
+            .unzip();
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let idx = Tensor::from_slice(&slots).to_device(self.device);
+        let rows = |t: &Tensor, dim: i64| -> Tensor {
+            let t = t.index_select(dim, &idx);
+            // Key-major: [m, ...].
+            let t = if dim == 1 { t.transpose(0, 1) } else { t };
+            t.contiguous().to_device(Device::Cpu).view([-1])
+        };
+        let f32s =
+            |t: &Tensor, dim: i64| -> Result<Vec<f32>> { Ok(Vec::<f32>::try_from(&rows(t, dim))?) };
+        let f64s = |t: &Tensor| -> Result<Vec<f64>> { Ok(Vec::<f64>::try_from(&rows(t, 0))?) };
+        let h = f32s(&self.h, 1)?;
+        let c = match &self.c {
+            Some(c) => f32s(c, 1)?,
+            None => Vec::new(),
+        };
+        let (n, mean, m2) = (f64s(&self.n)?, f64s(&self.mean)?, f64s(&self.m2)?);
+        let ring = f64s(&self.ring)?;
+        let inputs = f32s(&self.inputs, 0)?;
+        let seen = Vec::<i64>::try_from(&rows(&self.seen, 0))?;
+        let prev = match &self.prev {
+            Some(p) => f32s(p, 0)?,
+            None => vec![0.0; keys.len()],
+        };
+        let hw = (self.layers * self.hidden) as usize;
+        let fw = self.fields as usize;
+        let rw = self.ring_len as usize;
+        let iw = (self.ring_len * self.n_in) as usize;
+        let part = |v: &[f64], i: usize, w: usize| v[i * w..(i + 1) * w].to_vec();
+        Ok(keys
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let st = ModelKeyState {
+                    version: version.to_string(),
+                    seen: seen[i],
+                    h: h[i * hw..(i + 1) * hw].to_vec(),
+                    c: if c.is_empty() {
+                        Vec::new()
+                    } else {
+                        c[i * hw..(i + 1) * hw].to_vec()
+                    },
+                    n: part(&n, i, fw),
+                    mean: part(&mean, i, fw),
+                    m2: part(&m2, i, fw),
+                    ring: part(&ring, i, rw),
+                    inputs: inputs[i * iw..(i + 1) * iw].to_vec(),
+                    prev: prev[i],
+                };
+                (k, st)
+            })
+            .collect())
+    }
+
+    /// Takes restored key states in (allocating their slots). A state whose
+    /// shapes do not fit this store (the hidden size, value fields or ring
+    /// length changed) is skipped: that key starts fresh. Returns how many
+    /// were taken in.
+    pub fn import(&mut self, states: &[(Arc<str>, ModelKeyState)]) -> Result<usize> {
+        let hw = (self.layers * self.hidden) as usize;
+        let fits = |s: &ModelKeyState| {
+            s.h.len() == hw
+                && s.c.len() == if self.has_c { hw } else { 0 }
+                && s.n.len() == self.fields as usize
+                && s.mean.len() == s.n.len()
+                && s.m2.len() == s.n.len()
+                && s.ring.len() == self.ring_len as usize
+                && s.inputs.len() == (self.ring_len * self.n_in) as usize
+        };
+        let ok: Vec<&(Arc<str>, ModelKeyState)> = states.iter().filter(|(_, s)| fits(s)).collect();
+        if ok.len() < states.len() {
+            tracing::warn!(
+                skipped = states.len() - ok.len(),
+                "restored model state does not fit the running model's shapes; those keys start fresh"
+            );
+        }
+        if ok.is_empty() {
+            return Ok(0);
+        }
+        let slots: Vec<i64> = ok.iter().map(|(k, _)| self.slot(k)).collect();
+        let m = slots.len() as i64;
+        let idx = Tensor::from_slice(&slots).to_device(self.device);
+        let cat32 = |f: &dyn Fn(&ModelKeyState) -> &[f32]| -> Vec<f32> {
+            ok.iter().flat_map(|(_, s)| f(s).iter().copied()).collect()
+        };
+        let cat64 = |f: &dyn Fn(&ModelKeyState) -> &[f64]| -> Vec<f64> {
+            ok.iter().flat_map(|(_, s)| f(s).iter().copied()).collect()
+        };
+        let dev = self.device;
+        let hs = Tensor::from_slice(&cat32(&|s| &s.h))
+            .view([m, self.layers, self.hidden])
+            .transpose(0, 1)
+            .to_device(dev);
+        let _ = self.h.index_copy_(1, &idx, &hs);
+        if let Some(c) = self.c.as_mut() {
+            let cs = Tensor::from_slice(&cat32(&|s| &s.c))
+                .view([m, self.layers, self.hidden])
+                .transpose(0, 1)
+                .to_device(dev);
+            let _ = c.index_copy_(1, &idx, &cs);
+        }
+        let f = self.fields;
+        for (t, v) in [
+            (&mut self.n, cat64(&|s| &s.n)),
+            (&mut self.mean, cat64(&|s| &s.mean)),
+            (&mut self.m2, cat64(&|s| &s.m2)),
+        ] {
+            let _ = t.index_copy_(0, &idx, &Tensor::from_slice(&v).view([m, f]).to_device(dev));
+        }
+        let ring = Tensor::from_slice(&cat64(&|s| &s.ring)).view([m, self.ring_len]);
+        let _ = self.ring.index_copy_(0, &idx, &ring.to_device(dev));
+        let inputs = Tensor::from_slice(&cat32(&|s| &s.inputs)).view([m, self.ring_len, self.n_in]);
+        let _ = self.inputs.index_copy_(0, &idx, &inputs.to_device(dev));
+        let seen: Vec<i64> = ok.iter().map(|(_, s)| s.seen).collect();
+        let _ = self
+            .seen
+            .index_copy_(0, &idx, &Tensor::from_slice(&seen).to_device(dev));
+        if let Some(p) = self.prev.as_mut() {
+            let prev: Vec<f32> = ok.iter().map(|(_, s)| s.prev).collect();
+            let _ = p.index_copy_(0, &idx, &Tensor::from_slice(&prev).to_device(dev));
+        }
+        Ok(ok.len())
     }
 
     pub fn len(&self) -> usize {

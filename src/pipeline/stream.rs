@@ -16,11 +16,21 @@
 //!   thread, never on a tokio worker.
 //! - Offsets are stored only from `OffsetTracker::commit_points`, i.e. after
 //!   every forecast depending on them was acknowledged (see `offsets`).
+//! - Durable state (`state.enabled`, the default): every
+//!   `state.commit_interval` the compute thread emits a checkpoint (see
+//!   `state`) after its outputs; the sink publishes it once everything
+//!   before it is acknowledged and commits the input offsets with it (in one
+//!   transaction when `delivery = "exactly_once"`). Only checkpoints commit.
+//!   A partition newly assigned is restored from the changelog before its
+//!   first message is processed; a revoked one is checkpointed (the
+//!   consumer's rebalance callback waits for it) and then dropped.
+//! - Without durable state, offsets are stored from `OffsetTracker`'s
+//!   commit points by the committer task; a restart rebuilds open windows
+//!   from Kafka and warms keys up again.
 //! - SIGINT/SIGTERM: stop consuming, let the compute thread finish what it
-//!   was given, wait for every delivery, commit, exit 0. Windows still open
-//!   stay uncommitted and are rebuilt from Kafka on the next start.
+//!   was given (and checkpoint), wait for every delivery, commit, exit 0.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -28,20 +38,21 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle as TaskHandle;
 
 use super::core::{Core, Totals};
 use crate::archive::ArchiveHandle;
-use crate::config::PipelineConfig;
+use crate::broker::blocking;
+use crate::config::{Delivery, PipelineConfig};
 use crate::decode::RawMessage;
 use crate::error::{Error, Result};
 use crate::model::{ModelSpec, Network};
 use crate::offsets::OffsetTracker;
 use crate::retrain::RetrainSignals;
 use crate::sink::{Delivered, ForecastRecord, KafkaSink, Output};
-use crate::source::kafka as source;
+use crate::source::kafka::{self as source, Assignment, OnRevoke, Source};
 use crate::time::now_ms;
 use crate::window::WindowSpec;
 
@@ -54,12 +65,20 @@ pub struct RunOptions {
     pub print_forecasts: bool,
 }
 
-/// What the consumer hands the compute thread: messages (possibly none:
-/// then it is a heartbeat carrying the partition state), the assigned
-/// partitions and those with a backlog.
-struct Input {
+/// What the compute thread is handed.
+enum Input {
+    Batch(Batch),
+    /// Checkpoint now and say so on the channel once it is committed (a
+    /// revocation waits for it).
+    Checkpoint(SyncSender<()>),
+}
+
+/// Messages (possibly none: then it is a heartbeat carrying the partition
+/// state), the owned partitions with the generation each was assigned in,
+/// and those with a backlog.
+struct Batch {
     messages: Vec<RawMessage>,
-    partitions: Vec<i32>,
+    partitions: BTreeMap<i32, u64>,
     backlogged: Vec<i32>,
 }
 
@@ -71,9 +90,21 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
     let started = Instant::now();
     crate::telemetry::serve_prometheus(&cfg.telemetry)?;
     crate::broker::ensure_topics(&cfg).await?;
+    let durable = cfg.state.enabled;
+    if durable {
+        crate::state::changelog::ensure_topic(&cfg).await?;
+    }
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
-    let consumer = Arc::new(source::create_consumer(&cfg)?);
+    let (consumer, assignment) = source::create_consumer(&cfg)?;
+    let consumer = Arc::new(consumer);
     let sink = KafkaSink::from_config(&cfg, tracker.clone())?;
+    if cfg.delivery == Delivery::ExactlyOnce {
+        let s = sink.clone();
+        tokio::task::spawn_blocking(move || s.begin())
+            .await
+            .map_err(|_| Error::Panicked("transactions"))??;
+        tracing::info!(transactional_id = %crate::sink::kafka::transactional_id(&cfg), "exactly-once: transactions ready");
+    }
     let archive = spawn_archive(&cfg)?;
     let signals = Arc::new(RetrainSignals::default());
     let (swap_tx, swap_rx) = sync_channel::<Swap>(1);
@@ -85,8 +116,18 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
         compute.outputs,
         opts.print_forecasts,
         sink_failed.clone(),
+        (consumer.clone(), assignment.clone()),
     );
-    let committer = spawn_committer(consumer.clone(), tracker.clone(), cfg.source.topic.clone());
+    let committer = if durable {
+        assignment.set_on_revoke(Some(checkpoint_on_revoke(compute.inputs.clone())));
+        None
+    } else {
+        Some(spawn_committer(
+            consumer.clone(),
+            tracker.clone(),
+            cfg.source.topic.clone(),
+        ))
+    };
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::io("installing the SIGTERM handler", e))?;
@@ -94,7 +135,7 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
     let stop_reason = match consume(
         &cfg,
         &opts,
-        &consumer,
+        (&consumer, &assignment),
         &compute.inputs,
         &mut sigterm,
         &mut reads,
@@ -107,15 +148,20 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
         Err(Stop::SinkFailed) => "a record cannot be published",
     };
     tracing::info!(reason = stop_reason, "stopping: draining in-flight work");
+    // The revocation hook holds a sender too: the compute thread sees the
+    // end of its input only when both are gone.
+    assignment.set_on_revoke(None);
     drop(compute.inputs);
     let totals = tokio::task::spawn_blocking(move || join_compute(compute.thread))
         .await
         .map_err(|_| Error::Panicked("compute"))?;
     let delivered = sink_task.await.map_err(|_| Error::Panicked("sink"))?;
-    committer.abort();
+    if let Some(c) = committer {
+        c.abort();
+        // Commits only what was delivered: a failed output's ticket stays pinned.
+        commit_final(&consumer, &tracker, &cfg.source.topic);
+    }
     stop_retrainer(&signals, retrainer).await;
-    // Commits only what was delivered: a failed output's ticket stays pinned.
-    commit_final(&consumer, &tracker, &cfg.source.topic);
     // The sink's error first: when it stops, the compute thread stops too
     // (its outputs have nowhere to go), and that is only the consequence.
     let deliveries = delivered?;
@@ -130,6 +176,24 @@ enum Stop {
     ComputeGone,
     /// The sink met a record it can never publish.
     SinkFailed,
+}
+
+/// What a revocation asks of the compute thread: a checkpoint, committed
+/// before the partitions go (the rebalance waits, bounded).
+fn checkpoint_on_revoke(inputs: SyncSender<Input>) -> OnRevoke {
+    Box::new(move |partitions: &[i32]| {
+        let (done_tx, done_rx) = sync_channel(1);
+        let wait = || {
+            if inputs.send(Input::Checkpoint(done_tx)).is_err() {
+                return; // shutting down: the final checkpoint covers them
+            }
+            match done_rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(()) => tracing::info!(?partitions, "checkpointed before revocation"),
+                Err(_) => tracing::warn!(?partitions, "no checkpoint within 60 s of a revocation; the next owner resumes from the previous one"),
+            }
+        };
+        blocking(wait)
+    })
 }
 
 /// The archive writer thread, when `archive.enabled`.
@@ -204,7 +268,7 @@ async fn spawn_compute(
                     return Err(Error::StageStopped("compute"));
                 }
             };
-            compute_loop(core, in_rx, out_tx, archive, swaps, &signals)
+            compute_loop(core, &cfg, in_rx, out_tx, archive, swaps, &signals)
         })
         .map_err(|e| Error::io("starting the compute thread", e))?;
     let version = ready_rx
@@ -219,45 +283,25 @@ async fn spawn_compute(
 }
 
 /// The compute thread's life: swap in promoted models between batches,
-/// run each input through the core (or tick the clock when none comes),
-/// hand outputs to the sink and closed windows to the archive.
+/// follow the assignment (restore, revoke), run each input through the core
+/// (or tick the clock when none comes), hand outputs to the sink and closed
+/// windows to the archive, and checkpoint every `state.commit_interval`.
 fn compute_loop(
     mut core: Core,
+    cfg: &PipelineConfig,
     inputs: Receiver<Input>,
     outputs: tokio::sync::mpsc::Sender<Output>,
     archive: Option<ArchiveHandle>,
     swaps: Receiver<Swap>,
     signals: &RetrainSignals,
 ) -> Result<Totals> {
-    let mut assigned: Vec<i32> = Vec::new();
-    loop {
-        if let Ok((net, spec)) = swaps.try_recv() {
-            match core.swap(net, spec) {
-                Ok(r) => tracing::info!(
-                    keys = r.keys,
-                    replayed = r.replayed_windows,
-                    pause_ms = r.pause_ms,
-                    "model swapped"
-                ),
-                Err(e) => tracing::error!(error = %e, "model swap refused; the champion stays"),
-            }
-        }
-        let outs = match inputs.recv_timeout(Duration::from_millis(200)) {
-            Ok(input) => {
-                if input.partitions != assigned && !input.partitions.is_empty() {
-                    core.assign(&input.partitions, now_ms());
-                    assigned = input.partitions;
-                }
-                core.set_backlogged(&input.backlogged);
-                if input.messages.is_empty() {
-                    core.tick(now_ms())?
-                } else {
-                    core.on_messages(&input.messages, now_ms())?
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => core.tick(now_ms())?,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
+    let durable = cfg.state.enabled;
+    if durable {
+        core.enable_state_tracking();
+    }
+    let mut owned: BTreeMap<i32, u64> = BTreeMap::new();
+    let mut last_checkpoint = Instant::now();
+    let emit = |outs: Vec<Output>| -> Result<()> {
         for o in outs {
             if let Output::Forecasts { windows, .. } = &o {
                 signals
@@ -271,11 +315,100 @@ fn compute_loop(
                 return Err(Error::StageStopped("sink"));
             }
         }
+        Ok(())
+    };
+    let epochs = |owned: &BTreeMap<i32, u64>| owned.iter().map(|(&p, &g)| (p, g)).collect();
+    loop {
+        if let Ok((net, spec)) = swaps.try_recv() {
+            match core.swap(net, spec) {
+                Ok(r) => tracing::info!(
+                    keys = r.keys,
+                    replayed = r.replayed_windows,
+                    pause_ms = r.pause_ms,
+                    "model swapped"
+                ),
+                Err(e) => tracing::error!(error = %e, "model swap refused; the champion stays"),
+            }
+        }
+        let mut asked = None;
+        let outs = match inputs.recv_timeout(Duration::from_millis(200)) {
+            Ok(Input::Batch(mut b)) => {
+                if b.partitions != owned {
+                    if durable {
+                        follow_assignment(&mut core, cfg, &owned, &b.partitions)?;
+                    }
+                    let parts: Vec<i32> = b.partitions.keys().copied().collect();
+                    if !parts.is_empty() {
+                        core.assign(&parts, now_ms());
+                    }
+                    owned = b.partitions;
+                }
+                if durable {
+                    // Read before a rebalance and already handed over: the
+                    // owner reads them again.
+                    b.messages.retain(|m| owned.contains_key(&m.partition));
+                }
+                core.set_backlogged(&b.backlogged);
+                if b.messages.is_empty() {
+                    core.tick(now_ms())?
+                } else {
+                    core.on_messages(&b.messages, now_ms())?
+                }
+            }
+            Ok(Input::Checkpoint(done)) => {
+                asked = Some(done);
+                Vec::new()
+            }
+            Err(RecvTimeoutError::Timeout) => core.tick(now_ms())?,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        emit(outs)?;
+        if durable && (asked.is_some() || last_checkpoint.elapsed() >= cfg.state.commit_interval) {
+            let mut cp = core.checkpoint(epochs(&owned))?;
+            cp.done = asked;
+            emit(vec![Output::Checkpoint(cp)])?;
+            last_checkpoint = Instant::now();
+        }
+    }
+    if durable {
+        let cp = core.checkpoint(epochs(&owned))?;
+        emit(vec![Output::Checkpoint(cp)])?;
     }
     if let Some(a) = archive {
         a.close();
     }
     Ok(core.totals())
+}
+
+/// Brings the core in step with a new assignment: partitions gone, or
+/// assigned again since (a generation change), are dropped; new ones are
+/// restored from the changelog before any of their messages is processed.
+fn follow_assignment(
+    core: &mut Core,
+    cfg: &PipelineConfig,
+    was: &BTreeMap<i32, u64>,
+    now: &BTreeMap<i32, u64>,
+) -> Result<()> {
+    for (&p, g) in was {
+        if now.get(&p) != Some(g) {
+            core.revoke(p);
+        }
+    }
+    for (&p, g) in now {
+        if was.get(&p) != Some(g) {
+            let t0 = Instant::now();
+            let r = crate::state::changelog::restore(cfg, p)?;
+            let keys = core.restore(&r, now_ms())?;
+            tracing::info!(
+                partition = p,
+                keys = r.windows.len(),
+                model_keys = keys,
+                ms = t0.elapsed().as_millis() as u64,
+                "partition restored"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The sink task: deliveries run concurrently; each releases its own ticket.
@@ -288,6 +421,7 @@ fn spawn_sink(
     mut outputs: tokio::sync::mpsc::Receiver<Output>,
     print: bool,
     failed: Arc<tokio::sync::Notify>,
+    (consumer, assignment): (Arc<Source>, Arc<Assignment>),
 ) -> TaskHandle<Result<Deliveries>> {
     tokio::spawn(async move {
         let mut inflight = FuturesUnordered::new();
@@ -307,6 +441,13 @@ fn spawn_sink(
             loop {
                 tokio::select! {
                     o = outputs.recv() => match o {
+                        // A barrier: everything before it acknowledged first.
+                        Some(Output::Checkpoint(cp)) => {
+                            while let Some(r) = inflight.next().await {
+                                delivered(r)?;
+                            }
+                            sink.commit(cp, &consumer, &assignment).await?;
+                        }
                         Some(o) => inflight.push(sink.deliver(o)),
                         None => break,
                     },
@@ -370,7 +511,7 @@ impl Deliveries {
 /// The committer task: stores the tracker's commit points every 500 ms
 /// (librdkafka's auto-commit sends them).
 fn spawn_committer(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<Source>,
     tracker: Arc<Mutex<OffsetTracker>>,
     topic: String,
 ) -> TaskHandle<()> {
@@ -389,7 +530,7 @@ fn spawn_committer(
 async fn consume(
     cfg: &PipelineConfig,
     opts: &RunOptions,
-    consumer: &Arc<StreamConsumer>,
+    (consumer, assignment): (&Arc<Source>, &Arc<Assignment>),
     to_compute: &SyncSender<Input>,
     sigterm: &mut tokio::signal::unix::Signal,
     reads: &mut ReadTimes,
@@ -402,7 +543,7 @@ async fn consume(
             _ = tokio::signal::ctrl_c() => return Ok("SIGINT"),
             _ = sigterm.recv() => return Ok("SIGTERM"),
             _ = sink_failed.notified() => return Err(Stop::SinkFailed),
-            b = source::next_batch(consumer, cfg.source.max_batch, cfg.source.batch_wait, Duration::from_millis(500)) => b,
+            b = source::next_batch(consumer, assignment, cfg.source.max_batch, cfg.source.batch_wait, Duration::from_millis(500)) => b,
         };
         let messages = match batch {
             Ok(m) => m,
@@ -422,14 +563,14 @@ async fn consume(
         } else if idle_and_caught_up(cfg, opts, consumer, last_input, &next_offsets).await {
             return Ok("idle");
         }
-        let partitions = source::assigned_partitions(consumer, &cfg.source.topic);
-        next_offsets.retain(|p, _| partitions.contains(p));
+        let partitions = assignment.owned();
+        next_offsets.retain(|p, _| partitions.contains_key(p));
         let backlogged = source::backlogged_partitions(consumer, &cfg.source.topic, &next_offsets);
-        let mut item = Input {
+        let mut item = Input::Batch(Batch {
             messages,
             partitions,
             backlogged,
-        };
+        });
         // Bounded hand-off: when the compute thread is behind, wait here
         // (backpressure) instead of buffering without limit.
         loop {
@@ -452,7 +593,7 @@ async fn consume(
 async fn idle_and_caught_up(
     cfg: &PipelineConfig,
     opts: &RunOptions,
-    consumer: &Arc<StreamConsumer>,
+    consumer: &Arc<Source>,
     last_input: Instant,
     next_offsets: &HashMap<i32, i64>,
 ) -> bool {
@@ -474,7 +615,7 @@ async fn idle_and_caught_up(
 }
 
 /// Stores and synchronously commits the last commit points.
-fn commit_final(consumer: &StreamConsumer, tracker: &Mutex<OffsetTracker>, topic: &str) {
+fn commit_final(consumer: &Source, tracker: &Mutex<OffsetTracker>, topic: &str) {
     store_offsets(consumer, tracker, topic);
     let points = commit_list(tracker, topic);
     if points.count() > 0 {
@@ -500,7 +641,7 @@ fn commit_list(tracker: &Mutex<OffsetTracker>, topic: &str) -> TopicPartitionLis
     tpl
 }
 
-fn store_offsets(consumer: &StreamConsumer, tracker: &Mutex<OffsetTracker>, topic: &str) {
+fn store_offsets(consumer: &Source, tracker: &Mutex<OffsetTracker>, topic: &str) {
     let tpl = commit_list(tracker, topic);
     if tpl.count() == 0 {
         return;

@@ -70,6 +70,8 @@ impl FileSink {
                 }
                 self.dead_letters += letters.len() as u64;
             }
+            // A file is complete when the backfill ends; nothing to commit.
+            Output::Checkpoint(_) => {}
         }
         Ok(())
     }

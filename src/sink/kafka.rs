@@ -1,22 +1,40 @@
-//! Kafka sink: forecasts and dead letters to their topics.
+//! Kafka sink: forecasts and dead letters to their topics, and the
+//! checkpoints of durable state.
 //!
 //! Invariant: a ticket is released only after *every* record of its batch
 //! was acknowledged by the broker. A failed delivery is retried (with
 //! backoff) rather than dropped: losing it would lose a forecast.
+//!
+//! Checkpoints ([`KafkaSink::commit`]; the caller first waits for every
+//! output before it): the state records go to the changelog, then the input
+//! offsets are committed, only for partitions still owned in the generation
+//! the checkpoint was taken in. At least once: a consumer commit after the
+//! records are acknowledged (a crash in between re-reads from the previous
+//! commit, with the previous state, and recomputes the same values).
+//! Exactly once: the producer is transactional (`<group>-<instance>`); the
+//! offsets join the transaction with the consumer group's metadata
+//! (KIP-447: a member of an older generation is fenced), and the
+//! transaction is committed. A transaction that must be aborted stops the
+//! job: nothing of it is visible, and the next start resumes from the last
+//! commit.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::records::{forecast_records, ForecastRecord};
 use super::Output;
-use crate::broker::client_config;
-use crate::config::PipelineConfig;
+use crate::broker::{blocking, client_config};
+use crate::config::{Delivery, PipelineConfig};
 use crate::decode::DeadLetter;
 use crate::error::{retryable_kafka_code, Error, Result, Unpublishable};
 use crate::offsets::OffsetTracker;
+use crate::source::kafka::{Assignment, Source};
+use crate::state::Checkpoint;
 use crate::telemetry;
 
 /// The producer's settings (`sink.librdkafka` overrides them).
@@ -28,7 +46,23 @@ pub fn producer_config(cfg: &PipelineConfig) -> ClientConfig {
         ("compression.type", "none"),
         ("message.timeout.ms", "60000"),
     ];
-    client_config(&cfg.source.brokers, &defaults, &cfg.sink.librdkafka)
+    let mut c = client_config(&cfg.source.brokers, &defaults, &cfg.sink.librdkafka);
+    if cfg.delivery == Delivery::ExactlyOnce {
+        c.set("transactional.id", transactional_id(cfg));
+        // A crashed instance's open transaction blocks read_committed
+        // readers until it times out (or its successor, with the same
+        // id, starts): keep that short.
+        if !cfg.sink.librdkafka.contains_key("transaction.timeout.ms") {
+            c.set("transaction.timeout.ms", "20000");
+        }
+    }
+    c
+}
+
+/// The exactly-once producer's transactional id: stable per instance, so a
+/// restarted instance fences (and aborts) its predecessor's transaction.
+pub fn transactional_id(cfg: &PipelineConfig) -> String {
+    format!("{}-{}", cfg.group_id(), cfg.instance())
 }
 
 pub fn create_producer(cfg: &PipelineConfig) -> Result<FutureProducer> {
@@ -53,6 +87,9 @@ pub struct KafkaSink {
     source_topic: String,
     step_ms: i64,
     tracker: Arc<Mutex<OffsetTracker>>,
+    state_topic: String,
+    input_topic: String,
+    exactly_once: bool,
 }
 
 impl KafkaSink {
@@ -65,6 +102,114 @@ impl KafkaSink {
             source_topic: cfg.source.topic.clone(),
             step_ms: cfg.slide_ms(),
             tracker,
+            state_topic: cfg.state_topic(),
+            input_topic: cfg.source.topic.clone(),
+            exactly_once: cfg.delivery == Delivery::ExactlyOnce,
+        })
+    }
+
+    /// Exactly once: registers the transactional id (aborting whatever a
+    /// previous instance of the same name left open) and opens the first
+    /// transaction. Blocking; call before consuming.
+    pub fn begin(&self) -> Result<()> {
+        if !self.exactly_once {
+            return Ok(());
+        }
+        self.producer
+            .init_transactions(Duration::from_secs(60))
+            .map_err(|e| Error::State(format!("initialising transactions: {e}")))?;
+        self.producer
+            .begin_transaction()
+            .map_err(|e| Error::State(format!("beginning a transaction: {e}")))
+    }
+
+    /// Publishes a checkpoint (see the module docs). Call only once every
+    /// output before it is acknowledged.
+    pub async fn commit(
+        &self,
+        cp: Checkpoint,
+        consumer: &Source,
+        assignment: &Assignment,
+    ) -> Result<()> {
+        let t0 = std::time::Instant::now();
+        let owned = assignment.owned();
+        let still_owned = |p: i32| {
+            cp.epochs
+                .iter()
+                .any(|&(q, g)| q == p && owned.get(&p) == Some(&g))
+        };
+        let records: Vec<_> = cp
+            .records
+            .iter()
+            .filter(|r| still_owned(r.partition))
+            .collect();
+        let bytes: usize = records
+            .iter()
+            .map(|r| r.key.len() + r.value.as_ref().map_or(0, |v| v.len()))
+            .sum();
+        let sends = records.iter().map(|r| {
+            self.send_bytes_until_acked(
+                &self.state_topic,
+                Some(r.partition),
+                &r.key,
+                r.value.as_deref(),
+            )
+        });
+        for sent in futures::future::join_all(sends).await {
+            sent?;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for &(p, o) in cp.offsets.iter().filter(|(p, _)| still_owned(*p)) {
+            tpl.add_partition_offset(&self.input_topic, p, Offset::Offset(o))?;
+        }
+        if self.exactly_once {
+            self.commit_transaction(&tpl, consumer)?;
+        } else if tpl.count() > 0 {
+            let c = || consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync);
+            if let Err(e) = blocking(c) {
+                // The state records are written; the next checkpoint commits
+                // a later position with later state. A crash before then
+                // re-reads from the previous commit with the same result.
+                tracing::warn!(error = %e, "offset commit failed; the next checkpoint tries again");
+            }
+        }
+        metrics::counter!(telemetry::CHECKPOINTS).increment(1);
+        metrics::counter!(telemetry::STATE_RECORDS).increment(records.len() as u64);
+        metrics::counter!(telemetry::STATE_BYTES).increment(bytes as u64);
+        metrics::histogram!(telemetry::CHECKPOINT_SECONDS).record(t0.elapsed().as_secs_f64());
+        if let Some(done) = cp.done {
+            let _ = done.try_send(());
+        }
+        Ok(())
+    }
+
+    fn commit_transaction(&self, tpl: &TopicPartitionList, consumer: &Source) -> Result<()> {
+        let fail = |what: &str, e: rdkafka::error::KafkaError| -> Error {
+            let abortable =
+                matches!(&e, rdkafka::error::KafkaError::Transaction(r) if r.txn_requires_abort());
+            if abortable {
+                let _ = self.producer.abort_transaction(Duration::from_secs(30));
+            }
+            Error::State(format!(
+                "{what} failed ({e}); the transaction is {}; the next start resumes from the last committed checkpoint",
+                if abortable { "aborted" } else { "not committed" }
+            ))
+        };
+        blocking(|| -> Result<()> {
+            if tpl.count() > 0 {
+                let meta = consumer.group_metadata().ok_or_else(|| {
+                    Error::State("the consumer has no group metadata (not in a group?)".into())
+                })?;
+                self.producer
+                    .send_offsets_to_transaction(tpl, &meta, Duration::from_secs(30))
+                    .map_err(|e| fail("adding the offsets to the transaction", e))?;
+            }
+            self.producer
+                .commit_transaction(Duration::from_secs(60))
+                .map_err(|e| fail("committing the transaction", e))?;
+            self.producer
+                .begin_transaction()
+                .map_err(|e| fail("beginning a transaction", e))
         })
     }
 
@@ -104,6 +249,11 @@ impl KafkaSink {
                         .collect(),
                     Vec::new(),
                 ),
+                Output::Checkpoint(_) => {
+                    return Err(Error::State(
+                        "a checkpoint is committed (KafkaSink::commit), not delivered".into(),
+                    ))
+                }
             };
         let sends = records
             .iter()
@@ -113,8 +263,10 @@ impl KafkaSink {
         for sent in futures::future::join_all(sends).await {
             sent?;
         }
-        let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
-        t.release(output.ticket());
+        if let Some(ticket) = output.ticket() {
+            let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+            t.release(ticket);
+        }
         metrics::counter!(telemetry::RECORDS_PUBLISHED, "topic" => topic.to_string())
             .increment(records.len() as u64);
         let latency = match &output {
@@ -123,7 +275,7 @@ impl KafkaSink {
                 metrics::histogram!(telemetry::FORECAST_LATENCY).record(l.as_secs_f64());
                 Some(l)
             }
-            Output::DeadLetters { .. } => None,
+            Output::DeadLetters { .. } | Output::Checkpoint(_) => None,
         };
         Ok(Delivered {
             forecasts: printed,
@@ -137,9 +289,28 @@ impl KafkaSink {
     /// a fatal producer error) is returned: retrying it would freeze the
     /// partition's commits and grow memory without end.
     async fn send_until_acked(&self, topic: &str, key: &str, payload: &str) -> Result<()> {
+        self.send_bytes_until_acked(topic, None, key.as_bytes(), Some(payload.as_bytes()))
+            .await
+    }
+
+    /// [`Self::send_until_acked`] for bytes, to an explicit partition when
+    /// given; `payload = None` is a tombstone.
+    async fn send_bytes_until_acked(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        payload: Option<&[u8]>,
+    ) -> Result<()> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let rec = FutureRecord::to(topic).key(key).payload(payload);
+            let mut rec = FutureRecord::<[u8], [u8]>::to(topic).key(key);
+            if let Some(p) = payload {
+                rec = rec.payload(p);
+            }
+            if let Some(p) = partition {
+                rec = rec.partition(p);
+            }
             match self.producer.send(rec, Duration::from_secs(30)).await {
                 Ok(_) => return Ok(()),
                 Err((e, _)) => {
@@ -147,8 +318,11 @@ impl KafkaSink {
                     if !transient {
                         return Err(Error::Publish(Box::new(Unpublishable {
                             topic: topic.to_string(),
-                            key: key.escape_debug().take(64).collect(),
-                            bytes: payload.len(),
+                            key: String::from_utf8_lossy(key)
+                                .escape_debug()
+                                .take(64)
+                                .collect(),
+                            bytes: payload.map_or(0, |p| p.len()),
                             source: e,
                         })));
                     }

@@ -15,6 +15,7 @@ use arrow::array::RecordBatch;
 
 use crate::decode::DeadLetter;
 use crate::offsets::Ticket;
+use crate::state::Checkpoint;
 
 pub use file::FileSink;
 pub use kafka::{Delivered, KafkaSink};
@@ -38,12 +39,17 @@ pub enum Output {
         letters: Vec<DeadLetter>,
         ticket: Ticket,
     },
+    /// A commit point of durable state (streaming with `state.enabled`):
+    /// a barrier, published after every output before it is acknowledged.
+    Checkpoint(Checkpoint),
 }
 
 impl Output {
-    pub fn ticket(&self) -> &Ticket {
+    /// The pins this output releases once acknowledged (none for a checkpoint).
+    pub fn ticket(&self) -> Option<&Ticket> {
         match self {
-            Output::Forecasts { ticket, .. } | Output::DeadLetters { ticket, .. } => ticket,
+            Output::Forecasts { ticket, .. } | Output::DeadLetters { ticket, .. } => Some(ticket),
+            Output::Checkpoint(_) => None,
         }
     }
 }

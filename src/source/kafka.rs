@@ -1,5 +1,12 @@
 //! Kafka source: a consumer that only moves bytes.
 //!
+//! Assignment (see [`Assignment`]): the consumer's context records which
+//! partitions it owns and since which rebalance generation. On revocation
+//! it first asks the job to checkpoint (state and offsets of the partitions
+//! still owned are committed together), then lets them go. Messages that a
+//! batch gathered before a partition was (re)assigned are dropped: the owner
+//! re-reads them from the committed offset, with the state that goes with it.
+//!
 //! A `StreamConsumer` with auto-commit on and `enable.auto.offset.store`
 //! off. The job stores offsets itself from the `OffsetTracker`'s commit points
 //! (rust-rdkafka's `at_least_once` pattern), so a committed offset never
@@ -7,11 +14,14 @@
 //! only moves bytes: payloads are copied out and handed to the compute thread
 //! in batches; it never decodes or computes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
 
 use crate::broker::client_config;
@@ -19,12 +29,119 @@ use crate::config::PipelineConfig;
 use crate::decode::RawMessage;
 use crate::error::Result;
 
+/// The job's consumer, with the context that tracks its assignment.
+pub type Source = StreamConsumer<SourceContext>;
+
+/// What a revocation asks of the job before the partitions go: checkpoint
+/// now and return once it is committed.
+pub type OnRevoke = Box<dyn Fn(&[i32]) + Send + Sync>;
+
+/// The partitions this consumer owns, each with the rebalance generation it
+/// was assigned in. Shared by the consumer's context (writes), the consumer
+/// loop (drops stale messages) and the sink (commits only owned partitions).
+#[derive(Default)]
+pub struct Assignment {
+    generation: AtomicU64,
+    owned: Mutex<BTreeMap<i32, u64>>,
+    on_revoke: Mutex<Option<OnRevoke>>,
+}
+
+impl std::fmt::Debug for Assignment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Assignment")
+            .field("owned", &self.owned())
+            .finish()
+    }
+}
+
+impl Assignment {
+    /// The current generation (bumped by every assignment and revocation).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Owned partitions and the generation each was assigned in.
+    pub fn owned(&self) -> BTreeMap<i32, u64> {
+        self.owned.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    /// Sets (or clears, at shutdown) what a revocation asks of the job.
+    pub fn set_on_revoke(&self, f: Option<OnRevoke>) {
+        if let Ok(mut g) = self.on_revoke.lock() {
+            *g = f;
+        }
+    }
+
+    fn assigned(&self, partitions: &[i32]) {
+        let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Ok(mut o) = self.owned.lock() {
+            partitions.iter().for_each(|&p| {
+                o.insert(p, g);
+            });
+        }
+    }
+
+    fn revoked(&self, partitions: &[i32]) {
+        if let Ok(f) = self.on_revoke.lock() {
+            if let Some(f) = f.as_ref() {
+                f(partitions);
+            }
+        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut o) = self.owned.lock() {
+            partitions.iter().for_each(|p| {
+                o.remove(p);
+            });
+        }
+    }
+}
+
+/// The consumer's context: keeps [`Assignment`] in step with rebalances.
+pub struct SourceContext {
+    topic: String,
+    assignment: Arc<Assignment>,
+}
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let parts = partitions_of(tpl, &self.topic);
+            tracing::info!(partitions = ?parts, "partitions revoked: checkpointing them before they go");
+            self.assignment.revoked(&parts);
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let parts = partitions_of(tpl, &self.topic);
+            tracing::info!(partitions = ?parts, "partitions assigned");
+            self.assignment.assigned(&parts);
+        }
+    }
+}
+
+fn partitions_of(tpl: &rdkafka::TopicPartitionList, topic: &str) -> Vec<i32> {
+    tpl.elements()
+        .iter()
+        .filter(|e| e.topic() == topic)
+        .map(|e| e.partition())
+        .collect()
+}
+
 /// The consumer's settings (`source.librdkafka` overrides them).
 pub fn consumer_config(cfg: &PipelineConfig) -> ClientConfig {
     let group = cfg.group_id();
+    // With durable state only checkpoints commit (state and offsets
+    // together); without it librdkafka commits the stored commit points.
+    let auto_commit = if cfg.state.enabled { "false" } else { "true" };
     let defaults = [
         ("group.id", group.as_str()),
-        ("enable.auto.commit", "true"),
+        // A rebalance moves only the partitions that must move.
+        ("partition.assignment.strategy", "cooperative-sticky"),
+        ("isolation.level", "read_committed"),
+        ("enable.auto.commit", auto_commit),
         ("auto.commit.interval.ms", "1000"),
         ("enable.auto.offset.store", "false"),
         ("auto.offset.reset", "earliest"),
@@ -41,35 +158,65 @@ pub fn consumer_config(cfg: &PipelineConfig) -> ClientConfig {
     client_config(&cfg.source.brokers, &defaults, &cfg.source.librdkafka)
 }
 
-pub fn create_consumer(cfg: &PipelineConfig) -> Result<StreamConsumer> {
-    let consumer: StreamConsumer = consumer_config(cfg).create()?;
+pub fn create_consumer(cfg: &PipelineConfig) -> Result<(Source, Arc<Assignment>)> {
+    let assignment = Arc::new(Assignment::default());
+    let ctx = SourceContext {
+        topic: cfg.source.topic.clone(),
+        assignment: assignment.clone(),
+    };
+    let consumer: Source = consumer_config(cfg).create_with_context(ctx)?;
     consumer.subscribe(&[&cfg.source.topic])?;
-    Ok(consumer)
+    Ok((consumer, assignment))
 }
 
 /// Waits for the next message, then gathers more until `max` or `wait` has
 /// passed. Returns an empty batch if nothing arrives within `idle`.
+/// Messages of a partition that was revoked, or assigned again, after they
+/// were received are dropped (see the module docs).
 pub async fn next_batch(
-    consumer: &StreamConsumer,
+    consumer: &Source,
+    assignment: &Assignment,
     max: usize,
     wait: Duration,
     idle: Duration,
 ) -> Result<Vec<RawMessage>> {
     let mut out = Vec::new();
+    // The generation each message was received in, when it changed mid-batch.
+    let start = assignment.generation();
+    let mut received_in: Vec<u64> = Vec::new();
     let first = match tokio::time::timeout(idle, consumer.recv()).await {
         Err(_) => return Ok(out),
         Ok(m) => m?,
     };
     out.push(raw(&first));
+    received_in.push(assignment.generation());
     let deadline = tokio::time::Instant::now() + wait;
     while out.len() < max {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Err(_) => break,
-            Ok(Ok(m)) => out.push(raw(&m)),
+            Ok(Ok(m)) => {
+                out.push(raw(&m));
+                received_in.push(assignment.generation());
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "consumer error");
                 break;
             }
+        }
+    }
+    if assignment.generation() != start || received_in.last() != Some(&start) {
+        let owned = assignment.owned();
+        let before = out.len();
+        let mut gens = received_in.into_iter();
+        out.retain(|m| {
+            let got = gens.next().unwrap_or(0);
+            owned.get(&m.partition).is_some_and(|&since| since <= got)
+        });
+        if out.len() < before {
+            tracing::info!(
+                dropped = before - out.len(),
+                "dropped messages read before a rebalance; their new owner reads them again"
+            );
         }
     }
     Ok(out)
@@ -89,11 +236,7 @@ fn raw<M: Message>(m: &M) -> RawMessage {
 /// `next` maps a partition to the offset after the last message read.
 /// A partition with a backlog is not idle, however long it has been since
 /// its last message was processed.
-pub fn backlogged_partitions(
-    consumer: &StreamConsumer,
-    topic: &str,
-    next: &HashMap<i32, i64>,
-) -> Vec<i32> {
+pub fn backlogged_partitions(consumer: &Source, topic: &str, next: &HashMap<i32, i64>) -> Vec<i32> {
     let Ok(ctopic) = std::ffi::CString::new(topic) else {
         return Vec::new();
     };
@@ -124,7 +267,7 @@ pub fn backlogged_partitions(
 /// one's position (the offset after the last message read, else its
 /// committed offset) has reached the broker's high watermark. Makes network
 /// calls: call it from a blocking context, and only when the job looks idle.
-pub fn caught_up(consumer: &StreamConsumer, topic: &str, next: &HashMap<i32, i64>) -> bool {
+pub fn caught_up(consumer: &Source, topic: &str, next: &HashMap<i32, i64>) -> bool {
     let assigned = assigned_partitions(consumer, topic);
     if assigned.is_empty() {
         return false;
@@ -148,7 +291,7 @@ pub fn caught_up(consumer: &StreamConsumer, topic: &str, next: &HashMap<i32, i64
 }
 
 /// Partitions of `topic` currently assigned to this consumer.
-pub fn assigned_partitions(consumer: &StreamConsumer, topic: &str) -> Vec<i32> {
+pub fn assigned_partitions(consumer: &Source, topic: &str) -> Vec<i32> {
     consumer
         .assignment()
         .map(|tpl| {

@@ -29,6 +29,16 @@
 //! reset). Keys idle past `key_ttl` (event time) or beyond `max_keys`
 //! (least recently seen first) are evicted the same way, counted.
 //!
+//! Partitions and durable state: a key belongs to the input partition of its
+//! first event. With `enable_state_tracking` (durable state), an event of
+//! the key from another partition is dead-lettered (`partition_conflict`,
+//! counted): merging it would split the key's state between owners once
+//! partitions move between instances. (Without durable state one process
+//! owns everything and merging is harmless.) The stage also remembers which keys changed since the
+//! last `take_changes` (events, closed windows, ended series), so a
+//! checkpoint writes only those (see `state`); `restore_partition` and
+//! `drop_partition` bring a partition's keys in and out on assignment.
+//!
 //! Delivery bookkeeping (see `offsets`): a pane pins the first offset it
 //! holds from each partition. When its last window is emitted the pins move
 //! to the output's ticket (released once the forecasts are acked), and the
@@ -51,6 +61,7 @@ use crate::config::{Aggregation, CovariatesConfig, FillPolicy, LatePolicy, Pipel
 use crate::decode::{DeadLetter, DeadLetterKind};
 use crate::offsets::Position;
 use crate::schema::events;
+use crate::state::{PaneState, RestoredPartition, WindowKeyState};
 use crate::telemetry;
 
 /// Everything the window stage needs, validated (from `PipelineConfig`).
@@ -149,7 +160,8 @@ pub struct Closed {
     pub windows: Option<RecordBatch>,
     /// Keys whose series ended (gap, TTL, key cap): the model frees their state.
     pub ended_keys: Vec<Arc<str>>,
-    /// Late events under `late_policy = "dead_letter"`.
+    /// Late events under `late_policy = "dead_letter"`, and (durable state)
+    /// events of a key that arrived on another partition than its own.
     pub late: Vec<DeadLetter>,
     /// Positions to pin now.
     pub pin: Vec<Position>,
@@ -201,6 +213,42 @@ struct KeyState {
     last_seen_seq: u64,
     /// Pins of the last non-empty emitted pane (see module docs).
     continuation: Vec<Position>,
+    /// The input partition the key belongs to.
+    partition: i32,
+    /// Changed since the last `take_changes` (listed in `WindowStage::dirty`).
+    dirty: bool,
+}
+
+impl KeyState {
+    fn snapshot(&self) -> WindowKeyState {
+        WindowKeyState {
+            next_win: self.next_win,
+            panes: self
+                .panes
+                .iter()
+                .map(|p| PaneState {
+                    count: p.count,
+                    last_ts: p.last_ts,
+                    acc: p.acc.to_vec(),
+                })
+                .collect(),
+            emitted_any: self.emitted_any,
+            last_values: self.last_values.to_vec(),
+            empty_run: self.empty_run,
+            last_event_ts: self.last_event_ts,
+        }
+    }
+}
+
+/// What changed since the last [`WindowStage::take_changes`].
+#[derive(Debug, Default)]
+pub struct WindowChanges {
+    /// Live keys that changed: (partition, key, state).
+    pub keys: Vec<(i32, Arc<str>, WindowKeyState)>,
+    /// Keys whose series ended and that are not live again: (partition, key).
+    pub ended: Vec<(i32, Arc<str>)>,
+    /// Partitions whose clock moved: (partition, largest event time).
+    pub clocks: Vec<(i32, Option<i64>)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -235,6 +283,11 @@ pub struct WindowStage {
     /// Windows with index <= this have been closed for every key.
     closed_through: i64,
     seq: u64,
+    /// Durable state: remember what changed (see module docs).
+    track: bool,
+    dirty: Vec<usize>,
+    ended_since: Vec<(i32, Arc<str>)>,
+    clocks_written: HashMap<i32, Option<i64>>,
 }
 
 impl WindowStage {
@@ -250,6 +303,141 @@ impl WindowStage {
             watermark: i64::MIN,
             closed_through: i64::MIN,
             seq: 0,
+            track: false,
+            dirty: Vec::new(),
+            ended_since: Vec::new(),
+            clocks_written: HashMap::new(),
+        }
+    }
+
+    /// Starts remembering which keys change, for checkpoints.
+    pub fn enable_state_tracking(&mut self) {
+        self.track = true;
+    }
+
+    /// The keys (and partition clocks) that changed since the last call.
+    pub fn take_changes(&mut self) -> WindowChanges {
+        let mut out = WindowChanges::default();
+        for slot in std::mem::take(&mut self.dirty) {
+            if let Some(st) = self.slots[slot].as_mut().filter(|st| st.dirty) {
+                st.dirty = false;
+                out.keys.push((st.partition, st.key.clone(), st.snapshot()));
+            }
+        }
+        for (p, key) in std::mem::take(&mut self.ended_since) {
+            let live_here = self
+                .index
+                .get(&key)
+                .and_then(|&s| self.slots[s].as_ref())
+                .is_some_and(|st| st.partition == p);
+            if !live_here {
+                out.ended.push((p, key));
+            }
+        }
+        for (&p, c) in &self.partitions {
+            if self.clocks_written.get(&p) != Some(&c.max_ts) {
+                self.clocks_written.insert(p, c.max_ts);
+                out.clocks.push((p, c.max_ts));
+            }
+        }
+        out
+    }
+
+    /// The input partition `key` belongs to, if it is live.
+    pub fn partition_of(&self, key: &str) -> Option<i32> {
+        self.index
+            .get(key)
+            .and_then(|&s| self.slots[s].as_ref())
+            .map(|st| st.partition)
+    }
+
+    /// Brings a partition's restored keys and clock in (on assignment).
+    /// Returns keys evicted to stay within `max_keys` (the model frees them).
+    pub fn restore_partition(&mut self, r: &RestoredPartition, now_ms: i64) -> Vec<Arc<str>> {
+        let mut out = self.empty_closed();
+        let clock = self
+            .partitions
+            .entry(r.partition)
+            .or_insert(PartitionClock {
+                max_ts: None,
+                last_active_ms: now_ms,
+                backlogged: false,
+            });
+        clock.max_ts = match (clock.max_ts, r.clock) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.clocks_written.insert(r.partition, clock.max_ts);
+        let nf = self.spec.value_fields.len();
+        for (key, w) in &r.windows {
+            if self.index.contains_key(key) {
+                tracing::warn!(key = %key.escape_debug(), partition = r.partition, "restored key is already live on another partition; keeping the live one");
+                continue;
+            }
+            let slot = self.insert_key(key, w.next_win, r.partition, &mut out);
+            let Some(st) = self.slots[slot].as_mut() else {
+                continue;
+            };
+            st.panes = w
+                .panes
+                .iter()
+                .map(|p| Pane {
+                    count: p.count,
+                    last_ts: p.last_ts,
+                    acc: fit(&p.acc, nf, f64::NAN),
+                    pins: Vec::new(),
+                })
+                .collect();
+            st.emitted_any = w.emitted_any;
+            st.last_values = fit(&w.last_values, nf, f64::NAN);
+            st.empty_run = w.empty_run;
+            st.last_event_ts = w.last_event_ts;
+            if self.closed_through != i64::MIN {
+                // Windows owed before the stage's closing point close at
+                // the next advance.
+                self.closed_through = self.closed_through.min(w.next_win - 1);
+            }
+        }
+        out.ended_keys
+    }
+
+    /// Drops every key of a revoked partition, without ending their series
+    /// (their state stays on the changelog for the next owner). Returns the
+    /// dropped keys (the model frees them) and the pins to release.
+    pub fn drop_partition(&mut self, partition: i32) -> (Vec<Arc<str>>, Vec<Position>) {
+        let (mut keys, mut unpin) = (Vec::new(), Vec::new());
+        for slot in 0..self.slots.len() {
+            if self.slots[slot]
+                .as_ref()
+                .is_some_and(|st| st.partition == partition)
+            {
+                if let Some(st) = self.slots[slot].take() {
+                    for pn in &st.panes {
+                        unpin.extend_from_slice(&pn.pins);
+                    }
+                    unpin.extend_from_slice(&st.continuation);
+                    self.index.remove(&st.key);
+                    keys.push(st.key);
+                    self.free.push(slot);
+                    self.live -= 1;
+                }
+            }
+        }
+        self.partitions.remove(&partition);
+        self.clocks_written.remove(&partition);
+        self.ended_since.retain(|(p, _)| *p != partition);
+        (keys, unpin)
+    }
+
+    fn empty_closed(&self) -> Closed {
+        Closed {
+            windows: None,
+            ended_keys: Vec::new(),
+            late: Vec::new(),
+            pin: Vec::new(),
+            unpin: Vec::new(),
+            ticket: Vec::new(),
+            watermark: self.watermark,
         }
     }
 
@@ -297,15 +485,7 @@ impl WindowStage {
     /// whatever windows the new watermark allows. `now_ms` is the wall clock,
     /// used only for partition idleness.
     pub fn process(&mut self, events: &RecordBatch, now_ms: i64) -> Closed {
-        let mut out = Closed {
-            windows: None,
-            ended_keys: Vec::new(),
-            late: Vec::new(),
-            pin: Vec::new(),
-            unpin: Vec::new(),
-            ticket: Vec::new(),
-            watermark: self.watermark,
-        };
+        let mut out = self.empty_closed();
         self.ingest(events, now_ms, &mut out);
         self.advance(now_ms, &mut out);
         out
@@ -358,6 +538,7 @@ impl WindowStage {
         let r = self.spec.panes_per_window();
         let agg = self.spec.aggregation;
         let mut late = 0u64;
+        let mut conflicts = 0u64;
         let mut row_vals = vec![0.0; nf];
         for i in 0..n {
             let t = ts[i];
@@ -376,7 +557,7 @@ impl WindowStage {
             let slot = match self.index.get(key) {
                 Some(&s) => Some(s),
                 None if window_closed => None,
-                None => Some(self.insert_key(key, pane, out)),
+                None => Some(self.insert_key(key, pane, p, out)),
             };
             let st = slot.and_then(|s| self.slots[s].as_mut());
             let Some(st) =
@@ -399,6 +580,27 @@ impl WindowStage {
                 }
                 continue;
             };
+            if self.track && st.partition != p {
+                conflicts += 1;
+                for (j, v) in row_vals.iter_mut().enumerate() {
+                    *v = vals[j][i];
+                }
+                out.late.push(conflict_letter(
+                    key,
+                    t,
+                    &self.spec.value_fields,
+                    &row_vals,
+                    (p, o),
+                    st.partition,
+                ));
+                continue;
+            }
+            if self.track && !st.dirty {
+                st.dirty = true;
+                if let Some(s) = slot {
+                    self.dirty.push(s);
+                }
+            }
             self.seq += 1;
             st.last_seen_seq = self.seq;
             st.last_event_ts = st.last_event_ts.max(t);
@@ -436,9 +638,12 @@ impl WindowStage {
         if late > 0 {
             metrics::counter!(telemetry::LATE_EVENTS).increment(late);
         }
+        if conflicts > 0 {
+            metrics::counter!(telemetry::PARTITION_CONFLICTS).increment(conflicts);
+        }
     }
 
-    fn insert_key(&mut self, key: &str, pane: i64, out: &mut Closed) -> usize {
+    fn insert_key(&mut self, key: &str, pane: i64, partition: i32, out: &mut Closed) -> usize {
         if self.live >= self.spec.max_keys {
             self.evict_least_recent(out);
         }
@@ -451,8 +656,10 @@ impl WindowStage {
             last_values: vec![f64::NAN; nf].into_boxed_slice(),
             empty_run: 0,
             last_event_ts: i64::MIN,
-            last_seen_seq: 0,
+            last_seen_seq: self.seq,
             continuation: Vec::new(),
+            partition,
+            dirty: self.track,
         };
         let slot = match self.free.pop() {
             Some(s) => {
@@ -466,6 +673,9 @@ impl WindowStage {
         };
         self.index.insert(Arc::from(key), slot);
         self.live += 1;
+        if self.track {
+            self.dirty.push(slot);
+        }
         slot
     }
 
@@ -495,6 +705,9 @@ impl WindowStage {
             }
             out.unpin.extend_from_slice(&st.continuation);
             self.index.remove(&st.key);
+            if self.track {
+                self.ended_since.push((st.partition, st.key.clone()));
+            }
             out.ended_keys.push(st.key);
             self.free.push(slot);
             self.live -= 1;
@@ -554,6 +767,10 @@ impl WindowStage {
             let Some(st) = self.slots[slot].as_mut() else {
                 continue;
             };
+            if self.track && !st.dirty && st.next_win <= last {
+                st.dirty = true;
+                self.dirty.push(slot);
+            }
             if let Some(reason) = close_key(st, last, &self.spec, &mut rows, out) {
                 ended.push((slot, reason));
             } else if st.last_event_ts != i64::MIN && wm.saturating_sub(st.last_event_ts) > ttl {
@@ -568,6 +785,7 @@ impl WindowStage {
                 (SeriesEnd::Gap, Some(st)) => {
                     st.panes.iter().position(|pn| pn.count > 0).map(|i| {
                         (
+                            st.partition,
                             st.key.clone(),
                             st.next_win + i as i64,
                             st.panes.split_off(i),
@@ -579,8 +797,8 @@ impl WindowStage {
                 _ => None,
             };
             self.end_key(slot, reason, out);
-            if let Some((key, next_win, panes, last_event_ts, last_seen_seq)) = rest {
-                let s = self.insert_key(&key, next_win, out);
+            if let Some((partition, key, next_win, panes, last_event_ts, last_seen_seq)) = rest {
+                let s = self.insert_key(&key, next_win, partition, out);
                 if let Some(st) = self.slots[s].as_mut() {
                     st.panes = panes;
                     st.last_event_ts = last_event_ts;
@@ -702,6 +920,38 @@ fn close_key(
         st.next_win += 1;
     }
     None
+}
+
+/// `v` resized to `n` (a pipeline whose value fields changed), padded with `pad`.
+fn fit(v: &[f64], n: usize, pad: f64) -> Box<[f64]> {
+    (0..n).map(|i| v.get(i).copied().unwrap_or(pad)).collect()
+}
+
+fn conflict_letter(
+    key: &str,
+    ts: i64,
+    fields: &[String],
+    vals: &[f64],
+    (p, o): Position,
+    home: i32,
+) -> DeadLetter {
+    let mut obj = serde_json::Map::new();
+    obj.insert("key".into(), key.into());
+    obj.insert("ts_ms".into(), ts.into());
+    for (f, v) in fields.iter().zip(vals) {
+        obj.insert(f.clone(), (*v).into());
+    }
+    DeadLetter {
+        kind: DeadLetterKind::PartitionConflict,
+        reason: format!(
+            "key {:?} belongs to input partition {home} (its first event came there) but this event came on partition {p}; \
+             produce each key to one partition (use the key as the message key)",
+            key.escape_debug().take(64).collect::<String>()
+        ),
+        partition: p,
+        offset: o,
+        payload: serde_json::Value::Object(obj).to_string().into_bytes(),
+    }
 }
 
 fn late_letter(

@@ -14,3 +14,4 @@ mod common;
 mod faults;
 mod kafka_e2e;
 mod retrain_e2e;
+mod verify;
