@@ -44,6 +44,11 @@ pub enum Cmd {
         /// Print forecasts as they are acknowledged.
         #[arg(long)]
         print_forecasts: bool,
+        /// This instance's name within the pipeline (overrides
+        /// `state.instance`; see there). Two live instances of one pipeline
+        /// need different names.
+        #[arg(long, env = "STREAMCAST_INSTANCE")]
+        instance: Option<String>,
     },
     /// The same stages over Parquet: events in, forecasts out.
     Backfill {
@@ -240,7 +245,8 @@ pub fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             pipeline,
             exit_when_idle,
             print_forecasts,
-        } => run::run(&pipeline, exit_when_idle, print_forecasts),
+            instance,
+        } => run::run(&pipeline, exit_when_idle, print_forecasts, instance),
         Cmd::Backfill {
             pipeline,
             input,

@@ -12,8 +12,12 @@ pub fn run(
     pipeline: &Path,
     exit_when_idle: Option<Duration>,
     print_forecasts: bool,
+    instance: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let cfg = PipelineConfig::load(pipeline)?;
+    let mut cfg = PipelineConfig::load(pipeline)?;
+    if instance.is_some() {
+        cfg.state.instance = instance;
+    }
     // Two workers: the consumer, sink and committer tasks only move bytes;
     // the compute, archive and retrain threads are plain threads.
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -411,7 +411,7 @@ pub struct StateConfig {
     /// transactional id (`<group id>-<instance>`): a restarted instance
     /// with the same name fences its predecessor at once. Two live
     /// instances must have different names. Default: the host name;
-    /// `STREAMCAST_INSTANCE` or `run --instance` override it.
+    /// `run --instance` (or `STREAMCAST_INSTANCE`) overrides it.
     #[serde(default)]
     pub instance: Option<String>,
 }
@@ -784,10 +784,10 @@ impl PipelineConfig {
 
     /// This instance's name (see `StateConfig::instance`).
     pub fn instance(&self) -> String {
-        std::env::var("STREAMCAST_INSTANCE")
-            .ok()
+        self.state
+            .instance
+            .clone()
             .filter(|s| !s.is_empty())
-            .or_else(|| self.state.instance.clone())
             .or_else(|| {
                 std::fs::read_to_string("/etc/hostname")
                     .ok()

@@ -54,6 +54,10 @@ pub fn producer_config(cfg: &PipelineConfig) -> ClientConfig {
         // id, starts): keep that short.
         if !cfg.sink.librdkafka.contains_key("transaction.timeout.ms") {
             c.set("transaction.timeout.ms", "20000");
+            // librdkafka requires message.timeout.ms <= transaction.timeout.ms.
+            if !cfg.sink.librdkafka.contains_key("message.timeout.ms") {
+                c.set("message.timeout.ms", "20000");
+            }
         }
     }
     c

@@ -7,7 +7,6 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
@@ -55,6 +54,14 @@ pub async fn ensure_topic(cfg: &PipelineConfig) -> Result<()> {
     Ok(())
 }
 
+fn at_end(consumer: &BaseConsumer, topic: &str, partition: i32, high: i64) -> bool {
+    let Ok(tpl) = consumer.position() else {
+        return false;
+    };
+    tpl.find_partition(topic, partition)
+        .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= high))
+}
+
 /// Reads one changelog partition from its beginning to its end (committed
 /// records only) and folds it into the partition's latest state. Blocking:
 /// call it on the compute thread, never on a tokio worker.
@@ -66,7 +73,7 @@ pub fn restore(cfg: &PipelineConfig, partition: i32) -> Result<RestoredPartition
         &[
             ("group.id", &format!("{}-restore", cfg.group_id())),
             ("enable.auto.commit", "false"),
-            ("enable.partition.eof", "true"),
+            ("enable.partition.eof", "false"),
             ("isolation.level", "read_committed"),
             ("auto.offset.reset", "earliest"),
         ],
@@ -95,7 +102,6 @@ pub fn restore(cfg: &PipelineConfig, partition: i32) -> Result<RestoredPartition
                     break;
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
             Some(Err(e)) => {
                 let retry = e.rdkafka_error_code().is_none_or(|c| {
                     c != RDKafkaErrorCode::TopicAuthorizationFailed
@@ -107,6 +113,11 @@ pub fn restore(cfg: &PipelineConfig, partition: i32) -> Result<RestoredPartition
                 tracing::warn!(error = %e, partition, "restoring state: retrying");
             }
             None => {}
+        }
+        // Read committed: transaction markers and aborted records are never
+        // handed out, so the end shows as the position reaching `high`.
+        if at_end(&consumer, &topic, partition, high) {
+            break;
         }
         if Instant::now() > deadline {
             return Err(Error::State(format!(

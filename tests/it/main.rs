@@ -11,6 +11,7 @@
 mod bench_smoke;
 mod cli;
 mod common;
+mod durable;
 mod faults;
 mod kafka_e2e;
 mod retrain_e2e;

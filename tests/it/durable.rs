@@ -1,0 +1,278 @@
+//! Durable state and delivery guarantees against the real broker: SIGKILLs
+//! at random moments, instances joining and leaving a group. Every faulty
+//! run is compared with a reference run of the same events without faults
+//! by `streamcast verify` (read_committed): nothing may be missing, values
+//! must equal the reference (so a restart cannot have warmed keys up again
+//! or double-counted a window), and in exactly-once mode nothing may be
+//! duplicated.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+use crate::common::*;
+
+const HOUR: i64 = 3_600_000;
+const PARTITIONS: i32 = 3;
+const KEYS: usize = 12;
+
+/// Hourly events of every key for hours `from..to` (one minute past the
+/// hour, so every partition's clock is the same after each hour).
+fn events(from: i64, to: i64) -> Vec<(String, String)> {
+    let t0 = 1_700_000_000_000i64 - 1_700_000_000_000 % HOUR;
+    let mut out = Vec::new();
+    for h in from..to {
+        for k in 0..KEYS {
+            let v = 50.0
+                + 10.0 * ((h as f64) * std::f64::consts::TAU / 6.0 + k as f64).sin()
+                + k as f64;
+            let ts = t0 + h * HOUR + 60_000;
+            out.push((
+                format!("k{k}"),
+                format!(r#"{{"key":"k{k}","ts":{ts},"value":{v:.4}}}"#),
+            ));
+        }
+    }
+    out
+}
+
+fn pipeline(dir: &Path, name: &str, input: &str, delivery: &str) -> PathBuf {
+    pipeline_with(dir, name, input, delivery, "")
+}
+
+fn pipeline_with(dir: &Path, name: &str, input: &str, delivery: &str, extra: &str) -> PathBuf {
+    let base = job_pipeline(
+        dir,
+        name,
+        input,
+        PARTITIONS,
+        &format!("{name}-dlq"),
+        &format!(
+            r#"
+delivery = "{delivery}"
+[decode]
+time_format = "epoch_ms"
+[window]
+size = "1h"
+allowed_lateness = "0s"
+[model]
+hidden = 8
+warmup_windows = 3
+season_windows = 6
+[state]
+commit_interval = "300ms"
+"#
+        ),
+    );
+    if extra.is_empty() {
+        return base;
+    }
+    let merged = streamcast::testkit::merge_toml(&std::fs::read_to_string(&base).unwrap(), extra);
+    pipeline_file(dir, name, &merged)
+}
+
+fn spawn(pipeline: &Path, instance: &str, extra: &[&str]) -> Child {
+    Command::new(streamcast_bin())
+        .arg("run")
+        .arg(pipeline)
+        .args(["--instance", instance])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting streamcast")
+}
+
+fn wait_ok(child: &mut Child, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success(), "streamcast exited with {st}");
+            return;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("streamcast did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn sigterm(child: &Child) {
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Runs `streamcast verify` and returns its JSON verdict.
+fn verify(topic: &str, reference: &str, exactly_once: bool) -> serde_json::Value {
+    let mut cmd = Command::new(streamcast_bin());
+    cmd.args(["verify", "--json", "--brokers", &brokers()])
+        .args(["--topic", topic, "--reference-topic", reference]);
+    if exactly_once {
+        cmd.arg("--exactly-once");
+    }
+    let out = cmd.output().expect("running streamcast verify");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "verify printed no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The reference: all events, one run, no faults.
+fn reference_run(dir: &Path, input: &str, s: &str) -> String {
+    let name = format!("dur-ref-{s}");
+    let p = pipeline(dir, &name, input, "at_least_once");
+    let mut c = spawn(&p, "ref", &["--exit-when-idle", "2s"]);
+    wait_ok(&mut c, Duration::from_secs(120));
+    format!("{name}-out")
+}
+
+fn n(v: &serde_json::Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {field} in {v}"))
+}
+
+/// Lives killed with SIGKILL at random moments while chunks of events
+/// arrive, then a last life that ends when idle; compared with the reference.
+fn survives_sigkills(delivery: &str) {
+    let s = rand_suffix();
+    let seed = u64::from_str_radix(&s[..8], 16).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let input = format!("it.durable.{delivery}.in.{s}");
+    create_topics(&[(input.as_str(), PARTITIONS)]);
+    let chunks: [(i64, i64); 4] = [(0, 10), (10, 22), (22, 31), (31, 40)];
+    for &(a, b) in &chunks {
+        produce(&input, events(a, b));
+    }
+    let reference = reference_run(dir.path(), &input, &s);
+    // The faulty run reads a second copy, produced chunk by chunk.
+    let input2 = format!("{input}.2");
+    create_topics(&[(input2.as_str(), PARTITIONS)]);
+    let name = format!("dur-{delivery}-{s}");
+    let p = pipeline(dir.path(), &name, &input2, delivery);
+    let mut kills = Vec::new();
+    for &(a, b) in &chunks[..3] {
+        produce(&input2, events(a, b));
+        for _ in 0..2 {
+            let mut c = spawn(&p, "a", &[]);
+            let after = rng.random_range(400..3500u64);
+            std::thread::sleep(Duration::from_millis(after));
+            c.kill().expect("SIGKILL");
+            let _ = c.wait();
+            kills.push(after);
+        }
+    }
+    produce(&input2, events(chunks[3].0, chunks[3].1));
+    let mut c = spawn(&p, "a", &["--exit-when-idle", "2s"]);
+    wait_ok(&mut c, Duration::from_secs(120));
+    let eo = delivery == "exactly_once";
+    let v = verify(&format!("{name}-out"), &reference, eo);
+    eprintln!("{delivery}: seed {seed:x}, SIGKILL after {kills:?} ms: {v}");
+    assert!(n(&v, "reference") >= (KEYS * 30) as u64, "{v}");
+    assert_eq!(n(&v, "missing"), 0, "{v}");
+    assert_eq!(n(&v, "differing"), 0, "values equal the reference: {v}");
+    assert_eq!(n(&v, "duplicates_differing"), 0, "{v}");
+    assert_eq!(n(&v, "unexpected"), 0, "{v}");
+    if eo {
+        assert_eq!(n(&v, "duplicates"), 0, "exactly once: {v}");
+    }
+    assert!(v["ok"].as_bool().unwrap(), "{v}");
+}
+
+#[test]
+fn at_least_once_survives_sigkills_with_equal_values() {
+    survives_sigkills("at_least_once");
+}
+
+#[test]
+fn exactly_once_survives_sigkills_without_duplicates() {
+    survives_sigkills("exactly_once");
+}
+
+/// Waits until `topic` holds `want` records (read_committed), then stops
+/// the jobs with SIGTERM (each commits its last checkpoint).
+fn stop_when_complete(topic: &str, want: usize, jobs: &mut [Child]) {
+    // The job creates its output topic once it runs: read again until then.
+    let start = Instant::now();
+    let mut got = 0;
+    while got < want && start.elapsed() < Duration::from_secs(120) {
+        got = read_topic(
+            topic,
+            Duration::from_millis(500),
+            Duration::from_secs(15),
+            |r| r.len() >= want,
+        )
+        .len();
+    }
+    assert!(got >= want, "only {got} of {want} forecasts on {topic}");
+    for j in jobs.iter() {
+        sigterm(j);
+    }
+    for j in jobs.iter_mut() {
+        wait_ok(j, Duration::from_secs(60));
+    }
+}
+
+/// Instances join and leave one group while events arrive: partitions and
+/// their state move through the changelog, and the forecasts equal those of
+/// one instance that ran alone.
+///
+/// Partitions never turn idle here (`idle_partition_timeout` is long), so
+/// windows close by event time alone: an idle partition is a wall-clock
+/// judgement, and the events of one that comes back after going idle may
+/// be late in one run and not in another (see README, "Delivery").
+/// The last hour's events close the windows before it.
+#[test]
+fn instances_joining_and_leaving_give_the_single_instance_result() {
+    let s = rand_suffix();
+    let dir = tempfile::tempdir().unwrap();
+    let input = format!("it.durable.scale.in.{s}");
+    create_topics(&[(input.as_str(), PARTITIONS)]);
+    let chunks: [(i64, i64); 4] = [(0, 10), (10, 20), (20, 30), (30, 41)];
+    let want = KEYS * 40; // windows ending at or before hour 40
+    let never_idle = "[window]\nidle_partition_timeout = \"1h\"\n";
+    for &(a, b) in &chunks {
+        produce(&input, events(a, b));
+    }
+    let name = format!("dur-scale-ref-{s}");
+    let p = pipeline_with(dir.path(), &name, &input, "at_least_once", never_idle);
+    let reference = format!("{name}-out");
+    stop_when_complete(&reference, want, &mut [spawn(&p, "ref", &[])]);
+
+    let input2 = format!("{input}.2");
+    create_topics(&[(input2.as_str(), PARTITIONS)]);
+    let name = format!("dur-scale-{s}");
+    let p = pipeline_with(dir.path(), &name, &input2, "exactly_once", never_idle);
+    let settle = || std::thread::sleep(Duration::from_secs(4));
+    produce(&input2, events(chunks[0].0, chunks[0].1));
+    let a = spawn(&p, "a", &[]);
+    settle();
+    let mut b = spawn(&p, "b", &[]); // joins: some partitions move to b
+    produce(&input2, events(chunks[1].0, chunks[1].1));
+    settle();
+    let c = spawn(&p, "c", &[]); // a third
+    produce(&input2, events(chunks[2].0, chunks[2].1));
+    settle();
+    sigterm(&b); // leaves: its partitions go back
+    wait_ok(&mut b, Duration::from_secs(60));
+    produce(&input2, events(chunks[3].0, chunks[3].1));
+    stop_when_complete(&format!("{name}-out"), want, &mut [a, c]);
+    let v = verify(&format!("{name}-out"), &reference, true);
+    eprintln!("scale-out: {v}");
+    assert_eq!(n(&v, "reference"), want as u64, "{v}");
+    assert_eq!(n(&v, "missing"), 0, "{v}");
+    assert_eq!(n(&v, "differing"), 0, "{v}");
+    assert_eq!(n(&v, "duplicates"), 0, "{v}");
+    assert_eq!(n(&v, "unexpected"), 0, "{v}");
+}
