@@ -77,6 +77,40 @@ pub const ALL: &[&str] = &[
     PARTITION_CONFLICTS,
 ];
 
+/// Lets a repeated log line through once per `every`, counting the rest,
+/// so an outage (every poll failing) reads as a few lines, not thousands.
+#[derive(Debug)]
+pub struct Throttle {
+    every: std::time::Duration,
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Throttle {
+    pub const fn new(every: std::time::Duration) -> Self {
+        Throttle {
+            every,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(suppressed since the last line)` when this one should be logged.
+    pub fn pass(&self) -> Option<u64> {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match g.0 {
+            Some(t) if now.duration_since(t) < self.every => {
+                g.1 += 1;
+                None
+            }
+            _ => {
+                let suppressed = g.1;
+                *g = (Some(now), 0);
+                Some(suppressed)
+            }
+        }
+    }
+}
+
 /// Logs to stderr; `RUST_LOG` filters (default `info`). `json` switches to
 /// one JSON object per line for log shippers.
 pub fn init_logging(json: bool) {

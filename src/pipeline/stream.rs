@@ -548,7 +548,10 @@ async fn consume(
         let messages = match batch {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(error = %e, "consumer error; continuing");
+                if let Some(suppressed) = CONSUMER_ERRORS.pass() {
+                    tracing::warn!(error = %e, suppressed, "consumer error; retrying (the broker may be away)");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
@@ -585,6 +588,9 @@ async fn consume(
         }
     }
 }
+
+static CONSUMER_ERRORS: crate::telemetry::Throttle =
+    crate::telemetry::Throttle::new(Duration::from_secs(10));
 
 /// `--exit-when-idle`: quiet for long enough *and* caught up. A consumer
 /// still waiting for its assignment, or behind, is not done; idle

@@ -102,7 +102,18 @@ pub struct SourceContext {
     assignment: Arc<Assignment>,
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    /// librdkafka's global errors (all brokers down, ...), once per 10 s:
+    /// it retries on its own, and the job reports what matters (commits,
+    /// deliveries) where it happens.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        static GLOBAL: crate::telemetry::Throttle =
+            crate::telemetry::Throttle::new(Duration::from_secs(10));
+        if let Some(suppressed) = GLOBAL.pass() {
+            tracing::warn!(%error, reason, suppressed, "Kafka client error; librdkafka retries");
+        }
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
