@@ -45,7 +45,7 @@ use tokio::task::JoinHandle as TaskHandle;
 use super::core::{Core, Totals};
 use crate::archive::ArchiveHandle;
 use crate::broker::blocking;
-use crate::config::{Delivery, PipelineConfig};
+use crate::config::PipelineConfig;
 use crate::decode::RawMessage;
 use crate::error::{Error, Result};
 use crate::model::{ModelSpec, Network};
@@ -98,12 +98,16 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
     let (consumer, assignment) = source::create_consumer(&cfg)?;
     let consumer = Arc::new(consumer);
     let sink = KafkaSink::from_config(&cfg, tracker.clone())?;
-    if cfg.delivery == Delivery::ExactlyOnce {
+    if durable {
         let s = sink.clone();
         tokio::task::spawn_blocking(move || s.begin())
             .await
             .map_err(|_| Error::Panicked("transactions"))??;
-        tracing::info!(transactional_id = %crate::sink::kafka::transactional_id(&cfg), "exactly-once: transactions ready");
+        tracing::info!(
+            transactional_id = %crate::sink::kafka::transactional_id(&cfg),
+            delivery = ?cfg.delivery,
+            "checkpoints are transactional"
+        );
     }
     let archive = spawn_archive(&cfg)?;
     let signals = Arc::new(RetrainSignals::default());

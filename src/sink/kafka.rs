@@ -6,17 +6,22 @@
 //! backoff) rather than dropped: losing it would lose a forecast.
 //!
 //! Checkpoints ([`KafkaSink::commit`]; the caller first waits for every
-//! output before it): the state records go to the changelog, then the input
-//! offsets are committed, only for partitions still owned in the generation
-//! the checkpoint was taken in. At least once: a consumer commit after the
-//! records are acknowledged (a crash in between re-reads from the previous
-//! commit, with the previous state, and recomputes the same values).
-//! Exactly once: the producer is transactional (`<group>-<instance>`); the
-//! offsets join the transaction with the consumer group's metadata
-//! (KIP-447: a member of an older generation is fenced), and the
-//! transaction is committed. A transaction that must be aborted stops the
-//! job: nothing of it is visible, and the next start resumes from the last
-//! commit.
+//! output before it): the state records and the input offsets are committed
+//! in one Kafka transaction (the offsets join it with the consumer group's
+//! metadata, KIP-447: a member of an older generation is fenced), only for
+//! partitions still owned in the generation the checkpoint was taken in.
+//! So the changelog and the committed offsets always agree, even when a
+//! crash tears a checkpoint's writes. The transactional producer's id is
+//! `<group>-<instance>`, stable across restarts, so a restarted instance
+//! aborts what its predecessor left open.
+//! - At least once: forecasts and dead letters go through a plain producer
+//!   (visible at once); a crash re-publishes those since the last checkpoint
+//!   (equal values: the replay starts from the checkpoint's state).
+//! - Exactly once: one transactional producer carries everything, so
+//!   forecasts become visible to `read_committed` readers at the commit.
+//!
+//! A transaction that must be aborted stops the job: nothing of it is
+//! visible, and the next start resumes from the last commit.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +29,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::records::{forecast_records, ForecastRecord};
@@ -37,8 +43,9 @@ use crate::source::kafka::{Assignment, Source};
 use crate::state::Checkpoint;
 use crate::telemetry;
 
-/// The producer's settings (`sink.librdkafka` overrides them).
-pub fn producer_config(cfg: &PipelineConfig) -> ClientConfig {
+/// The producer's settings (`sink.librdkafka` overrides them);
+/// `transactional` for the producer that commits checkpoints.
+pub fn producer_config(cfg: &PipelineConfig, transactional: bool) -> ClientConfig {
     let defaults = [
         ("acks", "all"),
         ("enable.idempotence", "true"),
@@ -47,7 +54,7 @@ pub fn producer_config(cfg: &PipelineConfig) -> ClientConfig {
         ("message.timeout.ms", "60000"),
     ];
     let mut c = client_config(&cfg.source.brokers, &defaults, &cfg.sink.librdkafka);
-    if cfg.delivery == Delivery::ExactlyOnce {
+    if transactional {
         c.set("transactional.id", transactional_id(cfg));
         // A crashed instance's open transaction blocks read_committed
         // readers until it times out (or its successor, with the same
@@ -63,14 +70,14 @@ pub fn producer_config(cfg: &PipelineConfig) -> ClientConfig {
     c
 }
 
-/// The exactly-once producer's transactional id: stable per instance, so a
-/// restarted instance fences (and aborts) its predecessor's transaction.
+/// The transactional producer's id: stable per instance, so a restarted
+/// instance fences (and aborts) its predecessor's transaction.
 pub fn transactional_id(cfg: &PipelineConfig) -> String {
     format!("{}-{}", cfg.group_id(), cfg.instance())
 }
 
-pub fn create_producer(cfg: &PipelineConfig) -> Result<FutureProducer> {
-    Ok(producer_config(cfg).create()?)
+pub fn create_producer(cfg: &PipelineConfig, transactional: bool) -> Result<FutureProducer> {
+    Ok(producer_config(cfg, transactional).create()?)
 }
 
 /// What one delivered output was.
@@ -85,7 +92,11 @@ pub struct Delivered {
 /// Publishes outputs to Kafka and releases their tickets once acknowledged.
 #[derive(Clone)]
 pub struct KafkaSink {
+    /// Forecasts and dead letters.
     producer: FutureProducer,
+    /// Checkpoints (durable state): the same producer in exactly-once mode,
+    /// a second, transactional one for at-least-once.
+    txn: Option<FutureProducer>,
     topic: String,
     dead_letter_topic: String,
     source_topic: String,
@@ -93,14 +104,21 @@ pub struct KafkaSink {
     tracker: Arc<Mutex<OffsetTracker>>,
     state_topic: String,
     input_topic: String,
-    exactly_once: bool,
 }
 
 impl KafkaSink {
     /// The pipeline's sink: its producer, topics and step.
     pub fn from_config(cfg: &PipelineConfig, tracker: Arc<Mutex<OffsetTracker>>) -> Result<Self> {
+        let exactly_once = cfg.delivery == Delivery::ExactlyOnce;
+        let producer = create_producer(cfg, exactly_once)?;
+        let txn = match (cfg.state.enabled, exactly_once) {
+            (false, _) => None,
+            (true, true) => Some(producer.clone()),
+            (true, false) => Some(create_producer(cfg, true)?),
+        };
         Ok(KafkaSink {
-            producer: create_producer(cfg)?,
+            producer,
+            txn,
             topic: cfg.sink.topic.clone(),
             dead_letter_topic: cfg.sink.dead_letter_topic.clone(),
             source_topic: cfg.source.topic.clone(),
@@ -108,22 +126,19 @@ impl KafkaSink {
             tracker,
             state_topic: cfg.state_topic(),
             input_topic: cfg.source.topic.clone(),
-            exactly_once: cfg.delivery == Delivery::ExactlyOnce,
         })
     }
 
-    /// Exactly once: registers the transactional id (aborting whatever a
+    /// Durable state: registers the transactional id (aborting whatever a
     /// previous instance of the same name left open) and opens the first
     /// transaction. Blocking; call before consuming.
     pub fn begin(&self) -> Result<()> {
-        if !self.exactly_once {
+        let Some(txn) = &self.txn else {
             return Ok(());
-        }
-        self.producer
-            .init_transactions(Duration::from_secs(60))
+        };
+        txn.init_transactions(Duration::from_secs(60))
             .map_err(|e| Error::State(format!("initialising transactions: {e}")))?;
-        self.producer
-            .begin_transaction()
+        txn.begin_transaction()
             .map_err(|e| Error::State(format!("beginning a transaction: {e}")))
     }
 
@@ -151,8 +166,14 @@ impl KafkaSink {
             .iter()
             .map(|r| r.key.len() + r.value.as_ref().map_or(0, |v| v.len()))
             .sum();
+        let Some(txn) = &self.txn else {
+            return Err(Error::State(
+                "a checkpoint without durable state (state.enabled = false)".into(),
+            ));
+        };
         let sends = records.iter().map(|r| {
             self.send_bytes_until_acked(
+                txn,
                 &self.state_topic,
                 Some(r.partition),
                 &r.key,
@@ -166,17 +187,7 @@ impl KafkaSink {
         for &(p, o) in cp.offsets.iter().filter(|(p, _)| still_owned(*p)) {
             tpl.add_partition_offset(&self.input_topic, p, Offset::Offset(o))?;
         }
-        if self.exactly_once {
-            self.commit_transaction(&tpl, consumer)?;
-        } else if tpl.count() > 0 {
-            let c = || consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync);
-            if let Err(e) = blocking(c) {
-                // The state records are written; the next checkpoint commits
-                // a later position with later state. A crash before then
-                // re-reads from the previous commit with the same result.
-                tracing::warn!(error = %e, "offset commit failed; the next checkpoint tries again");
-            }
-        }
+        commit_transaction(txn, &tpl, consumer)?;
         metrics::counter!(telemetry::CHECKPOINTS).increment(1);
         metrics::counter!(telemetry::STATE_RECORDS).increment(records.len() as u64);
         metrics::counter!(telemetry::STATE_BYTES).increment(bytes as u64);
@@ -185,36 +196,6 @@ impl KafkaSink {
             let _ = done.try_send(());
         }
         Ok(())
-    }
-
-    fn commit_transaction(&self, tpl: &TopicPartitionList, consumer: &Source) -> Result<()> {
-        let fail = |what: &str, e: rdkafka::error::KafkaError| -> Error {
-            let abortable =
-                matches!(&e, rdkafka::error::KafkaError::Transaction(r) if r.txn_requires_abort());
-            if abortable {
-                let _ = self.producer.abort_transaction(Duration::from_secs(30));
-            }
-            Error::State(format!(
-                "{what} failed ({e}); the transaction is {}; the next start resumes from the last committed checkpoint",
-                if abortable { "aborted" } else { "not committed" }
-            ))
-        };
-        blocking(|| -> Result<()> {
-            if tpl.count() > 0 {
-                let meta = consumer.group_metadata().ok_or_else(|| {
-                    Error::State("the consumer has no group metadata (not in a group?)".into())
-                })?;
-                self.producer
-                    .send_offsets_to_transaction(tpl, &meta, Duration::from_secs(30))
-                    .map_err(|e| fail("adding the offsets to the transaction", e))?;
-            }
-            self.producer
-                .commit_transaction(Duration::from_secs(60))
-                .map_err(|e| fail("committing the transaction", e))?;
-            self.producer
-                .begin_transaction()
-                .map_err(|e| fail("beginning a transaction", e))
-        })
     }
 
     /// Sends every record of `output`, waits for all acknowledgements, then
@@ -293,14 +274,21 @@ impl KafkaSink {
     /// a fatal producer error) is returned: retrying it would freeze the
     /// partition's commits and grow memory without end.
     async fn send_until_acked(&self, topic: &str, key: &str, payload: &str) -> Result<()> {
-        self.send_bytes_until_acked(topic, None, key.as_bytes(), Some(payload.as_bytes()))
-            .await
+        self.send_bytes_until_acked(
+            &self.producer,
+            topic,
+            None,
+            key.as_bytes(),
+            Some(payload.as_bytes()),
+        )
+        .await
     }
 
     /// [`Self::send_until_acked`] for bytes, to an explicit partition when
     /// given; `payload = None` is a tombstone.
     async fn send_bytes_until_acked(
         &self,
+        producer: &FutureProducer,
         topic: &str,
         partition: Option<i32>,
         key: &[u8],
@@ -315,7 +303,7 @@ impl KafkaSink {
             if let Some(p) = partition {
                 rec = rec.partition(p);
             }
-            match self.producer.send(rec, Duration::from_secs(30)).await {
+            match producer.send(rec, Duration::from_secs(30)).await {
                 Ok(_) => return Ok(()),
                 Err((e, _)) => {
                     let transient = e.rdkafka_error_code().is_none_or(retryable_kafka_code);
@@ -338,6 +326,49 @@ impl KafkaSink {
             }
         }
     }
+}
+
+/// Adds the offsets to the open transaction, commits it, opens the next.
+fn commit_transaction(
+    txn: &FutureProducer,
+    tpl: &TopicPartitionList,
+    consumer: &Source,
+) -> Result<()> {
+    let fail = |what: &str, e: rdkafka::error::KafkaError| -> Error {
+        let abortable =
+            matches!(&e, rdkafka::error::KafkaError::Transaction(r) if r.txn_requires_abort());
+        if abortable {
+            let _ = txn.abort_transaction(Duration::from_secs(30));
+        }
+        let fenced = e.rdkafka_error_code().is_some_and(|c| {
+            matches!(
+                c,
+                RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
+            )
+        });
+        Error::State(format!(
+            "{what} failed ({e}); the transaction is {}; the next start resumes from the last committed checkpoint{}",
+            if abortable { "aborted" } else { "not committed" },
+            if fenced {
+                " (fenced: another instance runs with the same transactional id; give each live instance its own --instance name)"
+            } else {
+                ""
+            }
+        ))
+    };
+    blocking(|| -> Result<()> {
+        if tpl.count() > 0 {
+            let meta = consumer.group_metadata().ok_or_else(|| {
+                Error::State("the consumer has no group metadata (not in a group?)".into())
+            })?;
+            txn.send_offsets_to_transaction(tpl, &meta, Duration::from_secs(30))
+                .map_err(|e| fail("adding the offsets to the transaction", e))?;
+        }
+        txn.commit_transaction(Duration::from_secs(60))
+            .map_err(|e| fail("committing the transaction", e))?;
+        txn.begin_transaction()
+            .map_err(|e| fail("beginning a transaction", e))
+    })
 }
 
 fn dead_letter_key(d: &DeadLetter) -> String {
