@@ -14,21 +14,38 @@
 //!   and logged at error level; forecasts are not affected.
 //! - A write error (a full disk) is reported loudly and the writer goes on
 //!   with the next file; it never crash-loops the job.
+//! - With durable state the archive follows the job's commit points: a file
+//!   that is due to roll is sealed at the next checkpoint mark (`mark`),
+//!   with the input offsets of that checkpoint in its footer, and renamed
+//!   into view once that checkpoint is committed (`CommitPoints`). A crash
+//!   can come between the commit and the rename: a start therefore looks at
+//!   the `*.tmp` files left behind and publishes a sealed one whose offsets
+//!   the group has committed, and deletes the rest (rows after the last
+//!   committed checkpoint, which the replay archives again). So a crash
+//!   leaves neither duplicate rows nor lost ones nor orphaned files.
 //! - Retention: after each file, files whose newest window is older than
 //!   `retention_age` (event time, against the newest window archived) are
 //!   deleted, then the oldest files while the total exceeds `retention_bytes`.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{RecordBatch, TimestampMillisecondArray};
 use arrow::datatypes::SchemaRef;
 use parquet::arrow::ArrowWriter;
+use parquet::file::metadata::KeyValue;
 
 use crate::config::ArchiveConfig;
 use crate::error::{Error, Result};
+
+/// The newest committed checkpoint id, shared by the sink (which commits)
+/// and the archive (which renames files up to it into view).
+pub type CommitPoints = Arc<AtomicU64>;
 
 /// Writes window batches into rolling Parquet files.
 pub struct ArchiveWriter {
@@ -38,6 +55,29 @@ pub struct ArchiveWriter {
     current: Option<Open>,
     seq: u64,
     newest_ms: i64,
+    /// Durable state: the commit points to follow (see module docs).
+    follow: Option<CommitPoints>,
+    /// The current file is due to roll at the next mark.
+    due: bool,
+    /// Closed files waiting for their checkpoint's commit: (id, tmp, path).
+    sealed: Vec<(u64, PathBuf, PathBuf)>,
+    last_mark: u64,
+    last_offsets: Vec<(i32, i64)>,
+}
+
+/// Footer key of a sealed file: the input offsets (JSON `[[partition,
+/// next offset], ..]`) of the checkpoint it was sealed at.
+const SEALED_AT: &str = "streamcast.checkpoint_offsets";
+
+/// The checkpoint offsets in a sealed file's footer (`None`: not sealed,
+/// e.g. cut short by a crash).
+fn sealed_offsets(path: &Path) -> Option<Vec<(i32, i64)>> {
+    let f = File::open(path).ok()?;
+    let reader = parquet::file::reader::SerializedFileReader::new(f).ok()?;
+    use parquet::file::reader::FileReader;
+    let kv = reader.metadata().file_metadata().key_value_metadata()?;
+    let v = kv.iter().find(|k| k.key == SEALED_AT)?.value.as_ref()?;
+    serde_json::from_str(v).ok()
 }
 
 struct Open {
@@ -59,7 +99,84 @@ impl ArchiveWriter {
             current: None,
             seq: 0,
             newest_ms: i64::MIN,
+            follow: None,
+            due: false,
+            sealed: Vec::new(),
+            last_mark: 0,
+            last_offsets: Vec::new(),
         })
+    }
+
+    /// Follows commit points. First settles the `*.tmp` files a crashed
+    /// run left: a sealed file whose checkpoint offsets are all within
+    /// `committed` (the group's committed input offsets) is published, the
+    /// rest deleted (the replay archives their windows again).
+    pub fn follow(&mut self, points: CommitPoints, committed: &BTreeMap<i32, i64>) -> Result<()> {
+        let (mut published, mut removed) = (0, 0);
+        for tmp in walk(&self.dir)? {
+            if tmp.extension().is_none_or(|x| x != "tmp") {
+                continue;
+            }
+            let covered = sealed_offsets(&tmp).is_some_and(|offs| {
+                offs.iter()
+                    .all(|(p, o)| committed.get(p).is_some_and(|c| c >= o))
+            });
+            if covered {
+                let path = tmp.with_extension("");
+                std::fs::rename(&tmp, &path)
+                    .map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))?;
+                published += 1;
+            } else {
+                std::fs::remove_file(&tmp)
+                    .map_err(|e| Error::io(format!("removing {}", tmp.display()), e))?;
+                removed += 1;
+            }
+        }
+        if published + removed > 0 {
+            tracing::info!(published, removed, dir = %self.dir.display(), "settled the archive files an earlier run left: committed ones published, the rest removed (the replay archives their windows again)");
+        }
+        self.follow = Some(points);
+        Ok(())
+    }
+
+    /// A checkpoint was taken after everything written so far: seal the
+    /// current file at it if it is due to roll (or `force`), then publish
+    /// what is committed.
+    pub fn mark(&mut self, id: u64, offsets: &[(i32, i64)], force: bool) -> Result<()> {
+        self.last_mark = id;
+        self.last_offsets = offsets.to_vec();
+        if self.due || force {
+            if let Some(mut cur) = self.current.take() {
+                let json = serde_json::to_string(offsets).unwrap_or_default();
+                cur.writer
+                    .append_key_value_metadata(KeyValue::new(SEALED_AT.to_string(), json));
+                cur.writer.close()?;
+                self.sealed.push((id, cur.tmp, cur.path));
+            }
+            self.due = false;
+        }
+        self.publish()
+    }
+
+    /// Renames sealed files whose checkpoint is committed into view.
+    pub fn publish(&mut self) -> Result<()> {
+        let Some(points) = &self.follow else {
+            return Ok(());
+        };
+        let committed = points.load(Ordering::SeqCst);
+        let (ready, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sealed)
+            .into_iter()
+            .partition(|(id, _, _)| *id <= committed);
+        self.sealed = wait;
+        if ready.is_empty() {
+            return Ok(());
+        }
+        for (_, tmp, path) in ready {
+            std::fs::rename(&tmp, &path)
+                .map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))?;
+            metrics::counter!(crate::telemetry::ARCHIVE_FILES).increment(1);
+        }
+        self.retain()
     }
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
@@ -78,7 +195,7 @@ impl ArchiveWriter {
             cur.writer.write(batch)?;
             cur.rows += batch.num_rows();
             if cur.rows >= self.cfg.roll_rows {
-                self.roll()?;
+                self.roll_or_mark_due()?;
             }
         }
         Ok(())
@@ -91,9 +208,18 @@ impl ArchiveWriter {
             .as_ref()
             .is_some_and(|c| c.opened.elapsed() >= self.cfg.roll_interval)
         {
-            self.roll()?;
+            self.roll_or_mark_due()?;
         }
-        Ok(())
+        self.publish()
+    }
+
+    fn roll_or_mark_due(&mut self) -> Result<()> {
+        if self.follow.is_some() {
+            self.due = true;
+            Ok(())
+        } else {
+            self.roll()
+        }
     }
 
     fn open(&mut self, first_end_ms: i64) -> Result<()> {
@@ -212,17 +338,52 @@ pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// All files below `dir`.
+fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let rd =
+            std::fs::read_dir(&d).map_err(|e| Error::io(format!("listing {}", d.display()), e))?;
+        for entry in rd.flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What the writer thread is handed: windows, or a checkpoint mark.
+enum ArchiveMsg {
+    Windows(RecordBatch),
+    /// A checkpoint id and its input offsets (every owned partition).
+    Mark(u64, Vec<(i32, i64)>),
+}
+
 /// The archive writer on its own thread. Cloneable sender side.
 pub struct ArchiveHandle {
-    tx: SyncSender<RecordBatch>,
+    tx: SyncSender<ArchiveMsg>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl ArchiveHandle {
-    /// Starts the writer thread.
-    pub fn spawn(dir: PathBuf, schema: SchemaRef, cfg: ArchiveConfig) -> Result<Self> {
+    /// Starts the writer thread; `follow` makes it follow the job's commit
+    /// points (durable state).
+    pub fn spawn(
+        dir: PathBuf,
+        schema: SchemaRef,
+        cfg: ArchiveConfig,
+        follow: Option<(CommitPoints, BTreeMap<i32, i64>)>,
+    ) -> Result<Self> {
         let mut w = ArchiveWriter::new(dir, schema, cfg)?;
-        let (tx, rx) = sync_channel::<RecordBatch>(256);
+        if let Some((points, committed)) = follow {
+            w.follow(points, &committed)?;
+        }
+        let (tx, rx) = sync_channel::<ArchiveMsg>(256);
         let thread = std::thread::Builder::new()
             .name("streamcast-archive".into())
             .spawn(move || archive_loop(&mut w, rx))
@@ -232,16 +393,24 @@ impl ArchiveHandle {
 
     /// Hands a batch to the writer without ever blocking.
     pub fn offer(&self, batch: RecordBatch) {
-        match self.tx.try_send(batch) {
+        match self.tx.try_send(ArchiveMsg::Windows(batch)) {
             Ok(()) => {}
-            Err(TrySendError::Full(b)) => {
+            Err(TrySendError::Full(ArchiveMsg::Windows(b))) => {
                 metrics::counter!(crate::telemetry::ARCHIVE_DROPPED).increment(b.num_rows() as u64);
                 tracing::error!(rows = b.num_rows(), "archive writer is behind: windows dropped from the archive (forecasts unaffected)");
             }
+            Err(TrySendError::Full(ArchiveMsg::Mark(..))) => {}
             Err(TrySendError::Disconnected(_)) => {
                 tracing::error!("archive writer stopped: windows are not archived");
             }
         }
+    }
+
+    /// Tells the writer a checkpoint was taken after every batch offered so
+    /// far. Never blocks: when the writer is behind, the mark is skipped
+    /// and a due file rolls at a later one.
+    pub fn mark(&self, checkpoint: u64, offsets: Vec<(i32, i64)>) {
+        let _ = self.tx.try_send(ArchiveMsg::Mark(checkpoint, offsets));
     }
 
     /// Flushes and closes the current file.
@@ -251,11 +420,12 @@ impl ArchiveHandle {
     }
 }
 
-fn archive_loop(w: &mut ArchiveWriter, rx: Receiver<RecordBatch>) {
+fn archive_loop(w: &mut ArchiveWriter, rx: Receiver<ArchiveMsg>) {
     let mut failing_since: Option<Instant> = None;
     loop {
         let res = match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(b) => w.write(&b).and_then(|()| w.maybe_roll()),
+            Ok(ArchiveMsg::Windows(b)) => w.write(&b).and_then(|()| w.maybe_roll()),
+            Ok(ArchiveMsg::Mark(id, offsets)) => w.mark(id, &offsets, false),
             Err(RecvTimeoutError::Timeout) => w.maybe_roll(),
             Err(RecvTimeoutError::Disconnected) => break,
         };
@@ -273,9 +443,33 @@ fn archive_loop(w: &mut ArchiveWriter, rx: Receiver<RecordBatch>) {
             }
         }
     }
-    if let Err(e) = w.roll() {
+    if let Err(e) = finish(w) {
         tracing::error!(error = %e, "closing the archive file failed");
     }
+}
+
+/// At the end of the job: without commit points, roll. With them, seal the
+/// file at the last mark (every batch before it is written) and wait,
+/// bounded, for the final checkpoint's commit to publish it; what is not
+/// committed by then stays `*.tmp` and is recomputed by the next start.
+fn finish(w: &mut ArchiveWriter) -> Result<()> {
+    if w.follow.is_none() {
+        return w.roll();
+    }
+    if w.last_mark == 0 {
+        return Ok(()); // no checkpoint covers the current file
+    }
+    let offsets = std::mem::take(&mut w.last_offsets);
+    w.mark(w.last_mark, &offsets, true)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !w.sealed.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        w.publish()?;
+    }
+    if !w.sealed.is_empty() {
+        tracing::warn!(files = w.sealed.len(), "archive files whose checkpoint was not committed stay uncommitted (*.tmp); the next start recomputes them");
+    }
+    Ok(())
 }
 
 /// Writes window batches to one Parquet file in the archive's format
@@ -371,6 +565,85 @@ mod tests {
         assert!(
             list_files(dir.path()).unwrap().is_empty(),
             "a 1-byte budget keeps nothing"
+        );
+    }
+
+    /// Durable state: a due file is sealed at the next mark and becomes
+    /// visible only once that checkpoint is committed; uncommitted files a
+    /// crash left are removed on start.
+    #[test]
+    fn files_follow_commit_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ArchiveConfig {
+            enabled: true,
+            dir: None,
+            roll_rows: 2,
+            roll_interval: Duration::from_secs(3600),
+            retention_age: Duration::from_secs(1_000 * 86_400),
+            retention_bytes: u64::MAX,
+        };
+        let points = CommitPoints::default();
+        let schema = batch(&[0]).schema();
+        let mut w =
+            ArchiveWriter::new(dir.path().to_path_buf(), schema.clone(), cfg.clone()).unwrap();
+        w.follow(points.clone(), &BTreeMap::new()).unwrap();
+        w.write(&batch(&[1, 2])).unwrap(); // due, but no mark yet
+        w.write(&batch(&[3])).unwrap(); // same file: rows before the mark
+        assert!(list_files(dir.path()).unwrap().is_empty());
+        w.mark(1, &[(0, 10)], false).unwrap();
+        assert!(
+            list_files(dir.path()).unwrap().is_empty(),
+            "checkpoint 1 not committed yet"
+        );
+        w.write(&batch(&[4])).unwrap(); // a new file, after checkpoint 1
+        points.store(1, Ordering::SeqCst);
+        w.publish().unwrap();
+        assert_eq!(
+            list_files(dir.path()).unwrap().len(),
+            1,
+            "checkpoint 1 committed"
+        );
+        w.write(&batch(&[5, 6])).unwrap(); // due again
+        w.mark(2, &[(0, 20)], false).unwrap(); // sealed at checkpoint 2...
+        w.write(&batch(&[7])).unwrap(); // ...and an open file after it
+                                        // A crash now, after checkpoint 2 was committed but before the
+                                        // rename: the next start publishes the sealed file (its offsets are
+                                        // committed) and removes the open one.
+        drop(w);
+        let tmp = |d: &Path| {
+            walk(d)
+                .unwrap()
+                .iter()
+                .filter(|p| p.extension().is_some_and(|x| x == "tmp"))
+                .count()
+        };
+        assert_eq!(tmp(dir.path()), 2);
+        let mut again =
+            ArchiveWriter::new(dir.path().to_path_buf(), schema.clone(), cfg.clone()).unwrap();
+        again
+            .follow(CommitPoints::default(), &BTreeMap::from([(0, 20)]))
+            .unwrap();
+        assert_eq!(tmp(dir.path()), 0);
+        assert_eq!(
+            list_files(dir.path()).unwrap().len(),
+            2,
+            "checkpoint 2's file published"
+        );
+        // Had checkpoint 2 not been committed, its file would go too.
+        let dir2 = tempfile::tempdir().unwrap();
+        let mut w =
+            ArchiveWriter::new(dir2.path().to_path_buf(), schema.clone(), cfg.clone()).unwrap();
+        w.follow(CommitPoints::default(), &BTreeMap::new()).unwrap();
+        w.write(&batch(&[1, 2])).unwrap();
+        w.mark(1, &[(0, 10)], false).unwrap();
+        drop(w);
+        let mut again = ArchiveWriter::new(dir2.path().to_path_buf(), schema, cfg).unwrap();
+        again
+            .follow(CommitPoints::default(), &BTreeMap::from([(0, 9)]))
+            .unwrap();
+        assert!(
+            walk(dir2.path()).unwrap().is_empty(),
+            "uncommitted sealed file removed"
         );
     }
 }

@@ -53,6 +53,7 @@ pub struct Core {
     totals: Totals,
     /// Next offset to read per partition, since the last checkpoint.
     frontier: BTreeMap<i32, i64>,
+    checkpoints: u64,
 }
 
 impl Core {
@@ -64,6 +65,7 @@ impl Core {
             tracker,
             totals: Totals::default(),
             frontier: BTreeMap::new(),
+            checkpoints: 0,
         })
     }
 
@@ -111,7 +113,9 @@ impl Core {
                 value: Some(state::encode(&PartitionState { max_ts })?),
             });
         }
+        self.checkpoints += 1;
         Ok(Checkpoint {
+            id: self.checkpoints,
             records,
             offsets: std::mem::take(&mut self.frontier).into_iter().collect(),
             epochs,

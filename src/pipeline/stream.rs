@@ -109,7 +109,17 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
             "checkpoints are transactional"
         );
     }
-    let archive = spawn_archive(&cfg)?;
+    // The newest committed checkpoint: the sink sets it, the archive follows.
+    let commit_points = crate::archive::CommitPoints::default();
+    let archive = if durable && cfg.archive.enabled {
+        let c = cfg.clone();
+        let committed = tokio::task::spawn_blocking(move || source::committed_offsets(&c))
+            .await
+            .map_err(|_| Error::Panicked("committed offsets"))??;
+        spawn_archive(&cfg, Some((commit_points.clone(), committed)))?
+    } else {
+        spawn_archive(&cfg, None)?
+    };
     let signals = Arc::new(RetrainSignals::default());
     let (swap_tx, swap_rx) = sync_channel::<Swap>(1);
     let retrainer = spawn_retrainer(&cfg, signals.clone(), swap_tx)?;
@@ -121,6 +131,7 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
         opts.print_forecasts,
         sink_failed.clone(),
         (consumer.clone(), assignment.clone()),
+        commit_points,
     );
     let committer = if durable {
         assignment.set_on_revoke(Some(checkpoint_on_revoke(compute.inputs.clone())));
@@ -201,12 +212,15 @@ fn checkpoint_on_revoke(inputs: SyncSender<Input>) -> OnRevoke {
 }
 
 /// The archive writer thread, when `archive.enabled`.
-fn spawn_archive(cfg: &PipelineConfig) -> Result<Option<ArchiveHandle>> {
+fn spawn_archive(
+    cfg: &PipelineConfig,
+    follow: Option<(crate::archive::CommitPoints, BTreeMap<i32, i64>)>,
+) -> Result<Option<ArchiveHandle>> {
     if !cfg.archive.enabled {
         return Ok(None);
     }
     let schema = WindowSpec::from_config(cfg).windows_schema();
-    ArchiveHandle::spawn(cfg.archive_dir(), schema, cfg.archive.clone()).map(Some)
+    ArchiveHandle::spawn(cfg.archive_dir(), schema, cfg.archive.clone(), follow).map(Some)
 }
 
 /// The retrainer thread, when `retrain.enabled`; promoted models go to `swap_tx`.
@@ -304,6 +318,9 @@ fn compute_loop(
         core.enable_state_tracking();
     }
     let mut owned: BTreeMap<i32, u64> = BTreeMap::new();
+    // Input offsets of the last checkpoint, all owned partitions (the archive
+    // records them in the files it seals).
+    let mut through: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_checkpoint = Instant::now();
     let emit = |outs: Vec<Output>| -> Result<()> {
         for o in outs {
@@ -370,13 +387,25 @@ fn compute_loop(
         if durable && (asked.is_some() || last_checkpoint.elapsed() >= cfg.state.commit_interval) {
             let mut cp = core.checkpoint(epochs(&owned))?;
             cp.done = asked;
+            let id = cp.id;
+            through.retain(|p, _| owned.contains_key(p));
+            through.extend(cp.offsets.iter().copied());
             emit(vec![Output::Checkpoint(cp)])?;
+            if let Some(a) = &archive {
+                a.mark(id, through.iter().map(|(&p, &o)| (p, o)).collect());
+            }
             last_checkpoint = Instant::now();
         }
     }
     if durable {
         let cp = core.checkpoint(epochs(&owned))?;
+        let id = cp.id;
+        through.retain(|p, _| owned.contains_key(p));
+        through.extend(cp.offsets.iter().copied());
         emit(vec![Output::Checkpoint(cp)])?;
+        if let Some(a) = &archive {
+            a.mark(id, through.iter().map(|(&p, &o)| (p, o)).collect());
+        }
     }
     if let Some(a) = archive {
         a.close();
@@ -426,6 +455,7 @@ fn spawn_sink(
     print: bool,
     failed: Arc<tokio::sync::Notify>,
     (consumer, assignment): (Arc<Source>, Arc<Assignment>),
+    commit_points: crate::archive::CommitPoints,
 ) -> TaskHandle<Result<Deliveries>> {
     tokio::spawn(async move {
         let mut inflight = FuturesUnordered::new();
@@ -450,7 +480,9 @@ fn spawn_sink(
                             while let Some(r) = inflight.next().await {
                                 delivered(r)?;
                             }
+                            let id = cp.id;
                             sink.commit(cp, &consumer, &assignment).await?;
+                            commit_points.fetch_max(id, Ordering::SeqCst);
                         }
                         Some(o) => inflight.push(sink.deliver(o)),
                         None => break,

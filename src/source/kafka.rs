@@ -301,6 +301,36 @@ pub fn caught_up(consumer: &Source, topic: &str, next: &HashMap<i32, i64>) -> bo
     })
 }
 
+/// The group's committed offsets of every input partition (those with
+/// none are left out). Blocking.
+pub fn committed_offsets(cfg: &PipelineConfig) -> Result<BTreeMap<i32, i64>> {
+    let topic = &cfg.source.topic;
+    let parts = crate::broker::partition_count(&cfg.source.brokers, topic)?;
+    let group = cfg.group_id();
+    let c: BaseConsumer = client_config(
+        &cfg.source.brokers,
+        &[
+            ("group.id", group.as_str()),
+            ("enable.auto.commit", "false"),
+        ],
+        &cfg.source.librdkafka,
+    )
+    .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..parts {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(30))?;
+    Ok(got
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
+}
+
 /// Partitions of `topic` currently assigned to this consumer.
 pub fn assigned_partitions(consumer: &Source, topic: &str) -> Vec<i32> {
     consumer

@@ -101,6 +101,8 @@ pub struct StateRecord {
 /// the input position it corresponds to.
 #[derive(Debug)]
 pub struct Checkpoint {
+    /// Increasing from 1 within a run (the archive follows it).
+    pub id: u64,
     pub records: Vec<StateRecord>,
     /// Next offset to read per partition (only partitions read since the
     /// last checkpoint).

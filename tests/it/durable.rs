@@ -160,7 +160,17 @@ fn survives_sigkills(delivery: &str) {
     let input2 = format!("{input}.2");
     create_topics(&[(input2.as_str(), PARTITIONS)]);
     let name = format!("dur-{delivery}-{s}");
-    let p = pipeline(dir.path(), &name, &input2, delivery);
+    let archive = dir.path().join("archive");
+    let p = pipeline_with(
+        dir.path(),
+        &name,
+        &input2,
+        delivery,
+        &format!(
+            "[archive]\nenabled = true\ndir = \"{}\"\nroll_rows = 40\nroll_interval = \"1s\"\n",
+            archive.display()
+        ),
+    );
     let mut kills = Vec::new();
     for &(a, b) in &chunks[..3] {
         produce(&input2, events(a, b));
@@ -188,6 +198,54 @@ fn survives_sigkills(delivery: &str) {
         assert_eq!(n(&v, "duplicates"), 0, "exactly once: {v}");
     }
     assert!(v["ok"].as_bool().unwrap(), "{v}");
+    // The archive followed the commit points: every closed window once, no
+    // uncommitted file left behind.
+    let (rows, tmp) = archive_rows(&archive);
+    assert_eq!(tmp, 0, "uncommitted archive files left");
+    let dups = histogram(rows.iter().cloned())
+        .into_iter()
+        .filter(|(_, c)| *c > 1)
+        .count();
+    assert_eq!(dups, 0, "archive rows repeated after the replays");
+    assert_eq!(
+        rows.len() as u64,
+        n(&v, "reference"),
+        "every forecast window archived once"
+    );
+}
+
+/// (key, window_end) of every archived row, and the number of `*.tmp` files.
+fn archive_rows(dir: &Path) -> (Vec<(String, i64)>, usize) {
+    use arrow::array::AsArray;
+    use arrow::datatypes::TimestampMillisecondType;
+    let mut rows = Vec::new();
+    let mut tmp = 0;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.extension().is_some_and(|x| x == "tmp") {
+                tmp += 1;
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                let f = std::fs::File::open(&p).unwrap();
+                let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+                    .unwrap()
+                    .build()
+                    .unwrap();
+                for b in r {
+                    let b = b.unwrap();
+                    let keys = b.column(0).as_string::<i32>();
+                    let ends = b.column(2).as_primitive::<TimestampMillisecondType>();
+                    for i in 0..b.num_rows() {
+                        rows.push((keys.value(i).to_string(), ends.value(i)));
+                    }
+                }
+            }
+        }
+    }
+    (rows, tmp)
 }
 
 #[test]
