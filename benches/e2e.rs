@@ -25,7 +25,10 @@
 //! the median and range. `E2E_WORKLOADS` picks some (e.g. `2000x1,2000x8`),
 //! `E2E_SKIP` skips runners (`peer,kcat,bare-default`); `E2E_OLD_DEFAULT=1`
 //! adds a streamcast run with librdkafka's own `fetch.queue.backoff.ms`
-//! (1 s), the default before streamcast set it.
+//! (1 s), the default before streamcast set it; `E2E_DELIVERY=1` adds
+//! streamcast without durable state, exactly once, and exactly once with a
+//! 100 ms commit interval (close -> ack is then close -> commit: when a
+//! `read_committed` reader can see the forecast).
 
 // Bench code may unwrap: a failing unwrap is a failing run.
 #![allow(clippy::unwrap_used)]
@@ -269,7 +272,8 @@ fn streamcast_bin() -> PathBuf {
         .join("streamcast")
 }
 
-fn run_streamcast(topic: &str, w: Workload, dir: &Path, extra: &str) -> Figures {
+/// `top` is TOML before the first table (e.g. `delivery`), `extra` after.
+fn run_streamcast(topic: &str, w: Workload, dir: &Path, top: &str, extra: &str) -> Figures {
     let s = suffix();
     let fields: Vec<String> = field_names(w.fields)
         .iter()
@@ -279,7 +283,8 @@ fn run_streamcast(topic: &str, w: Workload, dir: &Path, extra: &str) -> Figures 
     std::fs::write(
         &pipeline,
         format!(
-            r#"name = "e2e-{s}"
+            r#"{top}
+name = "e2e-{s}"
 [source]
 topic = "{topic}"
 group_id = "e2e-{s}"
@@ -438,13 +443,34 @@ fn main() {
             }
             run(
                 "streamcast run",
-                Some(run_streamcast(&topic, w, dir.path(), "")),
+                Some(run_streamcast(&topic, w, dir.path(), "", "")),
             );
+            if std::env::var_os("E2E_DELIVERY").is_some() {
+                let variants = [
+                    ("streamcast run (state off)", "", "[state]\nenabled = false"),
+                    (
+                        "streamcast run (exactly once)",
+                        "delivery = \"exactly_once\"",
+                        "",
+                    ),
+                    (
+                        "streamcast run (exactly once, commit 100ms)",
+                        "delivery = \"exactly_once\"",
+                        "[state]\ncommit_interval = \"100ms\"",
+                    ),
+                ];
+                for (name, top, extra) in variants {
+                    run(
+                        name,
+                        Some(run_streamcast(&topic, w, dir.path(), top, extra)),
+                    );
+                }
+            }
             if std::env::var_os("E2E_OLD_DEFAULT").is_some() {
                 let old = "[source.librdkafka]\n\"fetch.queue.backoff.ms\" = \"1000\"";
                 run(
                     "streamcast run (librdkafka's default fetch.queue.backoff.ms)",
-                    Some(run_streamcast(&topic, w, dir.path(), old)),
+                    Some(run_streamcast(&topic, w, dir.path(), "", old)),
                 );
             }
             if !skip.contains("peer") {
@@ -487,5 +513,14 @@ fn main() {
             median_range(&ratio(&ours, &limit)),
             median_range(&ratio(&ours, &peer))
         );
+        let eos = col("streamcast run (exactly once)", |f| f.events_per_s);
+        if !eos.is_empty() {
+            let off = col("streamcast run (state off)", |f| f.events_per_s);
+            println!(
+                "exactly once / at least once (same rep): {}; at least once with state / state off: {}",
+                median_range(&ratio(&eos, &ours)),
+                median_range(&ratio(&ours, &off))
+            );
+        }
     }
 }

@@ -132,6 +132,7 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
         sink_failed.clone(),
         (consumer.clone(), assignment.clone()),
         commit_points,
+        cfg.delivery == crate::config::Delivery::ExactlyOnce,
     );
     let committer = if durable {
         assignment.set_on_revoke(Some(checkpoint_on_revoke(compute.inputs.clone())));
@@ -456,15 +457,24 @@ fn spawn_sink(
     failed: Arc<tokio::sync::Notify>,
     (consumer, assignment): (Arc<Source>, Arc<Assignment>),
     commit_points: crate::archive::CommitPoints,
+    exactly_once: bool,
 ) -> TaskHandle<Result<Deliveries>> {
     tokio::spawn(async move {
         let mut inflight = FuturesUnordered::new();
         let mut printer = Printer::default();
-        let mut stats = Deliveries::default();
+        let stats = Mutex::new(Deliveries::default());
+        // Exactly once: a forecast is visible (read_committed) only at its
+        // transaction's commit, so its latency is measured to the commit.
+        let uncommitted = Mutex::new(Vec::<(Instant, usize)>::new());
         let mut delivered = |r: Result<Delivered>| -> Result<()> {
             let d = r?;
             if let Some(l) = d.latency {
-                stats.record(l, d.forecasts.len());
+                if exactly_once {
+                    let closed = Instant::now().checked_sub(l).unwrap_or_else(Instant::now);
+                    lock(&uncommitted).push((closed, d.forecasts.len()));
+                } else {
+                    lock(&stats).record(l, d.forecasts.len());
+                }
             }
             if print {
                 printer.print(&d.forecasts)
@@ -483,6 +493,10 @@ fn spawn_sink(
                             let id = cp.id;
                             sink.commit(cp, &consumer, &assignment).await?;
                             commit_points.fetch_max(id, Ordering::SeqCst);
+                            let done: Vec<_> = lock(&uncommitted).drain(..).collect();
+                            for (closed, n) in done {
+                                lock(&stats).record(closed.elapsed(), n);
+                            }
                         }
                         Some(o) => inflight.push(sink.deliver(o)),
                         None => break,
@@ -501,8 +515,12 @@ fn spawn_sink(
             failed.notify_one();
             return Err(e);
         }
-        Ok(stats)
+        Ok(stats.into_inner().unwrap_or_else(|e| e.into_inner()))
     })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// When the consumer loop handed its first and last messages on.

@@ -56,6 +56,7 @@ pub fn producer_config(cfg: &PipelineConfig, transactional: bool) -> ClientConfi
     let mut c = client_config(&cfg.source.brokers, &defaults, &cfg.sink.librdkafka);
     if transactional {
         c.set("transactional.id", transactional_id(cfg));
+
         // A crashed instance's open transaction blocks read_committed
         // readers until it times out (or its successor, with the same
         // id, starts): keep that short.

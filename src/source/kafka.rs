@@ -166,7 +166,21 @@ pub fn consumer_config(cfg: &PipelineConfig) -> ClientConfig {
         // 7x faster end to end (BENCHMARKS.md, end to end).
         ("fetch.queue.backoff.ms", "1"),
     ];
-    client_config(&cfg.source.brokers, &defaults, &cfg.source.librdkafka)
+    let mut c = client_config(&cfg.source.brokers, &[], &BTreeMap::new());
+    for (k, v) in defaults {
+        c.set(k, v);
+    }
+    if cfg.state.enabled {
+        // Static membership: a restarted instance (same name) takes its
+        // partitions back at once, without a rebalance and without waiting
+        // for the old member's session to time out. An instance that stops
+        // for good hands its partitions on after `session.timeout.ms`.
+        c.set("group.instance.id", format!("{group}-{}", cfg.instance()));
+    }
+    for (k, v) in &cfg.source.librdkafka {
+        c.set(k, v);
+    }
+    c
 }
 
 pub fn create_consumer(cfg: &PipelineConfig) -> Result<(Source, Arc<Assignment>)> {

@@ -101,6 +101,7 @@ pub fn restore(cfg: &PipelineConfig, partition: i32) -> Result<RestoredPartition
                 if m.offset() + 1 >= high {
                     break;
                 }
+                continue; // more to read: no need to ask for the position
             }
             Some(Err(e)) => {
                 let retry = e.rdkafka_error_code().is_none_or(|c| {

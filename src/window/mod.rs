@@ -15,6 +15,14 @@
 //!   partitions that have sent nothing hold the watermark until they turn
 //!   idle. A partition with unread messages on the broker (`set_backlogged`)
 //!   is behind, never idle. The watermark never goes back.
+//! - With durable state (`enable_state_tracking`) time is kept per input
+//!   partition instead, as Kafka Streams keeps stream time per task: an
+//!   active partition's watermark is its own largest event time minus
+//!   `allowed_lateness`, and its keys close and judge lateness by it; an
+//!   idle one follows the instance-wide watermark above. So what a key
+//!   computes does not depend on which other partitions its owner holds:
+//!   a partition that moves to another instance (whose other partitions
+//!   may be far ahead) continues exactly as it would have.
 //! - A window closes when `end <= watermark`. All keys share the grid, so
 //!   windows close only when the watermark crosses a pane boundary; only then
 //!   are keys visited.
@@ -257,6 +265,22 @@ struct PartitionClock {
     last_active_ms: i64,
     /// Unread messages wait on the broker: never idle while this holds.
     backlogged: bool,
+    /// Per-partition time (durable state): this partition's watermark and
+    /// the last window index closed for its keys.
+    watermark: i64,
+    closed_through: i64,
+}
+
+impl PartitionClock {
+    fn new(now_ms: i64) -> Self {
+        PartitionClock {
+            max_ts: None,
+            last_active_ms: now_ms,
+            backlogged: false,
+            watermark: i64::MIN,
+            closed_through: i64::MIN,
+        }
+    }
 }
 
 /// Rows of closed windows, gathered before sorting and building Arrow.
@@ -358,15 +382,16 @@ impl WindowStage {
         let clock = self
             .partitions
             .entry(r.partition)
-            .or_insert(PartitionClock {
-                max_ts: None,
-                last_active_ms: now_ms,
-                backlogged: false,
-            });
+            .or_insert(PartitionClock::new(now_ms));
         clock.max_ts = match (clock.max_ts, r.clock) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
+        if let Some(m) = clock.max_ts {
+            clock.watermark = clock.watermark.max(m.saturating_sub(self.spec.lateness_ms));
+        }
+        // Visit the restored keys at the next advance (windows owed close).
+        clock.closed_through = i64::MIN;
         self.clocks_written.insert(r.partition, clock.max_ts);
         let nf = self.spec.value_fields.len();
         for (key, w) in &r.windows {
@@ -462,11 +487,9 @@ impl WindowStage {
     pub fn assign(&mut self, partitions: &[i32], now_ms: i64) {
         self.partitions.retain(|p, _| partitions.contains(p));
         for &p in partitions {
-            self.partitions.entry(p).or_insert(PartitionClock {
-                max_ts: None,
-                last_active_ms: now_ms,
-                backlogged: false,
-            });
+            self.partitions
+                .entry(p)
+                .or_insert(PartitionClock::new(now_ms));
         }
     }
 
@@ -503,6 +526,9 @@ impl WindowStage {
     /// as a stream processor does with its final watermark at end of input.
     pub fn finish(&mut self, watermark_ms: i64, now_ms: i64) -> Closed {
         self.watermark = self.watermark.max(watermark_ms);
+        for c in self.partitions.values_mut() {
+            c.watermark = c.watermark.max(watermark_ms);
+        }
         self.tick(now_ms)
     }
 
@@ -544,15 +570,19 @@ impl WindowStage {
             let t = ts[i];
             let pane = t.div_euclid(slide);
             let (p, o) = (part[i], off[i]);
-            let clock = self.partitions.entry(p).or_insert(PartitionClock {
-                max_ts: None,
-                last_active_ms: now_ms,
-                backlogged: false,
-            });
+            let clock = self
+                .partitions
+                .entry(p)
+                .or_insert(PartitionClock::new(now_ms));
             clock.max_ts = Some(clock.max_ts.map_or(t, |m| m.max(t)));
             clock.last_active_ms = now_ms;
+            let wm = if self.track {
+                clock.watermark
+            } else {
+                self.watermark
+            };
             // Late: the last window holding this pane has closed.
-            let window_closed = (pane + r).saturating_mul(slide) <= self.watermark;
+            let window_closed = (pane + r).saturating_mul(slide) <= wm;
             let key = keys.value(i);
             let slot = match self.index.get(key) {
                 Some(&s) => Some(s),
@@ -575,7 +605,7 @@ impl WindowStage {
                         &row_vals,
                         p,
                         o,
-                        self.watermark,
+                        wm,
                     ));
                 }
                 continue;
@@ -744,28 +774,84 @@ impl WindowStage {
         base.map(|b| b.saturating_sub(self.spec.lateness_ms))
     }
 
+    /// Per-partition time: each partition's watermark (see module docs).
+    fn advance_partitions(&mut self, now_ms: i64) {
+        let idle = self.spec.idle_partition_ms;
+        let global = self.watermark;
+        for c in self.partitions.values_mut() {
+            let active = c.backlogged || now_ms - c.last_active_ms < idle;
+            let own = c.max_ts.map(|m| m.saturating_sub(self.spec.lateness_ms));
+            let base = if active { own } else { own.max(Some(global)) };
+            if let Some(b) = base {
+                c.watermark = c.watermark.max(b);
+            }
+        }
+    }
+
+    /// The last window index each partition may close, and whether any
+    /// partition moved past what it closed (per-partition time).
+    fn partition_closing_points(&mut self) -> (HashMap<i32, i64>, bool) {
+        let r = self.spec.panes_per_window();
+        let slide = self.spec.slide_ms;
+        let mut moved = false;
+        let mut last = HashMap::with_capacity(self.partitions.len());
+        for (&p, c) in self.partitions.iter_mut() {
+            if c.watermark == i64::MIN {
+                continue;
+            }
+            let l = c.watermark.div_euclid(slide) - r;
+            if c.closed_through == i64::MIN || l > c.closed_through {
+                moved = true;
+                c.closed_through = l;
+            }
+            last.insert(p, l);
+        }
+        (last, moved)
+    }
+
     fn advance(&mut self, now_ms: i64, out: &mut Closed) {
         if let Some(wm) = self.compute_watermark(now_ms) {
             self.watermark = self.watermark.max(wm);
         }
         out.watermark = self.watermark;
-        if self.watermark == i64::MIN {
+        let per_partition = if self.track {
+            self.advance_partitions(now_ms);
+            let (last, moved) = self.partition_closing_points();
+            if !moved {
+                return;
+            }
+            Some(last)
+        } else {
+            None
+        };
+        if per_partition.is_none() && self.watermark == i64::MIN {
             return;
         }
         let r = self.spec.panes_per_window();
         // Last window index with end <= watermark.
-        let last = self.watermark.div_euclid(self.spec.slide_ms) - r;
-        if last <= self.closed_through && self.closed_through != i64::MIN {
-            return;
+        let global_last = self.watermark.div_euclid(self.spec.slide_ms) - r;
+        if per_partition.is_none() {
+            if global_last <= self.closed_through && self.closed_through != i64::MIN {
+                return;
+            }
+            self.closed_through = global_last;
         }
-        self.closed_through = last;
         let mut rows = Rows::default();
         let ttl = self.spec.key_ttl_ms;
-        let wm = self.watermark;
         let mut ended: Vec<(usize, SeriesEnd)> = Vec::new();
         for slot in 0..self.slots.len() {
             let Some(st) = self.slots[slot].as_mut() else {
                 continue;
+            };
+            let (last, wm) = match &per_partition {
+                Some(points) => match (
+                    points.get(&st.partition),
+                    self.partitions.get(&st.partition),
+                ) {
+                    (Some(&l), Some(c)) => (l, c.watermark),
+                    _ => continue, // its partition has no time yet
+                },
+                None => (global_last, self.watermark),
             };
             if self.track && !st.dirty && st.next_win <= last {
                 st.dirty = true;
@@ -807,6 +893,9 @@ impl WindowStage {
                 // Windows of the new series that could close now are emitted
                 // by the next call, not with this output, which ends the key.
                 self.closed_through = self.closed_through.min(next_win - 1);
+                if let Some(c) = self.partitions.get_mut(&partition) {
+                    c.closed_through = c.closed_through.min(next_win - 1);
+                }
             }
         }
         if !rows.key.is_empty() {

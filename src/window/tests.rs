@@ -1406,11 +1406,19 @@ fn a_restored_stage_continues_like_the_original() {
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for chunk in evs[cut..].chunks(5) {
             let bt = batch(&sp.value_fields, chunk);
-            if let Some(w) = orig.process(&bt, 0).windows {
+            let o = orig.process(&bt, 0);
+            if let Some(w) = o.windows {
                 a.extend(rows_of(&w, 1));
             }
             let out = back.process(&bt, 0);
-            assert!(out.late.is_empty(), "cut {cut}: {:?}", out.late.first());
+            let at = |l: &[DeadLetter]| -> Vec<(i32, i64)> {
+                l.iter().map(|d| (d.partition, d.offset)).collect()
+            };
+            assert_eq!(
+                at(&out.late),
+                at(&o.late),
+                "cut {cut}: the same events are late"
+            );
             if let Some(w) = out.windows {
                 b.extend(rows_of(&w, 1));
             }
@@ -1480,4 +1488,47 @@ fn with_durable_state_a_key_on_a_second_partition_is_dead_lettered() {
     let (keys, _) = s.drop_partition(0);
     assert_eq!(keys.len(), 1);
     assert_eq!(s.live_keys(), 0);
+}
+
+/// The scale-out case: a partition moves to an instance whose own
+/// partition is far ahead in event time. With durable state each
+/// partition keeps its own time, so the moved partition's next events are
+/// on time and its windows close as they would have at the old owner.
+#[test]
+fn a_moved_partition_keeps_its_own_time() {
+    let sp = spec(10, 10, 0, Aggregation::Sum);
+    // The old owner: partition 1 alone, up to t = 25.
+    let mut old = WindowStage::new(sp.clone());
+    old.enable_state_tracking();
+    old.assign(&[1], 0);
+    let evs: Vec<Ev> = (0..6).map(|i| ev("b", i * 5, 1, i, &[1.0])).collect();
+    old.process(&batch(&sp.value_fields, &evs), 0);
+    let mut log = Vec::new();
+    changelog_of(&mut old, &mut log);
+    // The new owner already runs partition 0 at t = 1000.
+    let mut new = WindowStage::new(sp.clone());
+    new.enable_state_tracking();
+    new.assign(&[0], 0);
+    new.process(&batch(&sp.value_fields, &[ev("a", 1000, 0, 0, &[1.0])]), 0);
+    new.restore_partition(&restored(&log, 1), 0);
+    new.assign(&[0, 1], 0);
+    let out = new.process(
+        &batch(
+            &sp.value_fields,
+            &[ev("b", 28, 1, 6, &[1.0]), ev("b", 31, 1, 7, &[1.0])],
+        ),
+        0,
+    );
+    assert!(out.late.is_empty(), "{:?}", out.late.first());
+    let rows = rows_of(&out.windows.expect("b's [20, 30) closes at 31"), 1);
+    let b: Vec<(i64, u32)> = rows
+        .iter()
+        .filter(|r| r.key == "b")
+        .map(|r| (r.start, r.count))
+        .collect();
+    assert_eq!(
+        b,
+        vec![(20, 3)],
+        "t = 20, 25 from before the move, 28 after it"
+    );
 }

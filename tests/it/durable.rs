@@ -142,8 +142,10 @@ fn n(v: &serde_json::Value, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in {v}"))
 }
 
-/// Lives killed with SIGKILL at random moments while chunks of events
-/// arrive, then a last life that ends when idle; compared with the reference.
+/// Lives killed with SIGKILL at random moments (every other one while
+/// shutting down after SIGTERM; archive files roll every second) while
+/// chunks of events arrive, then a last life that ends when idle; compared
+/// with the reference.
 fn survives_sigkills(delivery: &str) {
     let s = rand_suffix();
     let seed = u64::from_str_radix(&s[..8], 16).unwrap();
@@ -174,10 +176,15 @@ fn survives_sigkills(delivery: &str) {
     let mut kills = Vec::new();
     for &(a, b) in &chunks[..3] {
         produce(&input2, events(a, b));
-        for _ in 0..2 {
+        for life in 0..2 {
             let mut c = spawn(&p, "a", &[]);
             let after = rng.random_range(400..3500u64);
             std::thread::sleep(Duration::from_millis(after));
+            if life == 1 {
+                // Killed while shutting down (draining, checkpointing).
+                sigterm(&c);
+                std::thread::sleep(Duration::from_millis(rng.random_range(20..400u64)));
+            }
             c.kill().expect("SIGKILL");
             let _ = c.wait();
             kills.push(after);
