@@ -336,11 +336,15 @@ fn wait_for_window(topic: &str, end_ms: i64, limit: Duration) {
     panic!("no forecast for window end {end_ms} on {topic} within {limit:?}");
 }
 
+/// One repetition: checkpoint sizes (panes only, closing), restore seconds,
+/// keys restored, SIGKILL -> forecast seconds.
+type Rep = (Sizes, Sizes, f64, usize, f64);
+
 fn main() {
     let keys: usize = env_or("STATE_KEYS", "100000").parse().unwrap();
     let reps: usize = env_or("STATE_REPS", "3").parse().unwrap();
     tch::set_num_threads(1);
-    let mut rows: Vec<(Sizes, Sizes, f64, usize, f64)> = Vec::new();
+    let mut rows: Vec<Rep> = Vec::new();
     for rep in 0..reps {
         let (a, b, restore, n) = in_process(keys);
         let kill = if env_or("STATE_SKIP_KILL", "").is_empty() {
@@ -355,7 +359,7 @@ fn main() {
         eprintln!("rep {rep}: checkpoint {:.3}s/{:.3}s, restore {restore:.2}s ({n} keys), kill->forecast {kill:.1}s", a.secs, b.secs);
         rows.push((a, b, restore, n, kill));
     }
-    let col = |f: &dyn Fn(&(Sizes, Sizes, f64, usize, f64)) -> f64| -> Vec<f64> {
+    let col = |f: &dyn Fn(&Rep) -> f64| -> Vec<f64> {
         rows.iter().map(f).collect()
     };
     let per_key = |bytes: usize, n: usize| bytes as f64 / n.max(1) as f64;
