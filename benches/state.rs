@@ -359,9 +359,7 @@ fn main() {
         eprintln!("rep {rep}: checkpoint {:.3}s/{:.3}s, restore {restore:.2}s ({n} keys), kill->forecast {kill:.1}s", a.secs, b.secs);
         rows.push((a, b, restore, n, kill));
     }
-    let col = |f: &dyn Fn(&Rep) -> f64| -> Vec<f64> {
-        rows.iter().map(f).collect()
-    };
+    let col = |f: &dyn Fn(&Rep) -> f64| -> Vec<f64> { rows.iter().map(f).collect() };
     let per_key = |bytes: usize, n: usize| bytes as f64 / n.max(1) as f64;
     println!("\n# state: {keys} keys, {PARTITIONS} partitions, LSTM hidden 32, horizon 6, 5-minute windows; {reps} reps\n");
     println!("| figure | median (range) |");

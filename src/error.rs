@@ -20,8 +20,14 @@ pub enum Error {
         field: String,
         message: String,
     },
+    /// A Kafka client error. Converted through `From`, which redacts the
+    /// value of a secret option that librdkafka refused.
     #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
+    Kafka(#[source] rdkafka::error::KafkaError),
+    /// The cluster refused the connection for a reason retrying cannot
+    /// fix: authentication (SASL) or the TLS handshake failed.
+    #[error("kafka: {0}")]
+    Refused(String),
     /// The broker refused to create a topic.
     #[error("kafka: cannot create topic {topic}: {code}")]
     TopicAdmin {
@@ -89,6 +95,29 @@ pub struct Unpublishable {
     pub bytes: usize,
     #[source]
     pub source: rdkafka::error::KafkaError,
+}
+
+impl From<rdkafka::error::KafkaError> for Error {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        use rdkafka::error::KafkaError as K;
+        match e {
+            // Its message carries the value: never print a secret one.
+            K::ClientConfig(code, desc, key, value) if crate::config::is_secret_key(&key) => {
+                let desc = if value.is_empty() {
+                    desc
+                } else {
+                    desc.replace(&value, crate::config::REDACTED)
+                };
+                Error::Kafka(K::ClientConfig(
+                    code,
+                    desc,
+                    key,
+                    crate::config::REDACTED.to_string(),
+                ))
+            }
+            e => Error::Kafka(e),
+        }
+    }
 }
 
 impl Error {
@@ -177,5 +206,32 @@ mod tests {
         assert!(admin(RDKafkaErrorCode::LeaderNotAvailable).is_retryable());
         assert!(!admin(RDKafkaErrorCode::InvalidReplicationFactor).is_retryable());
         assert!(!Error::config("p.toml", "name", "empty").is_retryable());
+    }
+
+    /// librdkafka's refusal of an option repeats its value: not for secrets.
+    #[test]
+    fn a_refused_secret_option_is_not_printed() {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaConfRes;
+        let refused = |key: &str| {
+            Error::from(KafkaError::ClientConfig(
+                RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+                "Invalid value \"hunter2\" for configuration property".into(),
+                key.into(),
+                "hunter2".into(),
+            ))
+            .to_string()
+        };
+        let msg = refused("sasl.password");
+        assert!(
+            !msg.contains("hunter2") && msg.contains("sasl.password"),
+            "{msg}"
+        );
+        assert!(
+            refused("linger.ms").contains("hunter2"),
+            "other values are shown"
+        );
+        let refused = Error::Refused("SASL authentication error".into());
+        assert!(!refused.is_retryable());
     }
 }

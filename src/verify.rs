@@ -47,7 +47,7 @@ use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::broker::client_config;
+use crate::broker::{client_config, Connection};
 use crate::error::{Error, Result};
 use crate::schema::forecasts;
 use crate::sink::records::{forecast_records, ForecastRecord};
@@ -349,10 +349,14 @@ impl ConsumerContext for ReadContext {}
 /// its beginning up to the high watermark it has now, with
 /// `isolation.level=read_committed`. Fails when the topic does not exist,
 /// or when the partitions were not read to their end within `timeout`.
-pub fn read_topic(brokers: &str, topic: &str, timeout: Duration) -> Result<TopicRead> {
+pub fn read_topic(
+    kafka: impl Into<Connection>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<TopicRead> {
     let group = format!("streamcast-verify-{}", std::process::id());
     let consumer: BaseConsumer<ReadContext> = client_config(
-        brokers,
+        &kafka.into(),
         &[
             ("group.id", group.as_str()),
             ("enable.auto.commit", "false"),

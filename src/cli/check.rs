@@ -1,4 +1,5 @@
-//! `streamcast check`: validate a pipeline file and print it with defaults.
+//! `streamcast check`: validate a pipeline file and print it with defaults
+//! (`${ENV}` references resolved, secret values shown as `***`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,7 +11,7 @@ pub fn check(pipeline: &Path) -> anyhow::Result<ExitCode> {
     let cfg = PipelineConfig::load(pipeline)?;
     println!(
         "{}",
-        toml::to_string_pretty(&cfg).context("printing the pipeline")?
+        toml::to_string_pretty(&cfg.redacted()).context("printing the pipeline")?
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -51,7 +51,7 @@ pub fn generate(
                     generator::to_json(e, &d.key_field, &d.time_field, &d.value_fields[0]),
                 )
             });
-            streamcast::broker::produce(&cfg.source.brokers, &cfg.source.topic, recs).await
+            streamcast::broker::produce(&cfg, &cfg.source.topic, recs).await
         })?;
         println!(
             "produced {n} events for {keys} keys to {}",

@@ -110,8 +110,14 @@ pub enum Cmd {
     /// backfill output) by (key, window_end); exit 1 on missing or differing
     /// forecasts (and duplicates, with --exactly-once).
     Verify {
-        #[arg(long, env = "STREAMCAST_BROKERS", default_value = "127.0.0.1:9092")]
-        brokers: String,
+        /// Bootstrap servers; default the pipeline's (with --pipeline),
+        /// else 127.0.0.1:9092.
+        #[arg(long, env = "STREAMCAST_BROKERS")]
+        brokers: Option<String>,
+        /// Connect as this pipeline's job does: its brokers and its
+        /// `[kafka.librdkafka]` settings (security included).
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
         /// The forecast topic to check.
         #[arg(long)]
         topic: String,
@@ -273,6 +279,7 @@ pub fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         } => models::list(&pipeline, dir),
         Cmd::Verify {
             brokers,
+            pipeline,
             topic,
             reference_topic,
             reference_file,
@@ -281,7 +288,7 @@ pub fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             json,
             timeout,
         } => verify::verify(verify::Options {
-            brokers,
+            kafka: verify::connection(brokers, pipeline.as_deref())?,
             reference: match (reference_topic, reference_file) {
                 (Some(t), _) => verify::Reference::Topic(t),
                 (None, Some(f)) => verify::Reference::File(f),

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
+use streamcast::broker::Connection;
 use streamcast::sink::ForecastRecord;
 use streamcast::verify::{self, Example, Verdict};
 
@@ -24,7 +25,7 @@ pub enum Reference {
 
 /// The parsed command line of `verify`.
 pub struct Options {
-    pub brokers: String,
+    pub kafka: Connection,
     pub reference: Reference,
     pub topic: String,
     pub exactly_once: bool,
@@ -62,12 +63,29 @@ struct Side {
     notes: Vec<String>,
 }
 
+/// Where to read: `--pipeline`'s connection (brokers and `[kafka]`
+/// settings), `--brokers` replacing its brokers; else `--brokers` alone
+/// (default 127.0.0.1:9092).
+pub fn connection(brokers: Option<String>, pipeline: Option<&Path>) -> anyhow::Result<Connection> {
+    Ok(match pipeline {
+        Some(p) => {
+            let mut kafka = Connection::of(&streamcast::PipelineConfig::load(p)?);
+            if let Some(b) = brokers {
+                kafka.brokers = b;
+            }
+            kafka
+        }
+        None => Connection::plain(brokers.unwrap_or_else(|| "127.0.0.1:9092".into())),
+    })
+}
+
 fn read_topic(o: &Options, topic: &str) -> anyhow::Result<Side> {
-    let r = match verify::read_topic(&o.brokers, topic, o.timeout) {
+    let brokers = &o.kafka.brokers;
+    let r = match verify::read_topic(&o.kafka, topic, o.timeout) {
         Err(streamcast::Error::Kafka(KafkaError::MetadataFetch(
             RDKafkaErrorCode::UnknownTopicOrPartition,
-        ))) => anyhow::bail!("topic {topic} does not exist on {}", o.brokers),
-        r => r.with_context(|| format!("reading topic {topic} from {}", o.brokers))?,
+        ))) => anyhow::bail!("topic {topic} does not exist on {brokers}"),
+        r => r.with_context(|| format!("reading topic {topic} from {brokers}"))?,
     };
     let notes = r
         .stopped_short

@@ -25,6 +25,10 @@ pub use train::{PointLoss, TrainConfig};
 pub struct PipelineConfig {
     /// Name of the pipeline; used in the default consumer group and paths.
     pub name: String,
+    /// Settings shared by every Kafka client of the job (security
+    /// included), and how topics are created.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
     /// The Kafka topic events are read from.
     pub source: SourceConfig,
     /// How each message is turned into an event.
@@ -83,9 +87,209 @@ pub struct SourceConfig {
     /// before giving up with an error.
     #[serde(default = "default_connect_attempts")]
     pub connect_attempts: u32,
-    /// Raw librdkafka consumer options (security settings included), passed through.
+    /// Raw librdkafka options of the job's consumers (the input's and the
+    /// state restore's), applied on top of `[kafka.librdkafka]`; e.g.
+    /// `"fetch.max.bytes"`. Values may be written `${ENV_NAME}` (see
+    /// [`KafkaConfig::librdkafka`]).
     #[serde(default)]
-    pub librdkafka: BTreeMap<String, String>,
+    pub librdkafka: LibrdkafkaOptions,
+}
+
+/// The connection to the cluster, shared by every Kafka client the job
+/// creates: the admin client (topic creation), the consumer, the producers,
+/// the state restore consumer and the metadata and committed-offset
+/// lookups. The brokers themselves are `source.brokers`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Raw librdkafka options applied to every client of the job: the place
+    /// for security and other connection settings (`security.protocol`,
+    /// `sasl.mechanism`, `sasl.username`, `sasl.password`,
+    /// `ssl.ca.location`, ...). Each client then applies streamcast's own
+    /// settings for its role, then `[source.librdkafka]` (consumers) or
+    /// `[sink.librdkafka]` (producers), which win.
+    ///
+    /// Any value (here and in those two tables) may be written
+    /// `${ENV_NAME}`, alone or inside text: it is replaced from the
+    /// environment when the file is loaded, and a variable that is not set
+    /// is an error naming the field and the variable (`$${` writes a
+    /// literal `${`). Keep secrets out of the file this way. Values of
+    /// secret keys (any key containing `password`, `secret`, `passphrase`,
+    /// `private`, `jaas`, `ssl.key.pem`, `sasl.oauthbearer.config`) are
+    /// printed and logged as `***`.
+    #[serde(default)]
+    pub librdkafka: LibrdkafkaOptions,
+    /// Replication factor of every topic the job creates when it does not
+    /// exist (input, forecasts, dead letters, the state changelog). 1 suits
+    /// a single local broker; production clusters want 3 (with the
+    /// topics' `min.insync.replicas` at 2), so that losing one broker loses
+    /// no data and stops no writes. Topics that exist are left as they are.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            librdkafka: LibrdkafkaOptions::default(),
+            replication_factor: default_replication_factor(),
+        }
+    }
+}
+
+const fn default_replication_factor() -> i32 {
+    1
+}
+
+/// Raw librdkafka options (`key = "value"`), in key order. Debug output
+/// shows secret values as `***` (see [`is_secret_key`]); serializing
+/// writes them as they are (use [`PipelineConfig::redacted`] to print).
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct LibrdkafkaOptions(pub BTreeMap<String, String>);
+
+/// What is printed instead of a secret value.
+pub const REDACTED: &str = "***";
+
+/// True for librdkafka keys whose values are secrets: passwords,
+/// passphrases, client secrets, private keys (inline PEM), JAAS and
+/// OAUTHBEARER configs.
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "passphrase", "private", "jaas"]
+        .iter()
+        .any(|w| k.contains(w))
+        || k == "ssl.key.pem"
+        || k == "sasl.oauthbearer.config"
+}
+
+impl LibrdkafkaOptions {
+    /// A copy with the values of secret keys replaced by `***`.
+    pub fn redacted(&self) -> Self {
+        LibrdkafkaOptions(
+            self.0
+                .iter()
+                .map(|(k, v)| {
+                    let v = if is_secret_key(k) { REDACTED } else { v };
+                    (k.clone(), v.to_string())
+                })
+                .collect(),
+        )
+    }
+
+    /// Replaces every `${NAME}` in the values with `lookup(NAME)`.
+    /// Fails with the key and a message when a variable is not set or a
+    /// reference is malformed.
+    pub fn resolve_env(
+        &mut self,
+        lookup: impl Fn(&str) -> std::result::Result<String, std::env::VarError>,
+    ) -> std::result::Result<(), (String, String)> {
+        for (k, v) in self.0.iter_mut() {
+            *v = substitute_env(v, &lookup).map_err(|msg| (k.clone(), msg))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for LibrdkafkaOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                (
+                    k,
+                    if is_secret_key(k) {
+                        REDACTED
+                    } else {
+                        v.as_str()
+                    },
+                )
+            }))
+            .finish()
+    }
+}
+
+impl std::ops::Deref for LibrdkafkaOptions {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for LibrdkafkaOptions {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a LibrdkafkaOptions {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for LibrdkafkaOptions {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        LibrdkafkaOptions(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
+/// `value` with every `${NAME}` replaced by `lookup(NAME)`; `$${` is a
+/// literal `${`, any other `$` is kept. The error names the variable.
+pub fn substitute_env(
+    value: &str,
+    lookup: impl Fn(&str) -> std::result::Result<String, std::env::VarError>,
+) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix("${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix('{') {
+            let Some(end) = tail.find('}') else {
+                return Err(
+                    "unclosed `${` in the value (write `${NAME}`, or `$${` for a literal `${`)"
+                        .to_string(),
+                );
+            };
+            let name = &tail[..end];
+            let valid = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!(
+                    "`${{{name}}}` is not an environment variable reference (expected `${{NAME}}` with letters, digits and `_`)"
+                ));
+            }
+            match lookup(name) {
+                Ok(v) => out.push_str(&v),
+                Err(std::env::VarError::NotPresent) => {
+                    return Err(format!(
+                        "environment variable {name} is not set (the value refers to `${{{name}}}`)"
+                    ))
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(format!("environment variable {name} is not valid UTF-8"))
+                }
+            }
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// Where the event's key, time and values are in each JSON message.
@@ -343,9 +547,11 @@ pub struct SinkConfig {
     /// Partitions to create the output topics with when they do not exist.
     #[serde(default = "default_partitions")]
     pub partitions: i32,
-    /// Raw librdkafka producer options, passed through.
+    /// Raw librdkafka options of the job's producers, applied on top of
+    /// `[kafka.librdkafka]`; e.g. `"compression.type"`. Values may be
+    /// written `${ENV_NAME}` (see [`KafkaConfig::librdkafka`]).
     #[serde(default)]
-    pub librdkafka: BTreeMap<String, String>,
+    pub librdkafka: LibrdkafkaOptions,
 }
 
 /// The closed-window archive: Parquet files the retrainer learns from.
@@ -658,6 +864,14 @@ impl PipelineConfig {
                 .unwrap_or_default();
             Error::config(path, field, format!("{msg}{loc}"))
         })?;
+        for (table, opts) in [
+            ("kafka.librdkafka", &mut cfg.kafka.librdkafka),
+            ("source.librdkafka", &mut cfg.source.librdkafka),
+            ("sink.librdkafka", &mut cfg.sink.librdkafka),
+        ] {
+            opts.resolve_env(|name| std::env::var(name))
+                .map_err(|(key, msg)| Error::config(path, format!("{table}.{key}"), msg))?;
+        }
         if let Ok(b) = std::env::var("STREAMCAST_BROKERS") {
             if !b.trim().is_empty() {
                 cfg.source.brokers = b;
@@ -695,6 +909,9 @@ impl PipelineConfig {
         }
         if self.sink.topic == self.source.topic {
             return bad("sink.topic", "must differ from source.topic");
+        }
+        if self.kafka.replication_factor < 1 {
+            return bad("kafka.replication_factor", "expected at least 1");
         }
         if self.source.partitions < 1 || self.sink.partitions < 1 {
             return bad("partitions", "expected at least 1");
@@ -760,6 +977,16 @@ impl PipelineConfig {
             );
         }
         Ok(())
+    }
+
+    /// A copy fit to print or log: the values of secret librdkafka keys
+    /// (in `[kafka]`, `[source]` and `[sink]`) replaced by `***`.
+    pub fn redacted(&self) -> Self {
+        let mut c = self.clone();
+        c.kafka.librdkafka = c.kafka.librdkafka.redacted();
+        c.source.librdkafka = c.source.librdkafka.redacted();
+        c.sink.librdkafka = c.sink.librdkafka.redacted();
+        c
     }
 
     /// Target lags fed to the network (see `ModelConfig::lags`).
@@ -905,5 +1132,110 @@ dead_letter_topic = "dlq"
         assert!(err.to_string().contains("train.loss"), "{err}");
         let err = parse(&GOOD.replace("[sink]", "[model]\ndevice = \"tpu\"\n[sink]")).unwrap_err();
         assert!(err.to_string().contains("model.device"), "{err}");
+    }
+    fn lookup(name: &str) -> std::result::Result<String, std::env::VarError> {
+        match name {
+            "SC_PW" => Ok("s3cret".into()),
+            "SC_USER" => Ok("streamcast".into()),
+            "SC_EMPTY" => Ok(String::new()),
+            _ => Err(std::env::VarError::NotPresent),
+        }
+    }
+
+    #[test]
+    fn env_references_are_substituted() {
+        assert_eq!(substitute_env("${SC_PW}", lookup).unwrap(), "s3cret");
+        assert_eq!(
+            substitute_env("a-${SC_USER}:${SC_PW}$", lookup).unwrap(),
+            "a-streamcast:s3cret$"
+        );
+        assert_eq!(substitute_env("x${SC_EMPTY}y", lookup).unwrap(), "xy");
+        assert_eq!(
+            substitute_env("$${SC_PW} $5", lookup).unwrap(),
+            "${SC_PW} $5"
+        );
+        assert_eq!(substitute_env("plain", lookup).unwrap(), "plain");
+        let err = substitute_env("${SC_NOPE}", lookup).unwrap_err();
+        assert!(err.contains("SC_NOPE") && err.contains("not set"), "{err}");
+        assert!(substitute_env("${SC_PW", lookup)
+            .unwrap_err()
+            .contains("unclosed"));
+        assert!(substitute_env("${1X}", lookup).is_err());
+        assert!(substitute_env("${}", lookup).is_err());
+    }
+
+    /// The whole path: `${...}` in any of the three librdkafka tables is
+    /// replaced at load time; a missing variable names field and variable.
+    #[test]
+    fn librdkafka_values_come_from_the_environment() {
+        // Names unique to this test: the process environment is shared.
+        std::env::set_var("STREAMCAST_TEST_CFG_PW", "hunter2");
+        std::env::set_var("STREAMCAST_TEST_CFG_USER", "svc");
+        let c = parse(&format!(
+            "{GOOD}\n[kafka]\nreplication_factor = 3\n[kafka.librdkafka]\n\
+             \"security.protocol\" = \"SASL_SSL\"\n\
+             \"sasl.username\" = \"${{STREAMCAST_TEST_CFG_USER}}\"\n\
+             \"sasl.password\" = \"${{STREAMCAST_TEST_CFG_PW}}\"\n\
+             [source.librdkafka]\n\"ssl.key.password\" = \"${{STREAMCAST_TEST_CFG_PW}}\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.kafka.replication_factor, 3);
+        assert_eq!(c.kafka.librdkafka["sasl.username"], "svc");
+        assert_eq!(c.kafka.librdkafka["sasl.password"], "hunter2");
+        assert_eq!(c.source.librdkafka["ssl.key.password"], "hunter2");
+
+        let err = parse(&format!(
+            "{GOOD}\n[kafka.librdkafka]\n\"sasl.password\" = \"${{STREAMCAST_TEST_CFG_UNSET}}\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("pipelines/t.toml"), "{err}");
+        assert!(err.contains("kafka.librdkafka.sasl.password"), "{err}");
+        assert!(err.contains("STREAMCAST_TEST_CFG_UNSET"), "{err}");
+
+        let err =
+            parse(&GOOD.replace("[sink]", "[kafka]\nreplication_factor = 0\n[sink]")).unwrap_err();
+        assert!(
+            err.to_string().contains("kafka.replication_factor"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted_when_printed_or_logged() {
+        let mut c = parse(GOOD).expect("valid");
+        assert_eq!(c.kafka.replication_factor, 1, "default");
+        c.kafka.librdkafka = [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.username", "svc"),
+            ("sasl.password", "hunter2"),
+            ("ssl.key.pem", "-----BEGIN PRIVATE KEY-----"),
+            ("sasl.oauthbearer.client.secret", "hunter2"),
+        ]
+        .into_iter()
+        .collect();
+        c.source.librdkafka = [("ssl.keystore.password", "hunter2")].into_iter().collect();
+        c.sink.librdkafka = [("SSL.Key.Password", "hunter2")].into_iter().collect();
+
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("BEGIN"),
+            "{debug}"
+        );
+        assert!(
+            debug.contains("SASL_SSL") && debug.contains("svc"),
+            "{debug}"
+        );
+
+        let printed = toml::to_string_pretty(&c.redacted()).unwrap();
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("BEGIN"),
+            "{printed}"
+        );
+        assert!(printed.contains(r#""sasl.password" = "***""#), "{printed}");
+        assert!(printed.contains(r#""sasl.username" = "svc""#), "{printed}");
+        assert!(printed.contains("replication_factor = 1"), "{printed}");
+        // The original keeps its values: it is what the clients get.
+        assert_eq!(c.kafka.librdkafka["sasl.password"], "hunter2");
     }
 }

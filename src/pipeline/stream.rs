@@ -339,7 +339,19 @@ fn compute_loop(
         }
         Ok(())
     };
-    let epochs = |owned: &BTreeMap<i32, u64>| owned.iter().map(|(&p, &g)| (p, g)).collect();
+    // A checkpoint to the sink, and its mark to the archive.
+    let mut checkpoint = |core: &mut Core, owned: &BTreeMap<i32, u64>, done| -> Result<()> {
+        let mut cp = core.checkpoint(owned.iter().map(|(&p, &g)| (p, g)).collect())?;
+        cp.done = done;
+        let id = cp.id;
+        through.retain(|p, _| owned.contains_key(p));
+        through.extend(cp.offsets.iter().copied());
+        emit(vec![Output::Checkpoint(cp)])?;
+        if let Some(a) = &archive {
+            a.mark(id, through.iter().map(|(&p, &o)| (p, o)).collect());
+        }
+        Ok(())
+    };
     loop {
         if let Ok((net, spec)) = swaps.try_recv() {
             match core.swap(net, spec) {
@@ -386,27 +398,12 @@ fn compute_loop(
         };
         emit(outs)?;
         if durable && (asked.is_some() || last_checkpoint.elapsed() >= cfg.state.commit_interval) {
-            let mut cp = core.checkpoint(epochs(&owned))?;
-            cp.done = asked;
-            let id = cp.id;
-            through.retain(|p, _| owned.contains_key(p));
-            through.extend(cp.offsets.iter().copied());
-            emit(vec![Output::Checkpoint(cp)])?;
-            if let Some(a) = &archive {
-                a.mark(id, through.iter().map(|(&p, &o)| (p, o)).collect());
-            }
+            checkpoint(&mut core, &owned, asked)?;
             last_checkpoint = Instant::now();
         }
     }
     if durable {
-        let cp = core.checkpoint(epochs(&owned))?;
-        let id = cp.id;
-        through.retain(|p, _| owned.contains_key(p));
-        through.extend(cp.offsets.iter().copied());
-        emit(vec![Output::Checkpoint(cp)])?;
-        if let Some(a) = &archive {
-            a.mark(id, through.iter().map(|(&p, &o)| (p, o)).collect());
-        }
+        checkpoint(&mut core, &owned, None)?;
     }
     if let Some(a) = archive {
         a.close();

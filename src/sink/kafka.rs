@@ -34,7 +34,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::records::{forecast_records, ForecastRecord};
 use super::Output;
-use crate::broker::{blocking, client_config};
+use crate::broker::{blocking, client_config, Connection};
 use crate::config::{Delivery, PipelineConfig};
 use crate::decode::DeadLetter;
 use crate::error::{retryable_kafka_code, Error, Result, Unpublishable};
@@ -53,7 +53,7 @@ pub fn producer_config(cfg: &PipelineConfig, transactional: bool) -> ClientConfi
         ("compression.type", "none"),
         ("message.timeout.ms", "60000"),
     ];
-    let mut c = client_config(&cfg.source.brokers, &defaults, &cfg.sink.librdkafka);
+    let mut c = client_config(&Connection::of(cfg), &defaults, &cfg.sink.librdkafka);
     if transactional {
         c.set("transactional.id", transactional_id(cfg));
 

@@ -24,7 +24,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
 
-use crate::broker::client_config;
+use crate::broker::{client_config, Connection};
 use crate::config::PipelineConfig;
 use crate::decode::RawMessage;
 use crate::error::Result;
@@ -166,10 +166,7 @@ pub fn consumer_config(cfg: &PipelineConfig) -> ClientConfig {
         // 7x faster end to end (BENCHMARKS.md, end to end).
         ("fetch.queue.backoff.ms", "1"),
     ];
-    let mut c = client_config(&cfg.source.brokers, &[], &BTreeMap::new());
-    for (k, v) in defaults {
-        c.set(k, v);
-    }
+    let mut c = client_config(&Connection::of(cfg), &defaults, &BTreeMap::new());
     if cfg.state.enabled {
         // Static membership: a restarted instance (same name) takes its
         // partitions back at once, without a rebalance and without waiting
@@ -319,10 +316,11 @@ pub fn caught_up(consumer: &Source, topic: &str, next: &HashMap<i32, i64>) -> bo
 /// none are left out). Blocking.
 pub fn committed_offsets(cfg: &PipelineConfig) -> Result<BTreeMap<i32, i64>> {
     let topic = &cfg.source.topic;
-    let parts = crate::broker::partition_count(&cfg.source.brokers, topic)?;
+    let kafka = Connection::of(cfg);
+    let parts = crate::broker::partition_count(&kafka, topic)?;
     let group = cfg.group_id();
     let c: BaseConsumer = client_config(
-        &cfg.source.brokers,
+        &kafka,
         &[
             ("group.id", group.as_str()),
             ("enable.auto.commit", "false"),

@@ -21,7 +21,7 @@ use crate::telemetry;
 /// partition) when it does not exist, and checks an existing one has
 /// enough partitions. Call after the input topic exists.
 pub async fn ensure_topic(cfg: &PipelineConfig) -> Result<()> {
-    let brokers = cfg.source.brokers.clone();
+    let brokers = crate::broker::Connection::of(cfg);
     let (b, input) = (brokers.clone(), cfg.source.topic.clone());
     let parts = tokio::task::spawn_blocking(move || partition_count(&b, &input))
         .await
@@ -69,7 +69,7 @@ pub fn restore(cfg: &PipelineConfig, partition: i32) -> Result<RestoredPartition
     let t0 = Instant::now();
     let topic = cfg.state_topic();
     let consumer: BaseConsumer = client_config(
-        &cfg.source.brokers,
+        &crate::broker::Connection::of(cfg),
         &[
             ("group.id", &format!("{}-restore", cfg.group_id())),
             ("enable.auto.commit", "false"),

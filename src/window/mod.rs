@@ -1024,23 +1024,20 @@ fn conflict_letter(
     (p, o): Position,
     home: i32,
 ) -> DeadLetter {
-    let mut obj = serde_json::Map::new();
-    obj.insert("key".into(), key.into());
-    obj.insert("ts_ms".into(), ts.into());
-    for (f, v) in fields.iter().zip(vals) {
-        obj.insert(f.clone(), (*v).into());
-    }
-    DeadLetter {
-        kind: DeadLetterKind::PartitionConflict,
-        reason: format!(
-            "key {:?} belongs to input partition {home} (its first event came there) but this event came on partition {p}; \
-             produce each key to one partition (use the key as the message key)",
-            key.escape_debug().take(64).collect::<String>()
-        ),
-        partition: p,
-        offset: o,
-        payload: serde_json::Value::Object(obj).to_string().into_bytes(),
-    }
+    let reason = format!(
+        "key {:?} belongs to input partition {home} (its first event came there) but this event came on partition {p}; \
+         produce each key to one partition (use the key as the message key)",
+        key.escape_debug().take(64).collect::<String>()
+    );
+    event_letter(
+        DeadLetterKind::PartitionConflict,
+        reason,
+        key,
+        ts,
+        fields,
+        vals,
+        (p, o),
+    )
 }
 
 fn late_letter(
@@ -1052,6 +1049,22 @@ fn late_letter(
     o: i64,
     wm: i64,
 ) -> DeadLetter {
+    let reason = format!(
+        "late: event time {ts} ms is behind the watermark {wm} ms and its window has closed"
+    );
+    event_letter(DeadLetterKind::Late, reason, key, ts, fields, vals, (p, o))
+}
+
+/// A dead letter for a decoded event (its JSON rebuilt from the event).
+fn event_letter(
+    kind: DeadLetterKind,
+    reason: String,
+    key: &str,
+    ts: i64,
+    fields: &[String],
+    vals: &[f64],
+    (p, o): Position,
+) -> DeadLetter {
     let mut obj = serde_json::Map::new();
     obj.insert("key".into(), key.into());
     obj.insert("ts_ms".into(), ts.into());
@@ -1059,10 +1072,8 @@ fn late_letter(
         obj.insert(f.clone(), (*v).into());
     }
     DeadLetter {
-        kind: DeadLetterKind::Late,
-        reason: format!(
-            "late: event time {ts} ms is behind the watermark {wm} ms and its window has closed"
-        ),
+        kind,
+        reason,
         partition: p,
         offset: o,
         payload: serde_json::Value::Object(obj).to_string().into_bytes(),

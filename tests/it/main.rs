@@ -3,7 +3,9 @@
 //! Kafka tests need the real broker (`scripts/kafka up`; address from
 //! `STREAMCAST_BROKERS`, default 127.0.0.1:9092) and the NAB data in
 //! `../shared/data` (or `STREAMCAST_DATA`). Each test uses its own random
-//! topics and consumer group.
+//! topics and consumer group. `secure` also needs the broker's SASL_SSL
+//! listener (scripts/kafka serves it on `KAFKA_PORT` + 2, 9094 by default)
+//! and its secrets under `KAFKA_STATE_DIR` (default `.state/kafka`).
 
 // Test and bench code may unwrap: a failing unwrap is a failing run.
 #![allow(clippy::unwrap_used)]
@@ -15,4 +17,5 @@ mod durable;
 mod faults;
 mod kafka_e2e;
 mod retrain_e2e;
+mod secure;
 mod verify;
