@@ -158,6 +158,24 @@ impl ArchiveWriter {
         self.publish()
     }
 
+    /// A lost assignment: the rows since the last committed checkpoint are
+    /// redone from it, so the files holding them (sealed but uncommitted,
+    /// and the open one) go.
+    pub fn abandon(&mut self) -> Result<()> {
+        self.publish()?;
+        let mut gone: Vec<PathBuf> = self.sealed.drain(..).map(|(_, tmp, _)| tmp).collect();
+        if let Some(cur) = self.current.take() {
+            drop(cur.writer);
+            gone.push(cur.tmp);
+        }
+        for tmp in gone {
+            std::fs::remove_file(&tmp)
+                .map_err(|e| Error::io(format!("removing {}", tmp.display()), e))?;
+        }
+        self.due = false;
+        Ok(())
+    }
+
     /// Renames sealed files whose checkpoint is committed into view.
     pub fn publish(&mut self) -> Result<()> {
         let Some(points) = &self.follow else {
@@ -362,6 +380,8 @@ enum ArchiveMsg {
     Windows(RecordBatch),
     /// A checkpoint id and its input offsets (every owned partition).
     Mark(u64, Vec<(i32, i64)>),
+    /// Everything since the last committed checkpoint is abandoned.
+    Abandon,
 }
 
 /// The archive writer on its own thread. Cloneable sender side.
@@ -399,7 +419,7 @@ impl ArchiveHandle {
                 metrics::counter!(crate::telemetry::ARCHIVE_DROPPED).increment(b.num_rows() as u64);
                 tracing::error!(rows = b.num_rows(), "archive writer is behind: windows dropped from the archive (forecasts unaffected)");
             }
-            Err(TrySendError::Full(ArchiveMsg::Mark(..))) => {}
+            Err(TrySendError::Full(ArchiveMsg::Mark(..) | ArchiveMsg::Abandon)) => {}
             Err(TrySendError::Disconnected(_)) => {
                 tracing::error!("archive writer stopped: windows are not archived");
             }
@@ -409,6 +429,12 @@ impl ArchiveHandle {
     /// Tells the writer a checkpoint was taken after every batch offered so
     /// far. Never blocks: when the writer is behind, the mark is skipped
     /// and a due file rolls at a later one.
+    /// A lost assignment (see `ArchiveWriter::abandon`). Blocks while the
+    /// writer is behind: it must not be skipped.
+    pub fn abandon(&self) {
+        let _ = self.tx.send(ArchiveMsg::Abandon);
+    }
+
     pub fn mark(&self, checkpoint: u64, offsets: Vec<(i32, i64)>) {
         let _ = self.tx.try_send(ArchiveMsg::Mark(checkpoint, offsets));
     }
@@ -426,6 +452,7 @@ fn archive_loop(w: &mut ArchiveWriter, rx: Receiver<ArchiveMsg>) {
         let res = match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(ArchiveMsg::Windows(b)) => w.write(&b).and_then(|()| w.maybe_roll()),
             Ok(ArchiveMsg::Mark(id, offsets)) => w.mark(id, &offsets, false),
+            Ok(ArchiveMsg::Abandon) => w.abandon(),
             Err(RecvTimeoutError::Timeout) => w.maybe_roll(),
             Err(RecvTimeoutError::Disconnected) => break,
         };

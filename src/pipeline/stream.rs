@@ -71,6 +71,9 @@ enum Input {
     /// Checkpoint now and say so on the channel once it is committed (a
     /// revocation waits for it).
     Checkpoint(SyncSender<()>),
+    /// These partitions' assignment was lost: drop their state and abandon
+    /// everything since the last checkpoint.
+    Lost(Vec<i32>),
 }
 
 /// Messages (possibly none: then it is a heartbeat carrying the partition
@@ -197,7 +200,13 @@ enum Stop {
 /// What a revocation asks of the compute thread: a checkpoint, committed
 /// before the partitions go (the rebalance waits, bounded).
 fn checkpoint_on_revoke(inputs: SyncSender<Input>) -> OnRevoke {
-    Box::new(move |partitions: &[i32]| {
+    Box::new(move |partitions: &[i32], lost: bool| {
+        if lost {
+            // Nothing can be committed for them any more; the compute
+            // thread drops their state, the sink aborts the transaction.
+            let _ = blocking(|| inputs.send(Input::Lost(partitions.to_vec())));
+            return;
+        }
         let (done_tx, done_rx) = sync_channel(1);
         let wait = || {
             if inputs.send(Input::Checkpoint(done_tx)).is_err() {
@@ -393,6 +402,23 @@ fn compute_loop(
                 asked = Some(done);
                 Vec::new()
             }
+            Ok(Input::Lost(parts)) => {
+                // Every output since the last checkpoint is abandoned with
+                // the transaction, so every partition restarts from its
+                // committed state: drop them all; the next batch restores
+                // those still (or again) owned.
+                if parts.len() != owned.len() {
+                    tracing::warn!(lost = ?parts, owned = ?owned.keys().collect::<Vec<_>>(), "a lost assignment that is not the whole assignment: restarting every partition from its checkpoint");
+                }
+                for (&p, _) in owned.iter() {
+                    core.revoke(p);
+                }
+                owned.clear();
+                if let Some(a) = &archive {
+                    a.abandon();
+                }
+                vec![Output::Abandon]
+            }
             Err(RecvTimeoutError::Timeout) => core.tick(now_ms())?,
             Err(RecvTimeoutError::Disconnected) => break,
         };
@@ -494,6 +520,13 @@ fn spawn_sink(
                             for (closed, n) in done {
                                 lock(&stats).record(closed.elapsed(), n);
                             }
+                        }
+                        Some(Output::Abandon) => {
+                            while let Some(r) = inflight.next().await {
+                                delivered(r)?;
+                            }
+                            sink.abandon()?;
+                            lock(&uncommitted).clear();
                         }
                         Some(o) => inflight.push(sink.deliver(o)),
                         None => break,

@@ -71,7 +71,7 @@ impl FileSink {
                 self.dead_letters += letters.len() as u64;
             }
             // A file is complete when the backfill ends; nothing to commit.
-            Output::Checkpoint(_) => {}
+            Output::Checkpoint(_) | Output::Abandon => {}
         }
         Ok(())
     }

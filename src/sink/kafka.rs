@@ -143,6 +143,25 @@ impl KafkaSink {
             .map_err(|e| Error::State(format!("beginning a transaction: {e}")))
     }
 
+    /// Abandons the open transaction (a lost assignment): nothing since the
+    /// last checkpoint becomes visible (exactly once) and no state of it is
+    /// committed; a new transaction begins. Call only once every output
+    /// before it is acknowledged.
+    pub fn abandon(&self) -> Result<()> {
+        let Some(txn) = &self.txn else {
+            return Ok(());
+        };
+        blocking(|| {
+            txn.abort_transaction(Duration::from_secs(30))
+                .and_then(|()| txn.begin_transaction())
+                .map_err(|e| {
+                    Error::State(format!(
+                        "abandoning the transaction after a lost assignment: {e}"
+                    ))
+                })
+        })
+    }
+
     /// Publishes a checkpoint (see the module docs). Call only once every
     /// output before it is acknowledged.
     pub async fn commit(
@@ -235,9 +254,9 @@ impl KafkaSink {
                         .collect(),
                     Vec::new(),
                 ),
-                Output::Checkpoint(_) => {
+                Output::Checkpoint(_) | Output::Abandon => {
                     return Err(Error::State(
-                        "a checkpoint is committed (KafkaSink::commit), not delivered".into(),
+                        "a checkpoint (or its abandonment) is committed, not delivered".into(),
                     ))
                 }
             };
@@ -261,7 +280,7 @@ impl KafkaSink {
                 metrics::histogram!(telemetry::FORECAST_LATENCY).record(l.as_secs_f64());
                 Some(l)
             }
-            Output::DeadLetters { .. } | Output::Checkpoint(_) => None,
+            Output::DeadLetters { .. } | Output::Checkpoint(_) | Output::Abandon => None,
         };
         Ok(Delivered {
             forecasts: printed,

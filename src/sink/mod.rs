@@ -42,6 +42,10 @@ pub enum Output {
     /// A commit point of durable state (streaming with `state.enabled`):
     /// a barrier, published after every output before it is acknowledged.
     Checkpoint(Checkpoint),
+    /// The assignment was lost: everything since the last checkpoint is
+    /// abandoned (the open transaction is aborted) and redone by the
+    /// partitions' next owner from the committed state.
+    Abandon,
 }
 
 impl Output {
@@ -49,7 +53,7 @@ impl Output {
     pub fn ticket(&self) -> Option<&Ticket> {
         match self {
             Output::Forecasts { ticket, .. } | Output::DeadLetters { ticket, .. } => Some(ticket),
-            Output::Checkpoint(_) => None,
+            Output::Checkpoint(_) | Output::Abandon => None,
         }
     }
 }

@@ -33,8 +33,10 @@ use crate::error::Result;
 pub type Source = StreamConsumer<SourceContext>;
 
 /// What a revocation asks of the job before the partitions go: checkpoint
-/// now and return once it is committed.
-pub type OnRevoke = Box<dyn Fn(&[i32]) + Send + Sync>;
+/// now and return once it is committed; or, when the assignment was *lost*
+/// (`true`: the session timed out, another member may own them already),
+/// drop their uncommitted work without committing anything.
+pub type OnRevoke = Box<dyn Fn(&[i32], bool) + Send + Sync>;
 
 /// The partitions this consumer owns, each with the rebalance generation it
 /// was assigned in. Shared by the consumer's context (writes), the consumer
@@ -81,10 +83,10 @@ impl Assignment {
         }
     }
 
-    fn revoked(&self, partitions: &[i32]) {
+    fn revoked(&self, partitions: &[i32], lost: bool) {
         if let Ok(f) = self.on_revoke.lock() {
             if let Some(f) = f.as_ref() {
-                f(partitions);
+                f(partitions, lost);
             }
         }
         self.generation.fetch_add(1, Ordering::SeqCst);
@@ -116,11 +118,16 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let parts = partitions_of(tpl, &self.topic);
-            tracing::info!(partitions = ?parts, "partitions revoked: checkpointing them before they go");
-            self.assignment.revoked(&parts);
+            let lost = consumer.assignment_lost();
+            if lost {
+                tracing::warn!(partitions = ?parts, "assignment lost (the group session expired): their work since the last checkpoint is dropped and redone from it");
+            } else {
+                tracing::info!(partitions = ?parts, "partitions revoked: checkpointing them before they go");
+            }
+            self.assignment.revoked(&parts, lost);
         }
     }
 
