@@ -29,6 +29,10 @@ pub fn run(
         exit_when_idle,
         print_forecasts,
     };
-    rt.block_on(pipeline::run(cfg, opts))?;
+    let result = rt.block_on(pipeline::run(cfg, opts));
+    // A shutdown that timed out leaves tasks stuck on an absent broker:
+    // do not wait for them (the next start redoes their work).
+    rt.shutdown_timeout(Duration::from_secs(2));
+    result?;
     Ok(ExitCode::SUCCESS)
 }

@@ -552,6 +552,16 @@ pub struct SinkConfig {
     /// written `${ENV_NAME}` (see [`KafkaConfig::librdkafka`]).
     #[serde(default)]
     pub librdkafka: LibrdkafkaOptions,
+    /// On SIGINT/SIGTERM, give draining (the last forecasts, the final
+    /// checkpoint) this long. Past it (the broker is away) the job exits 1
+    /// without committing what is left: the next start redoes it from the
+    /// last committed checkpoint, so nothing is lost.
+    #[serde(default = "default_shutdown_timeout", deserialize_with = "de_duration")]
+    pub shutdown_timeout: Duration,
+}
+
+const fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// The closed-window archive: Parquet files the retrainer learns from.

@@ -171,10 +171,27 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
     // end of its input only when both are gone.
     assignment.set_on_revoke(None);
     drop(compute.inputs);
-    let totals = tokio::task::spawn_blocking(move || join_compute(compute.thread))
-        .await
-        .map_err(|_| Error::Panicked("compute"))?;
-    let delivered = sink_task.await.map_err(|_| Error::Panicked("sink"))?;
+    let drain = async {
+        let totals = tokio::task::spawn_blocking(move || join_compute(compute.thread))
+            .await
+            .map_err(|_| Error::Panicked("compute"))?;
+        let delivered = sink_task.await.map_err(|_| Error::Panicked("sink"))?;
+        Ok::<_, Error>((totals, delivered))
+    };
+    let (totals, delivered) = match tokio::time::timeout(cfg.sink.shutdown_timeout, drain).await {
+        Ok(r) => r?,
+        Err(_) => {
+            // The broker is away (or too slow): what was not committed is
+            // redone by the next start from the last committed checkpoint.
+            signals.stop.store(true, Ordering::Relaxed);
+            crate::train::request_cancel();
+            return Err(Error::Unreachable(format!(
+                "shutdown took longer than sink.shutdown_timeout ({:?}): exiting without committing the rest; \
+                 the next start resumes from the last committed checkpoint",
+                cfg.sink.shutdown_timeout
+            )));
+        }
+    };
     if let Some(c) = committer {
         c.abort();
         // Commits only what was delivered: a failed output's ticket stays pinned.

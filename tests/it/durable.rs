@@ -15,12 +15,12 @@ use rand::{Rng, SeedableRng};
 use crate::common::*;
 
 const HOUR: i64 = 3_600_000;
-const PARTITIONS: i32 = 3;
+pub(crate) const PARTITIONS: i32 = 3;
 const KEYS: usize = 12;
 
 /// Hourly events of every key for hours `from..to` (one minute past the
 /// hour, so every partition's clock is the same after each hour).
-fn events(from: i64, to: i64) -> Vec<(String, String)> {
+pub(crate) fn events(from: i64, to: i64) -> Vec<(String, String)> {
     let t0 = 1_700_000_000_000i64 - 1_700_000_000_000 % HOUR;
     let mut out = Vec::new();
     for h in from..to {
@@ -42,7 +42,13 @@ fn pipeline(dir: &Path, name: &str, input: &str, delivery: &str) -> PathBuf {
     pipeline_with(dir, name, input, delivery, "")
 }
 
-fn pipeline_with(dir: &Path, name: &str, input: &str, delivery: &str, extra: &str) -> PathBuf {
+pub(crate) fn pipeline_with(
+    dir: &Path,
+    name: &str,
+    input: &str,
+    delivery: &str,
+    extra: &str,
+) -> PathBuf {
     let base = job_pipeline(
         dir,
         name,
@@ -73,7 +79,7 @@ commit_interval = "300ms"
     pipeline_file(dir, name, &merged)
 }
 
-fn spawn(pipeline: &Path, instance: &str, extra: &[&str]) -> Child {
+pub(crate) fn spawn(pipeline: &Path, instance: &str, extra: &[&str]) -> Child {
     Command::new(streamcast_bin())
         .arg("run")
         .arg(pipeline)
@@ -86,7 +92,7 @@ fn spawn(pipeline: &Path, instance: &str, extra: &[&str]) -> Child {
         .expect("starting streamcast")
 }
 
-fn wait_ok(child: &mut Child, limit: Duration) {
+pub(crate) fn wait_ok(child: &mut Child, limit: Duration) {
     let start = Instant::now();
     loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -101,7 +107,7 @@ fn wait_ok(child: &mut Child, limit: Duration) {
     }
 }
 
-fn sigterm(child: &Child) {
+pub(crate) fn sigterm(child: &Child) {
     let st = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -110,7 +116,7 @@ fn sigterm(child: &Child) {
 }
 
 /// Runs `streamcast verify` and returns its JSON verdict.
-fn verify(topic: &str, reference: &str, exactly_once: bool) -> serde_json::Value {
+pub(crate) fn verify(topic: &str, reference: &str, exactly_once: bool) -> serde_json::Value {
     let mut cmd = Command::new(streamcast_bin());
     cmd.args(["verify", "--json", "--brokers", &brokers()])
         .args(["--topic", topic, "--reference-topic", reference]);
@@ -136,7 +142,7 @@ fn reference_run(dir: &Path, input: &str, s: &str) -> String {
     format!("{name}-out")
 }
 
-fn n(v: &serde_json::Value, field: &str) -> u64 {
+pub(crate) fn n(v: &serde_json::Value, field: &str) -> u64 {
     v[field]
         .as_u64()
         .unwrap_or_else(|| panic!("no {field} in {v}"))
