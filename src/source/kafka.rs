@@ -174,7 +174,7 @@ pub fn consumer_config(cfg: &PipelineConfig) -> ClientConfig {
         ("fetch.queue.backoff.ms", "1"),
     ];
     let mut c = client_config(&Connection::of(cfg), &defaults, &BTreeMap::new());
-    if cfg.state.enabled {
+    if cfg.state.enabled && cfg.state.static_membership {
         // Static membership: a restarted instance (same name) takes its
         // partitions back at once, without a rebalance and without waiting
         // for the old member's session to time out. An instance that stops
