@@ -175,7 +175,11 @@ fn survives_sigkills(delivery: &str) {
         &input2,
         delivery,
         &format!(
-            "[archive]\nenabled = true\ndir = \"{}\"\nroll_rows = 40\nroll_interval = \"1s\"\n",
+            // Static membership: each life takes the partitions back at once
+            // (without it a killed life's member holds them for its 10 s
+            // session, and the last life, seeing only its own partitions
+            // caught up, would exit when idle before the rest are read).
+            "[state]\nstatic_membership = true\n[archive]\nenabled = true\ndir = \"{}\"\nroll_rows = 40\nroll_interval = \"1s\"\n",
             archive.display()
         ),
     );
