@@ -292,17 +292,34 @@ pub fn backlogged_partitions(consumer: &Source, topic: &str, next: &HashMap<i32,
         .collect()
 }
 
-/// True when partitions are assigned and none has unread messages: each
-/// one's position (the offset after the last message read, else its
-/// committed offset) has reached the broker's high watermark. Makes network
+/// True when partitions are assigned and no partition of the topic has
+/// unread messages: each one's position (for ours the offset after the last
+/// message read; else the group's committed offset) has reached the
+/// broker's high watermark. Makes network
 /// calls: call it from a blocking context, and only when the job looks idle.
 pub fn caught_up(consumer: &Source, topic: &str, next: &HashMap<i32, i64>) -> bool {
     let assigned = assigned_partitions(consumer, topic);
     if assigned.is_empty() {
         return false;
     }
-    let committed = consumer.committed(Duration::from_secs(5)).ok();
-    assigned.iter().all(|&p| {
+    // Every partition of the topic, not only ours: one still held by
+    // another member (e.g. a killed predecessor whose session has not
+    // expired) is caught up only once the group has committed its end.
+    let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) else {
+        return false;
+    };
+    let all: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for &p in &all {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(5)).ok();
+    all.iter().all(|&p| {
         let Ok((_, high)) = consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) else {
             return false;
         };
