@@ -68,9 +68,12 @@ pub struct RunOptions {
 /// What the compute thread is handed.
 enum Input {
     Batch(Batch),
-    /// Checkpoint now and say so on the channel once it is committed (a
-    /// revocation waits for it).
-    Checkpoint(SyncSender<()>),
+    /// These partitions are revoked: checkpoint now, say so on the channel
+    /// once it is committed (the revocation waits for it), then drop their
+    /// state, so that nothing later (a tick closing their windows) produces
+    /// output for partitions whose offsets this instance can no longer
+    /// commit.
+    Revoke(Vec<i32>, SyncSender<()>),
     /// These partitions' assignment was lost: drop their state and abandon
     /// everything since the last checkpoint.
     Lost(Vec<i32>),
@@ -226,7 +229,10 @@ fn checkpoint_on_revoke(inputs: SyncSender<Input>) -> OnRevoke {
         }
         let (done_tx, done_rx) = sync_channel(1);
         let wait = || {
-            if inputs.send(Input::Checkpoint(done_tx)).is_err() {
+            if inputs
+                .send(Input::Revoke(partitions.to_vec(), done_tx))
+                .is_err()
+            {
                 return; // shutting down: the final checkpoint covers them
             }
             match done_rx.recv_timeout(Duration::from_secs(60)) {
@@ -391,6 +397,7 @@ fn compute_loop(
             }
         }
         let mut asked = None;
+        let mut revoked = Vec::new();
         let outs = match inputs.recv_timeout(Duration::from_millis(200)) {
             Ok(Input::Batch(mut b)) => {
                 if b.partitions != owned {
@@ -415,8 +422,9 @@ fn compute_loop(
                     core.on_messages(&b.messages, now_ms())?
                 }
             }
-            Ok(Input::Checkpoint(done)) => {
+            Ok(Input::Revoke(parts, done)) => {
                 asked = Some(done);
+                revoked = parts;
                 Vec::new()
             }
             Ok(Input::Lost(parts)) => {
@@ -443,6 +451,11 @@ fn compute_loop(
         if durable && (asked.is_some() || last_checkpoint.elapsed() >= cfg.state.commit_interval) {
             checkpoint(&mut core, &owned, asked)?;
             last_checkpoint = Instant::now();
+        }
+        for p in revoked {
+            if owned.remove(&p).is_some() {
+                core.revoke(p);
+            }
         }
     }
     if durable {
@@ -531,11 +544,14 @@ fn spawn_sink(
                                 delivered(r)?;
                             }
                             let id = cp.id;
-                            sink.commit(cp, &consumer, &assignment).await?;
-                            commit_points.fetch_max(id, Ordering::SeqCst);
-                            let done: Vec<_> = lock(&uncommitted).drain(..).collect();
-                            for (closed, n) in done {
-                                lock(&stats).record(closed.elapsed(), n);
+                            if sink.commit(cp, &consumer, &assignment).await? {
+                                commit_points.fetch_max(id, Ordering::SeqCst);
+                                let done: Vec<_> = lock(&uncommitted).drain(..).collect();
+                                for (closed, n) in done {
+                                    lock(&stats).record(closed.elapsed(), n);
+                                }
+                            } else {
+                                lock(&uncommitted).clear();
                             }
                         }
                         Some(Output::Abandon) => {

@@ -8,8 +8,10 @@
 //! Checkpoints ([`KafkaSink::commit`]; the caller first waits for every
 //! output before it): the state records and the input offsets are committed
 //! in one Kafka transaction (the offsets join it with the consumer group's
-//! metadata, KIP-447: a member of an older generation is fenced), only for
-//! partitions still owned in the generation the checkpoint was taken in.
+//! metadata, KIP-447: a member of an older generation is fenced). A
+//! checkpoint taken in a generation that has since been lost is aborted,
+//! never committed in part: its transaction may hold forecasts of the lost
+//! partitions, and those must not become visible without their offsets.
 //! So the changelog and the committed offsets always agree, even when a
 //! crash tears a checkpoint's writes. The transactional producer's id is
 //! `<group>-<instance>`, stable across restarts, so a restarted instance
@@ -146,7 +148,8 @@ impl KafkaSink {
     /// Abandons the open transaction (a lost assignment): nothing since the
     /// last checkpoint becomes visible (exactly once) and no state of it is
     /// committed; a new transaction begins. Call only once every output
-    /// before it is acknowledged.
+    /// before it is acknowledged. Aborting an empty transaction is harmless
+    /// (the loss may already have aborted it at a stale checkpoint).
     pub fn abandon(&self) -> Result<()> {
         let Some(txn) = &self.txn else {
             return Ok(());
@@ -163,34 +166,42 @@ impl KafkaSink {
     }
 
     /// Publishes a checkpoint (see the module docs). Call only once every
-    /// output before it is acknowledged.
+    /// output before it is acknowledged. Returns whether it was committed:
+    /// a checkpoint of a partition whose assignment was lost since (its
+    /// generation is gone) is aborted instead, with everything since the
+    /// previous one. Its forecasts must not become visible without the
+    /// offsets that say they are done, and those offsets can no longer be
+    /// committed; the compute thread, told of the loss, restarts every
+    /// partition from its last committed checkpoint.
     pub async fn commit(
         &self,
         cp: Checkpoint,
         consumer: &Source,
         assignment: &Assignment,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let t0 = std::time::Instant::now();
-        let owned = assignment.owned();
-        let still_owned = |p: i32| {
-            cp.epochs
-                .iter()
-                .any(|&(q, g)| q == p && owned.get(&p) == Some(&g))
-        };
-        let records: Vec<_> = cp
-            .records
-            .iter()
-            .filter(|r| still_owned(r.partition))
-            .collect();
-        let bytes: usize = records
-            .iter()
-            .map(|r| r.key.len() + r.value.as_ref().map_or(0, |v| v.len()))
-            .sum();
         let Some(txn) = &self.txn else {
             return Err(Error::State(
                 "a checkpoint without durable state (state.enabled = false)".into(),
             ));
         };
+        let owned = assignment.owned();
+        let gone: Vec<i32> = cp
+            .epochs
+            .iter()
+            .filter(|&&(p, g)| owned.get(&p) != Some(&g))
+            .map(|&(p, _)| p)
+            .collect();
+        if !gone.is_empty() {
+            tracing::warn!(partitions = ?gone, checkpoint = cp.id, "a checkpoint of partitions no longer owned (assignment lost): aborting it; they restart from the last committed checkpoint");
+            self.abandon()?;
+            return Ok(false);
+        }
+        let records = &cp.records;
+        let bytes: usize = records
+            .iter()
+            .map(|r| r.key.len() + r.value.as_ref().map_or(0, |v| v.len()))
+            .sum();
         let sends = records.iter().map(|r| {
             self.send_bytes_until_acked(
                 txn,
@@ -204,7 +215,7 @@ impl KafkaSink {
             sent?;
         }
         let mut tpl = TopicPartitionList::new();
-        for &(p, o) in cp.offsets.iter().filter(|(p, _)| still_owned(*p)) {
+        for &(p, o) in &cp.offsets {
             tpl.add_partition_offset(&self.input_topic, p, Offset::Offset(o))?;
         }
         commit_transaction(txn, &tpl, consumer)?;
@@ -215,7 +226,7 @@ impl KafkaSink {
         if let Some(done) = cp.done {
             let _ = done.try_send(());
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Sends every record of `output`, waits for all acknowledgements, then

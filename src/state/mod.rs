@@ -107,8 +107,9 @@ pub struct Checkpoint {
     /// Next offset to read per partition (only partitions read since the
     /// last checkpoint).
     pub offsets: Vec<Position>,
-    /// The assignment generation of each partition at the checkpoint: the
-    /// sink publishes nothing for a partition that has moved since.
+    /// The assignment generation of each partition at the checkpoint: when
+    /// one has moved since (a lost assignment), the sink aborts the whole
+    /// checkpoint with everything since the previous one.
     pub epochs: Vec<(i32, u64)>,
     /// Told once the checkpoint is committed (a revocation waits on it).
     pub done: Option<std::sync::mpsc::SyncSender<()>>,

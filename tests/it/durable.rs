@@ -370,6 +370,65 @@ fn instances_joining_and_leaving_give_the_single_instance_result() {
 /// The broker restarts mid-stream (`scripts/kafka restart`): an
 /// exactly-once job recovers unattended, with nothing missing, differing
 /// or duplicated.
+/// The race CI met once: a checkpoint taken before the assignment was lost
+/// reached the sink after the loss. Committing it made its outputs visible
+/// without their offsets, and the redo from the last committed checkpoint
+/// published them again (144 duplicates). It must be aborted with them.
+#[test]
+fn a_checkpoint_of_a_lost_generation_is_aborted_with_its_outputs() {
+    use std::sync::{Arc, Mutex};
+    use streamcast::decode::{DeadLetter, DeadLetterKind};
+    use streamcast::offsets::{OffsetTracker, Ticket};
+    use streamcast::sink::{KafkaSink, Output};
+    use streamcast::state::Checkpoint;
+
+    let s = rand_suffix();
+    let dir = tempfile::tempdir().unwrap();
+    let input = format!("it.durable.stale.in.{s}");
+    let name = format!("dur-stale-{s}");
+    let dlq = format!("{name}-dlq");
+    create_topics(&[(input.as_str(), PARTITIONS), (dlq.as_str(), 1)]);
+    let cfg =
+        streamcast::config::PipelineConfig::load(&pipeline(dir.path(), &name, &input, "exactly_once"))
+            .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let (consumer, assignment) = streamcast::source::kafka::create_consumer(&cfg).unwrap();
+    let sink = KafkaSink::from_config(&cfg, Arc::new(Mutex::new(OffsetTracker::new()))).unwrap();
+    sink.begin().unwrap();
+    let letter = |offset| Output::DeadLetters {
+        letters: vec![DeadLetter {
+            kind: DeadLetterKind::BadValue,
+            reason: "test".into(),
+            partition: 0,
+            offset,
+            payload: b"x".to_vec(),
+        }],
+        ticket: Ticket::default(),
+    };
+    let checkpoint = |id, epochs| Checkpoint {
+        id,
+        records: Vec::new(),
+        offsets: Vec::new(),
+        epochs,
+        done: None,
+    };
+    rt.block_on(async {
+        sink.deliver(letter(1)).await.unwrap();
+        // Taken while partition 0 was owned in generation 7; it is not now.
+        let stale = sink.commit(checkpoint(1, vec![(0, 7)]), &consumer, &assignment);
+        assert!(!stale.await.unwrap(), "a stale checkpoint was committed");
+        sink.deliver(letter(2)).await.unwrap();
+        let fresh = sink.commit(checkpoint(2, Vec::new()), &consumer, &assignment);
+        assert!(fresh.await.unwrap());
+    });
+    let got = read_topic(&dlq, Duration::from_secs(2), Duration::from_secs(30), |r| {
+        !r.is_empty()
+    });
+    let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["0:2"], "only the committed transaction's output is visible");
+}
+
 #[test]
 fn exactly_once_recovers_from_a_broker_restart() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka");
