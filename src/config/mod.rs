@@ -315,6 +315,19 @@ pub struct DecodeConfig {
     /// and, once every partition is idle, make every later event late.
     #[serde(default = "default_max_future_skew", deserialize_with = "de_duration")]
     pub max_future_skew: Duration,
+    /// Longer keys are dead letters (`bad_key`): a key is copied into every
+    /// window, state record and forecast, and a runaway one (a whole
+    /// document in the key field) would make those unpublishable.
+    #[serde(default = "default_max_key_bytes")]
+    pub max_key_bytes: usize,
+    /// Longer payloads are dead letters (`too_large`) without being parsed.
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+    /// Values of larger magnitude are dead letters (`bad_value`): sums and
+    /// squares of them in windows and scalers would overflow to infinity
+    /// and poison the key's state for good.
+    #[serde(default = "default_max_abs_value")]
+    pub max_abs_value: f64,
 }
 
 /// Encoding of the event-time field.
@@ -735,6 +748,18 @@ fn default_key_field() -> String {
 fn default_time_field() -> String {
     "ts".into()
 }
+const fn default_max_key_bytes() -> usize {
+    1024
+}
+
+const fn default_max_payload_bytes() -> usize {
+    1 << 20
+}
+
+const fn default_max_abs_value() -> f64 {
+    1e15
+}
+
 const fn default_max_future_skew() -> Duration {
     Duration::from_secs(86_400)
 }
@@ -798,6 +823,9 @@ impl Default for DecodeConfig {
             time_format: TimeFormat::default(),
             value_fields: default_value_fields(),
             max_future_skew: default_max_future_skew(),
+            max_key_bytes: default_max_key_bytes(),
+            max_payload_bytes: default_max_payload_bytes(),
+            max_abs_value: default_max_abs_value(),
         }
     }
 }
@@ -960,6 +988,15 @@ impl PipelineConfig {
                     "expected the window size to be a whole multiple of the slide",
                 );
             }
+        }
+        if self.decode.max_key_bytes == 0 {
+            return bad("decode.max_key_bytes", "expected at least 1");
+        }
+        if self.decode.max_payload_bytes == 0 {
+            return bad("decode.max_payload_bytes", "expected at least 1");
+        }
+        if !(self.decode.max_abs_value > 0.0 && self.decode.max_abs_value.is_finite()) {
+            return bad("decode.max_abs_value", "expected a positive finite number");
         }
         if self.window.max_keys == 0 {
             return bad("window.max_keys", "expected at least 1");

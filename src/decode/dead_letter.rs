@@ -9,12 +9,15 @@ pub enum DeadLetterKind {
     Malformed,
     /// The key, time or a value field is absent.
     MissingField,
-    /// The key is neither a string nor a number.
+    /// The key is empty, longer than `decode.max_key_bytes`, or neither a
+    /// string nor an integer.
     BadKey,
     /// The event time cannot be read or is out of range.
     BadTimestamp,
-    /// A value is non-numeric or not finite.
+    /// A value is non-numeric, not finite, or beyond `decode.max_abs_value`.
     BadValue,
+    /// The payload is longer than `decode.max_payload_bytes`.
+    TooLarge,
     /// Behind the watermark, its window already closed (`late_policy = "dead_letter"`).
     Late,
     /// The key's events arrived on another input partition before: its
@@ -31,6 +34,7 @@ impl DeadLetterKind {
             DeadLetterKind::BadKey => "bad_key",
             DeadLetterKind::BadTimestamp => "bad_timestamp",
             DeadLetterKind::BadValue => "bad_value",
+            DeadLetterKind::TooLarge => "too_large",
             DeadLetterKind::Late => "late",
             DeadLetterKind::PartitionConflict => "partition_conflict",
         }

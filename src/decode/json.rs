@@ -48,9 +48,22 @@ impl Fields {
 
 /// A JSON scalar, classified without building a `serde_json::Value`.
 enum Scalar<'de> {
+    /// An integer as written (exact: keys above 2^53 stay distinct).
+    Int(i128),
     Num(f64),
     Str(Cow<'de, str>),
     Other(&'static str),
+}
+
+impl Scalar<'_> {
+    /// The value as a number, when it is one.
+    fn number(&self) -> Option<f64> {
+        match self {
+            Scalar::Int(n) => Some(*n as f64),
+            Scalar::Num(n) => Some(*n),
+            Scalar::Str(_) | Scalar::Other(_) => None,
+        }
+    }
 }
 
 struct ScalarVisitor;
@@ -64,10 +77,10 @@ impl<'de> Visitor<'de> for ScalarVisitor {
         Ok(Scalar::Num(v))
     }
     fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(Scalar::Num(v as f64))
+        Ok(Scalar::Int(v.into()))
     }
     fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(Scalar::Num(v as f64))
+        Ok(Scalar::Int(v.into()))
     }
     fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
         Ok(Scalar::Str(Cow::Borrowed(v)))
@@ -185,20 +198,38 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
                         ));
                         return Err(A::Error::custom("empty key"));
                     }
+                    Scalar::Str(s) if s.len() > cfg.max_key_bytes => {
+                        out.failure = Some(key_too_long(cfg, s.len()));
+                        return Err(A::Error::custom("key too long"));
+                    }
                     Scalar::Str(s) => {
                         out.key.push_str(&s);
                         out.has_key = true;
                     }
-                    Scalar::Num(n) => {
+                    // The key rule: a key is text; an integer key is its
+                    // decimal digits (so `1` and `"1"` are one key, and ids
+                    // above 2^53 stay exact). A fractional or exponent form
+                    // is refused: `1.0` or `1e3` as an id is ambiguous.
+                    Scalar::Int(n) => {
                         use std::fmt::Write;
                         let _ = write!(out.key, "{n}");
                         out.has_key = true;
+                    }
+                    Scalar::Num(n) => {
+                        out.failure = Some(Rejection::new(
+                            DeadLetterKind::BadKey,
+                            format!(
+                                "bad key: field `{}` is the non-integer number {n}; a numeric key must be an integer (or send it as a string)",
+                                cfg.key_field
+                            ),
+                        ));
+                        return Err(A::Error::custom("bad key"));
                     }
                     Scalar::Other(what) => {
                         out.failure = Some(Rejection::new(
                             DeadLetterKind::BadKey,
                             format!(
-                                "bad key: field `{}` is {what}, expected a string or number",
+                                "bad key: field `{}` is {what}, expected a string or an integer",
                                 cfg.key_field
                             ),
                         ));
@@ -207,6 +238,7 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
                 },
                 Which::Time => {
                     out.ts = match map.next_value_seed(ScalarSeed)? {
+                        Scalar::Int(n) => Some(RawTime::Number(n as f64)),
                         Scalar::Num(n) => Some(RawTime::Number(n)),
                         Scalar::Str(s) => Some(RawTime::Text(s.into_owned())),
                         Scalar::Other(what) => {
@@ -223,36 +255,41 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
                 }
                 Which::Value(i) => {
                     let name = &cfg.value_fields[i];
-                    match map.next_value_seed(ScalarSeed)? {
-                        Scalar::Num(n) if n.is_finite() => {
+                    let scalar = map.next_value_seed(ScalarSeed)?;
+                    let rejected = match scalar.number() {
+                        Some(n) if n.abs() <= cfg.max_abs_value => {
                             out.values[i] = n;
                             out.seen_value[i] = true;
+                            continue;
                         }
-                        Scalar::Num(n) => {
-                            out.failure = Some(Rejection::new(
-                                DeadLetterKind::BadValue,
-                                format!("non-finite value {n} in field `{name}`"),
-                            ));
-                            return Err(A::Error::custom("bad value"));
-                        }
-                        Scalar::Str(s) => {
-                            out.failure = Some(Rejection::new(
-                                DeadLetterKind::BadValue,
-                                format!("non-numeric value in field `{name}`: {s:?}"),
-                            ));
-                            return Err(A::Error::custom("bad value"));
-                        }
-                        Scalar::Other(what) => {
-                            out.failure = Some(Rejection::new(
-                                DeadLetterKind::BadValue,
-                                format!("non-numeric value in field `{name}`: {what}"),
-                            ));
-                            return Err(A::Error::custom("bad value"));
-                        }
-                    }
+                        Some(n) if n.is_finite() => format!(
+                            "value {n:e} in field `{name}` is beyond decode.max_abs_value ({:e})",
+                            cfg.max_abs_value
+                        ),
+                        Some(n) => format!("non-finite value {n} in field `{name}`"),
+                        None => match scalar {
+                            Scalar::Str(s) => format!("non-numeric value in field `{name}`: {s:?}"),
+                            Scalar::Other(what) => {
+                                format!("non-numeric value in field `{name}`: {what}")
+                            }
+                            Scalar::Int(_) | Scalar::Num(_) => String::new(),
+                        },
+                    };
+                    out.failure = Some(Rejection::new(DeadLetterKind::BadValue, rejected));
+                    return Err(A::Error::custom("bad value"));
                 }
             }
         }
         Ok(())
     }
+}
+
+fn key_too_long(cfg: &DecodeConfig, len: usize) -> Rejection {
+    Rejection::new(
+        DeadLetterKind::BadKey,
+        format!(
+            "bad key: field `{}` is {len} bytes, more than decode.max_key_bytes ({})",
+            cfg.key_field, cfg.max_key_bytes
+        ),
+    )
 }

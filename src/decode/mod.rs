@@ -111,6 +111,16 @@ impl Decoder {
             .payload
             .as_deref()
             .ok_or_else(|| Rejection::new(Kind::Malformed, "malformed: empty payload"))?;
+        if payload.len() > self.cfg.max_payload_bytes {
+            return Err(Rejection::new(
+                Kind::TooLarge,
+                format!(
+                    "payload of {} bytes is more than decode.max_payload_bytes ({})",
+                    payload.len(),
+                    self.cfg.max_payload_bytes
+                ),
+            ));
+        }
         fields.reset();
         let mut de = serde_json::Deserializer::from_slice(payload);
         ObjectSeed {

@@ -230,3 +230,66 @@ fn far_future_event_times_are_dead_letters() {
         DeadLetterKind::BadTimestamp
     );
 }
+
+/// The key rule: a key is text; an integer key is its exact decimal digits
+/// (so `1` and `"1"` are one key and ids above 2^53 stay apart); a
+/// fractional or exponent number is refused, never rounded into another key.
+#[test]
+fn integer_keys_are_exact_and_other_numbers_are_refused() {
+    let d = decoder(TimeFormat::EpochS, &["value"]);
+    let out = d.decode(&[
+        msg(0, r#"{"key":1,"ts":10,"value":1}"#),
+        msg(1, r#"{"key":"1","ts":10,"value":1}"#),
+        msg(2, r#"{"key":9007199254740993,"ts":10,"value":1}"#),
+        msg(3, r#"{"key":9007199254740992,"ts":10,"value":1}"#),
+        msg(4, r#"{"key":-18446744073709551615,"ts":10,"value":1}"#),
+        msg(5, r#"{"key":1.0,"ts":10,"value":1}"#),
+        msg(6, r#"{"key":1e3,"ts":10,"value":1}"#),
+        msg(7, r#"{"key":18446744073709551616,"ts":10,"value":1}"#),
+    ]);
+    let keys: Vec<&str> = (0..out.events.num_rows())
+        .map(|i| out.events.column(0).as_string::<i32>().value(i))
+        .collect();
+    assert_eq!(keys, ["1", "1", "9007199254740993", "9007199254740992"]);
+    // -18446744073709551615 and 18446744073709551616 do not fit 64 bits:
+    // serde_json reads them as floats, so they are refused like 1.0.
+    let refused: Vec<i64> = out.dead_letters.iter().map(|d| d.offset).collect();
+    assert_eq!(refused, [4, 5, 6, 7]);
+    for dl in &out.dead_letters {
+        assert_eq!(dl.kind, DeadLetterKind::BadKey);
+        assert!(dl.reason.contains("must be an integer"), "{}", dl.reason);
+    }
+}
+
+#[test]
+fn oversized_keys_payloads_and_values_are_dead_letters() {
+    let d = Decoder::new(&DecodeConfig {
+        time_format: TimeFormat::EpochS,
+        max_key_bytes: 8,
+        max_payload_bytes: 100,
+        max_abs_value: 1e6,
+        ..DecodeConfig::default()
+    });
+    let long_payload = format!(r#"{{"key":"a","ts":10,"value":1,"pad":"{}"}}"#, "x".repeat(100));
+    let out = d.decode(&[
+        msg(0, r#"{"key":"12345678","ts":10,"value":-1e6}"#),
+        msg(1, r#"{"key":"123456789","ts":10,"value":1}"#),
+        msg(2, &long_payload),
+        msg(3, r#"{"key":"a","ts":10,"value":1.000001e6}"#),
+        msg(4, r#"{"key":"a","ts":10,"value":-1e200}"#),
+        msg(5, r#"{"key":"a","ts":10,"value":1000001}"#),
+    ]);
+    assert_eq!(out.events.num_rows(), 1, "{:?}", out.dead_letters);
+    use DeadLetterKind as K;
+    let got: Vec<(i64, K)> = out.dead_letters.iter().map(|d| (d.offset, d.kind)).collect();
+    assert_eq!(
+        got,
+        [(1, K::BadKey), (2, K::TooLarge), (3, K::BadValue), (4, K::BadValue), (5, K::BadValue)]
+    );
+    assert!(out.dead_letters[0].reason.contains("decode.max_key_bytes (8)"));
+    assert!(out.dead_letters[1].reason.contains("decode.max_payload_bytes (100)"));
+    assert!(out.dead_letters[2].reason.contains("beyond decode.max_abs_value"));
+    // The copy in the dead letter is the whole refused payload (it is
+    // truncated only at publication, see `MAX_PAYLOAD_COPY`).
+    assert_eq!(out.dead_letters[1].payload.len(), long_payload.len());
+}
