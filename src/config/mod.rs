@@ -382,6 +382,14 @@ pub struct WindowConfig {
     /// At most this many live keys; beyond it the least recently seen is evicted.
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
+    /// A key's open panes (one per slide, from its oldest window not yet
+    /// emitted to its newest event) may span at most this many. An event
+    /// that would stretch them further (a timestamp years away from the
+    /// key's others) is a dead letter (`bad_timestamp`) and does not move
+    /// its partition's clock: otherwise it would allocate every pane in
+    /// between.
+    #[serde(default = "default_max_open_panes")]
+    pub max_open_panes: u32,
     /// Calendar covariates added to every window row.
     #[serde(default)]
     pub covariates: CovariatesConfig,
@@ -769,6 +777,10 @@ fn default_value_fields() -> Vec<String> {
 const fn default_lateness() -> Duration {
     Duration::from_secs(0)
 }
+const fn default_max_open_panes() -> u32 {
+    100_000
+}
+
 const fn default_max_gap() -> u32 {
     24
 }

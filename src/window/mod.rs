@@ -85,6 +85,7 @@ pub struct WindowSpec {
     pub idle_partition_ms: i64,
     pub key_ttl_ms: i64,
     pub max_keys: usize,
+    pub max_open_panes: u32,
     pub value_fields: Vec<String>,
     pub covariates: CovariatesConfig,
 }
@@ -103,6 +104,7 @@ impl WindowSpec {
             idle_partition_ms: w.idle_partition_timeout.as_millis() as i64,
             key_ttl_ms: w.key_ttl.as_millis() as i64,
             max_keys: w.max_keys,
+            max_open_panes: w.max_open_panes,
             value_fields: cfg.decode.value_fields.clone(),
             covariates: w.covariates.clone(),
         }
@@ -565,6 +567,7 @@ impl WindowStage {
         let agg = self.spec.aggregation;
         let mut late = 0u64;
         let mut conflicts = 0u64;
+        let mut spans = 0u64;
         let mut row_vals = vec![0.0; nf];
         for i in 0..n {
             let t = ts[i];
@@ -574,6 +577,7 @@ impl WindowStage {
                 .partitions
                 .entry(p)
                 .or_insert(PartitionClock::new(now_ms));
+            let clock_before = clock.max_ts;
             clock.max_ts = Some(clock.max_ts.map_or(t, |m| m.max(t)));
             clock.last_active_ms = now_ms;
             let wm = if self.track {
@@ -625,6 +629,27 @@ impl WindowStage {
                 ));
                 continue;
             }
+            // The span of the key's open panes with this event in them.
+            let newest = (st.next_win + st.panes.len() as i64 - 1).max(pane);
+            let span = newest - st.next_win.min(pane) + 1;
+            if span > i64::from(self.spec.max_open_panes) {
+                spans += 1;
+                for (j, v) in row_vals.iter_mut().enumerate() {
+                    *v = vals[j][i];
+                }
+                out.late.push(span_letter(
+                    key,
+                    t,
+                    &self.spec.value_fields,
+                    &row_vals,
+                    (p, o),
+                    (st.next_win * slide, span, self.spec.max_open_panes),
+                ));
+                if let Some(c) = self.partitions.get_mut(&p) {
+                    c.max_ts = clock_before;
+                }
+                continue;
+            }
             if self.track && !st.dirty {
                 st.dirty = true;
                 if let Some(s) = slot {
@@ -670,6 +695,10 @@ impl WindowStage {
         }
         if conflicts > 0 {
             metrics::counter!(telemetry::PARTITION_CONFLICTS).increment(conflicts);
+        }
+        if spans > 0 {
+            metrics::counter!(telemetry::DEAD_LETTERS, "kind" => DeadLetterKind::BadTimestamp.as_str())
+                .increment(spans);
         }
     }
 
@@ -1038,6 +1067,25 @@ fn conflict_letter(
         vals,
         (p, o),
     )
+}
+
+/// An event that would stretch its key's open panes past
+/// `window.max_open_panes`; `open` is (start of the key's oldest open
+/// window, the span it would have, the limit).
+fn span_letter(
+    key: &str,
+    ts: i64,
+    fields: &[String],
+    vals: &[f64],
+    at: Position,
+    (oldest_ms, span, limit): (i64, i64, u32),
+) -> DeadLetter {
+    let reason = format!(
+        "event time {} is too far from its key's open windows (oldest {}): it would open {span} panes, more than window.max_open_panes ({limit})",
+        crate::time::rfc3339_ms(ts),
+        crate::time::rfc3339_ms(oldest_ms),
+    );
+    event_letter(DeadLetterKind::BadTimestamp, reason, key, ts, fields, vals, at)
 }
 
 fn late_letter(

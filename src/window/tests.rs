@@ -41,6 +41,7 @@ fn spec(size: i64, slide: i64, lateness: i64, agg: Aggregation) -> WindowSpec {
         idle_partition_ms: IDLE,
         key_ttl_ms: i64::MAX / 4,
         max_keys: 1_000_000,
+        max_open_panes: 100_000,
         value_fields: vec!["value".into()],
         covariates: CovariatesConfig::default(),
     }
@@ -1531,4 +1532,36 @@ fn a_moved_partition_keeps_its_own_time() {
         vec![(20, 3)],
         "t = 20, 25 from before the move, 28 after it"
     );
+}
+
+/// A timestamp years away from its key's other events (a broken producer
+/// clock inside `decode.max_future_skew`, or an ancient one) would allocate
+/// one pane per slide in between: it is a `bad_timestamp` dead letter
+/// instead, the key keeps its windows, and its partition's clock does not
+/// jump (the watermark would otherwise make every later event late).
+#[test]
+fn an_event_too_far_from_its_key_is_refused_without_moving_the_clock() {
+    let mut sp = spec(10, 10, 0, Aggregation::Sum);
+    sp.max_open_panes = 1_000;
+    let mut run = Run::new(sp.clone());
+    run.feed(&[ev("a", 5, 0, 0, &[1.0]), ev("b", 5, 0, 1, &[1.0])], 0);
+    // Pane 10_000 against a's pane 0.
+    let s = run.feed(&[ev("a", 100_005, 0, 2, &[1.0])], 0);
+    let got: Vec<_> = s.late.iter().map(|d| (d.offset, d.kind)).collect();
+    use crate::decode::DeadLetterKind as K;
+    assert_eq!(got, [(2, K::BadTimestamp)]);
+    assert!(s.late[0].reason.contains("window.max_open_panes (1000)"), "{}", s.late[0].reason);
+    // Within the bound a later event is still accepted, and windows close
+    // as if the refused event had never come.
+    let s = run.feed(&[ev("a", 9_995, 0, 3, &[2.0]), ev("b", 25, 0, 4, &[1.0])], 0);
+    assert!(s.late.is_empty(), "{:?}", s.late);
+    assert_eq!(run.stage.watermark(), 9_995);
+    let a = run.key_rows("a");
+    assert_eq!(a.first().map(|r| (r.start, r.vals[0])), Some((0, 1.0)));
+    // Behind: a key's first event at pane 5_000, then (same batch, no
+    // watermark yet) one at pane 0.
+    let mut run = Run::new(sp);
+    let s = run.feed(&[ev("c", 50_005, 0, 0, &[1.0]), ev("c", 5, 0, 1, &[1.0])], 0);
+    let got: Vec<_> = s.late.iter().map(|d| (d.offset, d.kind)).collect();
+    assert_eq!(got, [(1, K::BadTimestamp)]);
 }
