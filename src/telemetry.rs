@@ -51,6 +51,12 @@ pub const STATE_BYTES: &str = "streamcast_state_bytes_total";
 /// Events of a key that arrived on another input partition than the key's
 /// first (dead-lettered, `partition_conflict`) (counter).
 pub const PARTITION_CONFLICTS: &str = "streamcast_partition_conflicts_total";
+/// Retraining rounds, by `outcome` (promoted, kept, failed, panicked)
+/// (counter).
+pub const RETRAIN_RUNS: &str = "streamcast_retrain_runs_total";
+/// Starts that set the registry's champion aside because it does not fit
+/// the pipeline (another feature set, horizon, ...) (counter).
+pub const CHAMPION_SET_ASIDE: &str = "streamcast_champion_set_aside_total";
 
 /// Every metric name above, for docs and tests.
 pub const ALL: &[&str] = &[
@@ -75,6 +81,8 @@ pub const ALL: &[&str] = &[
     STATE_RECORDS,
     STATE_BYTES,
     PARTITION_CONFLICTS,
+    RETRAIN_RUNS,
+    CHAMPION_SET_ASIDE,
 ];
 
 /// Lets a repeated log line through once per `every`, counting the rest,

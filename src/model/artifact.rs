@@ -5,6 +5,14 @@
 //! scaled, the training data range, validation metrics and a version.
 //! Loading checks the feature spec against the pipeline's and refuses a
 //! mismatch with a message naming both.
+//!
+//! Invariant: nothing in `model.json` is trusted before it is checked. The
+//! shapes are bounded before any tensor is allocated (a hand-edited
+//! `hidden = 1e9` would otherwise allocate wildly or abort inside
+//! libtorch), and the weights file must match the SHA-256 that `save`
+//! wrote beside it (`weights_sha256`), so a truncated or corrupted file is a
+//! clear error naming it, never a half-loaded network. Artifacts written
+//! before checksums existed load with a warning.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,6 +23,12 @@ use tch::Device;
 use super::{feature_names, CellShape, Network};
 use crate::config::{Head, HorizonDecoder, PipelineConfig};
 use crate::error::{Error, Result};
+
+/// Bounds on a loaded model's shapes (far above anything trained here).
+const MAX_HIDDEN: i64 = 8192;
+const MAX_LAYERS: i64 = 32;
+const MAX_INPUTS: i64 = 4096;
+const MAX_HORIZON: i64 = 10_000;
 
 /// Everything about a model except its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +98,44 @@ impl ModelSpec {
         self.horizon * self.quantiles.len().max(1) as i64
     }
 
+    /// Why these shapes cannot be a model at all, if they cannot: checked
+    /// before anything is allocated for them.
+    pub fn out_of_bounds(&self) -> Option<String> {
+        let CellShape {
+            input,
+            hidden,
+            layers,
+            ..
+        } = self.shape;
+        let checks: [(bool, String); 6] = [
+            (
+                (1..=MAX_HIDDEN).contains(&hidden),
+                format!("hidden = {hidden}, expected 1..={MAX_HIDDEN}"),
+            ),
+            (
+                (1..=MAX_LAYERS).contains(&layers),
+                format!("layers = {layers}, expected 1..={MAX_LAYERS}"),
+            ),
+            (
+                (1..=MAX_INPUTS).contains(&input),
+                format!("input = {input}, expected 1..={MAX_INPUTS}"),
+            ),
+            (
+                (1..=MAX_HORIZON).contains(&self.horizon),
+                format!("horizon = {}, expected 1..={MAX_HORIZON}", self.horizon),
+            ),
+            (
+                self.season >= 1 && self.season <= MAX_HORIZON * 100,
+                format!("season = {}, expected at least 1", self.season),
+            ),
+            (
+                self.quantiles.len() <= 99 && self.quantiles.iter().all(|q| *q > 0.0 && *q < 1.0),
+                format!("quantiles = {:?}, expected at most 99 in (0, 1)", self.quantiles),
+            ),
+        ];
+        checks.into_iter().find(|(ok, _)| !ok).map(|(_, why)| why)
+    }
+
     /// Why `self` cannot serve where `want` is expected, if it cannot.
     pub fn mismatch(&self, want: &ModelSpec) -> Option<String> {
         if self.features != want.features {
@@ -127,36 +179,97 @@ impl ModelSpec {
     }
 }
 
-/// Writes `dir/model.safetensors` and `dir/model.json`.
+/// `model.json`: the spec and the checksum of the weights beside it.
+#[derive(Serialize, Deserialize)]
+struct Document {
+    #[serde(flatten)]
+    spec: ModelSpec,
+    /// SHA-256 of `model.safetensors` (hex); absent in older artifacts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    weights_sha256: Option<String>,
+}
+
+const WEIGHTS: &str = "model.safetensors";
+const META: &str = "model.json";
+
+/// Writes `dir/model.safetensors` and `dir/model.json` (with the weights'
+/// checksum).
 pub fn save(net: &Network, spec: &ModelSpec, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    net.vs.save(dir.join("model.safetensors"))?;
-    let json = serde_json::to_string_pretty(spec)
+    net.vs.save(dir.join(WEIGHTS))?;
+    let doc = Document {
+        spec: spec.clone(),
+        weights_sha256: Some(sha256_of(&dir.join(WEIGHTS))?),
+    };
+    let json = serde_json::to_string_pretty(&doc)
         .map_err(|e| Error::json(format!("serializing the model spec {}", spec.version), e))?;
-    std::fs::write(dir.join("model.json"), json)
-        .map_err(|e| Error::io(format!("writing {}/model.json", dir.display()), e))
+    std::fs::write(dir.join(META), json)
+        .map_err(|e| Error::io(format!("writing {}/{META}", dir.display()), e))
 }
 
-/// Loads an artifact, refusing it when its features differ from `features`.
-pub fn load(dir: &Path, want: &ModelSpec, device: Device) -> Result<(Network, ModelSpec)> {
-    let meta = dir.join("model.json");
+/// Reads and checks `dir/model.json` (bounded shapes) without touching the
+/// weights. `Ok` says nothing about whether it fits a pipeline (see
+/// [`ModelSpec::mismatch`]).
+pub fn read_spec(dir: &Path) -> Result<ModelSpec> {
+    Ok(read_document(dir)?.spec)
+}
+
+fn read_document(dir: &Path) -> Result<Document> {
+    let meta = dir.join(META);
     let text = std::fs::read_to_string(&meta)
         .map_err(|e| Error::io(format!("reading {}", meta.display()), e))?;
-    let spec: ModelSpec = serde_json::from_str(&text)
+    let doc: Document = serde_json::from_str(&text)
         .map_err(|e| Error::Model(format!("{}: invalid model metadata: {e}", meta.display())))?;
-    if let Some(why) = spec.mismatch(want) {
+    if let Some(why) = doc.spec.out_of_bounds() {
         return Err(Error::Model(format!(
-            "{}: refusing this model: {why}; retrain it for this pipeline or change the pipeline",
+            "{}: invalid model metadata: {why}",
             meta.display()
         )));
     }
+    Ok(doc)
+}
+
+/// Loads an artifact, refusing it when it does not fit `want` (features,
+/// horizon, ...) or its weights do not match their checksum.
+pub fn load(dir: &Path, want: &ModelSpec, device: Device) -> Result<(Network, ModelSpec)> {
+    let doc = read_document(dir)?;
+    let spec = doc.spec;
+    if let Some(why) = spec.mismatch(want) {
+        return Err(Error::Model(format!(
+            "{}: refusing this model: {why}; retrain it for this pipeline or change the pipeline",
+            dir.join(META).display()
+        )));
+    }
+    let weights = dir.join(WEIGHTS);
+    match doc.weights_sha256 {
+        Some(want_sum) => {
+            let got = sha256_of(&weights)?;
+            if !got.eq_ignore_ascii_case(&want_sum) {
+                return Err(Error::Model(format!(
+                    "{}: the weights are corrupt: SHA-256 {got}, but {META} says {want_sum}",
+                    weights.display()
+                )));
+            }
+        }
+        None => tracing::warn!(
+            artifact = %dir.display(),
+            "model.json has no weights_sha256 (written before checksums): loading unverified"
+        ),
+    }
     let mut net = Network::for_spec(&spec, device, spec.seed);
-    net.vs.load(dir.join("model.safetensors")).map_err(|e| {
-        Error::Model(format!(
-            "{}: cannot load weights: {e}",
-            dir.join("model.safetensors").display()
-        ))
+    net.vs.load(&weights).map_err(|e| {
+        Error::Model(format!("{}: cannot load weights: {e}", weights.display()))
     })?;
     Ok((net, spec))
+}
+
+fn sha256_of(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes =
+        std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    Ok(Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }

@@ -157,10 +157,15 @@ pub fn starting_model(cfg: &PipelineConfig) -> Result<(Network, ModelSpec)> {
         return artifact::load(dir, &want, device);
     }
     if let Some(dir) = Registry::new(cfg.models_dir()).champion_dir() {
-        match artifact::load(&dir, &want, device) {
-            Ok(m) => return Ok(m),
-            Err(e) => {
-                tracing::warn!(error = %e, "the registry's champion does not fit this pipeline; starting untrained")
+        // A champion of another pipeline shape (the pipeline file changed)
+        // is set aside loudly; a corrupt one is an error: silently serving
+        // an untrained network in its place would look like a bad model.
+        let spec = artifact::read_spec(&dir)?;
+        match spec.mismatch(&want) {
+            None => return artifact::load(&dir, &want, device),
+            Some(why) => {
+                metrics::counter!(crate::telemetry::CHAMPION_SET_ASIDE).increment(1);
+                tracing::warn!(champion = %spec.version, why, "the registry's champion does not fit this pipeline; starting untrained")
             }
         }
     }

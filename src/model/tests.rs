@@ -508,6 +508,80 @@ fn artifact_with_other_features_is_refused() {
     );
 }
 
+/// A corrupted weights file or a hand-edited, absurd `model.json` is a
+/// clear error naming the file, before libtorch allocates anything; the
+/// registry's corrupt champion stops the start instead of being silently
+/// replaced by an untrained network.
+#[test]
+fn corrupt_or_absurd_artifacts_are_refused_with_a_clear_error() {
+    let cfg = cfg(CellKind::Lstm, "");
+    let fa = ForecastStage::from_config(&cfg).unwrap();
+    let want = ModelSpec::expected(&cfg);
+    let saved = tempfile::tempdir().unwrap();
+    artifact::save(fa.network(), fa.spec(), saved.path()).unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(saved.path().join("model.json")).unwrap()).unwrap();
+    assert_eq!(doc["weights_sha256"].as_str().map(str::len), Some(64));
+    let copy = |edit: &dyn Fn(&std::path::Path)| {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["model.json", "model.safetensors"] {
+            std::fs::copy(saved.path().join(f), d.path().join(f)).unwrap();
+        }
+        edit(d.path());
+        d
+    };
+    let error = |d: &std::path::Path| match artifact::load(d, &want, Device::Cpu) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    };
+    // One flipped byte in the weights.
+    let flipped = copy(&|d| {
+        let w = d.join("model.safetensors");
+        let mut bytes = std::fs::read(&w).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        std::fs::write(&w, bytes).unwrap();
+    });
+    let e = error(flipped.path());
+    assert!(e.contains("corrupt") && e.contains("model.safetensors"), "{e}");
+    // hidden = 1e9 (would allocate gigabytes) and a negative horizon.
+    for (field, value, says) in [
+        ("hidden", serde_json::json!(1_000_000_000i64), "hidden = 1000000000"),
+        ("layers", serde_json::json!(0), "layers = 0"),
+    ] {
+        let absurd = copy(&|d| {
+            let mut doc = doc.clone();
+            doc["shape"][field] = value.clone();
+            std::fs::write(d.join("model.json"), doc.to_string()).unwrap();
+        });
+        let e = error(absurd.path());
+        assert!(e.contains(says) && e.contains("model.json"), "{e}");
+    }
+    let negative = copy(&|d| {
+        let mut doc = doc.clone();
+        doc["horizon"] = serde_json::json!(-3);
+        std::fs::write(d.join("model.json"), doc.to_string()).unwrap();
+    });
+    assert!(error(negative.path()).contains("horizon = -3"));
+    // The same corruption in the registry's champion fails the start.
+    let mut reg_cfg = cfg.clone();
+    let models = tempfile::tempdir().unwrap();
+    reg_cfg.retrain.models_dir = Some(models.path().to_path_buf());
+    let registry = crate::model::registry::Registry::new(reg_cfg.models_dir());
+    let version = fa.spec().version.clone();
+    artifact::save(fa.network(), fa.spec(), &registry.dir().join(&version)).unwrap();
+    registry.set_champion(&version).unwrap();
+    let champion = registry.champion_dir().unwrap();
+    let w = champion.join("model.safetensors");
+    let mut bytes = std::fs::read(&w).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&w, bytes).unwrap();
+    match crate::model::registry::starting_model(&reg_cfg) {
+        Ok(_) => panic!("a corrupt champion was replaced silently"),
+        Err(e) => assert!(e.to_string().contains("corrupt"), "{e}"),
+    }
+}
+
 /// Hot swap: to the same network (every key's history within W) the state is
 /// rebuilt exactly enough that forecasts match a stage that never swapped;
 /// to another network, forecasts change and equal those of a stage that ran

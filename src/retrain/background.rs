@@ -14,6 +14,7 @@ use super::challenge;
 use crate::config::PipelineConfig;
 use crate::model::registry::{starting_model, Registry};
 use crate::model::{ModelSpec, Network};
+use crate::telemetry;
 use crate::train;
 
 /// Shared counters between the compute thread and the retrainer.
@@ -75,8 +76,27 @@ pub fn run_retrainer(
         };
         tracing::info!(windows, files = files.len(), "retraining a challenger");
         let t = cfg.train.clone();
-        let outcome = train::prepare(&files, &train::prep_spec(&cfg, &t))
-            .and_then(|data| challenge(&cfg, &t, &data, &champion, &registry));
+        // A panic in preparation or training (polars, libtorch, a bug) must
+        // not end retraining silently for the rest of the job's life: it is
+        // caught, logged with its message, counted, and the next round runs.
+        let round = guarded(|| {
+            train::prepare(&files, &train::prep_spec(&cfg, &t))
+                .and_then(|data| challenge(&cfg, &t, &data, &champion, &registry))
+        });
+        let outcome = match round {
+            Ok(o) => o,
+            Err(what) => {
+                metrics::counter!(telemetry::RETRAIN_RUNS, "outcome" => "panicked").increment(1);
+                tracing::error!(panic = %what, "the retraining round panicked; the champion stays and the next round runs as scheduled");
+                continue;
+            }
+        };
+        let label = match &outcome {
+            Ok((_, Some(_))) => "promoted",
+            Ok((_, None)) => "kept",
+            Err(_) => "failed",
+        };
+        metrics::counter!(telemetry::RETRAIN_RUNS, "outcome" => label).increment(1);
         match outcome {
             Ok((_, Some(trained))) => {
                 // Keep a copy as the new champion for the next round.
@@ -92,5 +112,43 @@ pub fn run_retrainer(
             Ok((_, None)) => {}
             Err(e) => tracing::warn!(error = %e, "retraining failed; the champion stays"),
         }
+    }
+}
+
+/// Runs one round, turning a panic into its message.
+fn guarded<T>(round: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(round))
+        .map_err(|panic| panic_message(panic.as_ref()))
+}
+
+/// The message of a caught panic (`panic!` with a string or a format).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guarded;
+
+    #[test]
+    fn a_panicking_round_is_reported_and_the_next_one_runs() {
+        let mut rounds = Vec::new();
+        for i in 0..3 {
+            rounds.push(guarded(|| {
+                if i == 1 {
+                    let shape: Vec<usize> = Vec::new();
+                    panic!("bad shape {shape:?} in round {i}");
+                }
+                i
+            }));
+        }
+        assert_eq!(
+            rounds,
+            [Ok(0), Err("bad shape [] in round 1".to_string()), Ok(2)]
+        );
     }
 }
