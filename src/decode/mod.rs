@@ -19,7 +19,7 @@ use arrow::datatypes::SchemaRef;
 use serde::de::DeserializeSeed;
 
 pub use dead_letter::{DeadLetter, DeadLetterKind};
-pub use time::{parse_time, RawTime};
+pub use time::{parse_time, RawTime, MAX_ABS_MS};
 
 use crate::config::{DecodeConfig, TimeFormat};
 use crate::schema::{events_schema, EventsBuilder};
@@ -146,12 +146,19 @@ impl Decoder {
             }
         }
         let ts = match self.cfg.time_format {
-            TimeFormat::Kafka => m.timestamp_ms.ok_or_else(|| {
-                Rejection::new(
+            TimeFormat::Kafka => match m.timestamp_ms {
+                None => Err(Rejection::new(
                     Kind::MissingField,
                     "missing timestamp: the Kafka message has none",
-                )
-            }),
+                )),
+                Some(ms) if ms.unsigned_abs() > time::MAX_ABS_MS.unsigned_abs() => {
+                    Err(Rejection::new(
+                        Kind::BadTimestamp,
+                        format!("the Kafka message timestamp {ms} ms is out of range"),
+                    ))
+                }
+                Some(ms) => Ok(ms),
+            },
             fmt => match fields.ts.take() {
                 None => Err(Rejection::missing(&self.cfg.time_field)),
                 Some(raw) => parse_time(&raw, fmt).map_err(|e| {

@@ -293,3 +293,22 @@ fn oversized_keys_payloads_and_values_are_dead_letters() {
     // truncated only at publication, see `MAX_PAYLOAD_COPY`).
     assert_eq!(out.dead_letters[1].payload.len(), long_payload.len());
 }
+
+/// `time_format = "kafka"` is range-checked like the others: a producer's
+/// timestamp of i64::MIN would otherwise overflow window arithmetic.
+#[test]
+fn kafka_timestamps_out_of_range_are_dead_letters() {
+    let d = decoder(TimeFormat::Kafka, &["value"]);
+    let mut m = msg(0, r#"{"key":"a","value":1}"#);
+    let mut out = Vec::new();
+    for ts in [i64::MIN, -8_000_000_000_000_001, 1_000, i64::MAX] {
+        m.timestamp_ms = Some(ts);
+        out.push(d.decode(std::slice::from_ref(&m)));
+    }
+    let kinds: Vec<_> = out
+        .iter()
+        .map(|o| o.dead_letters.first().map(|d| d.kind))
+        .collect();
+    let bad = Some(DeadLetterKind::BadTimestamp);
+    assert_eq!(kinds, [bad, bad, None, bad]);
+}

@@ -10,6 +10,10 @@ pub enum RawTime {
     Text(String),
 }
 
+/// Event times beyond +-this many ms (about 250,000 years) are refused, so
+/// that window arithmetic on them (panes, ends) cannot overflow.
+pub const MAX_ABS_MS: i64 = 8_000_000_000_000_000;
+
 /// Interprets an event time as milliseconds since the Unix epoch (UTC).
 pub fn parse_time(raw: &RawTime, fmt: TimeFormat) -> Result<i64, String> {
     let ms = match (raw, fmt) {
@@ -30,7 +34,7 @@ pub fn parse_time(raw: &RawTime, fmt: TimeFormat) -> Result<i64, String> {
             return Err(format!("expected an RFC 3339 string, got the number {n}"))
         }
     };
-    if !ms.is_finite() || ms.abs() > 8.0e15 {
+    if !ms.is_finite() || ms.abs() > MAX_ABS_MS as f64 {
         return Err(format!("{ms} ms is out of range"));
     }
     Ok(ms.round() as i64)

@@ -5,6 +5,8 @@
 //! Not part of the supported API (hidden from docs); kept in the library so
 //! that `tests/` and `benches/` can use it too.
 
+pub mod fuzz;
+
 use std::path::Path;
 
 use crate::config::PipelineConfig;
