@@ -356,6 +356,24 @@ pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The newest of `files` (sorted oldest first, as [`list_files`] gives
+/// them) whose sizes add up to at most `max_bytes`, oldest first; at least
+/// the newest one. Unreadable sizes count as zero.
+pub fn newest_within(files: &[PathBuf], max_bytes: u64) -> Vec<PathBuf> {
+    let mut total = 0u64;
+    let mut keep = Vec::new();
+    for f in files.iter().rev() {
+        let size = std::fs::metadata(f).map_or(0, |m| m.len());
+        if !keep.is_empty() && total.saturating_add(size) > max_bytes {
+            break;
+        }
+        total = total.saturating_add(size);
+        keep.push(f.clone());
+    }
+    keep.reverse();
+    keep
+}
+
 /// All files below `dir`.
 fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
@@ -516,6 +534,30 @@ pub fn write_windows_file(batches: &[RecordBatch], schema: SchemaRef, path: &Pat
 mod tests {
     use super::*;
     use arrow::array::{Float64Array, StringArray};
+
+    /// Retraining reads only the newest files within its byte budget.
+    #[test]
+    fn newest_within_keeps_the_newest_files_that_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<PathBuf> = [300usize, 200, 100, 50]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let f = dir.path().join(format!("{i}.parquet"));
+                std::fs::write(&f, vec![0u8; n]).unwrap();
+                f
+            })
+            .collect();
+        let names = |v: Vec<PathBuf>| -> Vec<String> {
+            v.iter()
+                .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(names(newest_within(&files, 350)), ["1.parquet", "2.parquet", "3.parquet"]);
+        assert_eq!(names(newest_within(&files, 10_000)).len(), 4);
+        // Always at least the newest, even over budget.
+        assert_eq!(names(newest_within(&files, 1)), ["3.parquet"]);
+    }
     use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use std::sync::Arc;
 

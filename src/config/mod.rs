@@ -579,6 +579,17 @@ pub struct SinkConfig {
     /// last committed checkpoint, so nothing is lost.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "de_duration")]
     pub shutdown_timeout: Duration,
+    /// At most about this many bytes of outputs (forecasts, dead letters)
+    /// wait for the broker's acknowledgement; past it the sink takes no
+    /// more, which holds the compute thread and the consumer back (while
+    /// the broker is away, memory stays bounded instead of growing with
+    /// every retried batch).
+    #[serde(default = "default_max_in_flight_bytes")]
+    pub max_in_flight_bytes: usize,
+}
+
+const fn default_max_in_flight_bytes() -> usize {
+    256 << 20
 }
 
 const fn default_shutdown_timeout() -> Duration {
@@ -702,6 +713,12 @@ pub struct RetrainConfig {
     /// Where model versions are kept; default `.state/models/<pipeline name>`.
     #[serde(default)]
     pub models_dir: Option<PathBuf>,
+    /// A round learns from the newest archive files up to this many bytes
+    /// of Parquet (at least one file): the archive may hold up to
+    /// `archive.retention_bytes`, and loading all of it into polars inside
+    /// the streaming process would take several times that in memory.
+    #[serde(default = "default_retrain_max_bytes")]
+    pub max_archive_bytes: u64,
 }
 
 impl Default for RetrainConfig {
@@ -712,8 +729,13 @@ impl Default for RetrainConfig {
             every: default_retrain_every(),
             from_champion: true,
             models_dir: None,
+            max_archive_bytes: default_retrain_max_bytes(),
         }
     }
+}
+
+const fn default_retrain_max_bytes() -> u64 {
+    256 << 20
 }
 
 const fn default_retrain_windows() -> u64 {

@@ -24,6 +24,9 @@ pub enum DeadLetterKind {
     /// state lives with that partition (see `window`), so this event is not
     /// merged into it (that would split the key across owners).
     PartitionConflict,
+    /// Events in the open windows of a key evicted to stay within
+    /// `window.max_keys` (one letter per key, with the count).
+    Evicted,
 }
 
 impl DeadLetterKind {
@@ -37,6 +40,7 @@ impl DeadLetterKind {
             DeadLetterKind::TooLarge => "too_large",
             DeadLetterKind::Late => "late",
             DeadLetterKind::PartitionConflict => "partition_conflict",
+            DeadLetterKind::Evicted => "evicted",
         }
     }
 }

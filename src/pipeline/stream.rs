@@ -535,14 +535,22 @@ fn spawn_sink(
             Ok(())
         };
         let outcome: Result<()> = async {
+            // Outputs awaiting acknowledgement, with their bytes: past
+            // `sink.max_in_flight_bytes` no more are taken from the channel,
+            // so a stalled broker holds the compute thread back instead of
+            // growing memory.
+            let max_bytes = sink.max_in_flight_bytes();
+            let mut in_flight_bytes = 0usize;
+            let sink = &sink;
             loop {
                 tokio::select! {
-                    o = outputs.recv() => match o {
+                    o = outputs.recv(), if in_flight_bytes < max_bytes => match o {
                         // A barrier: everything before it acknowledged first.
                         Some(Output::Checkpoint(cp)) => {
-                            while let Some(r) = inflight.next().await {
+                            while let Some((_, r)) = inflight.next().await {
                                 delivered(r)?;
                             }
+                            in_flight_bytes = 0;
                             let id = cp.id;
                             if sink.commit(cp, &consumer, &assignment).await? {
                                 commit_points.fetch_max(id, Ordering::SeqCst);
@@ -555,19 +563,27 @@ fn spawn_sink(
                             }
                         }
                         Some(Output::Abandon) => {
-                            while let Some(r) = inflight.next().await {
+                            while let Some((_, r)) = inflight.next().await {
                                 delivered(r)?;
                             }
+                            in_flight_bytes = 0;
                             sink.abandon()?;
                             lock(&uncommitted).clear();
                         }
-                        Some(o) => inflight.push(sink.deliver(o)),
+                        Some(o) => {
+                            let bytes = o.bytes();
+                            in_flight_bytes += bytes;
+                            inflight.push(async move { (bytes, sink.deliver(o).await) });
+                        }
                         None => break,
                     },
-                    Some(r) = inflight.next(), if !inflight.is_empty() => delivered(r)?,
+                    Some((bytes, r)) = inflight.next(), if !inflight.is_empty() => {
+                        in_flight_bytes -= bytes;
+                        delivered(r)?;
+                    }
                 }
             }
-            while let Some(r) = inflight.next().await {
+            while let Some((_, r)) = inflight.next().await {
                 delivered(r)?;
             }
             Ok(())

@@ -107,6 +107,7 @@ pub struct KafkaSink {
     tracker: Arc<Mutex<OffsetTracker>>,
     state_topic: String,
     input_topic: String,
+    max_in_flight_bytes: usize,
 }
 
 impl KafkaSink {
@@ -129,7 +130,13 @@ impl KafkaSink {
             tracker,
             state_topic: cfg.state_topic(),
             input_topic: cfg.source.topic.clone(),
+            max_in_flight_bytes: cfg.sink.max_in_flight_bytes,
         })
+    }
+
+    /// `sink.max_in_flight_bytes`.
+    pub fn max_in_flight_bytes(&self) -> usize {
+        self.max_in_flight_bytes
     }
 
     /// Durable state: registers the transactional id (aborting whatever a

@@ -49,6 +49,21 @@ pub enum Output {
 }
 
 impl Output {
+    /// Roughly the memory this output holds until it is acknowledged (what
+    /// `sink.max_in_flight_bytes` bounds).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Output::Forecasts {
+                forecasts, windows, ..
+            } => forecasts.get_array_memory_size() + windows.get_array_memory_size(),
+            Output::DeadLetters { letters, .. } => letters
+                .iter()
+                .map(|d| d.payload.len() + d.reason.len() + 64)
+                .sum(),
+            Output::Checkpoint(_) | Output::Abandon => 0,
+        }
+    }
+
     /// The pins this output releases once acknowledged (none for a checkpoint).
     pub fn ticket(&self) -> Option<&Ticket> {
         match self {

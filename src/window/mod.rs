@@ -753,6 +753,12 @@ impl WindowStage {
         }
         seqs.select_nth_unstable(k - 1);
         for &(_, slot) in &seqs[..k] {
+            if let Some(letter) = self.slots[slot]
+                .as_ref()
+                .and_then(|st| evicted_letter(st, &self.spec))
+            {
+                out.late.push(letter);
+            }
             self.end_key(slot, SeriesEnd::Capacity, out);
         }
     }
@@ -1086,6 +1092,47 @@ fn span_letter(
         crate::time::rfc3339_ms(oldest_ms),
     );
     event_letter(DeadLetterKind::BadTimestamp, reason, key, ts, fields, vals, at)
+}
+
+/// The events still in an evicted key's open panes, as one dead letter
+/// (`evicted`): they will never be in a window, and the individual records
+/// are no longer held, so the letter says how many there were, where the
+/// first came from, and each open pane's count and aggregates.
+fn evicted_letter(st: &KeyState, spec: &WindowSpec) -> Option<DeadLetter> {
+    let open: Vec<(i64, &Pane)> = st
+        .panes
+        .iter()
+        .enumerate()
+        .filter(|(_, pn)| pn.count > 0)
+        .map(|(i, pn)| (st.next_win + i as i64, pn))
+        .collect();
+    let &(_, first) = open.first()?;
+    let &(partition, offset) = first.pins.first()?;
+    let events: u64 = open.iter().map(|(_, pn)| u64::from(pn.count)).sum();
+    let panes: Vec<serde_json::Value> = open
+        .iter()
+        .map(|(i, pn)| {
+            serde_json::json!({
+                "pane_start_ms": i.saturating_mul(spec.slide_ms),
+                "events": pn.count,
+                "accumulators": spec.value_fields.iter().zip(pn.acc.iter())
+                    .map(|(f, a)| (f.clone(), serde_json::json!(a)))
+                    .collect::<serde_json::Map<_, _>>(),
+            })
+        })
+        .collect();
+    let payload = serde_json::json!({"key": &*st.key, "events": events, "panes": panes});
+    Some(DeadLetter {
+        kind: DeadLetterKind::Evicted,
+        reason: format!(
+            "evicted: key {:?} had {events} events in open windows when window.max_keys ({}) was reached; the least recently seen keys are evicted",
+            st.key.escape_debug().take(64).collect::<String>(),
+            spec.max_keys
+        ),
+        partition,
+        offset,
+        payload: payload.to_string().into_bytes(),
+    })
 }
 
 fn late_letter(

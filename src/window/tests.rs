@@ -843,6 +843,18 @@ fn max_keys_evicts_least_recently_seen() {
         "only d's window was still open"
     );
     assert_eq!(run.ended, vec!["a", "c", "b"]);
+    // Their open events were not dropped silently: one `evicted` dead
+    // letter per key, at its first pinned offset, with the count.
+    let letters: Vec<(i64, DeadLetterKind)> = run.late.iter().map(|d| (d.offset, d.kind)).collect();
+    use crate::decode::DeadLetterKind;
+    assert_eq!(
+        letters,
+        [(0, DeadLetterKind::Evicted), (2, DeadLetterKind::Evicted), (1, DeadLetterKind::Evicted)]
+    );
+    let b: serde_json::Value = serde_json::from_slice(&run.late[2].payload).unwrap();
+    assert_eq!((b["key"].as_str(), b["events"].as_u64()), (Some("b"), Some(2)));
+    assert_eq!(b["panes"][0]["accumulators"]["value"], 2.0);
+    assert!(run.late[0].reason.contains("window.max_keys (2)"), "{}", run.late[0].reason);
 }
 
 // -------------------------------------------------------------- covariates

@@ -449,7 +449,11 @@ fn exactly_once_recovers_from_a_broker_restart() {
     let input2 = format!("{input}.2");
     create_topics(&[(input2.as_str(), PARTITIONS)]);
     let name = format!("dur-restart-{s}");
-    let p = pipeline_with(dir.path(), &name, &input2, "exactly_once", NEVER_IDLE);
+    // One output in flight at a time (sink.max_in_flight_bytes = 1): the
+    // bound that keeps memory flat while the broker is away must not stall
+    // the job or lose anything once it is back.
+    let extra = format!("{NEVER_IDLE}[sink]\nmax_in_flight_bytes = 1\n");
+    let p = pipeline_with(dir.path(), &name, &input2, "exactly_once", &extra);
     produce(&input2, events(chunks[0].0, chunks[0].1));
     let job = spawn(&p, "a", &[]);
     std::thread::sleep(Duration::from_secs(4));
