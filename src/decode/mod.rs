@@ -19,7 +19,7 @@ use arrow::datatypes::SchemaRef;
 use serde::de::DeserializeSeed;
 
 pub use dead_letter::{DeadLetter, DeadLetterKind};
-pub use time::{parse_time, RawTime, MAX_ABS_MS};
+pub use time::{parse_time, RawTime, MAX_MS, MIN_MS};
 
 use crate::config::{DecodeConfig, TimeFormat};
 use crate::schema::{events_schema, EventsBuilder};
@@ -151,13 +151,12 @@ impl Decoder {
                     Kind::MissingField,
                     "missing timestamp: the Kafka message has none",
                 )),
-                Some(ms) if ms.unsigned_abs() > time::MAX_ABS_MS.unsigned_abs() => {
-                    Err(Rejection::new(
+                Some(ms) => time::in_range(ms).map_err(|e| {
+                    Rejection::new(
                         Kind::BadTimestamp,
-                        format!("the Kafka message timestamp {ms} ms is out of range"),
-                    ))
-                }
-                Some(ms) => Ok(ms),
+                        format!("the Kafka message timestamp: {e}"),
+                    )
+                }),
             },
             fmt => match fields.ts.take() {
                 None => Err(Rejection::missing(&self.cfg.time_field)),

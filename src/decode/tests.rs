@@ -301,7 +301,7 @@ fn kafka_timestamps_out_of_range_are_dead_letters() {
     let d = decoder(TimeFormat::Kafka, &["value"]);
     let mut m = msg(0, r#"{"key":"a","value":1}"#);
     let mut out = Vec::new();
-    for ts in [i64::MIN, -8_000_000_000_000_001, 1_000, i64::MAX] {
+    for ts in [i64::MIN, -62_167_219_200_001, 1_000, 253_402_300_800_000] {
         m.timestamp_ms = Some(ts);
         out.push(d.decode(std::slice::from_ref(&m)));
     }

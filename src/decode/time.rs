@@ -10,9 +10,23 @@ pub enum RawTime {
     Text(String),
 }
 
-/// Event times beyond +-this many ms (about 250,000 years) are refused, so
-/// that window arithmetic on them (panes, ends) cannot overflow.
-pub const MAX_ABS_MS: i64 = 8_000_000_000_000_000;
+/// Event times must lie in years 0000..=9999 (UTC), whatever the format:
+/// window arithmetic on them (panes, ends) cannot overflow, and every
+/// accepted time can be written as RFC 3339 and read back.
+pub const MIN_MS: i64 = -62_167_219_200_000;
+/// See [`MIN_MS`]: 9999-12-31T23:59:59.999Z.
+pub const MAX_MS: i64 = 253_402_300_799_999;
+
+/// `ms` if it is a supported event time (see [`MIN_MS`]).
+pub fn in_range(ms: i64) -> Result<i64, String> {
+    if (MIN_MS..=MAX_MS).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(format!(
+            "{ms} ms is out of range (years 0000 to 9999)"
+        ))
+    }
+}
 
 /// Interprets an event time as milliseconds since the Unix epoch (UTC).
 pub fn parse_time(raw: &RawTime, fmt: TimeFormat) -> Result<i64, String> {
@@ -29,13 +43,13 @@ pub fn parse_time(raw: &RawTime, fmt: TimeFormat) -> Result<i64, String> {
             .trim()
             .parse::<f64>()
             .map_err(|_| format!("{s:?} is not epoch milliseconds"))?,
-        (RawTime::Text(s), _) => return crate::time::parse_rfc3339_ms(s),
+        (RawTime::Text(s), _) => return crate::time::parse_rfc3339_ms(s).and_then(in_range),
         (RawTime::Number(n), _) => {
             return Err(format!("expected an RFC 3339 string, got the number {n}"))
         }
     };
-    if !ms.is_finite() || ms.abs() > MAX_ABS_MS as f64 {
-        return Err(format!("{ms} ms is out of range"));
+    if !ms.is_finite() || ms < MIN_MS as f64 || ms > MAX_MS as f64 {
+        return Err(format!("{ms} ms is out of range (years 0000 to 9999)"));
     }
-    Ok(ms.round() as i64)
+    in_range(ms.round() as i64)
 }
