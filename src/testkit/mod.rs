@@ -6,6 +6,7 @@
 //! that `tests/` and `benches/` can use it too.
 
 pub mod fuzz;
+pub mod soak;
 
 use std::path::Path;
 
