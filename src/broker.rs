@@ -57,6 +57,14 @@ impl Connection {
 
     /// The settings every client shares: the brokers, streamcast's client
     /// id, then the shared options.
+    /// Whether the clients speak TLS (`security.protocol` SSL or SASL_SSL).
+    pub fn speaks_tls(&self) -> bool {
+        self.options
+            .0
+            .get("security.protocol")
+            .is_some_and(|p| p.to_ascii_uppercase().ends_with("SSL"))
+    }
+
     pub fn base_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
@@ -164,6 +172,7 @@ pub async fn create_topics_with(
         .request_timeout(Some(Duration::from_secs(5)));
     let mut backoff = Duration::from_millis(500);
     let mut last_err = String::new();
+    let mut closed_at_first_request = 0;
     for attempt in 1..=attempts.max(1) {
         match admin.create_topics(&new, &opts).await {
             Ok(results) => {
@@ -192,6 +201,23 @@ pub async fn create_topics_with(
         let probe = blocking(move || probe(&k, Duration::from_secs(2)));
         if let Some(why) = probe.refused {
             return Err(refused_error(&kafka, &why));
+        }
+        // A listener that expects TLS accepts the TCP connection and then
+        // closes it at the client's first (plaintext) request. A broker
+        // that is away refuses the connection instead; one that is starting
+        // may close early once, so this takes two probes in a row.
+        let closed_at_hello = probe
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("APIVERSION_QUERY") && e.contains("Disconnected"));
+        closed_at_first_request = if closed_at_hello { closed_at_first_request + 1 } else { 0 };
+        if closed_at_first_request >= 2 && !kafka.speaks_tls() {
+            return Err(refused_error(
+                &kafka,
+                "it closed every connection at the client's first request, as a TLS listener does \
+                 to a plaintext client: set security.protocol to SSL or SASL_SSL (the client \
+                 speaks plaintext)",
+            ));
         }
         if let Some(why) = probe.last_error {
             last_err = format!("{last_err}; {why}");

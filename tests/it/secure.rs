@@ -249,6 +249,48 @@ fn a_wrong_password_is_a_clear_error_and_exit_1_not_a_hang() {
     );
 }
 
+/// A client speaking plaintext to the TLS listener is not "broker
+/// unreachable, retrying": librdkafka only sees the connection drop, but the listener
+/// closes every connection at the first request, which an unreachable
+/// broker does not do: the job stops after a second look, exit 1, naming
+/// security.protocol.
+#[test]
+fn a_wrong_security_protocol_is_a_clear_error_not_a_retry_loop() {
+    let sec = secured();
+    let s = rand_suffix();
+    let dir = tempfile::tempdir().unwrap();
+    let plaintext = security_toml(&sec).replace(
+        "\"security.protocol\" = \"SASL_SSL\"",
+        "\"security.protocol\" = \"PLAINTEXT\"",
+    );
+    assert!(plaintext.contains("PLAINTEXT"));
+    let pipeline = job_pipeline(
+        dir.path(),
+        &format!("secure-proto-{s}"),
+        &format!("secure-proto-in-{s}"),
+        1,
+        &format!("secure-proto-dlq-{s}"),
+        &plaintext,
+    );
+    let (out, _) = streamcast(
+        dir.path(),
+        &sec.password,
+        &["run", pipeline.to_str().unwrap(), "--exit-when-idle", "2s"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit 1, not a hang:\n{stderr}");
+    assert!(
+        stderr.contains("refused the connection") && stderr.contains("security.protocol"),
+        "the error names the protocol:\n{stderr}"
+    );
+    // One retry (a broker that is starting may close a connection early
+    // once), not the unreachable broker's whole series.
+    assert!(
+        stderr.matches("Kafka not reachable yet; retrying").count() <= 1,
+        "not retried like an unreachable broker:\n{stderr}"
+    );
+}
+
 /// A single broker cannot hold two replicas, so it refuses a topic asked
 /// for with replication factor 2: proof the factor reaches the request,
 /// for the pipeline's topics and for the state changelog.
