@@ -77,7 +77,7 @@ pub fn run(keys: u64, overrides: &str) -> Result<SoakReport> {
     let minutes = keys.div_ceil(per_minute) + 1;
     let mut batch = Vec::with_capacity(BATCH);
     let mut offset = 0i64;
-    let mut absorb = |outs: Vec<Output>, r: &mut SoakReport| {
+    let absorb = |outs: Vec<Output>, r: &mut SoakReport| {
         for o in outs {
             match o {
                 Output::Forecasts {
