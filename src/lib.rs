@@ -41,6 +41,8 @@ pub mod retrain;
 pub mod state;
 pub mod train;
 pub mod verify;
+// The HTTP query and health API of a running job.
+pub mod api;
 
 // Forecasters and metrics shared by the live path and evaluation.
 pub mod accuracy;

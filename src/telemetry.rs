@@ -134,10 +134,31 @@ pub fn init_logging(json: bool) {
     };
 }
 
-/// Serves `/metrics` on the configured address, if any. Needs a tokio runtime.
-pub fn serve_prometheus(cfg: &TelemetryConfig) -> Result<()> {
+/// Installs the Prometheus recorder when anything will read it: served on
+/// `telemetry.prometheus_listen` if set, and returned for the HTTP API's
+/// `/metrics` when `for_api`. Needs a tokio runtime.
+pub fn install_metrics(
+    cfg: &TelemetryConfig,
+    for_api: bool,
+) -> Result<Option<metrics_exporter_prometheus::PrometheusHandle>> {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    let failed = |e: metrics_exporter_prometheus::BuildError| {
+        Error::Telemetry(format!("cannot install the Prometheus recorder: {e}"))
+    };
     let Some(addr) = &cfg.prometheus_listen else {
-        return Ok(());
+        if !for_api {
+            return Ok(None);
+        }
+        let handle = PrometheusBuilder::new().install_recorder().map_err(failed)?;
+        // What `build` would do for a listener: keep histograms bounded.
+        let upkeep = handle.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                upkeep.run_upkeep();
+            }
+        });
+        return Ok(Some(handle));
     };
     let sock: std::net::SocketAddr = addr.parse().map_err(|e| {
         Error::config(
@@ -146,12 +167,16 @@ pub fn serve_prometheus(cfg: &TelemetryConfig) -> Result<()> {
             format!("{addr:?} is not a socket address: {e}"),
         )
     })?;
-    metrics_exporter_prometheus::PrometheusBuilder::new()
+    let (recorder, exporter) = PrometheusBuilder::new()
         .with_http_listener(sock)
-        .install()
+        .build()
         .map_err(|e| Error::Telemetry(format!("cannot serve Prometheus metrics on {addr}: {e}")))?;
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)
+        .map_err(|e| Error::Telemetry(format!("cannot install the Prometheus recorder: {e}")))?;
+    tokio::spawn(exporter);
     tracing::info!(%addr, "serving Prometheus metrics");
-    Ok(())
+    Ok(Some(handle))
 }
 
 #[cfg(test)]

@@ -59,6 +59,37 @@ pub struct PipelineConfig {
     /// Metrics and logs.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// The HTTP query and health API (off unless `api.listen` is set).
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// The HTTP API of `streamcast run` (see `api`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Serve the API on this address, e.g. `"127.0.0.1:9899"`; off when
+    /// absent. Bind to localhost unless something in front guards it: the
+    /// API has no authentication.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// `/health/ready` says ready only while every owned partition is at
+    /// most this many messages behind the broker's high watermark.
+    #[serde(default = "default_ready_max_lag")]
+    pub ready_max_lag: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: None,
+            ready_max_lag: default_ready_max_lag(),
+        }
+    }
+}
+
+const fn default_ready_max_lag() -> u64 {
+    10_000
 }
 
 /// Kafka input.

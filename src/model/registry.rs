@@ -50,8 +50,8 @@ pub struct Registry {
     dir: PathBuf,
 }
 
-/// One row of `streamcast models list`.
-#[derive(Debug, Clone)]
+/// One row of `streamcast models list` (and of the API's `/models`).
+#[derive(Debug, Clone, Serialize)]
 pub struct VersionInfo {
     pub version: String,
     pub spec: ModelSpec,

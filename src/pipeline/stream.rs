@@ -43,6 +43,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle as TaskHandle;
 
 use super::core::{Core, Totals};
+use crate::api::ApiState;
 use crate::archive::ArchiveHandle;
 use crate::broker::blocking;
 use crate::config::PipelineConfig;
@@ -94,7 +95,7 @@ type Swap = (Network, ModelSpec);
 /// Runs a pipeline until a signal (or idleness, if asked). Returns totals.
 pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
     let started = Instant::now();
-    crate::telemetry::serve_prometheus(&cfg.telemetry)?;
+    let metrics = crate::telemetry::install_metrics(&cfg.telemetry, cfg.api.listen.is_some())?;
     crate::broker::ensure_topics(&cfg).await?;
     let durable = cfg.state.enabled;
     if durable {
@@ -103,6 +104,14 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
     let (consumer, assignment) = source::create_consumer(&cfg)?;
     let consumer = Arc::new(consumer);
+    let api = match &cfg.api.listen {
+        Some(addr) => {
+            let state = ApiState::new(&cfg, (consumer.clone(), assignment.clone()), metrics);
+            crate::api::serve(addr, state.clone()).await?;
+            Some(state)
+        }
+        None => None,
+    };
     let sink = KafkaSink::from_config(&cfg, tracker.clone())?;
     if durable {
         let s = sink.clone();
@@ -129,7 +138,14 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
     let signals = Arc::new(RetrainSignals::default());
     let (swap_tx, swap_rx) = sync_channel::<Swap>(1);
     let retrainer = spawn_retrainer(&cfg, signals.clone(), swap_tx)?;
-    let compute = spawn_compute(&cfg, tracker.clone(), archive, swap_rx, signals.clone()).await?;
+    let compute = spawn_compute(
+        &cfg,
+        tracker.clone(),
+        archive,
+        swap_rx,
+        (signals.clone(), api.clone()),
+    )
+    .await?;
     let sink_failed = Arc::new(tokio::sync::Notify::new());
     let sink_task = spawn_sink(
         sink,
@@ -137,7 +153,7 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
         opts.print_forecasts,
         sink_failed.clone(),
         (consumer.clone(), assignment.clone()),
-        commit_points,
+        (commit_points, api),
         cfg.delivery == crate::config::Delivery::ExactlyOnce,
     );
     let committer = if durable {
@@ -298,7 +314,7 @@ async fn spawn_compute(
     tracker: Arc<Mutex<OffsetTracker>>,
     archive: Option<ArchiveHandle>,
     swaps: Receiver<Swap>,
-    signals: Arc<RetrainSignals>,
+    (signals, api): (Arc<RetrainSignals>, Option<Arc<ApiState>>),
 ) -> Result<Compute> {
     let (in_tx, in_rx) = sync_channel::<Input>(4);
     let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Output>(16);
@@ -319,7 +335,7 @@ async fn spawn_compute(
                     return Err(Error::StageStopped("compute"));
                 }
             };
-            compute_loop(core, &cfg, in_rx, out_tx, archive, swaps, &signals)
+            compute_loop(core, &cfg, in_rx, out_tx, archive, swaps, (&signals, api.as_deref()))
         })
         .map_err(|e| Error::io("starting the compute thread", e))?;
     let version = ready_rx
@@ -344,7 +360,7 @@ fn compute_loop(
     outputs: tokio::sync::mpsc::Sender<Output>,
     archive: Option<ArchiveHandle>,
     swaps: Receiver<Swap>,
-    signals: &RetrainSignals,
+    (signals, api): (&RetrainSignals, Option<&ApiState>),
 ) -> Result<Totals> {
     let durable = cfg.state.enabled;
     if durable {
@@ -409,6 +425,9 @@ fn compute_loop(
                         core.assign(&parts, now_ms());
                     }
                     owned = b.partitions;
+                    if let Some(api) = api {
+                        api.restored(&owned);
+                    }
                 }
                 if durable {
                     // Read before a rebalance and already handed over: the
@@ -439,6 +458,9 @@ fn compute_loop(
                     core.revoke(p);
                 }
                 owned.clear();
+                if let Some(api) = api {
+                    api.restored(&owned);
+                }
                 if let Some(a) = &archive {
                     a.abandon();
                 }
@@ -452,9 +474,14 @@ fn compute_loop(
             checkpoint(&mut core, &owned, asked)?;
             last_checkpoint = Instant::now();
         }
-        for p in revoked {
-            if owned.remove(&p).is_some() {
-                core.revoke(p);
+        if !revoked.is_empty() {
+            for p in revoked {
+                if owned.remove(&p).is_some() {
+                    core.revoke(p);
+                }
+            }
+            if let Some(api) = api {
+                api.restored(&owned);
             }
         }
     }
@@ -509,7 +536,7 @@ fn spawn_sink(
     print: bool,
     failed: Arc<tokio::sync::Notify>,
     (consumer, assignment): (Arc<Source>, Arc<Assignment>),
-    commit_points: crate::archive::CommitPoints,
+    (commit_points, api): (crate::archive::CommitPoints, Option<Arc<ApiState>>),
     exactly_once: bool,
 ) -> TaskHandle<Result<Deliveries>> {
     tokio::spawn(async move {
@@ -519,8 +546,18 @@ fn spawn_sink(
         // Exactly once: a forecast is visible (read_committed) only at its
         // transaction's commit, so its latency is measured to the commit.
         let uncommitted = Mutex::new(Vec::<(Instant, usize)>::new());
+        // For the API likewise: exactly once, its latest forecasts change at
+        // the commit (an aborted forecast is never shown).
+        let unpublished = Mutex::new(Vec::<ForecastRecord>::new());
         let mut delivered = |r: Result<Delivered>| -> Result<()> {
             let d = r?;
+            if let Some(api) = &api {
+                if exactly_once {
+                    lock(&unpublished).extend(d.forecasts.iter().cloned());
+                } else {
+                    api.published(&d.forecasts);
+                }
+            }
             if let Some(l) = d.latency {
                 if exactly_once {
                     let closed = Instant::now().checked_sub(l).unwrap_or_else(Instant::now);
@@ -558,8 +595,13 @@ fn spawn_sink(
                                 for (closed, n) in done {
                                     lock(&stats).record(closed.elapsed(), n);
                                 }
+                                let visible: Vec<_> = lock(&unpublished).drain(..).collect();
+                                if let Some(api) = &api {
+                                    api.published(&visible);
+                                }
                             } else {
                                 lock(&uncommitted).clear();
+                                lock(&unpublished).clear();
                             }
                         }
                         Some(Output::Abandon) => {
@@ -569,6 +611,7 @@ fn spawn_sink(
                             in_flight_bytes = 0;
                             sink.abandon()?;
                             lock(&uncommitted).clear();
+                            lock(&unpublished).clear();
                         }
                         Some(o) => {
                             let bytes = o.bytes();

@@ -266,30 +266,32 @@ fn raw<M: Message>(m: &M) -> RawMessage {
 /// A partition with a backlog is not idle, however long it has been since
 /// its last message was processed.
 pub fn backlogged_partitions(consumer: &Source, topic: &str, next: &HashMap<i32, i64>) -> Vec<i32> {
-    let Ok(ctopic) = std::ffi::CString::new(topic) else {
-        return Vec::new();
-    };
-    let ptr = consumer.client().native_ptr();
     next.iter()
-        .filter(|(&p, &n)| {
-            let (mut low, mut high) = (-1i64, -1i64);
-            // SAFETY: `ptr` is the live client handle of `consumer`, which
-            // outlives this call; the function only reads librdkafka's cached
-            // watermarks into the two out-parameters.
-            #[allow(unsafe_code)]
-            let err = unsafe {
-                rdkafka::bindings::rd_kafka_get_watermark_offsets(
-                    ptr,
-                    ctopic.as_ptr(),
-                    p,
-                    &mut low,
-                    &mut high,
-                )
-            };
-            err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high > n
-        })
+        .filter(|(&p, &n)| cached_high_watermark(consumer, topic, p).is_some_and(|high| high > n))
         .map(|(&p, _)| p)
         .collect()
+}
+
+/// The high watermark of a partition from librdkafka's cache (a local
+/// lookup, no network call); None until the client has one.
+pub fn cached_high_watermark(consumer: &Source, topic: &str, partition: i32) -> Option<i64> {
+    let ctopic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the pointer is the live client handle of `consumer`, which
+    // outlives this call; the function only reads librdkafka's cached
+    // watermarks into the two out-parameters.
+    #[allow(unsafe_code)]
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            ctopic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
 }
 
 /// True when partitions are assigned and no partition of the topic has

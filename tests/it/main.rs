@@ -10,6 +10,7 @@
 // Test and bench code may unwrap: a failing unwrap is a failing run.
 #![allow(clippy::unwrap_used)]
 
+mod api;
 mod bench_smoke;
 mod cli;
 mod common;

@@ -1,0 +1,108 @@
+//! The HTTP API of a running job, over real HTTP against the real broker:
+//! health, readiness, the latest forecast of a key (equal to the last one
+//! on the output topic), keys, models and Prometheus metrics.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::durable::{events, pipeline_with, sigterm, spawn, wait_ok, PARTITIONS};
+
+/// `GET path` with a fresh connection: (status, body).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// Polls `path` until `ok(status, body)` or `limit`; returns the last answer.
+fn until(port: u16, path: &str, limit: Duration, ok: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    let start = Instant::now();
+    loop {
+        let got = get(port, path);
+        if let Some((code, body)) = &got {
+            if ok(*code, body) || start.elapsed() > limit {
+                return (*code, body.clone());
+            }
+        } else if start.elapsed() > limit {
+            panic!("no answer on {path} within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[test]
+fn the_api_serves_health_latest_forecasts_keys_models_and_metrics() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let s = rand_suffix();
+    let dir = tempfile::tempdir().unwrap();
+    let input = format!("it.api.in.{s}");
+    create_topics(&[(input.as_str(), PARTITIONS)]);
+    let name = format!("api-{s}");
+    let extra = format!("[api]\nlisten = \"127.0.0.1:{port}\"\n");
+    let p = pipeline_with(dir.path(), &name, &input, "exactly_once", &extra);
+    produce(&input, events(0, 12));
+    let mut job = spawn(&p, "a", &[]);
+    let limit = Duration::from_secs(90);
+
+    let (code, body) = until(port, "/health/live", limit, |c, _| c == 200);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = until(port, "/health/ready", limit, |c, _| c == 200);
+    assert_eq!(code, 200, "ready once assigned, restored and caught up: {body}");
+    assert_eq!(json(&body)["partitions"].as_array().map(Vec::len), Some(PARTITIONS as usize));
+
+    // Every key gets forecasts; the API's latest for k0 is the newest one
+    // on the output topic.
+    let (_, body) = until(port, "/keys", limit, |_, b| json(b)["count"] == 12);
+    assert_eq!(json(&body)["count"], 12, "{body}");
+    let (_, body) = until(port, "/keys?prefix=k1&limit=2", limit, |c, _| c == 200);
+    assert_eq!(json(&body)["count"], 3, "k1, k10, k11: {body}");
+    assert_eq!(json(&body)["keys"], serde_json::json!(["k1", "k10"]));
+    let out = read_topic(&format!("{name}-out"), Duration::from_secs(3), limit, |r| {
+        r.iter().filter(|(k, _)| k == "k0").count() >= 8
+    });
+    // Settle: the API may still be a commit behind the topic's reader.
+    std::thread::sleep(Duration::from_secs(2));
+    let newest = out
+        .iter()
+        .filter(|(k, _)| k == "k0")
+        .map(|(_, v)| json(v))
+        .max_by_key(|v| v["window_end_ms"].as_i64())
+        .unwrap();
+    let (code, body) = get(port, "/forecast/k0").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body), newest, "the API's latest is the topic's newest");
+
+    let (code, body) = get(port, "/forecast/no-such-key").unwrap();
+    assert_eq!(code, 404, "{body}");
+    let (code, _) = get(port, "/forecast/%ZZ").unwrap();
+    assert_eq!(code, 400);
+    let (code, body) = get(port, "/nowhere").unwrap();
+    assert_eq!(code, 404);
+    assert!(body.contains("/forecast/<key>"), "{body}");
+
+    let (code, body) = get(port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    for name in ["streamcast_windows_closed_total", "streamcast_checkpoints_total"] {
+        assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
+    }
+    let (code, body) = get(port, "/models").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(json(&body)["models"].is_array(), "{body}");
+
+    sigterm(&job);
+    wait_ok(&mut job, Duration::from_secs(60));
+}
