@@ -58,6 +58,16 @@ pub const RETRAIN_RUNS: &str = "streamcast_retrain_runs_total";
 /// the pipeline (another feature set, horizon, ...) (counter).
 pub const CHAMPION_SET_ASIDE: &str = "streamcast_champion_set_aside_total";
 
+/// Messages behind the broker's high watermark, per input `partition`
+/// this instance reads (gauge).
+pub const PARTITION_LAG: &str = "streamcast_partition_lag";
+/// Wall clock minus the watermark, seconds (gauge): how far event time
+/// trails real time.
+pub const WATERMARK_DELAY: &str = "streamcast_watermark_delay_seconds";
+/// Bytes of outputs waiting for the broker's acknowledgement (gauge; see
+/// `sink.max_in_flight_bytes`).
+pub const IN_FLIGHT_BYTES: &str = "streamcast_in_flight_bytes";
+
 /// Every metric name above, for docs and tests.
 pub const ALL: &[&str] = &[
     EVENTS_DECODED,
@@ -83,6 +93,57 @@ pub const ALL: &[&str] = &[
     PARTITION_CONFLICTS,
     RETRAIN_RUNS,
     CHAMPION_SET_ASIDE,
+    PARTITION_LAG,
+    WATERMARK_DELAY,
+    IN_FLIGHT_BYTES,
+];
+
+/// Counters and gauges that exist from the start, at zero, so a scrape
+/// (and a dashboard) sees every series before its first event.
+fn register_all() {
+    for name in [
+        EVENTS_DECODED,
+        LATE_EVENTS,
+        WINDOWS_CLOSED,
+        FORECASTS,
+        DELIVERY_RETRIES,
+        ARCHIVE_FILES,
+        ARCHIVE_FILES_DELETED,
+        ARCHIVE_DROPPED,
+        ARCHIVE_ERRORS,
+        CHECKPOINTS,
+        STATE_RECORDS,
+        STATE_BYTES,
+        PARTITION_CONFLICTS,
+        CHAMPION_SET_ASIDE,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for kind in DEAD_LETTER_KINDS {
+        metrics::counter!(DEAD_LETTERS, "kind" => *kind).increment(0);
+    }
+    for reason in ["gap", "ttl", "capacity"] {
+        metrics::counter!(KEYS_ENDED, "reason" => reason).increment(0);
+    }
+    for outcome in ["promoted", "kept", "failed", "panicked"] {
+        metrics::counter!(RETRAIN_RUNS, "outcome" => outcome).increment(0);
+    }
+    for name in [LIVE_KEYS, IN_FLIGHT_BYTES] {
+        metrics::gauge!(name).set(0.0);
+    }
+}
+
+/// Every `kind` label of [`DEAD_LETTERS`] (`decode::DeadLetterKind::as_str`).
+const DEAD_LETTER_KINDS: &[&str] = &[
+    "malformed",
+    "missing_field",
+    "bad_key",
+    "bad_timestamp",
+    "bad_value",
+    "too_large",
+    "late",
+    "partition_conflict",
+    "evicted",
 ];
 
 /// Lets a repeated log line through once per `every`, counting the rest,
@@ -150,6 +211,7 @@ pub fn install_metrics(
             return Ok(None);
         }
         let handle = PrometheusBuilder::new().install_recorder().map_err(failed)?;
+        register_all();
         // What `build` would do for a listener: keep histograms bounded.
         let upkeep = handle.clone();
         tokio::spawn(async move {
@@ -175,6 +237,7 @@ pub fn install_metrics(
     metrics::set_global_recorder(recorder)
         .map_err(|e| Error::Telemetry(format!("cannot install the Prometheus recorder: {e}")))?;
     tokio::spawn(exporter);
+    register_all();
     tracing::info!(%addr, "serving Prometheus metrics");
     Ok(Some(handle))
 }
@@ -182,6 +245,25 @@ pub fn install_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The registered labels are the decoder's kinds, all of them.
+    #[test]
+    fn dead_letter_kinds_match_the_decoder() {
+        use crate::decode::DeadLetterKind as K;
+        let kinds = [
+            K::Malformed,
+            K::MissingField,
+            K::BadKey,
+            K::BadTimestamp,
+            K::BadValue,
+            K::TooLarge,
+            K::Late,
+            K::PartitionConflict,
+            K::Evicted,
+        ];
+        let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names, DEAD_LETTER_KINDS);
+    }
 
     #[test]
     fn metric_names_are_prefixed_and_unique() {

@@ -985,10 +985,17 @@ impl PipelineConfig {
             opts.resolve_env(|name| std::env::var(name))
                 .map_err(|(key, msg)| Error::config(path, format!("{table}.{key}"), msg))?;
         }
-        if let Ok(b) = std::env::var("STREAMCAST_BROKERS") {
-            if !b.trim().is_empty() {
-                cfg.source.brokers = b;
-            }
+        // Environment overrides (containers, tests): brokers, and where the
+        // metrics and the API listen.
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        if let Some(b) = env("STREAMCAST_BROKERS") {
+            cfg.source.brokers = b;
+        }
+        if let Some(a) = env("STREAMCAST_PROMETHEUS_LISTEN") {
+            cfg.telemetry.prometheus_listen = Some(a);
+        }
+        if let Some(a) = env("STREAMCAST_API_LISTEN") {
+            cfg.api.listen = Some(a);
         }
         cfg.validate(path)?;
         Ok(cfg)

@@ -616,6 +616,7 @@ fn spawn_sink(
                         Some(o) => {
                             let bytes = o.bytes();
                             in_flight_bytes += bytes;
+                            metrics::gauge!(crate::telemetry::IN_FLIGHT_BYTES).set(in_flight_bytes as f64);
                             inflight.push(async move { (bytes, sink.deliver(o).await) });
                         }
                         None => break,
@@ -745,6 +746,12 @@ async fn consume(
         let partitions = assignment.owned();
         next_offsets.retain(|p, _| partitions.contains_key(p));
         let backlogged = source::backlogged_partitions(consumer, &cfg.source.topic, &next_offsets);
+        for (&p, &next) in &next_offsets {
+            if let Some(high) = source::cached_high_watermark(consumer, &cfg.source.topic, p) {
+                metrics::gauge!(crate::telemetry::PARTITION_LAG, "partition" => p.to_string())
+                    .set(high.saturating_sub(next).max(0) as f64);
+            }
+        }
         let mut item = Input::Batch(Batch {
             messages,
             partitions,

@@ -849,6 +849,10 @@ impl WindowStage {
             self.watermark = self.watermark.max(wm);
         }
         out.watermark = self.watermark;
+        if self.watermark != i64::MIN {
+            metrics::gauge!(telemetry::WATERMARK_DELAY)
+                .set(crate::time::now_ms().saturating_sub(self.watermark) as f64 / 1000.0);
+        }
         let per_partition = if self.track {
             self.advance_partitions(now_ms);
             let (last, moved) = self.partition_closing_points();

@@ -1,6 +1,7 @@
 //! The HTTP API of a running job, over real HTTP against the real broker:
 //! health, readiness, the latest forecast of a key (equal to the last one
-//! on the output topic), keys, models and Prometheus metrics.
+//! on the output topic), keys, models and Prometheus metrics, and the
+//! Grafana dashboard checked against the live scrape.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -55,7 +56,9 @@ fn the_api_serves_health_latest_forecasts_keys_models_and_metrics() {
     let extra = format!("[api]\nlisten = \"127.0.0.1:{port}\"\n");
     let p = pipeline_with(dir.path(), &name, &input, "exactly_once", &extra);
     produce(&input, events(0, 12));
-    let mut job = spawn(&p, "a", &[]);
+    // Killed if the test fails half-way (it would keep the harness's
+    // stderr open, and the run waiting, forever).
+    let mut job = KillOnDrop(spawn(&p, "a", &[]));
     let limit = Duration::from_secs(90);
 
     let (code, body) = until(port, "/health/live", limit, |c, _| c == 200);
@@ -99,10 +102,69 @@ fn the_api_serves_health_latest_forecasts_keys_models_and_metrics() {
     for name in ["streamcast_windows_closed_total", "streamcast_checkpoints_total"] {
         assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
     }
+    dashboard_queries_exist_in(&body);
     let (code, body) = get(port, "/models").unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(json(&body)["models"].is_array(), "{body}");
 
-    sigterm(&job);
-    wait_ok(&mut job, Duration::from_secs(60));
+    sigterm(&job.0);
+    wait_ok(&mut job.0, Duration::from_secs(60));
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The provisioned Grafana dashboard parses, and every metric its queries
+/// name is in a live scrape of the job (so no panel is silently empty
+/// because of a renamed metric).
+fn dashboard_queries_exist_in(scrape: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/grafana/dashboards/streamcast.json");
+    let dash: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let mut exprs = Vec::new();
+    collect_exprs(&dash, &mut exprs);
+    assert!(exprs.len() >= 10, "the dashboard has its panels: {exprs:?}");
+    let exported: std::collections::HashSet<&str> = scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    for e in &exprs {
+        let names = e
+            .match_indices("streamcast_")
+            .map(|(i, _)| {
+                e[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect::<String>()
+            });
+        for name in names {
+            assert!(
+                exported.contains(name.as_str()),
+                "dashboard query {e:?} names {name}, which the job does not export"
+            );
+        }
+    }
+}
+
+fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
 }
