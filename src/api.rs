@@ -5,6 +5,8 @@
 //!   published (percent-encode the key). 404 when there is none.
 //! - `GET /keys?prefix=&limit=`: keys with a forecast (sorted; default
 //!   limit 1,000).
+//! - `GET /accuracy/<key>`: the key's live scores per scored horizon step
+//!   (MAE, sMAPE, MASE over its forecasts scored so far; see `score`).
 //! - `GET /models`: the registry's versions, the champion marked.
 //! - `GET /health/live`: 200 while the process serves.
 //! - `GET /health/ready`: 200 when partitions are assigned, their state is
@@ -51,6 +53,8 @@ pub struct ApiState {
     ready_max_lag: u64,
     models_dir: PathBuf,
     metrics: Option<PrometheusHandle>,
+    /// The live scorer (set by the compute thread when `score.enabled`).
+    scorer: std::sync::OnceLock<Arc<Mutex<crate::score::Scorer>>>,
 }
 
 impl ApiState {
@@ -69,7 +73,13 @@ impl ApiState {
             ready_max_lag: cfg.api.ready_max_lag,
             models_dir: cfg.models_dir(),
             metrics,
+            scorer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The compute thread's live scorer, for `/accuracy/<key>`.
+    pub fn set_scorer(&self, scorer: Arc<Mutex<crate::score::Scorer>>) {
+        let _ = self.scorer.set(scorer);
     }
 
     /// Forecasts now visible to readers (acknowledged; exactly once:
@@ -207,6 +217,31 @@ impl ApiState {
                     serde_json::json!({"error": e.to_string()}),
                 ),
             },
+            _ if path.starts_with("/accuracy/") => {
+                let Some(key) = percent_decode(&path["/accuracy/".len()..]) else {
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!({"error": "the key is not valid percent-encoded UTF-8"}),
+                    );
+                };
+                let Some(scorer) = self.scorer.get() else {
+                    return json(
+                        StatusCode::NOT_FOUND,
+                        serde_json::json!({"error": "live scoring is off (score.enabled = false)"}),
+                    );
+                };
+                let steps = scorer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .key_scores(&key);
+                if steps.is_empty() {
+                    return json(
+                        StatusCode::NOT_FOUND,
+                        serde_json::json!({"error": "no scores for this key yet", "key": key}),
+                    );
+                }
+                json(StatusCode::OK, serde_json::json!({"key": key, "steps": steps}))
+            }
             _ => match path.strip_prefix("/forecast/").map(percent_decode) {
                 Some(Some(key)) => {
                     let latest = self.latest.read().unwrap_or_else(|e| e.into_inner());
@@ -226,7 +261,7 @@ impl ApiState {
                     StatusCode::NOT_FOUND,
                     serde_json::json!({
                         "error": "no such endpoint",
-                        "endpoints": ["/forecast/<key>", "/keys", "/models", "/health/live", "/health/ready", "/metrics"],
+                        "endpoints": ["/forecast/<key>", "/accuracy/<key>", "/keys", "/models", "/health/live", "/health/ready", "/metrics"],
                     }),
                 ),
             },

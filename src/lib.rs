@@ -46,6 +46,7 @@ pub mod api;
 
 // Forecasters and metrics shared by the live path and evaluation.
 pub mod accuracy;
+pub mod score;
 pub mod baselines;
 
 #[cfg(feature = "eval")]

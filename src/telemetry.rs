@@ -68,6 +68,18 @@ pub const WATERMARK_DELAY: &str = "streamcast_watermark_delay_seconds";
 /// `sink.max_in_flight_bytes`).
 pub const IN_FLIGHT_BYTES: &str = "streamcast_in_flight_bytes";
 
+/// Live scoring (see `score`), by `model_version`, `source`, `step`:
+/// forecasts scored against their actual window (counter) ...
+pub const LIVE_SCORED: &str = "streamcast_live_scored_total";
+/// ... the sum of their absolute errors (a gauge that only grows) ...
+pub const LIVE_ABS_ERROR_SUM: &str = "streamcast_live_abs_error_sum";
+/// ... of their sMAPE terms (200 |y - f| / (|y| + |f|)) ...
+pub const LIVE_SMAPE_SUM: &str = "streamcast_live_smape_sum";
+/// ... those with a seasonal scale (counter) ...
+pub const LIVE_SCALED_SCORED: &str = "streamcast_live_scaled_scored_total";
+/// ... and the sum of their scaled errors (MASE terms).
+pub const LIVE_SCALED_ERROR_SUM: &str = "streamcast_live_scaled_error_sum";
+
 /// Every metric name above, for docs and tests.
 pub const ALL: &[&str] = &[
     EVENTS_DECODED,
@@ -96,6 +108,11 @@ pub const ALL: &[&str] = &[
     PARTITION_LAG,
     WATERMARK_DELAY,
     IN_FLIGHT_BYTES,
+    LIVE_SCORED,
+    LIVE_ABS_ERROR_SUM,
+    LIVE_SMAPE_SUM,
+    LIVE_SCALED_SCORED,
+    LIVE_SCALED_ERROR_SUM,
 ];
 
 /// Counters and gauges that exist from the start, at zero, so a scrape

@@ -62,6 +62,31 @@ pub struct PipelineConfig {
     /// The HTTP query and health API (off unless `api.listen` is set).
     #[serde(default)]
     pub api: ApiConfig,
+    /// Live scoring of published forecasts against the actual windows.
+    #[serde(default)]
+    pub score: ScoreConfig,
+}
+
+/// Live scoring (see `score`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreConfig {
+    /// Score every forecast when its actual window closes.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The horizon steps scored (1-based); empty: the first and the last.
+    /// Each costs 4 bytes per key and pending forecast.
+    #[serde(default)]
+    pub steps: Vec<usize>,
+}
+
+impl Default for ScoreConfig {
+    fn default() -> Self {
+        ScoreConfig {
+            enabled: true,
+            steps: Vec::new(),
+        }
+    }
 }
 
 /// The HTTP API of `streamcast run` (see `api`).
@@ -1060,6 +1085,17 @@ impl PipelineConfig {
                     "expected the window size to be a whole multiple of the slide",
                 );
             }
+        }
+        if let Some(s) = self
+            .score
+            .steps
+            .iter()
+            .find(|&&s| s == 0 || s as i64 > self.model.horizon)
+        {
+            return bad(
+                "score.steps",
+                &format!("step {s} is outside the horizon 1..={}", self.model.horizon),
+            );
         }
         if self.decode.max_key_bytes == 0 {
             return bad("decode.max_key_bytes", "expected at least 1");

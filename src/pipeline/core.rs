@@ -30,6 +30,7 @@ use crate::error::Result;
 use crate::model::{ForecastStage, ModelSpec, Network, SwapReport};
 use crate::offsets::{OffsetTracker, Position, Ticket};
 use crate::schema::forecasts;
+use crate::score::Scorer;
 use crate::sink::Output;
 use crate::state::{self, Checkpoint, PartitionState, RestoredPartition, StateRecord};
 use crate::window::{Closed, WindowSpec, WindowStage};
@@ -54,6 +55,8 @@ pub struct Core {
     /// Next offset to read per partition, since the last checkpoint.
     frontier: BTreeMap<i32, i64>,
     checkpoints: u64,
+    /// Live scoring (`score.enabled`); shared with the HTTP API.
+    scorer: Option<Arc<Mutex<Scorer>>>,
 }
 
 impl Core {
@@ -66,7 +69,22 @@ impl Core {
             totals: Totals::default(),
             frontier: BTreeMap::new(),
             checkpoints: 0,
+            scorer: cfg.score.enabled.then(|| {
+                let h = cfg.model.horizon as usize;
+                let steps = if cfg.score.steps.is_empty() {
+                    vec![1, h]
+                } else {
+                    cfg.score.steps.clone()
+                };
+                let season = cfg.model.season_windows as usize;
+                Arc::new(Mutex::new(Scorer::new(cfg.slide_ms(), h, &steps, season)))
+            }),
         })
+    }
+
+    /// The live scorer, when `score.enabled` (the API reads it).
+    pub fn scorer(&self) -> Option<Arc<Mutex<Scorer>>> {
+        self.scorer.clone()
     }
 
     /// Starts remembering what changes, for checkpoints (durable state).
@@ -142,6 +160,9 @@ impl Core {
     pub fn revoke(&mut self, partition: i32) {
         let (keys, unpin) = self.window.drop_partition(partition);
         self.model.end_keys(&keys);
+        if let Some(s) = &self.scorer {
+            s.lock().unwrap_or_else(|e| e.into_inner()).end_keys(&keys);
+        }
         let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
         unpin.iter().for_each(|p| t.unpin(*p));
         t.forget(partition);
@@ -251,6 +272,11 @@ impl Core {
             // Forecast before ending keys: a key whose series ends in this
             // batch still gets forecasts for the windows it closed.
             let forecasts = self.model.forecast(&windows)?;
+            if let Some(s) = &self.scorer {
+                s.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .observe(&windows, &forecasts);
+            }
             self.totals.windows += windows.num_rows() as u64;
             let from_model = count_source(&forecasts, "model");
             self.totals.forecasts_from_model += from_model;
@@ -270,6 +296,11 @@ impl Core {
             closed.ticket.iter().for_each(|p| t.unpin(*p));
         }
         self.model.end_keys(&closed.ended_keys);
+        if let Some(s) = &self.scorer {
+            s.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .end_keys(&closed.ended_keys);
+        }
         Ok(out)
     }
 }

@@ -327,6 +327,9 @@ async fn spawn_compute(
             tch::set_num_threads(cfg.model.threads);
             let core = match Core::new(&cfg, tracker) {
                 Ok(c) => {
+                    if let (Some(api), Some(scorer)) = (&api, c.scorer()) {
+                        api.set_scorer(scorer);
+                    }
                     let _ = ready_tx.send(Ok(c.model().version().to_string()));
                     c
                 }

@@ -89,6 +89,8 @@ fn the_api_serves_health_latest_forecasts_keys_models_and_metrics() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(json(&body), newest, "the API's latest is the topic's newest");
 
+    live_scores_equal_the_offline_scores_of_the_same_forecasts(port, &out);
+
     let (code, body) = get(port, "/forecast/no-such-key").unwrap();
     assert_eq!(code, 404, "{body}");
     let (code, _) = get(port, "/forecast/%ZZ").unwrap();
@@ -166,5 +168,51 @@ fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
         }
         serde_json::Value::Array(a) => a.iter().for_each(|v| collect_exprs(v, out)),
         _ => {}
+    }
+}
+
+/// The API's live scores of k0 equal scores computed here, offline, from
+/// the forecasts on the output topic and the values the test produced.
+fn live_scores_equal_the_offline_scores_of_the_same_forecasts(port: u16, out: &[(String, String)]) {
+    const HOUR: i64 = 3_600_000;
+    let t0 = 1_700_000_000_000i64 - 1_700_000_000_000 % HOUR;
+    // The value `events` gives key 0 in hour h (one event per window, so
+    // the window's mean), rounded as it was written.
+    let actual = |end_ms: i64| {
+        let h = (end_ms - t0) / HOUR - 1;
+        let v = 50.0 + 10.0 * ((h as f64) * std::f64::consts::TAU / 6.0).sin();
+        format!("{v:.4}").parse::<f64>().unwrap()
+    };
+    let forecasts: Vec<serde_json::Value> = out
+        .iter()
+        .filter(|(k, _)| k == "k0")
+        .map(|(_, v)| json(v))
+        .collect();
+    let last_closed = forecasts
+        .iter()
+        .filter_map(|f| f["window_end_ms"].as_i64())
+        .max()
+        .unwrap();
+    let (code, body) = get(port, "/accuracy/k0").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let live = json(&body);
+    let steps = live["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "steps 1 and the horizon by default: {body}");
+    for s in steps {
+        let step = s["step"].as_i64().unwrap();
+        let errors: Vec<f64> = forecasts
+            .iter()
+            .filter_map(|f| {
+                let target = f["window_end_ms"].as_i64()? + step * HOUR;
+                let value = f["forecast"][(step - 1) as usize].as_f64()?;
+                (target <= last_closed).then(|| (actual(target) - value).abs())
+            })
+            .collect();
+        assert!(!errors.is_empty(), "step {step} has scored forecasts");
+        let mae = errors.iter().sum::<f64>() / errors.len() as f64;
+        assert_eq!(s["scored"].as_u64(), Some(errors.len() as u64), "step {step}: {body}");
+        let live_mae = s["mae"].as_f64().unwrap();
+        // Forecasts are kept as f32 while pending.
+        assert!((live_mae - mae).abs() < 1e-4 * mae.max(1.0), "step {step}: live {live_mae} vs offline {mae}");
     }
 }
