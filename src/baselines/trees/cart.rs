@@ -457,7 +457,11 @@ impl Ensemble {
         for t in 0..p.trees {
             let mut rng = Rng::new(p.seed ^ (t as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
             for (i, r) in rows.iter_mut().enumerate() {
-                *r = if p.bootstrap { rng.below(n) as u32 } else { i as u32 };
+                *r = if p.bootstrap {
+                    rng.below(n) as u32
+                } else {
+                    i as u32
+                };
             }
             trees.push(Tree::fit(data, y, &mut rows, &p.tree, &mut rng));
         }
@@ -477,7 +481,7 @@ impl Ensemble {
         let mut pred = vec![base; n];
         let mut resid = vec![0.0; n];
         let mut rng = Rng::new(p.seed);
-        let take = if p.subsample >= 1.0 || !(p.subsample > 0.0) {
+        let take = if p.subsample.is_nan() || p.subsample <= 0.0 || p.subsample >= 1.0 {
             n
         } else {
             ((p.subsample * n as f64) as usize).clamp(1, n)

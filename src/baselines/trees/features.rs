@@ -41,8 +41,9 @@ pub struct FeatureSpec {
 impl FeatureSpec {
     /// The richest spec a history of `n` values supports with at least
     /// `min_rows` training rows: lags `1..=2m` (at least 1..=4) plus `7m`
-    /// (a week of hourly data) when it leaves `min_rows` rows; failing that,
-    /// lags `1..=m`; `None` when even that leaves too few rows.
+    /// (a week of hourly data) when that leaves two weeks (`14m`) of rows —
+    /// fewer cannot teach a weekly pattern; failing that, lags `1..=2m`,
+    /// then `1..=m`; `None` when even that leaves too few rows.
     pub fn for_history(n: usize, season: usize, min_rows: usize) -> Option<FeatureSpec> {
         let m = season.max(1);
         let window = m.max(4);
@@ -55,12 +56,17 @@ impl FeatureSpec {
         candidates.push((1..=base).collect());
         candidates.push((1..=m.max(4)).collect());
         candidates.into_iter().find_map(|lags| {
+            let rows = if lags.last() == Some(&week) && m >= 2 {
+                min_rows.max(2 * week)
+            } else {
+                min_rows
+            };
             let spec = FeatureSpec {
                 season: m,
                 lags,
                 window,
             };
-            (n >= spec.first_target() + min_rows).then_some(spec)
+            (n >= spec.first_target() + rows).then_some(spec)
         })
     }
 

@@ -11,8 +11,9 @@
 //!    is further taken relative to its local level (mean of the `m` values
 //!    before the target).
 //! 2. One training row per target time `t` from the first complete row to
-//!    `n − 1` (at most `max_rows`, the latest): lags `1..=2m` and `7m` when
-//!    the history allows it, level, rolling std, hour of day `t mod m` and
+//!    `n − 1` (at most `max_rows`, the latest): lags `1..=2m`, and `7m` when
+//!    that leaves two weeks (`14m`) of rows, level, rolling std, hour of day
+//!    `t mod m` and
 //!    day of week `(t div m) mod 7` — positions counted from `history[0]`
 //!    (the trait has no timestamps).
 //! 3. Fit the ensemble ([`cart`]: own histogram trees, see below for why).
@@ -99,28 +100,28 @@ pub enum Strategy {
 }
 
 /// Default random forest: 100 trees, a third of the features per split,
-/// leaves of at least 5 rows, bootstrap.
+/// leaves of at least 2 rows, bootstrap, 64 bins.
 pub fn rf_params() -> ForestParams {
     ForestParams {
         trees: 100,
         tree: TreeParams {
             max_depth: usize::MAX,
             min_samples_split: 2,
-            min_samples_leaf: 5,
+            min_samples_leaf: 2,
             max_features: 0, // set from the feature count (a third)
         },
         bootstrap: true,
         max_bins: 64,
-        seed: 0x5EED_0F_F0E5,
+        seed: 0x005E_ED0F_F0E5,
     }
 }
 
-/// Default boosting: 300 trees of depth 4, learning rate 0.05, 80% rows
-/// per tree, leaves of at least 10 rows.
+/// Default boosting: 150 trees of depth 4, learning rate 0.1, 80% rows
+/// per tree, leaves of at least 10 rows, 64 bins.
 pub fn gbm_params() -> GbmParams {
     GbmParams {
-        trees: 300,
-        learning_rate: 0.05,
+        trees: 150,
+        learning_rate: 0.1,
         subsample: 0.8,
         tree: TreeParams {
             max_depth: 4,
@@ -129,7 +130,7 @@ pub fn gbm_params() -> GbmParams {
             max_features: 0,
         },
         max_bins: 64,
-        seed: 0x5EED_0F_B005,
+        seed: 0x005E_ED0F_B005,
     }
 }
 

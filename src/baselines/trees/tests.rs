@@ -16,7 +16,12 @@ fn matrix(v: &Value) -> (Vec<f64>, usize) {
     let width = rows[0].as_array().expect("row").len();
     let x = rows
         .iter()
-        .flat_map(|r| r.as_array().expect("row").iter().map(|c| c.as_f64().expect("number")))
+        .flat_map(|r| {
+            r.as_array()
+                .expect("row")
+                .iter()
+                .map(|c| c.as_f64().expect("number"))
+        })
         .collect();
     (x, width)
 }
@@ -157,11 +162,19 @@ fn ensembles_match_sklearn_accuracy_on_friedman1() {
 fn quantile_bins_are_consistent_with_thresholds() {
     // 1000 distinct values into 16 bins: every bin used, codes ordered, and
     // the raw-value rule agrees with the codes on every row.
-    let x: Vec<f64> = (0..1000).map(|i| ((i * 7919) % 1000) as f64 * 0.5).collect();
+    let x: Vec<f64> = (0..1000)
+        .map(|i| ((i * 7919) % 1000) as f64 * 0.5)
+        .collect();
     let y: Vec<f64> = x.iter().map(|v| (v / 50.0).floor()).collect();
     let data = Binned::new(&x, 1, 16);
     let mut rows: Vec<u32> = (0..1000).collect();
-    let t = Tree::fit(&data, &y, &mut rows, &TreeParams::default(), &mut Rng::new(3));
+    let t = Tree::fit(
+        &data,
+        &y,
+        &mut rows,
+        &TreeParams::default(),
+        &mut Rng::new(3),
+    );
     // 16 bins allow at most 16 leaves.
     assert!(t.len() <= 31, "{}", t.len());
     // Monotone target, monotone bins: predictions are non-decreasing in x.
@@ -225,7 +238,10 @@ fn deterministic_and_seeded() {
     if let Kind::Boosting(p) = &mut other.kind {
         p.seed += 1;
     }
-    assert_ne!(other.forecast(&v, 24), TreeForecaster::gbm(24).forecast(&v, 24));
+    assert_ne!(
+        other.forecast(&v, 24),
+        TreeForecaster::gbm(24).forecast(&v, 24)
+    );
 }
 
 #[test]
@@ -271,11 +287,11 @@ fn short_zero_constant_and_empty_histories() {
 
 #[test]
 fn feature_rows_and_spec() {
-    // Week lag only when it leaves min_rows rows.
-    let s = FeatureSpec::for_history(7 * 24 + 48, 24, 48).expect("spec");
+    // Week lag only when it leaves two weeks of rows.
+    let s = FeatureSpec::for_history(3 * 168, 24, 48).expect("spec");
     assert_eq!(s.lags.last(), Some(&168));
     assert_eq!(s.width(), 49 + 4);
-    let s = FeatureSpec::for_history(7 * 24 + 47, 24, 48).expect("spec");
+    let s = FeatureSpec::for_history(3 * 168 - 1, 24, 48).expect("spec");
     assert_eq!(s.lags.last(), Some(&48));
     assert!(FeatureSpec::for_history(24 + 47, 24, 48).is_none());
     // Row of target t = 5 with m = 2, lags 1..=4, window 4: level of
@@ -327,7 +343,10 @@ fn global_models_pass_the_harness() {
         assert!(c.leak_checked);
         assert_eq!(c.model, *name);
         assert_eq!(c.forecasts.len(), 7);
-        assert!(c.forecasts.iter().all(|f| f.len() == 24 && f.iter().all(|v| v.is_finite())));
+        assert!(c
+            .forecasts
+            .iter()
+            .all(|f| f.len() == 24 && f.iter().all(|v| v.is_finite())));
     }
     assert!(global::by_name("gbm", 24).is_none());
 }
