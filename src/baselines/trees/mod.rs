@@ -37,7 +37,7 @@
 //! self-tuning "budget" boosting has no learning-rate / tree-count knobs to
 //! compare); `smartcore` 0.7 has a random forest and SVR but no boosting,
 //! and its exact trees sort per feature where a ~900-value series needs
-//! only 256 bins. One compact histogram tree (`cart`, ~400 lines) serves
+//! only 256 bins. One compact histogram tree (`cart`, ~500 lines with docs) serves
 //! both ensembles, adds no dependency, and equals sklearn's exact trees
 //! when features have at most `max_bins` distinct values (the fixture tests
 //! check predictions to 1e-9). No `svr`: the one maintained candidate
