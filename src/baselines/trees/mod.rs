@@ -31,16 +31,16 @@
 //! model's `seed`, so a forecast depends on `(history, horizon)` only (the
 //! eval harness's leak check relies on it).
 //!
-//! Why our own trees: no maintained pure-Rust crate offers gradient
-//! boosting that can be checked against scikit-learn (`gbdt` 0.1.3 is
-//! unmaintained since 2020; `forust-ml` is superseded by `perpetual`, whose
-//! self-tuning "budget" boosting has no learning-rate / tree-count knobs to
-//! compare); `smartcore` 0.7 has a random forest and SVR but no boosting,
-//! and its exact trees sort per feature where a ~900-value series needs
-//! only 256 bins. One compact histogram tree (`cart`, ~500 lines with docs) serves
-//! both ensembles, adds no dependency, and equals sklearn's exact trees
-//! when features have at most `max_bins` distinct values (the fixture tests
-//! check predictions to 1e-9). No `svr`: the one maintained candidate
+//! Why our own trees: of the pure-Rust crates looked at, none offers
+//! gradient boosting that we could check against scikit-learn's: `gbdt`
+//! (0.1.3) has had no release for years, `perpetual` (3.0) is a
+//! self-tuning "budget" booster without learning-rate / tree-count knobs to
+//! compare, `forust-ml` (0.8) was not tried; `smartcore` 0.7 has a random
+//! forest and SVR but no boosting, and its exact trees scan presorted
+//! features where a ~900-value series needs only 64-256 bins. One compact
+//! histogram tree (`cart`) serves both ensembles, adds no dependency, and
+//! equals sklearn's exact trees when features have at most `max_bins`
+//! distinct values (the fixture tests check predictions to 1e-9). No `svr`: the one maintained candidate
 //! (`smartcore`'s SVR) would add a dependency for a model that needs
 //! per-series kernel and C/ε tuning to be competitive.
 
