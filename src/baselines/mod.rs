@@ -26,6 +26,8 @@
 //! season position `t % period`, so the caller must keep the window start
 //! aligned with the season if it wants stable positions across calls.
 
+pub mod trees;
+
 /// A classical point forecaster: maps the history before the origin to
 /// `horizon` values (no state between calls).
 pub trait Baseline {
@@ -45,7 +47,7 @@ pub trait Baseline {
 /// Every baseline [`named`] knows: those of [`by_name`] ([`ALL`]) plus M4's
 /// seasonally adjusted benchmarks `ses_sa`, `holt_sa`, `damped_sa`
 /// ([`SeasonallyAdjusted`] around the plain model, as M4 ran its SES / Holt
-/// / Damped benchmarks).
+/// / Damped benchmarks), and the tree ensembles `rf`, `gbm` ([`trees`]).
 pub const NAMES: &[&str] = &[
     "naive",
     "snaive",
@@ -59,6 +61,8 @@ pub const NAMES: &[&str] = &[
     "ses_sa",
     "holt_sa",
     "damped_sa",
+    "rf",
+    "gbm",
 ];
 
 /// A baseline by one of [`NAMES`]; `season` is the seasonal period.
@@ -82,6 +86,8 @@ pub fn named(name: &str, season: usize) -> Option<Box<dyn Baseline + Send + Sync
             inner: holt(Some(Damping::Fitted)),
             period,
         }),
+        "rf" => Box::new(trees::TreeForecaster::rf(period)),
+        "gbm" => Box::new(trees::TreeForecaster::gbm(period)),
         _ => return by_name(name, period),
     })
 }

@@ -110,7 +110,8 @@ fn unknown(name: &str) -> Error {
     )
 }
 
-/// Builds a batch model by name: `rnn` or one of [`baselines::NAMES`].
+/// Builds a batch model by name: `rnn`, one of [`baselines::NAMES`] or a
+/// global tree ensemble (`baselines::trees::global::NAMES`).
 /// An unknown name, or a model that cannot be built (say, its pipeline file
 /// is invalid), is an error that says so.
 pub fn model_by_name(name: &str, ctx: &ModelContext) -> Result<Box<dyn Model>> {
@@ -121,6 +122,9 @@ pub fn model_by_name(name: &str, ctx: &ModelContext) -> Result<Box<dyn Model>> {
             .unwrap_or_else(|| PathBuf::from("pipelines/m4_hourly.toml"));
         let mut m = rnn::RnnModel::from_pipeline(&path)?;
         m.ensemble = ctx.rnn_ensemble.max(1);
+        return Ok(Box::new(m));
+    }
+    if let Some(m) = baselines::trees::global::by_name(name, ctx.season) {
         return Ok(Box::new(m));
     }
     baselines::named(name, ctx.season)
