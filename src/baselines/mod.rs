@@ -26,6 +26,8 @@
 //! season position `t % period`, so the caller must keep the window start
 //! aligned with the season if it wants stable positions across calls.
 
+pub mod prophet;
+
 /// A classical point forecaster: maps the history before the origin to
 /// `horizon` values (no state between calls).
 pub trait Baseline {
@@ -59,6 +61,7 @@ pub const NAMES: &[&str] = &[
     "ses_sa",
     "holt_sa",
     "damped_sa",
+    "prophet",
 ];
 
 /// A baseline by one of [`NAMES`]; `season` is the seasonal period.
@@ -82,6 +85,7 @@ pub fn named(name: &str, season: usize) -> Option<Box<dyn Baseline + Send + Sync
             inner: holt(Some(Damping::Fitted)),
             period,
         }),
+        "prophet" => Box::new(prophet::Prophet::new(period)),
         _ => return by_name(name, period),
     })
 }
