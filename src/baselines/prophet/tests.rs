@@ -390,3 +390,11 @@ fn matches_prophet_m4_h1() {
 fn matches_prophet_m4_h250() {
     check_against_prophet(include_str!("../../../tests/fixtures/prophet/m4_H250.json"));
 }
+
+/// Regression: on this series argmin's first L-BFGS run stopped after 4
+/// iterations ("search direction must be a descent direction") and the
+/// forecast was off by 20% of the series' scale; restarts fix it.
+#[test]
+fn matches_prophet_m4_h185_full_history() {
+    check_against_prophet(include_str!("../../../tests/fixtures/prophet/m4_H185.json"));
+}
