@@ -52,14 +52,12 @@
 //! returns `horizon` values, all finite for a finite non-empty history (a
 //! history of one value, a failed fit or a non-finite forecast gives the
 //! naive forecast). Cost: O(n·K) per objective evaluation (K Fourier and
-//! holiday columns, 14 for hourly data spanning two weeks), a few hundred
-//! evaluations per fit.
+//! holiday columns, 14 for hourly data spanning two weeks); M4 Hourly fits
+//! take 200-3,000 L-BFGS iterations, ~45 ms for n ≈ 900 in a release build.
 
 use std::cell::RefCell;
 
-use argmin::core::{
-    CostFunction, Executor, Gradient, State, TerminationReason, TerminationStatus,
-};
+use argmin::core::{CostFunction, Executor, Gradient, State, TerminationReason, TerminationStatus};
 use argmin::solver::linesearch::MoreThuenteLineSearch;
 use argmin::solver::quasinewton::LBFGS;
 use rand::rngs::StdRng;
@@ -346,10 +344,17 @@ impl ProphetFit {
     /// The trend at `steps` (data units).
     pub fn trend(&self, steps: &[f64]) -> Vec<f64> {
         let t: Vec<f64> = steps.iter().map(|x| x / self.t_scale).collect();
-        trend(self.k, self.m, &self.delta, &self.changepoints, &t, self.cap)
-            .into_iter()
-            .map(|v| v * self.y_scale)
-            .collect()
+        trend(
+            self.k,
+            self.m,
+            &self.delta,
+            &self.changepoints,
+            &t,
+            self.cap,
+        )
+        .into_iter()
+        .map(|v| v * self.y_scale)
+        .collect()
     }
 
     /// One named seasonality or holiday at `steps` (data units); `None` for
@@ -410,7 +415,14 @@ impl ProphetFit {
         };
         let samples = samples.max(1);
         let t: Vec<f64> = steps.iter().map(|x| x / self.t_scale).collect();
-        let expected = trend(self.k, self.m, &self.delta, &self.changepoints, &t, self.cap);
+        let expected = trend(
+            self.k,
+            self.m,
+            &self.delta,
+            &self.changepoints,
+            &t,
+            self.cap,
+        );
         let seasonal = self.additive_terms(&steps);
         // Prophet: likelihood of a rate change per future step = S * Δt, its
         // size Laplace(0, mean |δ| + 1e-8).
@@ -419,9 +431,10 @@ impl ProphetFit {
         let mean_delta =
             self.delta.iter().map(|d| d.abs()).sum::<f64>() / self.delta.len().max(1) as f64 + 1e-8;
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut paths = vec![vec![0.0; samples]; horizon];
+        // paths[h]: the simulated values at step h.
+        let mut paths = vec![Vec::with_capacity(samples); horizon];
         let mut shifts = vec![0.0; horizon];
-        for s in 0..samples {
+        for _ in 0..samples {
             for v in shifts.iter_mut() {
                 let change = rng.random::<f64>() < likelihood;
                 let size = laplace(&mut rng, mean_delta);
@@ -458,9 +471,9 @@ impl ProphetFit {
                     trend(self.k, self.m, &deltas, &cps, &t, self.cap)
                 }
             };
-            for h in 0..horizon {
+            for ((p, g), seas) in paths.iter_mut().zip(&sim_trend).zip(&seasonal) {
                 let noise = normal(&mut rng) * self.sigma_obs;
-                paths[h][s] = (sim_trend[h] + noise) * self.y_scale + seasonal[h];
+                p.push((g + noise) * self.y_scale + seas);
             }
         }
         let (qlo, qhi) = ((1.0 - level) / 2.0, (1.0 + level) / 2.0);
@@ -518,8 +531,12 @@ impl Design {
 
     /// Row-major `steps.len() x K` matrix at the given steps.
     fn matrix(&self, steps: &[f64]) -> Vec<f64> {
-        let k: usize =
-            self.seasonalities.iter().map(|s| 2 * s.order).sum::<usize>() + self.holidays.len();
+        let k: usize = self
+            .seasonalities
+            .iter()
+            .map(|s| 2 * s.order)
+            .sum::<usize>()
+            + self.holidays.len();
         let mut x = Vec::with_capacity(steps.len() * k);
         for &step in steps {
             for s in &self.seasonalities {
@@ -684,6 +701,9 @@ fn normal(rng: &mut StdRng) -> f64 {
 
 // ------------------------------------------------------------ the MAP fit
 
+/// A point, the objective there and its gradient.
+type Evaluation = (Vec<f64>, f64, Vec<f64>);
+
 /// Negative log posterior of Prophet's Stan model (additive features) in the
 /// parameters `[k, m, δ (S), log σ, β (K)]`.
 struct Objective<'a> {
@@ -699,7 +719,7 @@ struct Objective<'a> {
     cp_start: Vec<usize>,
     cap: Option<f64>,
     /// The last evaluation (argmin asks for cost and gradient separately).
-    cache: RefCell<Option<(Vec<f64>, f64, Vec<f64>)>>,
+    cache: RefCell<Option<Evaluation>>,
     /// The best point evaluated (kept if the solver stops with an error).
     best: RefCell<Option<(f64, Vec<f64>)>>,
 }

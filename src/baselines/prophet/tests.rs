@@ -34,10 +34,7 @@ fn objective_for<'a>(
         sigmas,
         tau: 0.05,
         cps,
-        cp_start: cps
-            .iter()
-            .map(|c| t.partition_point(|ti| ti < c))
-            .collect(),
+        cp_start: cps.iter().map(|c| t.partition_point(|ti| ti < c)).collect(),
         cap,
         cache: RefCell::new(None),
         best: RefCell::new(None),
@@ -187,9 +184,9 @@ fn interval_80_covers_about_80_percent() {
         model.uncertainty_samples = 400;
         model.seed = rep;
         let iv = model.forecast_interval(hist, 24, 0.8).expect("interval");
-        for h in 0..24 {
+        for ((y, lo), hi) in fut.iter().zip(&iv.lower).zip(&iv.upper) {
             total += 1;
-            if fut[h] >= iv.lower[h] && fut[h] <= iv.upper[h] {
+            if y >= lo && y <= hi {
                 inside += 1;
             }
         }
@@ -338,7 +335,12 @@ fn check_against_prophet(text: &str) {
     let fitted = &fx["fitted"];
     let trend_d = max_abs_diff(&fit.trend(&steps), &floats(&fitted["trend"])) / ys;
     let mut comp_d = 0.0f64;
-    for (key, _) in fitted.as_object().expect("fitted") .iter().filter(|(k, _)| *k != "trend") {
+    for (key, _) in fitted
+        .as_object()
+        .expect("fitted")
+        .iter()
+        .filter(|(k, _)| *k != "trend")
+    {
         let ours = fit.component(key, &steps).expect("component");
         comp_d = comp_d.max(max_abs_diff(&ours, &floats(&fitted[key])) / ys);
     }
@@ -364,21 +366,37 @@ fn check_against_prophet(text: &str) {
          80% width ratio {width_ratio:.3}; iterations {}",
         fit.iterations
     );
-    assert!(trend_d < 0.01, "{name}: trend differs by {trend_d} of y_scale");
-    assert!(comp_d < 0.01, "{name}: components differ by {comp_d} of y_scale");
+    assert!(
+        trend_d < 0.01,
+        "{name}: trend differs by {trend_d} of y_scale"
+    );
+    assert!(
+        comp_d < 0.01,
+        "{name}: components differ by {comp_d} of y_scale"
+    );
     assert!(rel < 0.02, "{name}: forecast differs by {rel} (relative)");
-    assert!((sigma_ratio - 1.0).abs() < 0.02, "{name}: sigma ratio {sigma_ratio}");
-    assert!((0.85..1.15).contains(&width_ratio), "{name}: width ratio {width_ratio}");
+    assert!(
+        (sigma_ratio - 1.0).abs() < 0.02,
+        "{name}: sigma ratio {sigma_ratio}"
+    );
+    assert!(
+        (0.85..1.15).contains(&width_ratio),
+        "{name}: width ratio {width_ratio}"
+    );
 }
 
 #[test]
 fn matches_prophet_sim_linear_with_holidays() {
-    check_against_prophet(include_str!("../../../tests/fixtures/prophet/sim_linear.json"));
+    check_against_prophet(include_str!(
+        "../../../tests/fixtures/prophet/sim_linear.json"
+    ));
 }
 
 #[test]
 fn matches_prophet_sim_logistic() {
-    check_against_prophet(include_str!("../../../tests/fixtures/prophet/sim_logistic.json"));
+    check_against_prophet(include_str!(
+        "../../../tests/fixtures/prophet/sim_logistic.json"
+    ));
 }
 
 #[test]
