@@ -27,6 +27,7 @@
 //! aligned with the season if it wants stable positions across calls.
 
 pub mod trees;
+pub mod prophet;
 
 /// A classical point forecaster: maps the history before the origin to
 /// `horizon` values (no state between calls).
@@ -63,6 +64,7 @@ pub const NAMES: &[&str] = &[
     "damped_sa",
     "rf",
     "gbm",
+    "prophet",
 ];
 
 /// A baseline by one of [`NAMES`]; `season` is the seasonal period.
@@ -88,6 +90,7 @@ pub fn named(name: &str, season: usize) -> Option<Box<dyn Baseline + Send + Sync
         }),
         "rf" => Box::new(trees::TreeForecaster::rf(period)),
         "gbm" => Box::new(trees::TreeForecaster::gbm(period)),
+        "prophet" => Box::new(prophet::Prophet::new(period)),
         _ => return by_name(name, period),
     })
 }
