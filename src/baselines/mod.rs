@@ -26,6 +26,8 @@
 //! season position `t % period`, so the caller must keep the window start
 //! aligned with the season if it wants stable positions across calls.
 
+pub mod arima;
+
 /// A classical point forecaster: maps the history before the origin to
 /// `horizon` values (no state between calls).
 pub trait Baseline {
@@ -45,7 +47,8 @@ pub trait Baseline {
 /// Every baseline [`named`] knows: those of [`by_name`] ([`ALL`]) plus M4's
 /// seasonally adjusted benchmarks `ses_sa`, `holt_sa`, `damped_sa`
 /// ([`SeasonallyAdjusted`] around the plain model, as M4 ran its SES / Holt
-/// / Damped benchmarks).
+/// / Damped benchmarks), and the ARIMA family `arima`, `arimax`, `regarima`
+/// ([`arima`]).
 pub const NAMES: &[&str] = &[
     "naive",
     "snaive",
@@ -59,6 +62,9 @@ pub const NAMES: &[&str] = &[
     "ses_sa",
     "holt_sa",
     "damped_sa",
+    "arima",
+    "arimax",
+    "regarima",
 ];
 
 /// A baseline by one of [`NAMES`]; `season` is the seasonal period.
@@ -82,6 +88,13 @@ pub fn named(name: &str, season: usize) -> Option<Box<dyn Baseline + Send + Sync
             inner: holt(Some(Damping::Fitted)),
             period,
         }),
+        "arima" => Box::new(arima::AutoArima { period }),
+        "arimax" => Box::new(arima::Arimax {
+            period,
+            k_day: 5,
+            k_week: 3,
+        }),
+        "regarima" => Box::new(arima::HarmonicArima { period, k_max: 12 }),
         _ => return by_name(name, period),
     })
 }
