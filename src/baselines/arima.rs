@@ -106,8 +106,24 @@ impl Order {
         }
     }
     /// Seasonal `(p, d, q)(P, D, Q)_m`.
-    pub fn seasonal(p: usize, d: usize, q: usize, sp: usize, sd: usize, sq: usize, m: usize) -> Self {
-        Order { p, d, q, sp, sd, sq, m }
+    pub fn seasonal(
+        p: usize,
+        d: usize,
+        q: usize,
+        sp: usize,
+        sd: usize,
+        sq: usize,
+        m: usize,
+    ) -> Self {
+        Order {
+            p,
+            d,
+            q,
+            sp,
+            sd,
+            sq,
+            m,
+        }
     }
 }
 
@@ -239,7 +255,10 @@ impl Baseline for Arimax {
                 ..AutoOptions::default()
             }),
         };
-        match model.fit(history, &past).and_then(|f| f.forecast(horizon, &future)) {
+        match model
+            .fit(history, &past)
+            .and_then(|f| f.forecast(horizon, &future))
+        {
             Ok(out) => finite_or_naive(out, last),
             Err(_) => Naive.forecast(history, horizon),
         }

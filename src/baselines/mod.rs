@@ -91,10 +91,10 @@ pub fn named(name: &str, season: usize) -> Option<Box<dyn Baseline + Send + Sync
         "arima" => Box::new(arima::AutoArima { period }),
         "arimax" => Box::new(arima::Arimax {
             period,
-            k_day: 5,
-            k_week: 3,
+            k_day: 3,
+            k_week: 2,
         }),
-        "regarima" => Box::new(arima::HarmonicArima { period, k_max: 12 }),
+        "regarima" => Box::new(arima::HarmonicArima { period, k_max: 6 }),
         _ => return by_name(name, period),
     })
 }

@@ -152,7 +152,10 @@ impl AutoFit {
 fn admissible(f: &ArimaFit, rule: RootCheck) -> (bool, bool) {
     let neg = |v: &[f64]| v.iter().map(|x| -x).collect::<Vec<f64>>();
     match rule {
-        RootCheck::Full => (poly::roots_outside(f.phi(), 1.01), poly::roots_outside(&neg(f.theta()), 1.01)),
+        RootCheck::Full => (
+            poly::roots_outside(f.phi(), 1.01),
+            poly::roots_outside(&neg(f.theta()), 1.01),
+        ),
         RootCheck::Factors => {
             let o = &f.order;
             let c = &f.coef;
@@ -221,13 +224,13 @@ struct Search<'a> {
 }
 
 impl Search<'_> {
-    fn order(&self, p: usize, d: usize, q: usize, sp: usize, sd: usize, sq: usize, m: usize) -> Order {
-        Order { p, d, q, sp, sd, sq, m }
-    }
-
     /// R's `myarima`: fits and scores one model (∞ when it fails).
     fn try_fit(&self, o: Order, constant: bool, approximation: bool) -> (f64, Option<ArimaFit>) {
-        let method = if approximation { Method::Css } else { Method::CssMl };
+        let method = if approximation {
+            Method::Css
+        } else {
+            Method::CssMl
+        };
         match fit(self.x, self.xreg, o, constant, method, None) {
             Ok(f) => {
                 let v = criterion(&f, self.ic, self.offset, self.x.len(), self.rule);
@@ -238,20 +241,31 @@ impl Search<'_> {
     }
 
     fn seen(&self, o: &Order, constant: bool) -> bool {
-        self.tried.iter().any(|t| t.order == *o && t.constant == constant)
+        self.tried
+            .iter()
+            .any(|t| t.order == *o && t.constant == constant)
     }
 
     /// Fits a model of the stepwise search and records it.
     fn step(&mut self, o: Order, constant: bool) -> (f64, Option<ArimaFit>) {
         let (v, f) = self.try_fit(o, constant, self.approximation);
-        self.tried.push(Tried { order: o, constant, ic: v });
+        self.tried.push(Tried {
+            order: o,
+            constant,
+            ic: v,
+        });
         (v, f)
     }
 }
 
 /// Fits a model with no ARMA parameters (the degenerate cases of R's
 /// `auto.arima`: constant or exactly polynomial data).
-fn deterministic(x: &[f64], xreg: &[Vec<f64>], o: Order, constant: bool) -> Result<ArimaFit, ArimaError> {
+fn deterministic(
+    x: &[f64],
+    xreg: &[Vec<f64>],
+    o: Order,
+    constant: bool,
+) -> Result<ArimaFit, ArimaError> {
     fit(x, xreg, o, constant, Method::Css, Some(&[]))
 }
 
@@ -328,7 +342,11 @@ pub fn auto_arima(x: &[f64], xreg: &[Vec<f64>], opts: &AutoOptions) -> Result<Au
         0
     } else {
         let mut v = nsdiffs(&xx, m).min(opts.max_sd);
-        if v > 0 && xr.iter().any(|c| is_constant(&poly::difference(c, 0, v, m))) {
+        if v > 0
+            && xr
+                .iter()
+                .any(|c| is_constant(&poly::difference(c, 0, v, m)))
+        {
             v -= 1;
         }
         if v > 0 && poly::difference(&xx, 0, v, m).is_empty() {
@@ -344,7 +362,11 @@ pub fn auto_arima(x: &[f64], xreg: &[Vec<f64>], opts: &AutoOptions) -> Result<Au
         Some(v) => v,
         None => {
             let mut v = ndiffs(&dx, opts.max_d);
-            if v > 0 && xr.iter().any(|c| is_constant(&poly::difference(c, v, sd, m))) {
+            if v > 0
+                && xr
+                    .iter()
+                    .any(|c| is_constant(&poly::difference(c, v, sd, m)))
+            {
                 v -= 1;
             }
             if v > 0 && poly::difference(&dx, v, 0, 1).is_empty() {
@@ -428,8 +450,8 @@ pub fn auto_arima(x: &[f64], xreg: &[Vec<f64>], opts: &AutoOptions) -> Result<Au
     let mut sq_ = start_sq.min(max_sq);
     let nmodels = opts.nmodels.max(1);
 
-    let (mut best_ic, mut best) = s.step(s.order(p, d, q, sp_, sd, sq_, m), constant);
-    let (v, f) = s.step(s.order(0, d, 0, 0, sd, 0, m), constant);
+    let (mut best_ic, mut best) = s.step(Order::seasonal(p, d, q, sp_, sd, sq_, m), constant);
+    let (v, f) = s.step(Order::seasonal(0, d, 0, 0, sd, 0, m), constant);
     if v < best_ic {
         (best_ic, best) = (v, f);
         (p, q, sp_, sq_) = (0, 0, 0, 0);
@@ -437,7 +459,7 @@ pub fn auto_arima(x: &[f64], xreg: &[Vec<f64>], opts: &AutoOptions) -> Result<Au
     if max_p > 0 || max_sp > 0 {
         let p1 = usize::from(max_p > 0);
         let sp1 = usize::from(m > 1 && max_sp > 0);
-        let (v, f) = s.step(s.order(p1, d, 0, sp1, sd, 0, m), constant);
+        let (v, f) = s.step(Order::seasonal(p1, d, 0, sp1, sd, 0, m), constant);
         if v < best_ic {
             (best_ic, best) = (v, f);
             (p, sp_, q, sq_) = (p1, sp1, 0, 0);
@@ -446,14 +468,14 @@ pub fn auto_arima(x: &[f64], xreg: &[Vec<f64>], opts: &AutoOptions) -> Result<Au
     if max_q > 0 || max_sq > 0 {
         let q1 = usize::from(max_q > 0);
         let sq1 = usize::from(m > 1 && max_sq > 0);
-        let (v, f) = s.step(s.order(0, d, q1, 0, sd, sq1, m), constant);
+        let (v, f) = s.step(Order::seasonal(0, d, q1, 0, sd, sq1, m), constant);
         if v < best_ic {
             (best_ic, best) = (v, f);
             (p, sp_, q, sq_) = (0, 0, q1, sq1);
         }
     }
     if constant {
-        let (v, f) = s.step(s.order(0, d, 0, 0, sd, 0, m), false);
+        let (v, f) = s.step(Order::seasonal(0, d, 0, 0, sd, 0, m), false);
         if v < best_ic {
             (best_ic, best) = (v, f);
             (p, q, sp_, sq_) = (0, 0, 0, 0);
@@ -466,7 +488,16 @@ pub fn auto_arima(x: &[f64], xreg: &[Vec<f64>], opts: &AutoOptions) -> Result<Au
     let mut startk = 0;
     while startk < s.tried.len() && s.tried.len() < nmodels {
         startk = s.tried.len();
-        let seasonal_moves: [(i32, i32); 8] = [(-1, 0), (0, -1), (1, 0), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1)];
+        let seasonal_moves: [(i32, i32); 8] = [
+            (-1, 0),
+            (0, -1),
+            (1, 0),
+            (0, 1),
+            (-1, -1),
+            (-1, 1),
+            (1, -1),
+            (1, 1),
+        ];
         let mut moved = false;
         for &(dp, dq) in &seasonal_moves {
             let np = sp_ as i32 + dp;
@@ -474,7 +505,7 @@ pub fn auto_arima(x: &[f64], xreg: &[Vec<f64>], opts: &AutoOptions) -> Result<Au
             if np < 0 || nq < 0 || np > max_sp as i32 || nq > max_sq as i32 {
                 continue;
             }
-            let o = s.order(p, d, q, np as usize, sd, nq as usize, m);
+            let o = Order::seasonal(p, d, q, np as usize, sd, nq as usize, m);
             if s.seen(&o, constant) || s.tried.len() >= nmodels {
                 continue;
             }
@@ -495,7 +526,7 @@ pub fn auto_arima(x: &[f64], xreg: &[Vec<f64>], opts: &AutoOptions) -> Result<Au
             if np < 0 || nq < 0 || np > max_p as i32 || nq > max_q as i32 {
                 continue;
             }
-            let o = s.order(np as usize, d, nq as usize, sp_, sd, sq_, m);
+            let o = Order::seasonal(np as usize, d, nq as usize, sp_, sd, sq_, m);
             if s.seen(&o, constant) || s.tried.len() >= nmodels {
                 continue;
             }
@@ -511,7 +542,7 @@ pub fn auto_arima(x: &[f64], xreg: &[Vec<f64>], opts: &AutoOptions) -> Result<Au
             continue;
         }
         if allow_drift || allow_mean {
-            let o = s.order(p, d, q, sp_, sd, sq_, m);
+            let o = Order::seasonal(p, d, q, sp_, sd, sq_, m);
             if !s.seen(&o, !constant) && s.tried.len() < nmodels {
                 let (v, f) = s.step(o, !constant);
                 if v < best_ic {

@@ -145,7 +145,7 @@ pub(crate) fn lstsq(y: &[f64], xs: &[Vec<f64>]) -> Option<(Vec<f64>, f64)> {
         for l in 0..j {
             d -= g[j * k + l] * g[j * k + l];
         }
-        if !(d > 1e-11) {
+        if d.is_nan() || d <= 1e-11 {
             return None;
         }
         let d = d.sqrt();
@@ -182,7 +182,13 @@ pub(crate) fn lstsq(y: &[f64], xs: &[Vec<f64>]) -> Option<(Vec<f64>, f64)> {
 /// CSS residuals of the differenced series `w` (R's `ARIMA_CSS`): zero
 /// for the first `p + m·P` values, then `e_l = w_l − Σ φ_j w_{l−j} − Σ θ_j
 /// e_{l−j}` (MA terms only over residuals already computed).
-fn css_residuals(w: &[f64], phi: &[f64], theta: &[f64], sup: &(Vec<usize>, Vec<usize>), out: &mut Vec<f64>) {
+fn css_residuals(
+    w: &[f64],
+    phi: &[f64],
+    theta: &[f64],
+    sup: &(Vec<usize>, Vec<usize>),
+    out: &mut Vec<f64>,
+) {
     let n = w.len();
     let ncond = phi.len();
     out.clear();
@@ -242,6 +248,9 @@ fn css_eval(
     }
 }
 
+/// `(SS, Σ ln F, β, predicted states)` of [`ml_eval`].
+type MlEval = (f64, f64, Vec<f64>, Vec<Vec<f64>>);
+
 /// Exact likelihood pieces at `(φ, θ)`: `(SS, Σ ln F, β, predicted states)`.
 fn ml_eval(
     w: &[f64],
@@ -249,7 +258,7 @@ fn ml_eval(
     phi: &[f64],
     theta: &[f64],
     phi_support: &[usize],
-) -> Option<(f64, f64, Vec<f64>, Vec<Vec<f64>>)> {
+) -> Option<MlEval> {
     let mut series: Vec<&[f64]> = Vec::with_capacity(wx.len() + 1);
     series.push(w);
     for c in wx {
@@ -334,7 +343,11 @@ pub fn fit(
     }
     design.cols.extend(xreg.iter().cloned());
     let w = poly::difference(y, o.d, o.sd, m);
-    let wx: Vec<Vec<f64>> = design.cols.iter().map(|c| poly::difference(c, o.d, o.sd, m)).collect();
+    let wx: Vec<Vec<f64>> = design
+        .cols
+        .iter()
+        .map(|c| poly::difference(c, o.d, o.sd, m))
+        .collect();
     let narma = o.p + o.q + o.sp + o.sq;
     let sup = poly::support(&o);
     let npar = narma * usize::from(fixed.is_none()) + design.cols.len() + 1;
@@ -455,10 +468,17 @@ pub fn fit(
             let s2 = ssq / nu;
             let value = nu * (s2.ln() + sumlog / nu) + two_pi_term;
             let state = combine_states(&states, &beta);
-            (beta, s2, -0.5 * value, value + 2.0 * npar as f64, Continuation::Kalman(state))
+            (
+                beta,
+                s2,
+                -0.5 * value,
+                value + 2.0 * npar as f64,
+                Continuation::Kalman(state),
+            )
         }
         None => {
-            let (s2, beta, resid) = css_eval(&w, &wx, &phi, &theta, &sup).ok_or(ArimaError::Optimisation)?;
+            let (s2, beta, resid) =
+                css_eval(&w, &wx, &phi, &theta, &sup).ok_or(ArimaError::Optimisation)?;
             let value = nu * s2.ln() + two_pi_term;
             // Forecasts from the exact filter's state when it exists (as R
             // runs `arimaSS` after a CSS fit), else by the CSS recursion.

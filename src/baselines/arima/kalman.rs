@@ -60,7 +60,8 @@ pub fn acov(phi: &[f64], theta: &[f64], lags: usize) -> Option<(Vec<f64>, Vec<f6
         }
         // Gaussian elimination with partial pivoting.
         for col in 0..n {
-            let piv = (col..n).max_by(|&x, &y| a[x * n + col].abs().total_cmp(&a[y * n + col].abs()))?;
+            let piv =
+                (col..n).max_by(|&x, &y| a[x * n + col].abs().total_cmp(&a[y * n + col].abs()))?;
             if a[piv * n + col].abs() < 1e-300 || !a[piv * n + col].is_finite() {
                 return None;
             }
@@ -108,38 +109,61 @@ pub fn acov(phi: &[f64], theta: &[f64], lags: usize) -> Option<(Vec<f64>, Vec<f6
 pub fn stationary_first_column(phi: &[f64], theta: &[f64]) -> Option<Vec<f64>> {
     let r = phi.len().max(theta.len() + 1);
     let (gamma, psi) = acov(phi, theta, r)?;
-    let ph = |k: usize| if k >= 1 && k <= phi.len() { phi[k - 1] } else { 0.0 };
-    let th = |k: usize| if k >= 1 && k <= theta.len() { theta[k - 1] } else { 0.0 };
+    let ph = |k: usize| {
+        if k >= 1 && k <= phi.len() {
+            phi[k - 1]
+        } else {
+            0.0
+        }
+    };
+    let th = |k: usize| {
+        if k >= 1 && k <= theta.len() {
+            theta[k - 1]
+        } else {
+            0.0
+        }
+    };
     let mut col = vec![0.0; r];
     col[0] = gamma[0];
     for (j, c) in col.iter_mut().enumerate().skip(1) {
-        let mut v = 0.0;
-        for l in 1..=r - j {
-            v += ph(j + l) * gamma[l];
-        }
-        for l in 0..r - j {
-            v += th(j + l) * psi[l];
-        }
-        *c = v;
+        *c = (1..=r - j).map(|l| ph(j + l) * gamma[l]).sum::<f64>()
+            + (0..r - j).map(|l| th(j + l) * psi[l]).sum::<f64>();
     }
     Some(col)
 }
 
 /// The full stationary state covariance `Σ` (`r × r`, row-major), from its
 /// first column by `Σ[i][j] = φ_{i+1}φ_{j+1}γ(0) + φ_{i+1}Σ[0][j+1] +
-/// φ_{j+1}Σ[0][i+1] + Σ[i+1][j+1] + θ_iθ_j`. Used by tests and forecasts'
-/// variances; the filter needs only the first column.
+/// φ_{j+1}Σ[0][i+1] + Σ[i+1][j+1] + θ_iθ_j`. Used by the tests (the filter
+/// needs only the first column).
+#[cfg(test)]
 pub fn stationary_cov(phi: &[f64], theta: &[f64]) -> Option<Vec<f64>> {
     let r = phi.len().max(theta.len() + 1);
     let c0 = stationary_first_column(phi, theta)?;
-    let ph = |k: usize| if k >= 1 && k <= phi.len() { phi[k - 1] } else { 0.0 };
-    let th = |k: usize| if k >= 1 && k <= theta.len() { theta[k - 1] } else { 0.0 };
+    let ph = |k: usize| {
+        if k >= 1 && k <= phi.len() {
+            phi[k - 1]
+        } else {
+            0.0
+        }
+    };
+    let th = |k: usize| {
+        if k >= 1 && k <= theta.len() {
+            theta[k - 1]
+        } else {
+            0.0
+        }
+    };
     let row0 = |j: usize| if j < r { c0[j] } else { 0.0 };
     let mut s = vec![0.0; r * r];
     let g0 = c0[0];
     for i in (1..r).rev() {
         for j in i..r {
-            let next = if i + 1 < r && j + 1 < r { s[(i + 1) * r + j + 1] } else { 0.0 };
+            let next = if i + 1 < r && j + 1 < r {
+                s[(i + 1) * r + j + 1]
+            } else {
+                0.0
+            };
             let v = ph(i + 1) * ph(j + 1) * g0
                 + ph(i + 1) * row0(j + 1)
                 + ph(j + 1) * row0(i + 1)
@@ -186,7 +210,13 @@ pub struct Filtered {
 /// with the Chandrasekhar recursions. `phi_support` lists the indices of
 /// `φ` that may be non-zero (see `poly::support`). `None` if `φ` is not
 /// stationary enough for the autocovariances, or a variance is not positive.
-pub fn filter(phi: &[f64], theta: &[f64], phi_support: &[usize], series: &[&[f64]]) -> Option<Filtered> {
+#[allow(clippy::needless_range_loop)] // time index shared by several series
+pub fn filter(
+    phi: &[f64],
+    theta: &[f64],
+    phi_support: &[usize],
+    series: &[&[f64]],
+) -> Option<Filtered> {
     let r = phi.len().max(theta.len() + 1);
     let n = series.first().map_or(0, |s| s.len());
     // Padded φ over 0..r so that `transition` can index it directly.
@@ -205,7 +235,7 @@ pub fn filter(phi: &[f64], theta: &[f64], phi_support: &[usize], series: &[&[f64
     let mut sumlog = 0.0;
     let mut converged = false;
     for t in 0..n {
-        if !(f > 0.0) || !f.is_finite() {
+        if f.is_nan() || f <= 0.0 || !f.is_finite() {
             return None;
         }
         sumlog += f.ln();

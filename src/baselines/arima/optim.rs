@@ -26,8 +26,6 @@ pub enum Status {
 pub struct Minimum {
     /// Best point found.
     pub x: Vec<f64>,
-    /// Objective at `x`.
-    pub value: f64,
     /// How the search ended.
     pub status: Status,
     /// Objective evaluations, gradient evaluations included.
@@ -36,7 +34,12 @@ pub struct Minimum {
 
 /// Central-difference gradient with step `eps` (R's `ndeps`); `None` if a
 /// value is not finite.
-fn gradient(f: &mut dyn FnMut(&[f64]) -> f64, x: &[f64], eps: f64, evals: &mut usize) -> Option<Vec<f64>> {
+fn gradient(
+    f: &mut dyn FnMut(&[f64]) -> f64,
+    x: &[f64],
+    eps: f64,
+    evals: &mut usize,
+) -> Option<Vec<f64>> {
     let mut p = x.to_vec();
     let mut g = vec![0.0; x.len()];
     for i in 0..x.len() {
@@ -73,7 +76,6 @@ pub fn bfgs(f: &mut dyn FnMut(&[f64]) -> f64, x0: &[f64], maxit: usize, eps: f64
         };
         return Minimum {
             x: b,
-            value: fmin,
             status,
             evals,
         };
@@ -81,7 +83,6 @@ pub fn bfgs(f: &mut dyn FnMut(&[f64]) -> f64, x0: &[f64], maxit: usize, eps: f64
     let Some(mut g) = gradient(f, &b, eps, &mut evals) else {
         return Minimum {
             x: b,
-            value: fmin,
             status: Status::BadGradient,
             evals,
         };
@@ -149,7 +150,6 @@ pub fn bfgs(f: &mut dyn FnMut(&[f64]) -> f64, x0: &[f64], maxit: usize, eps: f64
                     None => {
                         return Minimum {
                             x: b,
-                            value: fmin,
                             status: Status::BadGradient,
                             evals,
                         }
@@ -194,7 +194,6 @@ pub fn bfgs(f: &mut dyn FnMut(&[f64]) -> f64, x0: &[f64], maxit: usize, eps: f64
         if iter >= maxit {
             return Minimum {
                 x: b,
-                value: fmin,
                 status: Status::MaxIter,
                 evals,
             };
@@ -208,7 +207,6 @@ pub fn bfgs(f: &mut dyn FnMut(&[f64]) -> f64, x0: &[f64], maxit: usize, eps: f64
     }
     Minimum {
         x: b,
-        value: fmin,
         status: Status::Converged,
         evals,
     }

@@ -109,7 +109,9 @@ pub fn roots_outside(c: &[f64], radius: f64) -> bool {
             return false;
         }
         let den = 1.0 - kappa * kappa;
-        let prev: Vec<f64> = (0..j).map(|i| (a[i] + kappa * a[j - 1 - i]) / den).collect();
+        let prev: Vec<f64> = (0..j)
+            .map(|i| (a[i] + kappa * a[j - 1 - i]) / den)
+            .collect();
         a.truncate(j);
         a.copy_from_slice(&prev);
     }
@@ -137,7 +139,10 @@ impl C {
     }
     fn div(self, o: C) -> C {
         let d = o.0 * o.0 + o.1 * o.1;
-        C((self.0 * o.0 + self.1 * o.1) / d, (self.1 * o.0 - self.0 * o.1) / d)
+        C(
+            (self.0 * o.0 + self.1 * o.1) / d,
+            (self.1 * o.0 - self.0 * o.1) / d,
+        )
     }
     fn abs(self) -> f64 {
         self.0.hypot(self.1)

@@ -17,7 +17,11 @@ pub fn fourier(start: usize, len: usize, period: f64, k_max: usize) -> Vec<Vec<f
     let mut cols = Vec::with_capacity(2 * k_max);
     for k in 1..=k_max {
         let w = 2.0 * std::f64::consts::PI * k as f64 / period;
-        let col = |f: fn(f64) -> f64| (start..start + len).map(|t| f(w * t as f64)).collect::<Vec<f64>>();
+        let col = |f: fn(f64) -> f64| {
+            (start..start + len)
+                .map(|t| f(w * t as f64))
+                .collect::<Vec<f64>>()
+        };
         if (2 * k) as f64 != period {
             cols.push(col(f64::sin));
         }
@@ -33,7 +37,11 @@ pub enum ErrorModel {
     Auto(AutoOptions),
     /// A fixed order, fitted by `method`; `constant` adds an intercept
     /// (`d + D = 0`) or drift (`d + D = 1`).
-    Fixed { order: Order, constant: bool, method: Method },
+    Fixed {
+        order: Order,
+        constant: bool,
+        method: Method,
+    },
 }
 
 /// Regression with ARIMA errors, `y_t = x_t'β + u_t`, `u_t ~ ARIMA`, fitted
@@ -99,8 +107,16 @@ impl RegArimaFit {
 /// chosen by the ML AICc. `d` is tested once (KPSS on the residuals of the
 /// regression on all `k_max` harmonics) and shared by every `K`, so the AICc
 /// values compare fits of the same differenced data. Harmonics need two full
-/// periods of history; shorter histories use `K = 0`.
-pub fn harmonic_regression(y: &[f64], period: usize, k_max: usize, h: usize) -> Result<Vec<f64>, ArimaError> {
+/// periods of history; shorter histories use `K = 0`. Cost bound: `K` grows
+/// from 0 and the search stops once two consecutive `K` fail to improve the
+/// best AICc (each `K` is a full search whose GLS step costs O(n·K²) per
+/// likelihood evaluation).
+pub fn harmonic_regression(
+    y: &[f64],
+    period: usize,
+    k_max: usize,
+    h: usize,
+) -> Result<Vec<f64>, ArimaError> {
     let n = y.len();
     let k_max = if period >= 2 && n >= 2 * period {
         k_max.min(period / 2)
@@ -129,18 +145,32 @@ pub fn harmonic_regression(y: &[f64], period: usize, k_max: usize, h: usize) -> 
     };
     let mut best: Option<(f64, Vec<f64>)> = None;
     let mut last_err = ArimaError::NoModel;
+    let mut worse = 0;
     for k in 0..=k_max {
         let cols = fourier(0, n, period as f64, k);
         match auto_arima(y, &cols, &opts) {
             Ok(f) => {
-                let ic = if f.ic.is_nan() { f64::NEG_INFINITY } else { f.ic };
+                let ic = if f.ic.is_nan() {
+                    f64::NEG_INFINITY
+                } else {
+                    f.ic
+                };
                 if best.as_ref().is_none_or(|(b, _)| ic < *b) {
                     let fut = fourier(n, h, period as f64, k);
                     let fc = f.forecast(h, &fut)?;
                     best = Some((ic, fc));
+                    worse = 0;
+                } else {
+                    worse += 1;
                 }
             }
-            Err(e) => last_err = e,
+            Err(e) => {
+                last_err = e;
+                worse += 1;
+            }
+        }
+        if worse >= 2 {
+            break;
         }
     }
     best.map(|(_, f)| f).ok_or(last_err)
@@ -149,7 +179,14 @@ pub fn harmonic_regression(y: &[f64], period: usize, k_max: usize, h: usize) -> 
 /// Calendar covariates of `arimax` for times `start..start + len` of a
 /// series with a daily season of `period` steps: `k_day` daily harmonics,
 /// plus `k_week` weekly ones (period `7·period`) when `weekly`.
-pub fn calendar(start: usize, len: usize, period: usize, k_day: usize, weekly: bool, k_week: usize) -> Vec<Vec<f64>> {
+pub fn calendar(
+    start: usize,
+    len: usize,
+    period: usize,
+    k_day: usize,
+    weekly: bool,
+    k_week: usize,
+) -> Vec<Vec<f64>> {
     let mut cols = fourier(start, len, period as f64, k_day.min(period / 2));
     if weekly {
         cols.extend(fourier(start, len, 7.0 * period as f64, k_week));

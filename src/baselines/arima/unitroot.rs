@@ -83,7 +83,12 @@ pub fn nsdiffs(x: &[f64], m: usize) -> usize {
 /// seasonal window 11, seasonal degree 0, other settings default).
 pub fn seasonal_strength(x: &[f64], m: usize) -> f64 {
     let (season, trend) = stl(x, m, 11);
-    let rem: Vec<f64> = x.iter().zip(&season).zip(&trend).map(|((v, s), t)| v - s - t).collect();
+    let rem: Vec<f64> = x
+        .iter()
+        .zip(&season)
+        .zip(&trend)
+        .map(|((v, s), t)| v - s - t)
+        .collect();
     let rs: Vec<f64> = rem.iter().zip(&season).map(|(r, s)| r + s).collect();
     let var = |v: &[f64]| {
         let n = v.len() as f64;
@@ -91,7 +96,7 @@ pub fn seasonal_strength(x: &[f64], m: usize) -> f64 {
         v.iter().map(|a| (a - mu) * (a - mu)).sum::<f64>() / (n - 1.0)
     };
     let (vr, vrs) = (var(&rem), var(&rs));
-    if !(vrs > 0.0) {
+    if vrs.is_nan() || vrs <= 0.0 {
         return 0.0;
     }
     (1.0 - vr / vrs).clamp(0.0, 1.0)
@@ -99,8 +104,17 @@ pub fn seasonal_strength(x: &[f64], m: usize) -> f64 {
 
 /// Loess estimate at `xs` (1-based) from `y[nleft−1..nright]` (statsmodels
 /// `_est`; no robustness weights). `None` when all weights vanish.
-#[allow(clippy::too_many_arguments)]
-fn est(y: &[f64], n: usize, len: usize, ideg: usize, xs: f64, nleft: usize, nright: usize, w: &mut [f64]) -> Option<f64> {
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // a port of the Fortran
+fn est(
+    y: &[f64],
+    n: usize,
+    len: usize,
+    ideg: usize,
+    xs: f64,
+    nleft: usize,
+    nright: usize,
+    w: &mut [f64],
+) -> Option<f64> {
     let rng = n as f64 - 1.0;
     let mut h = (xs - nleft as f64).max(nright as f64 - xs);
     if len > n {
@@ -113,7 +127,11 @@ fn est(y: &[f64], n: usize, len: usize, ideg: usize, xs: f64, nleft: usize, nrig
         w[j] = 0.0;
         let r = (j as f64 + 1.0 - xs).abs();
         if r <= h9 {
-            w[j] = if r <= h1 { 1.0 } else { (1.0 - (r / h).powi(3)).powi(3) };
+            w[j] = if r <= h1 {
+                1.0
+            } else {
+                (1.0 - (r / h).powi(3)).powi(3)
+            };
             a += w[j];
         }
     }
@@ -126,7 +144,9 @@ fn est(y: &[f64], n: usize, len: usize, ideg: usize, xs: f64, nleft: usize, nrig
     if h > 0.0 && ideg > 0 {
         let a: f64 = (nleft - 1..nright).map(|j| w[j] * (j as f64 + 1.0)).sum();
         let mut b = xs - a;
-        let c: f64 = (nleft - 1..nright).map(|j| w[j] * (j as f64 + 1.0 - a).powi(2)).sum();
+        let c: f64 = (nleft - 1..nright)
+            .map(|j| w[j] * (j as f64 + 1.0 - a).powi(2))
+            .sum();
         if c.sqrt() > 0.001 * rng {
             b /= c;
             for j in nleft - 1..nright {
@@ -180,9 +200,9 @@ fn ma(x: &[f64], n: usize, len: usize, ave: &mut [f64]) {
 pub fn stl(y: &[f64], np: usize, ns: usize) -> (Vec<f64>, Vec<f64>) {
     let n = y.len();
     let mut nt = (1.5 * np as f64 / (1.0 - 1.5 / ns as f64)).ceil() as usize;
-    nt += usize::from(nt % 2 == 0);
+    nt += usize::from(nt.is_multiple_of(2));
     let mut nl = np + 1;
-    nl += usize::from(nl % 2 == 0);
+    nl += usize::from(nl.is_multiple_of(2));
     let (isdeg, itdeg, ildeg) = (0, 1, 1);
     let big = n + 2 * np;
     let mut trend = vec![0.0; n];
@@ -209,7 +229,8 @@ pub fn stl(y: &[f64], np: usize, ns: usize) -> (Vec<f64>, Vec<f64>) {
                 let nright = ns.min(k);
                 w2[0] = est(&w1, k, ns, isdeg, 0.0, 1, nright, &mut wbuf).unwrap_or(w2[1]);
                 let nleft = (k + 1).saturating_sub(ns).max(1);
-                w2[k + 1] = est(&w1, k, ns, isdeg, k as f64 + 1.0, nleft, k, &mut wbuf).unwrap_or(w2[k]);
+                w2[k + 1] =
+                    est(&w1, k, ns, isdeg, k as f64 + 1.0, nleft, k, &mut wbuf).unwrap_or(w2[k]);
                 for mm in 0..k + 2 {
                     work[1][mm * np + j] = w2[mm];
                 }
