@@ -499,20 +499,20 @@ fn baselines_keep_the_contract() {
     let seasonal: Vec<f64> = (0..200)
         .map(|t| 10.0 + (t % 24) as f64 + 0.01 * t as f64)
         .collect();
-    let noisy: Vec<f64> = simulate(&[0.7], &[0.2], 150, 3)
+    let noisy: Vec<f64> = simulate(&[0.7], &[0.2], 80, 3)
         .iter()
         .map(|v| v + 50.0)
         .collect();
     let models: Vec<Box<dyn Baseline>> = vec![
-        Box::new(AutoArima { period: 24 }),
+        Box::new(AutoArima { period: 12 }),
         Box::new(HarmonicArima {
-            period: 24,
-            k_max: 4,
+            period: 12,
+            k_max: 2,
         }),
         Box::new(Arimax {
-            period: 24,
-            k_day: 3,
-            k_week: 2,
+            period: 12,
+            k_day: 2,
+            k_week: 1,
         }),
     ];
     for b in &models {
