@@ -2,7 +2,12 @@
 //!
 //! Purpose: reference baselines for the RNN forecaster — Naive, Seasonal
 //! Naive, M4's Naive2, moving average, simple exponential smoothing, Holt
-//! (linear / damped trend) and Holt–Winters (additive / multiplicative).
+//! (linear / damped trend) and Holt–Winters (additive / multiplicative) in
+//! this file; automatic SARIMA, ARIMAX and regression with ARIMA errors
+//! (`arima`), a Prophet-style additive model (`prophet`) and tree ensembles
+//! on lag features (`trees`) in their rooms. The cost figures below are for
+//! the models of this file; the others state theirs (an `arima` fit is
+//! about a second per M4 series, `prophet` tens of milliseconds).
 //!
 //! Invariants:
 //! * `history` is every observation strictly before the forecast origin, in
@@ -26,8 +31,9 @@
 //! season position `t % period`, so the caller must keep the window start
 //! aligned with the season if it wants stable positions across calls.
 
-pub mod trees;
+pub mod arima;
 pub mod prophet;
+pub mod trees;
 
 /// A classical point forecaster: maps the history before the origin to
 /// `horizon` values (no state between calls).
@@ -48,7 +54,9 @@ pub trait Baseline {
 /// Every baseline [`named`] knows: those of [`by_name`] ([`ALL`]) plus M4's
 /// seasonally adjusted benchmarks `ses_sa`, `holt_sa`, `damped_sa`
 /// ([`SeasonallyAdjusted`] around the plain model, as M4 ran its SES / Holt
-/// / Damped benchmarks), and the tree ensembles `rf`, `gbm` ([`trees`]).
+/// / Damped benchmarks), the tree ensembles `rf`, `gbm` ([`trees`]), the
+/// Prophet-style `prophet` ([`prophet`]) and the ARIMA family `arima`,
+/// `arimax`, `regarima` ([`arima`]).
 pub const NAMES: &[&str] = &[
     "naive",
     "snaive",
@@ -65,6 +73,9 @@ pub const NAMES: &[&str] = &[
     "rf",
     "gbm",
     "prophet",
+    "arima",
+    "arimax",
+    "regarima",
 ];
 
 /// A baseline by one of [`NAMES`]; `season` is the seasonal period.
@@ -91,6 +102,13 @@ pub fn named(name: &str, season: usize) -> Option<Box<dyn Baseline + Send + Sync
         "rf" => Box::new(trees::TreeForecaster::rf(period)),
         "gbm" => Box::new(trees::TreeForecaster::gbm(period)),
         "prophet" => Box::new(prophet::Prophet::new(period)),
+        "arima" => Box::new(arima::AutoArima { period }),
+        "arimax" => Box::new(arima::Arimax {
+            period,
+            k_day: 3,
+            k_week: 2,
+        }),
+        "regarima" => Box::new(arima::HarmonicArima { period, k_max: 6 }),
         _ => return by_name(name, period),
     })
 }
