@@ -73,6 +73,21 @@ pub struct Scorer {
     versions: Vec<Arc<str>>,
     /// This batch's sums per (version, source, step), for the metrics.
     batch_sums: HashMap<(u16, u8, usize), BatchSums>,
+    /// Since the start, per (source, step), all keys and versions.
+    totals: std::collections::BTreeMap<(u8, usize), BatchSums>,
+}
+
+/// Live accuracy of one source at one step, all keys (see [`Scorer::summary`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SummaryRow {
+    pub source: &'static str,
+    pub step: usize,
+    pub scored: u64,
+    pub mae: f64,
+    pub smape: f64,
+    /// Error over seasonal naive's mean absolute error on each key's
+    /// history so far (M4's scale); below 1 beats it.
+    pub mase: Option<f64>,
 }
 
 const SOURCES: [&str; 2] = ["model", "baseline"];
@@ -99,6 +114,7 @@ impl Scorer {
             keys: HashMap::new(),
             versions: Vec::new(),
             batch_sums: HashMap::new(),
+            totals: std::collections::BTreeMap::new(),
         }
     }
 
@@ -150,9 +166,30 @@ impl Scorer {
         self.flush_metrics();
     }
 
+    /// Live accuracy since the start per source and step, all keys.
+    pub fn summary(&self) -> Vec<SummaryRow> {
+        self.totals
+            .iter()
+            .map(|(&(source, step), a)| SummaryRow {
+                source: SOURCES[usize::from(source)],
+                step,
+                scored: a.3,
+                mae: a.0 / a.3.max(1) as f64,
+                smape: a.1 / a.3.max(1) as f64,
+                mase: (a.4 > 0).then(|| a.2 / a.4 as f64),
+            })
+            .collect()
+    }
+
     /// One update per (version, source, step) and batch, not per forecast.
     fn flush_metrics(&mut self) {
         for ((version, source, step), a) in self.batch_sums.drain() {
+            let t = self.totals.entry((source, step)).or_default();
+            t.0 += a.0;
+            t.1 += a.1;
+            t.2 += a.2;
+            t.3 += a.3;
+            t.4 += a.4;
             let labels = [
                 (
                     "model_version",
@@ -343,7 +380,11 @@ mod tests {
         // scored before any scale existed.
         assert_eq!(k[0].mase, Some(16.0 / 7.0));
         assert_eq!(k[1].mase, Some(4.0 / 7.0));
+        let all = s.summary();
+        assert_eq!((all[0].source, all[0].step, all[0].scored, all[0].mae), ("model", 1, 2, 9.0));
+        assert_eq!((all[1].step, all[1].scored, all[1].mase), (2, 1, Some(4.0 / 7.0)));
         s.end_keys(&[Arc::from("k")]);
         assert!(s.key_scores("k").is_empty());
+        assert_eq!(s.summary(), all, "the totals outlive the keys");
     }
 }

@@ -138,12 +138,13 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
     let signals = Arc::new(RetrainSignals::default());
     let (swap_tx, swap_rx) = sync_channel::<Swap>(1);
     let retrainer = spawn_retrainer(&cfg, signals.clone(), swap_tx)?;
+    let scorer = Arc::new(std::sync::OnceLock::new());
     let compute = spawn_compute(
         &cfg,
         tracker.clone(),
         archive,
         swap_rx,
-        (signals.clone(), api.clone()),
+        (signals.clone(), api.clone(), scorer.clone()),
     )
     .await?;
     let sink_failed = Arc::new(tokio::sync::Notify::new());
@@ -222,6 +223,9 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
     let deliveries = delivered?;
     let totals = totals?;
     print_summary(&totals, &deliveries, started, &reads);
+    if let Some(s) = scorer.get() {
+        print_live_accuracy(&s.lock().unwrap_or_else(|e| e.into_inner()).summary());
+    }
     Ok(totals)
 }
 
@@ -314,7 +318,7 @@ async fn spawn_compute(
     tracker: Arc<Mutex<OffsetTracker>>,
     archive: Option<ArchiveHandle>,
     swaps: Receiver<Swap>,
-    (signals, api): (Arc<RetrainSignals>, Option<Arc<ApiState>>),
+    (signals, api, scorer): (Arc<RetrainSignals>, Option<Arc<ApiState>>, ScorerSlot),
 ) -> Result<Compute> {
     let (in_tx, in_rx) = sync_channel::<Input>(4);
     let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Output>(16);
@@ -327,8 +331,11 @@ async fn spawn_compute(
             tch::set_num_threads(cfg.model.threads);
             let core = match Core::new(&cfg, tracker) {
                 Ok(c) => {
-                    if let (Some(api), Some(scorer)) = (&api, c.scorer()) {
-                        api.set_scorer(scorer);
+                    if let Some(s) = c.scorer() {
+                        if let Some(api) = &api {
+                            api.set_scorer(s.clone());
+                        }
+                        let _ = scorer.set(s);
                     }
                     let _ = ready_tx.send(Ok(c.model().version().to_string()));
                     c
@@ -877,6 +884,27 @@ impl Printer {
             }
         }
     }
+}
+
+/// Where the compute thread puts its live scorer, for the final summary.
+type ScorerSlot = Arc<std::sync::OnceLock<Arc<Mutex<crate::score::Scorer>>>>;
+
+/// The run's live accuracy: every published forecast scored against its
+/// actual window (see `score`).
+fn print_live_accuracy(rows: &[crate::score::SummaryRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!("\n== live accuracy (forecasts scored against their windows) ==");
+    println!("source    step    scored        MAE    sMAPE    MASE");
+    for r in rows {
+        let mase = r.mase.map_or("-".to_string(), |m| format!("{m:.3}"));
+        println!(
+            "{:<8} {:>5} {:>9} {:>10.4} {:>8.2} {:>7}",
+            r.source, r.step, r.scored, r.mae, r.smape, mase
+        );
+    }
+    println!("MASE: error over seasonal naive's mean error on each key's history so far (M4's scale); below 1 beats it.");
 }
 
 fn print_summary(t: &Totals, d: &Deliveries, started: Instant, reads: &ReadTimes) {
