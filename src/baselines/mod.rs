@@ -33,6 +33,8 @@
 
 pub mod arima;
 pub mod prophet;
+#[cfg(test)]
+mod test_data;
 pub mod trees;
 
 /// A classical point forecaster: maps the history before the origin to

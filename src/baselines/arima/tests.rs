@@ -2,7 +2,8 @@
 //! polynomial helpers against hand-worked cases, fixed-order fits against
 //! statsmodels' SARIMAX (exact MLE), the order tests against statsmodels,
 //! and the automatic search against statsforecast's AutoARIMA
-//! (fixtures from scripts/fixtures/arima.py, series embedded).
+//! (fixtures from scripts/fixtures/arima.py; real series are read from the
+//! shared data, simulated ones are embedded).
 
 use super::*;
 use crate::baselines::Baseline;
@@ -263,7 +264,7 @@ fn close_rel(a: f64, b: f64, tol: f64) -> bool {
 fn order_tests_match_statsmodels() {
     for c in fixture("tests")["cases"].as_array().unwrap() {
         let name = c["name"].as_str().unwrap();
-        let y = floats(&c["y"]);
+        let y = crate::baselines::test_data::case_series(c);
         let m = c["m"].as_u64().unwrap() as usize;
         let lags = c["kpss_lags"].as_u64().unwrap() as usize;
         let k = kpss_stat(&y, lags);
@@ -333,7 +334,7 @@ fn fixed_orders_match_statsmodels_sarimax() {
     // estimates by up to ~2e-3.
     for c in fixture("sarimax")["cases"].as_array().unwrap() {
         let name = c["name"].as_str().unwrap();
-        let y = floats(&c["y"]);
+        let y = crate::baselines::test_data::case_series(c);
         let o = order_of(&c["order"]);
         let constant = c["constant"].as_bool().unwrap();
         let h = c["h"].as_u64().unwrap() as usize;
@@ -414,7 +415,7 @@ fn auto_matches_statsforecast() {
     // Two cases differ in the order, for documented reasons (below).
     for c in fixture("auto")["cases"].as_array().unwrap() {
         let name = c["name"].as_str().unwrap();
-        let y = floats(&c["y"]);
+        let y = crate::baselines::test_data::case_series(c);
         let m = c["m"].as_u64().unwrap() as usize;
         let h = c["h"].as_u64().unwrap() as usize;
         let opts = AutoOptions {
@@ -478,7 +479,7 @@ fn search_is_bounded_and_recorded() {
     // Every model the search fitted is recorded once; never more than
     // nmodels; the approximation is on for m > 12.
     let auto = fixture("auto");
-    let y = floats(&auto["cases"][2]["y"]);
+    let y = crate::baselines::test_data::case_series(&auto["cases"][2]);
     let opts = AutoOptions {
         period: 24,
         nmodels: 10,

@@ -237,36 +237,9 @@ fn automatic_seasonalities() {
 
 // ------------------------------------------------ against Python Prophet
 
-fn data_dir() -> std::path::PathBuf {
-    let candidates: Vec<std::path::PathBuf> = std::env::var("STREAMCAST_DATA")
-        .map(|d| vec![std::path::PathBuf::from(d)])
-        .unwrap_or_default()
-        .into_iter()
-        .chain([std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")])
-        .collect();
-    for c in &candidates {
-        if c.join("m4/Hourly-train.csv").is_file() {
-            return c.clone();
-        }
-    }
-    panic!("M4 data not found: looked in {candidates:?} (set STREAMCAST_DATA)");
-}
-
-/// The first `n` values of M4 Hourly series `id`.
+/// The first `n` values of M4 Hourly series `id` (read in place).
 fn m4_series(id: &str, n: usize) -> Vec<f64> {
-    let path = data_dir().join("m4/Hourly-train.csv");
-    let text = std::fs::read_to_string(&path).expect("read M4");
-    for line in text.lines() {
-        let mut parts = line.split(',');
-        if parts.next().map(|p| p.trim_matches('"')) == Some(id) {
-            let v: Vec<f64> = parts
-                .filter_map(|p| p.trim_matches('"').parse().ok())
-                .take(n)
-                .collect();
-            return v;
-        }
-    }
-    panic!("{id} not in {path:?}");
+    crate::baselines::test_data::m4_series(id, Some(n))
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
