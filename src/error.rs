@@ -102,17 +102,17 @@ impl From<rdkafka::error::KafkaError> for Error {
         use rdkafka::error::KafkaError as K;
         match e {
             // Its message carries the value: never print a secret one.
-            K::ClientConfig(code, desc, key, value) if crate::config::is_secret_key(&key) => {
+            K::ClientConfig(code, desc, key, value) if crate::secrets::is_secret_key(&key) => {
                 let desc = if value.is_empty() {
                     desc
                 } else {
-                    desc.replace(&value, crate::config::REDACTED)
+                    desc.replace(&value, crate::secrets::REDACTED)
                 };
                 Error::Kafka(K::ClientConfig(
                     code,
                     desc,
                     key,
-                    crate::config::REDACTED.to_string(),
+                    crate::secrets::REDACTED.to_string(),
                 ))
             }
             e => Error::Kafka(e),

@@ -21,6 +21,7 @@
 // Shared foundations.
 pub mod config;
 pub mod error;
+pub mod secrets;
 pub mod schema;
 pub mod telemetry;
 pub mod time;

@@ -158,7 +158,7 @@ pub fn by_name(name: &str, period: usize) -> Option<Box<dyn Baseline + Send + Sy
 // ---------------------------------------------------------------- helpers
 
 /// Returns `out` if every value is finite, else the naive forecast `last`.
-fn finite_or_naive(out: Vec<f64>, last: f64) -> Vec<f64> {
+pub(crate) fn finite_or_naive(out: Vec<f64>, last: f64) -> Vec<f64> {
     if out.iter().all(|v| v.is_finite()) {
         out
     } else {

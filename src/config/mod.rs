@@ -204,20 +204,7 @@ const fn default_replication_factor() -> i32 {
 #[serde(transparent)]
 pub struct LibrdkafkaOptions(pub BTreeMap<String, String>);
 
-/// What is printed instead of a secret value.
-pub const REDACTED: &str = "***";
-
-/// True for librdkafka keys whose values are secrets: passwords,
-/// passphrases, client secrets, private keys (inline PEM), JAAS and
-/// OAUTHBEARER configs.
-pub fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    ["password", "secret", "passphrase", "private", "jaas"]
-        .iter()
-        .any(|w| k.contains(w))
-        || k == "ssl.key.pem"
-        || k == "sasl.oauthbearer.config"
-}
+pub use crate::secrets::{is_secret_key, REDACTED};
 
 impl LibrdkafkaOptions {
     /// A copy with the values of secret keys replaced by `***`.

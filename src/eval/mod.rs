@@ -76,6 +76,7 @@ macro_rules! bail {
 }
 
 pub mod backtest;
+pub mod global_trees;
 pub mod harness;
 pub mod m4;
 pub mod plot;
@@ -111,7 +112,7 @@ fn unknown(name: &str) -> Error {
 }
 
 /// Builds a batch model by name: `rnn`, one of [`baselines::NAMES`] or a
-/// global tree ensemble (`baselines::trees::global::NAMES`).
+/// global tree ensemble (`global_trees::NAMES`).
 /// An unknown name, or a model that cannot be built (say, its pipeline file
 /// is invalid), is an error that says so.
 pub fn model_by_name(name: &str, ctx: &ModelContext) -> Result<Box<dyn Model>> {
@@ -124,7 +125,7 @@ pub fn model_by_name(name: &str, ctx: &ModelContext) -> Result<Box<dyn Model>> {
         m.ensemble = ctx.rnn_ensemble.max(1);
         return Ok(Box::new(m));
     }
-    if let Some(m) = baselines::trees::global::by_name(name, ctx.season) {
+    if let Some(m) = global_trees::by_name(name, ctx.season) {
         return Ok(Box::new(m));
     }
     baselines::named(name, ctx.season)

@@ -46,8 +46,6 @@
 
 pub mod cart;
 pub mod features;
-#[cfg(feature = "eval")]
-pub mod global;
 
 use super::{finite_or_naive, Baseline, SeasonalNaive};
 use cart::{Binned, Ensemble, ForestParams, GbmParams, TreeParams};
@@ -155,7 +153,7 @@ impl TreeForecaster {
 
     /// The ensemble settings for a feature matrix of `width` columns (the
     /// forest's "a third of the features").
-    fn kind_for(&self, width: usize) -> Kind {
+    pub(crate) fn kind_for(&self, width: usize) -> Kind {
         match self.kind {
             Kind::Forest(mut p) if p.tree.max_features == 0 => {
                 p.tree.max_features = width.div_ceil(3).max(1);
@@ -277,4 +275,4 @@ impl Baseline for TreeForecaster {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

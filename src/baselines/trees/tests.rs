@@ -193,7 +193,7 @@ fn rng_is_fixed() {
 }
 
 /// Hourly-like series: daily and weekly cycle on a slow trend, with noise.
-fn hourly(n: usize, seed: u64) -> Vec<f64> {
+pub(crate) fn hourly(n: usize, seed: u64) -> Vec<f64> {
     let mut r = Rng::new(seed);
     (0..n)
         .map(|t| {
@@ -307,46 +307,4 @@ fn feature_rows_and_spec() {
     assert_eq!(level, 2.5);
     let sd = (1.25f64).sqrt();
     assert_eq!(row, vec![1.5, 0.5, -0.5, -1.5, 2.5, sd, 1.0, 2.0 % 7.0]);
-}
-
-/// The global variant goes through the batch harness's leak check and
-/// gives finite forecasts of the right shape.
-#[cfg(feature = "eval")]
-#[test]
-fn global_models_pass_the_harness() {
-    use crate::eval::{run_checked, Model, Panel, Series};
-    let series: Vec<Series> = (0..6)
-        .map(|i| {
-            let mut values = hourly(24 * 12 + 24, 20 + i);
-            values.iter_mut().for_each(|v| *v *= (i + 1) as f64);
-            Series {
-                id: format!("s{i}"),
-                origin: values.len() - 24,
-                values,
-            }
-        })
-        .chain(std::iter::once(Series {
-            // Too short for the global layout: per-series fallback.
-            id: "short".into(),
-            values: hourly(100, 3),
-            origin: 76,
-        }))
-        .collect();
-    let panel = Panel::new(series);
-    for name in global::NAMES {
-        let c = run_checked(
-            &panel,
-            &mut || Ok(Box::new(global::by_name(name, 24).expect("known")) as Box<dyn Model>),
-            24,
-        )
-        .expect("accepted");
-        assert!(c.leak_checked);
-        assert_eq!(c.model, *name);
-        assert_eq!(c.forecasts.len(), 7);
-        assert!(c
-            .forecasts
-            .iter()
-            .all(|f| f.len() == 24 && f.iter().all(|v| v.is_finite())));
-    }
-    assert!(global::by_name("gbm", 24).is_none());
 }

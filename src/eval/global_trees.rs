@@ -2,7 +2,10 @@
 //! rows of every series of a batch at once, then a recursive forecast per
 //! series (the "global training across keys").
 //!
-//! The per-series [`Baseline`](super::Baseline) trait sees one history, so
+//! It lives with the evaluation (not in `baselines::trees`) because it is
+//! an `eval` model: the baselines never import the evaluation.
+//!
+//! The per-series [`Baseline`] trait sees one history, so
 //! these implement the batch harness's [`Model`] instead (all histories in
 //! one call) and plug in through one line in `eval::model_by_name`
 //! ([`by_name`]); `streamcast eval m4 --models gbm_global` runs them.
@@ -17,9 +20,8 @@
 //! for it gets the per-series model's forecast. Deterministic like the
 //! per-series models (the harness's leak check needs it).
 
-use super::{
-    finite_or_naive, recursive, training_rows, Baseline, FeatureSpec, Normalized, TreeForecaster,
-};
+use crate::baselines::trees::{recursive, training_rows, FeatureSpec, Normalized, TreeForecaster};
+use crate::baselines::{finite_or_naive, Baseline};
 use crate::error::Result;
 use crate::eval::Model;
 
@@ -85,5 +87,50 @@ impl Model for GlobalTrees {
                 _ => f.forecast(h, horizon),
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The global variant goes through the batch harness's leak check and
+    /// gives finite forecasts of the right shape.
+    #[test]
+    fn global_models_pass_the_harness() {
+        use crate::baselines::trees::tests::hourly;
+        use crate::eval::{run_checked, Model, Panel, Series};
+        let series: Vec<Series> = (0..6)
+            .map(|i| {
+                let mut values = hourly(24 * 12 + 24, 20 + i);
+                values.iter_mut().for_each(|v| *v *= (i + 1) as f64);
+                Series {
+                    id: format!("s{i}"),
+                    origin: values.len() - 24,
+                    values,
+                }
+            })
+            .chain(std::iter::once(Series {
+                // Too short for the global layout: per-series fallback.
+                id: "short".into(),
+                values: hourly(100, 3),
+                origin: 76,
+            }))
+            .collect();
+        let panel = Panel::new(series);
+        for name in super::NAMES {
+            let c = run_checked(
+                &panel,
+                &mut || Ok(Box::new(super::by_name(name, 24).expect("known")) as Box<dyn Model>),
+                24,
+            )
+            .expect("accepted");
+            assert!(c.leak_checked);
+            assert_eq!(c.model, *name);
+            assert_eq!(c.forecasts.len(), 7);
+            assert!(c
+                .forecasts
+                .iter()
+                .all(|f| f.len() == 24 && f.iter().all(|v| v.is_finite())));
+        }
+        assert!(super::by_name("gbm", 24).is_none());
     }
 }
