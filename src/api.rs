@@ -109,11 +109,7 @@ impl ApiState {
     /// Whether the job is ready, and the facts behind the answer.
     fn readiness(&self) -> (bool, serde_json::Value) {
         let owned = self.assignment.owned();
-        let restored = self
-            .restored
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_default();
+        let restored = self.restored.lock().map(|r| r.clone()).unwrap_or_default();
         let lag = self.lag(&owned);
         let assigned = !owned.is_empty();
         let all_restored = !self.durable || owned.iter().all(|(p, g)| restored.get(p) == Some(g));
@@ -158,7 +154,8 @@ impl ApiState {
                     .and_then(|t| t.find_partition(&self.topic, p))
                     .and_then(|e| e.offset().to_raw())
                     .filter(|&o| o >= 0);
-                let high = crate::source::kafka::cached_high_watermark(&self.consumer, &self.topic, p);
+                let high =
+                    crate::source::kafka::cached_high_watermark(&self.consumer, &self.topic, p);
                 let lag = match (pos, high) {
                     (Some(pos), Some(high)) => Some(high.saturating_sub(pos).max(0) as u64),
                     _ => None,
@@ -168,7 +165,12 @@ impl ApiState {
             .collect()
     }
 
-    fn route(&self, method: &Method, path: &str, query: &str) -> (StatusCode, String, &'static str) {
+    fn route(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &str,
+    ) -> (StatusCode, String, &'static str) {
         const JSON: &str = "application/json";
         let json = |code, v: serde_json::Value| (code, v.to_string(), JSON);
         if method != Method::GET {
@@ -208,15 +210,20 @@ impl ApiState {
                 let count = keys.len();
                 keys.sort_unstable();
                 keys.truncate(limit);
-                json(StatusCode::OK, serde_json::json!({"count": count, "keys": keys}))
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"count": count, "keys": keys}),
+                )
             }
-            "/models" => match crate::model::registry::Registry::new(self.models_dir.clone()).list() {
-                Ok(list) => json(StatusCode::OK, serde_json::json!({"models": list})),
-                Err(e) => json(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    serde_json::json!({"error": e.to_string()}),
-                ),
-            },
+            "/models" => {
+                match crate::model::registry::Registry::new(self.models_dir.clone()).list() {
+                    Ok(list) => json(StatusCode::OK, serde_json::json!({"models": list})),
+                    Err(e) => json(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        serde_json::json!({"error": e.to_string()}),
+                    ),
+                }
+            }
             _ if path.starts_with("/accuracy/") => {
                 let Some(key) = percent_decode(&path["/accuracy/".len()..]) else {
                     return json(
@@ -240,7 +247,10 @@ impl ApiState {
                         serde_json::json!({"error": "no scores for this key yet", "key": key}),
                     );
                 }
-                json(StatusCode::OK, serde_json::json!({"key": key, "steps": steps}))
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"key": key, "steps": steps}),
+                )
             }
             _ => match path.strip_prefix("/forecast/").map(percent_decode) {
                 Some(Some(key)) => {
@@ -273,7 +283,11 @@ impl ApiState {
 /// cannot be bound is an error now, not a log line later.
 pub async fn serve(addr: &str, state: Arc<ApiState>) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        Error::config("<pipeline>", "api.listen", format!("cannot listen on {addr:?}: {e}"))
+        Error::config(
+            "<pipeline>",
+            "api.listen",
+            format!("cannot listen on {addr:?}: {e}"),
+        )
     })?;
     tracing::info!(%addr, "serving the HTTP API");
     tokio::spawn(async move {
@@ -286,8 +300,11 @@ pub async fn serve(addr: &str, state: Arc<ApiState>) -> Result<()> {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let state = state.clone();
                     async move {
-                        let (code, body, kind) =
-                            state.route(req.method(), req.uri().path(), req.uri().query().unwrap_or(""));
+                        let (code, body, kind) = state.route(
+                            req.method(),
+                            req.uri().path(),
+                            req.uri().query().unwrap_or(""),
+                        );
                         let response = Response::builder()
                             .status(code)
                             .header("content-type", kind)

@@ -553,7 +553,10 @@ mod tests {
                 .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
                 .collect()
         };
-        assert_eq!(names(newest_within(&files, 350)), ["1.parquet", "2.parquet", "3.parquet"]);
+        assert_eq!(
+            names(newest_within(&files, 350)),
+            ["1.parquet", "2.parquet", "3.parquet"]
+        );
         assert_eq!(names(newest_within(&files, 10_000)).len(), 4);
         // Always at least the newest, even over budget.
         assert_eq!(names(newest_within(&files, 1)), ["3.parquet"]);

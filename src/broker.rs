@@ -210,7 +210,11 @@ pub async fn create_topics_with(
             .last_error
             .as_deref()
             .is_some_and(|e| e.contains("APIVERSION_QUERY") && e.contains("Disconnected"));
-        closed_at_first_request = if closed_at_hello { closed_at_first_request + 1 } else { 0 };
+        closed_at_first_request = if closed_at_hello {
+            closed_at_first_request + 1
+        } else {
+            0
+        };
         if closed_at_first_request >= 2 && !kafka.speaks_tls() {
             return Err(refused_error(
                 &kafka,

@@ -21,8 +21,8 @@
 // Shared foundations.
 pub mod config;
 pub mod error;
-pub mod secrets;
 pub mod schema;
+pub mod secrets;
 pub mod telemetry;
 pub mod time;
 
@@ -47,8 +47,8 @@ pub mod api;
 
 // Forecasters and metrics shared by the live path and evaluation.
 pub mod accuracy;
-pub mod score;
 pub mod baselines;
+pub mod score;
 
 #[cfg(feature = "eval")]
 pub mod eval;

@@ -127,7 +127,9 @@ impl Scorer {
             return;
         }
         let keys = windows.column(wc::KEY).as_string::<i32>();
-        let ends = windows.column(wc::WINDOW_END).as_primitive::<TimestampMillisecondType>();
+        let ends = windows
+            .column(wc::WINDOW_END)
+            .as_primitive::<TimestampMillisecondType>();
         let counts = windows.column(wc::COUNT).as_primitive::<UInt32Type>();
         let actual = windows.column(wc::FIRST_AGG).as_primitive::<Float64Type>();
         let f_keys = forecasts.column(fc::KEY).as_string::<i32>();
@@ -161,7 +163,8 @@ impl Scorer {
             let row = &flat.values()[i * width..(i + 1) * width];
             let st = key_state(&mut self.keys, key, self.steps.len());
             st.pending.push_back((end, version, source));
-            st.values.extend(self.steps.iter().map(|&s| row[s - 1] as f32));
+            st.values
+                .extend(self.steps.iter().map(|&s| row[s - 1] as f32));
         }
         self.flush_metrics();
     }
@@ -229,7 +232,11 @@ impl Scorer {
                 step,
                 scored: n,
                 mae: if n > 0 { abs / f64::from(n) } else { f64::NAN },
-                smape: if n > 0 { smape / f64::from(n) } else { f64::NAN },
+                smape: if n > 0 {
+                    smape / f64::from(n)
+                } else {
+                    f64::NAN
+                },
                 mase: (ns > 0).then(|| scaled / f64::from(ns)),
             })
             .collect()
@@ -264,7 +271,11 @@ impl Scorer {
             let f = f64::from(st.values[j * w + s]);
             let err = (y - f).abs();
             let denom = y.abs() + f.abs();
-            let smape = if denom > 0.0 { 200.0 * err / denom } else { 0.0 };
+            let smape = if denom > 0.0 {
+                200.0 * err / denom
+            } else {
+                0.0
+            };
             let scaled = scale.map(|sc| err / sc);
             let sums = &mut st.sums[s];
             sums.0 += err;
@@ -305,7 +316,11 @@ impl Scorer {
 }
 
 /// The key's score state, created on first use.
-fn key_state<'a>(keys: &'a mut HashMap<Arc<str>, KeyScore>, key: &str, steps: usize) -> &'a mut KeyScore {
+fn key_state<'a>(
+    keys: &'a mut HashMap<Arc<str>, KeyScore>,
+    key: &str,
+    steps: usize,
+) -> &'a mut KeyScore {
     if !keys.contains_key(key) {
         keys.insert(
             Arc::from(key),
@@ -342,10 +357,14 @@ mod tests {
             b.finish()
         };
         let forecasts = |rows: &[(i64, [f64; 2])]| {
-            use arrow::array::{FixedSizeListBuilder, Float64Builder, StringArray, TimestampMillisecondArray};
+            use arrow::array::{
+                FixedSizeListBuilder, Float64Builder, StringArray, TimestampMillisecondArray,
+            };
             let schema = forecasts_schema(2, &[]);
-            let item = arrow::datatypes::Field::new("item", arrow::datatypes::DataType::Float64, true);
-            let mut list = FixedSizeListBuilder::new(Float64Builder::new(), 2).with_field(Arc::new(item));
+            let item =
+                arrow::datatypes::Field::new("item", arrow::datatypes::DataType::Float64, true);
+            let mut list =
+                FixedSizeListBuilder::new(Float64Builder::new(), 2).with_field(Arc::new(item));
             for (_, f) in rows {
                 list.values().append_slice(f);
                 list.append(true);
@@ -355,8 +374,10 @@ mod tests {
                 vec![
                     Arc::new(StringArray::from(vec!["k"; rows.len()])),
                     Arc::new(
-                        TimestampMillisecondArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())
-                            .with_timezone("UTC"),
+                        TimestampMillisecondArray::from(
+                            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                        )
+                        .with_timezone("UTC"),
                     ),
                     Arc::new(StringArray::from(vec!["v1"; rows.len()])),
                     Arc::new(StringArray::from(vec!["model"; rows.len()])),
@@ -367,8 +388,14 @@ mod tests {
         };
         s.observe(&windows(&[(H, 5.0)]), &forecasts(&[(H, [10.0, 20.0])]));
         assert_eq!(s.key_scores("k")[0].scored, 0, "nothing to score yet");
-        s.observe(&windows(&[(2 * H, 12.0)]), &forecasts(&[(2 * H, [0.0, 0.0])]));
-        s.observe(&windows(&[(3 * H, 16.0)]), &forecasts(&[(3 * H, [0.0, 0.0])]));
+        s.observe(
+            &windows(&[(2 * H, 12.0)]),
+            &forecasts(&[(2 * H, [0.0, 0.0])]),
+        );
+        s.observe(
+            &windows(&[(3 * H, 16.0)]),
+            &forecasts(&[(3 * H, [0.0, 0.0])]),
+        );
         let k = s.key_scores("k");
         // Step 1: |12-10| (origin 1h) and |16-0| (origin 2h); step 2: |16-20|.
         assert_eq!((k[0].step, k[0].scored, k[0].mae), (1, 2, 9.0));
@@ -381,8 +408,14 @@ mod tests {
         assert_eq!(k[0].mase, Some(16.0 / 7.0));
         assert_eq!(k[1].mase, Some(4.0 / 7.0));
         let all = s.summary();
-        assert_eq!((all[0].source, all[0].step, all[0].scored, all[0].mae), ("model", 1, 2, 9.0));
-        assert_eq!((all[1].step, all[1].scored, all[1].mase), (2, 1, Some(4.0 / 7.0)));
+        assert_eq!(
+            (all[0].source, all[0].step, all[0].scored, all[0].mae),
+            ("model", 1, 2, 9.0)
+        );
+        assert_eq!(
+            (all[1].step, all[1].scored, all[1].mase),
+            (2, 1, Some(4.0 / 7.0))
+        );
         s.end_keys(&[Arc::from("k")]);
         assert!(s.key_scores("k").is_empty());
         assert_eq!(s.summary(), all, "the totals outlive the keys");

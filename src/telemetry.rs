@@ -227,7 +227,9 @@ pub fn install_metrics(
         if !for_api {
             return Ok(None);
         }
-        let handle = PrometheusBuilder::new().install_recorder().map_err(failed)?;
+        let handle = PrometheusBuilder::new()
+            .install_recorder()
+            .map_err(failed)?;
         register_all();
         // What `build` would do for a listener: keep histograms bounded.
         let upkeep = handle.clone();

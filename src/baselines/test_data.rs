@@ -1,4 +1,5 @@
-//! Real series for the baselines' reference tests, read in place from the
+//! Test data for the baselines' reference tests: deterministic noise, and
+//! real series read in place from the
 //! shared data (`../shared/data`, or `STREAMCAST_DATA`), never copied into
 //! the repository: fixtures name the series (`"from": {"m4": "H1", "n":
 //! 300}` or `{"nab": "<file>"}`) and carry only the reference results.
@@ -47,7 +48,10 @@ pub fn nab_hourly(file: &str) -> Vec<f64> {
         let Some((ts, v)) = line.split_once(',') else {
             continue;
         };
-        let (hour, v) = (ts.get(..13).unwrap_or(ts), v.trim().parse::<f64>().expect("a value"));
+        let (hour, v) = (
+            ts.get(..13).unwrap_or(ts),
+            v.trim().parse::<f64>().expect("a value"),
+        );
         match out.last_mut() {
             Some((h, sum, n)) if h == hour => {
                 *sum += v;
@@ -72,4 +76,19 @@ pub fn case_series(case: &serde_json::Value) -> Vec<f64> {
         return nab_hourly(file);
     }
     panic!("case {} has neither y nor a known from", case["name"]);
+}
+
+/// Deterministic pseudo-normal noise: a sum of 12 LCG uniforms, minus 6
+/// (the same numbers as the fixture scripts' simulated series expect).
+pub fn gauss(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed;
+    let mut u = || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (s >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..n)
+        .map(|_| (0..12).map(|_| u()).sum::<f64>() - 6.0)
+        .collect()
 }

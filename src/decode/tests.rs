@@ -270,7 +270,10 @@ fn oversized_keys_payloads_and_values_are_dead_letters() {
         max_abs_value: 1e6,
         ..DecodeConfig::default()
     });
-    let long_payload = format!(r#"{{"key":"a","ts":10,"value":1,"pad":"{}"}}"#, "x".repeat(100));
+    let long_payload = format!(
+        r#"{{"key":"a","ts":10,"value":1,"pad":"{}"}}"#,
+        "x".repeat(100)
+    );
     let out = d.decode(&[
         msg(0, r#"{"key":"12345678","ts":10,"value":-1e6}"#),
         msg(1, r#"{"key":"123456789","ts":10,"value":1}"#),
@@ -281,14 +284,30 @@ fn oversized_keys_payloads_and_values_are_dead_letters() {
     ]);
     assert_eq!(out.events.num_rows(), 1, "{:?}", out.dead_letters);
     use DeadLetterKind as K;
-    let got: Vec<(i64, K)> = out.dead_letters.iter().map(|d| (d.offset, d.kind)).collect();
+    let got: Vec<(i64, K)> = out
+        .dead_letters
+        .iter()
+        .map(|d| (d.offset, d.kind))
+        .collect();
     assert_eq!(
         got,
-        [(1, K::BadKey), (2, K::TooLarge), (3, K::BadValue), (4, K::BadValue), (5, K::BadValue)]
+        [
+            (1, K::BadKey),
+            (2, K::TooLarge),
+            (3, K::BadValue),
+            (4, K::BadValue),
+            (5, K::BadValue)
+        ]
     );
-    assert!(out.dead_letters[0].reason.contains("decode.max_key_bytes (8)"));
-    assert!(out.dead_letters[1].reason.contains("decode.max_payload_bytes (100)"));
-    assert!(out.dead_letters[2].reason.contains("beyond decode.max_abs_value"));
+    assert!(out.dead_letters[0]
+        .reason
+        .contains("decode.max_key_bytes (8)"));
+    assert!(out.dead_letters[1]
+        .reason
+        .contains("decode.max_payload_bytes (100)"));
+    assert!(out.dead_letters[2]
+        .reason
+        .contains("beyond decode.max_abs_value"));
     // The copy in the dead letter is the whole refused payload (it is
     // truncated only at publication, see `MAX_PAYLOAD_COPY`).
     assert_eq!(out.dead_letters[1].payload.len(), long_payload.len());

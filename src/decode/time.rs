@@ -22,9 +22,7 @@ pub fn in_range(ms: i64) -> Result<i64, String> {
     if (MIN_MS..=MAX_MS).contains(&ms) {
         Ok(ms)
     } else {
-        Err(format!(
-            "{ms} ms is out of range (years 0000 to 9999)"
-        ))
+        Err(format!("{ms} ms is out of range (years 0000 to 9999)"))
     }
 }
 

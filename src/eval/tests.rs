@@ -328,10 +328,12 @@ fn harness_checks_shape_and_finiteness() {
         ),
         "{e:?}"
     );
-    assert!(eval_m4_holdout(&data, &["no_such_model".to_string()], &ctx(2), 2)
-        .unwrap_err()
-        .to_string()
-        .contains("unknown model `no_such_model`"));
+    assert!(
+        eval_m4_holdout(&data, &["no_such_model".to_string()], &ctx(2), 2)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown model `no_such_model`")
+    );
 }
 
 #[test]

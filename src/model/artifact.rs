@@ -130,7 +130,10 @@ impl ModelSpec {
             ),
             (
                 self.quantiles.len() <= 99 && self.quantiles.iter().all(|q| *q > 0.0 && *q < 1.0),
-                format!("quantiles = {:?}, expected at most 99 in (0, 1)", self.quantiles),
+                format!(
+                    "quantiles = {:?}, expected at most 99 in (0, 1)",
+                    self.quantiles
+                ),
             ),
         ];
         checks.into_iter().find(|(ok, _)| !ok).map(|(_, why)| why)
@@ -258,9 +261,9 @@ pub fn load(dir: &Path, want: &ModelSpec, device: Device) -> Result<(Network, Mo
         ),
     }
     let mut net = Network::for_spec(&spec, device, spec.seed);
-    net.vs.load(&weights).map_err(|e| {
-        Error::Model(format!("{}: cannot load weights: {e}", weights.display()))
-    })?;
+    net.vs
+        .load(&weights)
+        .map_err(|e| Error::Model(format!("{}: cannot load weights: {e}", weights.display())))?;
     Ok((net, spec))
 }
 

@@ -543,10 +543,17 @@ fn corrupt_or_absurd_artifacts_are_refused_with_a_clear_error() {
         std::fs::write(&w, bytes).unwrap();
     });
     let e = error(flipped.path());
-    assert!(e.contains("corrupt") && e.contains("model.safetensors"), "{e}");
+    assert!(
+        e.contains("corrupt") && e.contains("model.safetensors"),
+        "{e}"
+    );
     // hidden = 1e9 (would allocate gigabytes) and a negative horizon.
     for (field, value, says) in [
-        ("hidden", serde_json::json!(1_000_000_000i64), "hidden = 1000000000"),
+        (
+            "hidden",
+            serde_json::json!(1_000_000_000i64),
+            "hidden = 1000000000",
+        ),
         ("layers", serde_json::json!(0), "layers = 0"),
     ] {
         let absurd = copy(&|d| {

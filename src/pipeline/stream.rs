@@ -345,7 +345,15 @@ async fn spawn_compute(
                     return Err(Error::StageStopped("compute"));
                 }
             };
-            compute_loop(core, &cfg, in_rx, out_tx, archive, swaps, (&signals, api.as_deref()))
+            compute_loop(
+                core,
+                &cfg,
+                in_rx,
+                out_tx,
+                archive,
+                swaps,
+                (&signals, api.as_deref()),
+            )
         })
         .map_err(|e| Error::io("starting the compute thread", e))?;
     let version = ready_rx

@@ -76,7 +76,12 @@ pub fn run_retrainer(
         };
         let all = files.len();
         let files = crate::archive::newest_within(&files, cfg.retrain.max_archive_bytes);
-        tracing::info!(windows, files = files.len(), of = all, "retraining a challenger on the newest archive files");
+        tracing::info!(
+            windows,
+            files = files.len(),
+            of = all,
+            "retraining a challenger on the newest archive files"
+        );
         let t = cfg.train.clone();
         // A panic in preparation or training (polars, libtorch, a bug) must
         // not end retraining silently for the rest of the job's life: it is

@@ -57,7 +57,11 @@ pub struct Failure {
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} (input: {:?})", self.target, self.what, self.input)
+        write!(
+            f,
+            "{}: {} (input: {:?})",
+            self.target, self.what, self.input
+        )
     }
 }
 
@@ -82,14 +86,53 @@ pub fn run(name: &str, seed: u64, n: u64) -> Result<Report, Failure> {
 
 /// Values that have broken parsers before: extremes, wrong types, escapes.
 const HOSTILE: &[&str] = &[
-    "0", "-0", "1", "-1", "1.0", "1e3", "1e308", "-1e308", "1e309", "1e999", "-1e999",
-    "4.9e-324", "9007199254740993", "18446744073709551615", "18446744073709551616",
-    "-9223372036854775808", "-9223372036854775809", "99999999999999999999999", "NaN",
-    "Infinity", "null", "true", "false", "[]", "{}", "[1,2]", "{\"a\":1}", "\"\"", "\"a\"",
-    "\"1\"", "\"1e3\"", "\"\\u0000\"", "\"\\ud800\"", "\"\\u001b[31m\"", "\"\\\"\"",
-    "\"2024-01-01T00:00:00Z\"", "\"2024-02-30T00:00:00Z\"", "\"9999-12-31T23:59:59Z\"",
-    "\"0000-01-01T00:00:00Z\"", "\"2024-01-01T00:00:00+25:00\"", "\"2024-01-01 00:00:00\"",
-    "\"yesterday\"", "1700000000000", "1700000000", "-1700000000000", "8e15", "8.1e15",
+    "0",
+    "-0",
+    "1",
+    "-1",
+    "1.0",
+    "1e3",
+    "1e308",
+    "-1e308",
+    "1e309",
+    "1e999",
+    "-1e999",
+    "4.9e-324",
+    "9007199254740993",
+    "18446744073709551615",
+    "18446744073709551616",
+    "-9223372036854775808",
+    "-9223372036854775809",
+    "99999999999999999999999",
+    "NaN",
+    "Infinity",
+    "null",
+    "true",
+    "false",
+    "[]",
+    "{}",
+    "[1,2]",
+    "{\"a\":1}",
+    "\"\"",
+    "\"a\"",
+    "\"1\"",
+    "\"1e3\"",
+    "\"\\u0000\"",
+    "\"\\ud800\"",
+    "\"\\u001b[31m\"",
+    "\"\\\"\"",
+    "\"2024-01-01T00:00:00Z\"",
+    "\"2024-02-30T00:00:00Z\"",
+    "\"9999-12-31T23:59:59Z\"",
+    "\"0000-01-01T00:00:00Z\"",
+    "\"2024-01-01T00:00:00+25:00\"",
+    "\"2024-01-01 00:00:00\"",
+    "\"yesterday\"",
+    "1700000000000",
+    "1700000000",
+    "-1700000000000",
+    "8e15",
+    "8.1e15",
 ];
 
 fn pick<'a>(rng: &mut StdRng, xs: &[&'a str]) -> &'a str {
@@ -185,8 +228,11 @@ fn payload(rng: &mut StdRng, fmt: TimeFormat) -> Vec<u8> {
         9 if rng.random_range(0..50) == 0 => {
             // Sometimes huge: a whole document in the key field.
             let big = "x".repeat(rng.random_range(1_000..5_000));
-            text = format!("{{\"key\":\"{big}\",\"ts\":{},\"value\":1}}", good_time(rng, fmt))
-                .into_bytes();
+            text = format!(
+                "{{\"key\":\"{big}\",\"ts\":{},\"value\":1}}",
+                good_time(rng, fmt)
+            )
+            .into_bytes();
         }
         _ => {}
     }
@@ -250,9 +296,8 @@ fn decode_target(seed: u64, n: u64) -> Result<Report, Failure> {
                 &first,
             ));
         }
-        check_events(&decoded.events, &cfg, &messages).map_err(|(what, i)| {
-            fail(what, messages[i].payload.as_deref().unwrap_or_default())
-        })?;
+        check_events(&decoded.events, &cfg, &messages)
+            .map_err(|(what, i)| fail(what, messages[i].payload.as_deref().unwrap_or_default()))?;
         report.accepted += rows as u64;
         report.refused += decoded.dead_letters.len() as u64;
         report.inputs += messages.len() as u64;
@@ -429,11 +474,36 @@ const SETTINGS: &[(&str, &str)] = &[
 ];
 
 const VALUES: &[&str] = &[
-    "\"1h\"", "\"0s\"", "\"-5m\"", "\"1e30s\"", "\"1e-30s\"", "\"NaNs\"", "\"infs\"",
-    "\"100000y\"", "\"1h1h\"", "\"\"", "\"h\"", "\"99999999999999999999ms\"", "0", "-1",
-    "1", "9223372036854775807", "-9223372036854775808", "1e308", "nan", "inf", "true",
-    "[]", "[0.1, 0.9]", "[1.5]", "[\"value\", \"value\"]", "{}", "\"lstm\"", "\"nope\"",
-    "\"epoch_ms\"", "4294967296",
+    "\"1h\"",
+    "\"0s\"",
+    "\"-5m\"",
+    "\"1e30s\"",
+    "\"1e-30s\"",
+    "\"NaNs\"",
+    "\"infs\"",
+    "\"100000y\"",
+    "\"1h1h\"",
+    "\"\"",
+    "\"h\"",
+    "\"99999999999999999999ms\"",
+    "0",
+    "-1",
+    "1",
+    "9223372036854775807",
+    "-9223372036854775808",
+    "1e308",
+    "nan",
+    "inf",
+    "true",
+    "[]",
+    "[0.1, 0.9]",
+    "[1.5]",
+    "[\"value\", \"value\"]",
+    "{}",
+    "\"lstm\"",
+    "\"nope\"",
+    "\"epoch_ms\"",
+    "4294967296",
 ];
 
 fn pipeline_target(seed: u64, n: u64) -> Result<Report, Failure> {
@@ -491,7 +561,12 @@ mod tests {
     #[test]
     #[ignore = "long; run by scripts/fuzz"]
     fn fuzz_long() {
-        let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+        let env = |k: &str, d: u64| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
         let n = env("STREAMCAST_FUZZ_INPUTS", 1_000_000);
         let seed = env("STREAMCAST_FUZZ_SEED", 1);
         println!("| target | inputs | accepted | refused | seconds | inputs/s |");

@@ -99,10 +99,11 @@ pub fn run(keys: u64, overrides: &str) -> Result<SoakReport> {
                     for d in letters {
                         if d.kind == DeadLetterKind::Evicted {
                             r.evicted_letters += 1;
-                            r.evicted_events += serde_json::from_slice::<serde_json::Value>(&d.payload)
-                                .ok()
-                                .and_then(|v| v["events"].as_u64())
-                                .unwrap_or(0);
+                            r.evicted_events +=
+                                serde_json::from_slice::<serde_json::Value>(&d.payload)
+                                    .ok()
+                                    .and_then(|v| v["events"].as_u64())
+                                    .unwrap_or(0);
                         } else {
                             r.other_letters += 1;
                         }
@@ -120,7 +121,9 @@ pub fn run(keys: u64, overrides: &str) -> Result<SoakReport> {
         for i in seconds.chain(firsts) {
             offset += 1;
             batch.push(RawMessage {
-                payload: Some(format!(r#"{{"key":"k{i}","ts":{ts},"value":{}}}"#, i % 97).into_bytes()),
+                payload: Some(
+                    format!(r#"{{"key":"k{i}","ts":{ts},"value":{}}}"#, i % 97).into_bytes(),
+                ),
                 partition: 0,
                 offset,
                 timestamp_ms: None,
@@ -154,7 +157,12 @@ mod tests {
     #[test]
     #[ignore = "long; run by scripts/bench_soak"]
     fn soak_long() {
-        let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+        let env = |k: &str, d: u64| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
         let keys = env("STREAMCAST_SOAK_KEYS", 10_000_000);
         let max_keys = env("STREAMCAST_SOAK_MAX_KEYS", 1_000_000);
         let r = super::run(keys, &format!("[window]\nmax_keys = {max_keys}")).unwrap();

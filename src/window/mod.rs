@@ -1095,7 +1095,15 @@ fn span_letter(
         crate::time::rfc3339_ms(ts),
         crate::time::rfc3339_ms(oldest_ms),
     );
-    event_letter(DeadLetterKind::BadTimestamp, reason, key, ts, fields, vals, at)
+    event_letter(
+        DeadLetterKind::BadTimestamp,
+        reason,
+        key,
+        ts,
+        fields,
+        vals,
+        at,
+    )
 }
 
 /// The events still in an evicted key's open panes, as one dead letter

@@ -849,12 +849,23 @@ fn max_keys_evicts_least_recently_seen() {
     use crate::decode::DeadLetterKind;
     assert_eq!(
         letters,
-        [(0, DeadLetterKind::Evicted), (2, DeadLetterKind::Evicted), (1, DeadLetterKind::Evicted)]
+        [
+            (0, DeadLetterKind::Evicted),
+            (2, DeadLetterKind::Evicted),
+            (1, DeadLetterKind::Evicted)
+        ]
     );
     let b: serde_json::Value = serde_json::from_slice(&run.late[2].payload).unwrap();
-    assert_eq!((b["key"].as_str(), b["events"].as_u64()), (Some("b"), Some(2)));
+    assert_eq!(
+        (b["key"].as_str(), b["events"].as_u64()),
+        (Some("b"), Some(2))
+    );
     assert_eq!(b["panes"][0]["accumulators"]["value"], 2.0);
-    assert!(run.late[0].reason.contains("window.max_keys (2)"), "{}", run.late[0].reason);
+    assert!(
+        run.late[0].reason.contains("window.max_keys (2)"),
+        "{}",
+        run.late[0].reason
+    );
 }
 
 // -------------------------------------------------------------- covariates
@@ -1562,10 +1573,17 @@ fn an_event_too_far_from_its_key_is_refused_without_moving_the_clock() {
     let got: Vec<_> = s.late.iter().map(|d| (d.offset, d.kind)).collect();
     use crate::decode::DeadLetterKind as K;
     assert_eq!(got, [(2, K::BadTimestamp)]);
-    assert!(s.late[0].reason.contains("window.max_open_panes (1000)"), "{}", s.late[0].reason);
+    assert!(
+        s.late[0].reason.contains("window.max_open_panes (1000)"),
+        "{}",
+        s.late[0].reason
+    );
     // Within the bound a later event is still accepted, and windows close
     // as if the refused event had never come.
-    let s = run.feed(&[ev("a", 9_995, 0, 3, &[2.0]), ev("b", 25, 0, 4, &[1.0])], 0);
+    let s = run.feed(
+        &[ev("a", 9_995, 0, 3, &[2.0]), ev("b", 25, 0, 4, &[1.0])],
+        0,
+    );
     assert!(s.late.is_empty(), "{:?}", s.late);
     assert_eq!(run.stage.watermark(), 9_995);
     let a = run.key_rows("a");
@@ -1573,7 +1591,10 @@ fn an_event_too_far_from_its_key_is_refused_without_moving_the_clock() {
     // Behind: a key's first event at pane 5_000, then (same batch, no
     // watermark yet) one at pane 0.
     let mut run = Run::new(sp);
-    let s = run.feed(&[ev("c", 50_005, 0, 0, &[1.0]), ev("c", 5, 0, 1, &[1.0])], 0);
+    let s = run.feed(
+        &[ev("c", 50_005, 0, 0, &[1.0]), ev("c", 5, 0, 1, &[1.0])],
+        0,
+    );
     let got: Vec<_> = s.late.iter().map(|d| (d.offset, d.kind)).collect();
     assert_eq!(got, [(1, K::BadTimestamp)]);
 }

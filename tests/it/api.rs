@@ -14,7 +14,11 @@ use crate::durable::{events, pipeline_with, sigterm, spawn, wait_ok, PARTITIONS}
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let status = text.split(' ').nth(1)?.parse().ok()?;
@@ -64,8 +68,14 @@ fn the_api_serves_health_latest_forecasts_keys_models_and_metrics() {
     let (code, body) = until(port, "/health/live", limit, |c, _| c == 200);
     assert_eq!(code, 200, "{body}");
     let (code, body) = until(port, "/health/ready", limit, |c, _| c == 200);
-    assert_eq!(code, 200, "ready once assigned, restored and caught up: {body}");
-    assert_eq!(json(&body)["partitions"].as_array().map(Vec::len), Some(PARTITIONS as usize));
+    assert_eq!(
+        code, 200,
+        "ready once assigned, restored and caught up: {body}"
+    );
+    assert_eq!(
+        json(&body)["partitions"].as_array().map(Vec::len),
+        Some(PARTITIONS as usize)
+    );
 
     // Every key gets forecasts; the API's latest for k0 is the newest one
     // on the output topic.
@@ -87,7 +97,11 @@ fn the_api_serves_health_latest_forecasts_keys_models_and_metrics() {
         .unwrap();
     let (code, body) = get(port, "/forecast/k0").unwrap();
     assert_eq!(code, 200, "{body}");
-    assert_eq!(json(&body), newest, "the API's latest is the topic's newest");
+    assert_eq!(
+        json(&body),
+        newest,
+        "the API's latest is the topic's newest"
+    );
 
     live_scores_equal_the_offline_scores_of_the_same_forecasts(port, &out);
 
@@ -101,7 +115,10 @@ fn the_api_serves_health_latest_forecasts_keys_models_and_metrics() {
 
     let (code, body) = get(port, "/metrics").unwrap();
     assert_eq!(code, 200);
-    for name in ["streamcast_windows_closed_total", "streamcast_checkpoints_total"] {
+    for name in [
+        "streamcast_windows_closed_total",
+        "streamcast_checkpoints_total",
+    ] {
         assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
     }
     dashboard_queries_exist_in(&body);
@@ -139,14 +156,12 @@ fn dashboard_queries_exist_in(scrape: &str) {
         .filter_map(|l| l.split(['{', ' ']).next())
         .collect();
     for e in &exprs {
-        let names = e
-            .match_indices("streamcast_")
-            .map(|(i, _)| {
-                e[i..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect::<String>()
-            });
+        let names = e.match_indices("streamcast_").map(|(i, _)| {
+            e[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect::<String>()
+        });
         for name in names {
             assert!(
                 exported.contains(name.as_str()),
@@ -210,9 +225,16 @@ fn live_scores_equal_the_offline_scores_of_the_same_forecasts(port: u16, out: &[
             .collect();
         assert!(!errors.is_empty(), "step {step} has scored forecasts");
         let mae = errors.iter().sum::<f64>() / errors.len() as f64;
-        assert_eq!(s["scored"].as_u64(), Some(errors.len() as u64), "step {step}: {body}");
+        assert_eq!(
+            s["scored"].as_u64(),
+            Some(errors.len() as u64),
+            "step {step}: {body}"
+        );
         let live_mae = s["mae"].as_f64().unwrap();
         // Forecasts are kept as f32 while pending.
-        assert!((live_mae - mae).abs() < 1e-4 * mae.max(1.0), "step {step}: live {live_mae} vs offline {mae}");
+        assert!(
+            (live_mae - mae).abs() < 1e-4 * mae.max(1.0),
+            "step {step}: live {live_mae} vs offline {mae}"
+        );
     }
 }

@@ -388,9 +388,13 @@ fn a_checkpoint_of_a_lost_generation_is_aborted_with_its_outputs() {
     let name = format!("dur-stale-{s}");
     let dlq = format!("{name}-dlq");
     create_topics(&[(input.as_str(), PARTITIONS), (dlq.as_str(), 1)]);
-    let cfg =
-        streamcast::config::PipelineConfig::load(&pipeline(dir.path(), &name, &input, "exactly_once"))
-            .unwrap();
+    let cfg = streamcast::config::PipelineConfig::load(&pipeline(
+        dir.path(),
+        &name,
+        &input,
+        "exactly_once",
+    ))
+    .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _in_runtime = rt.enter();
     let (consumer, assignment) = streamcast::source::kafka::create_consumer(&cfg).unwrap();
@@ -426,7 +430,11 @@ fn a_checkpoint_of_a_lost_generation_is_aborted_with_its_outputs() {
         !r.is_empty()
     });
     let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(keys, ["0:2"], "only the committed transaction's output is visible");
+    assert_eq!(
+        keys,
+        ["0:2"],
+        "only the committed transaction's output is visible"
+    );
 }
 
 #[test]

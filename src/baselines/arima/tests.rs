@@ -6,6 +6,7 @@
 //! shared data, simulated ones are embedded).
 
 use super::*;
+use crate::baselines::test_data::gauss;
 use crate::baselines::Baseline;
 use serde_json::Value;
 
@@ -35,20 +36,6 @@ fn order_of(v: &Value) -> Order {
         .map(|x| x.as_u64().unwrap() as usize)
         .collect();
     Order::seasonal(o[0], o[1], o[2], o[3], o[4], o[5], o[6])
-}
-
-/// Deterministic pseudo-normal noise (sum of uniforms, LCG).
-fn gauss(n: usize, seed: u64) -> Vec<f64> {
-    let mut s = seed;
-    let mut u = || {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (s >> 11) as f64 / (1u64 << 53) as f64
-    };
-    (0..n)
-        .map(|_| (0..12).map(|_| u()).sum::<f64>() - 6.0)
-        .collect()
 }
 
 /// ARMA simulation with a burn-in: `y_t = Σφ y + e_t + Σθ e`.

@@ -3,20 +3,7 @@
 //! (fixtures made by `scripts/fixtures/prophet.py`).
 
 use super::*;
-
-/// Deterministic pseudo-noise, standard normal-ish (sum of 12 LCG uniforms).
-fn noise(n: usize, seed: u64) -> Vec<f64> {
-    let mut s = seed;
-    let mut u = || {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (s >> 11) as f64 / (1u64 << 53) as f64
-    };
-    (0..n)
-        .map(|_| (0..12).map(|_| u()).sum::<f64>() - 6.0)
-        .collect()
-}
+use crate::baselines::test_data::gauss as noise;
 
 fn objective_for<'a>(
     t: &'a [f64],
