@@ -16,24 +16,51 @@
 //! horizon is `rate(sum[1h]) / rate(count[1h])`; per key the running means
 //! per step for the API (`/accuracy/<key>`).
 //!
+//! With quantiles (`model.quantiles`), each scored step also gets the
+//! pinball loss averaged over the quantiles and whether the actual fell in
+//! the band from the lowest to the highest quantile (coverage; nominal
+//! `q_max - q_min`, e.g. 80% for P10-P90).
+//!
+//! **Calibration** (`score.calibrate`, on by default with quantiles): the
+//! quantiles a network learns offline are rarely right live (and the
+//! cold-start baseline has no band at all), so each key calibrates its
+//! bands online, conformal style (conformalized quantile regression,
+//! Romano, Patterson and Candès 2019, over a rolling window): for every
+//! pair of quantiles around the median (P10/P90, ...) and scored step it
+//! keeps the conformity scores `max(lo - y, y - hi)` of its last
+//! `calibration_window` *raw* bands (negative when the actual was inside),
+//! and publishes `[lo - c, hi + c]` where `c` is their
+//! `ceil(nominal * (n + 1))`-th smallest (no change while `n` is too small
+//! for that rank). With exchangeable scores this covers at least the
+//! nominal share (`q_hi - q_lo`) of actuals, and at most `1 / (n + 1)`
+//! more; a band that was too wide shrinks, one too narrow widens. Steps
+//! between the scored ones take linearly interpolated widenings.
+//! Calibrated quantiles are clamped to their side of the median and sorted,
+//! so they never cross; the point forecast (the median) is never moved.
+//!
 //! Invariants: windows are taken in close order (the window stage emits a
 //! batch sorted by window end), and a key's actual is scored before that
-//! window's own forecast is registered. Memory per key: `horizon` pending
-//! forecasts of `steps.len()` f32 values plus 16 bytes each, `season` f32
-//! actuals, and 12 bytes per scored step. Scores are not part of durable
-//! state: after a restart, forecasts published before it are not scored.
+//! window's own forecast is registered and calibrated. Memory per key:
+//! `horizon` pending forecasts of `steps.len() x (1 + 2 quantiles)` f32
+//! values plus 16 bytes each, `season` f32 actuals, 56 bytes per scored
+//! step, and with calibration `calibration_window` f32 scores per scored
+//! step and quantile pair (800 bytes for P10/P50/P90, 2 steps, 100
+//! windows). Scores and conformity windows are not part of durable state:
+//! after a restart, forecasts published before it are not scored and the
+//! bands are published raw until the windows fill again.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, FixedSizeListArray, Float64Array, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, Float64Array, RecordBatch};
 use arrow::datatypes::{Float64Type, TimestampMillisecondType, UInt32Type};
 
 use crate::schema::{forecasts as fc, windows as wc};
 
 // Series names: see `telemetry` for the catalogue.
 use crate::telemetry::{
-    LIVE_ABS_ERROR_SUM, LIVE_SCALED_ERROR_SUM, LIVE_SCALED_SCORED, LIVE_SCORED, LIVE_SMAPE_SUM,
+    LIVE_ABS_ERROR_SUM, LIVE_COVERED, LIVE_PINBALL_SUM, LIVE_SCALED_ERROR_SUM, LIVE_SCALED_SCORED,
+    LIVE_SCORED, LIVE_SMAPE_SUM,
 };
 
 /// Running means of one step for one key.
@@ -46,20 +73,74 @@ pub struct StepScore {
     pub smape: f64,
     /// Mean scaled error (MASE) over the forecasts scored with a scale.
     pub mase: Option<f64>,
+    /// Share of actuals inside the lowest..highest quantile band (with quantiles).
+    pub coverage: Option<f64>,
+    /// Mean pinball loss over the quantiles (with quantiles).
+    pub pinball: Option<f64>,
+}
+
+/// Sums over the forecasts scored at one step (per key, per batch, in total).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Sums {
+    abs: f64,
+    smape: f64,
+    scaled: f64,
+    pinball: f64,
+    n: u64,
+    n_scaled: u64,
+    covered: u64,
+}
+
+impl Sums {
+    fn add(&mut self, o: &Sums) {
+        self.abs += o.abs;
+        self.smape += o.smape;
+        self.scaled += o.scaled;
+        self.pinball += o.pinball;
+        self.n += o.n;
+        self.n_scaled += o.n_scaled;
+        self.covered += o.covered;
+    }
 }
 
 #[derive(Debug, Default)]
 struct KeyScore {
     /// Pending forecasts, oldest first: (origin window end, version index,
-    /// source index); their values are in `values`, `steps.len()` each.
+    /// source index); their values are in `values`, `steps.len()` each,
+    /// their published quantiles in `qvalues`, `steps.len() x Q` each
+    /// (step-major), and the model's raw quantiles in `qraw`, likewise.
     pending: VecDeque<(i64, u16, u8)>,
     values: VecDeque<f32>,
+    qvalues: VecDeque<f32>,
+    qraw: VecDeque<f32>,
     /// The last `season` actuals (for the seasonal scale).
     recent: VecDeque<f32>,
     scale_sum: f64,
     scale_n: u32,
-    /// Per scored step: (abs sum, smape sum, scaled sum, n, n scaled).
-    sums: Vec<(f64, f64, f64, u32, u32)>,
+    /// Per scored step.
+    sums: Vec<Sums>,
+    /// Conformity scores of the raw bands per (scored step, quantile
+    /// pair), step-major, the newest last (calibration), all of forecasts
+    /// from `conformity_source`: when a key's source changes (the warm-up
+    /// baseline hands over to the model), the old scores say nothing about
+    /// the new bands and are dropped.
+    conformity: Vec<VecDeque<f32>>,
+    conformity_source: u8,
+}
+
+impl KeyScore {
+    fn scale(&self) -> Option<f64> {
+        (self.scale_n > 0)
+            .then(|| self.scale_sum / f64::from(self.scale_n))
+            .filter(|s| *s > 0.0 && s.is_finite())
+    }
+}
+
+/// Quantile calibration settings (see the module header).
+#[derive(Debug, Clone, Copy)]
+pub struct Calibration {
+    /// Conformity scores kept per key, scored step and quantile pair.
+    pub window: usize,
 }
 
 /// The live scorer (on the compute thread, beside the model).
@@ -69,12 +150,15 @@ pub struct Scorer {
     /// 1-based steps scored.
     steps: Vec<usize>,
     season: usize,
+    /// Quantile levels of the forecasts (increasing, with 0.5), or empty.
+    quantiles: Vec<f64>,
+    calibration: Option<Calibration>,
     keys: HashMap<Arc<str>, KeyScore>,
     versions: Vec<Arc<str>>,
     /// This batch's sums per (version, source, step), for the metrics.
-    batch_sums: HashMap<(u16, u8, usize), BatchSums>,
+    batch_sums: HashMap<(u16, u8, usize), Sums>,
     /// Since the start, per (source, step), all keys and versions.
-    totals: std::collections::BTreeMap<(u8, usize), BatchSums>,
+    totals: std::collections::BTreeMap<(u8, usize), Sums>,
 }
 
 /// Live accuracy of one source at one step, all keys (see [`Scorer::summary`]).
@@ -88,17 +172,25 @@ pub struct SummaryRow {
     /// Error over seasonal naive's mean absolute error on each key's
     /// history so far (M4's scale); below 1 beats it.
     pub mase: Option<f64>,
+    /// Share of actuals in the quantile band (with quantiles).
+    pub coverage: Option<f64>,
+    /// Nominal coverage of that band (`q_max - q_min`).
+    pub nominal: Option<f64>,
 }
 
 const SOURCES: [&str; 2] = ["model", "baseline"];
 
-/// Sums of absolute errors, sMAPE terms, scaled errors; forecasts scored,
-/// and those with a scale.
-type BatchSums = (f64, f64, f64, u64, u64);
-
 impl Scorer {
-    /// `steps` are 1-based horizon steps (those beyond `horizon` ignored).
-    pub fn new(slide_ms: i64, horizon: usize, steps: &[usize], season: usize) -> Self {
+    /// `steps` are 1-based horizon steps (those beyond `horizon` ignored);
+    /// `quantiles` the forecasts' quantile levels (empty: point only).
+    pub fn new(
+        slide_ms: i64,
+        horizon: usize,
+        steps: &[usize],
+        season: usize,
+        quantiles: &[f64],
+        calibration: Option<Calibration>,
+    ) -> Self {
         let mut steps: Vec<usize> = steps
             .iter()
             .copied()
@@ -111,6 +203,8 @@ impl Scorer {
             horizon,
             steps,
             season: season.max(1),
+            quantiles: quantiles.to_vec(),
+            calibration: calibration.filter(|c| c.window > 0 && quantiles.len() >= 3),
             keys: HashMap::new(),
             versions: Vec::new(),
             batch_sums: HashMap::new(),
@@ -118,13 +212,14 @@ impl Scorer {
         }
     }
 
-    /// Scores the closed `windows` against earlier forecasts, then keeps
-    /// `forecasts` (one row per window row, as the model stage makes them)
-    /// for the windows to come.
-    pub fn observe(&mut self, windows: &RecordBatch, forecasts: &RecordBatch) {
+    /// Scores the closed `windows` against earlier forecasts, calibrates
+    /// the quantiles of `forecasts` (one row per window row, as the model
+    /// stage makes them) when calibration is on, and keeps them for the
+    /// windows to come. Returns the forecasts to publish.
+    pub fn observe(&mut self, windows: &RecordBatch, forecasts: RecordBatch) -> RecordBatch {
         let n = windows.num_rows();
         if n == 0 || forecasts.num_rows() != n || self.steps.is_empty() {
-            return;
+            return forecasts;
         }
         let keys = windows.column(wc::KEY).as_string::<i32>();
         let ends = windows
@@ -135,17 +230,16 @@ impl Scorer {
         let f_keys = forecasts.column(fc::KEY).as_string::<i32>();
         let versions = forecasts.column(fc::MODEL_VERSION).as_string::<i32>();
         let sources = forecasts.column(fc::SOURCE).as_string::<i32>();
-        let Some(lists) = forecasts
-            .column(fc::FORECAST)
-            .as_any()
-            .downcast_ref::<FixedSizeListArray>()
-        else {
-            return;
+        let Some(flat) = float_list(&forecasts, fc::FORECAST) else {
+            return forecasts;
         };
-        let Some(flat) = lists.values().as_any().downcast_ref::<Float64Array>() else {
-            return;
-        };
-        let width = lists.value_length() as usize;
+        let width = self.horizon;
+        let nq = self.quantiles.len();
+        let qcol = forecasts.schema().index_of(fc::QUANTILES_NAME).ok();
+        let mut qflat: Option<Vec<f64>> = qcol
+            .and_then(|ix| float_list(&forecasts, ix))
+            .filter(|v| nq > 0 && v.len() == n * width * nq)
+            .map(|v| v.to_vec());
         for i in 0..n {
             let key = keys.value(i);
             let end = ends.value(i);
@@ -160,39 +254,70 @@ impl Scorer {
             }
             let version = self.version_index(versions.value(i));
             let source = u8::from(sources.value(i) != SOURCES[0]);
-            let row = &flat.values()[i * width..(i + 1) * width];
-            let st = key_state(&mut self.keys, key, self.steps.len());
+            let row = &flat[i * width..(i + 1) * width];
+            let (steps, quantiles, calibration) = (&self.steps, &self.quantiles, self.calibration);
+            let st = key_state(&mut self.keys, key, steps.len(), nq);
+            if source != st.conformity_source {
+                st.conformity.iter_mut().for_each(VecDeque::clear);
+                st.conformity_source = source;
+            }
             st.pending.push_back((end, version, source));
-            st.values
-                .extend(self.steps.iter().map(|&s| row[s - 1] as f32));
+            st.values.extend(steps.iter().map(|&s| row[s - 1] as f32));
+            if let Some(q) = qflat.as_mut() {
+                let qrow = &mut q[i * width * nq..(i + 1) * width * nq];
+                let at_steps = |row: &[f64]| {
+                    steps
+                        .iter()
+                        .flat_map(|&s| (0..nq).map(move |j| row[j * width + s - 1] as f32))
+                        .collect::<Vec<f32>>()
+                };
+                if calibration.is_some() {
+                    st.qraw.extend(at_steps(qrow));
+                    calibrate(qrow, width, quantiles, steps, &st.conformity);
+                }
+                st.qvalues.extend(at_steps(qrow));
+            }
         }
         self.flush_metrics();
+        match (qcol, qflat) {
+            (Some(ix), Some(q)) if self.calibration.is_some() => {
+                with_quantiles(forecasts, ix, q, width * nq)
+            }
+            _ => forecasts,
+        }
     }
 
     /// Live accuracy since the start per source and step, all keys.
     pub fn summary(&self) -> Vec<SummaryRow> {
+        let nominal = self.nominal();
         self.totals
             .iter()
             .map(|(&(source, step), a)| SummaryRow {
                 source: SOURCES[usize::from(source)],
                 step,
-                scored: a.3,
-                mae: a.0 / a.3.max(1) as f64,
-                smape: a.1 / a.3.max(1) as f64,
-                mase: (a.4 > 0).then(|| a.2 / a.4 as f64),
+                scored: a.n,
+                mae: a.abs / a.n.max(1) as f64,
+                smape: a.smape / a.n.max(1) as f64,
+                mase: (a.n_scaled > 0).then(|| a.scaled / a.n_scaled as f64),
+                coverage: nominal.map(|_| a.covered as f64 / a.n.max(1) as f64),
+                nominal,
             })
             .collect()
     }
 
+    /// Nominal coverage of the lowest..highest quantile band.
+    fn nominal(&self) -> Option<f64> {
+        match (self.quantiles.first(), self.quantiles.last()) {
+            (Some(lo), Some(hi)) if hi > lo => Some(hi - lo),
+            _ => None,
+        }
+    }
+
     /// One update per (version, source, step) and batch, not per forecast.
     fn flush_metrics(&mut self) {
+        let with_q = !self.quantiles.is_empty();
         for ((version, source, step), a) in self.batch_sums.drain() {
-            let t = self.totals.entry((source, step)).or_default();
-            t.0 += a.0;
-            t.1 += a.1;
-            t.2 += a.2;
-            t.3 += a.3;
-            t.4 += a.4;
+            self.totals.entry((source, step)).or_default().add(&a);
             let labels = [
                 (
                     "model_version",
@@ -203,12 +328,16 @@ impl Scorer {
                 ("source", SOURCES[usize::from(source)].to_string()),
                 ("step", step.to_string()),
             ];
-            metrics::counter!(LIVE_SCORED, &labels).increment(a.3);
-            metrics::gauge!(LIVE_ABS_ERROR_SUM, &labels).increment(a.0);
-            metrics::gauge!(LIVE_SMAPE_SUM, &labels).increment(a.1);
-            if a.4 > 0 {
-                metrics::counter!(LIVE_SCALED_SCORED, &labels).increment(a.4);
-                metrics::gauge!(LIVE_SCALED_ERROR_SUM, &labels).increment(a.2);
+            metrics::counter!(LIVE_SCORED, &labels).increment(a.n);
+            metrics::gauge!(LIVE_ABS_ERROR_SUM, &labels).increment(a.abs);
+            metrics::gauge!(LIVE_SMAPE_SUM, &labels).increment(a.smape);
+            if a.n_scaled > 0 {
+                metrics::counter!(LIVE_SCALED_SCORED, &labels).increment(a.n_scaled);
+                metrics::gauge!(LIVE_SCALED_ERROR_SUM, &labels).increment(a.scaled);
+            }
+            if with_q {
+                metrics::counter!(LIVE_COVERED, &labels).increment(a.covered);
+                metrics::gauge!(LIVE_PINBALL_SUM, &labels).increment(a.pinball);
             }
         }
     }
@@ -225,19 +354,22 @@ impl Scorer {
         let Some(st) = self.keys.get(key) else {
             return Vec::new();
         };
+        let with_q = !self.quantiles.is_empty();
         self.steps
             .iter()
             .zip(&st.sums)
-            .map(|(&step, &(abs, smape, scaled, n, ns))| StepScore {
-                step,
-                scored: n,
-                mae: if n > 0 { abs / f64::from(n) } else { f64::NAN },
-                smape: if n > 0 {
-                    smape / f64::from(n)
-                } else {
-                    f64::NAN
-                },
-                mase: (ns > 0).then(|| scaled / f64::from(ns)),
+            .map(|(&step, a)| {
+                let n = a.n as f64;
+                let mean = |v: f64| if a.n > 0 { v / n } else { f64::NAN };
+                StepScore {
+                    step,
+                    scored: a.n as u32,
+                    mae: mean(a.abs),
+                    smape: mean(a.smape),
+                    mase: (a.n_scaled > 0).then(|| a.scaled / a.n_scaled as f64),
+                    coverage: (with_q && a.n > 0).then(|| a.covered as f64 / n),
+                    pinball: (with_q && a.n > 0).then(|| a.pinball / n),
+                }
             })
             .collect()
     }
@@ -254,11 +386,11 @@ impl Scorer {
     }
 
     fn score(&mut self, key: &str, end: i64, y: f64) {
-        let (slide, w) = (self.slide_ms, self.steps.len());
-        let st = key_state(&mut self.keys, key, w);
-        let scale = (st.scale_n > 0)
-            .then(|| st.scale_sum / f64::from(st.scale_n))
-            .filter(|s| *s > 0.0);
+        let (slide, w, nq) = (self.slide_ms, self.steps.len(), self.quantiles.len());
+        let window = self.calibration.map_or(0, |c| c.window);
+        let pairs = pairs(&self.quantiles);
+        let st = key_state(&mut self.keys, key, w, nq);
+        let scale = st.scale();
         for (j, &(origin, version, source)) in st.pending.iter().enumerate() {
             let ahead = end - origin;
             if ahead <= 0 || ahead % slide != 0 {
@@ -271,26 +403,51 @@ impl Scorer {
             let f = f64::from(st.values[j * w + s]);
             let err = (y - f).abs();
             let denom = y.abs() + f.abs();
-            let smape = if denom > 0.0 {
-                200.0 * err / denom
-            } else {
-                0.0
+            let mut one = Sums {
+                abs: err,
+                smape: if denom > 0.0 {
+                    200.0 * err / denom
+                } else {
+                    0.0
+                },
+                n: 1,
+                ..Sums::default()
             };
-            let scaled = scale.map(|sc| err / sc);
-            let sums = &mut st.sums[s];
-            sums.0 += err;
-            sums.1 += smape;
-            sums.3 += 1;
-            let agg = self.batch_sums.entry((version, source, h)).or_default();
-            agg.0 += err;
-            agg.1 += smape;
-            agg.3 += 1;
-            if let Some(e) = scaled {
-                sums.2 += e;
-                sums.4 += 1;
-                agg.2 += e;
-                agg.4 += 1;
+            if let Some(sc) = scale {
+                one.scaled = err / sc;
+                one.n_scaled = 1;
             }
+            if nq > 0 && st.qvalues.len() >= (j + 1) * w * nq {
+                let base = (j * w + s) * nq;
+                let qf = |k: usize| f64::from(st.qvalues[base + k]);
+                // In f32, as the band is kept: an actual equal to a bound
+                // (a seasonal naive that was exact) counts as inside.
+                let (lo, hi, y32) = (st.qvalues[base], st.qvalues[base + nq - 1], y as f32);
+                one.covered = u64::from(lo <= y32 && y32 <= hi);
+                one.pinball = (0..nq)
+                    .map(|k| pinball(self.quantiles[k], y, qf(k)))
+                    .sum::<f64>()
+                    / nq as f64;
+                if window > 0 && source == st.conformity_source && st.qraw.len() >= (j + 1) * w * nq
+                {
+                    // Conformity of the raw band (CQR): > 0 by how far
+                    // outside, < 0 by how far inside.
+                    for k in 0..pairs {
+                        let lo = f64::from(st.qraw[base + k]);
+                        let hi = f64::from(st.qraw[base + nq - 1 - k]);
+                        let ring = &mut st.conformity[s * pairs + k];
+                        if ring.len() == window {
+                            ring.pop_front();
+                        }
+                        ring.push_back((lo - y).max(y - hi) as f32);
+                    }
+                }
+            }
+            st.sums[s].add(&one);
+            self.batch_sums
+                .entry((version, source, h))
+                .or_default()
+                .add(&one);
         }
         let (horizon, season) = (self.horizon as i64, self.season);
         // Forecasts with no step left to score are done.
@@ -298,6 +455,10 @@ impl Scorer {
             if end - origin >= horizon * slide {
                 st.pending.pop_front();
                 st.values.drain(..w);
+                let qw = (w * nq).min(st.qvalues.len());
+                st.qvalues.drain(..qw);
+                let qw = (w * nq).min(st.qraw.len());
+                st.qraw.drain(..qw);
             } else {
                 break;
             }
@@ -315,17 +476,171 @@ impl Scorer {
     }
 }
 
+/// The live accuracy table a run or backfill prints at its end: every
+/// published forecast scored against its actual window (empty: no rows).
+pub fn summary_table(rows: &[SummaryRow]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    if rows.is_empty() {
+        return s;
+    }
+    s.push_str("\n== live accuracy (forecasts scored against their windows) ==\n");
+    s.push_str("source    step    scored        MAE    sMAPE    MASE  coverage\n");
+    for r in rows {
+        let mase = r.mase.map_or("-".to_string(), |m| format!("{m:.3}"));
+        let coverage = match (r.coverage, r.nominal) {
+            (Some(c), Some(n)) => format!("{:.1}% of {:.0}%", 100.0 * c, 100.0 * n),
+            _ => "-".to_string(),
+        };
+        let _ = writeln!(
+            s,
+            "{:<8} {:>5} {:>9} {:>10.4} {:>8.2} {:>7}  {}",
+            r.source, r.step, r.scored, r.mae, r.smape, mase, coverage
+        );
+    }
+    s.push_str("MASE: error over seasonal naive's mean error on each key's history so far (M4's scale); below 1 beats it.\n");
+    if rows.iter().any(|r| r.coverage.is_some()) {
+        s.push_str("coverage: share of actuals inside the lowest..highest quantile band, against its nominal share.\n");
+    }
+    s
+}
+
+/// Pinball (quantile) loss of forecast `f` at level `q` for actual `y`.
+fn pinball(q: f64, y: f64, f: f64) -> f64 {
+    let d = y - f;
+    if d >= 0.0 {
+        q * d
+    } else {
+        (q - 1.0) * d
+    }
+}
+
+/// The values of a `FixedSizeList<Float64>` column.
+fn float_list(batch: &RecordBatch, ix: usize) -> Option<&[f64]> {
+    let lists = batch
+        .column(ix)
+        .as_any()
+        .downcast_ref::<FixedSizeListArray>()?;
+    let flat = lists.values().as_any().downcast_ref::<Float64Array>()?;
+    Some(flat.values())
+}
+
+/// Quantile pairs around the median: (k, Q - 1 - k) for k below it.
+fn pairs(quantiles: &[f64]) -> usize {
+    quantiles.len() / 2
+}
+
+/// The widening of one band from its conformity scores: the
+/// `ceil(nominal * (n + 1))`-th smallest, or none while `n` is too small.
+fn widening(scores: &VecDeque<f32>, nominal: f64) -> Option<f64> {
+    let n = scores.len();
+    let rank = (nominal * (n + 1) as f64).ceil() as usize;
+    if n == 0 || rank == 0 || rank > n {
+        return None;
+    }
+    let mut v: Vec<f32> = scores.iter().copied().collect();
+    let (_, x, _) = v.select_nth_unstable_by(rank - 1, f32::total_cmp);
+    Some(f64::from(*x))
+}
+
+/// Widens (or narrows) each quantile pair of one forecast row
+/// (quantile-major, `width` steps each) by its conformal widening,
+/// interpolated between scored steps, then keeps every quantile on its side
+/// of the median and sorts them per step, so they never cross and the point
+/// forecast is unchanged.
+fn calibrate(
+    row: &mut [f64],
+    width: usize,
+    quantiles: &[f64],
+    steps: &[usize],
+    conformity: &[VecDeque<f32>],
+) {
+    let nq = quantiles.len();
+    let np = pairs(quantiles);
+    if np == 0 || steps.is_empty() {
+        return;
+    }
+    // Per (scored step, pair).
+    let c: Vec<Option<f64>> = (0..steps.len() * np)
+        .map(|i| {
+            let k = i % np;
+            widening(&conformity[i], quantiles[nq - 1 - k] - quantiles[k])
+        })
+        .collect();
+    let mid = quantiles.iter().position(|q| *q == 0.5);
+    let mut v = vec![0.0f64; nq];
+    for h in 1..=width {
+        // Interpolation between the scored steps around h.
+        let hi = steps.partition_point(|&s| s < h).min(steps.len() - 1);
+        let lo = if steps[hi] > h && hi > 0 { hi - 1 } else { hi };
+        let t = if steps[hi] > steps[lo] {
+            ((h as f64 - steps[lo] as f64) / (steps[hi] - steps[lo]) as f64).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        for (k, x) in v.iter_mut().enumerate() {
+            *x = row[k * width + h - 1];
+        }
+        for k in 0..np {
+            let w = match (c[lo * np + k], c[hi * np + k]) {
+                (Some(a), Some(b)) => (1.0 - t) * a + t * b,
+                _ => continue, // not enough scores yet: published raw
+            };
+            v[k] -= w;
+            v[nq - 1 - k] += w;
+        }
+        if let Some(m) = mid {
+            let med = row[m * width + h - 1];
+            for (k, x) in v.iter_mut().enumerate() {
+                *x = if k < m { x.min(med) } else { x.max(med) };
+            }
+        }
+        v.sort_by(f64::total_cmp);
+        for (k, x) in v.iter().enumerate() {
+            row[k * width + h - 1] = *x;
+        }
+    }
+}
+
+/// `batch` with its quantiles column replaced by `values` (`width` per row).
+fn with_quantiles(batch: RecordBatch, ix: usize, values: Vec<f64>, width: usize) -> RecordBatch {
+    let Some(old) = batch
+        .column(ix)
+        .as_any()
+        .downcast_ref::<FixedSizeListArray>()
+    else {
+        return batch;
+    };
+    let field = match old.data_type() {
+        arrow::datatypes::DataType::FixedSizeList(f, _) => f.clone(),
+        _ => return batch,
+    };
+    let Ok(list) = FixedSizeListArray::try_new(
+        field,
+        width as i32,
+        Arc::new(Float64Array::from(values)),
+        None,
+    ) else {
+        return batch;
+    };
+    let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
+    cols[ix] = Arc::new(list);
+    RecordBatch::try_new(batch.schema(), cols).unwrap_or(batch)
+}
+
 /// The key's score state, created on first use.
 fn key_state<'a>(
     keys: &'a mut HashMap<Arc<str>, KeyScore>,
     key: &str,
     steps: usize,
+    quantiles: usize,
 ) -> &'a mut KeyScore {
     if !keys.contains_key(key) {
         keys.insert(
             Arc::from(key),
             KeyScore {
-                sums: vec![(0.0, 0.0, 0.0, 0, 0); steps],
+                sums: vec![Sums::default(); steps],
+                conformity: vec![VecDeque::new(); steps * (quantiles / 2)],
                 ..KeyScore::default()
             },
         );
@@ -345,7 +660,7 @@ mod tests {
     /// at hour 2 and 16 at hour 3 (step 1: |12-10| = 2; step 2: |16-20| = 4).
     #[test]
     fn forecasts_are_scored_against_later_actuals_by_step() {
-        let mut s = Scorer::new(H, 2, &[1, 2], 1);
+        let mut s = Scorer::new(H, 2, &[1, 2], 1, &[], None);
         let spec = crate::window::WindowSpec::from_config(&crate::testkit::pipeline(
             "[model]\nhorizon = 2",
         ));
@@ -386,15 +701,15 @@ mod tests {
             )
             .unwrap()
         };
-        s.observe(&windows(&[(H, 5.0)]), &forecasts(&[(H, [10.0, 20.0])]));
+        s.observe(&windows(&[(H, 5.0)]), forecasts(&[(H, [10.0, 20.0])]));
         assert_eq!(s.key_scores("k")[0].scored, 0, "nothing to score yet");
         s.observe(
             &windows(&[(2 * H, 12.0)]),
-            &forecasts(&[(2 * H, [0.0, 0.0])]),
+            forecasts(&[(2 * H, [0.0, 0.0])]),
         );
         s.observe(
             &windows(&[(3 * H, 16.0)]),
-            &forecasts(&[(3 * H, [0.0, 0.0])]),
+            forecasts(&[(3 * H, [0.0, 0.0])]),
         );
         let k = s.key_scores("k");
         // Step 1: |12-10| (origin 1h) and |16-0| (origin 2h); step 2: |16-20|.
@@ -419,5 +734,171 @@ mod tests {
         s.end_keys(&[Arc::from("k")]);
         assert!(s.key_scores("k").is_empty());
         assert_eq!(s.summary(), all, "the totals outlive the keys");
+    }
+
+    /// A one-key forecasts batch of horizon `h`, with quantiles when given.
+    fn batch_with_quantiles(end: i64, point: &[f64], levels: &[f64], q: &[f64]) -> RecordBatch {
+        use arrow::array::{
+            FixedSizeListBuilder, Float64Builder, StringArray, TimestampMillisecondArray,
+        };
+        let h = point.len() as i32;
+        let schema = forecasts_schema(h.into(), levels);
+        let item = Arc::new(arrow::datatypes::Field::new(
+            "item",
+            arrow::datatypes::DataType::Float64,
+            true,
+        ));
+        let mut list = FixedSizeListBuilder::new(Float64Builder::new(), h).with_field(item.clone());
+        list.values().append_slice(point);
+        list.append(true);
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec!["k"])),
+            Arc::new(TimestampMillisecondArray::from(vec![end]).with_timezone("UTC")),
+            Arc::new(StringArray::from(vec!["v1"])),
+            Arc::new(StringArray::from(vec!["model"])),
+            Arc::new(list.finish()),
+        ];
+        if !levels.is_empty() {
+            let mut ql = FixedSizeListBuilder::new(Float64Builder::new(), h * levels.len() as i32)
+                .with_field(item);
+            ql.values().append_slice(q);
+            ql.append(true);
+            cols.push(Arc::new(ql.finish()));
+        }
+        RecordBatch::try_new(schema, cols).unwrap()
+    }
+
+    fn one_window(end: i64, v: f64) -> RecordBatch {
+        let spec = crate::window::WindowSpec::from_config(&crate::testkit::pipeline(
+            "[model]\nhorizon = 1",
+        ));
+        let mut b = WindowsBuilder::with_schema(&spec, spec.windows_schema(), 1);
+        b.push("k", end - H, 1, false, &[v]);
+        b.finish()
+    }
+
+    fn published(batch: &RecordBatch) -> Vec<f64> {
+        float_list(batch, batch.schema().index_of(fc::QUANTILES_NAME).unwrap())
+            .unwrap()
+            .to_vec()
+    }
+
+    /// Hand-computed conformal calibration, coverage and pinball (horizon
+    /// 1, P10/P50/P90, a window of 4 scores). The model's raw band is
+    /// always [-1, 1] around a median of 0.
+    #[test]
+    fn quantiles_are_calibrated_from_the_conformity_of_recent_bands() {
+        let levels = [0.1, 0.5, 0.9];
+        let mut s = Scorer::new(H, 1, &[1], 1, &levels, Some(Calibration { window: 4 }));
+        let raw = [-1.0, 0.0, 1.0];
+        let mut hour = |t: i64, y: f64| {
+            published(&s.observe(
+                &one_window(t * H, y),
+                batch_with_quantiles(t * H, &[0.0], &levels, &raw),
+            ))
+        };
+        // Scores max(lo - y, y - hi) of the previous hour's raw band: hour 2
+        // (y = 3) 2; hour 3 (y = -0.5) -0.5; hour 4 (y = 1.5) 0.5. With
+        // n < 4 scores the rank ceil(0.8 (n + 1)) exceeds n: raw bands.
+        assert_eq!(hour(1, 0.0), raw);
+        assert_eq!(hour(2, 3.0), raw);
+        assert_eq!(hour(3, -0.5), raw);
+        assert_eq!(hour(4, 1.5), raw);
+        // Hour 5 (y = 0) adds -1: scores {2, -0.5, 0.5, -1}, rank 4 -> 2,
+        // so the band is widened by 2 on each side.
+        assert_eq!(hour(5, 0.0), vec![-3.0, 0.0, 3.0]);
+        // Hour 6 (y = 0): -1 enters, 2 leaves: {-0.5, 0.5, -1, -1} -> 0.5.
+        assert_eq!(hour(6, 0.0), vec![-1.5, 0.0, 1.5]);
+        // Two more hours at the median: {-1, -1, -1, -1}... and hour 7's
+        // window still holds 0.5: {0.5, -1, -1, -1} -> 0.5; hour 8 -> -1,
+        // a band narrowed to nothing (clamped at the median).
+        assert_eq!(hour(7, 0.0), vec![-1.5, 0.0, 1.5]);
+        assert_eq!(hour(8, 0.0), vec![0.0, 0.0, 0.0]);
+        // Coverage of the *published* bands: hour 2 (3 vs [-1, 1]) out,
+        // 3 in, 4 (1.5) out, 5 in, 6 (0 vs [-3, 3]) in, 7 in, 8 in.
+        let k = s.key_scores("k");
+        assert_eq!(k[0].scored, 7);
+        assert_eq!(k[0].coverage, Some(5.0 / 7.0));
+        // Pinball over the published quantiles, mean over P10/P50/P90.
+        let pin = |y: f64, q: [f64; 3]| {
+            levels
+                .iter()
+                .zip(q)
+                .map(|(&l, f)| pinball(l, y, f))
+                .sum::<f64>()
+                / 3.0
+        };
+        let want = [
+            pin(3.0, [-1.0, 0.0, 1.0]),
+            pin(-0.5, [-1.0, 0.0, 1.0]),
+            pin(1.5, [-1.0, 0.0, 1.0]),
+            pin(0.0, [-1.0, 0.0, 1.0]),
+            pin(0.0, [-3.0, 0.0, 3.0]),
+            pin(0.0, [-1.5, 0.0, 1.5]),
+            pin(0.0, [-1.5, 0.0, 1.5]),
+        ]
+        .iter()
+        .sum::<f64>()
+            / 7.0;
+        assert!((k[0].pinball.unwrap() - want).abs() < 1e-12);
+        let sum = s.summary();
+        assert_eq!(
+            (sum[0].coverage, sum[0].nominal),
+            (Some(5.0 / 7.0), Some(0.8))
+        );
+    }
+
+    /// A model whose P10-P90 band is far too narrow covers ~4% of standard
+    /// normal actuals, one far too wide ~100%; calibrated live, the
+    /// published band covers close to 80% either way.
+    /// Coverage is counted here from the published batches, independently
+    /// of the scorer's own count.
+    #[test]
+    fn calibration_brings_a_wrong_band_to_its_nominal_coverage() {
+        let levels = [0.1, 0.5, 0.9];
+        // Standard normal-ish actuals (sum of 12 uniforms), fixed seed.
+        let mut seed = 7u64;
+        let mut u = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let ys: Vec<f64> = (0..4000)
+            .map(|_| (0..12).map(|_| u()).sum::<f64>() - 6.0)
+            .collect();
+        // Coverage of the published bands over the second half.
+        let run = |calibration: Option<Calibration>, half_width: f64| {
+            let mut s = Scorer::new(H, 1, &[1], 1, &levels, calibration);
+            let (mut inside, mut n) = (0, 0);
+            let mut last: Option<Vec<f64>> = None;
+            for (t, &y) in (1..=4000i64).zip(&ys) {
+                if let (Some(q), true) = (&last, t > 2000) {
+                    n += 1;
+                    inside += usize::from(q[0] <= y && y <= q[2]);
+                }
+                let out = s.observe(
+                    &one_window(t * H, y),
+                    batch_with_quantiles(t * H, &[0.0], &levels, &[-half_width, 0.0, half_width]),
+                );
+                last = Some(published(&out));
+            }
+            let c = inside as f64 / n as f64;
+            let scored = s.summary()[0].coverage.unwrap_or(f64::NAN);
+            (c, scored)
+        };
+        let cal = Some(Calibration { window: 100 });
+        let (narrow, _) = run(None, 0.05);
+        let (wide, _) = run(None, 5.0);
+        assert!(narrow < 0.1 && wide > 0.99, "raw coverage {narrow} {wide}");
+        for half_width in [0.05, 5.0] {
+            let (c, scored) = run(cal, half_width);
+            assert!(
+                (0.74..=0.86).contains(&c),
+                "calibrated coverage {c} ({half_width})"
+            );
+            // The scorer's own count (all 4000 hours) agrees in range.
+            assert!((0.7..=0.9).contains(&scored), "scored coverage {scored}");
+        }
     }
 }

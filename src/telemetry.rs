@@ -79,6 +79,11 @@ pub const LIVE_SMAPE_SUM: &str = "streamcast_live_smape_sum";
 pub const LIVE_SCALED_SCORED: &str = "streamcast_live_scaled_scored_total";
 /// ... and the sum of their scaled errors (MASE terms).
 pub const LIVE_SCALED_ERROR_SUM: &str = "streamcast_live_scaled_error_sum";
+/// With quantiles: forecasts whose actual fell inside the lowest..highest
+/// quantile band (counter; coverage = this / scored) ...
+pub const LIVE_COVERED: &str = "streamcast_live_covered_total";
+/// ... and the sum of their pinball losses (mean over the quantiles).
+pub const LIVE_PINBALL_SUM: &str = "streamcast_live_pinball_sum";
 
 /// Every metric name above, for docs and tests.
 pub const ALL: &[&str] = &[
@@ -113,6 +118,8 @@ pub const ALL: &[&str] = &[
     LIVE_SMAPE_SUM,
     LIVE_SCALED_SCORED,
     LIVE_SCALED_ERROR_SUM,
+    LIVE_COVERED,
+    LIVE_PINBALL_SUM,
 ];
 
 /// Counters and gauges that exist from the start, at zero, so a scrape

@@ -20,6 +20,7 @@ pub fn backfill(pipeline: &Path, input: &[PathBuf], output: &Path) -> anyhow::Re
         r.seconds,
         r.output.display()
     );
+    print!("{}", streamcast::score::summary_table(&r.live_accuracy));
     if let Some(d) = r.dead_letter_file {
         println!("dead letters: {}", d.display());
     }

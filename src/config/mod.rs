@@ -78,6 +78,19 @@ pub struct ScoreConfig {
     /// Each costs 4 bytes per key and pending forecast.
     #[serde(default)]
     pub steps: Vec<usize>,
+    /// With `model.quantiles`: calibrate each key's published bands online
+    /// from the conformity of its recent ones (see `score`), so a P10-P90
+    /// band covers about 80% of actuals live.
+    #[serde(default = "default_true")]
+    pub calibrate: bool,
+    /// Scored windows per key (and step) the calibration looks back on.
+    /// Each costs 4 bytes per key, scored step and quantile pair.
+    #[serde(default = "default_calibration_window")]
+    pub calibration_window: usize,
+}
+
+fn default_calibration_window() -> usize {
+    100
 }
 
 impl Default for ScoreConfig {
@@ -85,6 +98,8 @@ impl Default for ScoreConfig {
         ScoreConfig {
             enabled: true,
             steps: Vec::new(),
+            calibrate: true,
+            calibration_window: default_calibration_window(),
         }
     }
 }
@@ -1083,6 +1098,10 @@ impl PipelineConfig {
                 "score.steps",
                 &format!("step {s} is outside the horizon 1..={}", self.model.horizon),
             );
+        }
+        if self.score.calibration_window < 10 {
+            // Below 10 scores an 80% band can hardly be calibrated at all.
+            return bad("score.calibration_window", "expected at least 10");
         }
         if self.decode.max_key_bytes == 0 {
             return bad("decode.max_key_bytes", "expected at least 1");

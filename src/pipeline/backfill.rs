@@ -27,6 +27,8 @@ pub struct BackfillReport {
     pub output: PathBuf,
     pub dead_letter_file: Option<PathBuf>,
     pub seconds: f64,
+    /// Live accuracy of the backfill's forecasts (`score.enabled`).
+    pub live_accuracy: Vec<crate::score::SummaryRow>,
 }
 
 /// Runs a backfill. Call from a plain thread (libtorch work), not a tokio worker.
@@ -66,6 +68,9 @@ pub fn backfill(cfg: &PipelineConfig, inputs: &[PathBuf], output: &Path) -> Resu
         output,
         dead_letter_file: dead_file,
         seconds: started.elapsed().as_secs_f64(),
+        live_accuracy: core.scorer().map_or_else(Vec::new, |s| {
+            s.lock().unwrap_or_else(|e| e.into_inner()).summary()
+        }),
     };
     tracing::info!(
         events = report.totals.events,

@@ -30,7 +30,7 @@ use crate::error::Result;
 use crate::model::{ForecastStage, ModelSpec, Network, SwapReport};
 use crate::offsets::{OffsetTracker, Position, Ticket};
 use crate::schema::forecasts;
-use crate::score::Scorer;
+use crate::score::{Calibration, Scorer};
 use crate::sink::Output;
 use crate::state::{self, Checkpoint, PartitionState, RestoredPartition, StateRecord};
 use crate::window::{Closed, WindowSpec, WindowStage};
@@ -77,7 +77,17 @@ impl Core {
                     cfg.score.steps.clone()
                 };
                 let season = cfg.model.season_windows as usize;
-                Arc::new(Mutex::new(Scorer::new(cfg.slide_ms(), h, &steps, season)))
+                let calibration = cfg.score.calibrate.then_some(Calibration {
+                    window: cfg.score.calibration_window,
+                });
+                Arc::new(Mutex::new(Scorer::new(
+                    cfg.slide_ms(),
+                    h,
+                    &steps,
+                    season,
+                    &cfg.model.quantiles,
+                    calibration,
+                )))
             }),
         })
     }
@@ -271,11 +281,12 @@ impl Core {
             let closed_at = std::time::Instant::now();
             // Forecast before ending keys: a key whose series ends in this
             // batch still gets forecasts for the windows it closed.
-            let forecasts = self.model.forecast(&windows)?;
+            let mut forecasts = self.model.forecast(&windows)?;
             if let Some(s) = &self.scorer {
-                s.lock()
+                forecasts = s
+                    .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .observe(&windows, &forecasts);
+                    .observe(&windows, forecasts);
             }
             self.totals.windows += windows.num_rows() as u64;
             let from_model = count_source(&forecasts, "model");

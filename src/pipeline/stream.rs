@@ -224,7 +224,10 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
     let totals = totals?;
     print_summary(&totals, &deliveries, started, &reads);
     if let Some(s) = scorer.get() {
-        print_live_accuracy(&s.lock().unwrap_or_else(|e| e.into_inner()).summary());
+        print!(
+            "{}",
+            crate::score::summary_table(&s.lock().unwrap_or_else(|e| e.into_inner()).summary())
+        );
     }
     Ok(totals)
 }
@@ -896,24 +899,6 @@ impl Printer {
 
 /// Where the compute thread puts its live scorer, for the final summary.
 type ScorerSlot = Arc<std::sync::OnceLock<Arc<Mutex<crate::score::Scorer>>>>;
-
-/// The run's live accuracy: every published forecast scored against its
-/// actual window (see `score`).
-fn print_live_accuracy(rows: &[crate::score::SummaryRow]) {
-    if rows.is_empty() {
-        return;
-    }
-    println!("\n== live accuracy (forecasts scored against their windows) ==");
-    println!("source    step    scored        MAE    sMAPE    MASE");
-    for r in rows {
-        let mase = r.mase.map_or("-".to_string(), |m| format!("{m:.3}"));
-        println!(
-            "{:<8} {:>5} {:>9} {:>10.4} {:>8.2} {:>7}",
-            r.source, r.step, r.scored, r.mae, r.smape, mase
-        );
-    }
-    println!("MASE: error over seasonal naive's mean error on each key's history so far (M4's scale); below 1 beats it.");
-}
 
 fn print_summary(t: &Totals, d: &Deliveries, started: Instant, reads: &ReadTimes) {
     let secs = started.elapsed().as_secs_f64().max(1e-9);

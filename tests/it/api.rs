@@ -57,7 +57,9 @@ fn the_api_serves_health_latest_forecasts_keys_models_and_metrics() {
     let input = format!("it.api.in.{s}");
     create_topics(&[(input.as_str(), PARTITIONS)]);
     let name = format!("api-{s}");
-    let extra = format!("[api]\nlisten = \"127.0.0.1:{port}\"\n");
+    // With quantiles, so live coverage of the calibrated bands is checked too.
+    let extra =
+        format!("[api]\nlisten = \"127.0.0.1:{port}\"\n[model]\nquantiles = [0.1, 0.5, 0.9]\n");
     let p = pipeline_with(dir.path(), &name, &input, "exactly_once", &extra);
     produce(&input, events(0, 12));
     // Killed if the test fails half-way (it would keep the harness's
@@ -215,14 +217,22 @@ fn live_scores_equal_the_offline_scores_of_the_same_forecasts(port: u16, out: &[
     assert_eq!(steps.len(), 2, "steps 1 and the horizon by default: {body}");
     for s in steps {
         let step = s["step"].as_i64().unwrap();
-        let errors: Vec<f64> = forecasts
+        let i = (step - 1) as usize;
+        let scored: Vec<(f64, bool)> = forecasts
             .iter()
             .filter_map(|f| {
                 let target = f["window_end_ms"].as_i64()? + step * HOUR;
-                let value = f["forecast"][(step - 1) as usize].as_f64()?;
-                (target <= last_closed).then(|| (actual(target) - value).abs())
+                let value = f["forecast"][i].as_f64()?;
+                let (lo, hi) = (
+                    f["quantiles"]["0.1"][i].as_f64()?,
+                    f["quantiles"]["0.9"][i].as_f64()?,
+                );
+                let y = actual(target);
+                (target <= last_closed).then(|| ((y - value).abs(), lo <= y && y <= hi))
             })
             .collect();
+        let errors: Vec<f64> = scored.iter().map(|e| e.0).collect();
+        let covered = scored.iter().filter(|e| e.1).count() as f64 / scored.len().max(1) as f64;
         assert!(!errors.is_empty(), "step {step} has scored forecasts");
         let mae = errors.iter().sum::<f64>() / errors.len() as f64;
         assert_eq!(
@@ -235,6 +245,11 @@ fn live_scores_equal_the_offline_scores_of_the_same_forecasts(port: u16, out: &[
         assert!(
             (live_mae - mae).abs() < 1e-4 * mae.max(1.0),
             "step {step}: live {live_mae} vs offline {mae}"
+        );
+        let live_coverage = s["coverage"].as_f64().unwrap();
+        assert!(
+            (live_coverage - covered).abs() < 1e-9,
+            "step {step}: live coverage {live_coverage} vs offline {covered}"
         );
     }
 }
