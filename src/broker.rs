@@ -126,11 +126,14 @@ pub fn client_config(
 /// `source.connect_attempts` tries, and at once when the cluster refuses
 /// the connection (authentication or TLS).
 pub async fn ensure_topics(cfg: &PipelineConfig) -> Result<()> {
-    let topics = [
+    let mut topics = vec![
         (cfg.source.topic.as_str(), cfg.source.partitions),
         (cfg.sink.topic.as_str(), cfg.sink.partitions),
         (cfg.sink.dead_letter_topic.as_str(), cfg.sink.partitions),
     ];
+    if let Some(t) = &cfg.sink.accuracy_topic {
+        topics.push((t.as_str(), cfg.sink.partitions));
+    }
     create_topics(cfg, &topics, cfg.source.connect_attempts).await
 }
 

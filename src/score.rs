@@ -79,6 +79,39 @@ pub struct StepScore {
     pub pinball: Option<f64>,
 }
 
+/// One key's scored window, as published on `sink.accuracy_topic`:
+///
+/// ```json
+/// {"key":"web-01","window_end_ms":1704074400000,"actual":12.5,
+///  "scored":[{"step":1,"origin_ms":1704070800000,"model_version":"...","source":"model",
+///             "forecast":12.1,"abs_error":0.4,"scaled_error":0.21,"covered":true}]}
+/// ```
+/// `scaled_error` is absent until the key has a seasonal scale, `covered`
+/// without quantiles. Forecast values are as kept while pending (f32).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AccuracyRecord {
+    pub key: Arc<str>,
+    pub window_end_ms: i64,
+    pub actual: f64,
+    pub scored: Vec<ScoredStep>,
+}
+
+/// One forecast step scored against its actual (see [`AccuracyRecord`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ScoredStep {
+    pub step: usize,
+    /// The window end the forecast was made at.
+    pub origin_ms: i64,
+    pub model_version: Arc<str>,
+    pub source: String,
+    pub forecast: f64,
+    pub abs_error: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaled_error: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covered: Option<bool>,
+}
+
 /// Sums over the forecasts scored at one step (per key, per batch, in total).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Sums {
@@ -159,6 +192,8 @@ pub struct Scorer {
     batch_sums: HashMap<(u16, u8, usize), Sums>,
     /// Since the start, per (source, step), all keys and versions.
     totals: std::collections::BTreeMap<(u8, usize), Sums>,
+    /// Accuracy records of this batch, when asked for (`emit_records`).
+    records: Option<Vec<AccuracyRecord>>,
 }
 
 /// Live accuracy of one source at one step, all keys (see [`Scorer::summary`]).
@@ -209,7 +244,23 @@ impl Scorer {
             versions: Vec::new(),
             batch_sums: HashMap::new(),
             totals: std::collections::BTreeMap::new(),
+            records: None,
         }
+    }
+
+    /// Also keeps one [`AccuracyRecord`] per scored window, for
+    /// [`Scorer::take_records`] (the accuracy topic).
+    pub fn emit_records(mut self) -> Self {
+        self.records = Some(Vec::new());
+        self
+    }
+
+    /// The accuracy records since the last call (empty unless `emit_records`).
+    pub fn take_records(&mut self) -> Vec<AccuracyRecord> {
+        self.records
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Scores the closed `windows` against earlier forecasts, calibrates
@@ -391,6 +442,7 @@ impl Scorer {
         let pairs = pairs(&self.quantiles);
         let st = key_state(&mut self.keys, key, w, nq);
         let scale = st.scale();
+        let mut scored = Vec::new();
         for (j, &(origin, version, source)) in st.pending.iter().enumerate() {
             let ahead = end - origin;
             if ahead <= 0 || ahead % slide != 0 {
@@ -443,11 +495,35 @@ impl Scorer {
                     }
                 }
             }
+            if self.records.is_some() {
+                scored.push(ScoredStep {
+                    step: h,
+                    origin_ms: origin,
+                    model_version: self
+                        .versions
+                        .get(usize::from(version))
+                        .cloned()
+                        .unwrap_or_else(|| Arc::from("")),
+                    source: SOURCES[usize::from(source)].to_string(),
+                    forecast: f,
+                    abs_error: err,
+                    scaled_error: (one.n_scaled > 0).then_some(one.scaled),
+                    covered: (nq > 0).then_some(one.covered > 0),
+                });
+            }
             st.sums[s].add(&one);
             self.batch_sums
                 .entry((version, source, h))
                 .or_default()
                 .add(&one);
+        }
+        if let (Some(records), false) = (self.records.as_mut(), scored.is_empty()) {
+            records.push(AccuracyRecord {
+                key: Arc::from(key),
+                window_end_ms: end,
+                actual: y,
+                scored,
+            });
         }
         let (horizon, season) = (self.horizon as i64, self.season);
         // Forecasts with no step left to score are done.

@@ -626,6 +626,13 @@ pub struct SinkConfig {
     /// Partitions to create the output topics with when they do not exist.
     #[serde(default = "default_partitions")]
     pub partitions: i32,
+    /// Optional topic for live accuracy records: one per key and scored
+    /// window (its actual, and each scored step's forecast, error, scaled
+    /// error and band coverage), keyed by the entity key, published with
+    /// the forecasts (in their transaction with exactly once). Needs
+    /// `score.enabled`.
+    #[serde(default)]
+    pub accuracy_topic: Option<String>,
     /// Raw librdkafka options of the job's producers, applied on top of
     /// `[kafka.librdkafka]`; e.g. `"compression.type"`. Values may be
     /// written `${ENV_NAME}` (see [`KafkaConfig::librdkafka`]).
@@ -1050,6 +1057,20 @@ impl PipelineConfig {
                 "state.commit_interval",
                 "expected a positive duration, e.g. \"1s\"",
             );
+        }
+        if let Some(t) = &self.sink.accuracy_topic {
+            if t.trim().is_empty() {
+                return bad(
+                    "sink.accuracy_topic",
+                    "expected a topic name (or leave it out)",
+                );
+            }
+            if !self.score.enabled {
+                return bad(
+                    "sink.accuracy_topic",
+                    "accuracy records come from live scoring: set score.enabled = true",
+                );
+            }
         }
         if self.sink.dead_letter_topic.trim().is_empty() {
             return bad("sink.dead_letter_topic", "expected a topic name");

@@ -80,14 +80,20 @@ impl Core {
                 let calibration = cfg.score.calibrate.then_some(Calibration {
                     window: cfg.score.calibration_window,
                 });
-                Arc::new(Mutex::new(Scorer::new(
+                let scorer = Scorer::new(
                     cfg.slide_ms(),
                     h,
                     &steps,
                     season,
                     &cfg.model.quantiles,
                     calibration,
-                )))
+                );
+                let scorer = if cfg.sink.accuracy_topic.is_some() {
+                    scorer.emit_records()
+                } else {
+                    scorer
+                };
+                Arc::new(Mutex::new(scorer))
             }),
         })
     }
@@ -282,11 +288,11 @@ impl Core {
             // Forecast before ending keys: a key whose series ends in this
             // batch still gets forecasts for the windows it closed.
             let mut forecasts = self.model.forecast(&windows)?;
+            let mut accuracy = Vec::new();
             if let Some(s) = &self.scorer {
-                forecasts = s
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .observe(&windows, forecasts);
+                let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
+                forecasts = s.observe(&windows, forecasts);
+                accuracy = s.take_records();
             }
             self.totals.windows += windows.num_rows() as u64;
             let from_model = count_source(&forecasts, "model");
@@ -300,6 +306,9 @@ impl Core {
                 },
                 closed_at,
             });
+            if !accuracy.is_empty() {
+                out.push(Output::Accuracy(accuracy));
+            }
         } else if !closed.ticket.is_empty() {
             // Cannot happen (a ticket comes from emitted windows), but never
             // leak a pin: release it now.

@@ -71,7 +71,9 @@ impl FileSink {
                 self.dead_letters += letters.len() as u64;
             }
             // A file is complete when the backfill ends; nothing to commit.
-            Output::Checkpoint(_) | Output::Abandon => {}
+            // Accuracy records are a live topic's; a backfill prints its
+            // live accuracy at the end instead.
+            Output::Accuracy(_) | Output::Checkpoint(_) | Output::Abandon => {}
         }
         Ok(())
     }

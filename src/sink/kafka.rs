@@ -102,6 +102,7 @@ pub struct KafkaSink {
     txn: Option<FutureProducer>,
     topic: String,
     dead_letter_topic: String,
+    accuracy_topic: Option<String>,
     source_topic: String,
     step_ms: i64,
     tracker: Arc<Mutex<OffsetTracker>>,
@@ -125,6 +126,7 @@ impl KafkaSink {
             txn,
             topic: cfg.sink.topic.clone(),
             dead_letter_topic: cfg.sink.dead_letter_topic.clone(),
+            accuracy_topic: cfg.sink.accuracy_topic.clone(),
             source_topic: cfg.source.topic.clone(),
             step_ms: cfg.slide_ms(),
             tracker,
@@ -272,6 +274,25 @@ impl KafkaSink {
                         .collect(),
                     Vec::new(),
                 ),
+                Output::Accuracy(recs) => {
+                    let Some(topic) = &self.accuracy_topic else {
+                        return Ok(Delivered {
+                            forecasts: Vec::new(),
+                            latency: None,
+                        });
+                    };
+                    let payloads = recs
+                        .iter()
+                        .map(|r| {
+                            serde_json::to_string(r)
+                                .map(|p| (r.key.to_string(), p))
+                                .map_err(|e| {
+                                    Error::json(format!("serializing the accuracy of {}", r.key), e)
+                                })
+                        })
+                        .collect::<Result<_>>()?;
+                    (topic, payloads, Vec::new())
+                }
                 Output::Checkpoint(_) | Output::Abandon => {
                     return Err(Error::State(
                         "a checkpoint (or its abandonment) is committed, not delivered".into(),
@@ -298,7 +319,10 @@ impl KafkaSink {
                 metrics::histogram!(telemetry::FORECAST_LATENCY).record(l.as_secs_f64());
                 Some(l)
             }
-            Output::DeadLetters { .. } | Output::Checkpoint(_) | Output::Abandon => None,
+            Output::DeadLetters { .. }
+            | Output::Accuracy(_)
+            | Output::Checkpoint(_)
+            | Output::Abandon => None,
         };
         Ok(Delivered {
             forecasts: printed,

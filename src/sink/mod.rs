@@ -1,7 +1,8 @@
 //! Sinks: where the compute core's [`Output`]s go.
 //!
-//! - `kafka`: forecasts and dead letters to their topics (streaming); a
-//!   ticket is released only when every record of its output is acked.
+//! - `kafka`: forecasts, dead letters and accuracy records to their topics
+//!   (streaming); a ticket is released only when every record of its
+//!   output is acked.
 //! - `file`: forecasts to Parquet, dead letters to JSON lines (backfill).
 //! - `records`: the published forecast record and its JSON form.
 
@@ -15,6 +16,7 @@ use arrow::array::RecordBatch;
 
 use crate::decode::DeadLetter;
 use crate::offsets::Ticket;
+use crate::score::AccuracyRecord;
 use crate::state::Checkpoint;
 
 pub use file::FileSink;
@@ -39,6 +41,9 @@ pub enum Output {
         letters: Vec<DeadLetter>,
         ticket: Ticket,
     },
+    /// Live accuracy records (`sink.accuracy_topic`): nothing is pinned on
+    /// them; with exactly once they commit with the forecasts.
+    Accuracy(Vec<AccuracyRecord>),
     /// A commit point of durable state (streaming with `state.enabled`):
     /// a barrier, published after every output before it is acknowledged.
     Checkpoint(Checkpoint),
@@ -60,6 +65,7 @@ impl Output {
                 .iter()
                 .map(|d| d.payload.len() + d.reason.len() + 64)
                 .sum(),
+            Output::Accuracy(records) => records.iter().map(|r| 96 + 96 * r.scored.len()).sum(),
             Output::Checkpoint(_) | Output::Abandon => 0,
         }
     }
@@ -68,7 +74,7 @@ impl Output {
     pub fn ticket(&self) -> Option<&Ticket> {
         match self {
             Output::Forecasts { ticket, .. } | Output::DeadLetters { ticket, .. } => Some(ticket),
-            Output::Checkpoint(_) | Output::Abandon => None,
+            Output::Accuracy(_) | Output::Checkpoint(_) | Output::Abandon => None,
         }
     }
 }

@@ -109,7 +109,7 @@ pub fn run(keys: u64, overrides: &str) -> Result<SoakReport> {
                         }
                     }
                 }
-                Output::Checkpoint(_) | Output::Abandon => {}
+                Output::Accuracy(_) | Output::Checkpoint(_) | Output::Abandon => {}
             }
         }
     };

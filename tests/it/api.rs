@@ -57,9 +57,12 @@ fn the_api_serves_health_latest_forecasts_keys_models_and_metrics() {
     let input = format!("it.api.in.{s}");
     create_topics(&[(input.as_str(), PARTITIONS)]);
     let name = format!("api-{s}");
-    // With quantiles, so live coverage of the calibrated bands is checked too.
-    let extra =
-        format!("[api]\nlisten = \"127.0.0.1:{port}\"\n[model]\nquantiles = [0.1, 0.5, 0.9]\n");
+    // With quantiles, so live coverage of the calibrated bands is checked
+    // too, and accuracy records on their own topic.
+    let extra = format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\n[model]\nquantiles = [0.1, 0.5, 0.9]\n\
+         [sink]\naccuracy_topic = \"{name}-accuracy\"\n"
+    );
     let p = pipeline_with(dir.path(), &name, &input, "exactly_once", &extra);
     produce(&input, events(0, 12));
     // Killed if the test fails half-way (it would keep the harness's
@@ -106,6 +109,7 @@ fn the_api_serves_health_latest_forecasts_keys_models_and_metrics() {
     );
 
     live_scores_equal_the_offline_scores_of_the_same_forecasts(port, &out);
+    accuracy_records_agree_with_the_live_scores(port, &format!("{name}-accuracy"));
 
     let (code, body) = get(port, "/forecast/no-such-key").unwrap();
     assert_eq!(code, 404, "{body}");
@@ -251,5 +255,63 @@ fn live_scores_equal_the_offline_scores_of_the_same_forecasts(port: u16, out: &[
             (live_coverage - covered).abs() < 1e-9,
             "step {step}: live coverage {live_coverage} vs offline {covered}"
         );
+    }
+}
+
+/// The accuracy topic has one record per scored window of k0, whose
+/// per-step errors add up to the API's running means (read after the
+/// scores: the topic may hold a commit more than the API had then, so only
+/// the first `scored` of each step are compared).
+fn accuracy_records_agree_with_the_live_scores(port: u16, topic: &str) {
+    let (_, body) = get(port, "/accuracy/k0").unwrap();
+    let live = json(&body);
+    let want: Vec<(i64, u64, f64)> = live["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["step"].as_i64().unwrap(),
+                s["scored"].as_u64().unwrap(),
+                s["mae"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let step1 = want[0].1 as usize;
+    let recs = read_topic(
+        topic,
+        Duration::from_secs(3),
+        Duration::from_secs(60),
+        |r| r.iter().filter(|(k, _)| k == "k0").count() >= step1,
+    );
+    let recs: Vec<streamcast::score::AccuracyRecord> = recs
+        .iter()
+        .filter(|(k, _)| k == "k0")
+        .map(|(_, v)| serde_json::from_str(v).unwrap())
+        .collect();
+    // Scored windows are distinct and each names its actual.
+    let mut ends: Vec<i64> = recs.iter().map(|r| r.window_end_ms).collect();
+    ends.dedup();
+    assert_eq!(ends.len(), recs.len(), "one record per scored window");
+    for (step, scored, mae) in want {
+        let errors: Vec<f64> = recs
+            .iter()
+            .flat_map(|r| &r.scored)
+            .filter(|s| s.step as i64 == step)
+            .map(|s| s.abs_error)
+            .take(scored as usize)
+            .collect();
+        assert_eq!(errors.len() as u64, scored, "step {step}");
+        let m = errors.iter().sum::<f64>() / errors.len() as f64;
+        assert!(
+            (m - mae).abs() < 1e-9 * mae.max(1.0),
+            "step {step}: topic {m} vs API {mae}"
+        );
+        for r in &recs {
+            for s in r.scored.iter().filter(|s| s.step as i64 == step) {
+                assert_eq!(s.origin_ms + step * 3_600_000, r.window_end_ms);
+                assert!(s.covered.is_some(), "with quantiles, coverage is recorded");
+            }
+        }
     }
 }
