@@ -48,6 +48,8 @@ pub mod api;
 // Forecasters and metrics shared by the live path and evaluation.
 pub mod accuracy;
 pub mod baselines;
+/// Per-key model choice on live errors.
+pub mod choose;
 pub mod score;
 
 #[cfg(feature = "eval")]

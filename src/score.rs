@@ -213,7 +213,13 @@ pub struct SummaryRow {
     pub nominal: Option<f64>,
 }
 
-const SOURCES: [&str; 2] = ["model", "baseline"];
+/// Forecast sources: the network, its warm-up baseline, and the baselines
+/// a key may be served by (see `choose`).
+const SOURCES: [&str; 5] = ["model", "baseline", "naive", "snaive", "ses"];
+
+fn source_index(s: &str) -> u8 {
+    SOURCES.iter().position(|x| *x == s).unwrap_or(1) as u8
+}
 
 impl Scorer {
     /// `steps` are 1-based horizon steps (those beyond `horizon` ignored);
@@ -304,7 +310,7 @@ impl Scorer {
                 continue; // not the same row order: never mis-attribute
             }
             let version = self.version_index(versions.value(i));
-            let source = u8::from(sources.value(i) != SOURCES[0]);
+            let source = source_index(sources.value(i));
             let row = &flat[i * width..(i + 1) * width];
             let (steps, quantiles, calibration) = (&self.steps, &self.quantiles, self.calibration);
             let st = key_state(&mut self.keys, key, steps.len(), nq);

@@ -65,6 +65,82 @@ pub struct PipelineConfig {
     /// Live scoring of published forecasts against the actual windows.
     #[serde(default)]
     pub score: ScoreConfig,
+    #[serde(default)]
+    pub choice: ChoiceConfig,
+}
+
+/// Per-key model choice (see `choose`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChoiceConfig {
+    /// Serve each key by the candidate with the lowest recent live error.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Candidates: `network` (the forecast stage's output), `naive`,
+    /// `snaive`, `ses`.
+    #[serde(default = "default_candidates")]
+    pub candidates: Vec<String>,
+    /// Half-life of the error means, in scored windows.
+    #[serde(default = "default_choice_half_life")]
+    pub half_life: f64,
+    /// Another candidate takes over only when its error is below the
+    /// serving one's by more than this share (hysteresis).
+    #[serde(default = "default_choice_margin")]
+    pub margin: f64,
+    /// Scored windows per key before the first change.
+    #[serde(default = "default_choice_min_scored")]
+    pub min_scored: u32,
+    /// Smoothing factor of the `ses` candidate.
+    #[serde(default = "default_ses_alpha")]
+    pub ses_alpha: f64,
+}
+
+fn default_candidates() -> Vec<String> {
+    ["network", "naive", "snaive", "ses"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_choice_half_life() -> f64 {
+    48.0
+}
+fn default_choice_margin() -> f64 {
+    0.1
+}
+fn default_choice_min_scored() -> u32 {
+    12
+}
+fn default_ses_alpha() -> f64 {
+    0.3
+}
+
+impl Default for ChoiceConfig {
+    fn default() -> Self {
+        ChoiceConfig {
+            enabled: false,
+            candidates: default_candidates(),
+            half_life: default_choice_half_life(),
+            margin: default_choice_margin(),
+            min_scored: default_choice_min_scored(),
+            ses_alpha: default_ses_alpha(),
+        }
+    }
+}
+
+impl ChoiceConfig {
+    /// The chooser's settings (candidates validated by `validate`).
+    pub fn spec(&self) -> crate::choose::ChoiceSpec {
+        crate::choose::ChoiceSpec {
+            candidates: self
+                .candidates
+                .iter()
+                .filter_map(|c| crate::choose::Candidate::parse(c))
+                .collect(),
+            half_life: self.half_life,
+            margin: self.margin,
+            min_scored: self.min_scored,
+            ses_alpha: self.ses_alpha,
+        }
+    }
 }
 
 /// Live scoring (see `score`).
@@ -1056,6 +1132,32 @@ impl PipelineConfig {
             return bad(
                 "state.commit_interval",
                 "expected a positive duration, e.g. \"1s\"",
+            );
+        }
+        if let Some(c) = self
+            .choice
+            .candidates
+            .iter()
+            .find(|c| crate::choose::Candidate::parse(c).is_none())
+        {
+            return bad(
+                "choice.candidates",
+                &format!("unknown candidate {c:?}; expected network, naive, snaive or ses"),
+            );
+        }
+        if self.choice.enabled && !self.choice.candidates.iter().any(|c| c == "network") {
+            return bad(
+                "choice.candidates",
+                "expected \"network\" among them (keys start on it)",
+            );
+        }
+        if !(self.choice.margin >= 0.0 && self.choice.margin < 1.0)
+            || !(self.choice.half_life >= 1.0)
+            || !(self.choice.ses_alpha > 0.0 && self.choice.ses_alpha <= 1.0)
+        {
+            return bad(
+                "choice",
+                "expected margin in [0, 1), half_life >= 1 and ses_alpha in (0, 1]",
             );
         }
         if let Some(t) = &self.sink.accuracy_topic {

@@ -16,6 +16,7 @@ use arrow::datatypes::Float64Type;
 
 use super::backtest::StreamModel;
 use super::harness::Model;
+use crate::choose::Chooser;
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
 use crate::model::ForecastStage;
@@ -180,7 +181,11 @@ fn collect_last(f: &RecordBatch, end_ms: i64, out: &mut [Vec<f64>]) {
 
 impl Model for RnnModel {
     fn name(&self) -> String {
-        "rnn".into()
+        if self.cfg.choice.enabled {
+            "rnn+choice".into()
+        } else {
+            "rnn".into()
+        }
     }
 
     /// Training takes minutes: no second run. It only ever receives the
@@ -205,6 +210,9 @@ pub struct OnlineRnn {
     train_series: Vec<(Vec<i64>, Vec<f64>)>,
     train_fraction: f64,
     stage: Option<ForecastStage>,
+    /// Per-key model choice after the stage, when `choice.enabled` (as the
+    /// live job does).
+    chooser: Option<Chooser>,
     key: String,
     seen: i64,
     last: Option<Vec<f64>>,
@@ -223,6 +231,7 @@ impl OnlineRnn {
             train_series,
             train_fraction,
             stage: None,
+            chooser: None,
             key: String::new(),
             seen: 0,
             last: None,
@@ -268,6 +277,14 @@ impl OnlineRnn {
             1,
             cfg.model.warmup_windows,
         ));
+        self.chooser = cfg.choice.enabled.then(|| {
+            Chooser::new(
+                cfg.choice.spec(),
+                cfg.slide_ms(),
+                cfg.model.horizon as usize,
+                cfg.model.season_windows as usize,
+            )
+        });
         Ok(())
     }
 }
@@ -279,8 +296,12 @@ impl StreamModel for OnlineRnn {
 
     fn reset(&mut self, key: &str) -> Result<()> {
         self.ensure_trained()?;
+        let ended = [std::sync::Arc::from(self.key.as_str())];
         if let Some(s) = self.stage.as_mut() {
-            s.end_keys(&[std::sync::Arc::from(self.key.as_str())]);
+            s.end_keys(&ended);
+        }
+        if let Some(c) = self.chooser.as_mut() {
+            c.end_keys(&ended);
         }
         self.key = key.to_string();
         self.seen = 0;
@@ -295,7 +316,10 @@ impl StreamModel for OnlineRnn {
         let spec = WindowSpec::from_config(&self.cfg);
         let batch = one_window(&spec, &self.key, window_start_ms, value);
         self.seen += 1;
-        let f = stage.forecast(&batch)?;
+        let mut f = stage.forecast(&batch)?;
+        if let Some(c) = self.chooser.as_mut() {
+            f = c.choose(&batch, f);
+        }
         let lists = f.column(forecasts::FORECAST).as_fixed_size_list();
         let vals = lists.values().as_primitive::<Float64Type>().values();
         self.last = Some(vals.to_vec());

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
 
+use crate::choose::Chooser;
 use crate::config::PipelineConfig;
 use crate::decode::{DeadLetter, Decoder, RawMessage};
 use crate::error::Result;
@@ -57,6 +58,8 @@ pub struct Core {
     checkpoints: u64,
     /// Live scoring (`score.enabled`); shared with the HTTP API.
     scorer: Option<Arc<Mutex<Scorer>>>,
+    /// Per-key model choice (`choice.enabled`).
+    chooser: Option<Chooser>,
 }
 
 impl Core {
@@ -69,6 +72,14 @@ impl Core {
             totals: Totals::default(),
             frontier: BTreeMap::new(),
             checkpoints: 0,
+            chooser: cfg.choice.enabled.then(|| {
+                Chooser::new(
+                    cfg.choice.spec(),
+                    cfg.slide_ms(),
+                    cfg.model.horizon as usize,
+                    cfg.model.season_windows as usize,
+                )
+            }),
             scorer: cfg.score.enabled.then(|| {
                 let h = cfg.model.horizon as usize;
                 let steps = if cfg.score.steps.is_empty() {
@@ -161,6 +172,14 @@ impl Core {
     pub fn restore(&mut self, r: &RestoredPartition, now_ms: i64) -> Result<usize> {
         let evicted = self.window.restore_partition(r, now_ms);
         self.model.end_keys(&evicted);
+        if let Some(c) = self.chooser.as_mut() {
+            c.end_keys(&evicted);
+        }
+        if let Some(s) = &self.scorer {
+            s.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .end_keys(&evicted);
+        }
         let models: Vec<_> = r
             .models
             .iter()
@@ -176,6 +195,9 @@ impl Core {
     pub fn revoke(&mut self, partition: i32) {
         let (keys, unpin) = self.window.drop_partition(partition);
         self.model.end_keys(&keys);
+        if let Some(c) = self.chooser.as_mut() {
+            c.end_keys(&keys);
+        }
         if let Some(s) = &self.scorer {
             s.lock().unwrap_or_else(|e| e.into_inner()).end_keys(&keys);
         }
@@ -288,6 +310,9 @@ impl Core {
             // Forecast before ending keys: a key whose series ends in this
             // batch still gets forecasts for the windows it closed.
             let mut forecasts = self.model.forecast(&windows)?;
+            if let Some(c) = self.chooser.as_mut() {
+                forecasts = c.choose(&windows, forecasts);
+            }
             let mut accuracy = Vec::new();
             if let Some(s) = &self.scorer {
                 let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
@@ -316,6 +341,9 @@ impl Core {
             closed.ticket.iter().for_each(|p| t.unpin(*p));
         }
         self.model.end_keys(&closed.ended_keys);
+        if let Some(c) = self.chooser.as_mut() {
+            c.end_keys(&closed.ended_keys);
+        }
         if let Some(s) = &self.scorer {
             s.lock()
                 .unwrap_or_else(|e| e.into_inner())
