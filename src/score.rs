@@ -207,6 +207,8 @@ pub struct SummaryRow {
     /// Error over seasonal naive's mean absolute error on each key's
     /// history so far (M4's scale); below 1 beats it.
     pub mase: Option<f64>,
+    /// Forecasts scored with a seasonal scale (the MASE's count).
+    pub scored_scaled: u64,
     /// Share of actuals in the quantile band (with quantiles).
     pub coverage: Option<f64>,
     /// Nominal coverage of that band (`q_max - q_min`).
@@ -356,6 +358,7 @@ impl Scorer {
                 mae: a.abs / a.n.max(1) as f64,
                 smape: a.smape / a.n.max(1) as f64,
                 mase: (a.n_scaled > 0).then(|| a.scaled / a.n_scaled as f64),
+                scored_scaled: a.n_scaled,
                 coverage: nominal.map(|_| a.covered as f64 / a.n.max(1) as f64),
                 nominal,
             })

@@ -149,7 +149,7 @@ fn register_all() {
     for reason in ["gap", "ttl", "capacity"] {
         metrics::counter!(KEYS_ENDED, "reason" => reason).increment(0);
     }
-    for outcome in ["promoted", "kept", "failed", "panicked"] {
+    for outcome in ["promoted", "shadow", "kept", "failed", "panicked"] {
         metrics::counter!(RETRAIN_RUNS, "outcome" => outcome).increment(0);
     }
     for name in [LIVE_KEYS, IN_FLIGHT_BYTES] {

@@ -16,8 +16,8 @@ pub fn list(pipeline: &Path, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "  {:<40} {:>10} {:>10}  {:<9} trained on",
-        "version", "val_loss", "baseline", "status"
+        "  {:<40} {:>10} {:>10}  {:<9} {:<17} trained on",
+        "version", "val_loss", "baseline", "status", "live MASE (vs ch.)"
     );
     for v in list {
         let metric = |k: &str| {
@@ -27,20 +27,32 @@ pub fn list(pipeline: &Path, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 .map_or("-".to_string(), |x| format!("{x:.5}"))
         };
         let status = match &v.status {
+            Some(d) if d.live.as_ref().is_some_and(|l| l.running) => "shadow",
             Some(d) if d.promoted => "promoted",
             Some(_) => "rejected",
             None => "-",
         };
+        // A shadow duel's outcome: the challenger's live MASE against the
+        // champion's on the same windows.
+        let live = v
+            .status
+            .as_ref()
+            .and_then(|d| d.live.as_ref())
+            .filter(|l| !l.running)
+            .map_or("-".to_string(), |l| {
+                format!("{:.3} vs {:.3}", l.challenger_mase, l.champion_mase)
+            });
         let range = v.spec.trained_on.map_or("-".to_string(), |(a, b)| {
             format!("{} .. {}", rfc3339_ms(a), rfc3339_ms(b))
         });
         println!(
-            "{} {:<40} {:>10} {:>10}  {:<9} {}",
+            "{} {:<40} {:>10} {:>10}  {:<9} {:<17} {}",
             if v.active { "*" } else { " " },
             v.version,
             metric("val_loss"),
             metric("baseline_val_loss"),
             status,
+            live,
             range
         );
     }

@@ -860,6 +860,13 @@ pub struct RetrainConfig {
     /// the streaming process would take several times that in memory.
     #[serde(default = "default_retrain_max_bytes")]
     pub max_archive_bytes: u64,
+    /// Above 0: a challenger that beats the champion on the archive holdout
+    /// is not promoted at once but runs in shadow (forecasting every key,
+    /// publishing nothing) until this many of its forecasts have been
+    /// scored live, then replaces the champion only if its live MASE is
+    /// lower than the champion's on the same windows.
+    #[serde(default)]
+    pub shadow_windows: u64,
 }
 
 impl Default for RetrainConfig {
@@ -871,6 +878,7 @@ impl Default for RetrainConfig {
             from_champion: true,
             models_dir: None,
             max_archive_bytes: default_retrain_max_bytes(),
+            shadow_windows: 0,
         }
     }
 }

@@ -28,6 +28,22 @@ pub struct Decision {
     pub champion_val_loss: f64,
     pub champion_version: String,
     pub reason: String,
+    /// The live duel of a challenger run in shadow (`retrain.shadow_windows`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveDuel>,
+}
+
+/// Both models' live accuracy on the same windows, from a shadow run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveDuel {
+    /// Forecasts of each model scored (with a seasonal scale).
+    pub scored: u64,
+    #[serde(with = "nan_as_null")]
+    pub challenger_mase: f64,
+    #[serde(with = "nan_as_null")]
+    pub champion_mase: f64,
+    /// Still running: the challenger is in shadow.
+    pub running: bool,
 }
 
 /// JSON has no NaN: write a non-finite loss as `null`, read `null` as NaN.
@@ -98,6 +114,17 @@ impl Registry {
             self.set_champion(&decision.version)?;
         }
         Ok(dir)
+    }
+
+    /// Rewrites a recorded version's decision (a shadow duel's outcome);
+    /// makes it champion if promoted.
+    pub fn update_decision(&self, decision: &Decision) -> Result<()> {
+        let dir = self.dir.join(&decision.version);
+        write_json(&dir.join("status.json"), decision)?;
+        if decision.promoted {
+            self.set_champion(&decision.version)?;
+        }
+        Ok(())
     }
 
     pub fn set_champion(&self, version: &str) -> Result<()> {

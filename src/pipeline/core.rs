@@ -28,6 +28,7 @@ use crate::choose::Chooser;
 use crate::config::PipelineConfig;
 use crate::decode::{DeadLetter, Decoder, RawMessage};
 use crate::error::Result;
+use crate::model::registry::{Decision, Registry};
 use crate::model::{ForecastStage, ModelSpec, Network, SwapReport};
 use crate::offsets::{OffsetTracker, Position, Ticket};
 use crate::schema::forecasts;
@@ -60,6 +61,25 @@ pub struct Core {
     scorer: Option<Arc<Mutex<Scorer>>>,
     /// Per-key model choice (`choice.enabled`).
     chooser: Option<Chooser>,
+    /// A challenger running in shadow (`retrain.shadow_windows`).
+    shadow: Option<Shadow>,
+    /// The scorer settings (slide, horizon, steps, season), for duels.
+    duel_scoring: (i64, usize, Vec<usize>, usize),
+    models_dir: std::path::PathBuf,
+}
+
+/// A challenger in shadow: its own forecast stage, started from the
+/// champion's key states (replayed through the challenger), forecasting
+/// every window and publishing nothing; both models scored on the same
+/// windows until `needed` forecasts of each were scored with a scale.
+struct Shadow {
+    stage: ForecastStage,
+    /// A copy of the challenger, to swap in if it wins.
+    promote: (Network, ModelSpec),
+    champion: Scorer,
+    challenger: Scorer,
+    decision: Decision,
+    needed: u64,
 }
 
 impl Core {
@@ -72,6 +92,17 @@ impl Core {
             totals: Totals::default(),
             frontier: BTreeMap::new(),
             checkpoints: 0,
+            shadow: None,
+            duel_scoring: {
+                let h = cfg.model.horizon as usize;
+                let steps = if cfg.score.steps.is_empty() {
+                    vec![1, h]
+                } else {
+                    cfg.score.steps.clone()
+                };
+                (cfg.slide_ms(), h, steps, cfg.model.season_windows as usize)
+            },
+            models_dir: cfg.models_dir(),
             chooser: cfg.choice.enabled.then(|| {
                 Chooser::new(
                     cfg.choice.spec(),
@@ -171,15 +202,7 @@ impl Core {
     /// Brings a newly assigned partition's state in.
     pub fn restore(&mut self, r: &RestoredPartition, now_ms: i64) -> Result<usize> {
         let evicted = self.window.restore_partition(r, now_ms);
-        self.model.end_keys(&evicted);
-        if let Some(c) = self.chooser.as_mut() {
-            c.end_keys(&evicted);
-        }
-        if let Some(s) = &self.scorer {
-            s.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .end_keys(&evicted);
-        }
+        self.end_keys(&evicted);
         let models: Vec<_> = r
             .models
             .iter()
@@ -194,17 +217,27 @@ impl Core {
     /// the changelog), its pins are released.
     pub fn revoke(&mut self, partition: i32) {
         let (keys, unpin) = self.window.drop_partition(partition);
-        self.model.end_keys(&keys);
-        if let Some(c) = self.chooser.as_mut() {
-            c.end_keys(&keys);
-        }
-        if let Some(s) = &self.scorer {
-            s.lock().unwrap_or_else(|e| e.into_inner()).end_keys(&keys);
-        }
+        self.end_keys(&keys);
         let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
         unpin.iter().for_each(|p| t.unpin(*p));
         t.forget(partition);
         self.frontier.remove(&partition);
+    }
+
+    /// Frees ended keys' state in every stage that keeps any.
+    fn end_keys(&mut self, keys: &[Arc<str>]) {
+        self.model.end_keys(keys);
+        if let Some(c) = self.chooser.as_mut() {
+            c.end_keys(keys);
+        }
+        if let Some(sh) = self.shadow.as_mut() {
+            sh.stage.end_keys(keys);
+            sh.champion.end_keys(keys);
+            sh.challenger.end_keys(keys);
+        }
+        if let Some(s) = &self.scorer {
+            s.lock().unwrap_or_else(|e| e.into_inner()).end_keys(keys);
+        }
     }
 
     pub fn model(&self) -> &ForecastStage {
@@ -231,6 +264,127 @@ impl Core {
     /// Hot-swaps the model (see `ForecastStage::swap`).
     pub fn swap(&mut self, net: Network, spec: ModelSpec) -> Result<SwapReport> {
         self.model.swap(net, spec)
+    }
+
+    /// Starts running a challenger in shadow (replacing one already in
+    /// shadow): a second forecast stage with every live key's state
+    /// replayed through the challenger. `decision` is its recorded one.
+    pub fn start_shadow(
+        &mut self,
+        net: Network,
+        spec: ModelSpec,
+        decision: Decision,
+        cfg: &PipelineConfig,
+    ) -> Result<SwapReport> {
+        let t0 = std::time::Instant::now();
+        let fits = spec.features == self.model.spec().features
+            && spec.horizon == self.model.spec().horizon
+            && spec.season == self.model.spec().season;
+        if !fits {
+            return Err(crate::Error::Model(format!(
+                "cannot run {} in shadow: its features/horizon/season differ from the running model's",
+                spec.version
+            )));
+        }
+        if let Some(old) = self.shadow.take() {
+            self.end_duel(old, "superseded by a newer challenger", false)?;
+        }
+        let device = net.vs.device();
+        let mut copy = Network::for_spec(&spec, device, spec.seed);
+        copy.vs
+            .copy(&net.vs)
+            .map_err(|e| crate::Error::Model(format!("copying the challenger: {e}")))?;
+        let keys: Vec<Arc<str>> = self.model.store().keys().cloned().collect();
+        let states = self.model.store().export(&keys, self.model.version())?;
+        let mut stage = ForecastStage::new(
+            net,
+            spec.clone(),
+            cfg.decode.value_fields.len(),
+            cfg.model.warmup_windows,
+        );
+        let restored = stage.restore(&states)?;
+        let (slide, h, steps, season) = &self.duel_scoring;
+        let scorer = || Scorer::new(*slide, *h, steps, *season, &[], None);
+        tracing::info!(version = %spec.version, keys = restored, needed = cfg.retrain.shadow_windows, "challenger running in shadow");
+        self.shadow = Some(Shadow {
+            stage,
+            promote: (copy, spec),
+            champion: scorer(),
+            challenger: scorer(),
+            decision,
+            needed: cfg.retrain.shadow_windows,
+        });
+        Ok(SwapReport {
+            keys: restored,
+            replayed_windows: 0,
+            pause_ms: t0.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// The version running in shadow, if any.
+    pub fn shadow_version(&self) -> Option<&str> {
+        self.shadow.as_ref().map(|s| s.stage.version())
+    }
+
+    /// Scores the shadow and the champion on the same windows; once enough
+    /// forecasts are scored, decides the duel.
+    fn shadow_step(&mut self, windows: &RecordBatch, champion: &RecordBatch) -> Result<()> {
+        let Some(sh) = self.shadow.as_mut() else {
+            return Ok(());
+        };
+        let theirs = sh.stage.forecast(windows)?;
+        sh.challenger.observe(windows, theirs);
+        sh.champion.observe(windows, champion.clone());
+        let (chall, champ) = (pooled_mase(&sh.challenger), pooled_mase(&sh.champion));
+        if chall.1 < sh.needed || champ.1 < sh.needed {
+            return Ok(());
+        }
+        let Some(sh) = self.shadow.take() else {
+            return Ok(());
+        };
+        let promoted = chall.0 < champ.0;
+        let why = if promoted {
+            format!(
+                "live MASE {:.4} beats the champion's {:.4}",
+                chall.0, champ.0
+            )
+        } else {
+            format!(
+                "live MASE {:.4} does not beat the champion's {:.4}",
+                chall.0, champ.0
+            )
+        };
+        self.end_duel(sh, &why, promoted)
+    }
+
+    /// Records a duel's outcome; swaps the challenger in if it won.
+    fn end_duel(&mut self, sh: Shadow, why: &str, promoted: bool) -> Result<()> {
+        let (chall, champ) = (pooled_mase(&sh.challenger), pooled_mase(&sh.champion));
+        let mut d = sh.decision;
+        d.promoted = promoted;
+        d.champion_version = self.model.version().to_string();
+        d.reason = format!(
+            "shadow run over {} scored forecasts: {why}",
+            chall.1.min(champ.1)
+        );
+        d.live = Some(crate::model::registry::LiveDuel {
+            scored: chall.1.min(champ.1),
+            challenger_mase: chall.0,
+            champion_mase: champ.0,
+            running: false,
+        });
+        tracing::info!(version = %d.version, promoted, reason = %d.reason, "shadow duel decided");
+        Registry::new(self.models_dir.clone()).update_decision(&d)?;
+        if promoted {
+            let (net, spec) = sh.promote;
+            let r = self.model.swap(net, spec)?;
+            tracing::info!(
+                keys = r.keys,
+                pause_ms = r.pause_ms,
+                "challenger promoted from shadow"
+            );
+        }
+        Ok(())
     }
 
     /// Tells the window stage which partitions still have unread messages.
@@ -310,6 +464,7 @@ impl Core {
             // Forecast before ending keys: a key whose series ends in this
             // batch still gets forecasts for the windows it closed.
             let mut forecasts = self.model.forecast(&windows)?;
+            self.shadow_step(&windows, &forecasts)?;
             if let Some(c) = self.chooser.as_mut() {
                 forecasts = c.choose(&windows, forecasts);
             }
@@ -340,17 +495,25 @@ impl Core {
             let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
             closed.ticket.iter().for_each(|p| t.unpin(*p));
         }
-        self.model.end_keys(&closed.ended_keys);
-        if let Some(c) = self.chooser.as_mut() {
-            c.end_keys(&closed.ended_keys);
-        }
-        if let Some(s) = &self.scorer {
-            s.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .end_keys(&closed.ended_keys);
-        }
+        self.end_keys(&closed.ended_keys);
         Ok(out)
     }
+}
+
+/// Pooled live MASE of a duel scorer (all steps and sources), and how
+/// many forecasts it is over.
+fn pooled_mase(s: &Scorer) -> (f64, u64) {
+    let rows = s.summary();
+    let n: u64 = rows
+        .iter()
+        .filter(|r| r.mase.is_some())
+        .map(|r| r.scored_scaled)
+        .sum();
+    let sum: f64 = rows
+        .iter()
+        .filter_map(|r| r.mase.map(|m| m * r.scored_scaled as f64))
+        .sum();
+    (if n > 0 { sum / n as f64 } else { f64::NAN }, n)
 }
 
 fn count_source(batch: &RecordBatch, source: &str) -> u64 {
@@ -521,5 +684,98 @@ mod tests {
         c.revoke(1);
         assert_eq!(c.window().live_keys(), 2);
         assert_eq!(c.model().live_keys(), 2);
+    }
+
+    /// A network like the pipeline's, its weights scaled by `factor`
+    /// (0: a residual head that adds nothing to seasonal naive; 100: wild
+    /// corrections), recorded in the registry as `version`.
+    fn challenger(
+        cfg: &PipelineConfig,
+        version: &str,
+        factor: f64,
+    ) -> (Network, ModelSpec, Decision) {
+        let spec = ModelSpec {
+            version: version.to_string(),
+            ..ModelSpec::untrained(cfg)
+        };
+        let net = Network::for_spec(&spec, tch::Device::Cpu, 7);
+        tch::no_grad(|| {
+            for (_, mut t) in net.vs.variables() {
+                let scaled = &t * factor;
+                t.copy_(&scaled);
+            }
+        });
+        let d = Decision {
+            version: version.to_string(),
+            promoted: false,
+            challenger_val_loss: 0.1,
+            champion_val_loss: 0.2,
+            champion_version: String::new(),
+            reason: "in shadow".into(),
+            live: None,
+        };
+        Registry::new(cfg.models_dir())
+            .record(&net, &spec, &serde_json::json!({}), &d)
+            .unwrap();
+        (net, spec, d)
+    }
+
+    /// A challenger in shadow is scored beside the champion on the same
+    /// windows and replaces it only if its live MASE is lower: a wild one
+    /// is rejected (the champion keeps serving), a sane one against a wild
+    /// champion is promoted; both outcomes are recorded with their scores.
+    #[test]
+    fn a_shadow_challenger_replaces_the_champion_only_if_it_wins_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::testkit::pipeline(&format!(
+            "[decode]\ntime_format = \"epoch_ms\"\n[window]\nsize = \"1h\"\nallowed_lateness = \"0s\"\n\
+             [model]\nhidden = 8\nhorizon = 2\nseason_windows = 4\nwarmup_windows = 2\n\
+             [retrain]\nshadow_windows = 40\nmodels_dir = {:?}\n",
+            dir.path().join("models")
+        ));
+        let registry = Registry::new(cfg.models_dir());
+        let msgs = messages(4, 60);
+        let mut c = core(&cfg);
+        let champion = c.model().version().to_string();
+        c.on_messages(&msgs[..40], 0).unwrap();
+        let (net, spec, d) = challenger(&cfg, "wild", 100.0);
+        c.start_shadow(net, spec, d, &cfg).unwrap();
+        assert_eq!(c.shadow_version(), Some("wild"));
+        // 4 keys x 2 steps per window: 40 scored forecasts take ~6 hours.
+        let mut published = Vec::new();
+        for chunk in msgs[40..120].chunks(4) {
+            published.extend(forecasts_of(&c.on_messages(chunk, 0).unwrap()));
+        }
+        assert_eq!(c.shadow_version(), None, "the duel is decided");
+        assert_eq!(c.model().version(), champion, "the champion stays");
+        assert!(
+            published.iter().all(|f| f.2.iter().all(|x| x.abs() < 1e3)),
+            "nothing the wild challenger forecast was published"
+        );
+        let wild = registry.list().unwrap();
+        let wild = wild.iter().find(|v| v.version == "wild").unwrap();
+        let d = wild.status.as_ref().unwrap();
+        let live = d.live.as_ref().unwrap();
+        assert!(!d.promoted && !live.running, "{d:?}");
+        assert!(live.scored >= 40, "{live:?}");
+        assert!(live.challenger_mase > live.champion_mase, "{live:?}");
+
+        // Now a wild champion and a sane challenger (zero weights: exactly
+        // seasonal naive once warm).
+        let (net, spec, _) = challenger(&cfg, "wild-champion", 100.0);
+        c.swap(net, spec).unwrap();
+        let (net, spec, d) = challenger(&cfg, "sane", 0.0);
+        c.start_shadow(net, spec, d, &cfg).unwrap();
+        for chunk in msgs[120..].chunks(4) {
+            c.on_messages(chunk, 0).unwrap();
+        }
+        assert_eq!(c.shadow_version(), None);
+        assert_eq!(c.model().version(), "sane", "the challenger won live");
+        assert_eq!(registry.champion_version().as_deref(), Some("sane"));
+        let list = registry.list().unwrap();
+        let sane = list.iter().find(|v| v.version == "sane").unwrap();
+        let live = sane.status.as_ref().unwrap().live.as_ref().unwrap();
+        assert!(sane.status.as_ref().unwrap().promoted);
+        assert!(live.challenger_mase < live.champion_mase, "{live:?}");
     }
 }

@@ -49,7 +49,6 @@ use crate::broker::blocking;
 use crate::config::PipelineConfig;
 use crate::decode::RawMessage;
 use crate::error::{Error, Result};
-use crate::model::{ModelSpec, Network};
 use crate::offsets::OffsetTracker;
 use crate::retrain::RetrainSignals;
 use crate::sink::{Delivered, ForecastRecord, KafkaSink, Output};
@@ -90,7 +89,7 @@ struct Batch {
 }
 
 /// A promoted model on its way from the retrainer to the compute thread.
-type Swap = (Network, ModelSpec);
+type Swap = crate::retrain::Promotion;
 
 /// Runs a pipeline until a signal (or idleness, if asked). Returns totals.
 pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
@@ -422,13 +421,19 @@ fn compute_loop(
         Ok(())
     };
     loop {
-        if let Ok((net, spec)) = swaps.try_recv() {
-            match core.swap(net, spec) {
+        if let Ok(p) = swaps.try_recv() {
+            let shadow = p.shadow.is_some();
+            let swapped = match p.shadow {
+                Some(decision) => core.start_shadow(p.net, p.spec, decision, cfg),
+                None => core.swap(p.net, p.spec),
+            };
+            match swapped {
                 Ok(r) => tracing::info!(
                     keys = r.keys,
                     replayed = r.replayed_windows,
                     pause_ms = r.pause_ms,
-                    "model swapped"
+                    shadow,
+                    "model swapped in"
                 ),
                 Err(e) => tracing::error!(error = %e, "model swap refused; the champion stays"),
             }

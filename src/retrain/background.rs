@@ -3,17 +3,19 @@
 //! `every_windows` closed windows, trains a challenger on the archive, and
 //! hands a promoted model to the compute thread over a channel; the compute
 //! thread hot-swaps it between batches (replaying each key's recent
-//! windows), so ingestion and forecasting never wait for training.
+//! windows), so ingestion and forecasting never wait for training. With
+//! `retrain.shadow_windows` a challenger that wins offline goes to the
+//! compute thread to run in shadow instead, and the live duel decides.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::challenge;
+use super::{challenge, Promotion};
 use crate::config::PipelineConfig;
 use crate::model::registry::{starting_model, Registry};
-use crate::model::{ModelSpec, Network};
+use crate::model::Network;
 use crate::telemetry;
 use crate::train;
 
@@ -31,7 +33,7 @@ pub struct RetrainSignals {
 pub fn run_retrainer(
     cfg: PipelineConfig,
     signals: Arc<RetrainSignals>,
-    swap_tx: SyncSender<(Network, ModelSpec)>,
+    swap_tx: SyncSender<Promotion>,
 ) {
     let registry = Registry::new(cfg.models_dir());
     let mut champion = match starting_model(&cfg) {
@@ -83,6 +85,16 @@ pub fn run_retrainer(
             "retraining a challenger on the newest archive files"
         );
         let t = cfg.train.clone();
+        if cfg.retrain.shadow_windows > 0 {
+            // With shadow runs the champion changes on the compute thread
+            // (a live duel won): take it from the registry each round.
+            match starting_model(&cfg) {
+                Ok(m) => champion = m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reload the champion; challenging the last one known")
+                }
+            }
+        }
         // A panic in preparation or training (polars, libtorch, a bug) must
         // not end retraining silently for the rest of the job's life: it is
         // caught, logged with its message, counted, and the next round runs.
@@ -99,20 +111,29 @@ pub fn run_retrainer(
             }
         };
         let label = match &outcome {
+            Ok((d, Some(_))) if d.live.is_some() => "shadow",
             Ok((_, Some(_))) => "promoted",
             Ok((_, None)) => "kept",
             Err(_) => "failed",
         };
         metrics::counter!(telemetry::RETRAIN_RUNS, "outcome" => label).increment(1);
         match outcome {
-            Ok((_, Some(trained))) => {
-                // Keep a copy as the new champion for the next round.
-                let device = trained.net.vs.device();
-                let mut copy = Network::for_spec(&trained.spec, device, trained.spec.seed);
-                if copy.vs.copy(&trained.net.vs).is_ok() {
-                    champion = (copy, trained.spec.clone());
+            Ok((decision, Some(trained))) => {
+                let shadow = decision.live.is_some().then_some(decision);
+                if shadow.is_none() {
+                    // Keep a copy as the new champion for the next round.
+                    let device = trained.net.vs.device();
+                    let mut copy = Network::for_spec(&trained.spec, device, trained.spec.seed);
+                    if copy.vs.copy(&trained.net.vs).is_ok() {
+                        champion = (copy, trained.spec.clone());
+                    }
                 }
-                if swap_tx.send((trained.net, trained.spec)).is_err() {
+                let p = Promotion {
+                    net: trained.net,
+                    spec: trained.spec,
+                    shadow,
+                };
+                if swap_tx.send(p).is_err() {
                     return;
                 }
             }

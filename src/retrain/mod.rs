@@ -11,6 +11,14 @@ mod background;
 
 pub use background::{run_retrainer, RetrainSignals};
 
+/// A model on its way from the retrainer to the compute thread: promoted
+/// (swapped in at once) or, with its recorded decision, to run in shadow.
+pub struct Promotion {
+    pub net: Network,
+    pub spec: ModelSpec,
+    pub shadow: Option<Decision>,
+}
+
 use crate::config::{PipelineConfig, TrainConfig};
 use crate::error::Result;
 use crate::model::registry::{Decision, Registry};
@@ -44,11 +52,15 @@ pub fn decide(challenger: &Trained, champion_val: f64, champion_version: &str) -
         champion_val_loss: champion_val,
         champion_version: champion_version.to_string(),
         reason,
+        live: None,
     }
 }
 
 /// Trains a challenger on `data`, scores the champion on the same holdout,
 /// records both and returns the decision (and the challenger if promoted).
+/// With `retrain.shadow_windows`, a challenger that wins offline is
+/// recorded as *in shadow* (not champion yet) and returned all the same:
+/// the live duel decides (see `pipeline::core`).
 pub fn challenge(
     cfg: &PipelineConfig,
     t: &TrainConfig,
@@ -59,7 +71,23 @@ pub fn challenge(
     let init = cfg.retrain.from_champion.then_some(&champion.0);
     let trained = train::train_prepared(cfg, t, data, init)?;
     let champion_val = train::validation_loss(&champion.0, data, t);
-    let decision = decide(&trained, champion_val, &champion.1.version);
+    let mut decision = decide(&trained, champion_val, &champion.1.version);
+    if decision.promoted && cfg.retrain.shadow_windows > 0 {
+        decision.promoted = false;
+        decision.reason = format!(
+            "in shadow ({}); replaces the champion if its live MASE beats the champion's over {} scored forecasts",
+            decision.reason, cfg.retrain.shadow_windows
+        );
+        decision.live = Some(crate::model::registry::LiveDuel {
+            scored: 0,
+            challenger_mase: f64::NAN,
+            champion_mase: f64::NAN,
+            running: true,
+        });
+        registry.record(&trained.net, &trained.spec, &trained.report, &decision)?;
+        tracing::info!(version = %decision.version, reason = %decision.reason, "challenger evaluated");
+        return Ok((decision, Some(trained)));
+    }
     registry.record(&trained.net, &trained.spec, &trained.report, &decision)?;
     tracing::info!(
         version = %decision.version,
