@@ -30,9 +30,9 @@
 //! before its new forecasts are registered; the network's own forecast is
 //! passed through unchanged while it serves. Memory per key: `season` f64
 //! values, `horizon` pending forecasts of `4 x 2` f32 values plus 8 bytes,
-//! 4 errors and a few counters (~0.7 KB at season 24, horizon 12). Not part
-//! of durable state: after a restart every key starts on the network again
-//! and the errors learn anew.
+//! 4 errors and a few counters (~0.7 KB at season 24, horizon 12). With
+//! durable state it is checkpointed with the key's model state (`export` /
+//! `import`): a restored key keeps its candidate and errors.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -43,6 +43,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Float64Type, TimestampMillisecondType, UInt32Type};
 
 use crate::schema::{forecasts as fc, windows as wc};
+use crate::state::ChoiceKeyState;
 
 /// A forecaster a key may be served by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,6 +265,52 @@ impl Chooser {
         for k in keys {
             self.keys.remove(k);
         }
+    }
+
+    /// `key`'s state for a checkpoint (none when the key has none).
+    pub fn export(&self, key: &str) -> Option<ChoiceKeyState> {
+        let st = self.keys.get(key)?;
+        Some(ChoiceKeyState {
+            recent: st.recent.iter().copied().collect(),
+            level: st.level,
+            pending: st.pending.iter().cloned().collect(),
+            err: st.err.clone(),
+            weight: st.weight.clone(),
+            scored: st.scored,
+            serving: self
+                .spec
+                .candidates
+                .get(st.serving)
+                .map_or("network", |c| c.name())
+                .to_string(),
+        })
+    }
+
+    /// Takes a restored key state in; one written with other candidates is
+    /// dropped (the key starts on the network again).
+    pub fn import(&mut self, key: Arc<str>, s: &ChoiceKeyState) {
+        let nc = self.spec.candidates.len();
+        let w = self.steps.len();
+        let serving = Candidate::parse(&s.serving)
+            .and_then(|c| self.spec.candidates.iter().position(|x| *x == c));
+        let fits = s.err.len() == nc
+            && s.weight.len() == nc
+            && s.pending.iter().all(|(_, v)| v.len() == nc * w);
+        let (true, Some(serving)) = (fits, serving) else {
+            return;
+        };
+        self.keys.insert(
+            key,
+            KeyChoice {
+                recent: s.recent.iter().copied().take(self.season).collect(),
+                level: s.level,
+                pending: s.pending.iter().cloned().collect(),
+                err: s.err.clone(),
+                weight: s.weight.clone(),
+                scored: s.scored,
+                serving,
+            },
+        );
     }
 
     /// The candidate serving `key`, if it is known.

@@ -45,9 +45,9 @@
 //! values plus 16 bytes each, `season` f32 actuals, 56 bytes per scored
 //! step, and with calibration `calibration_window` f32 scores per scored
 //! step and quantile pair (800 bytes for P10/P50/P90, 2 steps, 100
-//! windows). Scores and conformity windows are not part of durable state:
-//! after a restart, forecasts published before it are not scored and the
-//! bands are published raw until the windows fill again.
+//! windows). With durable state, all of it is checkpointed with the key's
+//! model state (`export` / `import`), so a restored key goes on scoring
+//! and calibrating exactly as it would have.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -56,6 +56,7 @@ use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, Float64Array, R
 use arrow::datatypes::{Float64Type, TimestampMillisecondType, UInt32Type};
 
 use crate::schema::{forecasts as fc, windows as wc};
+use crate::state::ScoreKeyState;
 
 // Series names: see `telemetry` for the catalogue.
 use crate::telemetry::{
@@ -407,6 +408,105 @@ impl Scorer {
         for k in keys {
             self.keys.remove(k);
         }
+    }
+
+    /// `key`'s state for a checkpoint (none when the key has none).
+    pub fn export(&self, key: &str) -> Option<ScoreKeyState> {
+        let st = self.keys.get(key)?;
+        Some(ScoreKeyState {
+            pending: st
+                .pending
+                .iter()
+                .map(|&(o, v, s)| {
+                    let v = self.versions.get(usize::from(v));
+                    (o, v.map_or_else(String::new, |v| v.to_string()), s)
+                })
+                .collect(),
+            values: st.values.iter().copied().collect(),
+            qvalues: st.qvalues.iter().copied().collect(),
+            qraw: st.qraw.iter().copied().collect(),
+            recent: st.recent.iter().copied().collect(),
+            scale_sum: st.scale_sum,
+            scale_n: st.scale_n,
+            sums: st
+                .sums
+                .iter()
+                .map(|a| {
+                    (
+                        a.abs, a.smape, a.scaled, a.pinball, a.n, a.n_scaled, a.covered,
+                    )
+                })
+                .collect(),
+            conformity: st
+                .conformity
+                .iter()
+                .map(|r| r.iter().copied().collect())
+                .collect(),
+            conformity_source: st.conformity_source,
+        })
+    }
+
+    /// Takes a restored key state in. A state of another shape (the scored
+    /// steps or quantiles changed since it was written) is dropped: the key
+    /// starts scoring afresh.
+    pub fn import(&mut self, key: Arc<str>, s: &ScoreKeyState) {
+        let (w, nq) = (self.steps.len(), self.quantiles.len());
+        let n = s.pending.len();
+        let fits = s.sums.len() == w
+            && s.values.len() == n * w
+            && (s.qvalues.is_empty() || s.qvalues.len() == n * w * nq)
+            && (s.qraw.is_empty() || s.qraw.len() == n * w * nq)
+            && (s.conformity.is_empty() || s.conformity.len() == w * (nq / 2));
+        if !fits {
+            return;
+        }
+        let pending = s
+            .pending
+            .iter()
+            .map(|(o, v, src)| (*o, self.version_index(v), *src))
+            .collect();
+        let window = self.calibration.map_or(usize::MAX, |c| c.window);
+        self.keys.insert(
+            key,
+            KeyScore {
+                pending,
+                values: s.values.iter().copied().collect(),
+                qvalues: s.qvalues.iter().copied().collect(),
+                qraw: s.qraw.iter().copied().collect(),
+                recent: s.recent.iter().copied().take(self.season).collect(),
+                scale_sum: s.scale_sum,
+                scale_n: s.scale_n,
+                sums: s
+                    .sums
+                    .iter()
+                    .map(
+                        |&(abs, smape, scaled, pinball, n, n_scaled, covered)| Sums {
+                            abs,
+                            smape,
+                            scaled,
+                            pinball,
+                            n,
+                            n_scaled,
+                            covered,
+                        },
+                    )
+                    .collect(),
+                conformity: if s.conformity.is_empty() {
+                    vec![VecDeque::new(); w * (nq / 2)]
+                } else {
+                    s.conformity
+                        .iter()
+                        .map(|r| {
+                            r[r.len().saturating_sub(window)..]
+                                .iter()
+                                .copied()
+                                .collect()
+                        })
+                        .collect()
+                },
+                conformity_source: s.conformity_source,
+            },
+        );
     }
 
     /// Running means per scored step of `key` (empty when unknown).

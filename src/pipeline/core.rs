@@ -34,7 +34,9 @@ use crate::offsets::{OffsetTracker, Position, Ticket};
 use crate::schema::forecasts;
 use crate::score::{Calibration, Scorer};
 use crate::sink::Output;
-use crate::state::{self, Checkpoint, PartitionState, RestoredPartition, StateRecord};
+use crate::state::{
+    self, Checkpoint, LiveKeyState, PartitionState, RestoredPartition, StateRecord,
+};
 use crate::window::{Closed, WindowSpec, WindowStage};
 
 /// Running totals, for the summary a job prints at the end.
@@ -157,8 +159,13 @@ impl Core {
         let w = self.window.take_changes();
         let models = self.model.take_changes()?;
         let mut records = Vec::with_capacity(2 * w.ended.len() + w.keys.len() + models.len());
+        let live = self.scorer.is_some() || self.chooser.is_some();
         for (p, key) in &w.ended {
-            for k in [state::window_key(key), state::model_key(key)] {
+            let live_key = live.then(|| state::live_key(key));
+            for k in [state::window_key(key), state::model_key(key)]
+                .into_iter()
+                .chain(live_key)
+            {
                 records.push(StateRecord {
                     partition: *p,
                     key: k,
@@ -173,6 +180,12 @@ impl Core {
                 value: Some(state::encode(st)?),
             });
         }
+        // Scores, calibration and choice change exactly when the model
+        // state does (a window of the key closed): they go with it.
+        let scorer = self
+            .scorer
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()));
         for (key, st) in &models {
             if let Some(p) = self.window.partition_of(key) {
                 records.push(StateRecord {
@@ -180,8 +193,20 @@ impl Core {
                     key: state::model_key(key),
                     value: Some(state::encode(st)?),
                 });
+                if live {
+                    let l = LiveKeyState {
+                        score: scorer.as_ref().and_then(|s| s.export(key)),
+                        choice: self.chooser.as_ref().and_then(|c| c.export(key)),
+                    };
+                    records.push(StateRecord {
+                        partition: p,
+                        key: state::live_key(key),
+                        value: Some(state::encode(&l)?),
+                    });
+                }
             }
         }
+        drop(scorer);
         for (p, max_ts) in w.clocks {
             records.push(StateRecord {
                 partition: p,
@@ -210,7 +235,24 @@ impl Core {
             .cloned()
             .collect();
         self.frontier.remove(&r.partition);
-        self.model.restore(&models)
+        let restored = self.model.restore(&models)?;
+        let mine = |k: &str| self.window.partition_of(k) == Some(r.partition);
+        if let Some(s) = &self.scorer {
+            let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, l) in r.live.iter().filter(|(k, _)| mine(k)) {
+                if let Some(st) = &l.score {
+                    s.import(k.clone(), st);
+                }
+            }
+        }
+        if let Some(c) = self.chooser.as_mut() {
+            for (k, l) in r.live.iter().filter(|(k, _)| mine(k)) {
+                if let Some(st) = &l.choice {
+                    c.import(k.clone(), st);
+                }
+            }
+        }
+        Ok(restored)
     }
 
     /// Lets a revoked partition go: its keys leave memory (their state is on
@@ -587,6 +629,33 @@ mod tests {
         v
     }
 
+    /// Every quantile value of the forecasts, in (window end, key) order.
+    fn quantiles_of(outs: &[Output]) -> Vec<f64> {
+        let mut rows: Vec<(i64, String, Vec<f64>)> = Vec::new();
+        for o in outs {
+            if let Output::Forecasts { forecasts, .. } = o {
+                let Ok(ix) = forecasts.schema().index_of(fc::QUANTILES_NAME) else {
+                    continue;
+                };
+                let keys = forecasts.column(fc::KEY).as_string::<i32>();
+                let ends = forecasts
+                    .column(fc::WINDOW_END)
+                    .as_primitive::<TimestampMillisecondType>();
+                let q = forecasts.column(ix).as_fixed_size_list();
+                for i in 0..forecasts.num_rows() {
+                    let v = q.value(i);
+                    rows.push((
+                        ends.value(i),
+                        keys.value(i).to_string(),
+                        v.as_primitive::<Float64Type>().values().to_vec(),
+                    ));
+                }
+            }
+        }
+        rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        rows.into_iter().flat_map(|r| r.2).collect()
+    }
+
     fn core(cfg: &PipelineConfig) -> Core {
         let mut c = Core::new(cfg, Arc::new(Mutex::new(OffsetTracker::new()))).unwrap();
         c.enable_state_tracking();
@@ -614,10 +683,16 @@ mod tests {
     /// warm-up again) as the core that never stopped.
     #[test]
     fn a_core_restored_at_a_checkpoint_forecasts_like_the_original() {
-        for kind in ["gru", "lstm"] {
+        // The third run adds calibrated quantiles and per-key choice, whose
+        // per-key state is checkpointed with the model's.
+        let live = "quantiles = [0.1, 0.5, 0.9]\n[choice]\nenabled = true\nmin_scored = 2\nhalf_life = 2.0\n\
+                    [score]\ncalibration_window = 10";
+        for (kind, extra) in [("gru", ""), ("lstm", ""), ("lstm", live)] {
             let cfg = crate::testkit::pipeline(&format!(
-                "[decode]\ntime_format = \"epoch_ms\"\n[model]\ncell = \"{kind}\"\nhidden = 8\nwarmup_windows = 3\nseason_windows = 4\n[window]\nsize = \"1h\"\nallowed_lateness = \"0s\""
+                "[decode]\ntime_format = \"epoch_ms\"\n[window]\nsize = \"1h\"\nallowed_lateness = \"0s\"\n\
+                 [model]\ncell = \"{kind}\"\nhidden = 8\nwarmup_windows = 3\nseason_windows = 4\n{extra}"
             ));
+            let with_live = !extra.is_empty();
             let msgs = messages(6, 40);
             let cut = msgs.len() / 2 + 3; // mid-window
             let mut orig = core(&cfg);
@@ -643,12 +718,30 @@ mod tests {
                 a.extend(orig.on_messages(chunk, 0).unwrap());
                 b.extend(back.on_messages(chunk, 0).unwrap());
             }
+            let (qa, qb) = (quantiles_of(&a), quantiles_of(&b));
             let (a, b) = (forecasts_of(&a), forecasts_of(&b));
             assert!(a.len() > 50, "{kind}: enough forecasts to compare");
-            assert!(
-                a.iter().all(|f| f.3 == "model"),
-                "{kind}: warm keys stay warm"
-            );
+            if with_live {
+                // Per-key choice moved some keys to a baseline, and back
+                // after the restore they are served alike (checked below).
+                assert!(
+                    a.iter().any(|f| f.3 != "model"),
+                    "{kind}: some key chose a baseline"
+                );
+                assert_eq!(qa.len(), qb.len());
+                for (x, y) in qa.iter().zip(&qb) {
+                    assert!(
+                        (x - y).abs() <= 1e-6 * x.abs().max(1.0),
+                        "calibrated quantiles {x} vs {y}"
+                    );
+                }
+                assert!(!qa.is_empty());
+            } else {
+                assert!(
+                    a.iter().all(|f| f.3 == "model"),
+                    "{kind}: warm keys stay warm"
+                );
+            }
             assert_eq!(a.len(), b.len());
             for (x, y) in a.iter().zip(&b) {
                 assert_eq!((&x.0, x.1, &x.3), (&y.0, y.1, &y.3));

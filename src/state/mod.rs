@@ -83,6 +83,46 @@ pub struct ModelKeyState {
     pub prev: f32,
 }
 
+/// A key's live-accuracy state beside its model state: the scorer's
+/// (pending forecasts, running scores, calibration windows) and the
+/// per-key chooser's, each when enabled. Plain data: `score` and `choose`
+/// convert to and from it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LiveKeyState {
+    pub score: Option<ScoreKeyState>,
+    pub choice: Option<ChoiceKeyState>,
+}
+
+/// See `score::Scorer` (its per-key state, version indices as names).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScoreKeyState {
+    /// (origin window end, model version, source index) per pending forecast.
+    pub pending: Vec<(i64, String, u8)>,
+    pub values: Vec<f32>,
+    pub qvalues: Vec<f32>,
+    pub qraw: Vec<f32>,
+    pub recent: Vec<f32>,
+    pub scale_sum: f64,
+    pub scale_n: u32,
+    /// Per scored step: abs, smape, scaled, pinball sums; n, n scaled, covered.
+    pub sums: Vec<(f64, f64, f64, f64, u64, u64, u64)>,
+    pub conformity: Vec<Vec<f32>>,
+    pub conformity_source: u8,
+}
+
+/// See `choose::Chooser` (its per-key state).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChoiceKeyState {
+    pub recent: Vec<f64>,
+    pub level: Option<f64>,
+    pub pending: Vec<(i64, Vec<f32>)>,
+    pub err: Vec<f64>,
+    pub weight: Vec<f64>,
+    pub scored: u32,
+    /// The serving candidate's name.
+    pub serving: String,
+}
+
 /// A partition's clock: the largest event time it has delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PartitionState {
@@ -124,6 +164,10 @@ pub fn model_key(key: &str) -> Vec<u8> {
     [b"m/", key.as_bytes()].concat()
 }
 
+pub fn live_key(key: &str) -> Vec<u8> {
+    [b"l/", key.as_bytes()].concat()
+}
+
 pub const PARTITION_KEY: &[u8] = b"p";
 
 /// Encodes a value: the format byte, then postcard.
@@ -154,6 +198,7 @@ pub struct RestoredPartition {
     pub clock: Option<i64>,
     pub windows: Vec<(Arc<str>, WindowKeyState)>,
     pub models: Vec<(Arc<str>, ModelKeyState)>,
+    pub live: Vec<(Arc<str>, LiveKeyState)>,
     /// Records read (tombstones and superseded ones included) and their bytes.
     pub records: u64,
     pub bytes: u64,
@@ -170,6 +215,7 @@ impl RestoredPartition {
         let mut clock = None;
         let mut windows: HashMap<Arc<str>, WindowKeyState> = HashMap::new();
         let mut models: HashMap<Arc<str>, ModelKeyState> = HashMap::new();
+        let mut live: HashMap<Arc<str>, LiveKeyState> = HashMap::new();
         let (mut n, mut bytes) = (0u64, 0u64);
         for (k, v) in records {
             n += 1;
@@ -195,6 +241,12 @@ impl RestoredPartition {
                 (b"m/", None) => {
                     models.remove(&name);
                 }
+                (b"l/", Some(v)) => {
+                    live.insert(name, decode(v)?);
+                }
+                (b"l/", None) => {
+                    live.remove(&name);
+                }
                 _ => {
                     return Err(Error::State(format!(
                         "unknown record key {:?} on changelog partition {partition}",
@@ -205,14 +257,17 @@ impl RestoredPartition {
         }
         let mut windows: Vec<_> = windows.into_iter().collect();
         let mut models: Vec<_> = models.into_iter().collect();
+        let mut live: Vec<_> = live.into_iter().collect();
         // Deterministic restore order (slot allocation, eviction).
         windows.sort_by(|a, b| a.0.cmp(&b.0));
         models.sort_by(|a, b| a.0.cmp(&b.0));
+        live.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(RestoredPartition {
             partition,
             clock,
             windows,
             models,
+            live,
             records: n,
             bytes,
         })
