@@ -37,7 +37,6 @@ use rdkafka::consumer::Consumer;
 
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
-use crate::sink::ForecastRecord;
 use crate::source::kafka::{Assignment, Source};
 
 /// What the API reads; shared with the sink and the compute thread.
@@ -84,20 +83,14 @@ impl ApiState {
 
     /// Forecasts now visible to readers (acknowledged; exactly once:
     /// committed).
-    pub fn published(&self, records: &[ForecastRecord]) {
+    /// `records` are (key, the forecast's JSON as published).
+    pub fn published(&self, records: &[(String, Arc<str>)]) {
         if records.is_empty() {
             return;
         }
-        let encoded: Vec<(String, Arc<str>)> = records
-            .iter()
-            .filter_map(|r| {
-                let json = serde_json::to_string(r).ok()?;
-                Some((r.key.clone(), Arc::from(json)))
-            })
-            .collect();
         let mut latest = self.latest.write().unwrap_or_else(|e| e.into_inner());
-        for (k, v) in encoded {
-            latest.insert(k, v);
+        for (k, v) in records {
+            latest.insert(k.clone(), v.clone());
         }
     }
 

@@ -574,14 +574,14 @@ fn spawn_sink(
         let uncommitted = Mutex::new(Vec::<(Instant, usize)>::new());
         // For the API likewise: exactly once, its latest forecasts change at
         // the commit (an aborted forecast is never shown).
-        let unpublished = Mutex::new(Vec::<ForecastRecord>::new());
+        let unpublished = Mutex::new(Vec::<(String, Arc<str>)>::new());
         let mut delivered = |r: Result<Delivered>| -> Result<()> {
             let d = r?;
             if let Some(api) = &api {
                 if exactly_once {
-                    lock(&unpublished).extend(d.forecasts.iter().cloned());
+                    lock(&unpublished).extend(d.published.iter().cloned());
                 } else {
-                    api.published(&d.forecasts);
+                    api.published(&d.published);
                 }
             }
             if let Some(l) = d.latency {

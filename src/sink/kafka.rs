@@ -88,6 +88,9 @@ pub fn create_producer(cfg: &PipelineConfig, transactional: bool) -> Result<Futu
 pub struct Delivered {
     /// The forecast records (none for dead letters).
     pub forecasts: Vec<ForecastRecord>,
+    /// The forecasts as published: (key, JSON payload), for the API's
+    /// latest-forecast map (serialized once, for the broker and the API).
+    pub published: Vec<(String, Arc<str>)>,
     /// From the windows' close to the last ack of their forecasts.
     pub latency: Option<Duration>,
 }
@@ -245,7 +248,7 @@ impl KafkaSink {
     /// payload); its ticket is then not released, so nothing is committed
     /// past it.
     pub async fn deliver(&self, output: Output) -> Result<Delivered> {
-        let (topic, records, printed): (&str, Vec<(String, String)>, Vec<ForecastRecord>) =
+        let (topic, records, printed): (&str, Vec<(String, Arc<str>)>, Vec<ForecastRecord>) =
             match &output {
                 Output::Forecasts { forecasts, .. } => {
                     let recs = forecast_records(forecasts, self.step_ms);
@@ -253,7 +256,7 @@ impl KafkaSink {
                         .iter()
                         .map(|r| {
                             serde_json::to_string(r)
-                                .map(|p| (r.key.clone(), p))
+                                .map(|p| (r.key.clone(), Arc::from(p)))
                                 .map_err(|e| {
                                     Error::json(format!("serializing the forecast of {}", r.key), e)
                                 })
@@ -268,7 +271,7 @@ impl KafkaSink {
                         .map(|d| {
                             (
                                 dead_letter_key(d),
-                                d.to_json(&self.source_topic).to_string(),
+                                Arc::from(d.to_json(&self.source_topic).to_string()),
                             )
                         })
                         .collect(),
@@ -278,6 +281,7 @@ impl KafkaSink {
                     let Some(topic) = &self.accuracy_topic else {
                         return Ok(Delivered {
                             forecasts: Vec::new(),
+                            published: Vec::new(),
                             latency: None,
                         });
                     };
@@ -285,7 +289,7 @@ impl KafkaSink {
                         .iter()
                         .map(|r| {
                             serde_json::to_string(r)
-                                .map(|p| (r.key.to_string(), p))
+                                .map(|p| (r.key.to_string(), Arc::from(p)))
                                 .map_err(|e| {
                                     Error::json(format!("serializing the accuracy of {}", r.key), e)
                                 })
@@ -302,6 +306,7 @@ impl KafkaSink {
         let sends = records
             .iter()
             .map(|(k, v)| self.send_until_acked(topic, k, v));
+        let is_forecasts = matches!(output, Output::Forecasts { .. });
         // A permanent failure of any record keeps the whole ticket pinned:
         // nothing past it is committed, and the job stops (see `stream`).
         for sent in futures::future::join_all(sends).await {
@@ -326,6 +331,7 @@ impl KafkaSink {
         };
         Ok(Delivered {
             forecasts: printed,
+            published: if is_forecasts { records } else { Vec::new() },
             latency,
         })
     }
