@@ -1159,10 +1159,12 @@ impl PipelineConfig {
                 "expected \"network\" among them (keys start on it)",
             );
         }
-        if !(self.choice.margin >= 0.0 && self.choice.margin < 1.0)
-            || !(self.choice.half_life >= 1.0)
-            || !(self.choice.ses_alpha > 0.0 && self.choice.ses_alpha <= 1.0)
-        {
+        // Written as ranges so that NaN fails them too.
+        let ok = (0.0..1.0).contains(&self.choice.margin)
+            && (1.0..=f64::MAX).contains(&self.choice.half_life)
+            && self.choice.ses_alpha > 0.0
+            && self.choice.ses_alpha <= 1.0;
+        if !ok {
             return bad(
                 "choice",
                 "expected margin in [0, 1), half_life >= 1 and ses_alpha in (0, 1]",

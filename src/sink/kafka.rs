@@ -95,6 +95,9 @@ pub struct Delivered {
     pub latency: Option<Duration>,
 }
 
+/// A record to publish: its key and JSON payload.
+type Payload = (String, Arc<str>);
+
 /// Publishes outputs to Kafka and releases their tickets once acknowledged.
 #[derive(Clone)]
 pub struct KafkaSink {
@@ -248,61 +251,60 @@ impl KafkaSink {
     /// payload); its ticket is then not released, so nothing is committed
     /// past it.
     pub async fn deliver(&self, output: Output) -> Result<Delivered> {
-        let (topic, records, printed): (&str, Vec<(String, Arc<str>)>, Vec<ForecastRecord>) =
-            match &output {
-                Output::Forecasts { forecasts, .. } => {
-                    let recs = forecast_records(forecasts, self.step_ms);
-                    let payloads = recs
-                        .iter()
-                        .map(|r| {
-                            serde_json::to_string(r)
-                                .map(|p| (r.key.clone(), Arc::from(p)))
-                                .map_err(|e| {
-                                    Error::json(format!("serializing the forecast of {}", r.key), e)
-                                })
-                        })
-                        .collect::<Result<_>>()?;
-                    (&self.topic, payloads, recs)
-                }
-                Output::DeadLetters { letters, .. } => (
-                    &self.dead_letter_topic,
-                    letters
-                        .iter()
-                        .map(|d| {
-                            (
-                                dead_letter_key(d),
-                                Arc::from(d.to_json(&self.source_topic).to_string()),
-                            )
-                        })
-                        .collect(),
-                    Vec::new(),
-                ),
-                Output::Accuracy(recs) => {
-                    let Some(topic) = &self.accuracy_topic else {
-                        return Ok(Delivered {
-                            forecasts: Vec::new(),
-                            published: Vec::new(),
-                            latency: None,
-                        });
-                    };
-                    let payloads = recs
-                        .iter()
-                        .map(|r| {
-                            serde_json::to_string(r)
-                                .map(|p| (r.key.to_string(), Arc::from(p)))
-                                .map_err(|e| {
-                                    Error::json(format!("serializing the accuracy of {}", r.key), e)
-                                })
-                        })
-                        .collect::<Result<_>>()?;
-                    (topic, payloads, Vec::new())
-                }
-                Output::Checkpoint(_) | Output::Abandon => {
-                    return Err(Error::State(
-                        "a checkpoint (or its abandonment) is committed, not delivered".into(),
-                    ))
-                }
-            };
+        let (topic, records, printed): (&str, Vec<Payload>, Vec<ForecastRecord>) = match &output {
+            Output::Forecasts { forecasts, .. } => {
+                let recs = forecast_records(forecasts, self.step_ms);
+                let payloads = recs
+                    .iter()
+                    .map(|r| {
+                        serde_json::to_string(r)
+                            .map(|p| (r.key.clone(), Arc::from(p)))
+                            .map_err(|e| {
+                                Error::json(format!("serializing the forecast of {}", r.key), e)
+                            })
+                    })
+                    .collect::<Result<_>>()?;
+                (&self.topic, payloads, recs)
+            }
+            Output::DeadLetters { letters, .. } => (
+                &self.dead_letter_topic,
+                letters
+                    .iter()
+                    .map(|d| {
+                        (
+                            dead_letter_key(d),
+                            Arc::from(d.to_json(&self.source_topic).to_string()),
+                        )
+                    })
+                    .collect(),
+                Vec::new(),
+            ),
+            Output::Accuracy(recs) => {
+                let Some(topic) = &self.accuracy_topic else {
+                    return Ok(Delivered {
+                        forecasts: Vec::new(),
+                        published: Vec::new(),
+                        latency: None,
+                    });
+                };
+                let payloads = recs
+                    .iter()
+                    .map(|r| {
+                        serde_json::to_string(r)
+                            .map(|p| (r.key.to_string(), Arc::from(p)))
+                            .map_err(|e| {
+                                Error::json(format!("serializing the accuracy of {}", r.key), e)
+                            })
+                    })
+                    .collect::<Result<_>>()?;
+                (topic, payloads, Vec::new())
+            }
+            Output::Checkpoint(_) | Output::Abandon => {
+                return Err(Error::State(
+                    "a checkpoint (or its abandonment) is committed, not delivered".into(),
+                ))
+            }
+        };
         let sends = records
             .iter()
             .map(|(k, v)| self.send_until_acked(topic, k, v));
