@@ -128,12 +128,7 @@ fn header() {
 }
 
 fn lstm(hidden: i64) -> Network {
-    let shape = CellShape {
-        kind: CellKind::Lstm,
-        input: 4,
-        hidden,
-        layers: 1,
-    };
+    let shape = CellShape::recurrent(CellKind::Lstm, 4, hidden, 1);
     Network::new(shape, 6, Device::Cpu, 42)
 }
 

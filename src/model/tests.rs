@@ -26,7 +26,13 @@ use crate::window::{covariates, WindowSpec};
 const HOUR: i64 = 3_600_000;
 /// An hour boundary in 2026.
 const T0: i64 = 1_790_000_000_000 / HOUR * HOUR;
-const CELLS: [CellKind; 4] = [CellKind::Rnn, CellKind::Irnn, CellKind::Lstm, CellKind::Gru];
+const CELLS: [CellKind; 5] = [
+    CellKind::Rnn,
+    CellKind::Irnn,
+    CellKind::Lstm,
+    CellKind::Gru,
+    CellKind::Transformer,
+];
 
 fn cell_name(k: CellKind) -> &'static str {
     match k {
@@ -34,6 +40,7 @@ fn cell_name(k: CellKind) -> &'static str {
         CellKind::Irnn => "irnn",
         CellKind::Lstm => "lstm",
         CellKind::Gru => "gru",
+        CellKind::Transformer => "transformer",
     }
 }
 
