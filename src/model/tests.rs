@@ -26,12 +26,17 @@ use crate::window::{covariates, WindowSpec};
 const HOUR: i64 = 3_600_000;
 /// An hour boundary in 2026.
 const T0: i64 = 1_790_000_000_000 / HOUR * HOUR;
-const CELLS: [CellKind; 5] = [
-    CellKind::Rnn,
-    CellKind::Irnn,
-    CellKind::Lstm,
-    CellKind::Gru,
-    CellKind::Transformer,
+
+/// Every cell, then temporal attention on the LSTM and the GRU: (cell,
+/// extra `[model]` lines).
+const VARIANTS: [(CellKind, &str); 7] = [
+    (CellKind::Rnn, ""),
+    (CellKind::Irnn, ""),
+    (CellKind::Lstm, ""),
+    (CellKind::Gru, ""),
+    (CellKind::Transformer, ""),
+    (CellKind::Lstm, "attention = true\nattention_window = 8"),
+    (CellKind::Gru, "attention = true"),
 ];
 
 fn cell_name(k: CellKind) -> &'static str {
@@ -282,9 +287,9 @@ fn twin(fc: &ForecastStage, cfg: &PipelineConfig) -> ForecastStage {
 #[test]
 fn waves_equal_window_by_window_and_forward_seq() {
     let (n_keys, n_win) = (5usize, 60usize); // 60 > W = 48: the rings wrap
-    for cell in CELLS {
+    for (cell, extra) in VARIANTS {
         for layers in [1, 2] {
-            let cfg = cfg(cell, &format!("layers = {layers}"));
+            let cfg = cfg(cell, &format!("layers = {layers}\n{extra}"));
             let ks: Vec<usize> = (0..n_keys).collect();
             // Window by window.
             let mut fa = ForecastStage::from_config(&cfg).unwrap();
@@ -421,8 +426,8 @@ fn waves_equal_window_by_window_and_forward_seq() {
 #[test]
 fn keys_are_isolated() {
     let (n_keys, n_win) = (7usize, 30usize);
-    for cell in CELLS {
-        let cfg = cfg(cell, "");
+    for (cell, extra) in VARIANTS {
+        let cfg = cfg(cell, extra);
         let ks: Vec<usize> = (0..n_keys).collect();
         let mut fa = ForecastStage::from_config(&cfg).unwrap();
         let mut fb = twin(&fa, &cfg);
@@ -465,8 +470,8 @@ fn keys_are_isolated() {
 /// save -> load gives the same network: same forecasts, bit for bit.
 #[test]
 fn artifact_roundtrip_is_bitwise() {
-    for cell in CELLS {
-        let cfg = cfg(cell, "layers = 2");
+    for (cell, extra) in VARIANTS {
+        let cfg = cfg(cell, &format!("layers = 2\n{extra}"));
         let mut fa = ForecastStage::from_config(&cfg).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let art = dir.path().join("m");
@@ -609,8 +614,8 @@ fn corrupt_or_absurd_artifacts_are_refused_with_a_clear_error() {
 #[test]
 fn hot_swap_replays_state() {
     for (lags, tol) in [("lags = 0", 1e-5), ("", LAG_REPLAY_TOL)] {
-        for cell in CELLS {
-            let cfg = cfg(cell, lags);
+        for (cell, extra) in VARIANTS {
+            let cfg = cfg(cell, &format!("{lags}\n{extra}"));
             let w = replay_windows(&ModelSpec::expected(&cfg), cfg.model.warmup_windows) as usize;
             assert_eq!(w, 48);
             let before = 40usize; // < W: the replay is exact
@@ -754,8 +759,8 @@ fn warmup_is_seasonal_naive_then_model() {
 /// forecasts as a brand-new key with the same series.
 #[test]
 fn ended_key_returns_fresh() {
-    for cell in CELLS {
-        let cfg = cfg(cell, "");
+    for (cell, extra) in VARIANTS {
+        let cfg = cfg(cell, extra);
         let mut fc = ForecastStage::from_config(&cfg).unwrap();
         for t in 0..20 {
             run(&mut fc, &cfg, &tick(&[0, 1], t));
@@ -805,8 +810,8 @@ fn ended_key_returns_fresh() {
 /// seasonal naive exactly, before and after warm-up.
 #[test]
 fn zero_residual_head_is_seasonal_naive() {
-    for cell in CELLS {
-        let cfg = cfg(cell, "season_windows = 5\nlayers = 2");
+    for (cell, extra) in VARIANTS {
+        let cfg = cfg(cell, &format!("season_windows = 5\nlayers = 2\n{extra}"));
         let mut fc = ForecastStage::from_config(&cfg).unwrap();
         tch::no_grad(|| {
             let _ = fc.net.head_w.zero_();
