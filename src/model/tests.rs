@@ -917,3 +917,88 @@ fn a_non_finite_model_forecast_is_published_as_baseline() {
     assert_eq!(calm.source, "model", "{calm:?}");
     assert_eq!(spiky.source, "baseline", "{spiky:?}");
 }
+
+/// A hot swap may change the cell (LSTM -> transformer -> GRU with temporal
+/// attention): the store takes the new network's state shapes and replays
+/// every key through it, so the swapped stage forecasts as a stage that ran
+/// the new network from the start (within float rounding: without lags and
+/// with fewer windows than the replay ring, the replay covers everything).
+#[test]
+fn hot_swap_across_cells_reshapes_the_state() {
+    let cfgs = [
+        cfg(CellKind::Lstm, "lags = 0"),
+        cfg(CellKind::Transformer, "lags = 0\nattention_window = 6"),
+        cfg(CellKind::Gru, "lags = 0\nattention = true"),
+    ];
+    let ks = [0, 1, 2];
+    let mut live = ForecastStage::from_config(&cfgs[0]).unwrap();
+    let mut t = 0;
+    for (i, next) in cfgs.iter().enumerate().skip(1) {
+        for _ in 0..20 {
+            run(&mut live, &cfgs[i - 1], &tick(&ks, t));
+            t += 1;
+        }
+        let fresh = ForecastStage::from_config(next).unwrap();
+        let mut reference = twin(&fresh, next);
+        for s in 0..t {
+            run(&mut reference, next, &tick(&ks, s));
+        }
+        let before = live.store().bytes_per_slot();
+        live.swap(copy_of(fresh.network()), fresh.spec().clone())
+            .unwrap();
+        assert_ne!(
+            before,
+            live.store().bytes_per_slot(),
+            "{:?}",
+            next.model.cell
+        );
+        let (mut a, mut b) = (ByKey::new(), ByKey::new());
+        for s in t..t + 5 {
+            a.extend(run(&mut live, next, &tick(&ks, s)));
+            b.extend(run(&mut reference, next, &tick(&ks, s)));
+        }
+        t += 5;
+        assert!(a.values().all(|f| f.source == "model"));
+        let d = max_rel_diff(&a, &b);
+        assert!(d <= 1e-5, "swap to {:?}: {d}", next.model.cell);
+    }
+}
+
+/// The attention options are checked when the pipeline is read.
+#[test]
+fn attention_options_are_validated() {
+    let parse = |model: &str| {
+        PipelineConfig::parse(
+            &crate::testkit::pipeline_toml(&format!("[model]\nhidden = 16\n{model}\n")),
+            std::path::Path::new("t.toml"),
+        )
+    };
+    let ok = parse("cell = \"transformer\"").unwrap();
+    assert_eq!(ok.model.attention_window, 24);
+    assert_eq!(ok.model.attention_heads, 4);
+    assert_eq!(ModelSpec::untrained(&ok).shape.window, 24);
+    for (bad, field) in [
+        (
+            "cell = \"transformer\"\nattention_heads = 3",
+            "model.attention_heads",
+        ),
+        (
+            "cell = \"transformer\"\nattention_window = 0",
+            "model.attention_window",
+        ),
+        (
+            "cell = \"transformer\"\nattention = true",
+            "model.attention",
+        ),
+        (
+            "cell = \"gru\"\nattention = true\ndecoder = \"seq2seq\"",
+            "model.attention",
+        ),
+    ] {
+        let err = parse(bad).unwrap_err().to_string();
+        assert!(err.contains(field), "{bad}: {err}");
+    }
+    // Without attention the window is not part of the model.
+    let plain = parse("cell = \"gru\"\nattention_window = 0").unwrap();
+    assert_eq!(ModelSpec::untrained(&plain).shape.window, 0);
+}
