@@ -30,6 +30,7 @@ const MAX_LAYERS: i64 = 32;
 const MAX_INPUTS: i64 = 4096;
 const MAX_HORIZON: i64 = 10_000;
 const MAX_WINDOW: i64 = 4096;
+const MAX_STATE: i64 = 1 << 20;
 
 /// Everything about a model except its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,7 +125,25 @@ impl ModelSpec {
             attention,
         } = self.shape;
         let attends = kind == CellKind::Transformer || attention;
-        let checks: [(bool, String); 8] = [
+        // Floats of attention state per key (see `model::attention`): the
+        // store allocates it for every slot, so it is bounded too.
+        let state = if kind == CellKind::Transformer {
+            window
+                .saturating_mul(input.saturating_add(1))
+                .saturating_add(
+                    (layers - 1)
+                        .max(0)
+                        .saturating_mul(window)
+                        .saturating_mul(hidden),
+                )
+        } else {
+            window.saturating_mul(hidden.saturating_add(1))
+        };
+        let checks: [(bool, String); 9] = [
+            (
+                state <= MAX_STATE,
+                format!("attention state of {state} floats per key, expected at most {MAX_STATE}"),
+            ),
             (
                 if attends {
                     (1..=MAX_WINDOW).contains(&window)

@@ -567,6 +567,8 @@ fn corrupt_or_absurd_artifacts_are_refused_with_a_clear_error() {
             "hidden = 1000000000",
         ),
         ("layers", serde_json::json!(0), "layers = 0"),
+        // A window without attention is not a model this code wrote.
+        ("window", serde_json::json!(5), "window = 5"),
     ] {
         let absurd = copy(&|d| {
             let mut doc = doc.clone();
@@ -977,6 +979,14 @@ fn attention_options_are_validated() {
     assert_eq!(ok.model.attention_window, 24);
     assert_eq!(ok.model.attention_heads, 4);
     assert_eq!(ModelSpec::untrained(&ok).shape.window, 24);
+    assert_eq!(ModelSpec::untrained(&ok).out_of_bounds(), None);
+    // A hand-edited artifact whose per-key attention state would be huge
+    // (4096 windows x 4097 floats, allocated for every slot) is refused.
+    let mut huge = ModelSpec::untrained(&ok);
+    huge.shape.window = 4096;
+    huge.shape.input = 4096;
+    let why = huge.out_of_bounds().unwrap_or_default();
+    assert!(why.contains("attention state"), "{why}");
     for (bad, field) in [
         (
             "cell = \"transformer\"\nattention_heads = 3",
