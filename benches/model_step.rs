@@ -22,6 +22,13 @@
 //! repetition), e.g. of a debug build (`cargo build --bench model_step`,
 //! then run the binary it names).
 //!
+//! `MODEL_STEP_ONLY=cells` runs only 4.: every cell side by side (RNN, LSTM,
+//! GRU, the transformer with `attention_window = 24`, LSTM and GRU with
+//! temporal attention over 24 windows), hidden 32, 16 inputs (value,
+//! missing flag, hour of day, 12 lags), 1 layer: gather -> step -> scatter
+//! over every key per tick, and the whole `ForecastStage::forecast`; keys
+//! from `MODEL_STEP_KEYS` (default 10k and 100k).
+//!
 //! `MODEL_STEP_ONLY=step` runs only 2. (no memory, no whole stage) and
 //! `MODEL_STEP_KEYS=10000,100000` picks the key counts of 2. and 3.: with
 //! `MODEL_STEP_THREADS=1` that is the like-for-like comparison
@@ -128,12 +135,7 @@ fn header() {
 }
 
 fn lstm(hidden: i64) -> Network {
-    let shape = CellShape {
-        kind: CellKind::Lstm,
-        input: 4,
-        hidden,
-        layers: 1,
-    };
+    let shape = CellShape::recurrent(CellKind::Lstm, 4, hidden, 1);
     Network::new(shape, 6, Device::Cpu, 42)
 }
 
@@ -151,6 +153,11 @@ fn store_with(net: &Network, n: usize) -> (StateStore, Vec<i64>) {
 /// The bench pipeline: hourly windows, hour-of-day covariates, LSTM;
 /// `lags` target lags as extra inputs (the default is one season, 12).
 fn pipeline(hidden: i64, lags: u32) -> PipelineConfig {
+    pipeline_with(hidden, lags, "cell = \"lstm\"")
+}
+
+/// [`pipeline`] with other `[model]` lines for the cell.
+fn pipeline_with(hidden: i64, lags: u32, cell: &str) -> PipelineConfig {
     let text = format!(
         r#"
 [window]
@@ -158,7 +165,7 @@ size = "1h"
 [window.covariates]
 hour_of_day = 1
 [model]
-cell = "lstm"
+{cell}
 hidden = {hidden}
 lags = {lags}
 "#
@@ -211,6 +218,20 @@ fn main() {
         None => (step_keys, fc_keys),
     };
     let only_step = std::env::var("MODEL_STEP_ONLY").is_ok_and(|v| v == "step");
+    if std::env::var("MODEL_STEP_ONLY").is_ok_and(|v| v == "cells") {
+        let keys = std::env::var("MODEL_STEP_KEYS")
+            .ok()
+            .map(|v| v.split(',').filter_map(|k| k.trim().parse().ok()).collect())
+            .unwrap_or_else(|| {
+                if quick() {
+                    vec![1_000]
+                } else {
+                    vec![10_000, 100_000]
+                }
+            });
+        bench_cells(&keys);
+        return;
+    }
 
     // 1. Memory per key, in a fresh process (before anything else allocates).
     if !only_step {
@@ -304,4 +325,69 @@ fn bench_forecast(hidden: i64, lags: u32, n: usize) {
     let best = per.iter().copied().fold(f64::INFINITY, f64::min);
     let what = format!("ForecastStage::forecast, {} in", fc.network().shape.input);
     row(&what, hidden, n, (median(&mut per), best));
+}
+
+/// The cells side by side (see the header, 4.).
+const CELL_VARIANTS: [(&str, &str); 6] = [
+    ("rnn", "cell = \"rnn\""),
+    ("lstm", "cell = \"lstm\""),
+    ("gru", "cell = \"gru\""),
+    (
+        "transformer W=24",
+        "cell = \"transformer\"\nattention_window = 24",
+    ),
+    (
+        "lstm+attention W=24",
+        "cell = \"lstm\"\nattention = true\nattention_window = 24",
+    ),
+    (
+        "gru+attention W=24",
+        "cell = \"gru\"\nattention = true\nattention_window = 24",
+    ),
+];
+
+fn bench_cells(keys: &[usize]) {
+    println!(
+        "\n## Cells side by side: hidden 32, 16 inputs, 1 layer; torch threads {}\n",
+        tch::get_num_threads()
+    );
+    println!("| cell | state floats/key | keys | step M key-steps/s | step ms/tick | stage M key-steps/s | stage ms/call |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (name, lines) in CELL_VARIANTS {
+        let cfg = pipeline_with(32, 12, lines);
+        for &n in keys {
+            let mut fc = ForecastStage::from_config(&cfg).expect("forecaster");
+            let net = fc.network();
+            let ((hr, hw), c) = net.state_dims();
+            let floats = hr * hw + c.map_or(0, |(r, w)| r * w);
+            let mut store = StateStore::new(net, 1, 48, 12, false);
+            let slots: Vec<i64> = (0..n).map(|i| store.slot(&key(i))).collect();
+            let slots = Tensor::from_slice(&slots);
+            let x = Tensor::randn([n as i64, net.shape.input], (Kind::Float, Device::Cpu));
+            let (med, _) = time_ticks(|| {
+                let (h, c) = store.gather(&slots);
+                let (_y, h2, c2) = net.step(&x, &h, c.as_ref(), 0.0);
+                store.scatter(&slots, &h2, c2.as_ref());
+            });
+            drop(store);
+            let spec = WindowSpec::from_config(&cfg);
+            let batches: Vec<RecordBatch> = (0..12).map(|t| windows(&spec, n, t)).collect();
+            fc.forecast(&batches[0]).expect("forecast");
+            let mut per = Vec::new();
+            for b in &batches[1..] {
+                let t0 = Instant::now();
+                fc.forecast(b).expect("forecast");
+                per.push(t0.elapsed().as_secs_f64());
+            }
+            let stage = median(&mut per);
+            println!(
+                "| {name} | {floats} | {n} | {:.3} | {:.2} | {:.3} | {:.2} |",
+                n as f64 / med / 1e6,
+                med * 1e3,
+                n as f64 / stage / 1e6,
+                stage * 1e3
+            );
+        }
+    }
+    println!("\n# loadavg {}", loadavg());
 }

@@ -642,6 +642,21 @@ pub struct ModelConfig {
     /// libtorch intra-op threads.
     #[serde(default = "default_torch_threads")]
     pub threads: i32,
+    /// Past windows attended besides the current one: by the transformer
+    /// cell (`cell = "transformer"`), and by the temporal attention of a
+    /// recurrent cell (`attention = true`). The per-key state keeps that
+    /// many input vectors (transformer) or hidden states (attention).
+    #[serde(default = "default_attention_window")]
+    pub attention_window: u32,
+    /// Attention heads of the transformer cell (`hidden` must be a multiple).
+    #[serde(default = "default_attention_heads")]
+    pub attention_heads: i64,
+    /// Temporal attention on top of a recurrent cell: each step's top hidden
+    /// state queries the previous `attention_window` hidden states (scaled
+    /// dot product) and the head sees `[h_t, context]`. Not with the
+    /// transformer cell (which is attention already) nor the seq2seq decoder.
+    #[serde(default)]
+    pub attention: bool,
 }
 
 /// What the network's output means.
@@ -679,6 +694,10 @@ pub enum CellKind {
     #[default]
     Lstm,
     Gru,
+    /// A small pre-norm transformer encoder: causal self-attention over the
+    /// current window and the `attention_window` before it (see
+    /// `model::attention`). Its per-key state is the ring of those inputs.
+    Transformer,
 }
 
 /// Where libtorch runs the network.
@@ -982,6 +1001,12 @@ const fn default_hidden() -> i64 {
 const fn default_layers() -> i64 {
     1
 }
+const fn default_attention_window() -> u32 {
+    24
+}
+const fn default_attention_heads() -> i64 {
+    4
+}
 const fn default_horizon() -> i64 {
     6
 }
@@ -1031,6 +1056,9 @@ impl Default for ModelConfig {
             seed: default_seed(),
             device: DeviceKind::default(),
             threads: default_torch_threads(),
+            attention_window: default_attention_window(),
+            attention_heads: default_attention_heads(),
+            attention: false,
         }
     }
 }
@@ -1264,6 +1292,31 @@ impl PipelineConfig {
         }
         if self.model.season_windows < 1 {
             return bad("model.season_windows", "expected at least 1");
+        }
+        let attends = self.model.cell == CellKind::Transformer || self.model.attention;
+        if attends && !(1..=4096).contains(&self.model.attention_window) {
+            return bad("model.attention_window", "expected 1..=4096");
+        }
+        if self.model.cell == CellKind::Transformer {
+            let heads = self.model.attention_heads;
+            if heads < 1 || self.model.hidden % heads != 0 {
+                return bad(
+                    "model.attention_heads",
+                    "expected at least 1 and a divisor of model.hidden",
+                );
+            }
+            if self.model.attention {
+                return bad(
+                    "model.attention",
+                    "the transformer cell is attention already: use attention = true with a recurrent cell",
+                );
+            }
+        }
+        if self.model.attention && self.model.decoder == HorizonDecoder::Seq2seq {
+            return bad(
+                "model.attention",
+                "temporal attention feeds the direct head; it does not support decoder = \"seq2seq\"",
+            );
         }
         if self.model.threads < 1 {
             return bad("model.threads", "expected at least 1");

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use super::{feature_names, CellShape, Network};
-use crate::config::{Head, HorizonDecoder, PipelineConfig};
+use crate::config::{CellKind, Head, HorizonDecoder, PipelineConfig};
 use crate::error::{Error, Result};
 
 /// Bounds on a loaded model's shapes (far above anything trained here).
@@ -29,6 +29,8 @@ const MAX_HIDDEN: i64 = 8192;
 const MAX_LAYERS: i64 = 32;
 const MAX_INPUTS: i64 = 4096;
 const MAX_HORIZON: i64 = 10_000;
+const MAX_WINDOW: i64 = 4096;
+const MAX_STATE: i64 = 1 << 20;
 
 /// Everything about a model except its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,11 +64,23 @@ impl ModelSpec {
     /// A fresh, untrained model for a pipeline.
     pub fn untrained(cfg: &PipelineConfig) -> Self {
         let features = feature_names(cfg);
+        let attends = cfg.model.cell == CellKind::Transformer || cfg.model.attention;
         let shape = CellShape {
             kind: cfg.model.cell,
             input: features.len() as i64,
             hidden: cfg.model.hidden,
             layers: cfg.model.layers,
+            window: if attends {
+                cfg.model.attention_window as i64
+            } else {
+                0
+            },
+            heads: if cfg.model.cell == CellKind::Transformer {
+                cfg.model.attention_heads
+            } else {
+                0
+            },
+            attention: cfg.model.attention && cfg.model.cell != CellKind::Transformer,
         };
         ModelSpec {
             version: format!(
@@ -105,9 +119,49 @@ impl ModelSpec {
             input,
             hidden,
             layers,
-            ..
+            window,
+            heads,
+            kind,
+            attention,
         } = self.shape;
-        let checks: [(bool, String); 6] = [
+        let attends = kind == CellKind::Transformer || attention;
+        // Floats of attention state per key (see `model::attention`): the
+        // store allocates it for every slot, so it is bounded too.
+        let state = if kind == CellKind::Transformer {
+            window
+                .saturating_mul(input.saturating_add(1))
+                .saturating_add(
+                    (layers - 1)
+                        .max(0)
+                        .saturating_mul(window)
+                        .saturating_mul(hidden),
+                )
+        } else {
+            window.saturating_mul(hidden.saturating_add(1))
+        };
+        let checks: [(bool, String); 9] = [
+            (
+                state <= MAX_STATE,
+                format!("attention state of {state} floats per key, expected at most {MAX_STATE}"),
+            ),
+            (
+                if attends {
+                    (1..=MAX_WINDOW).contains(&window)
+                } else {
+                    window == 0
+                },
+                format!("window = {window}, expected 1..={MAX_WINDOW} with attention, else 0"),
+            ),
+            (
+                if kind == CellKind::Transformer {
+                    heads >= 1 && hidden % heads == 0
+                } else {
+                    heads == 0 && !(attention && self.decoder == HorizonDecoder::Seq2seq)
+                },
+                format!(
+                    "heads = {heads}, expected a divisor of hidden {hidden} for the transformer, else 0 (and no seq2seq decoder with attention)"
+                ),
+            ),
             (
                 (1..=MAX_HIDDEN).contains(&hidden),
                 format!("hidden = {hidden}, expected 1..={MAX_HIDDEN}"),

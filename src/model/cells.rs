@@ -22,7 +22,8 @@ impl CellKind {
     /// Gate blocks stacked in the weight matrices.
     pub fn gates(self) -> i64 {
         match self {
-            CellKind::Rnn | CellKind::Irnn => 1,
+            // The transformer has no recurrent layers (see `attention`).
+            CellKind::Rnn | CellKind::Irnn | CellKind::Transformer => 1,
             CellKind::Lstm => 4,
             CellKind::Gru => 3,
         }
@@ -43,13 +44,40 @@ pub struct LayerWeights {
     pub b_hh: Tensor,
 }
 
-/// Shape of a stacked recurrent network.
+/// Shape of a stacked recurrent network (or of the transformer encoder,
+/// where `hidden` is the model width and `layers` the encoder layers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CellShape {
     pub kind: CellKind,
     pub input: i64,
     pub hidden: i64,
     pub layers: i64,
+    /// Past windows attended (transformer, or `attention`); 0 = none.
+    /// Absent in artifacts written before attention existed.
+    #[serde(default)]
+    pub window: i64,
+    /// Attention heads (transformer only; 0 otherwise).
+    #[serde(default)]
+    pub heads: i64,
+    /// Temporal attention over the last `window` top hidden states
+    /// (recurrent cells only).
+    #[serde(default)]
+    pub attention: bool,
+}
+
+impl CellShape {
+    /// A plain recurrent shape (no attention).
+    pub fn recurrent(kind: CellKind, input: i64, hidden: i64, layers: i64) -> Self {
+        CellShape {
+            kind,
+            input,
+            hidden,
+            layers,
+            window: 0,
+            heads: 0,
+            attention: false,
+        }
+    }
 }
 
 impl LayerWeights {
@@ -134,6 +162,9 @@ pub fn step(
             (h_new, Some(c_new))
         }
         CellKind::Gru => (x.gru_cell(h, &w.w_ih, &w.w_hh, b_ih, b_hh), None),
+        // Not a recurrent cell: `Network` runs it through `attention::Encoder`
+        // and never calls this; the state passes through unchanged.
+        CellKind::Transformer => (h.shallow_clone(), None),
     }
 }
 
@@ -163,12 +194,7 @@ mod tests {
     fn setup(kind: CellKind) -> (nn::VarStore, LayerWeights, Tensor, Tensor, Tensor) {
         tch::manual_seed(7);
         let vs = nn::VarStore::new(Device::Cpu);
-        let shape = CellShape {
-            kind,
-            input: 3,
-            hidden: 4,
-            layers: 1,
-        };
+        let shape = CellShape::recurrent(kind, 3, 4, 1);
         let w = LayerWeights::new(&vs.root(), shape, 0);
         let x = Tensor::randn([2, 3], (Kind::Float, Device::Cpu));
         let h = Tensor::randn([2, 4], (Kind::Float, Device::Cpu)) * 0.5;

@@ -3,6 +3,8 @@
 //! window to window.
 //!
 //! - `cells`: the recurrent cell equations (hand-checked in tests).
+//! - `attention`: the transformer cell and temporal attention (band-masked
+//!   attention over a key's last `attention_window` windows).
 //! - `network`: stacked cells, heads, seq2seq decoder; `step` and `forward_seq`.
 //! - `store`: every key's state in contiguous tensors, with a key -> slot map.
 //! - `forecast`: the stage itself ([`ForecastStage`]): scaling, cold start,
@@ -28,6 +30,7 @@
 //! on a tokio worker.
 
 pub mod artifact;
+pub mod attention;
 pub mod cells;
 pub mod forecast;
 pub mod network;

@@ -1,12 +1,21 @@
-//! The network: stacked recurrent cells (Elman, IRNN, LSTM, GRU) with a
-//! multi-output head (direct or a seq2seq GRU decoder) and a linear skip
-//! from the inputs. One `step` for the live stage (a batch of keys, one
-//! window each) and `forward_seq` for training (libtorch's sequence
-//! kernels, checked against `step` in the tests).
+//! The network: stacked recurrent cells (Elman, IRNN, LSTM, GRU) or a
+//! transformer encoder (`attention::Encoder`), optionally with temporal
+//! attention over the recurrent cell's recent hidden states
+//! (`attention::Temporal`), with a multi-output head (direct or a seq2seq
+//! GRU decoder) and a linear skip from the inputs. One `step` for the live
+//! stage (a batch of keys, one window each) and `forward_seq` for training
+//! (libtorch's sequence kernels, or one band-masked attention pass; checked
+//! against `step` in the tests).
+//!
+//! State: `(h, c)`, with the shapes of [`Network::state_dims`]: recurrent
+//! cells `h: [layers, n, hidden]` (and LSTM `c`); the transformer packs its
+//! rings into `h: [1, n, S]`; temporal attention packs the LSTM cell state
+//! (if any) and its ring of hidden states into `c: [1, n, S]`.
 
 use tch::{nn, Device, Kind, Tensor};
 
 use super::artifact::ModelSpec;
+use super::attention::{Encoder, Temporal};
 use super::cells::{self, CellShape, LayerWeights};
 use crate::config::{CellKind, DeviceKind, HorizonDecoder};
 
@@ -25,6 +34,10 @@ pub struct Network {
     pub(crate) skip_w: Tensor,
     /// The seq2seq decoder, when configured.
     decoder: Option<Seq2seq>,
+    /// The transformer cell (then `layers` is empty).
+    encoder: Option<Encoder>,
+    /// Temporal attention over the top hidden states, when configured.
+    temporal: Option<Temporal>,
 }
 
 /// A GRU decoder seeded with the encoder's top state: step k takes the
@@ -89,13 +102,36 @@ impl Network {
         let _guard = seed_global(seed);
         let vs = nn::VarStore::new(device);
         let root = vs.root();
-        let layers = (0..shape.layers)
-            .map(|l| LayerWeights::new(&root, shape, l))
-            .collect();
+        let transformer = shape.kind == CellKind::Transformer;
+        let layers = if transformer {
+            Vec::new()
+        } else {
+            (0..shape.layers)
+                .map(|l| LayerWeights::new(&root, shape, l))
+                .collect()
+        };
+        let encoder = transformer.then(|| {
+            Encoder::new(
+                &root,
+                shape.input,
+                shape.hidden,
+                shape.layers,
+                shape.heads.max(1),
+                shape.window.max(1),
+            )
+        });
+        let temporal = (shape.attention && !transformer)
+            .then(|| Temporal::new(&root, shape.hidden, shape.window.max(1)));
         let k = 1.0 / (shape.hidden as f64).sqrt();
+        // The head sees [h_t, context] with temporal attention.
+        let head_in = if temporal.is_some() {
+            2 * shape.hidden
+        } else {
+            shape.hidden
+        };
         let head_w = root.var(
             "head_w",
-            &[horizon, shape.hidden],
+            &[horizon, head_in],
             nn::Init::Uniform { lo: -k, up: k },
         );
         let head_b = root.var("head_b", &[horizon], nn::Init::Const(0.0));
@@ -117,6 +153,8 @@ impl Network {
         });
         Network {
             decoder,
+            encoder,
+            temporal,
             vs,
             shape,
             horizon,
@@ -127,16 +165,78 @@ impl Network {
         }
     }
 
-    /// Zero states for `n` keys: `h: [layers, n, hidden]` (and `c` for LSTM).
+    /// The per-key state's `(rows, width)` of `h` and of `c` (if any): the
+    /// state of `n` keys is `[rows, n, width]` (see the module docs).
+    pub fn state_dims(&self) -> ((i64, i64), Option<(i64, i64)>) {
+        let (l, hd) = (self.shape.layers, self.shape.hidden);
+        if let Some(e) = &self.encoder {
+            return ((1, e.state_width()), None);
+        }
+        let lstm = self.shape.kind.has_cell_state();
+        match &self.temporal {
+            Some(a) => ((l, hd), Some((1, lstm as i64 * l * hd + a.state_width()))),
+            None => ((l, hd), lstm.then_some((l, hd))),
+        }
+    }
+
+    /// Zero states for `n` keys, of the shapes of [`Self::state_dims`]
+    /// (`h: [layers, n, hidden]` and `c` for LSTM without attention).
     pub fn zero_state(&self, n: i64) -> (Tensor, Option<Tensor>) {
         let opts = (Kind::Float, self.vs.device());
-        let dims = [self.shape.layers, n, self.shape.hidden];
-        let c = self
-            .shape
-            .kind
-            .has_cell_state()
-            .then(|| Tensor::zeros(dims, opts));
-        (Tensor::zeros(dims, opts), c)
+        let ((hr, hw), c) = self.state_dims();
+        let c = c.map(|(cr, cw)| Tensor::zeros([cr, n, cw], opts));
+        (Tensor::zeros([hr, n, hw], opts), c)
+    }
+
+    /// With temporal attention, `c: [1, n, S]` -> (LSTM cell state
+    /// `[layers, n, hidden]` if any, ring `[n, W * (hidden + 1)]`).
+    fn split_c(&self, c: Option<&Tensor>) -> (Option<Tensor>, Option<Tensor>) {
+        let Some(c) = c else {
+            return (None, None);
+        };
+        if self.temporal.is_none() {
+            return (Some(c.shallow_clone()), None);
+        }
+        let flat = c.select(0, 0);
+        let n = flat.size()[0];
+        let lh = self.shape.layers * self.shape.hidden;
+        if self.shape.kind.has_cell_state() {
+            let cell = flat
+                .narrow(1, 0, lh)
+                .view([n, self.shape.layers, self.shape.hidden])
+                .transpose(0, 1);
+            let ring = flat.narrow(1, lh, flat.size()[1] - lh);
+            (Some(cell), Some(ring))
+        } else {
+            (None, Some(flat))
+        }
+    }
+
+    /// The inverse of [`Self::split_c`].
+    fn join_c(&self, cell: Option<Tensor>, ring: Option<Tensor>) -> Option<Tensor> {
+        match ring {
+            None => cell,
+            Some(ring) => {
+                let n = ring.size()[0];
+                let flat = match cell {
+                    Some(cell) => Tensor::cat(&[cell.transpose(0, 1).reshape([n, -1]), ring], 1),
+                    None => ring,
+                };
+                Some(flat.unsqueeze(0))
+            }
+        }
+    }
+
+    /// The head's input from the top states `tops: [n, T, hidden]` and the
+    /// attention ring (if any): `[h_t, context]` with temporal attention.
+    fn attend(&self, tops: Tensor, ring: Option<Tensor>) -> (Tensor, Option<Tensor>) {
+        match (&self.temporal, ring) {
+            (Some(a), Some(ring)) => {
+                let (ctx, ring) = a.forward(&ring, &tops);
+                (Tensor::cat(&[tops, ctx], 2), Some(ring))
+            }
+            (_, ring) => (tops, ring),
+        }
     }
 
     /// One time step for a batch of keys: `x: [n, input]`, states
@@ -149,6 +249,13 @@ impl Network {
         c: Option<&Tensor>,
         dropout: f64,
     ) -> (Tensor, Tensor, Option<Tensor>) {
+        if let Some(e) = &self.encoder {
+            let (top, state) = e.forward(&h.select(0, 0), &x.unsqueeze(1), dropout, dropout > 0.0);
+            let y = self.head(&top.squeeze_dim(1)) + x.linear::<&Tensor>(&self.skip_w, None);
+            return (y, state.unsqueeze(0), None);
+        }
+        let (c, ring) = self.split_c(c);
+        let c = c.as_ref();
         let mut input = x.shallow_clone();
         let mut hs = Vec::with_capacity(self.layers.len());
         let mut cs = Vec::with_capacity(self.layers.len());
@@ -165,14 +272,15 @@ impl Network {
                 cs.push(cn);
             }
         }
-        let y = self.head(&input) + x.linear::<&Tensor>(&self.skip_w, None);
+        let (top, ring) = self.attend(input.unsqueeze(1), ring);
+        let y = self.head(&top.squeeze_dim(1)) + x.linear::<&Tensor>(&self.skip_w, None);
         // One layer (the common case): a view, not a copy of the state.
         let stack = |t: &[Tensor]| match t {
             [one] => one.unsqueeze(0),
             many => Tensor::stack(many, 0),
         };
         let c_new = (!cs.is_empty()).then(|| stack(&cs));
-        (y, stack(&hs), c_new)
+        (y, stack(&hs), self.join_c(c_new, ring))
     }
 
     /// Runs whole sequences `xs: [n, T, input]` from the given state with
@@ -188,6 +296,13 @@ impl Network {
         dropout: f64,
         train: bool,
     ) -> (Tensor, Tensor, Option<Tensor>) {
+        if let Some(e) = &self.encoder {
+            let (top, state) = e.forward(&h.select(0, 0), xs, dropout, train);
+            let y = self.head(&top) + xs.linear::<&Tensor>(&self.skip_w, None);
+            return (y, state.unsqueeze(0), None);
+        }
+        let (c, ring) = self.split_c(c);
+        let c = c.as_ref();
         let params: Vec<&Tensor> = self
             .layers
             .iter()
@@ -210,13 +325,15 @@ impl Network {
                 let (o, hn) = xs.rnn_tanh(h, &params, true, l, dropout, train, false, true);
                 (o, hn, None)
             }
-            CellKind::Irnn => {
+            // Handled above (the encoder); kept exhaustive for the compiler.
+            CellKind::Irnn | CellKind::Transformer => {
                 let (o, hn) = xs.rnn_relu(h, &params, true, l, dropout, train, false, true);
                 (o, hn, None)
             }
         };
-        let y = self.head(&out) + xs.linear::<&Tensor>(&self.skip_w, None);
-        (y, h_n, c_n)
+        let (top, ring) = self.attend(out, ring);
+        let y = self.head(&top) + xs.linear::<&Tensor>(&self.skip_w, None);
+        (y, h_n, self.join_c(c_n, ring))
     }
 
     /// The head on top-layer states `[.., hidden]` -> `[.., outputs]`.

@@ -1,7 +1,8 @@
 //! Per-key state of the forecast stage, in contiguous tensors.
 //!
 //! Slot `s` of every tensor belongs to one key: `h[:, s, :]` (and `c`) is its
-//! recurrent state, `n/mean/m2[s, :]` its online scaler, `ring[s, :]` its
+//! network state (`[rows, slots, width]` of `Network::state_dims`: the
+//! recurrent state, or the transformer's ring of inputs), `n/mean/m2[s, :]` its online scaler, `ring[s, :]` its
 //! last `W` target values, `inputs[s, :, :]` its last `W` network inputs
 //! (for a hot swap's replay) and `seen[s]` how many windows it has had.
 //! A freed slot is zeroed at once, so a key that returns starts fresh and a
@@ -20,12 +21,12 @@ pub struct StateStore {
     slots: HashMap<Arc<str>, i64, foldhash::fast::RandomState>,
     free: Vec<i64>,
     cap: i64,
-    layers: i64,
-    hidden: i64,
+    /// `(rows, width)` of `h` and `c` per key (`Network::state_dims`).
+    h_dims: (i64, i64),
+    c_dims: Option<(i64, i64)>,
     fields: i64,
     ring_len: i64,
     device: Device,
-    has_c: bool,
     recurrent: bool,
     h: Tensor,
     c: Option<Tensor>,
@@ -47,16 +48,16 @@ pub struct StateStore {
 
 impl StateStore {
     pub fn new(net: &Network, fields: i64, ring_len: i64, n_lags: i64, recurrent: bool) -> Self {
+        let (h_dims, c_dims) = net.state_dims();
         let mut s = StateStore {
             slots: HashMap::default(),
             free: Vec::new(),
             cap: 0,
-            layers: net.shape.layers,
-            hidden: net.shape.hidden,
+            h_dims,
+            c_dims,
             fields,
             ring_len,
             device: net.vs.device(),
-            has_c: net.shape.kind.has_cell_state(),
             recurrent,
             h: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
             c: None,
@@ -117,7 +118,8 @@ impl StateStore {
             Some(p) => f32s(p, 0)?,
             None => vec![0.0; keys.len()],
         };
-        let hw = (self.layers * self.hidden) as usize;
+        let hw = (self.h_dims.0 * self.h_dims.1) as usize;
+        let cw = self.c_dims.map_or(0, |(r, w)| (r * w) as usize);
         let fw = self.fields as usize;
         let rw = self.ring_len as usize;
         let iw = (self.ring_len * self.n_in) as usize;
@@ -133,7 +135,7 @@ impl StateStore {
                     c: if c.is_empty() {
                         Vec::new()
                     } else {
-                        c[i * hw..(i + 1) * hw].to_vec()
+                        c[i * cw..(i + 1) * cw].to_vec()
                     },
                     n: part(&n, i, fw),
                     mean: part(&mean, i, fw),
@@ -152,10 +154,11 @@ impl StateStore {
     /// length changed) is skipped: that key starts fresh. Returns how many
     /// were taken in.
     pub fn import(&mut self, states: &[(Arc<str>, ModelKeyState)]) -> Result<usize> {
-        let hw = (self.layers * self.hidden) as usize;
+        let hw = (self.h_dims.0 * self.h_dims.1) as usize;
+        let cw = self.c_dims.map_or(0, |(r, w)| (r * w) as usize);
         let fits = |s: &ModelKeyState| {
             s.h.len() == hw
-                && s.c.len() == if self.has_c { hw } else { 0 }
+                && s.c.len() == cw
                 && s.n.len() == self.fields as usize
                 && s.mean.len() == s.n.len()
                 && s.m2.len() == s.n.len()
@@ -183,13 +186,13 @@ impl StateStore {
         };
         let dev = self.device;
         let hs = Tensor::from_slice(&cat32(&|s| &s.h))
-            .view([m, self.layers, self.hidden])
+            .view([m, self.h_dims.0, self.h_dims.1])
             .transpose(0, 1)
             .to_device(dev);
         let _ = self.h.index_copy_(1, &idx, &hs);
-        if let Some(c) = self.c.as_mut() {
+        if let (Some(c), Some((cr, cwid))) = (self.c.as_mut(), self.c_dims) {
             let cs = Tensor::from_slice(&cat32(&|s| &s.c))
-                .view([m, self.layers, self.hidden])
+                .view([m, cr, cwid])
                 .transpose(0, 1)
                 .to_device(dev);
             let _ = c.index_copy_(1, &idx, &cs);
@@ -227,7 +230,7 @@ impl StateStore {
 
     /// Bytes of tensor state per slot (for the memory figures).
     pub fn bytes_per_slot(&self) -> i64 {
-        let hc = self.layers * self.hidden * 4 * if self.has_c { 2 } else { 1 };
+        let hc = (self.h_dims.0 * self.h_dims.1 + self.c_dims.map_or(0, |(r, w)| r * w)) * 4;
         let _ = self.n_lags;
         hc + self.fields * 8 * 3 + self.ring_len * 8 + self.ring_len * self.n_in * 4 + 8
     }
@@ -243,10 +246,10 @@ impl StateStore {
             }
             n
         };
-        self.h = grow(&self.h, &[self.layers, new_cap, self.hidden], f, 1);
-        if self.has_c {
+        self.h = grow(&self.h, &[self.h_dims.0, new_cap, self.h_dims.1], f, 1);
+        if let Some((cr, cw)) = self.c_dims {
             let c = self.c.take().unwrap_or_else(|| Tensor::zeros([0], f));
-            self.c = Some(grow(&c, &[self.layers, new_cap, self.hidden], f, 1));
+            self.c = Some(grow(&c, &[cr, new_cap, cw], f, 1));
         }
         self.n = grow(&self.n, &[new_cap, self.fields], d, 0);
         self.mean = grow(&self.mean, &[new_cap, self.fields], d, 0);
@@ -407,12 +410,28 @@ impl StateStore {
         (mean.shallow_clone(), var.sqrt().maximum(&floor))
     }
 
+    /// Reallocates (zeroed) state tensors when `net`'s state has other
+    /// shapes than the store's (a swap to another cell, hidden size or
+    /// attention window); `replay` then rebuilds every live key's state.
+    fn fit_state_to(&mut self, net: &Network) {
+        let (h_dims, c_dims) = net.state_dims();
+        if (h_dims, c_dims) == (self.h_dims, self.c_dims) {
+            return;
+        }
+        let f = (Kind::Float, self.device);
+        self.h_dims = h_dims;
+        self.c_dims = c_dims;
+        self.h = Tensor::zeros([h_dims.0, self.cap, h_dims.1], f);
+        self.c = c_dims.map(|(r, w)| Tensor::zeros([r, self.cap, w], f));
+    }
+
     /// Rebuilds the recurrent state of every live key with `net` by
     /// replaying its last `min(seen, W)` inputs from a zero state: `W`
     /// batched steps over all keys, a key's state only advancing on its own
     /// windows (keys with a shorter history join later). Returns the number
     /// of key-windows replayed.
     pub fn replay(&mut self, net: &Network) -> i64 {
+        self.fit_state_to(net);
         let live: Vec<i64> = self.slots.values().copied().collect();
         if live.is_empty() {
             return 0;

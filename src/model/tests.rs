@@ -26,7 +26,18 @@ use crate::window::{covariates, WindowSpec};
 const HOUR: i64 = 3_600_000;
 /// An hour boundary in 2026.
 const T0: i64 = 1_790_000_000_000 / HOUR * HOUR;
-const CELLS: [CellKind; 4] = [CellKind::Rnn, CellKind::Irnn, CellKind::Lstm, CellKind::Gru];
+
+/// Every cell, then temporal attention on the LSTM and the GRU: (cell,
+/// extra `[model]` lines).
+const VARIANTS: [(CellKind, &str); 7] = [
+    (CellKind::Rnn, ""),
+    (CellKind::Irnn, ""),
+    (CellKind::Lstm, ""),
+    (CellKind::Gru, ""),
+    (CellKind::Transformer, ""),
+    (CellKind::Lstm, "attention = true\nattention_window = 8"),
+    (CellKind::Gru, "attention = true"),
+];
 
 fn cell_name(k: CellKind) -> &'static str {
     match k {
@@ -34,6 +45,7 @@ fn cell_name(k: CellKind) -> &'static str {
         CellKind::Irnn => "irnn",
         CellKind::Lstm => "lstm",
         CellKind::Gru => "gru",
+        CellKind::Transformer => "transformer",
     }
 }
 
@@ -275,9 +287,9 @@ fn twin(fc: &ForecastStage, cfg: &PipelineConfig) -> ForecastStage {
 #[test]
 fn waves_equal_window_by_window_and_forward_seq() {
     let (n_keys, n_win) = (5usize, 60usize); // 60 > W = 48: the rings wrap
-    for cell in CELLS {
+    for (cell, extra) in VARIANTS {
         for layers in [1, 2] {
-            let cfg = cfg(cell, &format!("layers = {layers}"));
+            let cfg = cfg(cell, &format!("layers = {layers}\n{extra}"));
             let ks: Vec<usize> = (0..n_keys).collect();
             // Window by window.
             let mut fa = ForecastStage::from_config(&cfg).unwrap();
@@ -414,8 +426,8 @@ fn waves_equal_window_by_window_and_forward_seq() {
 #[test]
 fn keys_are_isolated() {
     let (n_keys, n_win) = (7usize, 30usize);
-    for cell in CELLS {
-        let cfg = cfg(cell, "");
+    for (cell, extra) in VARIANTS {
+        let cfg = cfg(cell, extra);
         let ks: Vec<usize> = (0..n_keys).collect();
         let mut fa = ForecastStage::from_config(&cfg).unwrap();
         let mut fb = twin(&fa, &cfg);
@@ -458,8 +470,8 @@ fn keys_are_isolated() {
 /// save -> load gives the same network: same forecasts, bit for bit.
 #[test]
 fn artifact_roundtrip_is_bitwise() {
-    for cell in CELLS {
-        let cfg = cfg(cell, "layers = 2");
+    for (cell, extra) in VARIANTS {
+        let cfg = cfg(cell, &format!("layers = 2\n{extra}"));
         let mut fa = ForecastStage::from_config(&cfg).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let art = dir.path().join("m");
@@ -555,6 +567,8 @@ fn corrupt_or_absurd_artifacts_are_refused_with_a_clear_error() {
             "hidden = 1000000000",
         ),
         ("layers", serde_json::json!(0), "layers = 0"),
+        // A window without attention is not a model this code wrote.
+        ("window", serde_json::json!(5), "window = 5"),
     ] {
         let absurd = copy(&|d| {
             let mut doc = doc.clone();
@@ -602,8 +616,8 @@ fn corrupt_or_absurd_artifacts_are_refused_with_a_clear_error() {
 #[test]
 fn hot_swap_replays_state() {
     for (lags, tol) in [("lags = 0", 1e-5), ("", LAG_REPLAY_TOL)] {
-        for cell in CELLS {
-            let cfg = cfg(cell, lags);
+        for (cell, extra) in VARIANTS {
+            let cfg = cfg(cell, &format!("{lags}\n{extra}"));
             let w = replay_windows(&ModelSpec::expected(&cfg), cfg.model.warmup_windows) as usize;
             assert_eq!(w, 48);
             let before = 40usize; // < W: the replay is exact
@@ -747,8 +761,8 @@ fn warmup_is_seasonal_naive_then_model() {
 /// forecasts as a brand-new key with the same series.
 #[test]
 fn ended_key_returns_fresh() {
-    for cell in CELLS {
-        let cfg = cfg(cell, "");
+    for (cell, extra) in VARIANTS {
+        let cfg = cfg(cell, extra);
         let mut fc = ForecastStage::from_config(&cfg).unwrap();
         for t in 0..20 {
             run(&mut fc, &cfg, &tick(&[0, 1], t));
@@ -798,8 +812,8 @@ fn ended_key_returns_fresh() {
 /// seasonal naive exactly, before and after warm-up.
 #[test]
 fn zero_residual_head_is_seasonal_naive() {
-    for cell in CELLS {
-        let cfg = cfg(cell, "season_windows = 5\nlayers = 2");
+    for (cell, extra) in VARIANTS {
+        let cfg = cfg(cell, &format!("season_windows = 5\nlayers = 2\n{extra}"));
         let mut fc = ForecastStage::from_config(&cfg).unwrap();
         tch::no_grad(|| {
             let _ = fc.net.head_w.zero_();
@@ -904,4 +918,97 @@ fn a_non_finite_model_forecast_is_published_as_baseline() {
     let spiky = &last[&("spiky".to_string(), end(19))];
     assert_eq!(calm.source, "model", "{calm:?}");
     assert_eq!(spiky.source, "baseline", "{spiky:?}");
+}
+
+/// A hot swap may change the cell (LSTM -> transformer -> GRU with temporal
+/// attention): the store takes the new network's state shapes and replays
+/// every key through it, so the swapped stage forecasts as a stage that ran
+/// the new network from the start (within float rounding: without lags and
+/// with fewer windows than the replay ring, the replay covers everything).
+#[test]
+fn hot_swap_across_cells_reshapes_the_state() {
+    let cfgs = [
+        cfg(CellKind::Lstm, "lags = 0"),
+        cfg(CellKind::Transformer, "lags = 0\nattention_window = 6"),
+        cfg(CellKind::Gru, "lags = 0\nattention = true"),
+    ];
+    let ks = [0, 1, 2];
+    let mut live = ForecastStage::from_config(&cfgs[0]).unwrap();
+    let mut t = 0;
+    for (i, next) in cfgs.iter().enumerate().skip(1) {
+        for _ in 0..20 {
+            run(&mut live, &cfgs[i - 1], &tick(&ks, t));
+            t += 1;
+        }
+        let fresh = ForecastStage::from_config(next).unwrap();
+        let mut reference = twin(&fresh, next);
+        for s in 0..t {
+            run(&mut reference, next, &tick(&ks, s));
+        }
+        let before = live.store().bytes_per_slot();
+        live.swap(copy_of(fresh.network()), fresh.spec().clone())
+            .unwrap();
+        assert_ne!(
+            before,
+            live.store().bytes_per_slot(),
+            "{:?}",
+            next.model.cell
+        );
+        let (mut a, mut b) = (ByKey::new(), ByKey::new());
+        for s in t..t + 5 {
+            a.extend(run(&mut live, next, &tick(&ks, s)));
+            b.extend(run(&mut reference, next, &tick(&ks, s)));
+        }
+        t += 5;
+        assert!(a.values().all(|f| f.source == "model"));
+        let d = max_rel_diff(&a, &b);
+        assert!(d <= 1e-5, "swap to {:?}: {d}", next.model.cell);
+    }
+}
+
+/// The attention options are checked when the pipeline is read.
+#[test]
+fn attention_options_are_validated() {
+    let parse = |model: &str| {
+        PipelineConfig::parse(
+            &crate::testkit::pipeline_toml(&format!("[model]\nhidden = 16\n{model}\n")),
+            std::path::Path::new("t.toml"),
+        )
+    };
+    let ok = parse("cell = \"transformer\"").unwrap();
+    assert_eq!(ok.model.attention_window, 24);
+    assert_eq!(ok.model.attention_heads, 4);
+    assert_eq!(ModelSpec::untrained(&ok).shape.window, 24);
+    assert_eq!(ModelSpec::untrained(&ok).out_of_bounds(), None);
+    // A hand-edited artifact whose per-key attention state would be huge
+    // (4096 windows x 4097 floats, allocated for every slot) is refused.
+    let mut huge = ModelSpec::untrained(&ok);
+    huge.shape.window = 4096;
+    huge.shape.input = 4096;
+    let why = huge.out_of_bounds().unwrap_or_default();
+    assert!(why.contains("attention state"), "{why}");
+    for (bad, field) in [
+        (
+            "cell = \"transformer\"\nattention_heads = 3",
+            "model.attention_heads",
+        ),
+        (
+            "cell = \"transformer\"\nattention_window = 0",
+            "model.attention_window",
+        ),
+        (
+            "cell = \"transformer\"\nattention = true",
+            "model.attention",
+        ),
+        (
+            "cell = \"gru\"\nattention = true\ndecoder = \"seq2seq\"",
+            "model.attention",
+        ),
+    ] {
+        let err = parse(bad).unwrap_err().to_string();
+        assert!(err.contains(field), "{bad}: {err}");
+    }
+    // Without attention the window is not part of the model.
+    let plain = parse("cell = \"gru\"\nattention_window = 0").unwrap();
+    assert_eq!(ModelSpec::untrained(&plain).shape.window, 0);
 }

@@ -351,3 +351,79 @@ fn output_recurrence_trains_and_matches_the_live_stage_features() {
         assert!(out.num_rows() > 0);
     }
 }
+
+/// The transformer cell and temporal attention on a GRU train with the
+/// same loop (TBPTT, clipping) well below seasonal naive on a noisy season,
+/// and the trained network served by the live stage, stepping window by
+/// window, beats seasonal naive one step ahead on the last 200 windows.
+#[test]
+fn transformer_and_temporal_attention_learn_a_noisy_season() {
+    use arrow::array::AsArray;
+    for (cell, attention) in [("transformer", false), ("gru", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = pipeline(cell, "residual");
+        cfg.model.attention = attention;
+        let files = seasonal_windows(&cfg, 6, 24 * 30, dir.path());
+        let mut t = quick(8);
+        if cell == "transformer" {
+            t.lr = 3e-3;
+        }
+        let trained = train_from_windows(&cfg, &t, &files, None).unwrap();
+        let r = trained.report.clone();
+        eprintln!("{cell} attention={attention}: {r:?}");
+        assert!(!r.diverged);
+        assert!(
+            r.best_val_loss < 0.75 * r.baseline_val_loss,
+            "{cell}: val {} vs seasonal naive {}",
+            r.best_val_loss,
+            r.baseline_val_loss
+        );
+        assert!(
+            r.train_loss.first() > r.train_loss.last(),
+            "{cell}: training loss falls: {:?}",
+            r.train_loss
+        );
+        let (mut stage, batches) = live_stage(trained, &cfg, &files[0]);
+        let mut series: BTreeMap<String, Vec<(f64, f64, bool)>> = BTreeMap::new();
+        for b in batches {
+            let out = stage.forecast(&b).unwrap();
+            let keys = b.column(windows::KEY).as_string::<i32>();
+            let vals = b
+                .column(windows::FIRST_AGG)
+                .as_primitive::<arrow::datatypes::Float64Type>();
+            let src = out.column(3).as_string::<i32>();
+            let f = out.column(4).as_fixed_size_list();
+            let fv = f
+                .values()
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .values();
+            let h = f.value_length() as usize;
+            for i in 0..b.num_rows() {
+                series.entry(keys.value(i).to_string()).or_default().push((
+                    vals.value(i),
+                    fv[i * h],
+                    src.value(i) == "model",
+                ));
+            }
+        }
+        let (mut model_err, mut snaive_err, mut n) = (0.0, 0.0, 0);
+        for s in series.values() {
+            for t in (s.len() - 200)..s.len() - 1 {
+                assert!(s[t].2, "{cell}: warm keys are forecast by the model");
+                let next = s[t + 1].0;
+                model_err += (s[t].1 - next).abs();
+                snaive_err += (s[t + 1 - 24].0 - next).abs();
+                n += 1;
+            }
+        }
+        eprintln!(
+            "{cell}: live one-step MAE {} vs seasonal naive {} over {n}",
+            model_err / n as f64,
+            snaive_err / n as f64
+        );
+        assert!(
+            model_err < 0.9 * snaive_err,
+            "{cell}: live one-step MAE {model_err} vs seasonal naive {snaive_err}"
+        );
+    }
+}
