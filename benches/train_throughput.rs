@@ -200,6 +200,13 @@ fn dir_bytes(paths: &[PathBuf]) -> u64 {
 }
 
 fn main() {
+    // `RUST_LOG=streamcast::train=debug` prints the preparation's phases.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let cfg = streamcast::testkit::pipeline(PIPELINE);
     let tcfg = cfg.train.clone();
     let spec = WindowSpec::from_config(&cfg);

@@ -45,9 +45,13 @@ use crate::config::Head;
 use crate::error::{Error, Result};
 use crate::model::SCALED_CLAMP;
 
-/// Rows per block copied into the output tensors: large enough that the
-/// per-block tensor calls are negligible, small enough to stay in cache.
-const BLOCK_ROWS: usize = 1 << 15;
+/// Rows per block of whole keys filled in plain buffers before they are
+/// copied into the output tensors: small enough to stay in cache.
+const BLOCK_ROWS: usize = 4096;
+
+/// Elements per tensor copy: libtorch's grain size (`at::internal::GRAIN_SIZE`),
+/// below which it copies on the calling thread.
+const COPY_ELEMS: usize = 32768;
 
 /// `a > b` as polars compares floats (total order: NaN above every number),
 /// which the scaler below was written and tested with. NaN only arises there
@@ -157,18 +161,28 @@ pub fn prepare(paths: &[PathBuf], spec: &PrepSpec) -> Result<Prepared> {
 
 /// Prepares tensors from a lazy frame with the windows schema.
 pub fn prepare_lazy(lf: LazyFrame, spec: &PrepSpec) -> Result<Prepared> {
+    let t = std::time::Instant::now();
     let cols = Columns::load(lf, spec)?;
-    build(&cols, spec)
+    let loaded = t.elapsed().as_secs_f64();
+    let out = build(&cols, spec)?;
+    tracing::debug!(
+        rows = cols.rows,
+        keys = cols.key_lens.len(),
+        load_s = loaded,
+        build_s = t.elapsed().as_secs_f64() - loaded,
+        "training data prepared"
+    );
+    Ok(out)
 }
 
-/// The columns prepared from, in the frame's row order (file order), and
-/// the sorted order of those rows.
+/// The columns prepared from, rows sorted: keys contiguous (in `key_lens`
+/// order), by `window_end` within a key.
 struct Columns {
-    /// Sorted position -> frame row: keys contiguous, by `window_end` within.
-    order: Vec<u32>,
+    rows: usize,
     /// Rows of each key, in sorted key order (all > 0).
     key_lens: Vec<usize>,
-    end_ms: Vec<i64>,
+    /// Range of `window_end` (ms).
+    time_range: (i64, i64),
     /// Per value field, NaN where missing (or null).
     values: Vec<Vec<f64>>,
     /// Per covariate, as f32 (the tensors' type; a null reads as NaN).
@@ -215,7 +229,9 @@ impl Columns {
                         .alias("__key_id"),
                 );
         }
+        let t = std::time::Instant::now();
         let mut df = lf.collect().map_err(Error::Polars)?;
+        let collected = t.elapsed().as_secs_f64();
         let rows = df.height();
         if rows > u32::MAX as usize {
             return Err(Error::Training(format!(
@@ -236,32 +252,49 @@ impl Columns {
             let c = df.drop_in_place("end_ms").map_err(Error::Polars)?;
             i64_values(c.as_materialized_series().i64().map_err(Error::Polars)?)
         };
-        // Each column is converted, then its polars copy dropped, so at most
-        // one column exists twice.
+        let lo = end_ms.iter().copied().min().unwrap_or(0);
+        let hi = end_ms.iter().copied().max().unwrap_or(0);
+        let (order, key_lens) = sort_rows(&ids, n_ids, &end_ms);
+        drop((ids, end_ms));
+        let sorted = t.elapsed().as_secs_f64();
+        // Each column is converted, put in sorted order (one tight gather
+        // loop: the archive's rows of a key are `keys` rows apart, so reading
+        // them key by key later would miss the cache on every value), and its
+        // polars copy dropped, so at most one column exists in three copies.
         let mut values = Vec::new();
         for f in &spec.value_fields {
             let c = df.drop_in_place(f).map_err(Error::Polars)?;
-            values.push(f64_values(
-                c.as_materialized_series().f64().map_err(Error::Polars)?,
-            ));
+            let v = f64_values(c.as_materialized_series().f64().map_err(Error::Polars)?);
+            drop(c);
+            values.push(gather(&v, &order));
         }
         let mut covariates = Vec::new();
         for f in &spec.covariates {
             let c = df.drop_in_place(f).map_err(Error::Polars)?;
-            covariates.push(f32_values(
-                c.as_materialized_series().f32().map_err(Error::Polars)?,
-            ));
+            let v = f32_values(c.as_materialized_series().f32().map_err(Error::Polars)?);
+            drop(c);
+            covariates.push(gather(&v, &order));
         }
         drop(df);
-        let (order, key_lens) = sort_rows(&ids, n_ids, &end_ms);
+        tracing::debug!(
+            collect_s = collected,
+            keys_and_sort_s = sorted - collected,
+            columns_s = t.elapsed().as_secs_f64() - sorted,
+            "training data loaded"
+        );
         Ok(Columns {
-            order,
+            rows,
             key_lens,
-            end_ms,
+            time_range: (lo, hi),
             values,
             covariates,
         })
     }
+}
+
+/// `src` in the order `order` gives.
+fn gather<T: Copy>(src: &[T], order: &[u32]) -> Vec<T> {
+    order.iter().map(|&r| src[r as usize]).collect()
 }
 
 /// Key id per row, numbered in sorted key order (null first, then byte
@@ -375,8 +408,6 @@ fn u32_values(ca: &UInt32Chunked) -> Vec<u32> {
 /// Per-key scratch, reused across keys.
 #[derive(Default)]
 struct Scratch {
-    /// The key's target values in order.
-    y: Vec<f64>,
     /// The target's scaler per row.
     mean0: Vec<f64>,
     scale0: Vec<f64>,
@@ -391,28 +422,31 @@ struct Layout {
     lag: usize,
     horizon: usize,
     lags: usize,
+    /// Per horizon step h (index h-1): how far back the seasonal naive
+    /// value of step h is, `season - 1 - (h-1) % season`.
+    back: Vec<usize>,
+    season: usize,
+    direct: bool,
 }
 
-/// Appends one key's rows (`rows`: frame rows in sorted order) to the
-/// block buffers: inputs row-major `[n, n_in]`, targets `[n, H]` (0 where
+/// Appends one key's rows (sorted rows `first..first + n`) to the block
+/// buffers: inputs row-major `[n, n_in]`, targets `[n, H]` (0 where
 /// unknown) and whether each row has all its targets.
+#[allow(clippy::too_many_arguments)]
 fn key_rows(
-    rows: &[u32],
+    first: usize,
+    n: usize,
     cols: &Columns,
-    spec: &PrepSpec,
     lay: &Layout,
     s: &mut Scratch,
     inputs: &mut Vec<f32>,
     targets: &mut Vec<f32>,
     all_known: &mut Vec<bool>,
 ) {
-    let n = rows.len();
     let n_in = lay.n_in;
     let base = inputs.len();
     inputs.resize(base + n * n_in, 0.0);
     let out = &mut inputs[base..];
-    s.y.clear();
-    s.y.extend(rows.iter().map(|&r| cols.values[0][r as usize]));
     s.mean0.resize(n, 0.0);
     s.scale0.resize(n, 0.0);
     // The online scaler per field: expanding sums over present values.
@@ -420,8 +454,7 @@ fn key_rows(
     // the first value itself, as polars' cum_sum gives it.
     for (fi, field) in cols.values.iter().enumerate() {
         let (mut cnt, mut sum, mut sq) = (-0.0f64, -0.0f64, -0.0f64);
-        for (p, &r) in rows.iter().enumerate() {
-            let x = field[r as usize];
+        for (p, &x) in field[first..first + n].iter().enumerate() {
             let present = !x.is_nan();
             let x0 = if present { x } else { 0.0 };
             cnt += if present { 1.0 } else { 0.0 };
@@ -445,47 +478,51 @@ fn key_rows(
             }
         }
     }
-    let (y, mean0, scale0) = (&s.y, &s.mean0, &s.scale0);
-    for p in 0..n {
-        let row = &mut out[p * n_in..(p + 1) * n_in];
+    let y = &cols.values[0][first..first + n];
+    let (mean0, scale0) = (&s.mean0[..n], &s.scale0[..n]);
+    for (p, row) in out.chunks_exact_mut(n_in).enumerate() {
         row[lay.missing] = if y[p].is_nan() { 1.0 } else { 0.0 };
         for (ci, c) in cols.covariates.iter().enumerate() {
-            row[lay.cov + ci] = c[rows[p] as usize];
+            row[lay.cov + ci] = c[first + p];
         }
         // Lags, scaled with the scaler of the current window, unknown = 0:
         // what `StateStore::lags` gives at runtime.
-        for j in 1..=lay.lags.min(p) {
-            let z = clamped((y[p - j] - mean0[p]) / scale0[p]);
-            row[lay.lag + j - 1] = if z.is_nan() { 0.0 } else { z as f32 };
+        let (m, sc) = (mean0[p], scale0[p]);
+        let lags = &mut row[lay.lag..lay.lag + lay.lags.min(p)];
+        for (j, l) in lags.iter_mut().enumerate() {
+            let z = clamped((y[p - 1 - j] - m) / sc);
+            *l = if z.is_nan() { 0.0 } else { z as f32 };
         }
     }
     // Targets per horizon step, in the head's units.
     let h_max = lay.horizon;
-    let season = spec.season.max(1) as usize;
     let tbase = targets.len();
     targets.resize(tbase + n * h_max, 0.0);
-    let tout = &mut targets[tbase..];
     let kbase = all_known.len();
     all_known.resize(kbase + n, true);
     let known = &mut all_known[kbase..];
-    for p in 0..n {
-        let trow = &mut tout[p * h_max..(p + 1) * h_max];
-        for h in 1..=h_max {
+    if h_max == 0 {
+        return;
+    }
+    for (p, trow) in targets[tbase..].chunks_exact_mut(h_max).enumerate() {
+        let (m, sc) = (mean0[p], scale0[p]);
+        let seasonal = p + 1 >= lay.season;
+        for (hi, t_out) in trow.iter_mut().enumerate() {
+            let h = hi + 1;
             // Past the key's end: unknown (NaN, like a missing value).
             let yh = if p + h < n { y[p + h] } else { f64::NAN };
-            let back = season - 1 - ((h - 1) % season);
-            let snaive = if p + 1 >= season { y[p - back] } else { y[p] };
-            let snaive = if snaive.is_nan() { mean0[p] } else { snaive };
-            let b = (snaive - mean0[p]) / scale0[p];
-            let resid = (yh - snaive) / scale0[p];
-            let t = match spec.head {
-                Head::Residual => resid,
-                Head::Direct => resid + b,
+            let snaive = if seasonal { y[p - lay.back[hi]] } else { y[p] };
+            let snaive = if snaive.is_nan() { m } else { snaive };
+            let resid = (yh - snaive) / sc;
+            let t = if lay.direct {
+                resid + (snaive - m) / sc
+            } else {
+                resid
             };
             // Clamped like the inputs: one wild target must not own the loss.
             let t = clamped(t) as f32;
             if t.is_finite() {
-                trow[h - 1] = t;
+                *t_out = t;
             } else {
                 known[p] = false;
             }
@@ -493,8 +530,25 @@ fn key_rows(
     }
 }
 
+/// Copies `buf` (rows of `width`, row-major) into `dst`'s rows from `from`,
+/// in pieces of at most `COPY_ELEMS` elements: libtorch copies those on the
+/// calling thread, where larger copies wake its OpenMP pool, whose threads
+/// then spin between blocks (measured: 45% of all CPU samples at 2M rows).
+fn copy_rows(dst: &Tensor, from: usize, buf: &[f32], width: usize) -> Result<()> {
+    if width == 0 {
+        return Ok(());
+    }
+    let per = (COPY_ELEMS / width).max(1);
+    for (i, piece) in buf.chunks(per * width).enumerate() {
+        let n = (piece.len() / width) as i64;
+        let src = Tensor::f_from_slice(piece)?.f_view([n, width as i64])?;
+        dst.f_narrow(0, (from + i * per) as i64, n)?.f_copy_(&src)?;
+    }
+    Ok(())
+}
+
 fn build(cols: &Columns, spec: &PrepSpec) -> Result<Prepared> {
-    let rows = cols.order.len();
+    let rows = cols.rows;
     if rows == 0 {
         return Err(Error::Training(
             "no training data: the window files hold no rows in the range".into(),
@@ -503,6 +557,7 @@ fn build(cols: &Columns, spec: &PrepSpec) -> Result<Prepared> {
     let n_f = cols.values.len();
     let lags = spec.lags.max(0) as usize;
     let horizon = spec.horizon.max(0) as usize;
+    let season = spec.season.max(1) as usize;
     let n_base = n_f + 1 + cols.covariates.len() + lags;
     let lay = Layout {
         n_in: n_base + usize::from(spec.recur.is_some()),
@@ -511,6 +566,11 @@ fn build(cols: &Columns, spec: &PrepSpec) -> Result<Prepared> {
         lag: n_f + 1 + cols.covariates.len(),
         horizon,
         lags,
+        back: (1..=horizon)
+            .map(|h| season - 1 - ((h - 1) % season))
+            .collect(),
+        season,
+        direct: matches!(spec.head, Head::Direct),
     };
     let opts = (Kind::Float, tch::Device::Cpu);
     let inputs = Tensor::f_empty([rows as i64, lay.n_in as i64], opts)?;
@@ -522,22 +582,17 @@ fn build(cols: &Columns, spec: &PrepSpec) -> Result<Prepared> {
     // Rows [block_start, first) are in the buffers, not yet copied.
     let (mut first, mut block_start) = (0usize, 0usize);
     let flush = |from: usize, in_buf: &mut Vec<f32>, t_buf: &mut Vec<f32>| -> Result<()> {
-        let nb = (in_buf.len() / lay.n_in) as i64;
-        if nb > 0 {
-            let src = Tensor::f_from_slice(in_buf)?.f_view([nb, lay.n_in as i64])?;
-            inputs.f_narrow(0, from as i64, nb)?.f_copy_(&src)?;
-            let src = Tensor::f_from_slice(t_buf)?.f_view([nb, horizon as i64])?;
-            targets.f_narrow(0, from as i64, nb)?.f_copy_(&src)?;
-        }
+        copy_rows(&inputs, from, in_buf, lay.n_in)?;
+        copy_rows(&targets, from, t_buf, horizon)?;
         in_buf.clear();
         t_buf.clear();
         Ok(())
     };
     for &n in &cols.key_lens {
         key_rows(
-            &cols.order[first..first + n],
+            first,
+            n,
             cols,
-            spec,
             &lay,
             &mut scratch,
             &mut in_buf,
@@ -593,8 +648,7 @@ fn build(cols: &Columns, spec: &PrepSpec) -> Result<Prepared> {
         }
     }
     train_ends.sort_unstable();
-    let lo = cols.end_ms.iter().copied().min().unwrap_or(0);
-    let hi = cols.end_ms.iter().copied().max().unwrap_or(0);
+    let (lo, hi) = cols.time_range;
     Ok(Prepared {
         n_inputs: lay.n_in as i64,
         inputs,
