@@ -45,6 +45,10 @@ use crate::config::Head;
 use crate::error::{Error, Result};
 use crate::model::SCALED_CLAMP;
 
+/// Window files read per polars `collect` (the archive rolls files at
+/// 100,000 rows by default).
+const FILES_PER_BATCH: usize = 8;
+
 /// Rows per block of whole keys filled in plain buffers before they are
 /// copied into the output tensors: small enough to stay in cache.
 const BLOCK_ROWS: usize = 4096;
@@ -155,14 +159,27 @@ pub fn prepare(paths: &[PathBuf], spec: &PrepSpec) -> Result<Prepared> {
                 .map_err(Error::Polars)
         })
         .collect::<Result<Vec<_>>>()?;
-    let lf = concat(scans, UnionArgs::default()).map_err(Error::Polars)?;
-    prepare_lazy(lf, spec)
+    // Read in batches of files: what polars allocates while reading is
+    // freed after each batch and reused by the next, so the process keeps
+    // one batch's worth (glibc does not return freed small chunks: reading
+    // all 10M rows at once left ~0.6 GB of its heap behind).
+    let batches = scans
+        .chunks(FILES_PER_BATCH)
+        .map(|c| concat(c.to_vec(), UnionArgs::default()).map_err(Error::Polars))
+        .collect::<Result<Vec<_>>>()?;
+    prepare_batches(batches, spec)
 }
 
 /// Prepares tensors from a lazy frame with the windows schema.
 pub fn prepare_lazy(lf: LazyFrame, spec: &PrepSpec) -> Result<Prepared> {
+    prepare_batches(vec![lf], spec)
+}
+
+/// Prepares tensors from lazy frames with the windows schema, collected one
+/// after the other (together: the rows of all).
+fn prepare_batches(batches: Vec<LazyFrame>, spec: &PrepSpec) -> Result<Prepared> {
     let t = std::time::Instant::now();
-    let cols = Columns::load(lf, spec)?;
+    let cols = Columns::load(batches, spec)?;
     let loaded = t.elapsed().as_secs_f64();
     let out = build(&cols, spec)?;
     tracing::debug!(
@@ -190,7 +207,7 @@ struct Columns {
 }
 
 impl Columns {
-    fn load(lf: LazyFrame, spec: &PrepSpec) -> Result<Columns> {
+    fn load(batches: Vec<LazyFrame>, spec: &PrepSpec) -> Result<Columns> {
         let key = spec.key.as_str();
         let mut sel: Vec<Expr> = vec![
             col(key),
@@ -208,18 +225,29 @@ impl Columns {
                 .iter()
                 .map(|f| col(f.as_str()).cast(DataType::Float32)),
         );
-        let mut lf = lf.select(sel);
-        if let Some((a, b)) = spec.time_range {
-            lf = lf.filter(col("end_ms").gt_eq(lit(a)).and(col("end_ms").lt_eq(lit(b))));
-        }
-        let string_key = matches!(
-            lf.collect_schema().map_err(Error::Polars)?.get(key),
-            Some(DataType::String)
-        );
+        let select = |lf: LazyFrame| {
+            let lf = lf.select(sel.clone());
+            match spec.time_range {
+                Some((a, b)) => {
+                    lf.filter(col("end_ms").gt_eq(lit(a)).and(col("end_ms").lt_eq(lit(b))))
+                }
+                None => lf,
+            }
+        };
+        let mut batches: Vec<LazyFrame> = batches.into_iter().map(select).collect();
+        let string_key = match batches.first_mut() {
+            Some(lf) => matches!(
+                lf.collect_schema().map_err(Error::Polars)?.get(key),
+                Some(DataType::String)
+            ),
+            None => true,
+        };
         if !string_key {
-            // Any other key type: polars sorts (its order for that type)
-            // and numbers the keys; the counting sort below keeps that order.
-            lf = lf
+            // Any other key type: polars sorts all rows at once (its order
+            // for that type) and numbers the keys; the counting sort below
+            // keeps that order.
+            let lf = concat(batches, UnionArgs::default()).map_err(Error::Polars)?;
+            batches = vec![lf
                 .sort([key, "end_ms"], SortMultipleOptions::default())
                 .with_column(
                     col(key)
@@ -227,55 +255,67 @@ impl Columns {
                         .cast(DataType::UInt32)
                         .cum_sum(false)
                         .alias("__key_id"),
-                );
+                )];
         }
         let t = std::time::Instant::now();
-        let mut df = lf.collect().map_err(Error::Polars)?;
+        let mut keys = KeyIndex::default();
+        let mut ids: Vec<u32> = Vec::new();
+        let mut end_ms: Vec<i64> = Vec::new();
+        let mut values: Vec<Vec<f64>> = vec![Vec::new(); spec.value_fields.len()];
+        let mut covariates: Vec<Vec<f32>> = vec![Vec::new(); spec.covariates.len()];
+        for lf in batches {
+            let mut df = lf.collect().map_err(Error::Polars)?;
+            if string_key {
+                let c = df.drop_in_place(key).map_err(Error::Polars)?;
+                keys.push(
+                    c.as_materialized_series().str().map_err(Error::Polars)?,
+                    &mut ids,
+                );
+            } else {
+                let c = df.drop_in_place("__key_id").map_err(Error::Polars)?;
+                extend_u32(
+                    &mut ids,
+                    c.as_materialized_series().u32().map_err(Error::Polars)?,
+                );
+            }
+            let c = df.drop_in_place("end_ms").map_err(Error::Polars)?;
+            extend_i64(
+                &mut end_ms,
+                c.as_materialized_series().i64().map_err(Error::Polars)?,
+            );
+            for (f, v) in spec.value_fields.iter().zip(values.iter_mut()) {
+                let c = df.drop_in_place(f).map_err(Error::Polars)?;
+                extend_f64(v, c.as_materialized_series().f64().map_err(Error::Polars)?);
+            }
+            for (f, v) in spec.covariates.iter().zip(covariates.iter_mut()) {
+                let c = df.drop_in_place(f).map_err(Error::Polars)?;
+                extend_f32(v, c.as_materialized_series().f32().map_err(Error::Polars)?);
+            }
+        }
         let collected = t.elapsed().as_secs_f64();
-        let rows = df.height();
+        let rows = ids.len();
         if rows > u32::MAX as usize {
             return Err(Error::Training(format!(
                 "{rows} windows to prepare: more than {} at once",
                 u32::MAX
             )));
         }
-        let (ids, n_ids) = if string_key {
-            let c = df.drop_in_place(key).map_err(Error::Polars)?;
-            string_key_ids(c.as_materialized_series().str().map_err(Error::Polars)?)
+        let n_ids = if string_key {
+            keys.rank(&mut ids)
         } else {
-            let c = df.drop_in_place("__key_id").map_err(Error::Polars)?;
-            let ids = u32_values(c.as_materialized_series().u32().map_err(Error::Polars)?);
-            let n = ids.iter().copied().max().map_or(0, |m| m as usize + 1);
-            (ids, n)
-        };
-        let end_ms = {
-            let c = df.drop_in_place("end_ms").map_err(Error::Polars)?;
-            i64_values(c.as_materialized_series().i64().map_err(Error::Polars)?)
+            ids.iter().copied().max().map_or(0, |m| m as usize + 1)
         };
         let lo = end_ms.iter().copied().min().unwrap_or(0);
         let hi = end_ms.iter().copied().max().unwrap_or(0);
         let (order, key_lens) = sort_rows(&ids, n_ids, &end_ms);
         drop((ids, end_ms));
         let sorted = t.elapsed().as_secs_f64();
-        // Each column is converted, put in sorted order (one tight gather
-        // loop: the archive's rows of a key are `keys` rows apart, so reading
-        // them key by key later would miss the cache on every value), and its
-        // polars copy dropped, so at most one column exists in three copies.
-        let mut values = Vec::new();
-        for f in &spec.value_fields {
-            let c = df.drop_in_place(f).map_err(Error::Polars)?;
-            let v = f64_values(c.as_materialized_series().f64().map_err(Error::Polars)?);
-            drop(c);
-            values.push(gather(&v, &order));
-        }
-        let mut covariates = Vec::new();
-        for f in &spec.covariates {
-            let c = df.drop_in_place(f).map_err(Error::Polars)?;
-            let v = f32_values(c.as_materialized_series().f32().map_err(Error::Polars)?);
-            drop(c);
-            covariates.push(gather(&v, &order));
-        }
-        drop(df);
+        // Each column is put in sorted order in one tight gather loop (the
+        // archive's rows of a key are `keys` rows apart, so reading them key
+        // by key later would miss the cache on every value); its file-order
+        // copy is dropped at once.
+        let values = values.into_iter().map(|v| gather(&v, &order)).collect();
+        let covariates = covariates.into_iter().map(|v| gather(&v, &order)).collect();
         tracing::debug!(
             collect_s = collected,
             keys_and_sort_s = sorted - collected,
@@ -292,45 +332,74 @@ impl Columns {
     }
 }
 
+/// String keys seen so far, numbered in first-seen order.
+#[derive(Default)]
+struct KeyIndex {
+    index: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
+    /// Id of the null key, if seen.
+    null: Option<u32>,
+    names: Vec<Option<Box<str>>>,
+    last: usize,
+}
+
+impl KeyIndex {
+    /// Appends the first-seen id of every row's key to `ids`.
+    fn push(&mut self, ca: &StringChunked, ids: &mut Vec<u32>) {
+        ids.reserve(ca.len());
+        for k in ca.iter() {
+            // The archive writes windows in (window_end, key) order, so the
+            // next row's key is usually the one first seen after the previous
+            // row's: one compare instead of a hash lookup.
+            let guess = if self.last + 1 < self.names.len() {
+                self.last + 1
+            } else {
+                0
+            };
+            let id = if self.names.get(guess).map(|n| n.as_deref()) == Some(k) {
+                guess
+            } else {
+                let names = &mut self.names;
+                let mut new = |k: Option<&str>| {
+                    names.push(k.map(Box::from));
+                    (names.len() - 1) as u32
+                };
+                (match k {
+                    Some(s) => match self.index.get(s) {
+                        Some(&id) => id,
+                        None => {
+                            let id = new(k);
+                            self.index.insert(Box::from(s), id);
+                            id
+                        }
+                    },
+                    None => *self.null.get_or_insert_with(|| new(None)),
+                }) as usize
+            };
+            ids.push(id as u32);
+            self.last = id;
+        }
+    }
+
+    /// Renumbers `ids` in sorted key order (null first, then byte order, as
+    /// polars sorts strings); returns the number of keys.
+    fn rank(&self, ids: &mut [u32]) -> usize {
+        let names = &self.names;
+        let mut by_name: Vec<u32> = (0..names.len() as u32).collect();
+        by_name.sort_unstable_by(|&a, &b| names[a as usize].cmp(&names[b as usize]));
+        let mut rank = vec![0u32; names.len()];
+        for (r, &id) in by_name.iter().enumerate() {
+            rank[id as usize] = r as u32;
+        }
+        for id in ids.iter_mut() {
+            *id = rank[*id as usize];
+        }
+        names.len()
+    }
+}
+
 /// `src` in the order `order` gives.
 fn gather<T: Copy>(src: &[T], order: &[u32]) -> Vec<T> {
     order.iter().map(|&r| src[r as usize]).collect()
-}
-
-/// Key id per row, numbered in sorted key order (null first, then byte
-/// order, as polars sorts strings), and the number of ids.
-fn string_key_ids(ca: &StringChunked) -> (Vec<u32>, usize) {
-    let mut index: HashMap<Option<&str>, u32, foldhash::fast::RandomState> = HashMap::default();
-    let mut names: Vec<Option<&str>> = Vec::new();
-    let mut ids: Vec<u32> = Vec::with_capacity(ca.len());
-    let mut last = 0usize;
-    for k in ca.iter() {
-        // The archive writes windows in (window_end, key) order, so the next
-        // row's key is usually the one first seen after the previous row's:
-        // one compare instead of a hash lookup.
-        let guess = if last + 1 < names.len() { last + 1 } else { 0 };
-        let id = if names.get(guess) == Some(&k) {
-            guess
-        } else {
-            *index.entry(k).or_insert_with(|| {
-                names.push(k);
-                (names.len() - 1) as u32
-            }) as usize
-        };
-        ids.push(id as u32);
-        last = id;
-    }
-    // First-seen id -> rank in sorted key order (Option orders None first).
-    let mut by_name: Vec<u32> = (0..names.len() as u32).collect();
-    by_name.sort_unstable_by(|&a, &b| names[a as usize].cmp(&names[b as usize]));
-    let mut rank = vec![0u32; names.len()];
-    for (r, &id) in by_name.iter().enumerate() {
-        rank[id as usize] = r as u32;
-    }
-    for id in ids.iter_mut() {
-        *id = rank[*id as usize];
-    }
-    (ids, names.len())
 }
 
 /// Stable counting sort of the rows by key id, then by `end_ms` within a
@@ -365,8 +434,8 @@ fn sort_rows(ids: &[u32], n_ids: usize, end_ms: &[i64]) -> (Vec<u32>, Vec<usize>
     (order, key_lens)
 }
 
-fn f64_values(ca: &Float64Chunked) -> Vec<f64> {
-    let mut v = Vec::with_capacity(ca.len());
+fn extend_f64(v: &mut Vec<f64>, ca: &Float64Chunked) {
+    v.reserve(ca.len());
     for arr in ca.downcast_iter() {
         if arr.validity().is_none_or(|b| b.unset_bits() == 0) {
             v.extend_from_slice(arr.values());
@@ -374,11 +443,10 @@ fn f64_values(ca: &Float64Chunked) -> Vec<f64> {
             v.extend(arr.iter().map(|x| x.copied().unwrap_or(f64::NAN)));
         }
     }
-    v
 }
 
-fn f32_values(ca: &Float32Chunked) -> Vec<f32> {
-    let mut v = Vec::with_capacity(ca.len());
+fn extend_f32(v: &mut Vec<f32>, ca: &Float32Chunked) {
+    v.reserve(ca.len());
     for arr in ca.downcast_iter() {
         if arr.validity().is_none_or(|b| b.unset_bits() == 0) {
             v.extend_from_slice(arr.values());
@@ -386,23 +454,20 @@ fn f32_values(ca: &Float32Chunked) -> Vec<f32> {
             v.extend(arr.iter().map(|x| x.copied().unwrap_or(f32::NAN)));
         }
     }
-    v
 }
 
-fn i64_values(ca: &Int64Chunked) -> Vec<i64> {
-    let mut v = Vec::with_capacity(ca.len());
+fn extend_i64(v: &mut Vec<i64>, ca: &Int64Chunked) {
+    v.reserve(ca.len());
     for arr in ca.downcast_iter() {
         v.extend(arr.iter().map(|x| x.copied().unwrap_or(0)));
     }
-    v
 }
 
-fn u32_values(ca: &UInt32Chunked) -> Vec<u32> {
-    let mut v = Vec::with_capacity(ca.len());
+fn extend_u32(v: &mut Vec<u32>, ca: &UInt32Chunked) {
+    v.reserve(ca.len());
     for arr in ca.downcast_iter() {
         v.extend(arr.iter().map(|x| x.copied().unwrap_or(0)));
     }
-    v
 }
 
 /// Per-key scratch, reused across keys.

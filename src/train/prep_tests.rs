@@ -337,3 +337,28 @@ fn differs_from_the_old_version_only_by_its_nan_clamp() {
     assert!(nt.iter().zip(&ot).any(|(n, o)| !n && *o));
     assert_eq!(new.keys, old.keys);
 }
+
+/// Through `prepare` on Parquet files, more than one read batch of them,
+/// keys spread over all files: the same as the reference on all rows.
+#[test]
+fn matches_it_through_parquet_files_read_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = archive(false, 1).collect().unwrap();
+    let files = super::FILES_PER_BATCH * 2 + 3;
+    let per = all.height().div_ceil(files);
+    let mut paths = Vec::new();
+    for i in 0..files {
+        let mut part = all.slice((i * per) as i64, per);
+        let path = dir.path().join(format!("w-{i:02}.parquet"));
+        ParquetWriter::new(std::fs::File::create(&path).unwrap())
+            .finish(&mut part)
+            .unwrap();
+        paths.push(path);
+    }
+    for head in [Head::Residual, Head::Direct] {
+        let s = spec(head);
+        let new = super::prepare(&paths, &s).unwrap();
+        let old = prep_reference::prepare_lazy(archive(false, 1), &s, true).unwrap();
+        same(&new, &old);
+    }
+}
