@@ -165,7 +165,7 @@ pub fn prepare(paths: &[PathBuf], spec: &PrepSpec) -> Result<Prepared> {
     // all 10M rows at once left ~0.6 GB of its heap behind).
     let batches = scans
         .chunks(FILES_PER_BATCH)
-        .map(|c| concat(c.to_vec(), UnionArgs::default()).map_err(Error::Polars))
+        .map(|c| concat(c, UnionArgs::default()).map_err(Error::Polars))
         .collect::<Result<Vec<_>>>()?;
     prepare_batches(batches, spec)
 }
@@ -681,9 +681,9 @@ fn build(cols: &Columns, spec: &PrepSpec) -> Result<Prepared> {
     for &(kf, n) in &keys {
         for pos in 0..n {
             let r = (kf + pos) as usize;
-            let complete = known[r] && pos + 1 > spec.warmup;
-            val_mask[r] = complete && pos >= n - v - 1 && pos + h <= n - 1;
-            train_mask[r] = complete && pos + h <= n - v - 1;
+            let complete = known[r] && pos >= spec.warmup;
+            val_mask[r] = complete && pos >= n - v - 1 && pos + h < n;
+            train_mask[r] = complete && pos + h < n - v;
         }
     }
     drop(known);

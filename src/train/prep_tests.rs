@@ -208,8 +208,8 @@ fn matches_the_polars_expression_version_for_both_heads() {
         // The comparison is not vacuous: clamped, missing and unknown
         // values, training and validation origins all occur.
         let (_, x) = floats(&new.inputs);
-        assert!(x.iter().any(|v| *v == crate::model::SCALED_CLAMP as f32));
-        assert!(x.iter().any(|v| *v == -(crate::model::SCALED_CLAMP as f32)));
+        assert!(x.contains(&(crate::model::SCALED_CLAMP as f32)));
+        assert!(x.contains(&-(crate::model::SCALED_CLAMP as f32)));
         assert!(bools(&new.train_origin).iter().any(|b| *b));
         assert!(bools(&new.val_origin).iter().any(|b| *b));
         assert!(!new.train_ends.is_empty() && !new.val_ends.is_empty());
@@ -219,7 +219,8 @@ fn matches_the_polars_expression_version_for_both_heads() {
 
 #[test]
 fn matches_it_across_spec_variants() {
-    let variants: Vec<Box<dyn Fn(&mut PrepSpec)>> = vec![
+    type Variant = Box<dyn Fn(&mut PrepSpec)>;
+    let variants: Vec<Variant> = vec![
         Box::new(|s| s.lags = 0),
         Box::new(|s| s.season = 1),
         Box::new(|s| {
@@ -302,7 +303,7 @@ fn differs_from_the_old_version_only_by_its_nan_clamp() {
     let s = spec(Head::Residual);
     let new = prepare_lazy(archive(false, 3), &s).unwrap();
     let old = prep_reference::prepare_lazy(archive(false, 3), &s, false).unwrap();
-    let lag0 = (s.value_fields.len() + 1 + s.covariates.len()) as usize;
+    let lag0 = s.value_fields.len() + 1 + s.covariates.len();
     let (lag_end, n_in) = (lag0 + s.lags as usize, new.n_inputs as usize);
     let (_, a) = floats(&new.inputs);
     let (_, b) = floats(&old.inputs);
