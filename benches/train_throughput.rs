@@ -36,7 +36,8 @@
 //!
 //! `TRAIN_BENCH_QUICK=1` shrinks (a) to 100 keys and (b) to one run;
 //! `TRAIN_BENCH_PREP_KEYS` sets the keys of (a); `TRAIN_BENCH_ONLY=a` or `=b`
-//! runs one part; `PREP_REPS` / `TRAIN_REPS` set the runs.
+//! runs one part; `PREP_REPS` / `TRAIN_REPS` set the runs;
+//! `RUST_LOG=streamcast::train=debug` prints the phases of each `prepare`.
 
 // Test and bench code may unwrap: a failing unwrap is a failing run.
 #![allow(clippy::unwrap_used)]
@@ -200,6 +201,13 @@ fn dir_bytes(paths: &[PathBuf]) -> u64 {
 }
 
 fn main() {
+    // `RUST_LOG=streamcast::train=debug` prints the preparation's phases.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let cfg = streamcast::testkit::pipeline(PIPELINE);
     let tcfg = cfg.train.clone();
     let spec = WindowSpec::from_config(&cfg);

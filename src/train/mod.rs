@@ -18,6 +18,8 @@
 
 mod loss;
 pub mod prep;
+#[cfg(test)]
+mod prep_reference;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
