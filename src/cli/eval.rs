@@ -22,6 +22,7 @@ pub fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
             report,
             rnn_pipeline,
             rnn_ensemble,
+            combo_study,
         } => {
             let started = std::time::Instant::now();
             let data = eval::read_m4_csv(&train)?;
@@ -38,6 +39,14 @@ pub fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
                 rnn_ensemble,
             };
             match holdout {
+                Some(h) if !combo_study.is_empty() => {
+                    let md = eval::combo::study(&data, &combo_study, &ctx, h)?;
+                    println!("{md}");
+                    if let Some(path) = report {
+                        std::fs::write(&path, &md)
+                            .with_context(|| format!("writing {}", path.display()))?;
+                    }
+                }
                 Some(h) => {
                     let (rep, checked) = eval::eval_m4_holdout(&data, &models, &ctx, h)?;
                     let md = rep.to_markdown();

@@ -187,12 +187,19 @@ pub enum EvalCmd {
         #[arg(long, default_value_t = 24)]
         season: usize,
         /// Models to run, comma-separated (the first is written to --out).
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "naive,snaive,naive2,ses,holt,damped,hw_add,hw_mul,ses_sa,holt_sa,damped_sa"
-        )]
+        /// The default `combo` is the best configuration measured on the
+        /// M4 Hourly tail: rf, gbm, snaive and ses_sa, weighted by their
+        /// pooled errors on a validation tail cut from each history (the
+        /// last H values before the origin); see BENCHMARKS.md. Other
+        /// forms: `combo_<mean|median|inv|best|global|ginv>:a+b+...`.
+        #[arg(long, value_delimiter = ',', default_value = "combo,snaive,naive2")]
         models: Vec<String>,
+        /// Instead of the holdout table: score every combination rule on
+        /// every subset of these members (comma-separated), choosing on a
+        /// validation tail (the --holdout values before the last ones) and
+        /// reporting the last --holdout values beside it.
+        #[arg(long, value_delimiter = ',', requires = "holdout")]
+        combo_study: Vec<String>,
         /// Also write the holdout table as Markdown here.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -216,11 +223,13 @@ pub enum EvalCmd {
         /// At most this many origins per series (spread over its last 20%).
         #[arg(long, default_value_t = 50)]
         origins: usize,
-        /// Models to run, comma-separated.
+        /// Models to run, comma-separated. `combo` (first) combines rf,
+        /// gbm, snaive and ses_sa, weighted on a validation tail of the
+        /// windows before each origin (see `eval m4 --help`).
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "naive,snaive,naive2,ses,holt,damped,hw_add,ses_sa,damped_sa"
+            default_value = "combo,naive,snaive,naive2,ses,holt,damped,hw_add,ses_sa,damped_sa"
         )]
         models: Vec<String>,
         /// Write one SVG per plotted key here.
