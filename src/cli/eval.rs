@@ -23,6 +23,7 @@ pub fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
             rnn_pipeline,
             rnn_ensemble,
             combo_study,
+            combo_cache,
         } => {
             let started = std::time::Instant::now();
             let data = eval::read_m4_csv(&train)?;
@@ -40,7 +41,8 @@ pub fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
             };
             match holdout {
                 Some(h) if !combo_study.is_empty() => {
-                    let md = eval::combo::study(&data, &combo_study, &ctx, h)?;
+                    let md =
+                        eval::combo::study(&data, &combo_study, &ctx, h, combo_cache.as_deref())?;
                     println!("{md}");
                     if let Some(path) = report {
                         std::fs::write(&path, &md)

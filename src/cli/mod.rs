@@ -191,7 +191,7 @@ pub enum EvalCmd {
         /// M4 Hourly tail: rf, gbm, snaive and ses_sa, weighted by their
         /// pooled errors on a validation tail cut from each history (the
         /// last H values before the origin); see BENCHMARKS.md. Other
-        /// forms: `combo_<mean|median|inv|best|global|ginv>:a+b+...`.
+        /// forms: `combo_<mean|median|inv|best|global|ginv|sel>:a+b+...`.
         #[arg(long, value_delimiter = ',', default_value = "combo,snaive,naive2")]
         models: Vec<String>,
         /// Instead of the holdout table: score every combination rule on
@@ -200,6 +200,10 @@ pub enum EvalCmd {
         /// reporting the last --holdout values beside it.
         #[arg(long, value_delimiter = ',', requires = "holdout")]
         combo_study: Vec<String>,
+        /// Directory where --combo-study keeps member forecasts to reuse
+        /// (delete it when the data or a member change).
+        #[arg(long, requires = "combo_study")]
+        combo_cache: Option<PathBuf>,
         /// Also write the holdout table as Markdown here.
         #[arg(long)]
         report: Option<PathBuf>,

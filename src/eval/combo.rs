@@ -32,6 +32,7 @@
 //! was picked (BENCHMARKS.md, "Accuracy: combinations").
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
 use super::backtest::StreamModel;
 use super::harness::Model;
@@ -67,6 +68,9 @@ pub enum Rule {
     /// One set of weights for all series, proportional to 1 / the pooled
     /// validation error of `Global`.
     GlobalInverse,
+    /// One set of weights for all series by forward selection with
+    /// replacement on the pooled validation error (see [`select`]).
+    Select,
 }
 
 impl Rule {
@@ -77,6 +81,7 @@ impl Rule {
         Rule::Best,
         Rule::Global,
         Rule::GlobalInverse,
+        Rule::Select,
     ];
 
     pub fn name(self) -> &'static str {
@@ -87,6 +92,7 @@ impl Rule {
             Rule::Best => "best",
             Rule::Global => "global",
             Rule::GlobalInverse => "ginv",
+            Rule::Select => "sel",
         }
     }
 
@@ -148,11 +154,91 @@ fn min_fit(v: usize, season: usize) -> usize {
     v.max(2 * season.max(1))
 }
 
-/// Validation scores of every member on one series (`None`: too short).
-type SeriesVal = Option<Vec<Scores>>;
+/// One series' validation tail: every member's forecast of it and scores.
+#[derive(Debug, Clone)]
+pub struct Validation {
+    /// Per member.
+    pub scores: Vec<Scores>,
+    /// The history before the tail (MASE scale), the tail, and each
+    /// member's forecast of it (used by `sel`, which scores combinations).
+    pub fit: Vec<f64>,
+    pub actual: Vec<f64>,
+    pub forecasts: Vec<Vec<f64>>,
+    pub season: usize,
+}
 
-/// Weights (summing to 1) of `k` members for every series, or `None` for the
-/// median rule. `val[i]` are series `i`'s validation scores.
+/// Validation of every member on one series (`None`: too short).
+type SeriesVal = Option<Validation>;
+
+/// Pooled validation error of a set of per-series scores: mean sMAPE over
+/// `ref_s` plus mean finite MASE over `ref_m` (OWA-like; the references are
+/// the members' averages, so no Naive2 is needed).
+fn pooled_error(scores: &[Scores], ref_s: f64, ref_m: f64) -> f64 {
+    let n = scores.len().max(1) as f64;
+    let sm = scores.iter().map(|s| s.smape).sum::<f64>() / n;
+    let ms: Vec<f64> = scores
+        .iter()
+        .map(|s| s.mase)
+        .filter(|x| x.is_finite())
+        .collect();
+    let part = |x: f64, r: f64| if x.is_finite() && r > 0.0 { x / r } else { 0.0 };
+    let mm = if ms.is_empty() {
+        f64::NAN
+    } else {
+        ms.iter().sum::<f64>() / ms.len() as f64
+    };
+    part(sm, ref_s) + part(mm, ref_m)
+}
+
+/// Forward selection with replacement (Caruana et al. 2004) on the pooled
+/// validation error: ten rounds, each adding one copy of the member that
+/// lowers the error of the equal-weight mean of the copies most; the best
+/// weights seen win. `None` without any validation tail.
+fn select(rows: &[&Validation], k: usize, ref_s: f64, ref_m: f64) -> Option<Vec<f64>> {
+    if rows.is_empty() {
+        return None;
+    }
+    let error_of = |w: &[f64]| {
+        let scores: Vec<Scores> = rows
+            .iter()
+            .filter_map(|r| {
+                let f: Vec<f64> = (0..r.actual.len())
+                    .map(|t| {
+                        (0..k)
+                            .filter(|&j| w[j] > 0.0)
+                            .map(|j| w[j] * r.forecasts[j][t])
+                            .sum()
+                    })
+                    .collect();
+                accuracy::score(&r.fit, &r.actual, &f, r.season.max(1)).ok()
+            })
+            .collect();
+        pooled_error(&scores, ref_s, ref_m)
+    };
+    let mut counts = vec![0usize; k];
+    let mut best: Option<(f64, Vec<f64>)> = None;
+    for round in 1..=10 {
+        let mut pick: Option<(f64, usize, Vec<f64>)> = None;
+        for j in 0..k {
+            let w: Vec<f64> = (0..k)
+                .map(|i| (counts[i] + usize::from(i == j)) as f64 / round as f64)
+                .collect();
+            let e = error_of(&w);
+            if pick.as_ref().is_none_or(|p| e < p.0) {
+                pick = Some((e, j, w));
+            }
+        }
+        let (e, j, w) = pick?;
+        counts[j] += 1;
+        if best.as_ref().is_none_or(|b| e < b.0) {
+            best = Some((e, w));
+        }
+    }
+    best.map(|b| b.1)
+}
+
+/// Weights (summing to 1) of `k` members for every series (not used by the
+/// median rule). `val[i]` is series `i`'s validation.
 fn weights(rule: Rule, val: &[SeriesVal], k: usize) -> Vec<Vec<f64>> {
     let equal = vec![1.0 / k as f64; k];
     let normalise = |w: Vec<f64>| {
@@ -165,15 +251,15 @@ fn weights(rule: Rule, val: &[SeriesVal], k: usize) -> Vec<Vec<f64>> {
     };
     // Pooled error per member: mean sMAPE and mean finite MASE, each
     // relative to the members' average (OWA-like, but needs no reference).
-    let pooled = || -> Option<Vec<f64>> {
-        let rows: Vec<&Vec<Scores>> = val.iter().flatten().collect();
+    let rows: Vec<&Validation> = val.iter().flatten().collect();
+    let refs = || -> Option<(Vec<f64>, Vec<f64>, f64, f64)> {
         if rows.is_empty() {
             return None;
         }
         let mean_of = |j: usize, f: fn(&Scores) -> f64| {
             let xs: Vec<f64> = rows
                 .iter()
-                .map(|r| f(&r[j]))
+                .map(|r| f(&r.scores[j]))
                 .filter(|x| x.is_finite())
                 .collect();
             if xs.is_empty() {
@@ -184,8 +270,15 @@ fn weights(rule: Rule, val: &[SeriesVal], k: usize) -> Vec<Vec<f64>> {
         };
         let sm: Vec<f64> = (0..k).map(|j| mean_of(j, |s| s.smape)).collect();
         let ms: Vec<f64> = (0..k).map(|j| mean_of(j, |s| s.mase)).collect();
-        let avg = |xs: &[f64]| xs.iter().sum::<f64>() / k as f64;
+        let avg = |xs: &[f64]| {
+            let f: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+            f.iter().sum::<f64>() / f.len().max(1) as f64
+        };
         let (a_s, a_m) = (avg(&sm), avg(&ms));
+        Some((sm, ms, a_s, a_m))
+    };
+    let pooled = || -> Option<Vec<f64>> {
+        let (sm, ms, a_s, a_m) = refs()?;
         let part = |x: f64, a: f64| if x.is_finite() && a > 0.0 { x / a } else { 0.0 };
         Some(
             (0..k)
@@ -228,6 +321,11 @@ fn weights(rule: Rule, val: &[SeriesVal], k: usize) -> Vec<Vec<f64>> {
     let global = match rule {
         Rule::Global => Some(one_hot(pooled().and_then(|p| argmin(&p)))),
         Rule::GlobalInverse => Some(pooled().map_or(equal.clone(), |p| inverse(&p))),
+        Rule::Select => Some(
+            refs()
+                .and_then(|(_, _, a_s, a_m)| select(&rows, k, a_s, a_m))
+                .unwrap_or_else(|| equal.clone()),
+        ),
         _ => None,
     };
     val.iter()
@@ -235,7 +333,7 @@ fn weights(rule: Rule, val: &[SeriesVal], k: usize) -> Vec<Vec<f64>> {
             (None, _) => equal.clone(),
             (Some(_), Some(g)) => g.clone(),
             (Some(s), None) => {
-                let mae: Vec<f64> = s.iter().map(|x| x.mae).collect();
+                let mae: Vec<f64> = s.scores.iter().map(|x| x.mae).collect();
                 match rule {
                     Rule::Inverse => inverse(&mae),
                     Rule::Best => one_hot(argmin(&mae)),
@@ -323,9 +421,17 @@ fn validation_scores(
                 return None;
             }
             let (fit, actual) = h.split_at(h.len() - v);
-            vf.iter()
+            let scores = vf
+                .iter()
                 .map(|m| accuracy::score(fit, actual, &m[i], season.max(1)).ok())
-                .collect::<Option<Vec<Scores>>>()
+                .collect::<Option<Vec<Scores>>>()?;
+            Some(Validation {
+                scores,
+                fit: fit.to_vec(),
+                actual: actual.to_vec(),
+                forecasts: vf.iter().map(|m| m[i].clone()).collect(),
+                season,
+            })
         })
         .collect()
 }
@@ -484,11 +590,69 @@ fn mean_at(
 ///
 /// Returns Markdown sorted by validation OWA (vs the published M4 Hourly
 /// Naive2; only the ranking matters for other data).
+fn cache_path(
+    dir: &Path,
+    member: &str,
+    ctx: &ModelContext,
+    h: usize,
+    back: usize,
+    n: usize,
+) -> PathBuf {
+    let safe: String = member
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let e = if member.contains(super::RNN) {
+        format!("-e{}", ctx.rnn_ensemble)
+    } else {
+        String::new()
+    };
+    dir.join(format!(
+        "{safe}{e}-m{}-h{h}-back{back}-n{n}.csv",
+        ctx.season
+    ))
+}
+
+fn read_cache(path: &Path, n: usize, h: usize) -> Option<Vec<Vec<f64>>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let rows: Vec<Vec<f64>> = text
+        .lines()
+        .map(|l| {
+            l.split(',')
+                .map(|c| c.parse::<f64>().ok())
+                .collect::<Option<Vec<f64>>>()
+        })
+        .collect::<Option<_>>()?;
+    (rows.len() == n && rows.iter().all(|r| r.len() == h)).then_some(rows)
+}
+
+fn write_cache(path: &Path, f: &[Vec<f64>]) -> Result<()> {
+    let mut text = String::new();
+    for r in f {
+        let cells: Vec<String> = r.iter().map(|v| format!("{v:?}")).collect();
+        text.push_str(&cells.join(","));
+        text.push('\n');
+    }
+    std::fs::write(path, text)
+        .map_err(|e| crate::error::Error::io(format!("writing {}", path.display()), e))
+}
+
+/// With `cache`, member forecasts are stored there (one CSV per member and
+/// origin, named after the member, season, h, origin and series count) and
+/// reused by later studies of the same data: delete it when the data or a
+/// member change.
 pub fn study(
     data: &[(String, Vec<f64>)],
     members: &[String],
     ctx: &ModelContext,
     h: usize,
+    cache: Option<&Path>,
 ) -> Result<String> {
     let season = ctx.season;
     let h = h.max(1);
@@ -510,7 +674,17 @@ pub fn study(
         let started = std::time::Instant::now();
         for (k, back) in [3 * h, 2 * h, h].into_iter().enumerate() {
             let hist: Vec<&[f64]> = vals.iter().map(|x| &x[..x.len() - back]).collect();
-            let f = model_by_name(name, ctx)?.fit_forecast(&hist, h)?;
+            let path = cache.map(|d| cache_path(d, name, ctx, h, back, hist.len()));
+            let f = match path.as_deref().and_then(|p| read_cache(p, hist.len(), h)) {
+                Some(f) => f,
+                None => {
+                    let f = model_by_name(name, ctx)?.fit_forecast(&hist, h)?;
+                    if let Some(p) = &path {
+                        write_cache(p, &f)?;
+                    }
+                    f
+                }
+            };
             if f.len() != hist.len()
                 || f.iter()
                     .any(|x| x.len() != h || x.iter().any(|v| !v.is_finite()))
@@ -593,6 +767,17 @@ pub fn study(
 mod tests {
     use super::*;
 
+    /// A validation with scores only (rules other than `sel`).
+    fn v(scores: Vec<Scores>) -> Option<Validation> {
+        Some(Validation {
+            scores,
+            fit: Vec::new(),
+            actual: Vec::new(),
+            forecasts: Vec::new(),
+            season: 1,
+        })
+    }
+
     fn sc(mae: f64, smape: f64, mase: f64) -> Scores {
         Scores {
             smape,
@@ -600,6 +785,40 @@ mod tests {
             mae,
             rmse: mae,
         }
+    }
+
+    /// `sel` finds the even mix of two members biased in opposite
+    /// directions (their mean is exact), where `global` must pick one.
+    #[test]
+    fn select_finds_the_mix() {
+        let actual = vec![10.0, 20.0, 10.0, 20.0];
+        let fit: Vec<f64> = (0..40)
+            .map(|t| if t % 2 == 0 { 10.0 } else { 20.0 })
+            .collect();
+        let hi: Vec<f64> = actual.iter().map(|a| a + 2.0).collect();
+        let lo: Vec<f64> = actual.iter().map(|a| a - 2.0).collect();
+        let mk = |f: &[Vec<f64>]| {
+            let scores = f
+                .iter()
+                .map(|x| accuracy::score(&fit, &actual, x, 2).unwrap())
+                .collect();
+            Some(Validation {
+                scores,
+                fit: fit.clone(),
+                actual: actual.clone(),
+                forecasts: f.to_vec(),
+                season: 2,
+            })
+        };
+        let val = vec![mk(&[
+            hi.clone(),
+            lo.clone(),
+            hi.iter().map(|x| x + 5.0).collect(),
+        ])];
+        let w = weights(Rule::Select, &val, 3);
+        assert_eq!(w[0], vec![0.5, 0.5, 0.0]);
+        let g = weights(Rule::Global, &val, 3);
+        assert_eq!(g[0].iter().filter(|&&x| x == 1.0).count(), 1);
     }
 
     #[test]
@@ -624,8 +843,8 @@ mod tests {
         // Two series, two members; member 0 better on series 0, member 1
         // much better on series 1; pooled, member 1 is better.
         let val = vec![
-            Some(vec![sc(1.0, 10.0, 1.0), sc(3.0, 30.0, 3.0)]),
-            Some(vec![sc(8.0, 40.0, 8.0), sc(1.0, 5.0, 1.0)]),
+            v(vec![sc(1.0, 10.0, 1.0), sc(3.0, 30.0, 3.0)]),
+            v(vec![sc(8.0, 40.0, 8.0), sc(1.0, 5.0, 1.0)]),
             None,
         ];
         let fc = vec![
@@ -647,7 +866,7 @@ mod tests {
         assert!(g[0][0] > 2.0 && g[0][0] < 4.0, "{g:?}");
         assert_eq!(g[2], vec![3.0]);
         // A member without error takes all the weight.
-        let val0 = vec![Some(vec![sc(0.0, 0.0, 0.0), sc(2.0, 1.0, 1.0)])];
+        let val0 = vec![v(vec![sc(0.0, 0.0, 0.0), sc(2.0, 1.0, 1.0)])];
         let fc0 = vec![vec![vec![1.0]], vec![vec![5.0]]];
         assert_eq!(combine(Rule::Inverse, &val0, &fc0), vec![vec![1.0]]);
     }
