@@ -100,12 +100,21 @@ pub fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
             plot_model,
             plot_windows,
             per_key,
+            drop_last,
             report,
         } => {
             let started = std::time::Instant::now();
             let cfg = PipelineConfig::load(&pipeline)?;
             let events = eval::read_stream_inputs(&cfg, &input)?;
-            let series = eval::window_series(&cfg, &events)?;
+            let mut series = eval::window_series(&cfg, &events)?;
+            if drop_last > 0.0 {
+                for s in &mut series {
+                    let keep =
+                        ((s.values.len() as f64) * (1.0 - drop_last.min(1.0))).floor() as usize;
+                    s.values.truncate(keep);
+                    s.start_ms.truncate(keep);
+                }
+            }
             let season = cfg.model.season_windows as usize;
             let horizon = horizon.unwrap_or(cfg.model.horizon as usize);
             eprintln!(

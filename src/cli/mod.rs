@@ -251,6 +251,11 @@ pub enum EvalCmd {
         /// Also print H-step MASE per key.
         #[arg(long)]
         per_key: bool,
+        /// Cut this fraction off the end of every series first (0.2: the
+        /// origins then lie in 64-80% of it, before any origin of the
+        /// default run): a validation run for choosing settings.
+        #[arg(long, default_value_t = 0.0)]
+        drop_last: f64,
         /// Also write the tables as Markdown here.
         #[arg(long)]
         report: Option<PathBuf>,

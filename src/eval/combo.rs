@@ -96,6 +96,12 @@ impl Rule {
         }
     }
 
+    /// Whether the rule reads the validation tail (mean and median do not,
+    /// so their members are fitted once).
+    pub fn uses_validation(self) -> bool {
+        !matches!(self, Rule::Mean | Rule::Median)
+    }
+
     pub fn parse(s: &str) -> Option<Rule> {
         Rule::ALL.iter().copied().find(|r| r.name() == s)
     }
@@ -474,13 +480,21 @@ impl Model for Combo {
     fn fit_forecast(&mut self, histories: &[&[f64]], horizon: usize) -> Result<Vec<Vec<f64>>> {
         let v = horizon.max(1);
         let season = self.ctx.season;
-        let (vh, usable) = validation_split(histories, v, season);
+        let (vh, mut usable) = validation_split(histories, v, season);
+        if !self.spec.rule.uses_validation() {
+            usable.iter_mut().for_each(|u| *u = false);
+        }
         let mut vf = Vec::with_capacity(self.spec.members.len());
         let mut fc = Vec::with_capacity(self.spec.members.len());
         for name in &self.spec.members {
             // A fresh model per fit: members keep nothing between calls.
             let started = std::time::Instant::now();
-            vf.push(model_by_name(name, &self.ctx)?.fit_forecast(&vh, v)?);
+            // Mean and median need no validation forecasts: skip the fit.
+            vf.push(if usable.iter().any(|&u| u) {
+                model_by_name(name, &self.ctx)?.fit_forecast(&vh, v)?
+            } else {
+                vec![Vec::new(); histories.len()]
+            });
             fc.push(model_by_name(name, &self.ctx)?.fit_forecast(histories, horizon)?);
             tracing::info!(combo = %self.name, member = %name, seconds = started.elapsed().as_secs_f64(), "member fitted twice");
         }
@@ -527,7 +541,8 @@ impl Baseline for ComboBaseline {
     fn forecast(&self, history: &[f64], horizon: usize) -> Vec<f64> {
         let v = horizon.max(1);
         let hs = [history];
-        let (vh, usable) = validation_split(&hs, v, self.season);
+        let (vh, mut usable) = validation_split(&hs, v, self.season);
+        usable[0] &= self.rule.uses_validation();
         let vf: Vec<Vec<Vec<f64>>> = self
             .members
             .iter()
