@@ -44,7 +44,8 @@
 //! Rooms: `harness` (batch models, the leak check), `m4` (data, holdout
 //! and submission), `backtest` (streams windowed by a pipeline, rolling
 //! origins), `plot`, `rnn` (the recurrent model through the production
-//! path). Metrics are those of `accuracy` (M4 definitions). M4: MASE uses
+//! path), `combo` (combinations of any models, weighted on a validation
+//! tail cut from each history; the CLI's default). Metrics are those of `accuracy` (M4 definitions). M4: MASE uses
 //! `m = season` and the in-sample part of each series (the history before
 //! the origin); OWA is reported against the published Naive2 figures *and*
 //! against our own Naive2 on the same holdout. Stream: per (key, origin),
