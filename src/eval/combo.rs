@@ -18,11 +18,15 @@
 //!   covers the combination like any model (it runs when every member's
 //!   `leak_check()` is true).
 //! * A series whose history is too short for a validation tail (fewer than
-//!   `max(v, 2·season)` values before it) gets the plain mean of the members.
+//!   `max(v, 2·season)` values before it) gets the plain mean of the members
+//!   under the weighting rules (`median` stays the median).
 //! * Deterministic when the members are; every combined value is finite
-//!   when the members' are (weights are finite, positive and sum to 1).
+//!   when the members' are (weights are finite, non-negative and sum to 1;
+//!   `median` takes one of the members' values or the mean of two).
 //! * The rules (see [`Rule`]) are per series (`mean`, `median`, `inv`,
-//!   `best`) or pooled over all series of the batch (`global`, `ginv`);
+//!   `best`) or pooled over all series of the batch (`global`, `ginv`,
+//!   `sel`); `mean` and `median` read no validation tail, so their members
+//!   are fitted once;
 //!   pooled rules see one series at a time in the stream harness, where
 //!   they act per series.
 //!
@@ -315,7 +319,7 @@ fn weights(rule: Rule, val: &[SeriesVal], k: usize) -> Vec<Vec<f64>> {
     };
     let inverse = |e: &[f64]| {
         // Members with zero error share all the weight (1/0 has no weight).
-        if e.iter().any(|&x| x == 0.0) {
+        if e.contains(&0.0) {
             return normalise(
                 e.iter()
                     .map(|&x| if x == 0.0 { 1.0 } else { 0.0 })
