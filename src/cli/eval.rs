@@ -22,6 +22,8 @@ pub fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
             report,
             rnn_pipeline,
             rnn_ensemble,
+            combo_study,
+            combo_cache,
         } => {
             let started = std::time::Instant::now();
             let data = eval::read_m4_csv(&train)?;
@@ -38,6 +40,15 @@ pub fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
                 rnn_ensemble,
             };
             match holdout {
+                Some(h) if !combo_study.is_empty() => {
+                    let md =
+                        eval::combo::study(&data, &combo_study, &ctx, h, combo_cache.as_deref())?;
+                    println!("{md}");
+                    if let Some(path) = report {
+                        std::fs::write(&path, &md)
+                            .with_context(|| format!("writing {}", path.display()))?;
+                    }
+                }
                 Some(h) => {
                     let (rep, checked) = eval::eval_m4_holdout(&data, &models, &ctx, h)?;
                     let md = rep.to_markdown();
@@ -89,12 +100,21 @@ pub fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
             plot_model,
             plot_windows,
             per_key,
+            drop_last,
             report,
         } => {
             let started = std::time::Instant::now();
             let cfg = PipelineConfig::load(&pipeline)?;
             let events = eval::read_stream_inputs(&cfg, &input)?;
-            let series = eval::window_series(&cfg, &events)?;
+            let mut series = eval::window_series(&cfg, &events)?;
+            if drop_last > 0.0 {
+                for s in &mut series {
+                    let keep =
+                        ((s.values.len() as f64) * (1.0 - drop_last.min(1.0))).floor() as usize;
+                    s.values.truncate(keep);
+                    s.start_ms.truncate(keep);
+                }
+            }
             let season = cfg.model.season_windows as usize;
             let horizon = horizon.unwrap_or(cfg.model.horizon as usize);
             eprintln!(

@@ -187,12 +187,26 @@ pub enum EvalCmd {
         #[arg(long, default_value_t = 24)]
         season: usize,
         /// Models to run, comma-separated (the first is written to --out).
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "naive,snaive,naive2,ses,holt,damped,hw_add,hw_mul,ses_sa,holt_sa,damped_sa"
-        )]
+        /// The default `combo` is the configuration chosen on a validation
+        /// tail of M4 Hourly (the 48 values before the scored ones): the
+        /// mean of the per-series `rf` and `gbm` (holdout OWA 0.426 vs rf's
+        /// 0.428; see BENCHMARKS.md, "Accuracy: combinations"). Other
+        /// forms: `combo:a+b+...` and
+        /// `combo_<mean|median|inv|best|global|ginv|sel>:a+b+...`, the
+        /// rules other than mean and median weighting the members by their
+        /// errors on the last H values of each history.
+        #[arg(long, value_delimiter = ',', default_value = "combo,snaive,naive2")]
         models: Vec<String>,
+        /// Instead of the holdout table: score every combination rule on
+        /// every subset of these members (comma-separated), choosing on a
+        /// validation tail (the --holdout values before the last ones) and
+        /// reporting the last --holdout values beside it.
+        #[arg(long, value_delimiter = ',', requires = "holdout")]
+        combo_study: Vec<String>,
+        /// Directory where --combo-study keeps member forecasts to reuse
+        /// (delete it when the data or a member change).
+        #[arg(long, requires = "combo_study")]
+        combo_cache: Option<PathBuf>,
         /// Also write the holdout table as Markdown here.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -216,11 +230,16 @@ pub enum EvalCmd {
         /// At most this many origins per series (spread over its last 20%).
         #[arg(long, default_value_t = 50)]
         origins: usize,
-        /// Models to run, comma-separated.
+        /// Models to run, comma-separated. The first default is the
+        /// combination chosen on validation origins of the CloudWatch
+        /// streams (`--drop-last 0.2`): the per-step median of rf, gbm,
+        /// snaive, ses_sa and damped_sa, all refitted at every origin
+        /// (12-step MASE 1.057 vs ses_sa's 1.085 on the default origins;
+        /// BENCHMARKS.md, "Accuracy: combinations").
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "naive,snaive,naive2,ses,holt,damped,hw_add,ses_sa,damped_sa"
+            default_value = "combo_median:rf+gbm+snaive+ses_sa+damped_sa,naive,snaive,naive2,ses,holt,damped,hw_add,ses_sa,damped_sa"
         )]
         models: Vec<String>,
         /// Write one SVG per plotted key here.
@@ -238,6 +257,11 @@ pub enum EvalCmd {
         /// Also print H-step MASE per key.
         #[arg(long)]
         per_key: bool,
+        /// Cut this fraction off the end of every series first (0.2: the
+        /// origins then lie in 64-80% of it, before any origin of the
+        /// default run): a validation run for choosing settings.
+        #[arg(long, default_value_t = 0.0)]
+        drop_last: f64,
         /// Also write the tables as Markdown here.
         #[arg(long)]
         report: Option<PathBuf>,

@@ -189,6 +189,18 @@ pub struct M4Row {
     pub owa_own: f64,
     pub seconds: f64,
     pub leak_checked: bool,
+    /// Per series against seasonal naive on the same holdout: series with a
+    /// lower / higher MASE, then lower / higher sMAPE (ties are neither).
+    pub vs_snaive: VsSnaive,
+}
+
+/// Per-series wins and losses against seasonal naive (see [`M4Row::vs_snaive`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VsSnaive {
+    pub mase_wins: usize,
+    pub mase_losses: usize,
+    pub smape_wins: usize,
+    pub smape_losses: usize,
 }
 
 /// Result of [`eval_m4_holdout`].
@@ -228,7 +240,7 @@ pub fn run_models(
     Ok(out)
 }
 
-fn mean_panel_scores(panel: &Panel, forecasts: &[Vec<f64>], season: usize) -> Result<Scores> {
+fn panel_scores(panel: &Panel, forecasts: &[Vec<f64>], season: usize) -> Result<Vec<Scores>> {
     let g = panel.read();
     let mut scores = Vec::with_capacity(g.len());
     for (s, f) in g.iter().zip(forecasts) {
@@ -236,7 +248,23 @@ fn mean_panel_scores(panel: &Panel, forecasts: &[Vec<f64>], season: usize) -> Re
             .map_err(|e| eval_error!("scoring series `{}`: {e}", s.id))?;
         scores.push(sc);
     }
-    accuracy::mean_scores(&scores).ok_or_else(|| eval_error!("no series to score"))
+    Ok(scores)
+}
+
+fn mean_panel_scores(panel: &Panel, forecasts: &[Vec<f64>], season: usize) -> Result<Scores> {
+    accuracy::mean_scores(&panel_scores(panel, forecasts, season)?)
+        .ok_or_else(|| eval_error!("no series to score"))
+}
+
+fn vs_snaive(model: &[Scores], snaive: &[Scores]) -> VsSnaive {
+    let mut v = VsSnaive::default();
+    for (a, b) in model.iter().zip(snaive) {
+        v.mase_wins += usize::from(a.mase < b.mase);
+        v.mase_losses += usize::from(a.mase > b.mase);
+        v.smape_wins += usize::from(a.smape < b.smape);
+        v.smape_losses += usize::from(a.smape > b.smape);
+    }
+    v
 }
 
 /// Holds out the last `horizon` values of every series, forecasts them with
@@ -262,10 +290,21 @@ pub fn eval_m4_holdout(
             mean_panel_scores(&panel, &c[0].forecasts, season)?
         }
     };
+    // Seasonal naive per series, for the wins / losses table.
+    let snaive = match checked.iter().position(|c| c.model == "snaive") {
+        Some(i) => panel_scores(&panel, &checked[i].forecasts, season)?,
+        None => {
+            let c = run_models(&panel, &["snaive".to_string()], ctx, horizon)?;
+            panel_scores(&panel, &c[0].forecasts, season)?
+        }
+    };
     let mut rows = Vec::with_capacity(checked.len());
     for c in &checked {
-        let mean = mean_panel_scores(&panel, &c.forecasts, season)?;
+        let per_series = panel_scores(&panel, &c.forecasts, season)?;
+        let mean =
+            accuracy::mean_scores(&per_series).ok_or_else(|| eval_error!("no series to score"))?;
         rows.push(M4Row {
+            vs_snaive: vs_snaive(&per_series, &snaive),
             model: c.model.clone(),
             mean,
             owa_published: mean.owa_m4_hourly(),
@@ -361,6 +400,20 @@ impl M4Report {
                 pc(|p| p.smape),
                 pc(|p| p.mase),
                 pc(|p| p.owa)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nPer series against seasonal naive on the same holdout ({} series; ties count as neither):\n",
+            self.series
+        );
+        s.push_str("| model | lower MASE | higher MASE | lower sMAPE | higher sMAPE |\n|---|---:|---:|---:|---:|\n");
+        for r in &self.rows {
+            let v = r.vs_snaive;
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                r.model, v.mase_wins, v.mase_losses, v.smape_wins, v.smape_losses
             );
         }
         s.push_str("\nPublished M4 Hourly results on the *test set* (source: ../shared/data/README.md, from the M4 competition results):\n\n");

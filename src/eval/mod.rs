@@ -44,7 +44,8 @@
 //! Rooms: `harness` (batch models, the leak check), `m4` (data, holdout
 //! and submission), `backtest` (streams windowed by a pipeline, rolling
 //! origins), `plot`, `rnn` (the recurrent model through the production
-//! path). Metrics are those of `accuracy` (M4 definitions). M4: MASE uses
+//! path), `combo` (combinations of any models, weighted on a validation
+//! tail cut from each history; the CLI's default). Metrics are those of `accuracy` (M4 definitions). M4: MASE uses
 //! `m = season` and the in-sample part of each series (the history before
 //! the origin); OWA is reported against the published Naive2 figures *and*
 //! against our own Naive2 on the same holdout. Stream: per (key, origin),
@@ -58,7 +59,10 @@
 //! add its name to [`model_by_name`] / [`stream_model_by_name`]; the CLI
 //! picks it up via `--models`.
 //!
-//! Everything here is deterministic and single-threaded.
+//! Everything here is deterministic. Per-series baselines in the batch
+//! harness forecast their series on all cores (std threads, each series a
+//! pure function of its history, so the output does not depend on the
+//! thread count); everything else is single-threaded.
 
 use std::path::PathBuf;
 
@@ -76,6 +80,7 @@ macro_rules! bail {
 }
 
 pub mod backtest;
+pub mod combo;
 pub mod global_trees;
 pub mod harness;
 pub mod m4;
@@ -106,13 +111,15 @@ pub struct ModelContext {
 
 fn unknown(name: &str) -> Error {
     eval_error!(
-        "unknown model `{name}` (known: {RNN}, {})",
-        baselines::NAMES.join(", ")
+        "unknown model `{name}` (known: {RNN}, {}, {}, combo, combo:a+b+..., combo_<rule>:a+b+...)",
+        baselines::NAMES.join(", "),
+        global_trees::NAMES.join(", ")
     )
 }
 
-/// Builds a batch model by name: `rnn`, one of [`baselines::NAMES`] or a
-/// global tree ensemble (`global_trees::NAMES`).
+/// Builds a batch model by name: `rnn`, one of [`baselines::NAMES`], a
+/// global tree ensemble (`global_trees::NAMES`) or a combination of any of
+/// them (`combo...`, see [`combo`]).
 /// An unknown name, or a model that cannot be built (say, its pipeline file
 /// is invalid), is an error that says so.
 pub fn model_by_name(name: &str, ctx: &ModelContext) -> Result<Box<dyn Model>> {
@@ -125,6 +132,9 @@ pub fn model_by_name(name: &str, ctx: &ModelContext) -> Result<Box<dyn Model>> {
         m.ensemble = ctx.rnn_ensemble.max(1);
         return Ok(Box::new(m));
     }
+    if let Some(spec) = combo::parse_spec(name) {
+        return Ok(Box::new(combo::Combo::new(name, spec?, ctx)?));
+    }
     if let Some(m) = global_trees::by_name(name, ctx.season) {
         return Ok(Box::new(m));
     }
@@ -134,8 +144,9 @@ pub fn model_by_name(name: &str, ctx: &ModelContext) -> Result<Box<dyn Model>> {
 }
 
 /// Builds a stream model by name: `rnn` (trained on the first
-/// `train_fraction` of every series in `series`, then stepped online) or one
-/// of [`baselines::NAMES`] refitted at each origin.
+/// `train_fraction` of every series in `series`, then stepped online), one
+/// of [`baselines::NAMES`] refitted at each origin, or a combination of
+/// baselines (`combo...`, refitted at each origin).
 pub fn stream_model_by_name(
     name: &str,
     cfg: &PipelineConfig,
@@ -153,7 +164,11 @@ pub fn stream_model_by_name(
             train_fraction,
         )));
     }
-    baselines::named(name, cfg.model.season_windows as usize)
+    let season = cfg.model.season_windows as usize;
+    if let Some(spec) = combo::parse_spec(name) {
+        return combo::stream_model(name, &spec?, season);
+    }
+    baselines::named(name, season)
         .map(|f| Box::new(RefitBaseline::new(name, f)) as Box<dyn StreamModel>)
         .ok_or_else(|| unknown(name))
 }

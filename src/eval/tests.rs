@@ -590,3 +590,50 @@ fn plot_renders_svg_with_legend() {
     spec.model = "rnn".into();
     assert!(plot_key(&series[0], &rep.keys[0], &spec, &p).is_err());
 }
+
+/// The report's per-series table against seasonal naive, by hand: on A the
+/// naive forecast [5,5] beats snaive's [2,5] (MASE 2/3 vs 1, sMAPE 20.2 vs
+/// 42.4); on B naive's [8,8] loses to [4,8] (MASE 4/3 vs 2/3, sMAPE 66.7 vs
+/// 33.3). Seasonal naive is run for the table even when not listed.
+#[test]
+fn m4_report_counts_wins_and_losses_against_seasonal_naive() {
+    let data = vec![
+        ("A".to_string(), vec![1.0, 3.0, 2.0, 5.0, 4.0, 6.0]),
+        ("B".to_string(), vec![2.0, 4.0, 4.0, 8.0, 4.0, 4.0]),
+    ];
+    let want = m4::VsSnaive {
+        mase_wins: 1,
+        mase_losses: 1,
+        smape_wins: 1,
+        smape_losses: 1,
+    };
+    let models = ["naive".to_string(), "snaive".to_string()];
+    let (rep, _) = eval_m4_holdout(&data, &models, &ctx(2), 2).unwrap();
+    assert_eq!(rep.rows[0].vs_snaive, want);
+    assert_eq!(rep.rows[1].vs_snaive, m4::VsSnaive::default());
+    let (rep, _) = eval_m4_holdout(&data, &models[..1], &ctx(2), 2).unwrap();
+    assert_eq!(rep.rows[0].vs_snaive, want);
+    assert!(rep.to_markdown().contains("| naive | 1 | 1 | 1 | 1 |"));
+}
+
+/// Baselines forecast their series on several threads: the output is the
+/// sequential one, series by series, bit for bit.
+#[test]
+fn threaded_baseline_model_equals_sequential_forecasts() {
+    let histories: Vec<Vec<f64>> = (0..37)
+        .map(|i| {
+            (0..120 + i)
+                .map(|t| 10.0 + (i as f64) + ((t * (i + 3)) % 24) as f64 * 0.7 + (t as f64) * 0.01)
+                .collect()
+        })
+        .collect();
+    let refs: Vec<&[f64]> = histories.iter().map(|h| h.as_slice()).collect();
+    let mut m = BaselineModel::named("ses_sa", baselines::named("ses_sa", 24).unwrap());
+    let got = m.fit_forecast(&refs, 12).unwrap();
+    let one = baselines::named("ses_sa", 24).unwrap();
+    assert_eq!(got.len(), refs.len());
+    for (h, f) in refs.iter().zip(&got) {
+        let want = one.forecast(h, 12);
+        assert!(want.iter().zip(f).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+}
