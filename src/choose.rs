@@ -88,6 +88,23 @@ pub struct ChoiceSpec {
     pub ses_alpha: f64,
 }
 
+impl ChoiceSpec {
+    /// The chooser's settings (candidate names validated with the config).
+    pub fn from_config(c: &crate::config::ChoiceConfig) -> Self {
+        ChoiceSpec {
+            candidates: c
+                .candidates
+                .iter()
+                .filter_map(|c| Candidate::parse(c))
+                .collect(),
+            half_life: c.half_life,
+            margin: c.margin,
+            min_scored: c.min_scored,
+            ses_alpha: c.ses_alpha,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct KeyChoice {
     /// The last `season` window values, oldest first.
@@ -473,6 +490,13 @@ mod tests {
                 .to_string(),
             float_list(&out, fc::FORECAST).unwrap().to_vec(),
         )
+    }
+
+    /// The config accepts exactly the candidates the chooser knows.
+    #[test]
+    fn candidate_names_match_the_config() {
+        let names: Vec<&str> = Candidate::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(names, crate::config::CHOICE_CANDIDATES);
     }
 
     /// A flat series the network gets badly wrong moves to `naive` once

@@ -126,22 +126,8 @@ impl Default for ChoiceConfig {
     }
 }
 
-impl ChoiceConfig {
-    /// The chooser's settings (candidates validated by `validate`).
-    pub fn spec(&self) -> crate::choose::ChoiceSpec {
-        crate::choose::ChoiceSpec {
-            candidates: self
-                .candidates
-                .iter()
-                .filter_map(|c| crate::choose::Candidate::parse(c))
-                .collect(),
-            half_life: self.half_life,
-            margin: self.margin,
-            min_scored: self.min_scored,
-            ses_alpha: self.ses_alpha,
-        }
-    }
-}
+/// The names `choice.candidates` accepts (`choose::Candidate`).
+pub const CHOICE_CANDIDATES: &[&str] = &["network", "naive", "snaive", "ses"];
 
 /// Live scoring (see `score`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -1174,7 +1160,7 @@ impl PipelineConfig {
             .choice
             .candidates
             .iter()
-            .find(|c| crate::choose::Candidate::parse(c).is_none())
+            .find(|c| !CHOICE_CANDIDATES.contains(&c.as_str()))
         {
             return bad(
                 "choice.candidates",

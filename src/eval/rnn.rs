@@ -279,7 +279,7 @@ impl OnlineRnn {
         ));
         self.chooser = cfg.choice.enabled.then(|| {
             Chooser::new(
-                cfg.choice.spec(),
+                crate::choose::ChoiceSpec::from_config(&cfg.choice),
                 cfg.slide_ms(),
                 cfg.model.horizon as usize,
                 cfg.model.season_windows as usize,
