@@ -37,12 +37,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, FixedSizeListArray, Float64Array, RecordBatch, StringArray,
-};
-use arrow::datatypes::{DataType, Float64Type, TimestampMillisecondType, UInt32Type};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use arrow::datatypes::{Float64Type, TimestampMillisecondType, UInt32Type};
 
-use crate::schema::{forecasts as fc, windows as wc};
+use crate::schema::{f64_list_like, f64_list_values, forecasts as fc, windows as wc};
 use crate::state::ChoiceKeyState;
 
 /// A forecaster a key may be served by.
@@ -164,7 +162,7 @@ impl Chooser {
         let values = windows.column(wc::FIRST_AGG).as_primitive::<Float64Type>();
         let f_keys = forecasts.column(fc::KEY).as_string::<i32>();
         let h = self.horizon;
-        let Some(point) = float_list(&forecasts, fc::FORECAST).map(<[f64]>::to_vec) else {
+        let Some(point) = f64_list_values(&forecasts, fc::FORECAST).map(<[f64]>::to_vec) else {
             return forecasts;
         };
         if point.len() != n * h {
@@ -374,16 +372,6 @@ fn score(st: &mut KeyChoice, steps: &[usize], slide: i64, decay: f64, end: i64, 
     }
 }
 
-/// The values of a `FixedSizeList<Float64>` column.
-fn float_list(batch: &RecordBatch, ix: usize) -> Option<&[f64]> {
-    let lists = batch
-        .column(ix)
-        .as_any()
-        .downcast_ref::<FixedSizeListArray>()?;
-    let flat = lists.values().as_any().downcast_ref::<Float64Array>()?;
-    Some(flat.values())
-}
-
 /// `batch` with new point forecasts and sources; the quantiles of rows
 /// served by a baseline become its point forecast.
 fn replace(
@@ -393,24 +381,10 @@ fn replace(
     by_baseline: &[bool],
     h: usize,
 ) -> RecordBatch {
-    let list = |old: &ArrayRef, values: Vec<f64>, width: usize| -> Option<ArrayRef> {
-        let field = match old.data_type() {
-            DataType::FixedSizeList(f, _) => f.clone(),
-            _ => return None,
-        };
-        FixedSizeListArray::try_new(
-            field,
-            width as i32,
-            Arc::new(Float64Array::from(values)),
-            None,
-        )
-        .ok()
-        .map(|a| Arc::new(a) as ArrayRef)
-    };
     let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
     let quantiles = batch.schema().index_of(fc::QUANTILES_NAME).ok();
     if let Some(ix) = quantiles {
-        let Some(q) = float_list(&batch, ix).map(<[f64]>::to_vec) else {
+        let Some(q) = f64_list_values(&batch, ix).map(<[f64]>::to_vec) else {
             return batch;
         };
         let n = by_baseline.len();
@@ -422,12 +396,12 @@ fn replace(
                 q[at..at + h].copy_from_slice(&point[i * h..(i + 1) * h]);
             }
         }
-        match list(&cols[ix], q, h * nq) {
+        match f64_list_like(&cols[ix], q, h * nq) {
             Some(a) => cols[ix] = a,
             None => return batch,
         }
     }
-    match list(&cols[fc::FORECAST], point, h) {
+    match f64_list_like(&cols[fc::FORECAST], point, h) {
         Some(a) => cols[fc::FORECAST] = a,
         None => return batch,
     }
@@ -465,7 +439,7 @@ mod tests {
         let windows = b.finish();
         let item = Arc::new(arrow::datatypes::Field::new(
             "item",
-            DataType::Float64,
+            arrow::datatypes::DataType::Float64,
             true,
         ));
         let mut list = FixedSizeListBuilder::new(Float64Builder::new(), 2).with_field(item);
@@ -488,7 +462,7 @@ mod tests {
                 .as_string::<i32>()
                 .value(0)
                 .to_string(),
-            float_list(&out, fc::FORECAST).unwrap().to_vec(),
+            f64_list_values(&out, fc::FORECAST).unwrap().to_vec(),
         )
     }
 

@@ -177,3 +177,34 @@ pub fn forecasts_schema(horizon: i64, quantiles: &[f64]) -> SchemaRef {
     }
     Arc::new(Schema::new(fields))
 }
+
+/// The values of a `FixedSizeList<Float64>` column (the forecasts'
+/// `forecast` and `quantiles`), flat; none if the column is not one.
+pub fn f64_list_values(batch: &RecordBatch, ix: usize) -> Option<&[f64]> {
+    let lists = batch
+        .column(ix)
+        .as_any()
+        .downcast_ref::<arrow::array::FixedSizeListArray>()?;
+    let flat = lists
+        .values()
+        .as_any()
+        .downcast_ref::<arrow::array::Float64Array>()?;
+    Some(flat.values())
+}
+
+/// A `FixedSizeList<Float64>` column of `width` with `values` (flat), of
+/// the same item field as `like`; none if `like` is not such a column or
+/// the values do not fill whole rows.
+pub fn f64_list_like(like: &ArrayRef, values: Vec<f64>, width: usize) -> Option<ArrayRef> {
+    let DataType::FixedSizeList(field, _) = like.data_type() else {
+        return None;
+    };
+    arrow::array::FixedSizeListArray::try_new(
+        field.clone(),
+        i32::try_from(width).ok()?,
+        Arc::new(arrow::array::Float64Array::from(values)),
+        None,
+    )
+    .ok()
+    .map(|a| Arc::new(a) as ArrayRef)
+}

@@ -52,10 +52,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, Float64Array, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, TimestampMillisecondType, UInt32Type};
 
-use crate::schema::{forecasts as fc, windows as wc};
+use crate::schema::{f64_list_like, f64_list_values, forecasts as fc, windows as wc};
 use crate::state::ScoreKeyState;
 
 // Series names: see `telemetry` for the catalogue.
@@ -290,14 +290,14 @@ impl Scorer {
         let f_keys = forecasts.column(fc::KEY).as_string::<i32>();
         let versions = forecasts.column(fc::MODEL_VERSION).as_string::<i32>();
         let sources = forecasts.column(fc::SOURCE).as_string::<i32>();
-        let Some(flat) = float_list(&forecasts, fc::FORECAST) else {
+        let Some(flat) = f64_list_values(&forecasts, fc::FORECAST) else {
             return forecasts;
         };
         let width = self.horizon;
         let nq = self.quantiles.len();
         let qcol = forecasts.schema().index_of(fc::QUANTILES_NAME).ok();
         let mut qflat: Option<Vec<f64>> = qcol
-            .and_then(|ix| float_list(&forecasts, ix))
+            .and_then(|ix| f64_list_values(&forecasts, ix))
             .filter(|v| nq > 0 && v.len() == n * width * nq)
             .map(|v| v.to_vec());
         for i in 0..n {
@@ -700,16 +700,6 @@ fn pinball(q: f64, y: f64, f: f64) -> f64 {
     }
 }
 
-/// The values of a `FixedSizeList<Float64>` column.
-fn float_list(batch: &RecordBatch, ix: usize) -> Option<&[f64]> {
-    let lists = batch
-        .column(ix)
-        .as_any()
-        .downcast_ref::<FixedSizeListArray>()?;
-    let flat = lists.values().as_any().downcast_ref::<Float64Array>()?;
-    Some(flat.values())
-}
-
 /// Quantile pairs around the median: (k, Q - 1 - k) for k below it.
 fn pairs(quantiles: &[f64]) -> usize {
     quantiles.len() / 2
@@ -789,27 +779,11 @@ fn calibrate(
 
 /// `batch` with its quantiles column replaced by `values` (`width` per row).
 fn with_quantiles(batch: RecordBatch, ix: usize, values: Vec<f64>, width: usize) -> RecordBatch {
-    let Some(old) = batch
-        .column(ix)
-        .as_any()
-        .downcast_ref::<FixedSizeListArray>()
-    else {
-        return batch;
-    };
-    let field = match old.data_type() {
-        arrow::datatypes::DataType::FixedSizeList(f, _) => f.clone(),
-        _ => return batch,
-    };
-    let Ok(list) = FixedSizeListArray::try_new(
-        field,
-        width as i32,
-        Arc::new(Float64Array::from(values)),
-        None,
-    ) else {
+    let Some(list) = f64_list_like(batch.column(ix), values, width) else {
         return batch;
     };
     let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
-    cols[ix] = Arc::new(list);
+    cols[ix] = list;
     RecordBatch::try_new(batch.schema(), cols).unwrap_or(batch)
 }
 
@@ -963,7 +937,7 @@ mod tests {
     }
 
     fn published(batch: &RecordBatch) -> Vec<f64> {
-        float_list(batch, batch.schema().index_of(fc::QUANTILES_NAME).unwrap())
+        f64_list_values(batch, batch.schema().index_of(fc::QUANTILES_NAME).unwrap())
             .unwrap()
             .to_vec()
     }
