@@ -67,9 +67,11 @@ pub struct WindowKeyState {
 pub struct ModelKeyState {
     pub version: String,
     pub seen: i64,
-    /// `[layers, hidden]`, row-major.
+    /// The network's per-key state, row-major: `[layers, hidden]` for the
+    /// recurrent cells, wider with attention or the transformer (whatever
+    /// `Network::state_dims` says; the store checks the width on import).
     pub h: Vec<f32>,
-    /// `[layers, hidden]` for an LSTM, else empty.
+    /// The LSTM's cell state, else empty.
     pub c: Vec<f32>,
     /// Online scaler per value field.
     pub n: Vec<f64>,

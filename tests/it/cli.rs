@@ -22,6 +22,9 @@ fn run_with(body: &str, envs: &[(&str, &str)]) -> (bool, String) {
     let out = Command::new(streamcast_bin())
         .arg("run")
         .arg(&p)
+        // A pipeline wrongly accepted then ends (and the test fails)
+        // instead of running forever.
+        .args(["--exit-when-idle", "5s"])
         .envs(envs.iter().copied())
         .output()
         .unwrap();
@@ -45,7 +48,7 @@ fn bad_pipeline_files_fail_at_start_naming_file_and_field() {
         ),
         (GOOD.replace("topic = \"cli.out\"\n", ""), "sink"),
         (
-            GOOD.replace("[sink]", "[model]\ncell = \"transformer\"\n[sink]"),
+            GOOD.replace("[sink]", "[model]\ncell = \"mamba\"\n[sink]"),
             "model.cell",
         ),
     ];
