@@ -188,15 +188,19 @@ impl Chooser {
             let end = ends.value(i);
             let v = (values.is_valid(i) && values.value(i).is_finite()).then(|| values.value(i));
             let actual = v.filter(|_| counts.value(i) > 0);
-            let st = self
-                .keys
-                .entry(Arc::from(key))
-                .or_insert_with(|| KeyChoice {
+            // A key's `Arc` is made once, when it is first seen.
+            if !self.keys.contains_key(key) {
+                let fresh = KeyChoice {
                     err: vec![0.0; nc],
                     weight: vec![0.0; nc],
                     serving: start,
                     ..KeyChoice::default()
-                });
+                };
+                self.keys.insert(Arc::from(key), fresh);
+            }
+            let Some(st) = self.keys.get_mut(key) else {
+                continue;
+            };
             if let Some(y) = actual {
                 score(st, &self.steps, self.slide_ms, self.decay, end, y);
             }

@@ -257,6 +257,23 @@ impl Scorer {
         }
     }
 
+    /// The scorer of a pipeline: its slide, horizon, season and
+    /// `score.steps` (empty: the first and the last step).
+    pub fn for_pipeline(
+        cfg: &crate::config::PipelineConfig,
+        quantiles: &[f64],
+        calibration: Option<Calibration>,
+    ) -> Self {
+        let h = cfg.model.horizon as usize;
+        let steps = if cfg.score.steps.is_empty() {
+            vec![1, h]
+        } else {
+            cfg.score.steps.clone()
+        };
+        let season = cfg.model.season_windows as usize;
+        Scorer::new(cfg.slide_ms(), h, &steps, season, quantiles, calibration)
+    }
+
     /// Also keeps one [`AccuracyRecord`] per scored window, for
     /// [`Scorer::take_records`] (the accuracy topic).
     pub fn emit_records(mut self) -> Self {

@@ -65,8 +65,6 @@ pub struct Core {
     chooser: Option<Chooser>,
     /// A challenger running in shadow (`retrain.shadow_windows`).
     shadow: Option<Shadow>,
-    /// The scorer settings (slide, horizon, steps, season), for duels.
-    duel_scoring: (i64, usize, Vec<usize>, usize),
     models_dir: std::path::PathBuf,
 }
 
@@ -95,15 +93,6 @@ impl Core {
             frontier: BTreeMap::new(),
             checkpoints: 0,
             shadow: None,
-            duel_scoring: {
-                let h = cfg.model.horizon as usize;
-                let steps = if cfg.score.steps.is_empty() {
-                    vec![1, h]
-                } else {
-                    cfg.score.steps.clone()
-                };
-                (cfg.slide_ms(), h, steps, cfg.model.season_windows as usize)
-            },
             models_dir: cfg.models_dir(),
             chooser: cfg.choice.enabled.then(|| {
                 Chooser::new(
@@ -114,24 +103,10 @@ impl Core {
                 )
             }),
             scorer: cfg.score.enabled.then(|| {
-                let h = cfg.model.horizon as usize;
-                let steps = if cfg.score.steps.is_empty() {
-                    vec![1, h]
-                } else {
-                    cfg.score.steps.clone()
-                };
-                let season = cfg.model.season_windows as usize;
                 let calibration = cfg.score.calibrate.then_some(Calibration {
                     window: cfg.score.calibration_window,
                 });
-                let scorer = Scorer::new(
-                    cfg.slide_ms(),
-                    h,
-                    &steps,
-                    season,
-                    &cfg.model.quantiles,
-                    calibration,
-                );
+                let scorer = Scorer::for_pipeline(cfg, &cfg.model.quantiles, calibration);
                 let scorer = if cfg.sink.accuracy_topic.is_some() {
                     scorer.emit_records()
                 } else {
@@ -345,8 +320,8 @@ impl Core {
             cfg.model.warmup_windows,
         );
         let restored = stage.restore(&states)?;
-        let (slide, h, steps, season) = &self.duel_scoring;
-        let scorer = || Scorer::new(*slide, *h, steps, *season, &[], None);
+        // Point forecasts only: the duel compares MASE.
+        let scorer = || Scorer::for_pipeline(cfg, &[], None);
         tracing::info!(version = %spec.version, keys = restored, needed = cfg.retrain.shadow_windows, "challenger running in shadow");
         self.shadow = Some(Shadow {
             stage,
