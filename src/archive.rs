@@ -21,14 +21,29 @@
 //!   can come between the commit and the rename: a start therefore looks at
 //!   the `*.tmp` files left behind and publishes a sealed one whose offsets
 //!   the group has committed, and deletes the rest (rows after the last
-//!   committed checkpoint, which the replay archives again). So a crash
-//!   leaves neither duplicate rows nor lost ones nor orphaned files.
+//!   committed checkpoint, which the replay archives again).
+//! - A file open across checkpoints holds rows the replay will not bring
+//!   back once such a checkpoint commits, and Parquet is unreadable until
+//!   its footer is written. So, following commit points, every open file
+//!   has a journal beside it: the same batches as an Arrow IPC stream
+//!   (`*.journal`, readable up to its last complete batch) and, per mark,
+//!   a line with the checkpoint, the rows written before it and its
+//!   offsets (`*.marks`), flushed at each mark. A start recovers the rows
+//!   of the newest committed mark of each unsealed file from its journal.
+//!   Marks are never skipped, and the writer acknowledges each mark
+//!   (`ArchiveHandle::acks`) once its rows are journalled: the sink commits
+//!   a checkpoint only after that, so no committed row is still in the
+//!   channel at a crash. Together: a crash (SIGKILL) leaves neither
+//!   duplicate rows nor lost ones nor orphaned files. (The journal is
+//!   flushed to the OS, not fsynced: a power loss can still lose rows of
+//!   the open file.)
 //! - Retention: after each file, files whose newest window is older than
 //!   `retention_age` (event time, against the newest window archived) are
 //!   deleted, then the oldest files while the total exceeds `retention_bytes`.
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -37,6 +52,8 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{RecordBatch, TimestampMillisecondArray};
 use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
 use parquet::arrow::ArrowWriter;
 use parquet::file::metadata::KeyValue;
 
@@ -86,6 +103,124 @@ struct Open {
     path: PathBuf,
     rows: usize,
     opened: Instant,
+    /// Following commit points: the open file's rows, readable after a crash.
+    journal: Option<Journal>,
+}
+
+/// The recoverable copy of an open file (see module docs).
+struct Journal {
+    ipc: StreamWriter<BufWriter<File>>,
+    ipc_path: PathBuf,
+    marks: File,
+    marks_path: PathBuf,
+    /// Rows covered by the last line written to `marks`.
+    marked_rows: usize,
+}
+
+impl Journal {
+    /// The journal's paths for an archive file's final path.
+    fn paths(path: &Path) -> (PathBuf, PathBuf) {
+        (path.with_extension("journal"), path.with_extension("marks"))
+    }
+
+    fn create(path: &Path, schema: &SchemaRef) -> Result<Self> {
+        let (ipc_path, marks_path) = Self::paths(path);
+        let f = File::create(&ipc_path)
+            .map_err(|e| Error::io(format!("creating {}", ipc_path.display()), e))?;
+        let marks = File::create(&marks_path)
+            .map_err(|e| Error::io(format!("creating {}", marks_path.display()), e))?;
+        Ok(Journal {
+            ipc: StreamWriter::try_new(BufWriter::new(f), schema)?,
+            ipc_path,
+            marks,
+            marks_path,
+            marked_rows: 0,
+        })
+    }
+
+    /// Records that the first `rows` rows precede checkpoint `id`: the
+    /// batches are flushed first, so the line never names rows not there.
+    fn mark(&mut self, id: u64, rows: usize, offsets: &[(i32, i64)]) -> Result<()> {
+        if rows == self.marked_rows {
+            return Ok(()); // nothing new: the earlier line covers it
+        }
+        self.ipc.flush()?;
+        let offsets =
+            serde_json::to_string(offsets).map_err(|e| Error::json("checkpoint offsets", e))?;
+        let line = format!("{id}\t{rows}\t{offsets}\n");
+        self.marks
+            .write_all(line.as_bytes())
+            .map_err(|e| Error::io(format!("writing {}", self.marks_path.display()), e))?;
+        self.marked_rows = rows;
+        Ok(())
+    }
+
+    /// The file is sealed (or abandoned): its journal is not needed.
+    fn remove(self) {
+        drop(self.ipc);
+        let _ = std::fs::remove_file(&self.ipc_path);
+        let _ = std::fs::remove_file(&self.marks_path);
+    }
+}
+
+/// The rows of the newest mark in `marks_path` whose offsets are all within
+/// `committed`, read from the journal, with that mark's offsets; `None`
+/// when no committed mark covers any row.
+fn recover_journal(
+    ipc_path: &Path,
+    marks_path: &Path,
+    committed: &BTreeMap<i32, i64>,
+) -> Result<Option<(Vec<RecordBatch>, Vec<(i32, i64)>)>> {
+    let text = std::fs::read_to_string(marks_path).unwrap_or_default();
+    let mut best: Option<(usize, Vec<(i32, i64)>)> = None;
+    // A line cut short by the crash does not parse and is skipped.
+    for line in text.lines() {
+        let mut parts = line.splitn(3, '\t');
+        let (Some(_id), Some(rows), Some(offs)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let (Ok(rows), Ok(offs)) = (
+            rows.parse::<usize>(),
+            serde_json::from_str::<Vec<(i32, i64)>>(offs),
+        ) else {
+            continue;
+        };
+        let covered = offs
+            .iter()
+            .all(|(p, o)| committed.get(p).is_some_and(|c| c >= o));
+        if covered && best.as_ref().is_none_or(|(r, _)| rows > *r) {
+            best = Some((rows, offs));
+        }
+    }
+    let Some((rows, offsets)) = best else {
+        return Ok(None);
+    };
+    let f = File::open(ipc_path)
+        .map_err(|e| Error::io(format!("opening {}", ipc_path.display()), e))?;
+    let reader = StreamReader::try_new(std::io::BufReader::new(f), None)?;
+    let mut out = Vec::new();
+    let mut left = rows;
+    // The tail after the last mark may be cut short: read only what we need.
+    for b in reader {
+        if left == 0 {
+            break;
+        }
+        let b = b?;
+        let take = b.num_rows().min(left);
+        out.push(b.slice(0, take));
+        left -= take;
+    }
+    if left > 0 {
+        return Err(Error::io(
+            format!(
+                "recovering {}: the journal has {} of the {rows} rows its marks name",
+                ipc_path.display(),
+                rows - left
+            ),
+            std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+        ));
+    }
+    Ok(Some((out, offsets)))
 }
 
 impl ArchiveWriter {
@@ -112,7 +247,45 @@ impl ArchiveWriter {
     /// `committed` (the group's committed input offsets) is published, the
     /// rest deleted (the replay archives their windows again).
     pub fn follow(&mut self, points: CommitPoints, committed: &BTreeMap<i32, i64>) -> Result<()> {
-        let (mut published, mut removed) = (0, 0);
+        let (mut published, mut removed, mut recovered) = (0, 0, 0);
+        // Journals first: of a file sealed before the crash the sealed file
+        // speaks (below); of an unsealed one, the journal's committed rows
+        // become a file of their own.
+        for ipc_path in walk(&self.dir)? {
+            if ipc_path.extension().is_none_or(|x| x != "journal") {
+                continue;
+            }
+            let path = ipc_path.with_extension("parquet");
+            let (_, marks_path) = Journal::paths(&path);
+            let tmp = path.with_extension("parquet.tmp");
+            if sealed_offsets(&tmp).is_none() {
+                if let Some((batches, offsets)) =
+                    recover_journal(&ipc_path, &marks_path, committed)?
+                {
+                    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                    write_sealed(&batches, self.schema.clone(), &offsets, &tmp)?;
+                    std::fs::rename(&tmp, &path)
+                        .map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))?;
+                    tracing::info!(rows, file = %path.display(), "recovered the committed rows of an archive file a crash left open");
+                    recovered += 1;
+                } else if tmp.exists() {
+                    std::fs::remove_file(&tmp)
+                        .map_err(|e| Error::io(format!("removing {}", tmp.display()), e))?;
+                    removed += 1;
+                }
+            }
+            for f in [&ipc_path, &marks_path] {
+                std::fs::remove_file(f)
+                    .or_else(|e| {
+                        if e.kind() == std::io::ErrorKind::NotFound {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
+                    .map_err(|e| Error::io(format!("removing {}", f.display()), e))?;
+            }
+        }
         for tmp in walk(&self.dir)? {
             if tmp.extension().is_none_or(|x| x != "tmp") {
                 continue;
@@ -132,8 +305,8 @@ impl ArchiveWriter {
                 removed += 1;
             }
         }
-        if published + removed > 0 {
-            tracing::info!(published, removed, dir = %self.dir.display(), "settled the archive files an earlier run left: committed ones published, the rest removed (the replay archives their windows again)");
+        if published + removed + recovered > 0 {
+            tracing::info!(published, removed, recovered, dir = %self.dir.display(), "settled the archive files an earlier run left: committed ones published, the rest removed (the replay archives their windows again)");
         }
         self.follow = Some(points);
         Ok(())
@@ -151,9 +324,17 @@ impl ArchiveWriter {
                 cur.writer
                     .append_key_value_metadata(KeyValue::new(SEALED_AT.to_string(), json));
                 cur.writer.close()?;
+                // Sealed: the file itself survives a crash now.
+                if let Some(j) = cur.journal {
+                    j.remove();
+                }
                 self.sealed.push((id, cur.tmp, cur.path));
             }
             self.due = false;
+        } else if let Some(cur) = self.current.as_mut() {
+            if let Some(j) = cur.journal.as_mut() {
+                j.mark(id, cur.rows, offsets)?;
+            }
         }
         self.publish()
     }
@@ -166,6 +347,9 @@ impl ArchiveWriter {
         let mut gone: Vec<PathBuf> = self.sealed.drain(..).map(|(_, tmp, _)| tmp).collect();
         if let Some(cur) = self.current.take() {
             drop(cur.writer);
+            if let Some(j) = cur.journal {
+                j.remove();
+            }
             gone.push(cur.tmp);
         }
         for tmp in gone {
@@ -211,6 +395,9 @@ impl ArchiveWriter {
         }
         if let Some(cur) = self.current.as_mut() {
             cur.writer.write(batch)?;
+            if let Some(j) = cur.journal.as_mut() {
+                j.ipc.write(batch)?;
+            }
             cur.rows += batch.num_rows();
             if cur.rows >= self.cfg.roll_rows {
                 self.roll_or_mark_due()?;
@@ -257,12 +444,17 @@ impl ArchiveWriter {
         let tmp = part.join(format!("{name}.parquet.tmp"));
         let file =
             File::create(&tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+        let journal = match self.follow {
+            Some(_) => Some(Journal::create(&path, &self.schema)?),
+            None => None,
+        };
         self.current = Some(Open {
             writer: ArrowWriter::try_new(file, self.schema.clone(), None)?,
             tmp,
             path,
             rows: 0,
             opened: Instant::now(),
+            journal,
         });
         Ok(())
     }
@@ -406,6 +598,7 @@ enum ArchiveMsg {
 pub struct ArchiveHandle {
     tx: SyncSender<ArchiveMsg>,
     thread: std::thread::JoinHandle<()>,
+    acks: tokio::sync::watch::Receiver<u64>,
 }
 
 impl ArchiveHandle {
@@ -422,11 +615,19 @@ impl ArchiveHandle {
             w.follow(points, &committed)?;
         }
         let (tx, rx) = sync_channel::<ArchiveMsg>(256);
+        let (ack_tx, acks) = tokio::sync::watch::channel(0u64);
         let thread = std::thread::Builder::new()
             .name("streamcast-archive".into())
-            .spawn(move || archive_loop(&mut w, rx))
+            .spawn(move || archive_loop(&mut w, rx, &ack_tx))
             .map_err(|e| Error::io("starting the archive thread", e))?;
-        Ok(ArchiveHandle { tx, thread })
+        Ok(ArchiveHandle { tx, thread, acks })
+    }
+
+    /// The newest checkpoint whose rows the writer has journalled (or
+    /// sealed): the sink commits checkpoint `id` only once this reaches it.
+    /// Ends (the sender is dropped) when the writer stops.
+    pub fn acks(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.acks.clone()
     }
 
     /// Hands a batch to the writer without ever blocking.
@@ -444,17 +645,18 @@ impl ArchiveHandle {
         }
     }
 
-    /// Tells the writer a checkpoint was taken after every batch offered so
-    /// far. Never blocks: when the writer is behind, the mark is skipped
-    /// and a due file rolls at a later one.
     /// A lost assignment (see `ArchiveWriter::abandon`). Blocks while the
     /// writer is behind: it must not be skipped.
     pub fn abandon(&self) {
         let _ = self.tx.send(ArchiveMsg::Abandon);
     }
 
+    /// Tells the writer a checkpoint was taken after every batch offered so
+    /// far. Blocks while the writer is behind: a skipped mark would leave
+    /// the rows before a committed checkpoint unrecoverable (module docs);
+    /// the sink waits for its acknowledgement anyway.
     pub fn mark(&self, checkpoint: u64, offsets: Vec<(i32, i64)>) {
-        let _ = self.tx.try_send(ArchiveMsg::Mark(checkpoint, offsets));
+        let _ = self.tx.send(ArchiveMsg::Mark(checkpoint, offsets));
     }
 
     /// Flushes and closes the current file.
@@ -464,12 +666,23 @@ impl ArchiveHandle {
     }
 }
 
-fn archive_loop(w: &mut ArchiveWriter, rx: Receiver<ArchiveMsg>) {
+fn archive_loop(
+    w: &mut ArchiveWriter,
+    rx: Receiver<ArchiveMsg>,
+    acks: &tokio::sync::watch::Sender<u64>,
+) {
     let mut failing_since: Option<Instant> = None;
     loop {
         let res = match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(ArchiveMsg::Windows(b)) => w.write(&b).and_then(|()| w.maybe_roll()),
-            Ok(ArchiveMsg::Mark(id, offsets)) => w.mark(id, &offsets, false),
+            Ok(ArchiveMsg::Mark(id, offsets)) => {
+                let r = w.mark(id, &offsets, false);
+                // Acknowledged even when the write failed: a failing disk
+                // loses archive rows (counted, logged), never the job's
+                // commits.
+                acks.send_replace(id);
+                r
+            }
             Ok(ArchiveMsg::Abandon) => w.abandon(),
             Err(RecvTimeoutError::Timeout) => w.maybe_roll(),
             Err(RecvTimeoutError::Disconnected) => break,
@@ -480,7 +693,9 @@ fn archive_loop(w: &mut ArchiveWriter, rx: Receiver<ArchiveMsg>) {
                 metrics::counter!(crate::telemetry::ARCHIVE_ERRORS).increment(1);
                 tracing::error!(error = %e, "archive write failed (disk full?); windows are being lost from the archive");
                 // Abandon the broken file; the next batch opens a new one.
-                w.current = None;
+                if let Some(j) = w.current.take().and_then(|c| c.journal) {
+                    j.remove();
+                }
                 if failing_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(1)
                 {
                     std::thread::sleep(Duration::from_millis(500));
@@ -514,6 +729,26 @@ fn finish(w: &mut ArchiveWriter) -> Result<()> {
     if !w.sealed.is_empty() {
         tracing::warn!(files = w.sealed.len(), "archive files whose checkpoint was not committed stay uncommitted (*.tmp); the next start recomputes them");
     }
+    Ok(())
+}
+
+/// Writes `batches` to `path` as a file sealed at `offsets` (recovery).
+fn write_sealed(
+    batches: &[RecordBatch],
+    schema: SchemaRef,
+    offsets: &[(i32, i64)],
+    path: &Path,
+) -> Result<()> {
+    let file =
+        File::create(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    let mut w = ArrowWriter::try_new(file, schema, None)?;
+    for b in batches {
+        w.write(b)?;
+    }
+    let offsets =
+        serde_json::to_string(offsets).map_err(|e| Error::json("checkpoint offsets", e))?;
+    w.append_key_value_metadata(KeyValue::new(SEALED_AT.to_string(), offsets));
+    w.close()?;
     Ok(())
 }
 
@@ -717,5 +952,109 @@ mod tests {
             walk(dir2.path()).unwrap().is_empty(),
             "uncommitted sealed file removed"
         );
+    }
+
+    /// The bug a journal fixes: rows written to a file that is not due to
+    /// roll stay in it across a committed checkpoint; a crash then must not
+    /// lose them (the replay starts after that checkpoint). Rows after the
+    /// last committed mark, and a journal tail cut short, are not recovered.
+    #[test]
+    fn rows_before_a_committed_mark_survive_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ArchiveConfig {
+            enabled: true,
+            dir: None,
+            roll_rows: 1_000,
+            roll_interval: Duration::from_secs(3600),
+            retention_age: Duration::from_secs(1_000 * 86_400),
+            retention_bytes: u64::MAX,
+        };
+        let schema = batch(&[0]).schema();
+        let mut w =
+            ArchiveWriter::new(dir.path().to_path_buf(), schema.clone(), cfg.clone()).unwrap();
+        w.follow(CommitPoints::default(), &BTreeMap::new()).unwrap();
+        w.write(&batch(&[1, 2])).unwrap();
+        w.mark(1, &[(0, 10)], false).unwrap(); // not due: the file stays open
+        w.write(&batch(&[3])).unwrap();
+        w.mark(2, &[(0, 20)], false).unwrap();
+        w.write(&batch(&[4, 5])).unwrap(); // after checkpoint 2
+        w.mark(3, &[(0, 30)], false).unwrap();
+        w.write(&batch(&[6])).unwrap(); // after every mark
+                                        // A crash with checkpoint 2 committed (3 was not).
+        std::mem::forget(w);
+        // A torn tail (the crash cut the last write short) changes nothing.
+        let journal = walk(dir.path())
+            .unwrap()
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|x| x == "journal"))
+            .expect("the open file has a journal");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&journal)
+            .unwrap();
+        std::io::Write::write_all(&mut f, &[0xff, 0xff, 0xff]).unwrap();
+        let mut again =
+            ArchiveWriter::new(dir.path().to_path_buf(), schema.clone(), cfg.clone()).unwrap();
+        again
+            .follow(CommitPoints::default(), &BTreeMap::from([(0, 20)]))
+            .unwrap();
+        let files = list_files(dir.path()).unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let ends = read_ends(&files[0]);
+        assert_eq!(ends, [1, 2, 3], "the rows of checkpoints 1 and 2, once");
+        assert_eq!(
+            sealed_offsets(&files[0]),
+            Some(vec![(0, 20)]),
+            "sealed at the committed mark"
+        );
+        assert_eq!(
+            walk(dir.path()).unwrap().len(),
+            1,
+            "no journal, marks or tmp file left behind"
+        );
+        // Nothing committed: nothing recovered, nothing left.
+        let dir2 = tempfile::tempdir().unwrap();
+        let mut w =
+            ArchiveWriter::new(dir2.path().to_path_buf(), schema.clone(), cfg.clone()).unwrap();
+        w.follow(CommitPoints::default(), &BTreeMap::new()).unwrap();
+        w.write(&batch(&[1])).unwrap();
+        w.mark(1, &[(0, 10)], false).unwrap();
+        std::mem::forget(w);
+        let mut again = ArchiveWriter::new(dir2.path().to_path_buf(), schema, cfg).unwrap();
+        again
+            .follow(CommitPoints::default(), &BTreeMap::from([(0, 9)]))
+            .unwrap();
+        assert!(walk(dir2.path()).unwrap().is_empty());
+    }
+
+    /// A sealed file makes its journal redundant: it is removed at sealing.
+    #[test]
+    fn sealing_removes_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ArchiveConfig {
+            enabled: true,
+            dir: None,
+            roll_rows: 2,
+            roll_interval: Duration::from_secs(3600),
+            retention_age: Duration::from_secs(1_000 * 86_400),
+            retention_bytes: u64::MAX,
+        };
+        let mut w =
+            ArchiveWriter::new(dir.path().to_path_buf(), batch(&[0]).schema(), cfg).unwrap();
+        w.follow(CommitPoints::default(), &BTreeMap::new()).unwrap();
+        w.write(&batch(&[1, 2])).unwrap(); // due
+        w.mark(1, &[(0, 10)], false).unwrap(); // sealed
+        let left: Vec<_> = walk(dir.path()).unwrap();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(left[0].to_string_lossy().ends_with(".parquet.tmp"));
+    }
+
+    fn read_ends(path: &Path) -> Vec<i64> {
+        let f = File::open(path).unwrap();
+        let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap();
+        r.flat_map(|b| window_ends(&b.unwrap())).collect()
     }
 }

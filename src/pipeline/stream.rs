@@ -134,6 +134,9 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
     } else {
         spawn_archive(&cfg, None)?
     };
+    // Following commit points, a checkpoint commits only after the archive
+    // journalled its windows.
+    let archived = archive.as_ref().filter(|_| durable).map(|a| a.acks());
     let signals = Arc::new(RetrainSignals::default());
     let (swap_tx, swap_rx) = sync_channel::<Swap>(1);
     let retrainer = spawn_retrainer(&cfg, signals.clone(), swap_tx)?;
@@ -153,7 +156,7 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
         opts.print_forecasts,
         sink_failed.clone(),
         (consumer.clone(), assignment.clone()),
-        (commit_points, api),
+        (commit_points, archived, api),
         cfg.delivery == crate::config::Delivery::ExactlyOnce,
     );
     let committer = if durable {
@@ -414,10 +417,12 @@ fn compute_loop(
         let id = cp.id;
         through.retain(|p, _| owned.contains_key(p));
         through.extend(cp.offsets.iter().copied());
-        emit(vec![Output::Checkpoint(cp)])?;
+        // The mark first: the sink commits only once the archive has
+        // journalled every window before it (see `archive`).
         if let Some(a) = &archive {
             a.mark(id, through.iter().map(|(&p, &o)| (p, o)).collect());
         }
+        emit(vec![Output::Checkpoint(cp)])?;
         Ok(())
     };
     loop {
@@ -562,7 +567,11 @@ fn spawn_sink(
     print: bool,
     failed: Arc<tokio::sync::Notify>,
     (consumer, assignment): (Arc<Source>, Arc<Assignment>),
-    (commit_points, api): (crate::archive::CommitPoints, Option<Arc<ApiState>>),
+    (commit_points, mut archived, api): (
+        crate::archive::CommitPoints,
+        Option<tokio::sync::watch::Receiver<u64>>,
+        Option<Arc<ApiState>>,
+    ),
     exactly_once: bool,
 ) -> TaskHandle<Result<Deliveries>> {
     tokio::spawn(async move {
@@ -615,6 +624,11 @@ fn spawn_sink(
                             }
                             in_flight_bytes = 0;
                             let id = cp.id;
+                            if let Some(acks) = archived.as_mut() {
+                                // An error: the archive writer has stopped;
+                                // commits go on without it.
+                                let _ = acks.wait_for(|&a| a >= id).await;
+                            }
                             if sink.commit(cp, &consumer, &assignment).await? {
                                 commit_points.fetch_max(id, Ordering::SeqCst);
                                 let done: Vec<_> = lock(&uncommitted).drain(..).collect();
