@@ -29,6 +29,11 @@
 //! streamcast without durable state, exactly once, and exactly once with a
 //! 100 ms commit interval (close -> ack is then close -> commit: when a
 //! `read_committed` reader can see the forecast).
+//!
+//! `E2E_PACED=100000` measures latency under a live load instead: the job
+//! starts on an empty topic and 10,000 keys' events (`E2E_PACED_KEYS`)
+//! arrive at that rate while it runs; it prints close -> ack p50/p99 per
+//! repetition.
 
 // Bench code may unwrap: a failing unwrap is a failing run.
 #![allow(clippy::unwrap_used)]
@@ -63,6 +68,9 @@ struct Figures {
     rss_mb: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Close -> taken by the sink (streamcast only).
+    sink_p50_ms: f64,
+    sink_p99_ms: f64,
     forecasts: u64,
 }
 
@@ -75,6 +83,8 @@ impl Default for Figures {
             rss_mb: f64::NAN,
             p50_ms: f64::NAN,
             p99_ms: f64::NAN,
+            sink_p50_ms: f64::NAN,
+            sink_p99_ms: f64::NAN,
             forecasts: 0,
         }
     }
@@ -107,7 +117,31 @@ fn field_names(n: usize) -> Vec<String> {
 
 /// Produces the workload's events to a fresh topic; returns its name.
 fn produce(w: Workload, events: usize) -> String {
+    let topic = new_topic();
+    let records = records(w, events);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        streamcast::broker::produce(&brokers(), &topic, records)
+            .await
+            .unwrap();
+    });
+    topic
+}
+
+/// A fresh, empty input topic.
+fn new_topic() -> String {
     let topic = format!("e2e-in-{}", suffix());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        streamcast::broker::create_topics(&brokers(), &[(topic.as_str(), PARTITIONS)], 5)
+            .await
+            .unwrap();
+    });
+    topic
+}
+
+/// The workload's events, in event-time order: (key, JSON).
+fn records(w: Workload, events: usize) -> Vec<(String, String)> {
     let minutes = events.div_ceil(w.keys);
     let fields = field_names(w.fields);
     let records = (0..minutes).flat_map(move |m| {
@@ -126,17 +160,58 @@ fn produce(w: Workload, events: usize) -> String {
             (key, json)
         })
     });
-    let records: Vec<(String, String)> = records.take(events).collect();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        streamcast::broker::create_topics(&brokers(), &[(topic.as_str(), PARTITIONS)], 5)
-            .await
-            .unwrap();
-        streamcast::broker::produce(&brokers(), &topic, records)
-            .await
-            .unwrap();
-    });
-    topic
+    records.take(events).collect()
+}
+
+/// Produces `records` to `topic` at about `rate` events/s (in slices of
+/// 20 ms, each sent then waited out), as a live source would; returns the
+/// rate achieved (first send to the last acknowledgement).
+fn produce_paced(topic: &str, records: &[(String, String)], rate: f64) -> f64 {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    let slice = Duration::from_millis(20);
+    let per_slice = ((rate * slice.as_secs_f64()).ceil() as usize).max(1);
+    let t0 = Instant::now();
+    for (i, chunk) in records.chunks(per_slice).enumerate() {
+        for (key, json) in chunk {
+            loop {
+                match producer.send(BaseRecord::to(topic).key(key).payload(json)) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        producer.poll(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => panic!("producing to {topic}: {e}"),
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+        if let Some(wait) = (slice * (i as u32 + 1)).checked_sub(t0.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+    records.len() as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// Latency under a live load: streamcast starts on an empty topic, then
+/// the workload's events arrive at `rate` events/s. Close -> ack is then
+/// what a user of a live stream sees (no backlog to batch up).
+fn run_paced(w: Workload, events: usize, rate: f64, dir: &Path) -> (Figures, f64) {
+    let topic = new_topic();
+    let records = records(w, events);
+    let dir = dir.to_path_buf();
+    let t = topic.clone();
+    let job = std::thread::spawn(move || run_streamcast(&t, w, &dir, "", "", "8s"));
+    // Let the job subscribe before the first event (its idle clock starts
+    // with the first message).
+    std::thread::sleep(Duration::from_secs(2));
+    let achieved = produce_paced(&topic, &records, rate);
+    (job.join().unwrap(), achieved)
 }
 
 /// A consumer loop that reads every message and drops it: the limit.
@@ -273,7 +348,14 @@ fn streamcast_bin() -> PathBuf {
 }
 
 /// `top` is TOML before the first table (e.g. `delivery`), `extra` after.
-fn run_streamcast(topic: &str, w: Workload, dir: &Path, top: &str, extra: &str) -> Figures {
+fn run_streamcast(
+    topic: &str,
+    w: Workload,
+    dir: &Path,
+    top: &str,
+    extra: &str,
+    idle: &str,
+) -> Figures {
     let s = suffix();
     let fields: Vec<String> = field_names(w.fields)
         .iter()
@@ -312,7 +394,7 @@ partitions = {PARTITIONS}
     let mut cmd = Command::new(streamcast_bin());
     cmd.arg("run")
         .arg(&pipeline)
-        .args(["--exit-when-idle", "3s"]);
+        .args(["--exit-when-idle", idle]);
     cmd.current_dir(dir);
     let (out, wall, cpu, rss) = timed(cmd);
     let events = summary_value(&out, "events windowed", 0).unwrap_or(f64::NAN);
@@ -330,6 +412,8 @@ partitions = {PARTITIONS}
         rss_mb: rss,
         p50_ms: summary_value(&out, "close -> ack (ms)", 1).unwrap_or(f64::NAN),
         p99_ms: summary_value(&out, "close -> ack (ms)", 3).unwrap_or(f64::NAN),
+        sink_p50_ms: summary_value(&out, "close -> sink (ms)", 1).unwrap_or(f64::NAN),
+        sink_p99_ms: summary_value(&out, "close -> sink (ms)", 3).unwrap_or(f64::NAN),
         forecasts: forecasts as u64,
     }
 }
@@ -359,6 +443,7 @@ fn run_peer(topic: &str, w: Workload) -> Option<Figures> {
         p50_ms: f("latency_p50_ms"),
         p99_ms: f("latency_p99_ms"),
         forecasts: f("forecasts_acked") as u64,
+        ..Figures::default()
     })
 }
 
@@ -408,6 +493,10 @@ fn main() {
     ];
     let wanted = env_or("E2E_WORKLOADS", "");
     let dir = tempfile::tempdir().unwrap();
+    if let Ok(rate) = std::env::var("E2E_PACED") {
+        paced(rate.parse().unwrap(), events, reps, dir.path());
+        return;
+    }
     println!(
         "\n# e2e: {events} events per topic, {PARTITIONS} partitions, {reps} reps; streamcast {}",
         streamcast_bin().display()
@@ -443,7 +532,7 @@ fn main() {
             }
             run(
                 "streamcast run",
-                Some(run_streamcast(&topic, w, dir.path(), "", "")),
+                Some(run_streamcast(&topic, w, dir.path(), "", "", "3s")),
             );
             if std::env::var_os("E2E_DELIVERY").is_some() {
                 let variants = [
@@ -462,7 +551,7 @@ fn main() {
                 for (name, top, extra) in variants {
                     run(
                         name,
-                        Some(run_streamcast(&topic, w, dir.path(), top, extra)),
+                        Some(run_streamcast(&topic, w, dir.path(), top, extra, "3s")),
                     );
                 }
             }
@@ -470,7 +559,7 @@ fn main() {
                 let old = "[source.librdkafka]\n\"fetch.queue.backoff.ms\" = \"1000\"";
                 run(
                     "streamcast run (librdkafka's default fetch.queue.backoff.ms)",
-                    Some(run_streamcast(&topic, w, dir.path(), "", old)),
+                    Some(run_streamcast(&topic, w, dir.path(), "", old, "3s")),
                 );
             }
             if !skip.contains("peer") {
@@ -523,4 +612,37 @@ fn main() {
             );
         }
     }
+}
+
+/// `E2E_PACED=<events/s>`: the latency target's workload (10,000 keys,
+/// `E2E_PACED_KEYS`, one field, hourly windows, an event a minute per key)
+/// arriving at that rate into a running job, `reps` times.
+fn paced(rate: f64, events: usize, reps: usize, dir: &Path) {
+    let keys: usize = env_or("E2E_PACED_KEYS", "10000").parse().unwrap();
+    let w = Workload {
+        keys,
+        fields: 1,
+        window_s: 3600,
+    };
+    println!(
+        "\n# e2e paced: {events} events at {rate} events/s, {keys} keys, 1 field, hourly windows, {reps} reps; streamcast {}\n",
+        streamcast_bin().display()
+    );
+    println!("| rep | produced events/s | forecasts | close->ack p50 ms | p99 ms | close->sink p50 ms | p99 ms | CPU s | peak RSS MB |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let (mut p50, mut p99) = (Vec::new(), Vec::new());
+    for rep in 0..reps {
+        let (f, achieved) = run_paced(w, events, rate, dir);
+        println!(
+            "| {rep} | {achieved:.0} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} |",
+            f.forecasts, f.p50_ms, f.p99_ms, f.sink_p50_ms, f.sink_p99_ms, f.cpu_s, f.rss_mb
+        );
+        p50.push(f.p50_ms);
+        p99.push(f.p99_ms);
+    }
+    println!(
+        "\nclose->ack p50 ms: {}; p99 ms: {}",
+        median_range(&p50),
+        median_range(&p99)
+    );
 }

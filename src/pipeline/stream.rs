@@ -654,6 +654,9 @@ fn spawn_sink(
                             lock(&unpublished).clear();
                         }
                         Some(o) => {
+                            if let Output::Forecasts { closed_at, forecasts, .. } = &o {
+                                lock(&stats).handoff.push((closed_at.elapsed(), forecasts.num_rows() as u64));
+                            }
                             let bytes = o.bytes();
                             in_flight_bytes += bytes;
                             metrics::gauge!(crate::telemetry::IN_FLIGHT_BYTES).set(in_flight_bytes as f64);
@@ -699,6 +702,9 @@ struct ReadTimes {
 #[derive(Debug, Default)]
 pub struct Deliveries {
     samples: Vec<(Duration, u64)>,
+    /// Close -> taken by the sink (before serializing and sending), the
+    /// compute thread's and the channel's part of the latency.
+    handoff: Vec<(Duration, u64)>,
     /// When the last forecast was acknowledged.
     pub last_ack: Option<Instant>,
 }
@@ -713,16 +719,26 @@ impl Deliveries {
 
     /// The `q`-quantile (0..=1) of the close -> ack latency over forecasts.
     pub fn latency_quantile(&self, q: f64) -> Option<Duration> {
-        let mut s = self.samples.clone();
-        s.sort_unstable();
-        let total: u64 = s.iter().map(|(_, n)| n).sum();
-        let want = (q.clamp(0.0, 1.0) * total as f64).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        s.into_iter().find_map(|(l, n)| {
-            seen += n;
-            (seen >= want).then_some(l)
-        })
+        weighted_quantile(&self.samples, q)
     }
+
+    /// The `q`-quantile of close -> taken by the sink.
+    pub fn handoff_quantile(&self, q: f64) -> Option<Duration> {
+        weighted_quantile(&self.handoff, q)
+    }
+}
+
+/// The `q`-quantile of samples weighted by their counts.
+fn weighted_quantile(samples: &[(Duration, u64)], q: f64) -> Option<Duration> {
+    let mut s = samples.to_vec();
+    s.sort_unstable();
+    let total: u64 = s.iter().map(|(_, n)| n).sum();
+    let want = (q.clamp(0.0, 1.0) * total as f64).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    s.into_iter().find_map(|(l, n)| {
+        seen += n;
+        (seen >= want).then_some(l)
+    })
 }
 
 /// The committer task: stores the tracker's commit points every 500 ms
@@ -932,12 +948,19 @@ fn print_summary(t: &Totals, d: &Deliveries, started: Instant, reads: &ReadTimes
     println!("windows closed       {:>10}", t.windows);
     println!("forecasts (model)    {:>10}", t.forecasts_from_model);
     println!("forecasts (baseline) {:>10}", t.forecasts_from_baseline);
-    let ms = |q: f64| {
-        d.latency_quantile(q)
-            .map_or("-".to_string(), |l| format!("{:.1}", l.as_secs_f64() * 1e3))
+    let fmt = |l: Option<Duration>| {
+        l.map_or("-".to_string(), |l| format!("{:.1}", l.as_secs_f64() * 1e3))
     };
+    let ms = |q: f64| fmt(d.latency_quantile(q));
     println!(
         "close -> ack (ms)    p50 {}  p99 {}  max {}",
+        ms(0.5),
+        ms(0.99),
+        ms(1.0)
+    );
+    let ms = |q: f64| fmt(d.handoff_quantile(q));
+    println!(
+        "close -> sink (ms)   p50 {}  p99 {}  max {}",
         ms(0.5),
         ms(0.99),
         ms(1.0)
