@@ -25,6 +25,12 @@
 //!    new window on the output topic (process start, libtorch, group join,
 //!    restore, processing).
 //!
+//! 4. The archive journal (what following commit points costs the archive
+//!    thread): `STATE_KEYS` window rows a checkpoint, 20 checkpoints, into
+//!    one file that never rolls, written plain and with the journal (IPC
+//!    stream + a marks line per checkpoint): seconds and journal bytes.
+//!    `STATE_ONLY_ARCHIVE=1` runs only this part.
+//!
 //! Repeated `STATE_REPS` times (default 3): median and range.
 
 #![allow(clippy::unwrap_used)]
@@ -340,10 +346,133 @@ fn wait_for_window(topic: &str, end_ms: i64, limit: Duration) {
 /// keys restored, SIGKILL -> forecast seconds.
 type Rep = (Sizes, Sizes, f64, usize, f64);
 
+/// Part 4: seconds to write 20 checkpoints of `keys` window rows into one
+/// archive file (then seal it), plain and following commit points with the
+/// journal; and the journal's bytes at its largest.
+fn archive_cost(keys: usize) -> (f64, f64, u64) {
+    use arrow::array::{
+        BooleanArray, Float64Array, StringArray, TimestampMillisecondArray, UInt32Array,
+    };
+    use arrow::record_batch::RecordBatch;
+    use streamcast::archive::{ArchiveWriter, CommitPoints};
+    let schema = streamcast::schema::windows_schema(&["value".to_string()], &[]);
+    let batch = |cp: i64| {
+        let ts = |off: i64| {
+            Arc::new(
+                TimestampMillisecondArray::from(vec![cp * 300_000 + off; keys])
+                    .with_timezone("UTC"),
+            )
+        };
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    (0..keys).map(|k| format!("k{k:07}")),
+                )),
+                ts(0),
+                ts(300_000),
+                Arc::new(UInt32Array::from(vec![5u32; keys])),
+                Arc::new(BooleanArray::from(vec![true; keys])),
+                Arc::new(Float64Array::from_iter_values(
+                    (0..keys).map(|k| k as f64 * 0.5 + cp as f64),
+                )),
+            ],
+        )
+        .unwrap()
+    };
+    let batches: Vec<RecordBatch> = (0..20).map(batch).collect();
+    let cfg = streamcast::config::ArchiveConfig {
+        enabled: true,
+        dir: None,
+        roll_rows: usize::MAX,
+        roll_interval: Duration::from_secs(1 << 30),
+        retention_age: Duration::from_secs(1 << 40),
+        retention_bytes: u64::MAX,
+    };
+    let run = |journal: bool| -> (f64, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w =
+            ArchiveWriter::new(dir.path().to_path_buf(), schema.clone(), cfg.clone()).unwrap();
+        let points = CommitPoints::default();
+        if journal {
+            w.follow(points.clone(), &Default::default()).unwrap();
+        }
+        let t = Instant::now();
+        let mut biggest = 0;
+        for (i, b) in batches.iter().enumerate() {
+            w.write(b).unwrap();
+            if journal {
+                w.mark(i as u64 + 1, &[(0, (i as i64 + 1) * keys as i64)], false)
+                    .unwrap();
+                biggest = dir_bytes(dir.path(), "journal");
+            }
+        }
+        if journal {
+            w.mark(99, &[(0, 1 << 40)], true).unwrap();
+            points.store(99, std::sync::atomic::Ordering::SeqCst);
+            w.publish().unwrap();
+        } else {
+            w.roll().unwrap();
+        }
+        (t.elapsed().as_secs_f64(), biggest)
+    };
+    let (plain, _) = run(false);
+    let (journalled, bytes) = run(true);
+    (plain, journalled, bytes)
+}
+
+/// Bytes of the files under `dir` with extension `ext`.
+fn dir_bytes(dir: &std::path::Path, ext: &str) -> u64 {
+    let mut total = 0;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.extension().is_some_and(|x| x == ext) {
+                total += e.metadata().map_or(0, |m| m.len());
+            }
+        }
+    }
+    total
+}
+
+fn archive_table(keys: usize, reps: usize) {
+    let runs: Vec<(f64, f64, u64)> = (0..reps).map(|_| archive_cost(keys)).collect();
+    let rows = 20.0 * keys as f64;
+    let col = |f: &dyn Fn(&(f64, f64, u64)) -> f64| -> Vec<f64> { runs.iter().map(f).collect() };
+    println!(
+        "\n# archive writer: 20 checkpoints of {keys} window rows into one file; {reps} reps\n"
+    );
+    println!("| figure | median (range) |");
+    println!("|---|---:|");
+    println!(
+        "| plain: M rows/s | {} |",
+        median_range(&col(&|r| rows / r.0 / 1e6))
+    );
+    println!(
+        "| with the journal: M rows/s | {} |",
+        median_range(&col(&|r| rows / r.1 / 1e6))
+    );
+    println!(
+        "| journal / plain time | {} |",
+        median_range(&col(&|r| r.1 / r.0))
+    );
+    println!(
+        "| journal bytes per row (before sealing) | {:.1} |",
+        runs[0].2 as f64 / rows
+    );
+}
+
 fn main() {
     let keys: usize = env_or("STATE_KEYS", "100000").parse().unwrap();
     let reps: usize = env_or("STATE_REPS", "3").parse().unwrap();
     tch::set_num_threads(1);
+    if !env_or("STATE_ONLY_ARCHIVE", "").is_empty() {
+        archive_table(keys, reps);
+        return;
+    }
     let mut rows: Vec<Rep> = Vec::new();
     for rep in 0..reps {
         let (a, b, restore, n) = in_process(keys);
@@ -390,4 +519,5 @@ fn main() {
         "| SIGKILL -> first forecast of a new window (s) | {} |",
         median_range(&col(&|r| r.4))
     );
+    archive_table(keys, reps);
 }
