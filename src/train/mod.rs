@@ -76,7 +76,7 @@ pub struct TrainReport {
 pub fn prep_spec(cfg: &PipelineConfig, t: &TrainConfig) -> PrepSpec {
     let spec = crate::window::WindowSpec::from_config(cfg);
     PrepSpec {
-        recur: cfg.model.output_recurrence.then(|| {
+        recur: cfg.model.output_recurrence.enabled().then(|| {
             cfg.model
                 .quantiles
                 .iter()
@@ -108,8 +108,10 @@ pub fn prep_spec(cfg: &PipelineConfig, t: &TrainConfig) -> PrepSpec {
 /// `train`, backpropagates each chunk on its own. Returns (sum of loss,
 /// count of terms). With `recur = Some(i)`, output recurrence: the inputs'
 /// last column is replaced, step by step, by output column `i` of the
-/// previous step (the fed-back one-step output), so the chunk runs one step
-/// at a time.
+/// previous step (the fed-back one-step output): output-to-hidden runs the
+/// chunk one step at a time; output-to-output runs the cells with the
+/// sequence kernels and only the output layer step by step
+/// (`Network::forward_seq_fed`).
 #[allow(clippy::too_many_arguments)]
 pub fn run_batch(
     net: &Network,
@@ -138,6 +140,21 @@ pub fn run_batch(
                     net.forward_seq(&b.x.narrow(1, t0, len), &h, c.as_ref(), dropout, train);
                 h = hn;
                 c = cn;
+                pred
+            }
+            Some(col) if net.feeds_output() => {
+                let (pred, hn, cn, p) = net.forward_seq_fed(
+                    &b.x.narrow(1, t0, len),
+                    &h,
+                    c.as_ref(),
+                    &prev,
+                    col,
+                    dropout,
+                    train,
+                );
+                h = hn;
+                c = cn;
+                prev = p;
                 pred
             }
             Some(col) => {

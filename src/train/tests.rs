@@ -330,7 +330,7 @@ fn seq2seq_decoder_learns_and_agrees_between_step_and_sequence() {
 fn output_recurrence_trains_and_matches_the_live_stage_features() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = pipeline("gru", "residual");
-    cfg.model.output_recurrence = true;
+    cfg.model.output_recurrence = crate::config::OutputRecurrence::Hidden;
     let features = crate::model::feature_names(&cfg);
     assert_eq!(
         features.last().map(String::as_str),
@@ -349,6 +349,40 @@ fn output_recurrence_trains_and_matches_the_live_stage_features() {
     for b in batches {
         let out = stage.forecast(&b).unwrap();
         assert!(out.num_rows() > 0);
+    }
+}
+
+/// Output-to-output recurrence and skip / dense connections train with the
+/// same loop below seasonal naive, and the live stage serves the trained
+/// network (the fed-back output carried per key).
+#[test]
+fn output_to_output_and_layer_connections_train_and_serve() {
+    use crate::config::{Connections, OutputRecurrence};
+    for (rec, conn, cell) in [
+        (OutputRecurrence::Output, Connections::None, "gru"),
+        (OutputRecurrence::None, Connections::Skip, "lstm"),
+        (OutputRecurrence::Output, Connections::Dense, "rnn"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = pipeline(cell, "residual");
+        cfg.model.output_recurrence = rec;
+        cfg.model.connections = conn;
+        cfg.model.layers = 2;
+        let files = seasonal_windows(&cfg, 4, 24 * 20, dir.path());
+        let trained = train_from_windows(&cfg, &quick(4), &files, None).unwrap();
+        let r = trained.report.clone();
+        assert!(!r.diverged);
+        assert!(
+            r.best_val_loss < r.baseline_val_loss,
+            "{rec:?} {conn:?}: {r:?}"
+        );
+        assert_eq!(trained.spec.shape.output_recurrence, rec);
+        assert_eq!(trained.spec.shape.connections, conn);
+        let (mut stage, batches) = live_stage(trained, &cfg, &files[0]);
+        for b in batches {
+            let out = stage.forecast(&b).unwrap();
+            assert!(out.num_rows() > 0);
+        }
     }
 }
 
