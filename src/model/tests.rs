@@ -1118,8 +1118,7 @@ fn output_to_output_by_hand() {
     tch::no_grad(|| {
         let s = Tensor::from_slice(&[0.3f32, -0.2, 0.5, -0.4, 0.1, 0.7]).view([2, 3]);
         net.skip_w.shallow_clone().copy_(&s);
-        let _ = net
-            .head_b
+        net.head_b
             .shallow_clone()
             .copy_(&Tensor::from_slice(&[0.05f32, -0.1]));
     });
@@ -1190,6 +1189,7 @@ fn output_to_output_by_hand() {
 /// `h2 + h1 + h0`; dense feeds layer l `[x, h_0 .. h_{l-1}]` and the head
 /// all layers `[h0, h1, h2]`.
 #[test]
+#[allow(clippy::needless_range_loop)]
 fn skip_and_dense_connections_by_hand() {
     use crate::config::Connections;
     for conn in [Connections::Skip, Connections::Dense] {
