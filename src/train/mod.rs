@@ -288,6 +288,11 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
     // Only dropout draws from libtorch's generator here (initial weights were
     // drawn under the seeding lock in `Network::new`).
     drop(crate::model::seed_global(cfg.seed as i64));
+    // The gradient report is not training: measured before the clock starts.
+    let decay_before = cfg
+        .grad_report
+        .as_ref()
+        .map(|_| grad_decay(net, data, cfg, GRAD_REPORT_BATCHES));
     let started = Instant::now();
     let mut opt = nn::Adam::default()
         .wd(cfg.weight_decay)
@@ -313,10 +318,6 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
         steps: 0,
         clipped_steps: 0,
     };
-    let decay_before = cfg
-        .grad_report
-        .as_ref()
-        .map(|_| grad_decay(net, data, cfg, GRAD_REPORT_BATCHES));
     let bar = progress(cfg.epochs as u64);
     let mut since_best = 0;
     let mut samples = 0usize;
@@ -400,13 +401,13 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
     }
     bar.finish_and_clear();
     restore(&mut net.vs, &best_weights);
+    report.best_val_loss = best;
+    report.seconds = started.elapsed().as_secs_f64();
+    report.samples_per_sec = samples as f64 / report.seconds.max(1e-9);
     if let (Some(path), Some(before)) = (&cfg.grad_report, decay_before) {
         let after = grad_decay(net, data, cfg, GRAD_REPORT_BATCHES);
         write_grad_report(path, &before, &after, &report)?;
     }
-    report.best_val_loss = best;
-    report.seconds = started.elapsed().as_secs_f64();
-    report.samples_per_sec = samples as f64 / report.seconds.max(1e-9);
     Ok(report)
 }
 
