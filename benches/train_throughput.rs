@@ -31,8 +31,13 @@
 //!
 //! (c) With `TRAIN_BENCH_ONLY=c` only: one training pass of a batch of 64
 //!     samples x 240 windows (GRU hidden 64, horizon 48, 168 lags) through
-//!     the sequence kernels vs the step loop that output recurrence needs,
-//!     3 runs each, mean (`PROBE_THREADS` libtorch threads, default 1).
+//!     the sequence kernels vs the step loop that output-to-hidden
+//!     recurrence needs vs output-to-output (kernels + an output loop), and
+//!     two layers plain / skip / dense, 3 runs each, mean
+//!     (`PROBE_THREADS` libtorch threads, default 1).
+//! (d) With `TRAIN_BENCH_ONLY=d` only: no measurement; draws the gradient
+//!     reports (`[train] grad_report`) in `GRAD_DIR` as
+//!     `grad_decay_{init,trained}.svg` (see BENCHMARKS.md).
 //!
 //! `TRAIN_BENCH_QUICK=1` shrinks (a) to 100 keys and (b) to one run;
 //! `TRAIN_BENCH_PREP_KEYS` sets the keys of (a); `TRAIN_BENCH_ONLY=a` or `=b`
