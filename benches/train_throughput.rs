@@ -31,8 +31,13 @@
 //!
 //! (c) With `TRAIN_BENCH_ONLY=c` only: one training pass of a batch of 64
 //!     samples x 240 windows (GRU hidden 64, horizon 48, 168 lags) through
-//!     the sequence kernels vs the step loop that output recurrence needs,
-//!     3 runs each, mean (`PROBE_THREADS` libtorch threads, default 1).
+//!     the sequence kernels vs the step loop that output-to-hidden
+//!     recurrence needs vs output-to-output (kernels + an output loop), and
+//!     two layers plain / skip / dense, 3 runs each, mean
+//!     (`PROBE_THREADS` libtorch threads, default 1).
+//! (d) With `TRAIN_BENCH_ONLY=d` only: no measurement; draws the gradient
+//!     reports (`[train] grad_report`) in `GRAD_DIR` as
+//!     `grad_decay_{init,trained}.svg` (see BENCHMARKS.md).
 //!
 //! `TRAIN_BENCH_QUICK=1` shrinks (a) to 100 keys and (b) to one run;
 //! `TRAIN_BENCH_PREP_KEYS` sets the keys of (a); `TRAIN_BENCH_ONLY=a` or `=b`
@@ -223,6 +228,10 @@ fn main() {
     );
 
     let only = std::env::var("TRAIN_BENCH_ONLY").unwrap_or_default();
+    if only == "d" {
+        grad_decay_plot();
+        return;
+    }
     if only == "c" {
         step_kernel_bench();
         return;
@@ -235,23 +244,122 @@ fn main() {
     }
 }
 
+/// (d) Plots the gradient reports (`[train] grad_report`) found in
+/// `GRAD_DIR`, named `<cell>-clip.csv` / `<cell>-noclip.csv`, into
+/// `GRAD_DIR/grad_decay_init.svg` (at initialisation, one curve per cell)
+/// and `GRAD_DIR/grad_decay_trained.svg` (after training, with clipping
+/// solid and without dashed): the ratio || dL/dh_{T-k} || / || dL/dh_{T-1} ||.
+fn grad_decay_plot() {
+    use streamcast::eval::plot::{plot_grad_decay, Curve};
+    let dir = PathBuf::from(std::env::var("GRAD_DIR").unwrap_or_else(|_| ".".into()));
+    let cells = ["rnn", "irnn", "lstm", "gru"];
+    let read = |file: &Path, phase: &str| -> Option<Vec<f64>> {
+        let text = std::fs::read_to_string(file).ok()?;
+        Some(
+            text.lines()
+                .filter_map(|l| l.strip_prefix(phase)?.strip_prefix(','))
+                .filter_map(|l| l.split(',').nth(2)?.parse::<f64>().ok())
+                .collect(),
+        )
+    };
+    let (mut init, mut trained) = (Vec::new(), Vec::new());
+    for (i, cell) in cells.iter().enumerate() {
+        for clip in ["clip", "noclip"] {
+            let file = dir.join(format!("{cell}-{clip}.csv"));
+            let Some(after) = read(&file, "trained") else {
+                continue;
+            };
+            if clip == "clip" {
+                if let Some(before) = read(&file, "init") {
+                    init.push(Curve {
+                        label: cell.to_string(),
+                        values: before,
+                        dashed: false,
+                        color: i,
+                    });
+                }
+            }
+            let label = format!(
+                "{cell}, {}",
+                if clip == "clip" {
+                    "clip_norm 1"
+                } else {
+                    "no clipping"
+                }
+            );
+            trained.push(Curve {
+                label,
+                values: after,
+                dashed: clip == "noclip",
+                color: i,
+            });
+        }
+    }
+    let y = "log10 ratio to lag 1";
+    plot_grad_decay(
+        &init,
+        "|| dL_T / dh_(T-k) || at initialisation (M4 Hourly)",
+        y,
+        &dir.join("grad_decay_init.svg"),
+    )
+    .unwrap();
+    plot_grad_decay(
+        &trained,
+        "|| dL_T / dh_(T-k) || after training (M4 Hourly)",
+        y,
+        &dir.join("grad_decay_trained.svg"),
+    )
+    .unwrap();
+    for c in init.iter().chain(&trained) {
+        let at = |k: usize| c.values.get(k - 1).copied().unwrap_or(f64::NAN);
+        println!(
+            "| {} | {:.2e} | {:.2e} | {:.2e} | {:.2e} |",
+            c.label,
+            at(5),
+            at(10),
+            at(24),
+            at(48)
+        );
+    }
+}
+
 /// (c) Sequence kernels vs the step loop, one training pass of a batch.
 fn step_kernel_bench() {
     use tch::{Kind, Tensor};
-    let cfg = streamcast::testkit::pipeline(
-        "[model]\ncell = \"gru\"\nhidden = 64\nhorizon = 48\nlags = 168\nseason_windows = 24",
-    );
-    let spec = ModelSpec::untrained(&cfg);
-    let net = Network::for_spec(&spec, Device::Cpu, 1);
     let threads = env_usize("PROBE_THREADS", 1) as i32;
     tch::set_num_threads(threads);
     println!("\n(c) one training pass of 64 x 240 windows, GRU hidden 64, horizon 48; torch threads {threads}\n");
     println!("| path | ms per batch (mean of 3) |\n|---|---:|");
     let opts = (Kind::Float, Device::Cpu);
-    for (name, recur) in [
-        ("sequence kernel", None),
-        ("step loop (output recurrence)", Some(0i64)),
+    let base =
+        "[model]\ncell = \"gru\"\nhidden = 64\nhorizon = 48\nlags = 168\nseason_windows = 24";
+    for (name, extra, recur) in [
+        ("sequence kernel", "", None),
+        (
+            "step loop (output-to-hidden recurrence)",
+            "output_recurrence = \"hidden\"",
+            Some(0i64),
+        ),
+        (
+            "sequence kernel + output loop (output-to-output)",
+            "output_recurrence = \"output\"",
+            Some(0i64),
+        ),
+        ("2 layers, plain (one kernel call)", "layers = 2", None),
+        (
+            "2 layers, skip (a kernel call per layer)",
+            "layers = 2\nconnections = \"skip\"",
+            None,
+        ),
+        (
+            "2 layers, dense (a kernel call per layer)",
+            "layers = 2\nconnections = \"dense\"",
+            None,
+        ),
     ] {
+        let cfg = streamcast::testkit::pipeline(&format!("{base}\n{extra}"));
+        let spec = ModelSpec::untrained(&cfg);
+        let net = Network::for_spec(&spec, Device::Cpu, 1);
         let b = train::prep::Batch {
             x: Tensor::randn([64, 240, spec.shape.input], opts),
             y: Tensor::randn([64, 240, 48], opts),

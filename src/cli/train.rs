@@ -68,9 +68,21 @@ pub fn train(
         decision.champion_val_loss,
         decision.reason
     );
-    println!(
-        "saved in {}",
-        registry.dir().join(&decision.version).display()
-    );
+    let dir = registry.dir().join(&decision.version);
+    // The training report the registry recorded beside the model: how often
+    // gradient clipping fired (a sign of exploding gradients when often).
+    if let Some(r) = std::fs::read_to_string(dir.join("train_report.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<training::TrainReport>(&text).ok())
+    {
+        println!(
+            "gradient clipping (clip_norm {}): {} of {} steps clipped; largest gradient norm {:.3}",
+            t.clip_norm, r.clipped_steps, r.steps, r.max_grad_norm
+        );
+    }
+    if let Some(path) = &t.grad_report {
+        println!("gradient decay over lags written to {}", path.display());
+    }
+    println!("saved in {}", dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -583,10 +583,14 @@ pub struct ModelConfig {
     #[serde(default)]
     pub decoder: HorizonDecoder,
     /// Output recurrence: feed the network's previous one-step output back
-    /// as an extra input (output-to-hidden recurrence). Training then steps
-    /// one window at a time instead of using the sequence kernels.
+    /// (see [`OutputRecurrence`]): `"hidden"` (or `true`) into the recurrent
+    /// cells, `"output"` straight into the output layer; `"none"` (or
+    /// `false`, the default) not at all.
     #[serde(default)]
-    pub output_recurrence: bool,
+    pub output_recurrence: OutputRecurrence,
+    /// How stacked recurrent layers connect (see [`Connections`]).
+    #[serde(default)]
+    pub connections: Connections,
     /// Hidden units per layer.
     #[serde(default = "default_hidden")]
     pub hidden: i64,
@@ -643,6 +647,73 @@ pub struct ModelConfig {
     /// transformer cell (which is attention already) nor the seq2seq decoder.
     #[serde(default)]
     pub attention: bool,
+}
+
+/// Which of the canon's output recurrences the network has: the previous
+/// window's one-step output (the median's, with quantiles) fed back to the
+/// recurrent cells (output-to-hidden) or to the output layer directly
+/// (output-to-output). Either way the live stage keeps each key's previous
+/// output in its state. Written as a string, or as the boolean of earlier
+/// pipeline files (`true` = `"hidden"`, `false` = `"none"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputRecurrence {
+    #[default]
+    None,
+    /// Output-to-hidden: an extra input of the first layer (and of the
+    /// linear skip). Training steps one window at a time.
+    Hidden,
+    /// Output-to-output: `y_t = head(h_t) + W x_t + w y_{t-1}`; the cells
+    /// never see it, so training keeps the sequence kernels and only the
+    /// cheap output recurrence runs step by step.
+    Output,
+}
+
+impl OutputRecurrence {
+    /// Whether the previous output is fed back at all.
+    pub fn enabled(self) -> bool {
+        self != OutputRecurrence::None
+    }
+}
+
+impl<'de> Deserialize<'de> for OutputRecurrence {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Flag(bool),
+            Name(String),
+        }
+        match Either::deserialize(d)? {
+            Either::Flag(true) => Ok(OutputRecurrence::Hidden),
+            Either::Flag(false) => Ok(OutputRecurrence::None),
+            Either::Name(n) => match n.as_str() {
+                "none" => Ok(OutputRecurrence::None),
+                "hidden" => Ok(OutputRecurrence::Hidden),
+                "output" => Ok(OutputRecurrence::Output),
+                other => Err(serde::de::Error::custom(format!(
+                    "unknown output_recurrence {other:?}: expected \"none\", \"hidden\", \"output\" or a boolean"
+                ))),
+            },
+        }
+    }
+}
+
+/// How stacked recurrent layers are connected (with `layers = 1` every
+/// choice is the same network).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Connections {
+    /// Each layer sees the one below; the head sees the top layer.
+    #[default]
+    None,
+    /// Residual: above the first layer, each layer's output is added to its
+    /// input (`out_l = h_l + in_l`), so the head sees the sum of every
+    /// layer's contribution and gradients have an identity path down.
+    Skip,
+    /// DenseNet style: each layer sees the network input and the outputs of
+    /// every layer below it (concatenated), and the head sees all layers.
+    Dense,
 }
 
 /// What the network's output means.
@@ -1030,7 +1101,8 @@ impl Default for ModelConfig {
             cell: CellKind::default(),
             head: Head::default(),
             decoder: HorizonDecoder::default(),
-            output_recurrence: false,
+            output_recurrence: OutputRecurrence::None,
+            connections: Connections::None,
             hidden: default_hidden(),
             layers: default_layers(),
             horizon: default_horizon(),
@@ -1303,6 +1375,30 @@ impl PipelineConfig {
                 "model.attention",
                 "temporal attention feeds the direct head; it does not support decoder = \"seq2seq\"",
             );
+        }
+        if self.model.output_recurrence == OutputRecurrence::Output
+            && self.model.cell == CellKind::Transformer
+        {
+            return bad(
+                "model.output_recurrence",
+                "output-to-output recurrence needs a recurrent cell (use \"hidden\" or none with the transformer)",
+            );
+        }
+        if self.model.connections != Connections::None {
+            if self.model.cell == CellKind::Transformer {
+                return bad(
+                    "model.connections",
+                    "skip and dense connections join recurrent layers; the transformer has its own residuals",
+                );
+            }
+            if self.model.connections == Connections::Dense
+                && (self.model.attention || self.model.decoder == HorizonDecoder::Seq2seq)
+            {
+                return bad(
+                    "model.connections",
+                    "dense connections feed a direct head all layers; not with attention = true nor decoder = \"seq2seq\"",
+                );
+            }
         }
         if self.model.threads < 1 {
             return bad("model.threads", "expected at least 1");

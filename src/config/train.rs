@@ -55,6 +55,12 @@ pub struct TrainConfig {
     /// Stop after this many seconds (the best model so far is kept).
     #[serde(default)]
     pub max_seconds: Option<f64>,
+    /// Write a vanishing/exploding-gradient report here (CSV): the norm of
+    /// d loss / d h at every lag back from a sample's last step, before and
+    /// after training (see `train::grad_decay`). Off by default (it costs
+    /// a few step-by-step passes with full backpropagation).
+    #[serde(default)]
+    pub grad_report: Option<std::path::PathBuf>,
 }
 
 fn d_epochs() -> usize {

@@ -1,5 +1,7 @@
 //! SVG plots of a key's backtest: actuals, a model's forecasts at each
-//! origin and a baseline's, over the series' tail.
+//! origin and a baseline's, over the series' tail; and of how the gradient
+//! with respect to the hidden state decays over lags (`plot_grad_decay`,
+//! from `train::grad_decay` reports).
 
 use std::path::Path;
 
@@ -167,6 +169,95 @@ pub fn plot_key(
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 15))
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// One curve of [`plot_grad_decay`]: `values[k - 1]` at lag k.
+#[derive(Debug, Clone)]
+pub struct Curve {
+    pub label: String,
+    pub values: Vec<f64>,
+    /// Drawn dashed (e.g. trained without gradient clipping).
+    pub dashed: bool,
+    /// Index into the palette (same colour for the same cell).
+    pub color: usize,
+}
+
+/// Plots gradient-decay curves to an SVG: lag k on the x axis, log10 of
+/// the value on the y axis (non-positive values are left out), one line
+/// per curve with a legend.
+pub fn plot_grad_decay(curves: &[Curve], title: &str, y_desc: &str, path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+
+    let pts = |c: &Curve| -> Vec<(f64, f64)> {
+        c.values
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_finite() && **v > 0.0)
+            .map(|(k, v)| ((k + 1) as f64, v.log10()))
+            .collect()
+    };
+    let all: Vec<(f64, f64)> = curves.iter().flat_map(pts).collect();
+    if all.is_empty() {
+        return Err(eval_error!(
+            "no positive values to plot in {}",
+            path.display()
+        ));
+    }
+    let x1 = all.iter().map(|p| p.0).fold(1.0, f64::max);
+    let lo = all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let hi = all.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    let pad = ((hi - lo) * 0.05).max(0.1);
+    let root = SVGBackend::new(path, (1000, 560)).into_drawing_area();
+    let err = |e: &dyn std::fmt::Display| eval_error!("plotting {}: {e}", path.display());
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(1.0..x1, (lo - pad)..(hi + pad))
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("lag k (windows back from the scored step)")
+        .y_desc(y_desc)
+        .light_line_style(RGBColor(238, 238, 238))
+        .draw()
+        .map_err(|e| err(&e))?;
+    let palette = [
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
+        RGBColor(255, 127, 14),
+        RGBColor(100, 100, 100),
+    ];
+    for c in curves {
+        let color = palette[c.color % palette.len()];
+        let style = color.stroke_width(2);
+        let a = if c.dashed {
+            chart
+                .draw_series(DashedLineSeries::new(pts(c), 6, 4, style))
+                .map_err(|e| err(&e))?
+        } else {
+            chart
+                .draw_series(LineSeries::new(pts(c), style))
+                .map_err(|e| err(&e))?
+        };
+        a.label(c.label.as_str()).legend(move |(x, y)| {
+            PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+        });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
         .draw()
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;

@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use super::{feature_names, CellShape, Network};
-use crate::config::{CellKind, Head, HorizonDecoder, PipelineConfig};
+use crate::config::{
+    CellKind, Connections, Head, HorizonDecoder, OutputRecurrence, PipelineConfig,
+};
 use crate::error::{Error, Result};
 
 /// Bounds on a loaded model's shapes (far above anything trained here).
@@ -81,6 +83,8 @@ impl ModelSpec {
                 0
             },
             attention: cfg.model.attention && cfg.model.cell != CellKind::Transformer,
+            output_recurrence: cfg.model.output_recurrence,
+            connections: cfg.model.connections,
         };
         ModelSpec {
             version: format!(
@@ -123,7 +127,24 @@ impl ModelSpec {
             heads,
             kind,
             attention,
+            output_recurrence,
+            connections,
         } = self.shape;
+        let recurrent = kind != CellKind::Transformer;
+        // The options the network's shape depends on, together.
+        let wiring_ok = match (output_recurrence, connections) {
+            (OutputRecurrence::Output, _) if !recurrent || input < 2 => false,
+            (OutputRecurrence::Output, _)
+                if self.features.last().map(String::as_str) != Some(super::PREV_OUTPUT) =>
+            {
+                false
+            }
+            (_, Connections::None) => true,
+            (_, Connections::Skip) => recurrent,
+            (_, Connections::Dense) => {
+                recurrent && !attention && self.decoder != HorizonDecoder::Seq2seq
+            }
+        };
         let attends = kind == CellKind::Transformer || attention;
         // Floats of attention state per key (see `model::attention`): the
         // store allocates it for every slot, so it is bounded too.
@@ -139,7 +160,14 @@ impl ModelSpec {
         } else {
             window.saturating_mul(hidden.saturating_add(1))
         };
-        let checks: [(bool, String); 9] = [
+        let checks: [(bool, String); 10] = [
+            (
+                wiring_ok,
+                format!(
+                    "output_recurrence = {output_recurrence:?} with connections = {connections:?}: output-to-output needs a recurrent cell and a trailing {} feature; skip needs a recurrent cell; dense also no attention nor seq2seq decoder",
+                    super::PREV_OUTPUT
+                ),
+            ),
             (
                 state <= MAX_STATE,
                 format!("attention state of {state} floats per key, expected at most {MAX_STATE}"),

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{Init, Path};
 use tch::Tensor;
 
-use crate::config::CellKind;
+use crate::config::{CellKind, Connections, OutputRecurrence};
 
 impl CellKind {
     /// Gate blocks stacked in the weight matrices.
@@ -63,6 +63,16 @@ pub struct CellShape {
     /// (recurrent cells only).
     #[serde(default)]
     pub attention: bool,
+    /// Where the fed-back previous output goes (`input`'s last feature):
+    /// with `Output` the cells see `input - 1` features and the previous
+    /// output reaches only the output layer. `None` in artifacts written
+    /// before this field existed, where a trailing `prev_output` feature
+    /// means output-to-hidden (an ordinary input, as it was).
+    #[serde(default)]
+    pub output_recurrence: OutputRecurrence,
+    /// How stacked layers connect (absent in older artifacts: none).
+    #[serde(default)]
+    pub connections: Connections,
 }
 
 impl CellShape {
@@ -76,6 +86,36 @@ impl CellShape {
             window: 0,
             heads: 0,
             attention: false,
+            output_recurrence: OutputRecurrence::None,
+            connections: Connections::None,
+        }
+    }
+}
+
+impl CellShape {
+    /// Inputs the cells see at each step: `input` less the fed-back
+    /// previous output when it goes to the output layer.
+    pub fn cell_input(&self) -> i64 {
+        self.input - (self.output_recurrence == OutputRecurrence::Output) as i64
+    }
+
+    /// Input width of recurrent layer `layer`: the cell input for the first;
+    /// `hidden` above it, or with dense connections the cell input and every
+    /// layer below (`cell_input + layer * hidden`).
+    pub fn layer_input(&self, layer: i64) -> i64 {
+        match (layer, self.connections) {
+            (0, _) => self.cell_input(),
+            (l, Connections::Dense) => self.cell_input() + l * self.hidden,
+            _ => self.hidden,
+        }
+    }
+
+    /// Width of what the head sees from the recurrent layers: every layer's
+    /// state with dense connections, else the top's.
+    pub fn top_width(&self) -> i64 {
+        match self.connections {
+            Connections::Dense => self.layers * self.hidden,
+            _ => self.hidden,
         }
     }
 }
@@ -86,9 +126,13 @@ impl LayerWeights {
     /// recurrence, small input weights, zero bias) and LSTM (forget bias 1,
     /// the usual remedy for vanishing memory early in training).
     pub fn new(p: &Path, shape: CellShape, layer: i64) -> Self {
+        Self::with_input(p, shape, layer, shape.layer_input(layer))
+    }
+
+    /// The same with an explicit input width of the layer.
+    pub fn with_input(p: &Path, shape: CellShape, layer: i64, input: i64) -> Self {
         let h = shape.hidden;
         let g = shape.kind.gates();
-        let input = if layer == 0 { shape.input } else { h };
         let k = 1.0 / (h as f64).sqrt();
         let u = Init::Uniform { lo: -k, up: k };
         let lp = p / format!("l{layer}");

@@ -60,7 +60,7 @@ pub fn feature_names(cfg: &PipelineConfig) -> Vec<String> {
     v.push(format!("{target}_missing"));
     v.extend(spec.covariate_names());
     v.extend((1..=cfg.lags()).map(|j| format!("{target}_lag{j}")));
-    if cfg.model.output_recurrence {
+    if cfg.model.output_recurrence.enabled() {
         v.push(PREV_OUTPUT.into());
     }
     v

@@ -7,6 +7,14 @@
 //! (libtorch's sequence kernels, or one band-masked attention pass; checked
 //! against `step` in the tests).
 //!
+//! Both output recurrences of the canon: the previous one-step output is
+//! the last input feature (`prev_output`); output-to-hidden feeds it to the
+//! cells like any input, output-to-output (`feeds_output`) only to the
+//! output layer, whose linear skip from the inputs then carries it:
+//! `y_t = head(h_t) + W x_t + w y_{t-1}` (zero-initialised `w`).
+//! Stacked layers connect plainly, with residual skips or densely (see
+//! `config::Connections`, wired in one place, `wire`, for both paths).
+//!
 //! State: `(h, c)`, with the shapes of [`Network::state_dims`]: recurrent
 //! cells `h: [layers, n, hidden]` (and LSTM `c`); the transformer packs its
 //! rings into `h: [1, n, S]`; temporal attention packs the LSTM cell state
@@ -17,7 +25,7 @@ use tch::{nn, Device, Kind, Tensor};
 use super::artifact::ModelSpec;
 use super::attention::{Encoder, Temporal};
 use super::cells::{self, CellShape, LayerWeights};
-use crate::config::{CellKind, DeviceKind, HorizonDecoder};
+use crate::config::{CellKind, Connections, DeviceKind, HorizonDecoder, OutputRecurrence};
 
 /// A stacked recurrent network with a multi-output head: `horizon` values
 /// from the last layer's hidden state plus a linear skip from the inputs
@@ -127,7 +135,7 @@ impl Network {
         let head_in = if temporal.is_some() {
             2 * shape.hidden
         } else {
-            shape.hidden
+            shape.top_width()
         };
         let head_w = root.var(
             "head_w",
@@ -163,6 +171,13 @@ impl Network {
             head_b,
             skip_w,
         }
+    }
+
+    /// Whether the fed-back previous output (the last input) goes to the
+    /// output layer only (output-to-output recurrence); see
+    /// [`Self::forward_seq_fed`].
+    pub fn feeds_output(&self) -> bool {
+        self.shape.output_recurrence == OutputRecurrence::Output
     }
 
     /// The per-key state's `(rows, width)` of `h` and of `c` (if any): the
@@ -256,23 +271,20 @@ impl Network {
         }
         let (c, ring) = self.split_c(c);
         let c = c.as_ref();
-        let mut input = x.shallow_clone();
+        let train = dropout > 0.0;
         let mut hs = Vec::with_capacity(self.layers.len());
         let mut cs = Vec::with_capacity(self.layers.len());
-        for (l, w) in self.layers.iter().enumerate() {
+        let top = self.wire(&self.cell_x(x), dropout, train, |l, input| {
             let cl = c.map(|c| c.get(l as i64));
-            let (hn, cn) = cells::step(self.shape.kind, w, &input, &h.get(l as i64), cl.as_ref());
-            input = if dropout > 0.0 && l + 1 < self.layers.len() {
-                hn.dropout(dropout, true)
-            } else {
-                hn.shallow_clone()
-            };
-            hs.push(hn);
+            let w = &self.layers[l];
+            let (hn, cn) = cells::step(self.shape.kind, w, input, &h.get(l as i64), cl.as_ref());
+            hs.push(hn.shallow_clone());
             if let Some(cn) = cn {
                 cs.push(cn);
             }
-        }
-        let (top, ring) = self.attend(input.unsqueeze(1), ring);
+            hn
+        });
+        let (top, ring) = self.attend(top.unsqueeze(1), ring);
         let y = self.head(&top.squeeze_dim(1)) + x.linear::<&Tensor>(&self.skip_w, None);
         // One layer (the common case): a view, not a copy of the state.
         let stack = |t: &[Tensor]| match t {
@@ -281,6 +293,63 @@ impl Network {
         };
         let c_new = (!cs.is_empty()).then(|| stack(&cs));
         (y, stack(&hs), self.join_c(c_new, ring))
+    }
+
+    /// The inputs the cells see: `x` without its last feature (the fed-back
+    /// output) with output-to-output recurrence, else all of `x`.
+    fn cell_x(&self, x: &Tensor) -> Tensor {
+        let n_in = self.shape.cell_input();
+        let last = x.size().len() as i64 - 1;
+        if n_in == x.size()[last as usize] {
+            x.shallow_clone()
+        } else {
+            x.narrow(last, 0, n_in)
+        }
+    }
+
+    /// Wires the stacked layers: `layer(l, input)` runs layer `l` on its
+    /// input (`[n, in]` for a step, `[n, T, in]` for a sequence) and returns
+    /// its hidden output. Between layers: dropout (not after the top), and
+    /// the configured connections (module docs of `config::Connections`).
+    /// Returns what the head sees. The same for `step` and `forward_seq`,
+    /// so the two cannot drift apart.
+    fn wire(
+        &self,
+        x: &Tensor,
+        dropout: f64,
+        train: bool,
+        mut layer: impl FnMut(usize, &Tensor) -> Tensor,
+    ) -> Tensor {
+        let n = self.layers.len();
+        let mut input = x.shallow_clone();
+        let mut outs: Vec<Tensor> = Vec::with_capacity(n);
+        for l in 0..n {
+            let layer_in = match self.shape.connections {
+                Connections::Dense if l > 0 => {
+                    let mut parts = Vec::with_capacity(l + 1);
+                    parts.push(x.shallow_clone());
+                    parts.extend(outs.iter().map(|o| o.shallow_clone()));
+                    Tensor::cat(&parts, -1)
+                }
+                _ => input.shallow_clone(),
+            };
+            let hn = layer(l, &layer_in);
+            let out = match self.shape.connections {
+                Connections::Skip if l > 0 => hn + &layer_in,
+                _ => hn,
+            };
+            let out = if dropout > 0.0 && l + 1 < n {
+                out.dropout(dropout, train)
+            } else {
+                out
+            };
+            input = out.shallow_clone();
+            outs.push(out);
+        }
+        match self.shape.connections {
+            Connections::Dense if n > 1 => Tensor::cat(&outs, -1),
+            _ => input,
+        }
     }
 
     /// Runs whole sequences `xs: [n, T, input]` from the given state with
@@ -301,39 +370,90 @@ impl Network {
             let y = self.head(&top) + xs.linear::<&Tensor>(&self.skip_w, None);
             return (y, state.unsqueeze(0), None);
         }
+        let (top, h_n, c_n) = self.tops_seq(&self.cell_x(xs), h, c, dropout, train);
+        let y = self.head(&top) + xs.linear::<&Tensor>(&self.skip_w, None);
+        (y, h_n, c_n)
+    }
+
+    /// The recurrent part of `forward_seq` on the cells' inputs `xc`:
+    /// returns what the head sees at every step `[n, T, ..]` and the final
+    /// state (`c` joined with the attention ring, if any).
+    fn tops_seq(
+        &self,
+        xc: &Tensor,
+        h: &Tensor,
+        c: Option<&Tensor>,
+        dropout: f64,
+        train: bool,
+    ) -> (Tensor, Tensor, Option<Tensor>) {
         let (c, ring) = self.split_c(c);
         let c = c.as_ref();
-        let params: Vec<&Tensor> = self
-            .layers
-            .iter()
-            .flat_map(|w| [&w.w_ih, &w.w_hh, &w.b_ih, &w.b_hh])
-            .collect();
-        let l = self.shape.layers;
-        let (out, h_n, c_n) = match self.shape.kind {
-            CellKind::Lstm => {
-                let c0 = c
-                    .map(|c| c.shallow_clone())
-                    .unwrap_or_else(|| h.zeros_like());
-                let (o, hn, cn) = xs.lstm(&[h, &c0], &params, true, l, dropout, train, false, true);
-                (o, hn, Some(cn))
-            }
-            CellKind::Gru => {
-                let (o, hn) = xs.gru(h, &params, true, l, dropout, train, false, true);
-                (o, hn, None)
-            }
-            CellKind::Rnn => {
-                let (o, hn) = xs.rnn_tanh(h, &params, true, l, dropout, train, false, true);
-                (o, hn, None)
-            }
-            // Handled above (the encoder); kept exhaustive for the compiler.
-            CellKind::Irnn | CellKind::Transformer => {
-                let (o, hn) = xs.rnn_relu(h, &params, true, l, dropout, train, false, true);
-                (o, hn, None)
-            }
+        let kind = self.shape.kind;
+        let (out, h_n, c_n) = if self.shape.connections == Connections::None {
+            // All layers in one kernel call (libtorch wires them plainly).
+            let params: Vec<&Tensor> = self
+                .layers
+                .iter()
+                .flat_map(|w| [&w.w_ih, &w.w_hh, &w.b_ih, &w.b_hh])
+                .collect();
+            seq_kernel(kind, xc, h, c, &params, self.shape.layers, dropout, train)
+        } else {
+            // One kernel call per layer, wired like `step`.
+            let mut hs = Vec::with_capacity(self.layers.len());
+            let mut cs = Vec::with_capacity(self.layers.len());
+            let top = self.wire(xc, dropout, train, |l, input| {
+                let w = &self.layers[l];
+                let params = [&w.w_ih, &w.w_hh, &w.b_ih, &w.b_hh];
+                let hl = h.narrow(0, l as i64, 1);
+                let cl = c.map(|c| c.narrow(0, l as i64, 1));
+                let (o, hn, cn) = seq_kernel(kind, input, &hl, cl.as_ref(), &params, 1, 0.0, train);
+                hs.push(hn);
+                if let Some(cn) = cn {
+                    cs.push(cn);
+                }
+                o
+            });
+            let c_n = (!cs.is_empty()).then(|| Tensor::cat(&cs, 0));
+            (top, Tensor::cat(&hs, 0), c_n)
         };
         let (top, ring) = self.attend(out, ring);
-        let y = self.head(&top) + xs.linear::<&Tensor>(&self.skip_w, None);
-        (y, h_n, self.join_c(c_n, ring))
+        (top, h_n, self.join_c(c_n, ring))
+    }
+
+    /// Output-to-output recurrence over whole sequences: `xs: [n, T, input]`
+    /// whose last feature is a placeholder, `prev: [n, 1]` the output fed
+    /// back before the first step. The cells run with the sequence kernels
+    /// (they never see the fed-back output); then `y_t = z_t + w * y_{t-1}[col]`
+    /// runs step by step over the cheap output layer only. Returns the
+    /// outputs `[n, T, outputs]`, the final state and the last fed-back
+    /// output `[n, 1]`. The same equations as `step` with the fed-back value
+    /// in `x`'s last column (checked in the tests).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_seq_fed(
+        &self,
+        xs: &Tensor,
+        h: &Tensor,
+        c: Option<&Tensor>,
+        prev: &Tensor,
+        col: i64,
+        dropout: f64,
+        train: bool,
+    ) -> (Tensor, Tensor, Option<Tensor>, Tensor) {
+        let n_in = self.shape.input;
+        let xc = xs.narrow(2, 0, n_in - 1);
+        let (top, h_n, c_n) = self.tops_seq(&xc, h, c, dropout, train);
+        let z = self.head(&top) + xc.linear::<&Tensor>(&self.skip_w.narrow(1, 0, n_in - 1), None);
+        // [outputs]: each output's weight on the fed-back value.
+        let w = self.skip_w.select(1, n_in - 1);
+        let mut prev = prev.shallow_clone();
+        let t_len = xs.size()[1];
+        let mut ys = Vec::with_capacity(t_len as usize);
+        for t in 0..t_len {
+            let y = z.select(1, t) + &prev * &w;
+            prev = y.narrow(1, col, 1);
+            ys.push(y);
+        }
+        (Tensor::stack(&ys, 1), h_n, c_n, prev)
     }
 
     /// The head on top-layer states `[.., hidden]` -> `[.., outputs]`.
@@ -368,6 +488,45 @@ impl Network {
             c = cn;
         }
         (Tensor::stack(&ys, 1), h, c)
+    }
+}
+
+/// libtorch's sequence kernel of `kind` over `xs: [n, T, in]` with
+/// `layers` stacked layers (`params` w_ih, w_hh, b_ih, b_hh per layer):
+/// `(outputs [n, T, hidden], h_n, c_n)`.
+#[allow(clippy::too_many_arguments)]
+fn seq_kernel(
+    kind: CellKind,
+    xs: &Tensor,
+    h: &Tensor,
+    c: Option<&Tensor>,
+    params: &[&Tensor],
+    layers: i64,
+    dropout: f64,
+    train: bool,
+) -> (Tensor, Tensor, Option<Tensor>) {
+    match kind {
+        CellKind::Lstm => {
+            let c0 = c
+                .map(|c| c.shallow_clone())
+                .unwrap_or_else(|| h.zeros_like());
+            let (o, hn, cn) = xs.lstm(&[h, &c0], params, true, layers, dropout, train, false, true);
+            (o, hn, Some(cn))
+        }
+        CellKind::Gru => {
+            let (o, hn) = xs.gru(h, params, true, layers, dropout, train, false, true);
+            (o, hn, None)
+        }
+        CellKind::Rnn => {
+            let (o, hn) = xs.rnn_tanh(h, params, true, layers, dropout, train, false, true);
+            (o, hn, None)
+        }
+        // The transformer never gets here (`Network` runs its encoder);
+        // kept exhaustive for the compiler.
+        CellKind::Irnn | CellKind::Transformer => {
+            let (o, hn) = xs.rnn_relu(h, params, true, layers, dropout, train, false, true);
+            (o, hn, None)
+        }
     }
 }
 

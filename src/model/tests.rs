@@ -29,7 +29,9 @@ const T0: i64 = 1_790_000_000_000 / HOUR * HOUR;
 
 /// Every cell, then temporal attention on the LSTM and the GRU: (cell,
 /// extra `[model]` lines).
-const VARIANTS: [(CellKind, &str); 7] = [
+/// Then output-to-output recurrence, and skip / dense connections between
+/// stacked layers (with one layer they are the plain network).
+const VARIANTS: [(CellKind, &str); 12] = [
     (CellKind::Rnn, ""),
     (CellKind::Irnn, ""),
     (CellKind::Lstm, ""),
@@ -37,6 +39,14 @@ const VARIANTS: [(CellKind, &str); 7] = [
     (CellKind::Transformer, ""),
     (CellKind::Lstm, "attention = true\nattention_window = 8"),
     (CellKind::Gru, "attention = true"),
+    (CellKind::Gru, "output_recurrence = \"output\""),
+    (
+        CellKind::Lstm,
+        "output_recurrence = \"output\"\nconnections = \"dense\"",
+    ),
+    (CellKind::Lstm, "connections = \"skip\""),
+    (CellKind::Irnn, "connections = \"dense\""),
+    (CellKind::Gru, "connections = \"skip\"\nattention = true"),
 ];
 
 fn cell_name(k: CellKind) -> &'static str {
@@ -372,17 +382,47 @@ fn waves_equal_window_by_window_and_forward_seq() {
                     }));
                 }
             }
-            let n_in = fa.network().shape.input;
-            assert_eq!(n_in as usize, 4 + n_lags);
-            let xs = Tensor::from_slice(&xs).view([n_keys as i64, n_win as i64, n_in]);
             let net = fa.network();
+            let fed = net.feeds_output();
+            let n_in = net.shape.input;
+            assert_eq!(n_in as usize, 4 + n_lags + fed as usize);
+            let xs = Tensor::from_slice(&xs).view([n_keys as i64, n_win as i64, 4 + n_lags as i64]);
             let (h0, c0) = net.zero_state(n_keys as i64);
-            let (ys, h, c) = tch::no_grad(|| net.forward_seq(&xs, &h0, c0.as_ref(), 0.0, false));
-            let (ys_steps, h_steps, _) = tch::no_grad(|| net.forward_steps(&xs, &h0, c0.as_ref()));
-            assert!(
-                max_abs(&ys, &ys_steps) < 1e-5 && max_abs(&h, &h_steps) < 1e-5,
-                "{cell:?}: forward_seq vs forward_steps"
-            );
+            let (ys, h, c) = if fed {
+                // Output-to-output: the sequence kernels plus the output
+                // recurrence (training's path) against `step` fed its own
+                // previous output window by window (the live stage's).
+                let xs = Tensor::cat(&[&xs, &xs.narrow(2, 0, 1).zeros_like()], 2);
+                let prev0 = Tensor::zeros([n_keys as i64, 1], (Kind::Float, Device::Cpu));
+                let (ys, h, c, _) = tch::no_grad(|| {
+                    net.forward_seq_fed(&xs, &h0, c0.as_ref(), &prev0, 0, 0.0, false)
+                });
+                let (mut hs, mut cs, mut prev) = (h0.shallow_clone(), c0, prev0);
+                let mut ys_steps = Vec::new();
+                for t in 0..n_win as i64 {
+                    let x = Tensor::cat(&[xs.select(1, t).narrow(1, 0, n_in - 1), prev], 1);
+                    let (y, hn, cn) = tch::no_grad(|| net.step(&x, &hs, cs.as_ref(), 0.0));
+                    prev = y.narrow(1, 0, 1);
+                    ys_steps.push(y);
+                    (hs, cs) = (hn, cn);
+                }
+                let ys_steps = Tensor::stack(&ys_steps, 1);
+                assert!(
+                    max_abs(&ys, &ys_steps) < 1e-5 && max_abs(&h, &hs) < 1e-5,
+                    "{cell:?} {extra}: forward_seq_fed vs step fed back"
+                );
+                (ys, h, c)
+            } else {
+                let (ys, h, c) =
+                    tch::no_grad(|| net.forward_seq(&xs, &h0, c0.as_ref(), 0.0, false));
+                let (ys_steps, h_steps, _) =
+                    tch::no_grad(|| net.forward_steps(&xs, &h0, c0.as_ref()));
+                assert!(
+                    max_abs(&ys, &ys_steps) < 1e-5 && max_abs(&h, &h_steps) < 1e-5,
+                    "{cell:?} {extra}: forward_seq vs forward_steps"
+                );
+                (ys, h, c)
+            };
             for k in 0..n_keys {
                 let (hk, ck) = state_of(&mut fa, &key(k));
                 let dh = max_abs(&hk, &h.select(1, k as i64));
@@ -1011,4 +1051,319 @@ fn attention_options_are_validated() {
     // Without attention the window is not part of the model.
     let plain = parse("cell = \"gru\"\nattention_window = 0").unwrap();
     assert_eq!(ModelSpec::untrained(&plain).shape.window, 0);
+}
+
+// ------------------------------------------ output recurrence, connections
+
+/// A named variable of `net` as rows of f64 (`[out, in]`) or one row.
+fn weights(net: &Network, name: &str) -> Vec<Vec<f64>> {
+    let v = net.vs.variables();
+    let t = v.get(name).unwrap_or_else(|| panic!("no variable {name}"));
+    let t = if t.dim() == 1 {
+        t.unsqueeze(0)
+    } else {
+        t.shallow_clone()
+    };
+    Vec::<Vec<f64>>::try_from(&t.to_kind(Kind::Double)).unwrap()
+}
+
+/// `W v + b` in plain f64.
+fn affine(w: &[Vec<f64>], v: &[f64], b: &[f64]) -> Vec<f64> {
+    w.iter()
+        .zip(b)
+        .map(|(row, bi)| row.iter().zip(v).map(|(a, x)| a * x).sum::<f64>() + bi)
+        .collect()
+}
+
+/// One Elman (tanh) layer `l` of `net` by hand.
+fn elman(net: &Network, l: usize, x: &[f64], h: &[f64]) -> Vec<f64> {
+    let a = affine(
+        &weights(net, &format!("l{l}.w_ih")),
+        x,
+        &weights(net, &format!("l{l}.b_ih"))[0],
+    );
+    let b = affine(
+        &weights(net, &format!("l{l}.w_hh")),
+        h,
+        &weights(net, &format!("l{l}.b_hh"))[0],
+    );
+    a.iter().zip(b).map(|(p, q)| (p + q).tanh()).collect()
+}
+
+fn rows_of(t: &Tensor) -> Vec<Vec<f64>> {
+    Vec::<Vec<f64>>::try_from(&t.to_kind(Kind::Double)).unwrap()
+}
+
+fn assert_near(got: &[Vec<f64>], want: &[Vec<f64>], what: &str) {
+    for (g, w) in got.iter().zip(want) {
+        for (a, b) in g.iter().zip(w) {
+            assert!((a - b).abs() < 1e-5, "{what}: got {a}, want {b}");
+        }
+    }
+}
+
+/// Output-to-output recurrence by hand on a tiny Elman network (2 inputs +
+/// the fed-back output, hidden 2, 2 outputs, non-zero feedback weights):
+/// `h_t = tanh(W x_t + U h_{t-1} + b)` never sees the fed-back value, and
+/// `y_t = V h_t + c + S x_t + w y_{t-1}[0]`. `step` fed its own output and
+/// `forward_seq_fed` (training's path) both give the hand values; and the
+/// hidden state does not move when only the fed-back value changes.
+#[test]
+fn output_to_output_by_hand() {
+    let mut shape = CellShape::recurrent(CellKind::Rnn, 3, 2, 1);
+    shape.output_recurrence = crate::config::OutputRecurrence::Output;
+    let net = Network::new(shape, 2, Device::Cpu, 3);
+    assert!(net.feeds_output());
+    assert_eq!(weights(&net, "l0.w_ih")[0].len(), 2, "cells see 2 inputs");
+    tch::no_grad(|| {
+        let s = Tensor::from_slice(&[0.3f32, -0.2, 0.5, -0.4, 0.1, 0.7]).view([2, 3]);
+        net.skip_w.shallow_clone().copy_(&s);
+        net.head_b
+            .shallow_clone()
+            .copy_(&Tensor::from_slice(&[0.05f32, -0.1]));
+    });
+    let xs = [[0.5, -1.0], [1.5, 0.25], [-0.75, 2.0], [0.1, 0.1]];
+    let (v, c, s) = (
+        weights(&net, "head_w"),
+        weights(&net, "head_b")[0].clone(),
+        weights(&net, "skip_w"),
+    );
+    let (mut h, mut prev) = (vec![0.0; 2], 0.3);
+    let mut want = Vec::new();
+    for x in &xs {
+        h = elman(&net, 0, x, &h);
+        let xin = [x[0], x[1], prev];
+        let lin = affine(&s, &xin, &[0.0, 0.0]);
+        let y: Vec<f64> = affine(&v, &h, &c)
+            .iter()
+            .zip(lin)
+            .map(|(a, b)| a + b)
+            .collect();
+        prev = y[0];
+        want.push(y);
+    }
+    // step, fed back.
+    let (mut ht, _) = net.zero_state(1);
+    let mut p = Tensor::from_slice(&[0.3f32]).view([1, 1]);
+    let mut got = Vec::new();
+    for x in &xs {
+        let xt = Tensor::from_slice(&[x[0] as f32, x[1] as f32]).view([1, 2]);
+        let (y, hn, _) =
+            tch::no_grad(|| net.step(&Tensor::cat(&[xt, p.shallow_clone()], 1), &ht, None, 0.0));
+        p = y.narrow(1, 0, 1);
+        got.push(rows_of(&y)[0].clone());
+        ht = hn;
+    }
+    assert_near(&got, &want, "step fed back");
+    // forward_seq_fed over the whole sequence (placeholder column ignored).
+    let flat: Vec<f32> = xs
+        .iter()
+        .flat_map(|x| [x[0] as f32, x[1] as f32, 99.0])
+        .collect();
+    let seq = Tensor::from_slice(&flat).view([1, 4, 3]);
+    let (h0, _) = net.zero_state(1);
+    let p0 = Tensor::from_slice(&[0.3f32]).view([1, 1]);
+    let (ys, hn, _, last) =
+        tch::no_grad(|| net.forward_seq_fed(&seq, &h0, None, &p0, 0, 0.0, false));
+    assert_near(&rows_of(&ys.select(0, 0)), &want, "forward_seq_fed");
+    assert!((last.double_value(&[0, 0]) - prev).abs() < 1e-5);
+    assert_near(&rows_of(&hn.select(0, 0)), &[h.clone()], "final state");
+    // The fed-back value reaches the output only.
+    let x1 = Tensor::from_slice(&[0.5f32, -1.0, 0.0]).view([1, 3]);
+    let x2 = Tensor::from_slice(&[0.5f32, -1.0, 5.0]).view([1, 3]);
+    let (y1, h1, _) = tch::no_grad(|| net.step(&x1, &h0, None, 0.0));
+    let (y2, h2, _) = tch::no_grad(|| net.step(&x2, &h0, None, 0.0));
+    assert_eq!(max_abs(&h1, &h2), 0.0);
+    let dy = rows_of(&(&y2 - &y1))[0].clone();
+    assert_near(
+        &[dy],
+        &[vec![5.0 * 0.5, 5.0 * 0.7]],
+        "w * change of the fed-back value",
+    );
+}
+
+/// Skip (residual) and dense connections by hand on 3 stacked Elman layers
+/// (3 inputs, hidden 2, 2 outputs), two steps from a non-zero state, with
+/// `step` and with `forward_seq` (one kernel call per layer): skip adds
+/// each layer's input to its output above the first, so the head sees
+/// `h2 + h1 + h0`; dense feeds layer l `[x, h_0 .. h_{l-1}]` and the head
+/// all layers `[h0, h1, h2]`.
+#[test]
+#[allow(clippy::needless_range_loop)]
+fn skip_and_dense_connections_by_hand() {
+    use crate::config::Connections;
+    for conn in [Connections::Skip, Connections::Dense] {
+        let mut shape = CellShape::recurrent(CellKind::Rnn, 3, 2, 3);
+        shape.connections = conn;
+        let net = Network::new(shape, 2, Device::Cpu, 5);
+        tch::no_grad(|| {
+            let s = Tensor::from_slice(&[0.2f32, -0.1, 0.3, 0.0, 0.4, -0.5]).view([2, 3]);
+            net.skip_w.shallow_clone().copy_(&s);
+        });
+        let dense = conn == Connections::Dense;
+        assert_eq!(
+            weights(&net, "l2.w_ih")[0].len(),
+            if dense { 3 + 4 } else { 2 }
+        );
+        assert_eq!(weights(&net, "head_w")[0].len(), if dense { 6 } else { 2 });
+        let xs = [[0.5, -1.0, 0.2], [1.5, 0.25, -0.3]];
+        let h_init = [[0.1, -0.2], [0.3, 0.05], [-0.4, 0.25]];
+        let (v, c, s) = (
+            weights(&net, "head_w"),
+            weights(&net, "head_b")[0].clone(),
+            weights(&net, "skip_w"),
+        );
+        let mut h: Vec<Vec<f64>> = h_init.iter().map(|r| r.to_vec()).collect();
+        let mut want = Vec::new();
+        for x in &xs {
+            let mut outs: Vec<Vec<f64>> = Vec::new();
+            let mut input = x.to_vec();
+            for l in 0..3 {
+                let layer_in = if dense && l > 0 {
+                    let mut v = x.to_vec();
+                    outs.iter().for_each(|o| v.extend(o));
+                    v
+                } else {
+                    input.clone()
+                };
+                h[l] = elman(&net, l, &layer_in, &h[l]);
+                let out: Vec<f64> = if !dense && l > 0 {
+                    h[l].iter().zip(&layer_in).map(|(a, b)| a + b).collect()
+                } else {
+                    h[l].clone()
+                };
+                input = out.clone();
+                outs.push(out);
+            }
+            let top: Vec<f64> = if dense { outs.concat() } else { input };
+            let lin = affine(&s, x, &[0.0, 0.0]);
+            want.push(
+                affine(&v, &top, &c)
+                    .iter()
+                    .zip(lin)
+                    .map(|(a, b)| a + b)
+                    .collect::<Vec<f64>>(),
+            );
+        }
+        let flat: Vec<f32> = h_init.iter().flatten().map(|v| *v as f32).collect();
+        let h0 = Tensor::from_slice(&flat).view([3, 1, 2]);
+        let mut ht = h0.shallow_clone();
+        let mut got = Vec::new();
+        for x in &xs {
+            let xt = Tensor::from_slice(&x.map(|v| v as f32)).view([1, 3]);
+            let (y, hn, _) = tch::no_grad(|| net.step(&xt, &ht, None, 0.0));
+            got.push(rows_of(&y)[0].clone());
+            ht = hn;
+        }
+        assert_near(&got, &want, &format!("{conn:?}: step"));
+        let want_h: Vec<Vec<f64>> = h.clone();
+        assert_near(
+            &rows_of(&ht.select(1, 0)),
+            &want_h,
+            &format!("{conn:?}: state"),
+        );
+        let seq: Vec<f32> = xs.iter().flatten().map(|v| *v as f32).collect();
+        let seq = Tensor::from_slice(&seq).view([1, 2, 3]);
+        let (ys, hn, _) = tch::no_grad(|| net.forward_seq(&seq, &h0, None, 0.0, false));
+        assert_near(
+            &rows_of(&ys.select(0, 0)),
+            &want,
+            &format!("{conn:?}: forward_seq"),
+        );
+        assert_near(
+            &rows_of(&hn.select(1, 0)),
+            &want_h,
+            &format!("{conn:?}: forward_seq state"),
+        );
+    }
+}
+
+/// The new `[model]` options parse (the boolean of older files included),
+/// reach the artifact's shape, and are checked.
+#[test]
+fn output_recurrence_and_connections_options() {
+    use crate::config::{Connections, OutputRecurrence};
+    let parse = |model: &str| {
+        PipelineConfig::parse(
+            &crate::testkit::pipeline_toml(&format!("[model]\nhidden = 16\n{model}\n")),
+            std::path::Path::new("t.toml"),
+        )
+    };
+    for (text, want) in [
+        ("output_recurrence = true", OutputRecurrence::Hidden),
+        ("output_recurrence = false", OutputRecurrence::None),
+        ("", OutputRecurrence::None),
+        ("output_recurrence = \"hidden\"", OutputRecurrence::Hidden),
+        ("output_recurrence = \"output\"", OutputRecurrence::Output),
+        ("output_recurrence = \"none\"", OutputRecurrence::None),
+    ] {
+        let cfg = parse(text).unwrap();
+        assert_eq!(cfg.model.output_recurrence, want, "{text}");
+        let spec = ModelSpec::untrained(&cfg);
+        assert_eq!(spec.shape.output_recurrence, want);
+        assert_eq!(
+            spec.features.last().map(String::as_str) == Some(PREV_OUTPUT),
+            want.enabled()
+        );
+        assert_eq!(spec.out_of_bounds(), None, "{text}");
+    }
+    let err = parse("output_recurrence = \"both\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("output_recurrence"), "{err}");
+    let dense = parse("layers = 3\nconnections = \"dense\"").unwrap();
+    assert_eq!(
+        ModelSpec::untrained(&dense).shape.connections,
+        Connections::Dense
+    );
+    for (bad, field) in [
+        (
+            "cell = \"transformer\"\nconnections = \"skip\"",
+            "model.connections",
+        ),
+        (
+            "connections = \"dense\"\nattention = true",
+            "model.connections",
+        ),
+        (
+            "connections = \"dense\"\ndecoder = \"seq2seq\"",
+            "model.connections",
+        ),
+        (
+            "cell = \"transformer\"\noutput_recurrence = \"output\"",
+            "model.output_recurrence",
+        ),
+    ] {
+        let err = parse(bad).unwrap_err().to_string();
+        assert!(err.contains(field), "{bad}: {err}");
+    }
+    // A hand-edited artifact claiming output-to-output without the fed-back
+    // feature, or dense with attention, is refused before allocating.
+    let mut spec = ModelSpec::untrained(&parse("").unwrap());
+    spec.shape.output_recurrence = OutputRecurrence::Output;
+    assert!(spec.out_of_bounds().is_some());
+    let mut spec = ModelSpec::untrained(&parse("attention = true").unwrap());
+    spec.shape.connections = Connections::Dense;
+    assert!(spec.out_of_bounds().is_some());
+    // An artifact written before these options existed (no such fields in
+    // model.json) reads as the plain network.
+    let cfg = parse("output_recurrence = true").unwrap();
+    let fa = ForecastStage::from_config(&cfg).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    artifact::save(fa.network(), fa.spec(), dir.path()).unwrap();
+    let meta = dir.path().join("model.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    let shape = doc["shape"].as_object_mut().unwrap();
+    assert!(shape.remove("output_recurrence").is_some());
+    assert!(shape.remove("connections").is_some());
+    std::fs::write(&meta, serde_json::to_string(&doc).unwrap()).unwrap();
+    let old = artifact::read_spec(dir.path()).unwrap();
+    assert_eq!(old.shape.output_recurrence, OutputRecurrence::None);
+    assert_eq!(old.shape.connections, Connections::None);
+    let (net, _) = artifact::load(dir.path(), &old, Device::Cpu).unwrap();
+    assert!(
+        !net.feeds_output(),
+        "an old output-recurrent artifact is output-to-hidden"
+    );
 }

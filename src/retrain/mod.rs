@@ -146,6 +146,8 @@ mod tests {
                 samples_per_sec: 1.0,
                 seconds: 1.0,
                 diverged,
+                steps: 1,
+                clipped_steps: 0,
             },
         }
     }

@@ -6,7 +6,9 @@
 //!   chunks of `tbptt` steps; the state is detached between chunks and each
 //!   chunk's loss is backpropagated on its own, so no gradient ever flows
 //!   more than `tbptt` steps back.
-//! - Gradient clipping by global norm; the norm before clipping is reported.
+//! - Gradient clipping by global norm; the norm before clipping is reported,
+//!   and how many optimizer steps were clipped. With `[train] grad_report`,
+//!   how d loss / d h decays over the lags (`grad_decay`) before and after.
 //! - Early stopping on validation loss (the held-out tail of every key);
 //!   the best weights are kept.
 //! - A NaN or exploding loss stops training and marks the run diverged:
@@ -70,13 +72,19 @@ pub struct TrainReport {
     pub samples_per_sec: f64,
     pub seconds: f64,
     pub diverged: bool,
+    /// Optimizer steps taken, and how many of them had their gradient
+    /// clipped (global norm above `clip_norm`).
+    #[serde(default)]
+    pub steps: usize,
+    #[serde(default)]
+    pub clipped_steps: usize,
 }
 
 /// Builds the `PrepSpec` of a pipeline with these training options.
 pub fn prep_spec(cfg: &PipelineConfig, t: &TrainConfig) -> PrepSpec {
     let spec = crate::window::WindowSpec::from_config(cfg);
     PrepSpec {
-        recur: cfg.model.output_recurrence.then(|| {
+        recur: cfg.model.output_recurrence.enabled().then(|| {
             cfg.model
                 .quantiles
                 .iter()
@@ -108,8 +116,10 @@ pub fn prep_spec(cfg: &PipelineConfig, t: &TrainConfig) -> PrepSpec {
 /// `train`, backpropagates each chunk on its own. Returns (sum of loss,
 /// count of terms). With `recur = Some(i)`, output recurrence: the inputs'
 /// last column is replaced, step by step, by output column `i` of the
-/// previous step (the fed-back one-step output), so the chunk runs one step
-/// at a time.
+/// previous step (the fed-back one-step output): output-to-hidden runs the
+/// chunk one step at a time; output-to-output runs the cells with the
+/// sequence kernels and only the output layer step by step
+/// (`Network::forward_seq_fed`).
 #[allow(clippy::too_many_arguments)]
 pub fn run_batch(
     net: &Network,
@@ -138,6 +148,21 @@ pub fn run_batch(
                     net.forward_seq(&b.x.narrow(1, t0, len), &h, c.as_ref(), dropout, train);
                 h = hn;
                 c = cn;
+                pred
+            }
+            Some(col) if net.feeds_output() => {
+                let (pred, hn, cn, p) = net.forward_seq_fed(
+                    &b.x.narrow(1, t0, len),
+                    &h,
+                    c.as_ref(),
+                    &prev,
+                    col,
+                    dropout,
+                    train,
+                );
+                h = hn;
+                c = cn;
+                prev = p;
                 pred
             }
             Some(col) => {
@@ -263,6 +288,11 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
     // Only dropout draws from libtorch's generator here (initial weights were
     // drawn under the seeding lock in `Network::new`).
     drop(crate::model::seed_global(cfg.seed as i64));
+    // The gradient report is not training: measured before the clock starts.
+    let decay_before = cfg
+        .grad_report
+        .as_ref()
+        .map(|_| grad_decay(net, data, cfg, GRAD_REPORT_BATCHES));
     let started = Instant::now();
     let mut opt = nn::Adam::default()
         .wd(cfg.weight_decay)
@@ -285,6 +315,8 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
         samples_per_sec: 0.0,
         seconds: 0.0,
         diverged: false,
+        steps: 0,
+        clipped_steps: 0,
     };
     let bar = progress(cfg.epochs as u64);
     let mut since_best = 0;
@@ -304,6 +336,8 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
                 norm
             };
             report.max_clipped_norm = report.max_clipped_norm.max(clipped);
+            report.steps += 1;
+            report.clipped_steps += usize::from(cfg.clip_norm > 0.0 && norm > cfg.clip_norm);
             if !cs.is_finite() || !norm.is_finite() {
                 report.diverged = true;
                 tracing::warn!(epoch, "training diverged (non-finite loss or gradient); keeping the best weights so far");
@@ -370,7 +404,155 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
     report.best_val_loss = best;
     report.seconds = started.elapsed().as_secs_f64();
     report.samples_per_sec = samples as f64 / report.seconds.max(1e-9);
+    if let (Some(path), Some(before)) = (&cfg.grad_report, decay_before) {
+        let after = grad_decay(net, data, cfg, GRAD_REPORT_BATCHES);
+        write_grad_report(path, &before, &after, &report)?;
+    }
     Ok(report)
+}
+
+/// Batches of training samples the gradient report averages over.
+const GRAD_REPORT_BATCHES: usize = 2;
+
+/// How the gradient of the loss with respect to the hidden state decays
+/// with the lag: for the first `batches` batches of training samples (in
+/// order, not shuffled), the network runs the whole context step by step
+/// (`Network::step`, fed-back outputs included) with *full*
+/// backpropagation (no truncation, no dropout), and `out[k - 1]` is the
+/// mean over samples of `|| d L_T / d h_{T-k} ||` for k = 1.. (all layers'
+/// `h`, Frobenius), `L_T` the loss at the batch's last scored step T,
+/// `h_{T-k}` the state after step `T - k` (k = 1: the state entering the
+/// scored step). Samples not scored at T are left out. A curve falling by orders
+/// of magnitude is a vanishing gradient; a rising one, an exploding one.
+/// TBPTT cuts the real training gradient at `tbptt` steps whatever this shows.
+pub fn grad_decay(net: &Network, data: &Prepared, cfg: &TrainConfig, batches: usize) -> Vec<f64> {
+    let loss = Loss::of(cfg, &data.quantiles);
+    let mut sum: Vec<f64> = Vec::new();
+    // Samples that reached each lag (batches may end at other steps).
+    let mut counts: Vec<f64> = Vec::new();
+    for chunk in data
+        .train_ends
+        .chunks(cfg.batch_size.max(1))
+        .take(batches.max(1))
+    {
+        let b = data.batch(chunk, &data.train_origin, 0);
+        let (bsz, n_in) = (b.x.size()[0], b.x.size()[2]);
+        let (mut h, mut c) = net.zero_state(bsz);
+        let mut prev = Tensor::zeros([bsz, 1], (Kind::Float, b.x.device()));
+        // The last step any sample of the batch is scored at (training
+        // samples end before the validation tail, so it is not always L-1).
+        let scored = Vec::<bool>::try_from(&b.loss_mask.any_dim(0, false)).unwrap_or_default();
+        let Some(l) = scored
+            .iter()
+            .rposition(|s| *s)
+            .map(|t| t as i64 + 1)
+            .filter(|l| *l >= 2)
+        else {
+            continue;
+        };
+        let mut hs = Vec::with_capacity(l as usize);
+        let mut last = None;
+        for t in 0..l {
+            // The state entering step t (after step t - 1): what the loss
+            // reaches only through the recurrence.
+            if t > 0 {
+                hs.push(h.shallow_clone());
+            }
+            let x = match data.recur {
+                Some(_) => Tensor::cat(
+                    &[
+                        b.x.select(1, t).narrow(1, 0, n_in - 1),
+                        prev.shallow_clone(),
+                    ],
+                    1,
+                ),
+                None => b.x.select(1, t),
+            };
+            let (y, hn, cn) = net.step(&x, &h, c.as_ref(), 0.0);
+            if let Some(col) = data.recur {
+                prev = y.narrow(1, col, 1);
+            }
+            h = hn;
+            c = cn;
+            last = Some(y);
+        }
+        let Some(y) = last else { continue };
+        // Per-sample losses summed, so each sample's gradient is its own.
+        let (s, _) = masked_loss(
+            &y.unsqueeze(1),
+            &b.y.narrow(1, l - 1, 1),
+            &b.loss_mask.narrow(1, l - 1, 1),
+            &loss,
+        );
+        // A state that does not depend on the weights (the transformer's
+        // ring of inputs) has no gradient to report.
+        if !s.requires_grad() || hs.iter().any(|h| !h.requires_grad()) {
+            continue;
+        }
+        let Ok(grads) = Tensor::f_run_backward(&[&s], &hs, false, false) else {
+            continue;
+        };
+        // [L][n]: per-sample norms at each step.
+        let norms: Vec<Vec<f64>> = grads
+            .iter()
+            .map(|g| {
+                if !g.defined() {
+                    return vec![0.0; bsz as usize];
+                }
+                let per = g
+                    .square()
+                    .sum_dim_intlist([0i64, 2].as_slice(), false, Kind::Double);
+                Vec::<f64>::try_from(&per.sqrt()).unwrap_or_default()
+            })
+            .collect();
+        let Some(at_last) = norms.last() else {
+            continue;
+        };
+        let scored: Vec<usize> = (0..at_last.len()).filter(|&i| at_last[i] > 0.0).collect();
+        // norms[j]: the state after step j, at lag k = lags - j (1..=lags).
+        let lags = norms.len();
+        if sum.len() < lags {
+            sum.resize(lags, 0.0);
+            counts.resize(lags, 0.0);
+        }
+        for k in 1..=lags {
+            counts[k - 1] += scored.len() as f64;
+            let row = &norms[lags - k];
+            sum[k - 1] += scored
+                .iter()
+                .map(|&i| row.get(i).copied().unwrap_or(0.0))
+                .sum::<f64>();
+        }
+    }
+    sum.iter()
+        .zip(&counts)
+        .map(|(v, n)| v / n.max(1.0))
+        .collect()
+}
+
+/// Writes the gradient report: `phase,k,grad_norm,ratio` rows (`ratio` =
+/// the norm at lag k over the norm at lag 1), then the clipping counts as
+/// `#` comment lines.
+fn write_grad_report(
+    path: &std::path::Path,
+    before: &[f64],
+    after: &[f64],
+    report: &TrainReport,
+) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut out = String::from("phase,k,grad_norm,ratio\n");
+    for (phase, curve) in [("init", before), ("trained", after)] {
+        let first = curve.first().copied().unwrap_or(f64::NAN);
+        for (k, v) in curve.iter().enumerate() {
+            let _ = writeln!(out, "{phase},{},{v:e},{:e}", k + 1, v / first);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# steps {} clipped {} max_grad_norm {:e}",
+        report.steps, report.clipped_steps, report.max_grad_norm
+    );
+    std::fs::write(path, out).map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
 fn progress(n: u64) -> indicatif::ProgressBar {
