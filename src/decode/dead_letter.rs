@@ -27,6 +27,19 @@ pub enum DeadLetterKind {
     /// Events in the open windows of a key evicted to stay within
     /// `window.max_keys` (one letter per key, with the count).
     Evicted,
+    /// Avro input: not Confluent's wire format (magic byte 0, a 4-byte
+    /// schema id, the datum): another magic byte, or a shorter payload.
+    BadWireFormat,
+    /// Avro input: the registry has no schema with the message's id, or
+    /// it is not an (valid) Avro schema.
+    UnknownSchema,
+    /// Avro input: the writer schema cannot carry the pipeline's events
+    /// (not a record, or a configured field absent or of a type that cannot
+    /// hold it).
+    IncompatibleSchema,
+    /// Avro input: the datum does not decode with its writer schema (cut
+    /// short, invalid, or bytes left over).
+    BadAvro,
 }
 
 impl DeadLetterKind {
@@ -41,6 +54,10 @@ impl DeadLetterKind {
             DeadLetterKind::Late => "late",
             DeadLetterKind::PartitionConflict => "partition_conflict",
             DeadLetterKind::Evicted => "evicted",
+            DeadLetterKind::BadWireFormat => "bad_wire_format",
+            DeadLetterKind::UnknownSchema => "unknown_schema",
+            DeadLetterKind::IncompatibleSchema => "incompatible_schema",
+            DeadLetterKind::BadAvro => "bad_avro",
         }
     }
 }
