@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use apache_avro::Schema;
 
@@ -140,17 +141,35 @@ impl AvroDecoder {
         }
     }
 
+    /// The decoder of one batch (after [`Self::prepare`]).
+    pub(super) fn batch(&self) -> Batch<'_> {
+        Batch {
+            dec: self,
+            readers: HashMap::new(),
+        }
+    }
+}
+
+/// One batch's decoding: a datum reader per schema id, built on the id's
+/// first message (building one resolves the schema's names, which is worth
+/// doing once per batch, not per message).
+pub(super) struct Batch<'a> {
+    dec: &'a AvroDecoder,
+    readers: HashMap<u32, GenericDatumReader<'a>>,
+}
+
+impl Batch<'_> {
     /// Reads one wire-format payload into `out` (already reset), or says
-    /// why it cannot be an event. Its id must have been [`Self::prepare`]d.
+    /// why it cannot be an event. Its id must have been prepared.
     pub(super) fn fill(
-        &self,
+        &mut self,
         cfg: &DecodeConfig,
         payload: &[u8],
         out: &mut Fields,
     ) -> Result<(), Rejection> {
         let (id, mut datum) =
             unframe(payload).map_err(|e| Rejection::new(Kind::BadWireFormat, e))?;
-        let writer = match self.known.get(&id) {
+        let writer = match self.dec.known.get(&id) {
             Some(Known::Usable(w)) => w,
             Some(Known::Refused(r) | Known::Missing(r)) => return Err(r.clone()),
             None => {
@@ -161,15 +180,21 @@ impl AvroDecoder {
             }
         };
         let len = datum.len();
-        let value = apache_avro::reader::datum::GenericDatumReader::builder(&writer.schema)
-            .build()
-            .and_then(|r| r.read_value(&mut datum))
-            .map_err(|e| {
-                Rejection::new(
-                    Kind::BadAvro,
-                    format!("the datum does not decode with schema id {id}: {e}"),
-                )
-            })?;
+        let bad = |e: apache_avro::Error| {
+            Rejection::new(
+                Kind::BadAvro,
+                format!("the datum does not decode with schema id {id}: {e}"),
+            )
+        };
+        let reader = match self.readers.entry(id) {
+            std::collections::hash_map::Entry::Occupied(r) => r.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                GenericDatumReader::builder(&writer.schema)
+                    .build()
+                    .map_err(bad)?,
+            ),
+        };
+        let value = reader.read_value(&mut datum).map_err(bad)?;
         if !datum.is_empty() {
             return Err(Rejection::new(
                 Kind::BadAvro,
@@ -396,9 +421,9 @@ fn check(cfg: &DecodeConfig, schema: Schema) -> Result<Writer, String> {
     })
 }
 
-#[cfg(test)]
 impl AvroDecoder {
-    /// Tests: `text` known as schema `id`, as if the registry had answered.
+    /// `text` known as schema `id`, as if the registry had answered (a
+    /// schema known out of band; tests and benches).
     pub(super) fn know(&mut self, cfg: &DecodeConfig, id: u32, text: &str) {
         let known = match Schema::parse_str(text) {
             Err(e) => Known::Refused(Rejection::new(Kind::UnknownSchema, e.to_string())),

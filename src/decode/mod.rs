@@ -83,6 +83,17 @@ impl Decoder {
         Ok(d)
     }
 
+    /// Avro: `schema` (JSON text) taken as the writer schema of `id`
+    /// without asking the registry (a schema known out of band; benches).
+    /// No effect on a JSON decoder.
+    pub fn add_schema(&self, id: u32, schema: &str) {
+        if let Some(a) = &self.avro {
+            a.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .know(&self.cfg, id, schema);
+        }
+    }
+
     /// The pipeline's decoder (its `[decode]` and `[registry]`).
     pub fn for_pipeline(cfg: &PipelineConfig) -> Result<Self> {
         Decoder::with_registry(&cfg.decode, &cfg.registry)
@@ -112,8 +123,9 @@ impl Decoder {
                 messages.iter().filter_map(|m| m.payload.as_deref()),
             );
         }
+        let mut batch = avro.as_deref().map(avro::AvroDecoder::batch);
         for m in messages {
-            match self.decode_one(m, &mut fields, latest_ms, avro.as_deref()) {
+            match self.decode_one(m, &mut fields, latest_ms, batch.as_mut()) {
                 Ok(ts_ms) => out.push(&fields.key, ts_ms, m.partition, m.offset, &fields.values),
                 Err(r) => {
                     metrics::counter!(telemetry::DEAD_LETTERS, "kind" => r.kind.as_str())
@@ -148,7 +160,7 @@ impl Decoder {
         m: &RawMessage,
         fields: &mut Fields,
         latest_ms: i64,
-        avro: Option<&avro::AvroDecoder>,
+        avro: Option<&mut avro::Batch<'_>>,
     ) -> std::result::Result<i64, Rejection> {
         let payload = m
             .payload
