@@ -318,6 +318,18 @@ impl Batch<'_> {
     }
 }
 
+/// The most `apache-avro` allocates for one decoded item (a string, bytes,
+/// an array or map's items): a hostile datum of a few bytes that declares a
+/// 500 MB string is refused before the allocation instead of after it. A
+/// payload is at most `decode.max_payload_bytes` (1 MiB by default); 64 MiB
+/// leaves room for arrays of small items, each a `Value` of tens of bytes.
+/// The crate keeps one process-wide limit, set once (the first decoder).
+pub const MAX_ALLOCATION_BYTES: usize = 64 << 20;
+
+pub(super) fn limit_allocations() {
+    apache_avro::util::max_allocation_bytes(MAX_ALLOCATION_BYTES);
+}
+
 /// A logical timestamp in ms, as the configured format reads it.
 fn logical_time(ms: f64, fmt: TimeFormat) -> RawTime {
     match fmt {
@@ -713,6 +725,31 @@ mod tests {
         // Offsets say which message each letter is.
         let offsets: Vec<i64> = out.dead_letters.iter().map(|d| d.offset).collect();
         assert_eq!(offsets, (0..cases.len() as i64).collect::<Vec<_>>());
+    }
+
+    /// A few bytes declaring a huge string are a dead letter, refused
+    /// before anything that size is allocated.
+    #[test]
+    fn a_datum_declaring_a_huge_string_is_bad_avro() {
+        let d = avro_decoder(&DecodeConfig::default(), &[(3, EVENT)]);
+        // The key's length: 200,000,000 (under the crate's default limit
+        // of 512 MiB, over ours), as a zigzag varint.
+        let mut datum = Vec::new();
+        let mut n: u64 = 200_000_000 << 1;
+        while n >= 0x80 {
+            datum.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        datum.push(n as u8);
+        datum.extend_from_slice(b"abc");
+        let out = d.decode(&[msg(0, frame(3, &datum))]);
+        assert_eq!(out.dead_letters.len(), 1);
+        assert_eq!(out.dead_letters[0].kind, Kind::BadAvro);
+        let reason = &out.dead_letters[0].reason;
+        assert!(
+            reason.contains("schema id 3") && reason.contains(&MAX_ALLOCATION_BYTES.to_string()),
+            "refused before allocating: {reason}"
+        );
     }
 
     #[test]

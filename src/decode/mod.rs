@@ -34,6 +34,13 @@ use crate::telemetry;
 use dead_letter::{DeadLetterKind as Kind, Rejection};
 use json::{Fields, ObjectSeed};
 
+/// Sets `apache-avro`'s process-wide allocation limit to
+/// 64 MiB (`avro::MAX_ALLOCATION_BYTES`; once: every Avro reader of the crate calls
+/// it before its first read, as the crate keeps the first value it is given).
+pub fn limit_avro_allocations() {
+    avro::limit_allocations();
+}
+
 /// One message as it came from the source (payload copied out of librdkafka).
 #[derive(Debug, Clone)]
 pub struct RawMessage {
@@ -65,6 +72,9 @@ impl Decoder {
     /// message is an `unknown_schema` dead letter: use
     /// [`Decoder::for_pipeline`] or [`Decoder::with_registry`].
     pub fn new(cfg: &DecodeConfig) -> Self {
+        if cfg.format == PayloadFormat::Avro {
+            limit_avro_allocations();
+        }
         Decoder {
             schema: events_schema(&cfg.value_fields),
             cfg: cfg.clone(),

@@ -89,6 +89,7 @@ pub fn encode_datum(schema: &Schema, r: &ForecastRecord) -> Result<Vec<u8>> {
 
 /// Reads a wire-format forecast back with its writer schema (tests, tools).
 pub fn decode_forecast(schema: &Schema, payload: &[u8]) -> Result<(u32, ForecastRecord)> {
+    crate::decode::limit_avro_allocations();
     let (id, mut datum) = unframe(payload).map_err(Error::Registry)?;
     let value = apache_avro::reader::datum::GenericDatumReader::builder(schema)
         .build()
