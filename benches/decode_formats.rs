@@ -102,7 +102,9 @@ fn main() {
         jr.push(run(&jd, &json));
         ar.push(run(&ad, &avro));
     }
-    println!("decode of {N} events, batches of {BATCH}, {KEYS} keys, {REPS} runs each (alternating)");
+    println!(
+        "decode of {N} events, batches of {BATCH}, {KEYS} keys, {REPS} runs each (alternating)"
+    );
     summary("json", jr, jb);
     summary("avro", ar, ab);
 }
