@@ -74,6 +74,10 @@ pub enum Error {
     /// The metrics endpoint cannot be served.
     #[error("telemetry: {0}")]
     Telemetry(String),
+    /// The schema registry cannot be reached, or refused a request (Avro
+    /// formats; "no such schema id" is an answer, not this error).
+    #[error("schema registry: {0}")]
+    Registry(String),
     /// The brokers could not be reached within the bounded retries.
     #[error("{0}")]
     Unreachable(String),

@@ -30,6 +30,8 @@ pub const FORECAST_LATENCY: &str = "streamcast_forecast_latency_seconds";
 pub const RECORDS_PUBLISHED: &str = "streamcast_records_published_total";
 /// Failed deliveries retried (counter).
 pub const DELIVERY_RETRIES: &str = "streamcast_delivery_retries_total";
+/// Schema registry requests that failed and are retried (Avro formats).
+pub const REGISTRY_RETRIES: &str = "streamcast_registry_retries_total";
 /// Archive files completed (counter).
 pub const ARCHIVE_FILES: &str = "streamcast_archive_files_total";
 /// Archive files deleted by retention (counter).
@@ -98,6 +100,7 @@ pub const ALL: &[&str] = &[
     FORECAST_LATENCY,
     RECORDS_PUBLISHED,
     DELIVERY_RETRIES,
+    REGISTRY_RETRIES,
     ARCHIVE_FILES,
     ARCHIVE_FILES_DELETED,
     ARCHIVE_DROPPED,
@@ -168,6 +171,10 @@ const DEAD_LETTER_KINDS: &[&str] = &[
     "late",
     "partition_conflict",
     "evicted",
+    "bad_wire_format",
+    "unknown_schema",
+    "incompatible_schema",
+    "bad_avro",
 ];
 
 /// Lets a repeated log line through once per `every`, counting the rest,
@@ -286,6 +293,10 @@ mod tests {
             K::Late,
             K::PartitionConflict,
             K::Evicted,
+            K::BadWireFormat,
+            K::UnknownSchema,
+            K::IncompatibleSchema,
+            K::BadAvro,
         ];
         let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
         assert_eq!(names, DEAD_LETTER_KINDS);

@@ -67,6 +67,55 @@ pub struct PipelineConfig {
     pub score: ScoreConfig,
     #[serde(default)]
     pub choice: ChoiceConfig,
+    /// The Confluent-compatible schema registry of Avro payloads
+    /// (`decode.format` / `sink.format = "avro"`).
+    #[serde(default)]
+    pub registry: RegistryConfig,
+}
+
+/// How a payload is written: JSON (the default) or Avro in Confluent's
+/// wire format (a zero magic byte, the writer schema's registry id as 4
+/// big-endian bytes, then the Avro binary datum).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadFormat {
+    #[default]
+    Json,
+    Avro,
+}
+
+/// A Confluent-compatible schema registry (Confluent Schema Registry,
+/// Apicurio's `/apis/ccompat/v7`, Karapace, ...): writer schemas of Avro
+/// input are fetched from it by id (`GET /schemas/ids/{id}`, cached per
+/// id), and the forecast schema is registered under
+/// `<sink.topic>-value` at start. The environment variable
+/// `STREAMCAST_SCHEMA_REGISTRY` overrides `url`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Base URL of the registry's API, e.g.
+    /// `"http://127.0.0.1:8081/apis/ccompat/v7"` (what `scripts/registry`
+    /// serves). Required when a format is `"avro"`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Longest wait for one registry request. A request that fails for any
+    /// reason but "no such schema" is retried with backoff (the job waits
+    /// for the registry, as it waits for the broker).
+    #[serde(default = "default_registry_timeout", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+}
+
+const fn default_registry_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            url: None,
+            timeout: default_registry_timeout(),
+        }
+    }
 }
 
 /// Per-key model choice (see `choose`).
@@ -448,6 +497,13 @@ pub struct DecodeConfig {
     /// and poison the key's state for good.
     #[serde(default = "default_max_abs_value")]
     pub max_abs_value: f64,
+    /// `"json"` (default) or `"avro"`: Confluent's wire format, the
+    /// writer schema fetched from `[registry]` by the id in each message.
+    /// The fields above name fields of the Avro record; a schema whose
+    /// record lacks one, or holds it with a type that cannot be one, makes
+    /// its messages dead letters (`incompatible_schema`).
+    #[serde(default)]
+    pub format: PayloadFormat,
 }
 
 /// Encoding of the event-time field.
@@ -803,6 +859,12 @@ pub struct SinkConfig {
     /// every retried batch).
     #[serde(default = "default_max_in_flight_bytes")]
     pub max_in_flight_bytes: usize,
+    /// `"json"` (default) or `"avro"`: forecasts in Confluent's wire
+    /// format, their schema (the JSON record's fields, see
+    /// `sink::avro`) registered under `<topic>-value` in `[registry]` at
+    /// start. Dead letters and accuracy records stay JSON.
+    #[serde(default)]
+    pub format: PayloadFormat,
 }
 
 const fn default_max_in_flight_bytes() -> usize {
@@ -1091,6 +1153,7 @@ impl Default for DecodeConfig {
             max_key_bytes: default_max_key_bytes(),
             max_payload_bytes: default_max_payload_bytes(),
             max_abs_value: default_max_abs_value(),
+            format: PayloadFormat::default(),
         }
     }
 }
@@ -1198,6 +1261,9 @@ impl PipelineConfig {
         if let Some(a) = env("STREAMCAST_PROMETHEUS_LISTEN") {
             cfg.telemetry.prometheus_listen = Some(a);
         }
+        if let Some(u) = env("STREAMCAST_SCHEMA_REGISTRY") {
+            cfg.registry.url = Some(u);
+        }
         if let Some(a) = env("STREAMCAST_API_LISTEN") {
             cfg.api.listen = Some(a);
         }
@@ -1221,6 +1287,29 @@ impl PipelineConfig {
                 "delivery",
                 "exactly_once needs durable state (state.enabled = true): the state is committed in the same transaction as the forecasts",
             );
+        }
+        if self.decode.format == PayloadFormat::Avro || self.sink.format == PayloadFormat::Avro {
+            match self.registry.url.as_deref().map(str::trim) {
+                None | Some("") => {
+                    return bad(
+                        "registry.url",
+                        "an Avro format (decode.format or sink.format) needs a schema registry: set registry.url, e.g. \"http://127.0.0.1:8081/apis/ccompat/v7\" (or STREAMCAST_SCHEMA_REGISTRY)",
+                    )
+                }
+                Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                    return bad(
+                        "registry.url",
+                        &format!("expected an http:// or https:// URL, got {u:?}"),
+                    )
+                }
+                Some(_) => {}
+            }
+            if self.registry.timeout.is_zero() {
+                return bad(
+                    "registry.timeout",
+                    "expected a positive duration, e.g. \"10s\"",
+                );
+            }
         }
         if self.state.commit_interval.is_zero() {
             return bad(
@@ -1676,5 +1765,43 @@ dead_letter_topic = "dlq"
         assert!(printed.contains("replication_factor = 1"), "{printed}");
         // The original keeps its values: it is what the clients get.
         assert_eq!(c.kafka.librdkafka["sasl.password"], "hunter2");
+    }
+
+    #[test]
+    fn avro_formats_need_a_registry_url() {
+        let c = parse(&GOOD.replace(
+            "dead_letter_topic = \"dlq\"",
+            "dead_letter_topic = \"dlq\"\nformat = \"avro\"",
+        ))
+        .map(|mut c| {
+            c.registry.url = None;
+            c
+        });
+        // Parsing may have taken the URL from STREAMCAST_SCHEMA_REGISTRY;
+        // validation is checked on the config without it.
+        let mut c = match c {
+            Ok(c) => c,
+            Err(e) => {
+                assert!(e.to_string().contains("registry.url"), "{e}");
+                return;
+            }
+        };
+        assert_eq!(c.sink.format, PayloadFormat::Avro);
+        assert_eq!(c.decode.format, PayloadFormat::Json);
+        let path = Path::new("pipelines/t.toml");
+        let err = c.validate(path).unwrap_err().to_string();
+        assert!(err.contains("registry.url"), "{err}");
+        c.registry.url = Some("127.0.0.1:8081".into());
+        let err = c.validate(path).unwrap_err().to_string();
+        assert!(err.contains("http://"), "{err}");
+        c.registry.url = Some("http://127.0.0.1:8081/apis/ccompat/v7".into());
+        c.validate(path).expect("valid with a registry");
+        // JSON both ways needs none.
+        c.sink.format = PayloadFormat::Json;
+        c.registry.url = None;
+        c.validate(path).expect("json needs no registry");
+        let err =
+            parse(&GOOD.replace("[window]", "[decode]\nformat = \"xml\"\n[window]")).unwrap_err();
+        assert!(err.to_string().contains("decode.format"), "{err}");
     }
 }

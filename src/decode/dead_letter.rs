@@ -27,6 +27,19 @@ pub enum DeadLetterKind {
     /// Events in the open windows of a key evicted to stay within
     /// `window.max_keys` (one letter per key, with the count).
     Evicted,
+    /// Avro input: not Confluent's wire format (magic byte 0, a 4-byte
+    /// schema id, the datum): another magic byte, or a shorter payload.
+    BadWireFormat,
+    /// Avro input: the registry has no schema with the message's id, or
+    /// it is not an (valid) Avro schema.
+    UnknownSchema,
+    /// Avro input: the writer schema cannot carry the pipeline's events
+    /// (not a record, or a configured field absent or of a type that cannot
+    /// hold it).
+    IncompatibleSchema,
+    /// Avro input: the datum does not decode with its writer schema (cut
+    /// short, invalid, or bytes left over).
+    BadAvro,
 }
 
 impl DeadLetterKind {
@@ -41,6 +54,10 @@ impl DeadLetterKind {
             DeadLetterKind::Late => "late",
             DeadLetterKind::PartitionConflict => "partition_conflict",
             DeadLetterKind::Evicted => "evicted",
+            DeadLetterKind::BadWireFormat => "bad_wire_format",
+            DeadLetterKind::UnknownSchema => "unknown_schema",
+            DeadLetterKind::IncompatibleSchema => "incompatible_schema",
+            DeadLetterKind::BadAvro => "bad_avro",
         }
     }
 }
@@ -63,9 +80,21 @@ pub const MAX_PAYLOAD_COPY: usize = 16 * 1024;
 impl DeadLetter {
     /// The JSON document published to the dead-letter destination. The
     /// payload copy is cut at [`MAX_PAYLOAD_COPY`] bytes and says so
-    /// (`payload_truncated`, `payload_bytes` = the original size).
+    /// (`payload_truncated`, `payload_bytes` = the original size). A copy
+    /// that is not UTF-8 (an Avro payload) is also given exactly, as
+    /// `payload_base64` (`payload` is then lossy).
     pub fn to_json(&self, source_topic: &str) -> serde_json::Value {
         let copy = &self.payload[..self.payload.len().min(MAX_PAYLOAD_COPY)];
+        let mut doc = self.to_json_text(source_topic, copy);
+        if std::str::from_utf8(copy).is_err() {
+            use base64::Engine as _;
+            doc["payload_base64"] =
+                serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(copy));
+        }
+        doc
+    }
+
+    fn to_json_text(&self, source_topic: &str, copy: &[u8]) -> serde_json::Value {
         serde_json::json!({
             "reason": self.reason,
             "kind": self.kind.as_str(),
@@ -109,6 +138,27 @@ mod tests {
             (v["payload"].as_str(), v["payload_truncated"].as_bool()),
             (Some("{oops"), Some(false))
         );
+        assert!(v.get("payload_base64").is_none(), "text needs no base64");
+    }
+
+    /// An Avro payload (not UTF-8) comes back exactly from `payload_base64`.
+    #[test]
+    fn a_binary_payload_is_copied_exactly_as_base64() {
+        use base64::Engine as _;
+        let payload = vec![0u8, 0, 0, 0, 7, 0xff, 0xfe, 0x0c];
+        let d = DeadLetter {
+            kind: DeadLetterKind::BadAvro,
+            reason: "cut".into(),
+            partition: 0,
+            offset: 1,
+            payload: payload.clone(),
+        };
+        let v = d.to_json("events");
+        let back = base64::engine::general_purpose::STANDARD
+            .decode(v["payload_base64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(back, payload);
+        assert_eq!(v["kind"], "bad_avro");
     }
 }
 

@@ -85,7 +85,7 @@ struct Shadow {
 impl Core {
     pub fn new(cfg: &PipelineConfig, tracker: Arc<Mutex<OffsetTracker>>) -> Result<Self> {
         Ok(Core {
-            decoder: Decoder::new(&cfg.decode),
+            decoder: Decoder::for_pipeline(cfg)?,
             window: WindowStage::new(WindowSpec::from_config(cfg)),
             model: ForecastStage::from_config(cfg)?,
             tracker,

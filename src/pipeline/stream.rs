@@ -112,6 +112,8 @@ pub async fn run(cfg: PipelineConfig, opts: RunOptions) -> Result<Totals> {
         None => None,
     };
     let sink = KafkaSink::from_config(&cfg, tracker.clone())?;
+    // Avro forecasts: their schema is registered before anything is read.
+    sink.prepare().await?;
     if durable {
         let s = sink.clone();
         tokio::task::spawn_blocking(move || s.begin())

@@ -34,6 +34,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::avro::ForecastAvro;
 use super::records::{forecast_records, ForecastRecord};
 use super::Output;
 use crate::broker::{blocking, client_config, Connection};
@@ -115,6 +116,9 @@ pub struct KafkaSink {
     state_topic: String,
     input_topic: String,
     max_in_flight_bytes: usize,
+    /// `sink.format = "avro"`: forecasts in the wire format (dead letters
+    /// and accuracy records stay JSON).
+    avro: Option<Arc<ForecastAvro>>,
 }
 
 impl KafkaSink {
@@ -139,7 +143,18 @@ impl KafkaSink {
             state_topic: cfg.state_topic(),
             input_topic: cfg.source.topic.clone(),
             max_in_flight_bytes: cfg.sink.max_in_flight_bytes,
+            avro: ForecastAvro::from_config(cfg)?.map(Arc::new),
         })
+    }
+
+    /// Avro forecasts: registers their schema (once; later calls return
+    /// the id at once). Call at start so that a registry that is away or
+    /// refuses the schema stops the job before it consumes anything.
+    pub async fn prepare(&self) -> Result<()> {
+        if let Some(a) = &self.avro {
+            a.id().await?;
+        }
+        Ok(())
     }
 
     /// `sink.max_in_flight_bytes`.
@@ -251,9 +266,20 @@ impl KafkaSink {
     /// payload); its ticket is then not released, so nothing is committed
     /// past it.
     pub async fn deliver(&self, output: Output) -> Result<Delivered> {
+        // Avro forecasts: the bytes sent, in `records`' order (`records`
+        // keeps the JSON form for the API's latest forecasts).
+        let mut wire: Option<Vec<Vec<u8>>> = None;
         let (topic, records, printed): (&str, Vec<Payload>, Vec<ForecastRecord>) = match &output {
             Output::Forecasts { forecasts, .. } => {
                 let recs = forecast_records(forecasts, self.step_ms);
+                if let Some(a) = &self.avro {
+                    let id = a.id().await?;
+                    wire = Some(
+                        recs.iter()
+                            .map(|r| a.encode(id, r))
+                            .collect::<Result<_>>()?,
+                    );
+                }
                 let payloads = recs
                     .iter()
                     .map(|r| {
@@ -305,9 +331,13 @@ impl KafkaSink {
                 ))
             }
         };
-        let sends = records
-            .iter()
-            .map(|(k, v)| self.send_until_acked(topic, k, v));
+        let payloads: Vec<&[u8]> = match &wire {
+            Some(w) => w.iter().map(Vec::as_slice).collect(),
+            None => records.iter().map(|(_, v)| v.as_bytes()).collect(),
+        };
+        let sends = records.iter().zip(payloads).map(|((k, _), bytes)| {
+            self.send_bytes_until_acked(&self.producer, topic, None, k.as_bytes(), Some(bytes))
+        });
         let is_forecasts = matches!(output, Output::Forecasts { .. });
         // A permanent failure of any record keeps the whole ticket pinned:
         // nothing past it is committed, and the job stops (see `stream`).
@@ -342,20 +372,8 @@ impl KafkaSink {
     /// crate's retry rule calls transient (broker away, queue full, timeout)
     /// with backoff. A permanent failure (record too large, not authorized,
     /// a fatal producer error) is returned: retrying it would freeze the
-    /// partition's commits and grow memory without end.
-    async fn send_until_acked(&self, topic: &str, key: &str, payload: &str) -> Result<()> {
-        self.send_bytes_until_acked(
-            &self.producer,
-            topic,
-            None,
-            key.as_bytes(),
-            Some(payload.as_bytes()),
-        )
-        .await
-    }
-
-    /// [`Self::send_until_acked`] for bytes, to an explicit partition when
-    /// given; `payload = None` is a tombstone.
+    /// partition's commits and grow memory without end. To an explicit
+    /// partition when given; `payload = None` is a tombstone.
     async fn send_bytes_until_acked(
         &self,
         producer: &FutureProducer,

@@ -5,7 +5,10 @@
 //!   output is acked.
 //! - `file`: forecasts to Parquet, dead letters to JSON lines (backfill).
 //! - `records`: the published forecast record and its JSON form.
+//! - `avro`: the same record as Avro in Confluent's wire format
+//!   (`sink.format = "avro"`), its schema registered in `[registry]`.
 
+pub mod avro;
 pub mod file;
 pub mod kafka;
 pub mod records;

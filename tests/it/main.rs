@@ -6,11 +6,14 @@
 //! topics and consumer group. `secure` also needs the broker's SASL_SSL
 //! listener (scripts/kafka serves it on `KAFKA_PORT` + 2, 9094 by default)
 //! and its secrets under `KAFKA_STATE_DIR` (default `.state/kafka`).
+//! `avro` also needs the schema registry (`scripts/registry up`; URL from
+//! `STREAMCAST_SCHEMA_REGISTRY`, default `http://127.0.0.1:8081/apis/ccompat/v7`).
 
 // Test and bench code may unwrap: a failing unwrap is a failing run.
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod avro;
 mod bench_smoke;
 mod cli;
 mod common;
