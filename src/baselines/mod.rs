@@ -56,7 +56,8 @@ pub trait Baseline {
 /// Every baseline [`named`] knows: those of [`by_name`] ([`ALL`]) plus M4's
 /// seasonally adjusted benchmarks `ses_sa`, `holt_sa`, `damped_sa`
 /// ([`SeasonallyAdjusted`] around the plain model, as M4 ran its SES / Holt
-/// / Damped benchmarks), the tree ensembles `rf`, `gbm` ([`trees`]), the
+/// / Damped benchmarks), the tree ensembles `rf`, `gbm` and the kernel
+/// method `svr` ([`trees`], [`trees::svr`]), the
 /// Prophet-style `prophet` ([`prophet`]) and the ARIMA family `arima`,
 /// `arimax`, `regarima` ([`arima`]).
 pub const NAMES: &[&str] = &[
@@ -74,6 +75,7 @@ pub const NAMES: &[&str] = &[
     "damped_sa",
     "rf",
     "gbm",
+    "svr",
     "prophet",
     "arima",
     "arimax",
@@ -103,6 +105,7 @@ pub fn named(name: &str, season: usize) -> Option<Box<dyn Baseline + Send + Sync
         }),
         "rf" => Box::new(trees::TreeForecaster::rf(period)),
         "gbm" => Box::new(trees::TreeForecaster::gbm(period)),
+        "svr" => Box::new(trees::svr::SvrForecaster::new(period)),
         "prophet" => Box::new(prophet::Prophet::new(period)),
         "arima" => Box::new(arima::AutoArima { period }),
         "arimax" => Box::new(arima::Arimax {

@@ -1,6 +1,6 @@
-//! Global variants `rf_global`, `gbm_global`: one ensemble trained on the
-//! rows of every series of a batch at once, then a recursive forecast per
-//! series (the "global training across keys").
+//! Global variants `rf_global`, `gbm_global`, `svr_global`: one model
+//! trained on the rows of every series of a batch at once, then a recursive
+//! forecast per series (the "global training across keys").
 //!
 //! It lives with the evaluation (not in `baselines::trees`) because it is
 //! an `eval` model: the baselines never import the evaluation.
@@ -17,54 +17,67 @@
 //! `S` the mean |x| of its last season, and levels taken out per row). Every
 //! series contributes its latest `rows_per_series` rows, with one feature
 //! layout for all (the full one: lags `1..=2m` and `7m`); a series too short
-//! for it gets the per-series model's forecast. Deterministic like the
-//! per-series models (the harness's leak check needs it).
+//! for it gets the per-series model's forecast. The learner is any
+//! [`LagModel`]: the trees fit the whole pool; `svr` thins it by an even
+//! stride to its `max_fit_rows` (a kernel fit is O(n²)). Deterministic like
+//! the per-series models (the harness's leak check needs it).
 
-use crate::baselines::trees::{recursive, training_rows, FeatureSpec, Normalized, TreeForecaster};
-use crate::baselines::{finite_or_naive, Baseline};
+use crate::baselines::finite_or_naive;
+use crate::baselines::trees::svr::SvrForecaster;
+use crate::baselines::trees::{
+    recursive, training_rows, FeatureSpec, LagModel, Normalized, TreeForecaster,
+};
 use crate::error::Result;
 use crate::eval::Model;
 
 /// The global models' names.
-pub const NAMES: &[&str] = &["rf_global", "gbm_global"];
+pub const NAMES: &[&str] = &["rf_global", "gbm_global", "svr_global"];
 
-/// One ensemble over all series (see the module docs).
+/// One model over all series (see the module docs).
 #[derive(Debug, Clone)]
-pub struct GlobalTrees {
-    /// The per-series model whose settings (ensemble, season, transform)
+pub struct GlobalTrees<F> {
+    /// The per-series model whose settings (learner, season, transform)
     /// the global fit uses, and which forecasts series too short for it.
-    pub per_series: TreeForecaster,
+    pub per_series: F,
     pub rows_per_series: usize,
 }
 
-/// `rf_global` or `gbm_global` for season `season`; `None` for other names.
-pub fn by_name(name: &str, season: usize) -> Option<GlobalTrees> {
-    let per_series = match name {
-        "rf_global" => TreeForecaster::rf(season),
-        "gbm_global" => TreeForecaster::gbm(season),
+/// `rf_global`, `gbm_global` or `svr_global` for season `season`; `None` for
+/// other names.
+pub fn by_name(name: &str, season: usize) -> Option<Box<dyn Model>> {
+    let rows_per_series = 300;
+    Some(match name {
+        "rf_global" => Box::new(GlobalTrees {
+            per_series: TreeForecaster::rf(season),
+            rows_per_series,
+        }),
+        "gbm_global" => Box::new(GlobalTrees {
+            per_series: TreeForecaster::gbm(season),
+            rows_per_series,
+        }),
+        "svr_global" => Box::new(GlobalTrees {
+            per_series: SvrForecaster::new(season),
+            rows_per_series,
+        }),
         _ => return None,
-    };
-    Some(GlobalTrees {
-        per_series,
-        rows_per_series: 300,
     })
 }
 
-impl Model for GlobalTrees {
+impl<F: LagModel> Model for GlobalTrees<F> {
     fn name(&self) -> String {
         format!("{}_global", self.per_series.name())
     }
 
     fn fit_forecast(&mut self, histories: &[&[f64]], horizon: usize) -> Result<Vec<Vec<f64>>> {
         let f = &self.per_series;
-        let m = f.season.max(1);
+        let m = f.season().max(1);
         let Some(spec) = FeatureSpec::for_history(usize::MAX, m, 1) else {
             return Ok(histories.iter().map(|h| f.forecast(h, horizon)).collect());
         };
-        let fits = |h: &[f64]| h.len() >= spec.first_target() + f.min_rows.max(1);
+        let fits = |h: &[f64]| h.len() >= spec.first_target() + f.min_rows().max(1);
         let norms: Vec<Option<Normalized>> = histories
             .iter()
-            .map(|h| fits(h).then(|| Normalized::new(h, m, f.transform)))
+            .map(|h| fits(h).then(|| Normalized::new(h, m, f.transform())))
             .collect();
         let (mut x, mut y) = (Vec::new(), Vec::new());
         for norm in norms.iter().flatten() {
@@ -73,7 +86,7 @@ impl Model for GlobalTrees {
             x.extend(xs);
             y.extend(ys);
         }
-        let model = (!y.is_empty()).then(|| f.kind_for(spec.width()).fit(&x, spec.width(), &y));
+        let model = (!y.is_empty()).then(|| f.fit_rows(&x, spec.width(), &y));
         Ok(histories
             .iter()
             .zip(&norms)
@@ -97,7 +110,7 @@ mod tests {
     #[test]
     fn global_models_pass_the_harness() {
         use crate::baselines::trees::tests::hourly;
-        use crate::eval::{run_checked, Model, Panel, Series};
+        use crate::eval::{run_checked, Panel, Series};
         let series: Vec<Series> = (0..6)
             .map(|i| {
                 let mut values = hourly(24 * 12 + 24, 20 + i);
@@ -119,7 +132,7 @@ mod tests {
         for name in super::NAMES {
             let c = run_checked(
                 &panel,
-                &mut || Ok(Box::new(super::by_name(name, 24).expect("known")) as Box<dyn Model>),
+                &mut || Ok(super::by_name(name, 24).expect("known")),
                 24,
             )
             .expect("accepted");

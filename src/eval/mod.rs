@@ -136,7 +136,7 @@ pub fn model_by_name(name: &str, ctx: &ModelContext) -> Result<Box<dyn Model>> {
         return Ok(Box::new(combo::Combo::new(name, spec?, ctx)?));
     }
     if let Some(m) = global_trees::by_name(name, ctx.season) {
-        return Ok(Box::new(m));
+        return Ok(m);
     }
     baselines::named(name, ctx.season)
         .map(|f| Box::new(BaselineModel::named(name, f)) as Box<dyn Model>)

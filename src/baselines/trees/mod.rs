@@ -40,12 +40,15 @@
 //! features where a ~900-value series needs only 64-256 bins. One compact
 //! histogram tree (`cart`) serves both ensembles, adds no dependency, and
 //! equals sklearn's exact trees when features have at most `max_bins`
-//! distinct values (the fixture tests check predictions to 1e-9). No `svr`: the one maintained candidate
-//! (`smartcore`'s SVR) would add a dependency for a model that needs
-//! per-series kernel and C/ε tuning to be competitive.
+//! distinct values (the fixture tests check predictions to 1e-9).
+//!
+//! The kernel method `svr` ([`svr`]) shares the rows and the recursion
+//! through [`LagModel`] / [`Predict`], with its own SMO solver (see there
+//! for why not `smartcore`'s or `linfa-svm`'s).
 
 pub mod cart;
 pub mod features;
+pub mod svr;
 
 use super::{finite_or_naive, Baseline, SeasonalNaive};
 use cart::{Binned, Ensemble, ForestParams, GbmParams, TreeParams};
@@ -178,8 +181,53 @@ pub fn training_rows(spec: &FeatureSpec, z: &[f64], first: usize) -> (Vec<f64>, 
     (x, y)
 }
 
+/// A fitted model on feature rows.
+pub trait Predict {
+    fn predict(&self, row: &[f64]) -> f64;
+}
+
+impl Predict for Ensemble {
+    fn predict(&self, row: &[f64]) -> f64 {
+        Ensemble::predict(self, row)
+    }
+}
+
+/// A per-series forecaster on lag features whose learner can also be fitted
+/// on the pooled rows of many series (`eval::global_trees`).
+pub trait LagModel: Baseline {
+    type Fitted: Predict;
+    /// Seasonal period `m` (≥ 1).
+    fn season(&self) -> usize;
+    fn transform(&self) -> Transform;
+    /// Fewest training rows worth a fit.
+    fn min_rows(&self) -> usize;
+    /// Fits the learner on a row-major matrix of `width` columns.
+    fn fit_rows(&self, x: &[f64], width: usize, y: &[f64]) -> Self::Fitted;
+}
+
+impl LagModel for TreeForecaster {
+    type Fitted = Ensemble;
+    fn season(&self) -> usize {
+        self.season.max(1)
+    }
+    fn transform(&self) -> Transform {
+        self.transform
+    }
+    fn min_rows(&self) -> usize {
+        self.min_rows
+    }
+    fn fit_rows(&self, x: &[f64], width: usize, y: &[f64]) -> Ensemble {
+        self.kind_for(width).fit(x, width, y)
+    }
+}
+
 /// Recursive forecast: extends `z` by `horizon` predicted values.
-pub fn recursive(model: &Ensemble, spec: &FeatureSpec, z: &mut Vec<f64>, horizon: usize) {
+pub fn recursive<M: Predict + ?Sized>(
+    model: &M,
+    spec: &FeatureSpec,
+    z: &mut Vec<f64>,
+    horizon: usize,
+) {
     let mut row = Vec::with_capacity(spec.width());
     for _ in 0..horizon {
         row.clear();
