@@ -83,6 +83,7 @@ pub mod backtest;
 pub mod combo;
 pub mod global_trees;
 pub mod harness;
+pub mod hybrid;
 pub mod m4;
 pub mod plot;
 pub mod rnn;
@@ -109,9 +110,49 @@ pub struct ModelContext {
     pub rnn_ensemble: usize,
 }
 
+fn rnn_pipeline_path(ctx: &ModelContext) -> PathBuf {
+    ctx.rnn_pipeline
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("pipelines/m4_hourly.toml"))
+}
+
+/// The ES-RNN-style hybrid's names: `hybrid` (network on the log series
+/// divided by daily and weekly seasonal factors), `hybrid_rel` (also divided
+/// by the smoothed level), `es` / `es_rel` (the smoothing alone); a `_d`
+/// suffix keeps the daily period only (`season`; the weekly one is 7 x it).
+pub fn hybrid_options(name: &str, season: usize) -> Option<hybrid::HybridOptions> {
+    let (es_only, rest) = if let Some(r) = name.strip_prefix("hybrid") {
+        (false, r)
+    } else if let Some(r) = name.strip_prefix("es") {
+        (true, r)
+    } else {
+        return None;
+    };
+    let (daily_only, rest) = match rest.strip_suffix("_d") {
+        Some(r) => (true, r),
+        None => (false, rest),
+    };
+    let mode = match rest {
+        "" => crate::model::hybrid::HybridMode::Deseason,
+        "_rel" => crate::model::hybrid::HybridMode::Relative,
+        _ => return None,
+    };
+    let season = season.max(1);
+    let periods = if daily_only || season < 2 {
+        vec![season]
+    } else {
+        vec![season, 7 * season]
+    };
+    Some(hybrid::HybridOptions {
+        periods,
+        mode,
+        es_only,
+    })
+}
+
 fn unknown(name: &str) -> Error {
     eval_error!(
-        "unknown model `{name}` (known: {RNN}, {}, {}, combo, combo:a+b+..., combo_<rule>:a+b+...)",
+        "unknown model `{name}` (known: {RNN}, hybrid, hybrid_rel, es, es_rel (+ _d), {}, {}, combo, combo:a+b+..., combo_<rule>:a+b+...)",
         baselines::NAMES.join(", "),
         global_trees::NAMES.join(", ")
     )
@@ -124,13 +165,17 @@ fn unknown(name: &str) -> Error {
 /// is invalid), is an error that says so.
 pub fn model_by_name(name: &str, ctx: &ModelContext) -> Result<Box<dyn Model>> {
     if name == RNN {
-        let path = ctx
-            .rnn_pipeline
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("pipelines/m4_hourly.toml"));
-        let mut m = rnn::RnnModel::from_pipeline(&path)?;
+        let mut m = rnn::RnnModel::from_pipeline(&rnn_pipeline_path(ctx))?;
         m.ensemble = ctx.rnn_ensemble.max(1);
         return Ok(Box::new(m));
+    }
+    if let Some(opts) = hybrid_options(name, ctx.season) {
+        let cfg = PipelineConfig::load(&rnn_pipeline_path(ctx))?;
+        return Ok(Box::new(hybrid::HybridModel::new(
+            cfg,
+            ctx.rnn_ensemble,
+            opts,
+        )));
     }
     if let Some(spec) = combo::parse_spec(name) {
         return Ok(Box::new(combo::Combo::new(name, spec?, ctx)?));

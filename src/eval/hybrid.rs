@@ -1,0 +1,102 @@
+//! `hybrid`: the ES-RNN-style hybrid in the batch harness (`eval m4`).
+//!
+//! Per series, exponential-smoothing coefficients are fitted on the
+//! history (`model::hybrid::fit`, a grid on the error `horizon` steps
+//! ahead), the history is run through the smoothing recursion
+//! (`EsState::transform_series`: log, divided by the seasonal factors, and
+//! in `relative` mode by the level), the global recurrent network
+//! (`rnn::RnnModel`, the production path) is trained on those series and
+//! forecasts them, and each forecast is mapped back with the series' final
+//! smoothing state (re-seasonalized, re-leveled).
+//!
+//! Invariants: the transform is causal and a pure function of each
+//! history, so the model is as leak-free as `rnn`; a series with a
+//! non-positive value (no log) falls back to the pure smoothing forecast
+//! for its whole horizon only if the network's output is not finite.
+
+use super::harness::Model;
+use super::rnn::RnnModel;
+use crate::config::PipelineConfig;
+use crate::error::Result;
+use crate::model::hybrid::{fit, EsState, HybridMode};
+
+/// Which parts of the hybrid run (measured separately in BENCHMARKS.md).
+#[derive(Debug, Clone)]
+pub struct HybridOptions {
+    pub periods: Vec<usize>,
+    pub mode: HybridMode,
+    /// Skip the network: forecast with the smoothing alone (`es` in the tables).
+    pub es_only: bool,
+}
+
+pub struct HybridModel {
+    rnn: RnnModel,
+    opts: HybridOptions,
+}
+
+impl HybridModel {
+    pub fn new(cfg: PipelineConfig, ensemble: usize, opts: HybridOptions) -> Self {
+        let mut rnn = RnnModel::new(cfg);
+        rnn.ensemble = ensemble.max(1);
+        HybridModel { rnn, opts }
+    }
+}
+
+impl Model for HybridModel {
+    fn name(&self) -> String {
+        let mode = match self.opts.mode {
+            HybridMode::Deseason => "",
+            HybridMode::Relative => "_rel",
+        };
+        if self.opts.es_only {
+            format!("es{mode}")
+        } else {
+            format!("hybrid{mode}")
+        }
+    }
+
+    /// Like `rnn`: training takes minutes, no second run (the smoothing-only
+    /// variant is cheap and deterministic, so it is checked).
+    fn leak_check(&self) -> bool {
+        self.opts.es_only
+    }
+
+    fn fit_forecast(&mut self, histories: &[&[f64]], horizon: usize) -> Result<Vec<Vec<f64>>> {
+        let mode = self.opts.mode;
+        let periods = &self.opts.periods;
+        // Per series: coefficients, the network's inputs, the final state.
+        let fitted: Vec<(Vec<f64>, EsState)> = histories
+            .iter()
+            .map(|h| {
+                let p = fit(periods, h, horizon as u64);
+                EsState::transform_series(&p, h, mode)
+            })
+            .collect();
+        if self.opts.es_only {
+            return Ok(fitted
+                .iter()
+                .map(|(_, st)| (1..=horizon as u64).map(|h| st.es_forecast(h)).collect())
+                .collect());
+        }
+        let z: Vec<&[f64]> = fitted.iter().map(|(z, _)| z.as_slice()).collect();
+        let fz = self.rnn.fit_forecast(&z, horizon)?;
+        Ok(fz
+            .iter()
+            .zip(&fitted)
+            .map(|(f, (_, st))| {
+                f.iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        let h = i as u64 + 1;
+                        let y = st.invert(v, h, mode);
+                        if y.is_finite() {
+                            y
+                        } else {
+                            st.es_forecast(h)
+                        }
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+}
