@@ -37,18 +37,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// What the network sees besides the deseasonalized log value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HybridMode {
-    /// `ln y - seasonal`: the network's own per-key scaler normalizes the
-    /// level.
-    #[default]
-    Deseason,
-    /// `ln y - seasonal - level_{t-1}`: normalized by the smoothed level as
-    /// ES-RNN does; the forecast is re-leveled with the last level.
-    Relative,
-}
+pub use crate::config::{HybridConfig, HybridMode};
 
 /// Smoothing coefficients and periods of one key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -265,6 +254,113 @@ pub fn fit(periods: &[usize], y: &[f64], k: u64) -> EsParams {
     best
 }
 
+/// The coefficients of a `[model.hybrid]` table (a gamma not given is 0.02).
+pub fn params_of(cfg: &HybridConfig) -> EsParams {
+    let periods: Vec<usize> = cfg.periods.iter().map(|&m| m.max(1) as usize).collect();
+    let gammas = (0..periods.len())
+        .map(|i| cfg.gammas.get(i).copied().unwrap_or(0.02))
+        .collect();
+    EsParams::new(periods, cfg.alpha, gammas)
+}
+
+/// One key's smoothing in the live stage: values are buffered until there
+/// are [`EsState::init_len`] of them (the network then sees them through a
+/// provisional state initialised from what is there so far, during its
+/// warm-up), then the state is initialised from the buffer and the buffer
+/// replayed through it, which is exactly what training's
+/// [`EsState::transform_series`] computes from the same values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyEs {
+    Warming(Vec<f64>),
+    Ready(EsState),
+}
+
+/// Every live key's smoothing state (the forecast stage owns it, beside
+/// the network's per-key state; a hot swap leaves it alone: it does not
+/// depend on the network, and the store replays the history it kept, which
+/// is in the network's units already).
+#[derive(Debug, Clone)]
+pub struct HybridKeys {
+    pub params: EsParams,
+    pub mode: HybridMode,
+    keys: std::collections::HashMap<std::sync::Arc<str>, KeyEs>,
+}
+
+impl HybridKeys {
+    pub fn new(params: EsParams, mode: HybridMode) -> Self {
+        HybridKeys {
+            params,
+            mode,
+            keys: Default::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&KeyEs> {
+        self.keys.get(key)
+    }
+
+    pub fn end_keys(&mut self, keys: &[std::sync::Arc<str>]) {
+        for k in keys {
+            self.keys.remove(k);
+        }
+    }
+
+    /// The next value of `key` in the network's units; fills `inv[h-1]`
+    /// with what [`HybridKeys::invert`] adds back for step `h` of the
+    /// forecast made at this value.
+    pub fn push(&mut self, key: &str, y: f64, inv: &mut [f64]) -> f64 {
+        let (params, mode) = (&self.params, self.mode);
+        if !self.keys.contains_key(key) {
+            self.keys
+                .insert(std::sync::Arc::from(key), KeyEs::Warming(Vec::new()));
+        }
+        let Some(entry) = self.keys.get_mut(key) else {
+            return f64::NAN;
+        };
+        let need = EsState::init_len(params);
+        let (z, st) = match entry {
+            KeyEs::Ready(st) => (st.push(y, mode), st.clone()),
+            KeyEs::Warming(buf) => {
+                buf.push(y);
+                if buf.len() >= need {
+                    let (z, st) = EsState::transform_series(params, buf, mode);
+                    let last = z.last().copied().unwrap_or(f64::NAN);
+                    *entry = KeyEs::Ready(st.clone());
+                    (last, st)
+                } else {
+                    let mut p = EsState::init(params.clone(), &buf[..buf.len() - 1]);
+                    if !p.level.is_finite() {
+                        p = EsState::init(params.clone(), buf);
+                    }
+                    p.t = buf.len() as u64 - 1;
+                    (p.push(y, mode), p)
+                }
+            }
+        };
+        for (i, o) in inv.iter_mut().enumerate() {
+            let s = st.seasonal_at(st.t + i as u64);
+            *o = match mode {
+                HybridMode::Deseason => s,
+                HybridMode::Relative => s + st.level,
+            };
+        }
+        z
+    }
+
+    /// Back to the series' units: `exp(z + inv)`.
+    pub fn invert(z: f64, inv: f64) -> f64 {
+        (z + inv).exp()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +415,38 @@ mod tests {
                 assert!((back / v - 1.0).abs() < 1e-9, "{back} vs {v}");
             }
             assert_eq!(live, st);
+        }
+    }
+
+    #[test]
+    fn the_live_keys_match_training_once_warm_and_invert_their_forecasts() {
+        let y = seasonal(24 * 7 * 4, 30.0, 0.0005);
+        let p = EsParams::new(vec![24, 168], 0.05, vec![0.05, 0.02]);
+        let need = EsState::init_len(&p);
+        for mode in [HybridMode::Deseason, HybridMode::Relative] {
+            let (z, st) = EsState::transform_series(&p, &y, mode);
+            let mut live = HybridKeys::new(p.clone(), mode);
+            let mut inv = vec![0.0; 3];
+            for (i, &v) in y.iter().enumerate() {
+                let zi = live.push("k", v, &mut inv);
+                assert!(zi.is_finite(), "step {i}");
+                if i + 1 >= need {
+                    assert_eq!(zi.to_bits(), z[i].to_bits(), "step {i}");
+                }
+            }
+            assert_eq!(live.get("k"), Some(&KeyEs::Ready(st.clone())));
+            // Inverse offsets turn the network's units into the ES forecast.
+            let base = match mode {
+                HybridMode::Deseason => st.level,
+                HybridMode::Relative => 0.0,
+            };
+            for h in 1..=3u64 {
+                let f = HybridKeys::invert(base, inv[h as usize - 1]);
+                let es = st.es_forecast(h);
+                assert!((f / es - 1.0).abs() < 1e-12, "h={h}: {f} vs {es}");
+            }
+            live.end_keys(&[std::sync::Arc::from("k")]);
+            assert!(live.is_empty());
         }
     }
 
