@@ -1381,6 +1381,14 @@ impl PipelineConfig {
                 "retraining learns from the archive: set archive.enabled = true",
             );
         }
+        if let Some(t) = self.train.point_tau {
+            if !(t > 0.0 && t < 1.0) {
+                return bad(
+                    "train.point_tau",
+                    "expected a quantile strictly between 0 and 1",
+                );
+            }
+        }
         if self.train.context < 2 || self.train.tbptt < 1 || self.train.batch_size < 1 {
             return bad(
                 "train",

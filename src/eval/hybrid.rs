@@ -18,7 +18,7 @@ use super::harness::Model;
 use super::rnn::RnnModel;
 use crate::config::PipelineConfig;
 use crate::error::Result;
-use crate::model::hybrid::{fit, EsState, HybridMode};
+use crate::model::hybrid::{fit_penalized, EsState, HybridMode};
 
 /// Which parts of the hybrid run (measured separately in BENCHMARKS.md).
 #[derive(Debug, Clone)]
@@ -27,6 +27,10 @@ pub struct HybridOptions {
     pub mode: HybridMode,
     /// Skip the network: forecast with the smoothing alone (`es` in the tables).
     pub es_only: bool,
+    /// Level-wiggliness penalty of the per-series fit (0 = none).
+    pub wiggle: f64,
+    /// The name it was built from (`hybrid_rel_d`, ...).
+    pub name: String,
 }
 
 pub struct HybridModel {
@@ -44,15 +48,7 @@ impl HybridModel {
 
 impl Model for HybridModel {
     fn name(&self) -> String {
-        let mode = match self.opts.mode {
-            HybridMode::Deseason => "",
-            HybridMode::Relative => "_rel",
-        };
-        if self.opts.es_only {
-            format!("es{mode}")
-        } else {
-            format!("hybrid{mode}")
-        }
+        self.opts.name.clone()
     }
 
     /// Like `rnn`: training takes minutes, no second run (the smoothing-only
@@ -68,7 +64,7 @@ impl Model for HybridModel {
         let fitted: Vec<(Vec<f64>, EsState)> = histories
             .iter()
             .map(|h| {
-                let p = fit(periods, h, horizon as u64);
+                let p = fit_penalized(periods, h, horizon as u64, self.opts.wiggle);
                 EsState::transform_series(&p, h, mode)
             })
             .collect();

@@ -117,9 +117,10 @@ fn rnn_pipeline_path(ctx: &ModelContext) -> PathBuf {
 }
 
 /// The ES-RNN-style hybrid's names: `hybrid` (network on the log series
-/// divided by daily and weekly seasonal factors), `hybrid_rel` (also divided
-/// by the smoothed level), `es` / `es_rel` (the smoothing alone); a `_d`
-/// suffix keeps the daily period only (`season`; the weekly one is 7 x it).
+/// divided by daily and weekly seasonal factors) or `es` (the smoothing
+/// alone), then any of the suffixes `_rel` (also divided by the smoothed
+/// level), `_d` (the daily period only: `season`; the weekly one is 7 x it),
+/// `_w` (the per-series fit penalises level wiggliness, lambda = 1).
 pub fn hybrid_options(name: &str, season: usize) -> Option<hybrid::HybridOptions> {
     let (es_only, rest) = if let Some(r) = name.strip_prefix("hybrid") {
         (false, r)
@@ -128,31 +129,38 @@ pub fn hybrid_options(name: &str, season: usize) -> Option<hybrid::HybridOptions
     } else {
         return None;
     };
-    let (daily_only, rest) = match rest.strip_suffix("_d") {
-        Some(r) => (true, r),
-        None => (false, rest),
-    };
-    let mode = match rest {
-        "" => crate::model::hybrid::HybridMode::Deseason,
-        "_rel" => crate::model::hybrid::HybridMode::Relative,
-        _ => return None,
-    };
+    let (mut rel, mut daily, mut wiggle) = (false, false, false);
+    if !rest.is_empty() {
+        for part in rest.strip_prefix('_')?.split('_') {
+            match part {
+                "rel" if !rel => rel = true,
+                "d" if !daily => daily = true,
+                "w" if !wiggle => wiggle = true,
+                _ => return None,
+            }
+        }
+    }
     let season = season.max(1);
-    let periods = if daily_only || season < 2 {
-        vec![season]
-    } else {
-        vec![season, 7 * season]
-    };
     Some(hybrid::HybridOptions {
-        periods,
-        mode,
+        periods: if daily || season < 2 {
+            vec![season]
+        } else {
+            vec![season, 7 * season]
+        },
+        mode: if rel {
+            crate::model::hybrid::HybridMode::Relative
+        } else {
+            crate::model::hybrid::HybridMode::Deseason
+        },
         es_only,
+        wiggle: if wiggle { 1.0 } else { 0.0 },
+        name: name.to_string(),
     })
 }
 
 fn unknown(name: &str) -> Error {
     eval_error!(
-        "unknown model `{name}` (known: {RNN}, hybrid, hybrid_rel, es, es_rel (+ _d), {}, {}, combo, combo:a+b+..., combo_<rule>:a+b+...)",
+        "unknown model `{name}` (known: {RNN}, hybrid, es (+ _rel, _d, _w), {}, {}, combo, combo:a+b+..., combo_<rule>:a+b+...)",
         baselines::NAMES.join(", "),
         global_trees::NAMES.join(", ")
     )

@@ -194,14 +194,18 @@ impl EsState {
 }
 
 /// Mean absolute log error of the pure smoothing forecast `k` steps ahead
-/// over a series (after the initialisation values). Lower is better.
-pub fn es_error(params: &EsParams, y: &[f64], k: u64) -> f64 {
+/// over a series (after the initialisation values), and the level's
+/// wiggliness: the mean absolute second difference of the smoothed log
+/// level. Lower is better for both.
+pub fn es_error_wiggle(params: &EsParams, y: &[f64], k: u64) -> (f64, f64) {
     let n0 = EsState::init_len(params).min(y.len());
     let mut st = EsState::init(params.clone(), &y[..n0]);
     let k = k.max(1) as usize;
     // preds[i % k] = forecast made k steps before value i.
     let mut preds = vec![f64::NAN; k];
     let (mut sum, mut n) = (0.0, 0usize);
+    let (mut wig, mut nw) = (0.0, 0usize);
+    let (mut l1, mut l2) = (f64::NAN, f64::NAN);
     for (i, &v) in y.iter().enumerate() {
         let slot = i % k;
         if i >= n0 + k {
@@ -214,12 +218,26 @@ pub fn es_error(params: &EsParams, y: &[f64], k: u64) -> f64 {
         }
         st.push(v, HybridMode::Deseason);
         preds[slot] = st.level + st.seasonal_at(st.t + k as u64 - 1);
+        if i >= n0 {
+            let d2 = st.level - 2.0 * l1 + l2;
+            if d2.is_finite() {
+                wig += d2.abs();
+                nw += 1;
+            }
+        }
+        (l2, l1) = (l1, st.level);
     }
-    if n == 0 {
+    let err = if n == 0 {
         f64::INFINITY
     } else {
         sum / n as f64
-    }
+    };
+    (err, if nw == 0 { 0.0 } else { wig / nw as f64 })
+}
+
+/// [`es_error_wiggle`]'s error alone.
+pub fn es_error(params: &EsParams, y: &[f64], k: u64) -> f64 {
+    es_error_wiggle(params, y, k).0
 }
 
 /// Grids the coefficients are chosen from by [`fit`].
@@ -231,6 +249,13 @@ pub const GAMMAS: [f64; 4] = [0.0, 0.02, 0.05, 0.15];
 /// not all positive get the first grid point (their log is partly missing;
 /// the caller decides whether to use the hybrid for them at all).
 pub fn fit(periods: &[usize], y: &[f64], k: u64) -> EsParams {
+    fit_penalized(periods, y, k, 0.0)
+}
+
+/// [`fit`] with ES-RNN's level-wiggliness penalty: minimises
+/// `error + lambda * wiggliness` (see [`es_error_wiggle`]), which favours
+/// smooth levels (small alpha) unless they cost accuracy.
+pub fn fit_penalized(periods: &[usize], y: &[f64], k: u64, lambda: f64) -> EsParams {
     let np = periods.len();
     let mut best = EsParams::new(periods.to_vec(), ALPHAS[0], vec![GAMMAS[0]; np]);
     let mut best_err = f64::INFINITY;
@@ -244,7 +269,8 @@ pub fn fit(periods: &[usize], y: &[f64], k: u64) -> EsParams {
                 r /= GAMMAS.len();
             }
             let p = EsParams::new(periods.to_vec(), a, gammas);
-            let e = es_error(&p, y, k);
+            let (e, w) = es_error_wiggle(&p, y, k);
+            let e = e + lambda * w;
             if e < best_err {
                 best_err = e;
                 best = p;
@@ -488,5 +514,8 @@ mod tests {
         let q = fit(&[24], &shifted, 24);
         assert!(q.alpha > p.alpha, "{q:?} vs {p:?}");
         assert!(es_error(&q, &shifted, 24) <= es_error(&p, &shifted, 24));
+        // The wiggliness penalty pulls alpha down (never up).
+        let w = fit_penalized(&[24], &shifted, 24, 100.0);
+        assert!(w.alpha < q.alpha, "{w:?} vs {q:?}");
     }
 }
