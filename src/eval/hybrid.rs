@@ -96,3 +96,62 @@ impl Model for HybridModel {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::hybrid_options;
+    use super::*;
+
+    #[test]
+    fn names_compose_and_unknown_suffixes_are_refused() {
+        let o = hybrid_options("hybrid", 24).unwrap();
+        assert_eq!(
+            (o.periods, o.mode, o.es_only),
+            (vec![24, 168], HybridMode::Deseason, false)
+        );
+        let o = hybrid_options("es_rel_d_w", 24).unwrap();
+        assert_eq!(o.periods, vec![24]);
+        assert_eq!(
+            (o.mode, o.es_only, o.wiggle),
+            (HybridMode::Relative, true, 1.0)
+        );
+        for bad in ["hybridx", "hybrid_", "hybrid_d_d", "es_x", "ses", "snaive"] {
+            assert!(hybrid_options(bad, 24).is_none(), "{bad}");
+        }
+    }
+
+    /// The smoothing alone goes through the batch harness (leak-checked) and
+    /// forecasts a multiplicative daily-and-weekly season closely.
+    #[test]
+    fn es_forecasts_a_double_season_through_the_harness() {
+        let data: Vec<(String, Vec<f64>)> = (0..3)
+            .map(|i| {
+                let v = (0..24 * 7 * 5)
+                    .map(|t| {
+                        let d = 1.0 + 0.3 * (t as f64 * std::f64::consts::TAU / 24.0).sin();
+                        let w = if (t / 24) % 7 >= 5 { 0.6 } else { 1.0 };
+                        (10.0 + i as f64) * d * w
+                    })
+                    .collect();
+                (format!("s{i}"), v)
+            })
+            .collect();
+        let panel = super::super::Panel::holdout(&data, 48).unwrap();
+        let mut f = || -> Result<Box<dyn Model>> {
+            let opts = hybrid_options("es", 24).unwrap();
+            Ok(Box::new(HybridModel::new(
+                crate::testkit::pipeline(""),
+                1,
+                opts,
+            )))
+        };
+        let c = super::super::run_checked(&panel, &mut f, 48).unwrap();
+        assert!(c.leak_checked);
+        for (fc, (_, full)) in c.forecasts.iter().zip(&data) {
+            let truth = &full[full.len() - 48..];
+            for (a, b) in fc.iter().zip(truth) {
+                assert!((a / b - 1.0).abs() < 0.05, "{a} vs {b}");
+            }
+        }
+    }
+}

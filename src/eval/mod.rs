@@ -218,6 +218,25 @@ pub fn stream_model_by_name(
         )));
     }
     let season = cfg.model.season_windows as usize;
+    if let Some(opts) = hybrid_options(name, season).filter(|o| !o.es_only) {
+        // The live hybrid: the pipeline's network with `[model.hybrid]`
+        // (its own table if it has one, else the name's periods and mode
+        // with the default coefficients), trained and stepped as `rnn`.
+        let mut cfg = cfg.clone();
+        if cfg.model.hybrid.is_none() {
+            cfg.model.hybrid = Some(crate::config::HybridConfig {
+                periods: opts.periods.iter().map(|&m| m as u32).collect(),
+                alpha: 0.05,
+                gammas: Vec::new(),
+                mode: opts.mode,
+            });
+        }
+        let train = series
+            .iter()
+            .map(|s| (s.start_ms.clone(), s.values.clone()))
+            .collect();
+        return Ok(Box::new(rnn::OnlineRnn::new(cfg, train, train_fraction)));
+    }
     if let Some(spec) = combo::parse_spec(name) {
         return combo::stream_model(name, &spec?, season);
     }

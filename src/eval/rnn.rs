@@ -300,7 +300,11 @@ impl OnlineRnn {
 
 impl StreamModel for OnlineRnn {
     fn name(&self) -> String {
-        "rnn".into()
+        if self.cfg.model.hybrid.is_some() {
+            "hybrid".into()
+        } else {
+            "rnn".into()
+        }
     }
 
     fn reset(&mut self, key: &str) -> Result<()> {
