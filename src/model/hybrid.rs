@@ -518,4 +518,79 @@ mod tests {
         let w = fit_penalized(&[24], &shifted, 24, 100.0);
         assert!(w.alpha < q.alpha, "{w:?} vs {q:?}");
     }
+
+    /// The stage with `[model.hybrid]`: forecasts come back in the series'
+    /// units, the smoothing state advances per key, a hot swap to the same
+    /// network leaves both the state and the next forecasts unchanged, and
+    /// an ended key's state is freed.
+    #[test]
+    fn the_stage_smooths_online_and_a_hot_swap_keeps_it() {
+        use crate::model::ForecastStage;
+        use arrow::array::AsArray;
+        use arrow::datatypes::Float64Type;
+        let cfg = crate::testkit::pipeline(
+            "[model]\ncell = \"gru\"\nhidden = 8\nhorizon = 4\nseason_windows = 24\nwarmup_windows = 24\n\
+             [model.hybrid]\nperiods = [24]\nalpha = 0.1\ngammas = [0.1]\n",
+        );
+        let spec = crate::window::WindowSpec::from_config(&cfg);
+        let step = |stage: &mut ForecastStage, t: usize| -> Vec<f64> {
+            let mut b = crate::window::WindowsBuilder::new(&spec, 2);
+            for (k, lvl) in [("a", 10.0), ("b", 1000.0)] {
+                let y = lvl * (1.0 + 0.3 * (t as f64 * std::f64::consts::TAU / 24.0).sin());
+                b.push(
+                    k,
+                    1_600_000_000_000 + t as i64 * spec.size_ms,
+                    1,
+                    false,
+                    &[y],
+                );
+            }
+            let f = stage.forecast(&b.finish()).unwrap();
+            let l = f
+                .column(crate::schema::forecasts::FORECAST)
+                .as_fixed_size_list();
+            l.values().as_primitive::<Float64Type>().values().to_vec()
+        };
+        let mut stage = ForecastStage::from_config(&cfg).unwrap();
+        for t in 0..60 {
+            let f = step(&mut stage, t);
+            // Key a's forecasts near 10, key b's near 1000 (untrained net:
+            // the residual head gives about the smoothing's own forecast).
+            assert!(
+                f[..4].iter().all(|v| *v > 1.0 && *v < 100.0),
+                "t={t}: {f:?}"
+            );
+            assert!(
+                f[4..].iter().all(|v| *v > 100.0 && *v < 10_000.0),
+                "t={t}: {f:?}"
+            );
+        }
+        let h = stage.hybrid().unwrap();
+        let Some(KeyEs::Ready(a)) = h.get("a") else {
+            panic!("key a still warming after 60 windows");
+        };
+        assert_eq!(a.t, 60);
+        let before = h.clone();
+        let mut twin = ForecastStage::from_config(&cfg).unwrap();
+        for t in 0..60 {
+            step(&mut twin, t);
+        }
+        let net = crate::model::Network::for_spec(
+            stage.spec(),
+            stage.network().vs.device(),
+            stage.spec().seed,
+        );
+        let mut net = net;
+        net.vs.copy(&stage.network().vs).unwrap();
+        let sp = stage.spec().clone();
+        stage.swap(net, sp).unwrap();
+        assert_eq!(stage.hybrid().unwrap().get("a"), before.get("a"));
+        let (x, y) = (step(&mut stage, 60), step(&mut twin, 60));
+        for (p, q) in x.iter().zip(&y) {
+            assert!((p / q - 1.0).abs() < 1e-4, "{x:?} vs {y:?}");
+        }
+        stage.end_keys(&[std::sync::Arc::from("a")]);
+        assert!(stage.hybrid().unwrap().get("a").is_none());
+        assert!(stage.hybrid().unwrap().get("b").is_some());
+    }
 }
