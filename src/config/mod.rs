@@ -674,6 +674,11 @@ pub struct ModelConfig {
     /// directly while the recurrent state carries the rest.
     #[serde(default)]
     pub lags: Option<u32>,
+    /// ES-RNN-style hybrid (`[model.hybrid]`, see `model::hybrid`): per-key
+    /// exponential smoothing around the network; the network must have
+    /// been trained with the same table. Absent = off.
+    #[serde(default)]
+    pub hybrid: Option<HybridConfig>,
     /// A trained model artifact (directory with `model.safetensors` and
     /// `model.json`); absent = a freshly initialised model (seeded).
     #[serde(default)]
@@ -1158,6 +1163,63 @@ impl Default for DecodeConfig {
     }
 }
 
+/// What the network sees besides the deseasonalized log value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HybridMode {
+    /// `ln y - seasonal`: the network's own per-key scaler normalizes the
+    /// level.
+    #[default]
+    Deseason,
+    /// `ln y - seasonal - level_{t-1}`: normalized by the smoothed level as
+    /// ES-RNN does; the forecast is re-leveled with the last level.
+    Relative,
+}
+
+/// The `[model.hybrid]` table: the live stage's ES-RNN-style smoothing (`model::hybrid`) (and the
+/// retrainer's, through `train::prep`). Coefficients are global here (keys
+/// the model never saw need some); `eval m4` fits them per series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HybridConfig {
+    /// Seasonal periods in windows, e.g. `[24, 168]` for hourly windows.
+    pub periods: Vec<u32>,
+    /// Level smoothing.
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// Seasonal smoothing, one per period (default 0.02 each).
+    #[serde(default)]
+    pub gammas: Vec<f64>,
+    #[serde(default)]
+    pub mode: HybridMode,
+}
+
+fn default_alpha() -> f64 {
+    0.05
+}
+
+impl HybridConfig {
+    /// Errors in words, for config validation.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.periods.len() > 2 {
+            return Err("model.hybrid.periods: at most two seasonal periods".into());
+        }
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return Err(format!(
+                "model.hybrid.alpha = {} must be in [0, 1]",
+                self.alpha
+            ));
+        }
+        if self.gammas.len() > self.periods.len() {
+            return Err("model.hybrid.gammas: one per period at most".into());
+        }
+        if let Some(g) = self.gammas.iter().find(|g| !(0.0..=1.0).contains(*g)) {
+            return Err(format!("model.hybrid.gammas: {g} must be in [0, 1]"));
+        }
+        Ok(())
+    }
+}
+
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
@@ -1173,6 +1235,7 @@ impl Default for ModelConfig {
             warmup_windows: default_warmup(),
             season_windows: default_season(),
             lags: None,
+            hybrid: None,
             artifact: None,
             seed: default_seed(),
             device: DeviceKind::default(),
@@ -1423,6 +1486,11 @@ impl PipelineConfig {
         if self.window.max_keys == 0 {
             return bad("window.max_keys", "expected at least 1");
         }
+        if let Some(h) = &self.model.hybrid {
+            if let Err(msg) = h.validate() {
+                return bad("model.hybrid", &msg);
+            }
+        }
         if self.model.hidden < 1 || self.model.layers < 1 || self.model.horizon < 1 {
             return bad("model", "hidden, layers and horizon must be at least 1");
         }
@@ -1497,6 +1565,14 @@ impl PipelineConfig {
                 "retrain.enabled",
                 "retraining learns from the archive: set archive.enabled = true",
             );
+        }
+        if let Some(t) = self.train.point_tau {
+            if !(t > 0.0 && t < 1.0) {
+                return bad(
+                    "train.point_tau",
+                    "expected a quantile strictly between 0 and 1",
+                );
+            }
         }
         if self.train.context < 2 || self.train.tbptt < 1 || self.train.batch_size < 1 {
             return bad(

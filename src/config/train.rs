@@ -21,6 +21,12 @@ pub struct TrainConfig {
     /// Loss on the scaled targets (with `model.quantiles`, the pinball loss is used instead).
     #[serde(default)]
     pub loss: PointLoss,
+    /// Point forecasts trained with the pinball loss at this quantile
+    /// instead of `loss` (ES-RNN's trick: slightly below 0.5, e.g. 0.48,
+    /// against sMAPE's penalty on over-forecasts). Ignored with
+    /// `model.quantiles`. Absent = `loss`.
+    #[serde(default)]
+    pub point_tau: Option<f64>,
     /// Windows of context per sample.
     #[serde(default = "d_context")]
     pub context: i64,

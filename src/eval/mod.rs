@@ -83,6 +83,7 @@ pub mod backtest;
 pub mod combo;
 pub mod global_trees;
 pub mod harness;
+pub mod hybrid;
 pub mod m4;
 pub mod plot;
 pub mod rnn;
@@ -109,9 +110,57 @@ pub struct ModelContext {
     pub rnn_ensemble: usize,
 }
 
+fn rnn_pipeline_path(ctx: &ModelContext) -> PathBuf {
+    ctx.rnn_pipeline
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("pipelines/m4_hourly.toml"))
+}
+
+/// The ES-RNN-style hybrid's names: `hybrid` (network on the log series
+/// divided by daily and weekly seasonal factors) or `es` (the smoothing
+/// alone), then any of the suffixes `_rel` (also divided by the smoothed
+/// level), `_d` (the daily period only: `season`; the weekly one is 7 x it),
+/// `_w` (the per-series fit penalises level wiggliness, lambda = 1).
+pub fn hybrid_options(name: &str, season: usize) -> Option<hybrid::HybridOptions> {
+    let (es_only, rest) = if let Some(r) = name.strip_prefix("hybrid") {
+        (false, r)
+    } else if let Some(r) = name.strip_prefix("es") {
+        (true, r)
+    } else {
+        return None;
+    };
+    let (mut rel, mut daily, mut wiggle) = (false, false, false);
+    if !rest.is_empty() {
+        for part in rest.strip_prefix('_')?.split('_') {
+            match part {
+                "rel" if !rel => rel = true,
+                "d" if !daily => daily = true,
+                "w" if !wiggle => wiggle = true,
+                _ => return None,
+            }
+        }
+    }
+    let season = season.max(1);
+    Some(hybrid::HybridOptions {
+        periods: if daily || season < 2 {
+            vec![season]
+        } else {
+            vec![season, 7 * season]
+        },
+        mode: if rel {
+            crate::model::hybrid::HybridMode::Relative
+        } else {
+            crate::model::hybrid::HybridMode::Deseason
+        },
+        es_only,
+        wiggle: if wiggle { 1.0 } else { 0.0 },
+        name: name.to_string(),
+    })
+}
+
 fn unknown(name: &str) -> Error {
     eval_error!(
-        "unknown model `{name}` (known: {RNN}, {}, {}, combo, combo:a+b+..., combo_<rule>:a+b+...)",
+        "unknown model `{name}` (known: {RNN}, hybrid, es (+ _rel, _d, _w), {}, {}, combo, combo:a+b+..., combo_<rule>:a+b+...)",
         baselines::NAMES.join(", "),
         global_trees::NAMES.join(", ")
     )
@@ -124,13 +173,17 @@ fn unknown(name: &str) -> Error {
 /// is invalid), is an error that says so.
 pub fn model_by_name(name: &str, ctx: &ModelContext) -> Result<Box<dyn Model>> {
     if name == RNN {
-        let path = ctx
-            .rnn_pipeline
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("pipelines/m4_hourly.toml"));
-        let mut m = rnn::RnnModel::from_pipeline(&path)?;
+        let mut m = rnn::RnnModel::from_pipeline(&rnn_pipeline_path(ctx))?;
         m.ensemble = ctx.rnn_ensemble.max(1);
         return Ok(Box::new(m));
+    }
+    if let Some(opts) = hybrid_options(name, ctx.season) {
+        let cfg = PipelineConfig::load(&rnn_pipeline_path(ctx))?;
+        return Ok(Box::new(hybrid::HybridModel::new(
+            cfg,
+            ctx.rnn_ensemble,
+            opts,
+        )));
     }
     if let Some(spec) = combo::parse_spec(name) {
         return Ok(Box::new(combo::Combo::new(name, spec?, ctx)?));
@@ -165,6 +218,25 @@ pub fn stream_model_by_name(
         )));
     }
     let season = cfg.model.season_windows as usize;
+    if let Some(opts) = hybrid_options(name, season).filter(|o| !o.es_only) {
+        // The live hybrid: the pipeline's network with `[model.hybrid]`
+        // (its own table if it has one, else the name's periods and mode
+        // with the default coefficients), trained and stepped as `rnn`.
+        let mut cfg = cfg.clone();
+        if cfg.model.hybrid.is_none() {
+            cfg.model.hybrid = Some(crate::config::HybridConfig {
+                periods: opts.periods.iter().map(|&m| m as u32).collect(),
+                alpha: 0.05,
+                gammas: Vec::new(),
+                mode: opts.mode,
+            });
+        }
+        let train = series
+            .iter()
+            .map(|s| (s.start_ms.clone(), s.values.clone()))
+            .collect();
+        return Ok(Box::new(rnn::OnlineRnn::new(cfg, train, train_fraction)));
+    }
     if let Some(spec) = combo::parse_spec(name) {
         return combo::stream_model(name, &spec?, season);
     }

@@ -91,6 +91,7 @@ impl RnnModel {
                 cfg.decode.value_fields.len(),
                 cfg.model.warmup_windows,
             );
+            with_hybrid(&cfg, &mut stage);
             let mut out = vec![vec![f64::NAN; horizon]; histories.len()];
             for w in &windows {
                 let f = stage.forecast(w)?;
@@ -103,6 +104,17 @@ impl RnnModel {
             }
         }
         Ok(sum)
+    }
+}
+
+/// The live stage's per-key smoothing when the pipeline asks for the
+/// hybrid (`[model.hybrid]`; training prepared its windows the same way).
+fn with_hybrid(cfg: &PipelineConfig, stage: &mut ForecastStage) {
+    if let Some(h) = &cfg.model.hybrid {
+        stage.set_hybrid(crate::model::hybrid::HybridKeys::new(
+            crate::model::hybrid::params_of(h),
+            h.mode,
+        ));
     }
 }
 
@@ -271,12 +283,9 @@ impl OnlineRnn {
         let data = prepare_windows(&cfg, &windows)?;
         let trained = train::train_prepared(&cfg, &cfg.train, &data, None)?;
         self.report = Some(trained.report.clone());
-        self.stage = Some(ForecastStage::new(
-            trained.net,
-            trained.spec,
-            1,
-            cfg.model.warmup_windows,
-        ));
+        let mut stage = ForecastStage::new(trained.net, trained.spec, 1, cfg.model.warmup_windows);
+        with_hybrid(&cfg, &mut stage);
+        self.stage = Some(stage);
         self.chooser = cfg.choice.enabled.then(|| {
             Chooser::new(
                 crate::choose::ChoiceSpec::from_config(&cfg.choice),
@@ -291,7 +300,11 @@ impl OnlineRnn {
 
 impl StreamModel for OnlineRnn {
     fn name(&self) -> String {
-        "rnn".into()
+        if self.cfg.model.hybrid.is_some() {
+            "hybrid".into()
+        } else {
+            "rnn".into()
+        }
     }
 
     fn reset(&mut self, key: &str) -> Result<()> {
@@ -413,6 +426,50 @@ lr = 0.01
             assert!(mae < 2.0, "series {i}: MAE {mae} (amplitude 8)");
         }
         assert!(m.report.is_some());
+    }
+
+    /// The live hybrid (`[model.hybrid]`): training prepares the smoothed
+    /// target, the stage smooths each key online and inverts its forecasts.
+    /// A multiplicative season on very different levels: the forecast must
+    /// come back in each series' units.
+    #[test]
+    fn the_hybrid_pipeline_trains_and_forecasts_in_the_series_units() {
+        let mut c = cfg();
+        c.model.hybrid = Some(crate::config::HybridConfig {
+            periods: vec![24],
+            alpha: 0.05,
+            gammas: vec![0.05],
+            mode: crate::config::HybridMode::Relative,
+        });
+        let s: Vec<Vec<f64>> = (0..8)
+            .map(|i| {
+                let level = 10f64.powi(i % 4 + 1);
+                (0..300 + 20 * i)
+                    .map(|t| {
+                        level
+                            * (1.0
+                                + 0.4
+                                    * ((t as f64 + i as f64) * std::f64::consts::TAU / 24.0).sin())
+                    })
+                    .collect()
+            })
+            .collect();
+        let histories: Vec<&[f64]> = s.iter().map(|v| &v[..v.len() - 12]).collect();
+        let mut m = RnnModel::new(c);
+        let f = m.fit_forecast(&histories, 12).unwrap();
+        for (i, (fc, full)) in f.iter().zip(&s).enumerate() {
+            let truth = &full[full.len() - 12..];
+            let rel: f64 = fc
+                .iter()
+                .zip(truth)
+                .map(|(a, b)| (a / b - 1.0).abs())
+                .sum::<f64>()
+                / 12.0;
+            assert!(
+                rel < 0.1,
+                "series {i}: mean relative error {rel}: {fc:?} vs {truth:?}"
+            );
+        }
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct ForecastStage {
     schema: SchemaRef,
     /// Durable state: keys whose state changed since `take_changes`.
     changed: Option<HashSet<Arc<str>, foldhash::fast::RandomState>>,
+    /// ES-RNN-style hybrid (`model.hybrid`): per-key smoothing applied to
+    /// the target before the network and inverted after it.
+    hybrid: Option<super::hybrid::HybridKeys>,
 }
 
 /// How long a hot swap paused the stage and how much it replayed.
@@ -59,12 +62,30 @@ impl ForecastStage {
     /// network).
     pub fn from_config(cfg: &PipelineConfig) -> Result<Self> {
         let (net, spec) = registry::starting_model(cfg)?;
-        Ok(Self::new(
+        let mut stage = Self::new(
             net,
             spec,
             cfg.decode.value_fields.len(),
             cfg.model.warmup_windows,
-        ))
+        );
+        if let Some(h) = &cfg.model.hybrid {
+            stage.set_hybrid(super::hybrid::HybridKeys::new(
+                super::hybrid::params_of(h),
+                h.mode,
+            ));
+        }
+        Ok(stage)
+    }
+
+    /// Puts per-key exponential smoothing around the network (see
+    /// `model::hybrid`); the network must have been trained on the same
+    /// transform.
+    pub fn set_hybrid(&mut self, h: super::hybrid::HybridKeys) {
+        self.hybrid = Some(h);
+    }
+
+    pub fn hybrid(&self) -> Option<&super::hybrid::HybridKeys> {
+        self.hybrid.as_ref()
     }
 
     pub fn new(net: Network, spec: ModelSpec, n_fields: usize, warmup: u32) -> Self {
@@ -102,6 +123,7 @@ impl ForecastStage {
             net,
             spec,
             changed: None,
+            hybrid: None,
         }
     }
 
@@ -132,6 +154,9 @@ impl ForecastStage {
     /// Frees the state of keys whose series ended (or moved away).
     pub fn end_keys(&mut self, keys: &[Arc<str>]) {
         self.store.free(keys);
+        if let Some(h) = self.hybrid.as_mut() {
+            h.end_keys(keys);
+        }
         if let Some(c) = self.changed.as_mut() {
             keys.iter().for_each(|k| {
                 c.remove(k);
@@ -225,8 +250,14 @@ impl ForecastStage {
             waves[*r].push(i);
             *r += 1;
         }
-        let x_all = self.inputs(windows)?;
         let h = self.spec.horizon as usize;
+        // The hybrid: the target in the network's units, and per row what
+        // turns the forecast back (rows in order = each key in time order).
+        let hybrid = match self.hybrid.as_mut() {
+            Some(hk) => Some(hybrid_inputs(hk, windows, h)?),
+            None => None,
+        };
+        let x_all = self.inputs(hybrid.as_ref().map_or(windows, |(b, _)| b))?;
         let nq = self.spec.quantiles.len();
         let mut out = vec![0.0f64; n * h];
         let mut qout = vec![0.0f64; n * h * nq];
@@ -258,6 +289,17 @@ impl ForecastStage {
             }
             Ok(())
         })?;
+        if let Some((_, inv)) = &hybrid {
+            for i in 0..n {
+                let off = &inv[i * h..(i + 1) * h];
+                for (v, o) in out[i * h..(i + 1) * h].iter_mut().zip(off) {
+                    *v = super::hybrid::HybridKeys::invert(*v, *o);
+                }
+                for (j, v) in qout[i * h * nq..(i + 1) * h * nq].iter_mut().enumerate() {
+                    *v = super::hybrid::HybridKeys::invert(*v, off[j % h]);
+                }
+            }
+        }
         let mut kb = StringBuilder::with_capacity(n, n * 16);
         let mut vb = StringBuilder::with_capacity(n, n * self.spec.version.len());
         let mut sb = StringBuilder::with_capacity(n, n * 8);
@@ -408,4 +450,36 @@ impl ForecastStage {
             use_model.to_device(Device::Cpu),
         ))
     }
+}
+
+/// The hybrid's view of a windows batch: the target column (the first
+/// aggregate) replaced by the smoothing's output for each row, in row order
+/// (each key's windows in time order), and `[rows, h]` offsets that
+/// `HybridKeys::invert` adds back to the forecast made at each row.
+fn hybrid_inputs(
+    hk: &mut super::hybrid::HybridKeys,
+    windows: &RecordBatch,
+    h: usize,
+) -> Result<(RecordBatch, Vec<f64>)> {
+    let n = windows.num_rows();
+    if windows.num_columns() <= win::FIRST_AGG {
+        return Err(Error::Model("windows batch has no value column".into()));
+    }
+    let keys = windows.column(win::KEY).as_string::<i32>();
+    let vals = windows.column(win::FIRST_AGG).as_primitive::<Float64Type>();
+    let mut inv = vec![0.0f64; n * h];
+    let mut z = Vec::with_capacity(n);
+    for i in 0..n {
+        let y = if vals.is_null(i) {
+            f64::NAN
+        } else {
+            vals.value(i)
+        };
+        z.push(hk.push(keys.value(i), y, &mut inv[i * h..(i + 1) * h]));
+    }
+    let mut cols = windows.columns().to_vec();
+    cols[win::FIRST_AGG] = Arc::new(arrow::array::Float64Array::from(z));
+    let b = RecordBatch::try_new(windows.schema(), cols)
+        .map_err(|e| Error::Model(format!("hybrid inputs: {e}")))?;
+    Ok((b, inv))
 }

@@ -9,6 +9,8 @@
 //! - `store`: every key's state in contiguous tensors, with a key -> slot map.
 //! - `forecast`: the stage itself ([`ForecastStage`]): scaling, cold start,
 //!   batched step, hot swap.
+//! - `hybrid`: ES-RNN-style per-key exponential smoothing (level and
+//!   multiplicative seasonality) around the network.
 //! - `artifact`: a trained model on disk (`model.safetensors` + `model.json`).
 //! - `registry`: the versions of a pipeline's model and its champion.
 //!
@@ -33,6 +35,7 @@ pub mod artifact;
 pub mod attention;
 pub mod cells;
 pub mod forecast;
+pub mod hybrid;
 pub mod network;
 pub mod registry;
 pub mod store;

@@ -320,6 +320,11 @@ impl Core {
             cfg.model.warmup_windows,
         );
         let restored = stage.restore(&states)?;
+        // The hybrid's smoothing state goes with the network state: the
+        // challenger sees the same per-key inputs the champion does.
+        if let Some(h) = self.model.hybrid() {
+            stage.set_hybrid(h.clone());
+        }
         // Point forecasts only: the duel compares MASE.
         let scorer = || Scorer::for_pipeline(cfg, &[], None);
         tracing::info!(version = %spec.version, keys = restored, needed = cfg.retrain.shadow_windows, "challenger running in shadow");

@@ -18,6 +18,8 @@ impl Loss {
     pub fn of(t: &TrainConfig, quantiles: &[f64]) -> Self {
         if !quantiles.is_empty() {
             Loss::Pinball(quantiles.to_vec())
+        } else if let Some(tau) = t.point_tau {
+            Loss::Pinball(vec![tau])
         } else if t.loss == PointLoss::Mae {
             Loss::Mae
         } else {

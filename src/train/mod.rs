@@ -108,6 +108,11 @@ pub fn prep_spec(cfg: &PipelineConfig, t: &TrainConfig) -> PrepSpec {
             .max(cfg.model.horizon),
         time_range: None,
         warmup: cfg.model.warmup_windows as i64,
+        hybrid: cfg
+            .model
+            .hybrid
+            .as_ref()
+            .map(|h| (crate::model::hybrid::params_of(h), h.mode)),
     }
 }
 

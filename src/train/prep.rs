@@ -113,6 +113,13 @@ pub struct PrepSpec {
     /// baseline at runtime (and their scaler is still unsettled): they are
     /// context, never loss terms.
     pub warmup: i64,
+    /// ES-RNN-style hybrid (`model.hybrid`): the target of every key is run
+    /// through the smoothing recursion (`model::hybrid`) before everything
+    /// else, as the live stage does; None = off.
+    pub hybrid: Option<(
+        crate::model::hybrid::EsParams,
+        crate::model::hybrid::HybridMode,
+    )>,
 }
 
 /// Prepared training data.
@@ -179,7 +186,10 @@ pub fn prepare_lazy(lf: LazyFrame, spec: &PrepSpec) -> Result<Prepared> {
 /// after the other (together: the rows of all).
 fn prepare_batches(batches: Vec<LazyFrame>, spec: &PrepSpec) -> Result<Prepared> {
     let t = std::time::Instant::now();
-    let cols = Columns::load(batches, spec)?;
+    let mut cols = Columns::load(batches, spec)?;
+    if let Some((params, mode)) = &spec.hybrid {
+        hybrid_target(&mut cols, params, *mode);
+    }
     let loaded = t.elapsed().as_secs_f64();
     let out = build(&cols, spec)?;
     tracing::debug!(
@@ -190,6 +200,26 @@ fn prepare_batches(batches: Vec<LazyFrame>, spec: &PrepSpec) -> Result<Prepared>
         "training data prepared"
     );
     Ok(out)
+}
+
+/// Replaces the target of every key (contiguous rows, time order) by the
+/// hybrid smoothing's output, from a state initialised on the key's first
+/// windows (the live stage's, once a key is past those windows).
+fn hybrid_target(
+    cols: &mut Columns,
+    params: &crate::model::hybrid::EsParams,
+    mode: crate::model::hybrid::HybridMode,
+) {
+    let Some(y) = cols.values.first_mut() else {
+        return;
+    };
+    let mut first = 0;
+    for &n in &cols.key_lens {
+        let (z, _) =
+            crate::model::hybrid::EsState::transform_series(params, &y[first..first + n], mode);
+        y[first..first + n].copy_from_slice(&z);
+        first += n;
+    }
 }
 
 /// The columns prepared from, rows sorted: keys contiguous (in `key_lens`

@@ -152,6 +152,7 @@ fn spec(head: Head) -> PrepSpec {
         val_windows: 7,
         time_range: None,
         warmup: 3,
+        hybrid: None,
     }
 }
 
