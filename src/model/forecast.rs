@@ -88,6 +88,11 @@ impl ForecastStage {
         self.hybrid.as_ref()
     }
 
+    /// The hybrid's per-key state, for a restore.
+    pub fn hybrid_mut(&mut self) -> Option<&mut super::hybrid::HybridKeys> {
+        self.hybrid.as_mut()
+    }
+
     pub fn new(net: Network, spec: ModelSpec, n_fields: usize, warmup: u32) -> Self {
         // The lags are the trailing `{target}_lag{j}` features (a value field
         // may itself be called e.g. `io_lag`).

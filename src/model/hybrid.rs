@@ -339,6 +339,39 @@ impl HybridKeys {
         }
     }
 
+    /// `key`'s state as a changelog record (see `state::HybridKeyState`).
+    pub fn export(&self, key: &str) -> Option<crate::state::HybridKeyState> {
+        Some(match self.keys.get(key)? {
+            KeyEs::Warming(buf) => crate::state::HybridKeyState {
+                warming: buf.clone(),
+                ..Default::default()
+            },
+            KeyEs::Ready(st) => crate::state::HybridKeyState {
+                warming: Vec::new(),
+                ready: true,
+                level: st.level,
+                seasons: st.seasons.clone(),
+                t: st.t,
+            },
+        })
+    }
+
+    /// Brings back a key's state written by [`HybridKeys::export`] (with
+    /// this stage's parameters: they come from the pipeline).
+    pub fn import(&mut self, key: std::sync::Arc<str>, st: &crate::state::HybridKeyState) {
+        let es = if st.ready {
+            KeyEs::Ready(EsState {
+                params: self.params.clone(),
+                level: st.level,
+                seasons: st.seasons.clone(),
+                t: st.t,
+            })
+        } else {
+            KeyEs::Warming(st.warming.clone())
+        };
+        self.keys.insert(key, es);
+    }
+
     /// The next value of `key` in the network's units; fills `inv[h-1]`
     /// with what [`HybridKeys::invert`] adds back for step `h` of the
     /// forecast made at this value.

@@ -135,11 +135,14 @@ impl Core {
         let models = self.model.take_changes()?;
         let mut records = Vec::with_capacity(2 * w.ended.len() + w.keys.len() + models.len());
         let live = self.scorer.is_some() || self.chooser.is_some();
+        let hybrid = self.model.hybrid();
         for (p, key) in &w.ended {
             let live_key = live.then(|| state::live_key(key));
+            let hybrid_key = hybrid.is_some().then(|| state::hybrid_key(key));
             for k in [state::window_key(key), state::model_key(key)]
                 .into_iter()
                 .chain(live_key)
+                .chain(hybrid_key)
             {
                 records.push(StateRecord {
                     partition: *p,
@@ -168,6 +171,14 @@ impl Core {
                     key: state::model_key(key),
                     value: Some(state::encode(st)?),
                 });
+                // The hybrid's smoothing state moves with the model's.
+                if let Some(h) = hybrid.and_then(|h| h.export(key)) {
+                    records.push(StateRecord {
+                        partition: p,
+                        key: state::hybrid_key(key),
+                        value: Some(state::encode(&h)?),
+                    });
+                }
                 if live {
                     let l = LiveKeyState {
                         score: scorer.as_ref().and_then(|s| s.export(key)),
@@ -212,6 +223,11 @@ impl Core {
         self.frontier.remove(&r.partition);
         let restored = self.model.restore(&models)?;
         let mine = |k: &str| self.window.partition_of(k) == Some(r.partition);
+        if let Some(h) = self.model.hybrid_mut() {
+            for (k, st) in r.hybrid.iter().filter(|(k, _)| mine(k)) {
+                h.import(k.clone(), st);
+            }
+        }
         if let Some(s) = &self.scorer {
             let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
             for (k, l) in r.live.iter().filter(|(k, _)| mine(k)) {
@@ -667,12 +683,14 @@ mod tests {
         // per-key state is checkpointed with the model's.
         let live = "quantiles = [0.1, 0.5, 0.9]\n[choice]\nenabled = true\nmin_scored = 2\nhalf_life = 2.0\n\
                     [score]\ncalibration_window = 10";
-        for (kind, extra) in [("gru", ""), ("lstm", ""), ("lstm", live)] {
+        // The fourth adds the ES hybrid, whose smoothing state is too.
+        let hybrid = "[model.hybrid]\nperiods = [4]\nalpha = 0.2";
+        for (kind, extra) in [("gru", ""), ("lstm", ""), ("lstm", live), ("gru", hybrid)] {
             let cfg = crate::testkit::pipeline(&format!(
                 "[decode]\ntime_format = \"epoch_ms\"\n[window]\nsize = \"1h\"\nallowed_lateness = \"0s\"\n\
                  [model]\ncell = \"{kind}\"\nhidden = 8\nwarmup_windows = 3\nseason_windows = 4\n{extra}"
             ));
-            let with_live = !extra.is_empty();
+            let with_live = extra == live;
             let msgs = messages(6, 40);
             let cut = msgs.len() / 2 + 3; // mid-window
             let mut orig = core(&cfg);

@@ -95,6 +95,22 @@ pub struct LiveKeyState {
     pub choice: Option<ChoiceKeyState>,
 }
 
+/// A key's ES-hybrid smoothing state (`model::hybrid`, `[model.hybrid]`),
+/// beside its model state and written with it (both change when a window
+/// of the key closes). The smoothing parameters come from the pipeline,
+/// not the record. A record of its own (`h/`), so changelogs written
+/// before the hybrid existed restore unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HybridKeyState {
+    /// Values buffered while the key warms up (`ready = false`).
+    pub warming: Vec<f64>,
+    pub ready: bool,
+    /// Smoothed log level, log seasonal factors per period, windows seen.
+    pub level: f64,
+    pub seasons: Vec<Vec<f64>>,
+    pub t: u64,
+}
+
 /// See `score::Scorer` (its per-key state, version indices as names).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScoreKeyState {
@@ -170,6 +186,10 @@ pub fn live_key(key: &str) -> Vec<u8> {
     [b"l/", key.as_bytes()].concat()
 }
 
+pub fn hybrid_key(key: &str) -> Vec<u8> {
+    [b"h/", key.as_bytes()].concat()
+}
+
 pub const PARTITION_KEY: &[u8] = b"p";
 
 /// Encodes a value: the format byte, then postcard.
@@ -201,6 +221,7 @@ pub struct RestoredPartition {
     pub windows: Vec<(Arc<str>, WindowKeyState)>,
     pub models: Vec<(Arc<str>, ModelKeyState)>,
     pub live: Vec<(Arc<str>, LiveKeyState)>,
+    pub hybrid: Vec<(Arc<str>, HybridKeyState)>,
     /// Records read (tombstones and superseded ones included) and their bytes.
     pub records: u64,
     pub bytes: u64,
@@ -218,6 +239,7 @@ impl RestoredPartition {
         let mut windows: HashMap<Arc<str>, WindowKeyState> = HashMap::new();
         let mut models: HashMap<Arc<str>, ModelKeyState> = HashMap::new();
         let mut live: HashMap<Arc<str>, LiveKeyState> = HashMap::new();
+        let mut hybrid: HashMap<Arc<str>, HybridKeyState> = HashMap::new();
         let (mut n, mut bytes) = (0u64, 0u64);
         for (k, v) in records {
             n += 1;
@@ -249,6 +271,12 @@ impl RestoredPartition {
                 (b"l/", None) => {
                     live.remove(&name);
                 }
+                (b"h/", Some(v)) => {
+                    hybrid.insert(name, decode(v)?);
+                }
+                (b"h/", None) => {
+                    hybrid.remove(&name);
+                }
                 _ => {
                     return Err(Error::State(format!(
                         "unknown record key {:?} on changelog partition {partition}",
@@ -260,16 +288,19 @@ impl RestoredPartition {
         let mut windows: Vec<_> = windows.into_iter().collect();
         let mut models: Vec<_> = models.into_iter().collect();
         let mut live: Vec<_> = live.into_iter().collect();
+        let mut hybrid: Vec<_> = hybrid.into_iter().collect();
         // Deterministic restore order (slot allocation, eviction).
         windows.sort_by(|a, b| a.0.cmp(&b.0));
         models.sort_by(|a, b| a.0.cmp(&b.0));
         live.sort_by(|a, b| a.0.cmp(&b.0));
+        hybrid.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(RestoredPartition {
             partition,
             clock,
             windows,
             models,
             live,
+            hybrid,
             records: n,
             bytes,
         })
