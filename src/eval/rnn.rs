@@ -9,7 +9,9 @@
 //! - [`OnlineRnn`] is an `eval::StreamModel` (rolling-origin backtests): it
 //!   is trained once on the part of each series before the first origin the
 //!   harness will ask about, then steps window by window as the live
-//!   pipeline would, forecasting from its carried state.
+//!   pipeline would, forecasting from its carried state. With
+//!   `retrain.enabled` it also retrains as the live job does (see
+//!   [`OnlineRnn`]'s notes on generations).
 
 use arrow::array::{Array, AsArray, RecordBatch, TimestampMillisecondArray};
 use arrow::datatypes::Float64Type;
@@ -222,6 +224,20 @@ pub struct OnlineRnn {
     train_series: Vec<(Vec<i64>, Vec<f64>)>,
     train_fraction: f64,
     stage: Option<ForecastStage>,
+    /// Model generations (`retrain.enabled`): the first is the initial
+    /// model; generation k (k >= 1) was retrained on every window that
+    /// starts before its cutoff (event time), from the previous
+    /// generation's weights with `retrain.from_champion`, and replaced it
+    /// only if the live job's rule promotes it (`retrain::decide`: a lower
+    /// validation loss on the same holdout). Cutoffs are
+    /// `retrain.every_windows` closed windows (all keys) apart, i.e.
+    /// `every_windows / keys` windows of event time, from the earliest
+    /// initial training cutoff. A key's stage runs the generation whose
+    /// cutoff its window has passed, so no forecast uses data after its
+    /// origin.
+    generations: Vec<Generation>,
+    /// The generation the stage runs now.
+    running: usize,
     /// Per-key model choice after the stage, when `choice.enabled` (as the
     /// live job does).
     chooser: Option<Chooser>,
@@ -229,6 +245,26 @@ pub struct OnlineRnn {
     seen: i64,
     last: Option<Vec<f64>>,
     pub report: Option<TrainReport>,
+}
+
+/// One model generation of [`OnlineRnn`].
+struct Generation {
+    /// Windows starting at or after this (ms) use it.
+    from_ms: i64,
+    net: crate::model::Network,
+    spec: crate::model::ModelSpec,
+    /// Whether the retrain's challenger was promoted (false: a copy of the
+    /// previous generation).
+    promoted: bool,
+}
+
+/// Which windows a training run may see.
+#[derive(Debug, Clone, Copy)]
+enum Cutoff {
+    /// The first `fraction` of each series' windows.
+    Fraction(f64),
+    /// Every window starting before this time (ms).
+    Before(i64),
 }
 
 impl OnlineRnn {
@@ -243,6 +279,8 @@ impl OnlineRnn {
             train_series,
             train_fraction,
             stage: None,
+            generations: Vec::new(),
+            running: 0,
             chooser: None,
             key: String::new(),
             seen: 0,
@@ -251,18 +289,19 @@ impl OnlineRnn {
         }
     }
 
-    fn ensure_trained(&mut self) -> Result<()> {
-        if self.stage.is_some() {
-            return Ok(());
-        }
-        let cfg = self.cfg.clone();
+    /// The windows `cutoff` allows, prepared for training.
+    fn training_data(&self, cutoff: Cutoff) -> Result<train::Prepared> {
+        let cfg = &self.cfg;
         // Events at the middle of each training window, on the real clock
         // (calendar covariates must mean the same in training and replay).
         let size = cfg.size_ms();
         let mut rows: Vec<(i64, usize, f64)> = Vec::new();
         let mut final_wm = i64::MIN;
         for (i, (starts, values)) in self.train_series.iter().enumerate() {
-            let n = ((values.len() as f64 * self.train_fraction) as usize).min(values.len());
+            let n = match cutoff {
+                Cutoff::Fraction(f) => ((values.len() as f64 * f) as usize).min(values.len()),
+                Cutoff::Before(ms) => starts.partition_point(|&s| s < ms),
+            };
             for j in 0..n {
                 rows.push((starts[j] + size / 2, i, values[j]));
             }
@@ -276,13 +315,103 @@ impl OnlineRnn {
             b.push(&key_of(*i), *ts, 0, o as i64, &[*v]);
         }
         let windows = closed_windows(
-            WindowSpec::from_config(&cfg),
+            WindowSpec::from_config(cfg),
             &b.finish(),
             End::Through(final_wm),
         );
-        let data = prepare_windows(&cfg, &windows)?;
+        prepare_windows(cfg, &windows)
+    }
+
+    /// Event time between retrain cutoffs: `retrain.every_windows` closed
+    /// windows of all keys.
+    fn retrain_step_ms(&self) -> i64 {
+        let keys = self.train_series.len().max(1) as u64;
+        (self.cfg.retrain.every_windows / keys).max(1) as i64 * self.cfg.size_ms()
+    }
+
+    /// The earliest time the initial training did not see.
+    fn first_cutoff_ms(&self) -> i64 {
+        self.train_series
+            .iter()
+            .filter_map(|(starts, values)| {
+                let n = (values.len() as f64 * self.train_fraction) as usize;
+                starts.get(n.min(values.len().saturating_sub(1))).copied()
+            })
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
+    /// The generation for a window starting at `start_ms`, retraining the
+    /// ones before it that were not trained yet.
+    fn generation_for(&mut self, start_ms: i64) -> Result<usize> {
+        if !self.cfg.retrain.enabled {
+            return Ok(0);
+        }
+        let (base, step) = (self.first_cutoff_ms(), self.retrain_step_ms());
+        loop {
+            let k = self.generations.len();
+            let from_ms = base.saturating_add(step.saturating_mul(k as i64));
+            if from_ms > start_ms {
+                break;
+            }
+            let data = self.training_data(Cutoff::Before(from_ms))?;
+            let prev = &self.generations[k - 1];
+            let init = self.cfg.retrain.from_champion.then_some(&prev.net);
+            let challenger = train::train_prepared(&self.cfg, &self.cfg.train, &data, init)?;
+            let champion_val = train::validation_loss(&prev.net, &data, &self.cfg.train);
+            let d = crate::retrain::decide(&challenger, champion_val, &prev.spec.version);
+            tracing::info!(generation = k, from_ms, promoted = d.promoted, reason = %d.reason, "eval stream: retrained");
+            let generation = if d.promoted {
+                Generation {
+                    from_ms,
+                    net: challenger.net,
+                    spec: challenger.spec,
+                    promoted: true,
+                }
+            } else {
+                Generation {
+                    from_ms,
+                    net: copy_network(&prev.net, &prev.spec)?,
+                    spec: prev.spec.clone(),
+                    promoted: false,
+                }
+            };
+            self.generations.push(generation);
+        }
+        Ok(self
+            .generations
+            .iter()
+            .rposition(|g| g.from_ms <= start_ms)
+            .unwrap_or(0))
+    }
+
+    /// (retrains run, challengers promoted) so far.
+    pub fn retrains(&self) -> (usize, usize) {
+        let run = self.generations.len().saturating_sub(1);
+        let promoted = self
+            .generations
+            .iter()
+            .skip(1)
+            .filter(|g| g.promoted)
+            .count();
+        (run, promoted)
+    }
+
+    fn ensure_trained(&mut self) -> Result<()> {
+        if self.stage.is_some() {
+            return Ok(());
+        }
+        let cfg = self.cfg.clone();
+        let data = self.training_data(Cutoff::Fraction(self.train_fraction))?;
         let trained = train::train_prepared(&cfg, &cfg.train, &data, None)?;
         self.report = Some(trained.report.clone());
+        self.generations = vec![Generation {
+            from_ms: i64::MIN,
+            net: copy_network(&trained.net, &trained.spec)?,
+            spec: trained.spec.clone(),
+            promoted: true,
+        }];
+        self.running = 0;
         let mut stage = ForecastStage::new(trained.net, trained.spec, 1, cfg.model.warmup_windows);
         with_hybrid(&cfg, &mut stage);
         self.stage = Some(stage);
@@ -323,6 +452,20 @@ impl StreamModel for OnlineRnn {
     }
 
     fn observe(&mut self, window_start_ms: i64, value: f64) -> Result<()> {
+        if self.stage.is_none() {
+            return Ok(());
+        }
+        let g = self.generation_for(window_start_ms)?;
+        if g != self.running {
+            // As a hot swap in the live job: the key's state is replayed
+            // through the new generation's network.
+            let gen = &self.generations[g];
+            let net = copy_network(&gen.net, &gen.spec)?;
+            if let Some(stage) = self.stage.as_mut() {
+                stage.swap(net, gen.spec.clone())?;
+            }
+            self.running = g;
+        }
         let Some(stage) = self.stage.as_mut() else {
             return Ok(());
         };
@@ -353,6 +496,18 @@ impl StreamModel for OnlineRnn {
             None => vec![f64::NAN; horizon],
         })
     }
+}
+
+/// A copy of a network (its own weights).
+fn copy_network(
+    net: &crate::model::Network,
+    spec: &crate::model::ModelSpec,
+) -> Result<crate::model::Network> {
+    let mut copy = crate::model::Network::for_spec(spec, net.vs.device(), spec.seed);
+    copy.vs
+        .copy(&net.vs)
+        .map_err(|e| Error::Model(format!("copying a network: {e}")))?;
+    Ok(copy)
 }
 
 /// A one-row windows batch (the schema the forecast stage takes).
@@ -495,5 +650,63 @@ lr = 0.01
         let f = m.forecast(12).unwrap();
         assert_eq!(f.len(), 12);
         assert!(f.iter().all(|v| v.is_finite()), "{f:?}");
+    }
+
+    /// `retrain.enabled`: the backtest retrains at event-time cutoffs as
+    /// the live job would, each generation on windows before its cutoff
+    /// only, and a key switches generation as its windows pass a cutoff.
+    #[test]
+    fn the_online_model_retrains_at_cutoffs_without_seeing_past_them() {
+        let s = series();
+        let size = 3_600_000;
+        let t0 = 1_600_000_000_000 / size * size;
+        let train: Vec<(Vec<i64>, Vec<f64>)> = s
+            .iter()
+            .map(|v| {
+                (
+                    (0..v.len() as i64).map(|t| t0 + t * size).collect(),
+                    v.clone(),
+                )
+            })
+            .collect();
+        let mut cfg = cfg();
+        cfg.retrain.enabled = true;
+        // Every 24 windows of event time per key.
+        cfg.retrain.every_windows = 24 * train.len() as u64;
+        let mut m = OnlineRnn::new(cfg, train.clone(), 0.6);
+        // The data a cutoff allows: exactly the windows that start before it.
+        let cut = t0 + 100 * size;
+        let rows: i64 = m
+            .training_data(Cutoff::Before(cut))
+            .unwrap()
+            .keys
+            .iter()
+            .map(|k| k.1)
+            .sum();
+        let before: usize = train
+            .iter()
+            .map(|(st, _)| st.iter().filter(|&&t| t < cut).count())
+            .sum();
+        assert_eq!(
+            rows as usize, before,
+            "a cutoff's data is what starts before it"
+        );
+        m.reset("s00000").unwrap();
+        let base = m.first_cutoff_ms();
+        for (t, v) in train[0].0.iter().zip(&train[0].1) {
+            m.observe(*t, *v).unwrap();
+            // The running generation's cutoff is at or before the window.
+            assert!(m.generations[m.running].from_ms <= *t);
+        }
+        let last = *train[0].0.last().unwrap();
+        let expected = ((last - base) / (24 * size)).max(0) as usize;
+        assert_eq!(m.retrains().0, expected, "one retrain per cutoff passed");
+        assert!(m.retrains().0 >= 2);
+        let f = m.forecast(12).unwrap();
+        assert!(f.iter().all(|v| v.is_finite()), "{f:?}");
+        // A key that starts early again runs the generation of its time.
+        m.reset("s00001").unwrap();
+        m.observe(train[1].0[0], train[1].1[0]).unwrap();
+        assert_eq!(m.running, 0);
     }
 }
