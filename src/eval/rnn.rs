@@ -300,7 +300,13 @@ impl OnlineRnn {
         for (i, (starts, values)) in self.train_series.iter().enumerate() {
             let n = match cutoff {
                 Cutoff::Fraction(f) => ((values.len() as f64 * f) as usize).min(values.len()),
-                Cutoff::Before(ms) => starts.partition_point(|&s| s < ms),
+                // A series that has barely started by the cutoff (or starts
+                // after it) is left out, as training needs more than the
+                // validation and horizon windows of every key.
+                Cutoff::Before(ms) => match starts.partition_point(|&s| s < ms) {
+                    n if n > self.min_windows() => n,
+                    _ => 0,
+                },
             };
             for j in 0..n {
                 rows.push((starts[j] + size / 2, i, values[j]));
@@ -320,6 +326,12 @@ impl OnlineRnn {
             End::Through(final_wm),
         );
         prepare_windows(cfg, &windows)
+    }
+
+    /// Fewer windows than this and a series cannot be trained on.
+    fn min_windows(&self) -> usize {
+        let prep = train::prep_spec(&self.cfg, &self.cfg.train);
+        (prep.val_windows + prep.horizon + prep.context).max(0) as usize
     }
 
     /// Event time between retrain cutoffs: `retrain.every_windows` closed
@@ -353,6 +365,25 @@ impl OnlineRnn {
             let from_ms = base.saturating_add(step.saturating_mul(k as i64));
             if from_ms > start_ms {
                 break;
+            }
+            let min = self.min_windows();
+            let trainable = self
+                .train_series
+                .iter()
+                .filter(|(starts, _)| starts.partition_point(|&s| s < from_ms) > min)
+                .count();
+            let prev = &self.generations[k - 1];
+            if trainable == 0 {
+                // Nothing to train on yet (series that start later): the
+                // champion stays, as a live retrain with an empty archive.
+                let generation = Generation {
+                    from_ms,
+                    net: copy_network(&prev.net, &prev.spec)?,
+                    spec: prev.spec.clone(),
+                    promoted: false,
+                };
+                self.generations.push(generation);
+                continue;
             }
             let data = self.training_data(Cutoff::Before(from_ms))?;
             let prev = &self.generations[k - 1];
