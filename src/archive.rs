@@ -163,6 +163,9 @@ impl Journal {
     }
 }
 
+/// Rows recovered from a journal, and the offsets of the mark they precede.
+type Recovered = (Vec<RecordBatch>, Vec<(i32, i64)>);
+
 /// The rows of the newest mark in `marks_path` whose offsets are all within
 /// `committed`, read from the journal, with that mark's offsets; `None`
 /// when no committed mark covers any row.
@@ -170,7 +173,7 @@ fn recover_journal(
     ipc_path: &Path,
     marks_path: &Path,
     committed: &BTreeMap<i32, i64>,
-) -> Result<Option<(Vec<RecordBatch>, Vec<(i32, i64)>)>> {
+) -> Result<Option<Recovered>> {
     let text = std::fs::read_to_string(marks_path).unwrap_or_default();
     let mut best: Option<(usize, Vec<(i32, i64)>)> = None;
     // A line cut short by the crash does not parse and is skipped.
