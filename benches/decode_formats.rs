@@ -8,6 +8,9 @@
 //!
 //!   cargo bench --bench decode_formats
 
+// Bench code may unwrap: a failing unwrap is a failing run.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Instant;
 
 use apache_avro::types::Value;
