@@ -266,7 +266,7 @@ impl ArchiveWriter {
                     recover_journal(&ipc_path, &marks_path, committed)?
                 {
                     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-                    write_sealed(&batches, self.schema.clone(), &offsets, &tmp)?;
+                    write_parquet(&batches, self.schema.clone(), Some(&offsets), &tmp)?;
                     std::fs::rename(&tmp, &path)
                         .map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))?;
                     tracing::info!(rows, file = %path.display(), "recovered the committed rows of an archive file a crash left open");
@@ -278,15 +278,12 @@ impl ArchiveWriter {
                 }
             }
             for f in [&ipc_path, &marks_path] {
-                std::fs::remove_file(f)
-                    .or_else(|e| {
-                        if e.kind() == std::io::ErrorKind::NotFound {
-                            Ok(())
-                        } else {
-                            Err(e)
-                        }
-                    })
-                    .map_err(|e| Error::io(format!("removing {}", f.display()), e))?;
+                match std::fs::remove_file(f) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::io(format!("removing {}", f.display()), e))
+                    }
+                    _ => {}
+                }
             }
         }
         for tmp in walk(&self.dir)? {
@@ -735,11 +732,18 @@ fn finish(w: &mut ArchiveWriter) -> Result<()> {
     Ok(())
 }
 
-/// Writes `batches` to `path` as a file sealed at `offsets` (recovery).
-fn write_sealed(
+/// Writes window batches to one Parquet file in the archive's format
+/// (training data made from events, evaluation).
+pub fn write_windows_file(batches: &[RecordBatch], schema: SchemaRef, path: &Path) -> Result<()> {
+    write_parquet(batches, schema, None, path)
+}
+
+/// One Parquet file of `batches`, its footer naming the checkpoint offsets
+/// it was sealed at when given.
+fn write_parquet(
     batches: &[RecordBatch],
     schema: SchemaRef,
-    offsets: &[(i32, i64)],
+    sealed_at: Option<&[(i32, i64)]>,
     path: &Path,
 ) -> Result<()> {
     let file =
@@ -748,21 +752,10 @@ fn write_sealed(
     for b in batches {
         w.write(b)?;
     }
-    let offsets =
-        serde_json::to_string(offsets).map_err(|e| Error::json("checkpoint offsets", e))?;
-    w.append_key_value_metadata(KeyValue::new(SEALED_AT.to_string(), offsets));
-    w.close()?;
-    Ok(())
-}
-
-/// Writes window batches to one Parquet file in the archive's format
-/// (training data made from events, evaluation).
-pub fn write_windows_file(batches: &[RecordBatch], schema: SchemaRef, path: &Path) -> Result<()> {
-    let file = std::fs::File::create(path)
-        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-    let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None)?;
-    for b in batches {
-        w.write(b)?;
+    if let Some(offsets) = sealed_at {
+        let json =
+            serde_json::to_string(offsets).map_err(|e| Error::json("checkpoint offsets", e))?;
+        w.append_key_value_metadata(KeyValue::new(SEALED_AT.to_string(), json));
     }
     w.close()?;
     Ok(())
@@ -825,6 +818,18 @@ mod tests {
         .unwrap()
     }
 
+    /// Files rolled after `roll_rows` rows (or an hour), kept 1,000 days.
+    fn kept(roll_rows: usize) -> ArchiveConfig {
+        ArchiveConfig {
+            enabled: true,
+            dir: None,
+            roll_rows,
+            roll_interval: Duration::from_secs(3600),
+            retention_age: Duration::from_secs(1_000 * 86_400),
+            retention_bytes: u64::MAX,
+        }
+    }
+
     #[test]
     fn rolls_files_renames_into_view_and_applies_retention() {
         let dir = tempfile::tempdir().unwrap();
@@ -884,14 +889,7 @@ mod tests {
     #[test]
     fn files_follow_commit_points() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = ArchiveConfig {
-            enabled: true,
-            dir: None,
-            roll_rows: 2,
-            roll_interval: Duration::from_secs(3600),
-            retention_age: Duration::from_secs(1_000 * 86_400),
-            retention_bytes: u64::MAX,
-        };
+        let cfg = kept(2);
         let points = CommitPoints::default();
         let schema = batch(&[0]).schema();
         let mut w =
@@ -964,14 +962,7 @@ mod tests {
     #[test]
     fn rows_before_a_committed_mark_survive_a_crash() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = ArchiveConfig {
-            enabled: true,
-            dir: None,
-            roll_rows: 1_000,
-            roll_interval: Duration::from_secs(3600),
-            retention_age: Duration::from_secs(1_000 * 86_400),
-            retention_bytes: u64::MAX,
-        };
+        let cfg = kept(1_000);
         let schema = batch(&[0]).schema();
         let mut w =
             ArchiveWriter::new(dir.path().to_path_buf(), schema.clone(), cfg.clone()).unwrap();
@@ -1034,14 +1025,7 @@ mod tests {
     #[test]
     fn sealing_removes_the_journal() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = ArchiveConfig {
-            enabled: true,
-            dir: None,
-            roll_rows: 2,
-            roll_interval: Duration::from_secs(3600),
-            retention_age: Duration::from_secs(1_000 * 86_400),
-            retention_bytes: u64::MAX,
-        };
+        let cfg = kept(2);
         let mut w =
             ArchiveWriter::new(dir.path().to_path_buf(), batch(&[0]).schema(), cfg).unwrap();
         w.follow(CommitPoints::default(), &BTreeMap::new()).unwrap();

@@ -300,13 +300,7 @@ impl OnlineRnn {
         for (i, (starts, values)) in self.train_series.iter().enumerate() {
             let n = match cutoff {
                 Cutoff::Fraction(f) => ((values.len() as f64 * f) as usize).min(values.len()),
-                // A series that has barely started by the cutoff (or starts
-                // after it) is left out, as training needs more than the
-                // validation and horizon windows of every key.
-                Cutoff::Before(ms) => match starts.partition_point(|&s| s < ms) {
-                    n if n > self.min_windows() => n,
-                    _ => 0,
-                },
+                Cutoff::Before(ms) => self.usable_before(starts, ms),
             };
             for j in 0..n {
                 rows.push((starts[j] + size / 2, i, values[j]));
@@ -328,10 +322,17 @@ impl OnlineRnn {
         prepare_windows(cfg, &windows)
     }
 
-    /// Fewer windows than this and a series cannot be trained on.
-    fn min_windows(&self) -> usize {
+    /// The windows of a series (its window starts) a training run with
+    /// cutoff `ms` takes: those before it, or none when the series has
+    /// barely started by then (training needs more than the validation,
+    /// horizon and context windows of every key).
+    fn usable_before(&self, starts: &[i64], ms: i64) -> usize {
         let prep = train::prep_spec(&self.cfg, &self.cfg.train);
-        (prep.val_windows + prep.horizon + prep.context).max(0) as usize
+        let min = (prep.val_windows + prep.horizon + prep.context).max(0) as usize;
+        match starts.partition_point(|&s| s < ms) {
+            n if n > min => n,
+            _ => 0,
+        }
     }
 
     /// Event time between retrain cutoffs: `retrain.every_windows` closed
@@ -366,46 +367,39 @@ impl OnlineRnn {
             if from_ms > start_ms {
                 break;
             }
-            let min = self.min_windows();
+            // With nothing trainable before the cutoff (series that start
+            // later) the champion stays, as a live retrain with too little
+            // archive would leave it.
             let trainable = self
                 .train_series
                 .iter()
-                .filter(|(starts, _)| starts.partition_point(|&s| s < from_ms) > min)
-                .count();
-            let prev = &self.generations[k - 1];
-            if trainable == 0 {
-                // Nothing to train on yet (series that start later): the
-                // champion stays, as a live retrain with an empty archive.
-                let generation = Generation {
-                    from_ms,
-                    net: copy_network(&prev.net, &prev.spec)?,
-                    spec: prev.spec.clone(),
-                    promoted: false,
-                };
-                self.generations.push(generation);
-                continue;
-            }
-            let data = self.training_data(Cutoff::Before(from_ms))?;
-            let prev = &self.generations[k - 1];
-            let init = self.cfg.retrain.from_champion.then_some(&prev.net);
-            let challenger = train::train_prepared(&self.cfg, &self.cfg.train, &data, init)?;
-            let champion_val = train::validation_loss(&prev.net, &data, &self.cfg.train);
-            let d = crate::retrain::decide(&challenger, champion_val, &prev.spec.version);
-            tracing::info!(generation = k, from_ms, promoted = d.promoted, reason = %d.reason, "eval stream: retrained");
-            let generation = if d.promoted {
-                Generation {
-                    from_ms,
-                    net: challenger.net,
-                    spec: challenger.spec,
-                    promoted: true,
-                }
+                .any(|(starts, _)| self.usable_before(starts, from_ms) > 0);
+            let promoted = if trainable {
+                let data = self.training_data(Cutoff::Before(from_ms))?;
+                let prev = &self.generations[k - 1];
+                let init = self.cfg.retrain.from_champion.then_some(&prev.net);
+                let challenger = train::train_prepared(&self.cfg, &self.cfg.train, &data, init)?;
+                let champion_val = train::validation_loss(&prev.net, &data, &self.cfg.train);
+                let d = crate::retrain::decide(&challenger, champion_val, &prev.spec.version);
+                tracing::info!(generation = k, from_ms, promoted = d.promoted, reason = %d.reason, "eval stream: retrained");
+                d.promoted.then_some(challenger)
             } else {
-                Generation {
+                None
+            };
+            let prev = &self.generations[k - 1];
+            let generation = match promoted {
+                Some(c) => Generation {
                     from_ms,
-                    net: copy_network(&prev.net, &prev.spec)?,
+                    net: c.net,
+                    spec: c.spec,
+                    promoted: true,
+                },
+                None => Generation {
+                    from_ms,
+                    net: prev.net.copy_for(&prev.spec)?,
                     spec: prev.spec.clone(),
                     promoted: false,
-                }
+                },
             };
             self.generations.push(generation);
         }
@@ -438,7 +432,7 @@ impl OnlineRnn {
         self.report = Some(trained.report.clone());
         self.generations = vec![Generation {
             from_ms: i64::MIN,
-            net: copy_network(&trained.net, &trained.spec)?,
+            net: trained.net.copy_for(&trained.spec)?,
             spec: trained.spec.clone(),
             promoted: true,
         }];
@@ -491,7 +485,7 @@ impl StreamModel for OnlineRnn {
             // As a hot swap in the live job: the key's state is replayed
             // through the new generation's network.
             let gen = &self.generations[g];
-            let net = copy_network(&gen.net, &gen.spec)?;
+            let net = gen.net.copy_for(&gen.spec)?;
             if let Some(stage) = self.stage.as_mut() {
                 stage.swap(net, gen.spec.clone())?;
             }
@@ -527,18 +521,6 @@ impl StreamModel for OnlineRnn {
             None => vec![f64::NAN; horizon],
         })
     }
-}
-
-/// A copy of a network (its own weights).
-fn copy_network(
-    net: &crate::model::Network,
-    spec: &crate::model::ModelSpec,
-) -> Result<crate::model::Network> {
-    let mut copy = crate::model::Network::for_spec(spec, net.vs.device(), spec.seed);
-    copy.vs
-        .copy(&net.vs)
-        .map_err(|e| Error::Model(format!("copying a network: {e}")))?;
-    Ok(copy)
 }
 
 /// A one-row windows batch (the schema the forecast stage takes).

@@ -92,6 +92,17 @@ impl Network {
         Self::build(spec.shape, spec.outputs(), seq, device, seed)
     }
 
+    /// A copy of this network (its own weights, same device) as `spec`
+    /// describes it: a champion kept while a challenger trains, a network
+    /// a second stage runs.
+    pub fn copy_for(&self, spec: &ModelSpec) -> crate::Result<Self> {
+        let mut copy = Self::for_spec(spec, self.vs.device(), spec.seed);
+        copy.vs
+            .copy(&self.vs)
+            .map_err(|e| crate::Error::Model(format!("copying {}: {e}", spec.version)))?;
+        Ok(copy)
+    }
+
     /// A freshly initialised network with a direct head (seeded).
     pub fn new(shape: CellShape, horizon: i64, device: Device, seed: i64) -> Self {
         Self::build(shape, horizon, None, device, seed)

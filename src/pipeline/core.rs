@@ -322,11 +322,7 @@ impl Core {
         if let Some(old) = self.shadow.take() {
             self.end_duel(old, "superseded by a newer challenger", false)?;
         }
-        let device = net.vs.device();
-        let mut copy = Network::for_spec(&spec, device, spec.seed);
-        copy.vs
-            .copy(&net.vs)
-            .map_err(|e| crate::Error::Model(format!("copying the challenger: {e}")))?;
+        let copy = net.copy_for(&spec)?;
         let keys: Vec<Arc<str>> = self.model.store().keys().cloned().collect();
         let states = self.model.store().export(&keys, self.model.version())?;
         let mut stage = ForecastStage::new(

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use super::{challenge, Promotion};
 use crate::config::PipelineConfig;
 use crate::model::registry::{starting_model, Registry};
-use crate::model::Network;
 use crate::telemetry;
 use crate::train;
 
@@ -122,9 +121,7 @@ pub fn run_retrainer(
                 let shadow = decision.live.is_some().then_some(decision);
                 if shadow.is_none() {
                     // Keep a copy as the new champion for the next round.
-                    let device = trained.net.vs.device();
-                    let mut copy = Network::for_spec(&trained.spec, device, trained.spec.seed);
-                    if copy.vs.copy(&trained.net.vs).is_ok() {
+                    if let Ok(copy) = trained.net.copy_for(&trained.spec) {
                         champion = (copy, trained.spec.clone());
                     }
                 }
