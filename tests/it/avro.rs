@@ -9,15 +9,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use streamcast::decode::registry::{frame, Lookup, Registry};
 use streamcast::sink::avro::{decode_forecast, FORECAST_SCHEMA};
 
@@ -100,41 +98,6 @@ fn produce_bytes(rt: &tokio::runtime::Runtime, topic: &str, records: &[(String, 
                 .expect("producing a test event");
         }
     });
-}
-
-/// Every (key, payload bytes) of `topic` from the beginning, once `want`
-/// records arrived and nothing new came for a second, or `limit` passed.
-fn read_bytes(topic: &str, want: usize, limit: Duration) -> Vec<(String, Vec<u8>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", format!("it-reader-{}", rand_suffix()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let (start, mut last) = (Instant::now(), Instant::now());
-    let mut out = Vec::new();
-    while start.elapsed() < limit {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                let k = String::from_utf8_lossy(m.key().unwrap_or_default()).to_string();
-                out.push((k, m.payload().unwrap_or_default().to_vec()));
-                last = Instant::now();
-            }
-            Some(Err(e)) => panic!("reading {topic}: {e}"),
-            None if out.len() >= want && last.elapsed() > Duration::from_secs(1) => break,
-            None => {}
-        }
-    }
-    out
 }
 
 #[test]
@@ -256,7 +219,12 @@ url = "{}"
         .iter()
         .flat_map(|k| (1..hours).map(move |h| (k.to_string(), T0 + h * HOUR)))
         .collect();
-    let raw = read_bytes(&output, expected.len(), Duration::from_secs(60));
+    let raw = read_topic_bytes(
+        &output,
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+        |r| r.len() >= expected.len(),
+    );
     let mut got = BTreeMap::new();
     for (k, payload) in &raw {
         let (id, f) = decode_forecast(&schema, payload).unwrap();

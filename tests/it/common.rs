@@ -106,6 +106,21 @@ pub fn read_topic(
     limit: Duration,
     mut done: impl FnMut(&[(String, String)]) -> bool,
 ) -> Vec<(String, String)> {
+    let text = |r: &[(String, Vec<u8>)]| -> Vec<(String, String)> {
+        r.iter()
+            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).to_string()))
+            .collect()
+    };
+    text(&read_topic_bytes(topic, quiet, limit, |r| done(&text(r))))
+}
+
+/// [`read_topic`] with the payloads as bytes (binary formats such as Avro).
+pub fn read_topic_bytes(
+    topic: &str,
+    quiet: Duration,
+    limit: Duration,
+    mut done: impl FnMut(&[(String, Vec<u8>)]) -> bool,
+) -> Vec<(String, Vec<u8>)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", format!("it-reader-{}", rand_suffix()))
@@ -127,15 +142,8 @@ pub fn read_topic(
     loop {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
-                let k = m
-                    .key()
-                    .map(|k| String::from_utf8_lossy(k).to_string())
-                    .unwrap_or_default();
-                let v = m
-                    .payload()
-                    .map(|p| String::from_utf8_lossy(p).to_string())
-                    .unwrap_or_default();
-                out.push((k, v));
+                let k = String::from_utf8_lossy(m.key().unwrap_or_default()).to_string();
+                out.push((k, m.payload().unwrap_or_default().to_vec()));
                 last_new = Instant::now();
             }
             Some(Err(e)) => panic!("reading {topic}: {e}"),
