@@ -1,15 +1,27 @@
 //! Per-key model choice: each key is served by whichever candidate has had
-//! the lowest recent live error on it, the network or a cheap baseline.
+//! the lowest recent live error on it, the network or a classical
+//! forecaster.
 //!
 //! One global network is not the best forecaster for every key: on short,
 //! spiky series a smoother or a naive forecast often wins (on the shared AWS
 //! CloudWatch streams the network's 12-step MASE is 1.94, simple exponential
 //! smoothing's 1.19). The chooser runs after the forecast stage, on the
 //! closed-windows batch and the forecasts made from it, and keeps per key:
-//! - the state of the baselines it computes itself from the key's window
-//!   values (filled windows included, as the network sees them): `naive`
-//!   (the last value), `snaive` (the value a season ago), `ses` (simple
-//!   exponential smoothing, `alpha` fixed);
+//! - the key's last window values (filled windows included, as the network
+//!   sees them): `season` of them, or `choice.history` when a classical
+//!   candidate is configured;
+//! - the state of the cheap candidates it updates itself: `naive` (the last
+//!   value), `snaive` (the value a season ago), `ses` (simple exponential
+//!   smoothing, `alpha` fixed);
+//! - per classical candidate (any forecaster of `baselines::named`:
+//!   `ses_sa`, `damped_sa`, `naive2`, `hw_add`, `arima`, `prophet`, `rf`,
+//!   ...) its last fit: the forecaster is run on the key's recent values
+//!   every `choice.refit_every` windows for `horizon + refit_every - 1`
+//!   steps, and the windows in between are served that fit further ahead.
+//!   A batch's fits run in parallel (rayon, off the tokio workers as all
+//!   compute-thread work);
+//! - `median`: the step-wise median of the other candidates' forecasts
+//!   (the combination that won offline, see BENCHMARKS.md "combinations");
 //! - every candidate's pending forecasts at the scored steps (the first and
 //!   the last of the horizon), scored against real actuals as their
 //!   windows close (filled windows are not actuals);
@@ -20,26 +32,36 @@
 //!   (hysteresis, so a key does not flap between two close candidates), and
 //!   not before `choice.min_scored` windows have been scored.
 //!
-//! A forecast served by a baseline says so (`source = "naive"`, `"snaive"`
-//! or `"ses"`); its quantiles, if any, are its point forecast, and the
-//! live calibration (see `score`) gives it a band from its own errors.
-//! Candidates are scored whether they serve or not (shadow forecasts), so a
-//! key moves back to the network when the network gets better.
+//! A forecast served by another candidate says so (`source = "naive"`,
+//! `"ses_sa"`, `"median"`, ...); its quantiles, if any, are its point
+//! forecast, and the live calibration (see `score`) gives it a band from
+//! its own errors. Candidates are scored whether they serve or not (shadow
+//! forecasts), so a key moves back to the network when the network gets
+//! better.
 //!
 //! Invariants: windows are taken in close order, a key's actual is scored
-//! before its new forecasts are registered; the network's own forecast is
-//! passed through unchanged while it serves. Memory per key: `season` f64
-//! values, `horizon` pending forecasts of `4 x 2` f32 values plus 8 bytes,
-//! 4 errors and a few counters (~0.7 KB at season 24, horizon 12). With
-//! durable state it is checkpointed with the key's model state (`export` /
-//! `import`): a restored key keeps its candidate and errors.
+//! before its new forecasts are registered; several windows of a key in
+//! one batch are chosen as if they came one batch each (test
+//! `one_batch_of_many_windows_equals_one_window_per_batch`); the network's
+//! own forecast is passed through unchanged while it serves. Memory per
+//! key: the recent values (8 bytes each), `horizon` pending forecasts of
+//! `candidates x 2` f32 values plus 8 bytes, an error and a weight per
+//! candidate, and per classical candidate its last fit
+//! (`horizon + refit_every - 1` f64); ~0.7 KB with the four cheap
+//! candidates at season 24, horizon 12, ~3 KB with two classical
+//! candidates and the default 288 values. With durable state it is
+//! checkpointed with the key's model state (`export` / `import`): a
+//! restored key keeps its values, candidate and errors, and refits its
+//! classical candidates at its next window.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::{Float64Type, TimestampMillisecondType, UInt32Type};
+use rayon::prelude::*;
 
+use crate::baselines;
 use crate::schema::{f64_list_like, f64_list_values, forecasts as fc, windows as wc};
 use crate::state::ChoiceKeyState;
 
@@ -51,14 +73,24 @@ pub enum Candidate {
     Naive,
     SeasonalNaive,
     Ses,
+    /// The step-wise median of the other candidates' forecasts that are
+    /// available at this origin (the network's included).
+    Median,
+    /// A classical forecaster of `baselines::named` (`ses_sa`, `damped_sa`,
+    /// `theta`-like smoothers, `arima`, `prophet`, `rf`, ...), refitted on
+    /// the key's last `choice.history` window values every
+    /// `choice.refit_every` windows.
+    Classical(&'static str),
 }
 
 impl Candidate {
-    pub const ALL: [Candidate; 4] = [
+    /// The candidates the chooser computes itself, incrementally.
+    pub const BUILTIN: [Candidate; 5] = [
         Candidate::Network,
         Candidate::Naive,
         Candidate::SeasonalNaive,
         Candidate::Ses,
+        Candidate::Median,
     ];
 
     /// The name in pipeline files and in a served forecast's `source`.
@@ -68,11 +100,23 @@ impl Candidate {
             Candidate::Naive => "naive",
             Candidate::SeasonalNaive => "snaive",
             Candidate::Ses => "ses",
+            Candidate::Median => "median",
+            Candidate::Classical(name) => name,
         }
     }
 
+    /// A built-in name first (`naive`, `snaive` and `ses` are the cheap
+    /// incremental ones), else any name of `baselines::NAMES`.
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.name() == s)
+        Self::BUILTIN
+            .into_iter()
+            .find(|c| c.name() == s)
+            .or_else(|| {
+                baselines::NAMES
+                    .iter()
+                    .find(|n| **n == s)
+                    .map(|n| Candidate::Classical(n))
+            })
     }
 }
 
@@ -84,6 +128,11 @@ pub struct ChoiceSpec {
     pub margin: f64,
     pub min_scored: u32,
     pub ses_alpha: f64,
+    /// Window values kept per key for the classical candidates (0: the
+    /// default, see [`Chooser::new`]).
+    pub history: usize,
+    /// Windows between two fits of a key's classical candidates.
+    pub refit_every: usize,
 }
 
 impl ChoiceSpec {
@@ -99,15 +148,38 @@ impl ChoiceSpec {
             margin: c.margin,
             min_scored: c.min_scored,
             ses_alpha: c.ses_alpha,
+            history: c.history,
+            refit_every: c.refit_every,
+        }
+    }
+}
+
+/// A key's last fit of one classical candidate, made at window end
+/// `origin`: the parameters (forecasters with reusable parameters), or
+/// `horizon + refit_every - 1` forecast values (the others); or the index
+/// of the refit job making it in the current batch.
+#[derive(Debug, Clone)]
+enum Fit {
+    Params(i64, Arc<[f64]>),
+    Forecast(i64, Arc<[f64]>),
+    Job(i64, usize),
+}
+
+impl Fit {
+    fn origin(&self) -> i64 {
+        match self {
+            Fit::Params(o, _) | Fit::Forecast(o, _) | Fit::Job(o, _) => *o,
         }
     }
 }
 
 #[derive(Debug, Default)]
 struct KeyChoice {
-    /// The last `season` window values, oldest first.
+    /// The last `history` window values, oldest first.
     recent: VecDeque<f64>,
     level: Option<f64>,
+    /// Per candidate: its last fit (classical candidates only).
+    fits: Vec<Option<Fit>>,
     /// Pending forecasts: origin window end, and per candidate the values
     /// at the scored steps (candidate-major; NaN = unavailable).
     pending: VecDeque<(i64, Vec<f32>)>,
@@ -118,12 +190,36 @@ struct KeyChoice {
     serving: usize,
 }
 
+/// Where a row's classical forecast comes from: a refit job of this batch,
+/// a forecast job (kept parameters on the newest values), or an earlier
+/// forecast, each with how many windows after its origin the row is.
+enum FitRef {
+    None,
+    Refit(usize, usize),
+    Forecast(usize),
+    Done(Arc<[f64]>, usize),
+}
+
+/// Parameters for a forecast job: kept, or from a refit job of this batch.
+enum ParamsRef {
+    Done(Arc<[f64]>),
+    Refit(usize),
+}
+
 /// The per-key chooser (on the compute thread, after the forecast stage).
 pub struct Chooser {
     spec: ChoiceSpec,
     slide_ms: i64,
     horizon: usize,
     season: usize,
+    /// Window values kept per key (>= `season`).
+    history: usize,
+    /// The classical candidates' forecasters, by candidate index, and
+    /// whether each keeps its parameters apart (refits them every
+    /// `refit_every` windows, forecasts from the newest values at every
+    /// window) or not (refits and forecasts every `refit_every` windows).
+    fitters: Vec<Option<Box<dyn baselines::Baseline + Send + Sync>>>,
+    reusable: Vec<bool>,
     /// 1-based horizon steps the candidates are scored at.
     steps: Vec<usize>,
     decay: f64,
@@ -131,15 +227,40 @@ pub struct Chooser {
 }
 
 impl Chooser {
+    /// With classical candidates a key keeps `spec.history` window values,
+    /// by default 12 seasons (288 hourly windows, 2.3 KB per key): the M4
+    /// seasonality test that `ses_sa` / `damped_sa` apply needs
+    /// `10 log10(n) >= season`, i.e. n >= 251 for a daily season of 24.
     pub fn new(spec: ChoiceSpec, slide_ms: i64, horizon: usize, season: usize) -> Self {
         let mut steps = vec![1, horizon.max(1)];
         steps.dedup();
         let decay = 0.5f64.powf(1.0 / spec.half_life.max(1.0));
+        let season = season.max(1);
+        let fitters: Vec<_> = spec
+            .candidates
+            .iter()
+            .map(|c| match c {
+                Candidate::Classical(name) => baselines::named(name, season),
+                _ => None,
+            })
+            .collect();
+        let reusable = fitters
+            .iter()
+            .map(|f| f.as_ref().is_some_and(|f| f.reusable_params()))
+            .collect();
+        let history = match (fitters.iter().any(Option::is_some), spec.history) {
+            (false, _) => season,
+            (true, 0) => 12 * season,
+            (true, n) => n.max(season),
+        };
         Chooser {
             spec,
             slide_ms,
             horizon: horizon.max(1),
-            season: season.max(1),
+            season,
+            history,
+            fitters,
+            reusable,
             steps,
             decay,
             keys: HashMap::new(),
@@ -149,6 +270,12 @@ impl Chooser {
     /// Scores the candidates on the closed `windows`, then serves each row
     /// of `forecasts` (one per window row, as the forecast stage makes
     /// them) by its key's candidate. Returns the forecasts to publish.
+    ///
+    /// Three passes: (1) per row in order, the keys' value rings and the
+    /// cheap candidates, and a fit job for each classical candidate whose
+    /// last fit is `refit_every` windows old; (2) the fit jobs, in
+    /// parallel (rayon; per-series fits are independent); (3) per row in
+    /// order, scoring, the median, the choice and the pending forecasts.
     pub fn choose(&mut self, windows: &RecordBatch, forecasts: RecordBatch) -> RecordBatch {
         let n = windows.num_rows();
         if n == 0 || forecasts.num_rows() != n {
@@ -170,8 +297,6 @@ impl Chooser {
         }
         let mut out = point;
         let sources = forecasts.column(fc::SOURCE).as_string::<i32>();
-        let mut out_sources: Vec<String> = (0..n).map(|i| sources.value(i).to_string()).collect();
-        let mut served_by_baseline = vec![false; n];
         let nc = self.spec.candidates.len();
         // Keys start on the network.
         let start = self
@@ -180,19 +305,28 @@ impl Chooser {
             .iter()
             .position(|c| *c == Candidate::Network)
             .unwrap_or(0);
+        let refit_every = self.spec.refit_every.max(1);
+        let fit_len = h + refit_every - 1;
+
+        // (1) Value rings, cheap candidates, fit jobs.
+        let mut cand = vec![f64::NAN; n * nc * h];
+        let mut refs: Vec<FitRef> = Vec::new();
+        // Refit jobs (recent values, candidate) and forecast jobs with kept
+        // parameters (recent values, candidate, parameters).
+        let mut refits: Vec<(Vec<f64>, usize)> = Vec::new();
+        let mut refit_keys: Vec<usize> = Vec::new(); // row of each refit
+        let mut forecast_jobs: Vec<(Vec<f64>, usize, ParamsRef)> = Vec::new();
         for i in 0..n {
             let key = keys.value(i);
             if f_keys.value(i) != key {
                 continue; // not the same row order: leave the forecast alone
             }
-            let end = ends.value(i);
-            let v = (values.is_valid(i) && values.value(i).is_finite()).then(|| values.value(i));
-            let actual = v.filter(|_| counts.value(i) > 0);
             // A key's `Arc` is made once, when it is first seen.
             if !self.keys.contains_key(key) {
                 let fresh = KeyChoice {
                     err: vec![0.0; nc],
                     weight: vec![0.0; nc],
+                    fits: vec![None; nc],
                     serving: start,
                     ..KeyChoice::default()
                 };
@@ -201,7 +335,141 @@ impl Chooser {
             let Some(st) = self.keys.get_mut(key) else {
                 continue;
             };
-            if let Some(y) = actual {
+            let end = ends.value(i);
+            let v = (values.is_valid(i) && values.value(i).is_finite()).then(|| values.value(i));
+            if let Some(v) = v {
+                if st.recent.len() == self.history {
+                    st.recent.pop_front();
+                }
+                st.recent.push_back(v);
+                let a = self.spec.ses_alpha;
+                st.level = Some(st.level.map_or(v, |l| a * v + (1.0 - a) * l));
+            }
+            let row = &mut cand[i * nc * h..(i + 1) * nc * h];
+            for (c, which) in self.spec.candidates.iter().enumerate() {
+                let row = &mut row[c * h..(c + 1) * h];
+                match which {
+                    Candidate::Naive => {
+                        if let Some(&last) = st.recent.back() {
+                            row.fill(last);
+                        }
+                    }
+                    Candidate::SeasonalNaive => {
+                        let len = st.recent.len();
+                        if len >= self.season {
+                            let base = len - self.season;
+                            for (j, x) in row.iter_mut().enumerate() {
+                                *x = st.recent[base + j % self.season];
+                            }
+                        }
+                    }
+                    Candidate::Ses => {
+                        if let Some(l) = st.level {
+                            row.fill(l);
+                        }
+                    }
+                    Candidate::Classical(_) => {
+                        let age = |o: i64| ((end - o) / self.slide_ms.max(1)) as usize;
+                        let fresh = st.fits[c]
+                            .as_ref()
+                            .is_some_and(|f| end >= f.origin() && age(f.origin()) < refit_every);
+                        let r = if st.recent.is_empty() {
+                            FitRef::None
+                        } else if !fresh {
+                            refits.push((st.recent.iter().copied().collect(), c));
+                            refit_keys.push(i);
+                            let j = refits.len() - 1;
+                            st.fits[c] = Some(Fit::Job(end, j));
+                            FitRef::Refit(j, 0)
+                        } else {
+                            match &st.fits[c] {
+                                Some(Fit::Forecast(o, f)) => FitRef::Done(f.clone(), age(*o)),
+                                Some(Fit::Job(o, j)) if !self.reusable[c] => {
+                                    FitRef::Refit(*j, age(*o))
+                                }
+                                Some(Fit::Job(_, j)) => {
+                                    let p = ParamsRef::Refit(*j);
+                                    forecast_jobs.push((st.recent.iter().copied().collect(), c, p));
+                                    FitRef::Forecast(forecast_jobs.len() - 1)
+                                }
+                                Some(Fit::Params(_, p)) => {
+                                    let p = ParamsRef::Done(p.clone());
+                                    forecast_jobs.push((st.recent.iter().copied().collect(), c, p));
+                                    FitRef::Forecast(forecast_jobs.len() - 1)
+                                }
+                                None => FitRef::None,
+                            }
+                        };
+                        refs.push(r);
+                    }
+                    Candidate::Network | Candidate::Median => {}
+                }
+            }
+        }
+
+        // (2) The fits: refits first (their parameters feed the forecast
+        // jobs of later windows in this batch), then the forecasts.
+        let fitters = &self.fitters;
+        let reusable = &self.reusable;
+        let refitted: Vec<(Arc<[f64]>, Arc<[f64]>)> = refits
+            .par_iter()
+            .map(|(history, c)| match &fitters[*c] {
+                Some(f) if reusable[*c] => {
+                    let p = f.fit_params(history);
+                    let out = f.forecast_with(&p, history, h);
+                    (Arc::from(p), Arc::from(out))
+                }
+                Some(f) => (
+                    Arc::from(Vec::new()),
+                    Arc::from(f.forecast(history, fit_len)),
+                ),
+                None => (Arc::from(Vec::new()), Arc::from(vec![f64::NAN; fit_len])),
+            })
+            .collect();
+        let forecast: Vec<Vec<f64>> = forecast_jobs
+            .par_iter()
+            .map(|(history, c, p)| {
+                let p = match p {
+                    ParamsRef::Done(p) => p,
+                    ParamsRef::Refit(j) => &refitted[*j].0,
+                };
+                match &fitters[*c] {
+                    Some(f) => f.forecast_with(p, history, h),
+                    None => vec![f64::NAN; h],
+                }
+            })
+            .collect();
+        for (j, (&i, (_, c))) in refit_keys.iter().zip(&refits).enumerate() {
+            if let Some(st) = self.keys.get_mut(keys.value(i)) {
+                if let Some(Fit::Job(o, jj)) = st.fits[*c] {
+                    if jj == j {
+                        let (p, f) = &refitted[j];
+                        st.fits[*c] = Some(if self.reusable[*c] {
+                            Fit::Params(o, p.clone())
+                        } else {
+                            Fit::Forecast(o, f.clone())
+                        });
+                    }
+                }
+            }
+        }
+
+        // (3) Scoring, the median, the choice.
+        let mut out_sources: Vec<String> = (0..n).map(|i| sources.value(i).to_string()).collect();
+        let mut served_by_baseline = vec![false; n];
+        let mut refs = refs.into_iter();
+        let mut column = Vec::with_capacity(nc);
+        for i in 0..n {
+            let key = keys.value(i);
+            if f_keys.value(i) != key {
+                continue;
+            }
+            let Some(st) = self.keys.get_mut(key) else {
+                continue;
+            };
+            let end = ends.value(i);
+            let v = (values.is_valid(i) && values.value(i).is_finite()).then(|| values.value(i));
+            if let Some(y) = v.filter(|_| counts.value(i) > 0) {
                 score(st, &self.steps, self.slide_ms, self.decay, end, y);
             }
             // Forecasts from each origin are done once no step is left.
@@ -213,38 +481,37 @@ impl Chooser {
             {
                 st.pending.pop_front();
             }
-            if let Some(v) = v {
-                if st.recent.len() == self.season {
-                    st.recent.pop_front();
-                }
-                st.recent.push_back(v);
-                let a = self.spec.ses_alpha;
-                st.level = Some(st.level.map_or(v, |l| a * v + (1.0 - a) * l));
-            }
-            // Every candidate's forecast from this origin.
-            let network = &out[i * h..(i + 1) * h];
-            let mut cand = vec![f64::NAN; nc * h];
+            let row = &mut cand[i * nc * h..(i + 1) * nc * h];
+            let mut median = None;
             for (c, which) in self.spec.candidates.iter().enumerate() {
-                let row = &mut cand[c * h..(c + 1) * h];
+                let dst = &mut row[c * h..(c + 1) * h];
                 match which {
-                    Candidate::Network => row.copy_from_slice(network),
-                    Candidate::Naive => {
-                        if let Some(&last) = st.recent.back() {
-                            row.fill(last);
+                    Candidate::Network => dst.copy_from_slice(&out[i * h..(i + 1) * h]),
+                    Candidate::Classical(_) => {
+                        let (f, k): (&[f64], usize) = match refs.next() {
+                            Some(FitRef::Done(f, k)) => (&f.clone(), k),
+                            Some(FitRef::Refit(j, k)) => (&refitted[j].1.clone(), k),
+                            Some(FitRef::Forecast(j)) => (&forecast[j], 0),
+                            _ => continue,
+                        };
+                        if let Some(f) = f.get(k..k + h) {
+                            dst.copy_from_slice(f);
                         }
                     }
-                    Candidate::SeasonalNaive => {
-                        if st.recent.len() == self.season {
-                            for (j, x) in row.iter_mut().enumerate() {
-                                *x = st.recent[j % self.season];
-                            }
-                        }
-                    }
-                    Candidate::Ses => {
-                        if let Some(l) = st.level {
-                            row.fill(l);
-                        }
-                    }
+                    Candidate::Median => median = Some(c),
+                    _ => {}
+                }
+            }
+            if let Some(m) = median {
+                for j in 0..h {
+                    column.clear();
+                    column.extend(
+                        (0..nc)
+                            .filter(|&c| c != m)
+                            .map(|c| row[c * h + j])
+                            .filter(|x| x.is_finite()),
+                    );
+                    row[m * h + j] = median_of(&mut column);
                 }
             }
             // The serving candidate changes with hysteresis.
@@ -259,7 +526,7 @@ impl Chooser {
                 }
             }
             let serving = st.serving;
-            let served = &cand[serving * h..(serving + 1) * h];
+            let served = &row[serving * h..(serving + 1) * h];
             if self.spec.candidates[serving] != Candidate::Network
                 && served.iter().all(|x| x.is_finite())
             {
@@ -269,7 +536,7 @@ impl Chooser {
             }
             let at_steps: Vec<f32> = (0..nc)
                 .flat_map(|c| self.steps.iter().map(move |&s| (c, s)))
-                .map(|(c, s)| cand[c * h + s - 1] as f32)
+                .map(|(c, s)| row[c * h + s - 1] as f32)
                 .collect();
             st.pending.push_back((end, at_steps));
         }
@@ -286,7 +553,10 @@ impl Chooser {
         }
     }
 
-    /// `key`'s state for a checkpoint (none when the key has none).
+    /// `key`'s state for a checkpoint (none when the key has none). The
+    /// classical candidates' last fits are not written: a restored key
+    /// refits at its next window (the same forecasts with `refit_every =
+    /// 1`, the default).
     pub fn export(&self, key: &str) -> Option<ChoiceKeyState> {
         let st = self.keys.get(key)?;
         Some(ChoiceKeyState {
@@ -318,11 +588,13 @@ impl Chooser {
         let (true, Some(serving)) = (fits, serving) else {
             return;
         };
+        let skip = s.recent.len().saturating_sub(self.history);
         self.keys.insert(
             key,
             KeyChoice {
-                recent: s.recent.iter().copied().take(self.season).collect(),
+                recent: s.recent.iter().copied().skip(skip).collect(),
                 level: s.level,
+                fits: vec![None; nc],
                 pending: s.pending.iter().cloned().collect(),
                 err: s.err.clone(),
                 weight: s.weight.clone(),
@@ -337,6 +609,20 @@ impl Chooser {
         self.keys
             .get(key)
             .and_then(|st| self.spec.candidates.get(st.serving).copied())
+    }
+}
+
+/// The median of `xs` (NaN when empty); reorders `xs`.
+fn median_of(xs: &mut [f64]) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_by(f64::total_cmp);
+    let m = xs.len() / 2;
+    if xs.len() % 2 == 1 {
+        xs[m]
+    } else {
+        0.5 * (xs[m - 1] + xs[m])
     }
 }
 
@@ -429,17 +715,28 @@ mod tests {
             margin,
             min_scored: 3,
             ses_alpha: 0.5,
+            history: 0,
+            refit_every: 1,
         }
     }
 
-    /// One window of key "k" ending at hour `t` with value `y`, and the
-    /// network's forecast `f` (horizon 2) made from it.
-    fn step(c: &mut Chooser, t: i64, y: f64, f: [f64; 2]) -> (String, Vec<f64>) {
+    const FOUR: [Candidate; 4] = [
+        Candidate::Network,
+        Candidate::Naive,
+        Candidate::SeasonalNaive,
+        Candidate::Ses,
+    ];
+
+    /// Windows `(key, hour t, value y)` ending at hour `t`, and the
+    /// network's forecasts `f` (horizon 2) made from them, as one batch.
+    fn batch(c: &mut Chooser, rows: &[(&str, i64, f64, [f64; 2])]) -> Vec<(String, Vec<f64>)> {
         let ws = crate::window::WindowSpec::from_config(&crate::testkit::pipeline(
             "[model]\nhorizon = 2",
         ));
-        let mut b = WindowsBuilder::with_schema(&ws, ws.windows_schema(), 1);
-        b.push("k", t * H - H, 1, false, &[y]);
+        let mut b = WindowsBuilder::with_schema(&ws, ws.windows_schema(), rows.len());
+        for (k, t, y, _) in rows {
+            b.push(k, t * H - H, 1, false, &[*y]);
+        }
         let windows = b.finish();
         let item = Arc::new(arrow::datatypes::Field::new(
             "item",
@@ -447,34 +744,64 @@ mod tests {
             true,
         ));
         let mut list = FixedSizeListBuilder::new(Float64Builder::new(), 2).with_field(item);
-        list.values().append_slice(&f);
-        list.append(true);
+        for (_, _, _, f) in rows {
+            list.values().append_slice(f);
+            list.append(true);
+        }
+        let n = rows.len();
         let forecasts = RecordBatch::try_new(
             forecasts_schema(2, &[]),
             vec![
-                Arc::new(StringArray::from(vec!["k"])),
-                Arc::new(TimestampMillisecondArray::from(vec![t * H]).with_timezone("UTC")),
-                Arc::new(StringArray::from(vec!["v1"])),
-                Arc::new(StringArray::from(vec!["model"])),
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                )),
+                Arc::new(
+                    TimestampMillisecondArray::from(
+                        rows.iter().map(|r| r.1 * H).collect::<Vec<_>>(),
+                    )
+                    .with_timezone("UTC"),
+                ),
+                Arc::new(StringArray::from(vec!["v1"; n])),
+                Arc::new(StringArray::from(vec!["model"; n])),
                 Arc::new(list.finish()),
             ],
         )
         .unwrap();
         let out = c.choose(&windows, forecasts);
-        (
-            out.column(fc::SOURCE)
-                .as_string::<i32>()
-                .value(0)
-                .to_string(),
-            f64_list_values(&out, fc::FORECAST).unwrap().to_vec(),
-        )
+        let point = f64_list_values(&out, fc::FORECAST).unwrap().to_vec();
+        (0..n)
+            .map(|i| {
+                (
+                    out.column(fc::SOURCE)
+                        .as_string::<i32>()
+                        .value(i)
+                        .to_string(),
+                    point[2 * i..2 * i + 2].to_vec(),
+                )
+            })
+            .collect()
+    }
+
+    /// One window of key "k" ending at hour `t` with value `y`, and the
+    /// network's forecast `f` (horizon 2) made from it.
+    fn step(c: &mut Chooser, t: i64, y: f64, f: [f64; 2]) -> (String, Vec<f64>) {
+        batch(c, &[("k", t, y, f)]).remove(0)
+    }
+
+    /// A noisy daily-seasonal series (season 4 windows here).
+    fn series(t: i64) -> f64 {
+        let s = [1.0, 3.0, 2.0, 5.0][(t % 4) as usize];
+        10.0 + s + ((t * 7919) % 13) as f64 / 13.0
     }
 
     /// The config accepts exactly the candidates the chooser knows.
     #[test]
     fn candidate_names_match_the_config() {
-        let names: Vec<&str> = Candidate::ALL.iter().map(|c| c.name()).collect();
-        assert_eq!(names, crate::config::CHOICE_CANDIDATES);
+        let names: Vec<&str> = Candidate::BUILTIN.iter().map(|c| c.name()).collect();
+        assert_eq!(names, crate::config::CHOICE_BUILTIN);
+        for n in crate::baselines::NAMES {
+            assert_eq!(Candidate::parse(n).map(|c| c.name()), Some(*n));
+        }
     }
 
     /// A flat series the network gets badly wrong moves to `naive` once
@@ -482,7 +809,7 @@ mod tests {
     /// network forecasts exactly, the key moves back to the network.
     #[test]
     fn a_key_moves_to_the_candidate_with_the_lowest_recent_error_and_back() {
-        let mut c = Chooser::new(spec(&Candidate::ALL, 0.1), H, 2, 2);
+        let mut c = Chooser::new(spec(&FOUR, 0.1), H, 2, 2);
         let mut served = Vec::new();
         for t in 1..=10 {
             served.push(step(&mut c, t, 10.0, [0.0, 0.0]));
@@ -520,5 +847,141 @@ mod tests {
         };
         assert_eq!(run(10.52), "model", "naive 0.5 vs network 0.52");
         assert_eq!(run(10.7), "naive", "naive 0.5 vs network 0.7");
+    }
+
+    /// A classical candidate serves exactly what its forecaster makes from
+    /// the key's last `history` values. With `refit_every = 3`, one that
+    /// keeps its parameters (`holt`) forecasts from the newest values at
+    /// every window with the parameters of its last fit; one that does not
+    /// (`naive2`) serves the last fit's forecast further ahead.
+    #[test]
+    fn a_classical_candidate_serves_its_forecasters_fit_of_the_recent_values() {
+        for name in ["holt", "naive2"] {
+            let cands = [Candidate::Network, Candidate::parse(name).unwrap()];
+            let f = crate::baselines::named(name, 4).unwrap();
+            assert_eq!(f.reusable_params(), name == "holt");
+            for refit in [1usize, 3] {
+                let mut sp = spec(&cands, 0.1);
+                sp.history = 6;
+                sp.refit_every = refit;
+                let mut c = Chooser::new(sp, H, 2, 4);
+                let mut ys = Vec::new();
+                // (origin hour, parameters, forecast) of the last fit.
+                let mut fit: Option<(i64, Vec<f64>, Vec<f64>)> = None;
+                for t in 1..=30 {
+                    let y = series(t);
+                    ys.push(y);
+                    // The network is far off: the candidate serves after
+                    // 3 scores.
+                    let (src, served) = step(&mut c, t, y, [-100.0, -100.0]);
+                    let recent = &ys[ys.len().saturating_sub(6)..];
+                    if fit.as_ref().is_none_or(|(o, _, _)| t - o >= refit as i64) {
+                        let p = f.fit_params(recent);
+                        fit = Some((t, p, f.forecast(recent, 2 + refit - 1)));
+                    }
+                    let (o, p, old) = fit.as_ref().unwrap();
+                    let want = if f.reusable_params() {
+                        f.forecast_with(p, recent, 2)
+                    } else {
+                        let k = (t - o) as usize;
+                        old[k..k + 2].to_vec()
+                    };
+                    if t > 5 {
+                        assert_eq!(src, name, "hour {t}");
+                        assert_eq!(served, want, "{name}, hour {t}, refit {refit}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// `median` is the step-wise median of the other candidates (its
+    /// pending values hold every step at horizon 2), and serves a key
+    /// where it is best: a series alternating around a level, forecast
+    /// too high by the network and too extreme by naive.
+    #[test]
+    fn the_median_candidate_is_the_median_of_the_others() {
+        let cands = [
+            Candidate::Network,
+            Candidate::Naive,
+            Candidate::Ses,
+            Candidate::Median,
+        ];
+        let mut c = Chooser::new(spec(&cands, 0.0), H, 2, 2);
+        let mut served = Vec::new();
+        for t in 1..=40 {
+            let y = if t % 2 == 0 { 12.0 } else { 8.0 };
+            served.push(step(&mut c, t, y, [14.0, 14.0]).0);
+            let (_, p) = c.keys["k"].pending.back().unwrap();
+            for s in 0..2 {
+                let mut others = [p[s], p[2 + s], p[4 + s]];
+                others.sort_by(f32::total_cmp);
+                assert_eq!(p[6 + s], others[1], "hour {t}, step {s}");
+            }
+        }
+        assert_eq!(served.last().unwrap(), "median");
+    }
+
+    /// Several windows of a key in one batch (a backlog) are chosen as
+    /// when they come one batch each; keys interleave.
+    #[test]
+    fn one_batch_of_many_windows_equals_one_window_per_batch() {
+        let cands = [
+            Candidate::Network,
+            Candidate::Naive,
+            Candidate::Classical("ses_sa"),
+            Candidate::Classical("damped_sa"),
+            Candidate::Median,
+        ];
+        let rows: Vec<(&str, i64, f64, [f64; 2])> = (1..=40)
+            .flat_map(|t| {
+                let y = series(t);
+                [("a", t, y, [y + 2.0, y - 1.0]), ("b", t, 2.0 * y, [y, y])]
+            })
+            .collect();
+        for refit in [1usize, 4] {
+            let mut sp = spec(&cands, 0.05);
+            sp.refit_every = refit;
+            let mut one = Chooser::new(sp.clone(), H, 2, 4);
+            let each: Vec<_> = rows
+                .iter()
+                .map(|r| batch(&mut one, &[*r]).remove(0))
+                .collect();
+            let mut all = Chooser::new(sp.clone(), H, 2, 4);
+            let mut together = batch(&mut all, &rows[..30]);
+            together.extend(batch(&mut all, &rows[30..]));
+            assert_eq!(each, together, "refit {refit}");
+            assert!(
+                each.iter().any(|(s, _)| s != "model"),
+                "some baseline serves"
+            );
+        }
+    }
+
+    /// A chooser restored from a key's exported state chooses as the
+    /// original does from then on (`refit_every = 1`: the fits are redone).
+    #[test]
+    fn a_restored_key_chooses_as_the_original() {
+        let cands = [
+            Candidate::Network,
+            Candidate::Classical("ses_sa"),
+            Candidate::Median,
+        ];
+        let mut sp = spec(&cands, 0.05);
+        sp.history = 20;
+        let mut a = Chooser::new(sp.clone(), H, 2, 4);
+        for t in 1..=30 {
+            step(&mut a, t, series(t), [series(t) + 3.0, 0.0]);
+        }
+        let mut b = Chooser::new(sp, H, 2, 4);
+        b.import(Arc::from("k"), &a.export("k").unwrap());
+        for t in 31..=50 {
+            let f = [series(t) + 3.0, 0.0];
+            assert_eq!(
+                step(&mut a, t, series(t), f),
+                step(&mut b, t, series(t), f),
+                "hour {t}"
+            );
+        }
     }
 }

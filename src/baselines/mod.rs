@@ -51,6 +51,24 @@ pub trait Baseline {
     /// Forecast the next `horizon` values after `history`. Returns exactly
     /// `horizon` values (see the module invariants).
     fn forecast(&self, history: &[f64], horizon: usize) -> Vec<f64>;
+    /// Whether a fit's parameters can be kept apart and reused on later
+    /// histories ([`Baseline::fit_params`], [`Baseline::forecast_with`]):
+    /// the live chooser then refits them now and then and recomputes the
+    /// states (level, trend, seasonal indices) at every window.
+    fn reusable_params(&self) -> bool {
+        false
+    }
+    /// The parameters (smoothing weights, damping) [`Baseline::forecast`]
+    /// would fit to `history`; empty for forecasters that keep none apart.
+    fn fit_params(&self, _history: &[f64]) -> Vec<f64> {
+        Vec::new()
+    }
+    /// [`Baseline::forecast`] with the parameters of an earlier
+    /// [`Baseline::fit_params`] instead of fitting them to `history`
+    /// (`forecast_with(&fit_params(x), x, h) == forecast(x, h)`).
+    fn forecast_with(&self, _params: &[f64], history: &[f64], horizon: usize) -> Vec<f64> {
+        self.forecast(history, horizon)
+    }
 }
 
 /// Every baseline [`named`] knows: those of [`by_name`] ([`ALL`]) plus M4's
@@ -497,6 +515,48 @@ pub struct SeasonallyAdjusted<F> {
     pub period: usize,
 }
 
+impl<F: Baseline> SeasonallyAdjusted<F> {
+    /// `history` divided by its M4 seasonal indices, and the indices (none
+    /// when the series fails the seasonality test).
+    fn adjust(&self, history: &[f64]) -> (Vec<f64>, Option<Vec<f64>>) {
+        let m = self.period;
+        match m4_seasonal_indices(history, m) {
+            Some(si) => (
+                history
+                    .iter()
+                    .enumerate()
+                    .map(|(t, v)| v / si[t % m])
+                    .collect(),
+                Some(si),
+            ),
+            None => (history.to_vec(), None),
+        }
+    }
+
+    /// The inner forecast (by `inner`) of the adjusted series, reseasonalized.
+    fn reseason(
+        &self,
+        history: &[f64],
+        horizon: usize,
+        inner: impl Fn(&[f64]) -> Vec<f64>,
+    ) -> Vec<f64> {
+        let Some(&last) = history.last() else {
+            return vec![f64::NAN; horizon];
+        };
+        let (n, m) = (history.len(), self.period);
+        let (adjusted, si) = self.adjust(history);
+        let Some(si) = si else {
+            return inner(history);
+        };
+        let out = inner(&adjusted)
+            .into_iter()
+            .enumerate()
+            .map(|(h, v)| v * si[(n + h) % m])
+            .collect();
+        finite_or_naive(out, last)
+    }
+}
+
 impl<F: Baseline> Baseline for SeasonallyAdjusted<F> {
     fn name(&self) -> &str {
         self.inner.name()
@@ -505,26 +565,18 @@ impl<F: Baseline> Baseline for SeasonallyAdjusted<F> {
         self.inner.min_history()
     }
     fn forecast(&self, history: &[f64], horizon: usize) -> Vec<f64> {
-        let Some(&last) = history.last() else {
-            return vec![f64::NAN; horizon];
-        };
-        let (n, m) = (history.len(), self.period);
-        let Some(si) = m4_seasonal_indices(history, m) else {
-            return self.inner.forecast(history, horizon);
-        };
-        let adjusted: Vec<f64> = history
-            .iter()
-            .enumerate()
-            .map(|(t, v)| v / si[t % m])
-            .collect();
-        let out = self
-            .inner
-            .forecast(&adjusted, horizon)
-            .into_iter()
-            .enumerate()
-            .map(|(h, v)| v * si[(n + h) % m])
-            .collect();
-        finite_or_naive(out, last)
+        self.reseason(history, horizon, |x| self.inner.forecast(x, horizon))
+    }
+    fn reusable_params(&self) -> bool {
+        self.inner.reusable_params()
+    }
+    fn fit_params(&self, history: &[f64]) -> Vec<f64> {
+        self.inner.fit_params(&self.adjust(history).0)
+    }
+    fn forecast_with(&self, params: &[f64], history: &[f64], horizon: usize) -> Vec<f64> {
+        self.reseason(history, horizon, |x| {
+            self.inner.forecast_with(params, x, horizon)
+        })
     }
 }
 
@@ -636,6 +688,20 @@ impl Baseline for SimpleExpSmoothing {
         };
         finite_or_naive(vec![ses_run(history, alpha).1; horizon], last)
     }
+    fn reusable_params(&self) -> bool {
+        true
+    }
+    fn fit_params(&self, history: &[f64]) -> Vec<f64> {
+        match self.alpha {
+            Some(a) => vec![clamp(a, 0.0, 1.0)],
+            None if history.is_empty() => vec![0.3],
+            None => vec![fit_ses_alpha(history)],
+        }
+    }
+    fn forecast_with(&self, params: &[f64], history: &[f64], horizon: usize) -> Vec<f64> {
+        let alpha = params.first().copied().or(self.alpha);
+        SimpleExpSmoothing { alpha }.forecast(history, horizon)
+    }
 }
 
 /// Trend damping for [`Holt`].
@@ -690,12 +756,13 @@ impl Baseline for Holt {
         }
     }
     fn forecast(&self, history: &[f64], horizon: usize) -> Vec<f64> {
-        let Some(&last) = history.last() else {
-            return vec![f64::NAN; horizon];
-        };
-        if history.len() < 2 {
-            return vec![last; horizon];
-        }
+        self.forecast_with(&self.fit_params(history), history, horizon)
+    }
+    fn reusable_params(&self) -> bool {
+        true
+    }
+    /// (α, β, φ): the given ones clamped, the others fitted.
+    fn fit_params(&self, history: &[f64]) -> Vec<f64> {
         // Fixed values are clamped to [0, 1]; fitted ones search the bounds
         // documented on the type.
         let (phi, phi_lo, phi_hi) = match self.damped {
@@ -706,8 +773,19 @@ impl Baseline for Holt {
         let alpha_lo = if self.alpha.is_some() { 0.0 } else { 1e-4 };
         let fixed = [self.alpha, self.beta, phi];
         let (lo, hi) = ([alpha_lo, 0.0, phi_lo], [1.0, 1.0, phi_hi]);
+        if history.len() < 2 {
+            return fit(&fixed, &lo, &hi, &[0.3, 0.05, 0.95], &|_| 0.0, 0);
+        }
         let sse = |p: &[f64]| holt_run(history, p[0], p[1], p[2]).0;
-        let p = fit(&fixed, &lo, &hi, &[0.3, 0.05, 0.95], &sse, 300);
+        fit(&fixed, &lo, &hi, &[0.3, 0.05, 0.95], &sse, 300)
+    }
+    fn forecast_with(&self, p: &[f64], history: &[f64], horizon: usize) -> Vec<f64> {
+        let Some(&last) = history.last() else {
+            return vec![f64::NAN; horizon];
+        };
+        if history.len() < 2 || p.len() != 3 {
+            return vec![last; horizon];
+        }
         let (_, level, trend) = holt_run(history, p[0], p[1], p[2]);
         let mut out = Vec::with_capacity(horizon);
         let (mut damp_sum, mut phi_h) = (0.0, 1.0);

@@ -426,3 +426,46 @@ fn every_forecaster_returns_horizon_finite_values() {
     }
     assert!(by_name("arima", 24).is_none());
 }
+
+/// Forecasters with reusable parameters forecast the same from their
+/// kept parameters as from a fresh fit (`forecast_with(fit_params(x), x)`
+/// is `forecast(x)`, bit for bit), on seasonal and non-seasonal series,
+/// short ones included; and reusing an old fit on a longer history
+/// differs from refitting it (the parameters are really kept).
+#[test]
+fn kept_parameters_forecast_as_a_fresh_fit() {
+    let seasonal: Vec<f64> = noise(300, 7)
+        .iter()
+        .enumerate()
+        .map(|(t, e)| 20.0 + 6.0 * ((t % 24) as f64 / 4.0).sin() + 0.05 * t as f64 + 3.0 * e)
+        .collect();
+    let flat: Vec<f64> = noise(120, 3).iter().map(|e| 5.0 + e).collect();
+    let names = ["ses", "holt", "damped", "ses_sa", "holt_sa", "damped_sa"];
+    for name in names {
+        let f = named(name, 24).unwrap();
+        assert!(f.reusable_params(), "{name}");
+        for x in [
+            &seasonal[..],
+            &flat[..],
+            &seasonal[..1],
+            &seasonal[..2],
+            &seasonal[..0],
+        ] {
+            let p = f.fit_params(x);
+            let (a, b) = (f.forecast_with(&p, x, 12), f.forecast(x, 12));
+            assert_eq!(
+                format!("{a:?}"),
+                format!("{b:?}"),
+                "{name}, n = {}",
+                x.len()
+            );
+        }
+        let old = f.fit_params(&flat);
+        assert_ne!(
+            f.forecast_with(&old, &seasonal, 12),
+            f.forecast(&seasonal, 12),
+            "{name}: an old fit is not a refit"
+        );
+    }
+    assert!(!named("arima", 24).unwrap().reusable_params());
+}

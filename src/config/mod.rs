@@ -125,8 +125,12 @@ pub struct ChoiceConfig {
     /// Serve each key by the candidate with the lowest recent live error.
     #[serde(default)]
     pub enabled: bool,
-    /// Candidates: `network` (the forecast stage's output), `naive`,
-    /// `snaive`, `ses`.
+    /// Candidates: `network` (the forecast stage's output); the cheap
+    /// incremental `naive`, `snaive`, `ses` (fixed `ses_alpha`); `median`
+    /// (the step-wise median of the others); and any classical forecaster
+    /// of `eval --models` (`ses_sa`, `damped_sa`, `naive2`, `hw_add`,
+    /// `arima`, `prophet`, `rf`, ...), refitted per key on its last
+    /// `history` window values every `refit_every` windows.
     #[serde(default = "default_candidates")]
     pub candidates: Vec<String>,
     /// Half-life of the error means, in scored windows.
@@ -142,6 +146,19 @@ pub struct ChoiceConfig {
     /// Smoothing factor of the `ses` candidate.
     #[serde(default = "default_ses_alpha")]
     pub ses_alpha: f64,
+    /// Window values kept per key for the classical candidates (8 bytes
+    /// each); 0: 12 seasons (what `ses_sa`'s seasonality test needs at a
+    /// daily season of 24 hourly windows).
+    #[serde(default)]
+    pub history: usize,
+    /// Windows between two fits of a key's classical candidates; between
+    /// fits a key is served the last fit's forecast further ahead.
+    #[serde(default = "default_refit_every")]
+    pub refit_every: usize,
+}
+
+fn default_refit_every() -> usize {
+    1
 }
 
 fn default_candidates() -> Vec<String> {
@@ -171,12 +188,15 @@ impl Default for ChoiceConfig {
             margin: default_choice_margin(),
             min_scored: default_choice_min_scored(),
             ses_alpha: default_ses_alpha(),
+            history: 0,
+            refit_every: default_refit_every(),
         }
     }
 }
 
-/// The names `choice.candidates` accepts (`choose::Candidate`).
-pub const CHOICE_CANDIDATES: &[&str] = &["network", "naive", "snaive", "ses"];
+/// The candidates the chooser computes itself (`choose::Candidate`);
+/// `choice.candidates` also accepts every name of `baselines::NAMES`.
+pub const CHOICE_BUILTIN: &[&str] = &["network", "naive", "snaive", "ses", "median"];
 
 /// Live scoring (see `score`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -1380,16 +1400,20 @@ impl PipelineConfig {
                 "expected a positive duration, e.g. \"1s\"",
             );
         }
-        if let Some(c) = self
-            .choice
-            .candidates
-            .iter()
-            .find(|c| !CHOICE_CANDIDATES.contains(&c.as_str()))
-        {
+        if let Some(c) = self.choice.candidates.iter().find(|c| {
+            !CHOICE_BUILTIN.contains(&c.as_str()) && !crate::baselines::NAMES.contains(&c.as_str())
+        }) {
             return bad(
                 "choice.candidates",
-                &format!("unknown candidate {c:?}; expected network, naive, snaive or ses"),
+                &format!(
+                    "unknown candidate {c:?}; expected one of {} or a forecaster of {}",
+                    CHOICE_BUILTIN.join(", "),
+                    crate::baselines::NAMES.join(", ")
+                ),
             );
+        }
+        if self.choice.refit_every == 0 {
+            return bad("choice.refit_every", "expected at least 1");
         }
         if self.choice.enabled && !self.choice.candidates.iter().any(|c| c == "network") {
             return bad(
