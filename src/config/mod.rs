@@ -158,16 +158,16 @@ pub struct ChoiceConfig {
 }
 
 fn default_refit_every() -> usize {
-    1
+    24
 }
 
 fn default_candidates() -> Vec<String> {
-    ["network", "naive", "snaive", "ses"]
+    ["network", "snaive", "ses_sa", "damped_sa", "median"]
         .map(String::from)
         .to_vec()
 }
 fn default_choice_half_life() -> f64 {
-    48.0
+    168.0
 }
 fn default_choice_margin() -> f64 {
     0.1
