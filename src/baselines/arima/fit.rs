@@ -202,6 +202,22 @@ fn css_rows<const W: usize>(
 /// (each sum in time order, held in registers across time).
 #[inline(always)]
 fn gram_rows<const W: usize>(rows: &[f64], k1: usize, gram: &mut [f64]) {
+    if W > 8 {
+        // One row of the Gram matrix per pass: two accumulators of 12 or 16
+        // values would not fit the 16 SSE registers (measured: spills).
+        for i in 0..k1 {
+            let mut acc = [0.0f64; W];
+            for row in rows.chunks_exact(W) {
+                let row = &row[..W];
+                let x0 = row[i];
+                for c in 0..W {
+                    acc[c] += x0 * row[c];
+                }
+            }
+            gram[i * W..(i + 1) * W].copy_from_slice(&acc);
+        }
+        return;
+    }
     let mut i = 0;
     while i < k1 {
         // Two rows of the Gram matrix per pass over the data.
@@ -871,7 +887,12 @@ mod tests {
     use super::*;
 
     /// The column-by-column CSS recursion (the code before the workspace).
-    fn css_column(w: &[f64], phi: &[f64], theta: &[f64], sup: &(Vec<usize>, Vec<usize>)) -> Vec<f64> {
+    fn css_column(
+        w: &[f64],
+        phi: &[f64],
+        theta: &[f64],
+        sup: &(Vec<usize>, Vec<usize>),
+    ) -> Vec<f64> {
         let n = w.len();
         let ncond = phi.len();
         let mut out = vec![0.0; n];
@@ -919,9 +940,7 @@ mod tests {
         let ncond = phi.len();
         for nx in [0usize, 1, 2, 3, 4, 7, 11, 13, 15, 17] {
             let y: Vec<f64> = (0..n).map(|_| next() * 10.0).collect();
-            let xs: Vec<Vec<f64>> = (0..nx)
-                .map(|_| (0..n).map(|_| next()).collect())
-                .collect();
+            let xs: Vec<Vec<f64>> = (0..nx).map(|_| (0..n).map(|_| next()).collect()).collect();
             let mut css = Css::new(&y, &xs);
             let got = css.eval_resid(&phi, &theta, &sup);
             // Reference: filter each column, then the normal equations with
@@ -933,7 +952,11 @@ mod tests {
                 .collect();
             let (s2, beta, resid) = got.expect("full rank");
             let (beta_ref, ssq_ref) = lstsq(&ey[ncond..], &ex).expect("full rank");
-            assert_eq!(s2.to_bits(), (ssq_ref / (n - ncond) as f64).to_bits(), "nx {nx}");
+            assert_eq!(
+                s2.to_bits(),
+                (ssq_ref / (n - ncond) as f64).to_bits(),
+                "nx {nx}"
+            );
             for (a, b) in beta.iter().zip(&beta_ref) {
                 assert_eq!(a.to_bits(), b.to_bits(), "nx {nx}");
             }
@@ -967,7 +990,10 @@ mod tests {
                 let st = ws.stride;
                 for i in 0..k {
                     for j in 0..=i {
-                        assert_eq!(ws.gram[(i + 1) * st + j + 1].to_bits(), g[i * k + j].to_bits());
+                        assert_eq!(
+                            ws.gram[(i + 1) * st + j + 1].to_bits(),
+                            g[i * k + j].to_bits()
+                        );
                     }
                     assert_eq!(ws.gram[(i + 1) * st].to_bits(), b[i].to_bits());
                 }
