@@ -14,6 +14,11 @@
 //! generalised least squares on the filtered series (the filter is linear
 //! in the data), so the optimiser only sees the ARMA parameters. The joint
 //! optimum is the same as R's, which optimises β numerically.
+//!
+//! Cost: the CSS objective reuses one time-major workspace per fit (see
+//! `Workspace`): no allocation per evaluation, all columns filtered side by
+//! side. Invariant: every value equals the column-by-column formulas bit
+//! for bit (same operations in the same order), which a test checks.
 
 use super::kalman;
 use super::optim::{bfgs, Status};
@@ -106,145 +111,378 @@ enum ConstKind {
 /// equations; `None` if the columns are (numerically) rank deficient.
 /// Returns `(β, residual sum of squares)`.
 pub(crate) fn lstsq(y: &[f64], xs: &[Vec<f64>]) -> Option<(Vec<f64>, f64)> {
-    let k = xs.len();
-    if k == 0 {
-        return Some((Vec::new(), y.iter().map(|v| v * v).sum()));
-    }
-    let mut g = vec![0.0; k * k];
-    let mut b = vec![0.0; k];
-    for i in 0..k {
-        for j in 0..=i {
-            let v: f64 = xs[i].iter().zip(&xs[j]).map(|(a, c)| a * c).sum();
-            g[i * k + j] = v;
-            g[j * k + i] = v;
-        }
-        b[i] = xs[i].iter().zip(y).map(|(a, c)| a * c).sum();
-    }
-    let scale: Vec<f64> = (0..k)
-        .map(|i| {
-            let d = g[i * k + i];
-            if d > 0.0 {
-                1.0 / d.sqrt()
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    if scale.iter().any(|&s| s == 0.0 || !s.is_finite()) {
-        return None;
-    }
-    for i in 0..k {
-        for j in 0..k {
-            g[i * k + j] *= scale[i] * scale[j];
-        }
-        b[i] *= scale[i];
-    }
-    // Cholesky G = L L'.
-    for j in 0..k {
-        let mut d = g[j * k + j];
-        for l in 0..j {
-            d -= g[j * k + l] * g[j * k + l];
-        }
-        if d.is_nan() || d <= 1e-11 {
-            return None;
-        }
-        let d = d.sqrt();
-        g[j * k + j] = d;
-        for i in j + 1..k {
-            let mut v = g[i * k + j];
-            for l in 0..j {
-                v -= g[i * k + l] * g[j * k + l];
-            }
-            g[i * k + j] = v / d;
-        }
-    }
-    let mut z = b;
-    for i in 0..k {
-        let s: f64 = (0..i).map(|l| g[i * k + l] * z[l]).sum();
-        z[i] = (z[i] - s) / g[i * k + i];
-    }
-    for i in (0..k).rev() {
-        let s: f64 = (i + 1..k).map(|l| g[l * k + i] * z[l]).sum();
-        z[i] = (z[i] - s) / g[i * k + i];
-    }
-    let beta: Vec<f64> = z.iter().zip(&scale).map(|(v, s)| v * s).collect();
-    let mut ssq = 0.0;
-    for t in 0..y.len() {
-        let mut r = y[t];
-        for (c, bk) in xs.iter().zip(&beta) {
-            r -= bk * c[t];
-        }
-        ssq += r * r;
-    }
-    Some((beta, ssq))
+    let cols: Vec<&[f64]> = xs.iter().map(|c| c.as_slice()).collect();
+    let mut ws = Workspace::default();
+    ws.load_columns(y, &cols);
+    ws.solve_rows(0, false)
+        .map(|(beta, ssq)| (beta.to_vec(), ssq))
 }
 
-/// CSS residuals of the differenced series `w` (R's `ARIMA_CSS`): zero
-/// for the first `p + m·P` values, then `e_l = w_l − Σ φ_j w_{l−j} − Σ θ_j
-/// e_{l−j}` (MA terms only over residuals already computed).
-fn css_residuals(
-    w: &[f64],
+/// Reusable buffers for the least-squares and CSS steps, so that an
+/// objective evaluation allocates nothing.
+///
+/// Layout (why): the series and its regressors are stored *time-major*
+/// (`k1 = 1 + regressors` values per time step: `y_t, x_{0,t}, …`, padded
+/// with zero columns to a `stride` of 4, 8, 12 or 16), so the CSS recursion
+/// updates every column with one fixed-width element-wise loop per lag and
+/// the Gram matrix is accumulated in registers. Each column still sees
+/// exactly the operations of the column-by-column formulas in the same
+/// order (every sum runs over time in order; the compiler only runs the
+/// columns side by side), so every value is bit-for-bit what the
+/// sequential code gives; what changes is that `k1` independent dependency
+/// chains overlap instead of one latency-bound chain at a time. Zero
+/// padding columns stay zero through the filter and are never read back.
+#[derive(Default)]
+struct Workspace {
+    /// Columns in the time-major layout (input of the CSS filter or of a
+    /// plain least-squares solve).
+    x: Vec<f64>,
+    /// CSS residuals of every column, same layout.
+    e: Vec<f64>,
+    /// Number of time steps.
+    n: usize,
+    /// Columns in use per time step.
+    k1: usize,
+    /// Values stored per time step (`k1`, or `k1` rounded up to a multiple
+    /// of 4 when that is at most 16).
+    stride: usize,
+    /// `Z'Z`, `Z = [y, X]` (`k1` rows of `stride` values).
+    gram: Vec<f64>,
+    /// Scaled normal equations and the solution.
+    g: Vec<f64>,
+    scale: Vec<f64>,
+    rhs: Vec<f64>,
+    beta: Vec<f64>,
+}
+
+/// The padded width of `k1` columns (see [`Workspace`]).
+fn stride_for(k1: usize) -> usize {
+    if k1 > 1 && k1 <= 16 {
+        k1.div_ceil(4) * 4
+    } else {
+        k1
+    }
+}
+
+/// One CSS step for every column at once: `cur = x_l − Σ φ_j x_{l−j−1} −
+/// Σ θ_j e_{l−j−1}` (MA lags only while `j < lim`), `W` values per row.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // the recursion's state, spelled out
+fn css_rows<const W: usize>(
+    x: &[f64],
+    e: &mut [f64],
+    n: usize,
+    ncond: usize,
     phi: &[f64],
     theta: &[f64],
     sup: &(Vec<usize>, Vec<usize>),
-    out: &mut Vec<f64>,
 ) {
-    let n = w.len();
-    let ncond = phi.len();
-    out.clear();
-    out.resize(n, 0.0);
     for l in ncond..n {
-        let mut tmp = w[l];
+        let (done, rest) = e.split_at_mut(l * W);
+        let mut cur = [0.0f64; W];
+        cur.copy_from_slice(&x[l * W..(l + 1) * W]);
         for &j in &sup.0 {
-            tmp -= phi[j] * w[l - j - 1];
+            let a = phi[j];
+            let src = &x[(l - j - 1) * W..(l - j) * W];
+            for c in 0..W {
+                cur[c] -= a * src[c];
+            }
         }
         let lim = (l - ncond).min(theta.len());
         for &j in &sup.1 {
             if j >= lim {
                 break;
             }
-            tmp -= theta[j] * out[l - j - 1];
+            let a = theta[j];
+            let src = &done[(l - j - 1) * W..(l - j) * W];
+            for c in 0..W {
+                cur[c] -= a * src[c];
+            }
         }
-        out[l] = tmp;
+        rest[..W].copy_from_slice(&cur);
     }
 }
 
-/// Evaluation of the CSS criterion at `(φ, θ)`: `(σ²_CSS, β, residuals of
-/// w)`; `None` if not finite or the regressors are rank deficient.
-fn css_eval(
-    w: &[f64],
-    wx: &[Vec<f64>],
-    phi: &[f64],
-    theta: &[f64],
-    sup: &(Vec<usize>, Vec<usize>),
-) -> Option<(f64, Vec<f64>, Vec<f64>)> {
-    let ncond = phi.len();
-    if ncond >= w.len() {
-        return None;
+/// `gram[i][j] = Σ_t z_{t,i} z_{t,j}` for `i < k1`, `j < W` over `rows`
+/// (each sum in time order, held in registers across time).
+#[inline(always)]
+fn gram_rows<const W: usize>(rows: &[f64], k1: usize, gram: &mut [f64]) {
+    if W > 8 {
+        // One row of the Gram matrix per pass: two accumulators of 12 or 16
+        // values would not fit the 16 SSE registers (measured: spills).
+        for i in 0..k1 {
+            let mut acc = [0.0f64; W];
+            for row in rows.chunks_exact(W) {
+                let row = &row[..W];
+                let x0 = row[i];
+                for c in 0..W {
+                    acc[c] += x0 * row[c];
+                }
+            }
+            gram[i * W..(i + 1) * W].copy_from_slice(&acc);
+        }
+        return;
     }
-    let nu = (w.len() - ncond) as f64;
-    let mut ey = Vec::new();
-    css_residuals(w, phi, theta, sup, &mut ey);
-    let ex: Vec<Vec<f64>> = wx
-        .iter()
-        .map(|c| {
-            let mut e = Vec::new();
-            css_residuals(c, phi, theta, sup, &mut e);
-            e[ncond..].to_vec()
-        })
-        .collect();
-    let (beta, ssq) = lstsq(&ey[ncond..], &ex)?;
-    let mut resid = ey;
-    for (c, b) in ex.iter().zip(&beta) {
-        for (r, v) in resid[ncond..].iter_mut().zip(c) {
-            *r -= b * v;
+    let mut i = 0;
+    while i < k1 {
+        // Two rows of the Gram matrix per pass over the data.
+        let i2 = (i + 1).min(W - 1);
+        let mut acc0 = [0.0f64; W];
+        let mut acc1 = [0.0f64; W];
+        for row in rows.chunks_exact(W) {
+            let row = &row[..W];
+            let (x0, x1) = (row[i], row[i2]);
+            for c in 0..W {
+                acc0[c] += x0 * row[c];
+                acc1[c] += x1 * row[c];
+            }
+        }
+        gram[i * W..(i + 1) * W].copy_from_slice(&acc0);
+        if i + 1 < k1 {
+            gram[(i + 1) * W..(i + 2) * W].copy_from_slice(&acc1);
+        }
+        i += 2;
+    }
+}
+
+impl Workspace {
+    /// Loads `y` and the columns `xs` (each `y.len()` long) time-major.
+    fn load_columns(&mut self, y: &[f64], xs: &[&[f64]]) {
+        let n = y.len();
+        let k1 = xs.len() + 1;
+        let stride = stride_for(k1);
+        self.n = n;
+        self.k1 = k1;
+        self.stride = stride;
+        self.x.clear();
+        self.x.resize(n * stride, 0.0);
+        for (t, row) in self.x.chunks_exact_mut(stride).enumerate() {
+            row[0] = y[t];
+            for (v, c) in row[1..].iter_mut().zip(xs) {
+                *v = c[t];
+            }
         }
     }
-    let s2 = ssq / nu;
-    if s2.is_finite() {
+
+    /// CSS residuals of every loaded column (R's `ARIMA_CSS`) into `self.e`:
+    /// zero for the first `p + m·P` steps, then `e_l = w_l − Σ φ_j w_{l−j} −
+    /// Σ θ_j e_{l−j}` (MA terms only over residuals already computed).
+    fn css_filter(&mut self, phi: &[f64], theta: &[f64], sup: &(Vec<usize>, Vec<usize>)) {
+        let (n, k1, st) = (self.n, self.k1, self.stride);
+        let ncond = phi.len();
+        self.e.clear();
+        self.e.resize(n * st, 0.0);
+        let x = &self.x;
+        let e = &mut self.e;
+        match st {
+            4 => return css_rows::<4>(x, e, n, ncond, phi, theta, sup),
+            8 => return css_rows::<8>(x, e, n, ncond, phi, theta, sup),
+            12 => return css_rows::<12>(x, e, n, ncond, phi, theta, sup),
+            16 => return css_rows::<16>(x, e, n, ncond, phi, theta, sup),
+            _ => {}
+        }
+        if k1 == 1 {
+            // One column: the scalar recursion.
+            for l in ncond..n {
+                let mut tmp = x[l];
+                for &j in &sup.0 {
+                    tmp -= phi[j] * x[l - j - 1];
+                }
+                let lim = (l - ncond).min(theta.len());
+                for &j in &sup.1 {
+                    if j >= lim {
+                        break;
+                    }
+                    tmp -= theta[j] * e[l - j - 1];
+                }
+                e[l] = tmp;
+            }
+            return;
+        }
+        // More than 16 columns (only through the general regression API).
+        for l in ncond..n {
+            let (done, rest) = e.split_at_mut(l * st);
+            let cur = &mut rest[..st];
+            cur.copy_from_slice(&x[l * st..(l + 1) * st]);
+            for &j in &sup.0 {
+                let a = phi[j];
+                let src = &x[(l - j - 1) * st..(l - j) * st];
+                for (o, v) in cur.iter_mut().zip(src) {
+                    *o -= a * v;
+                }
+            }
+            let lim = (l - ncond).min(theta.len());
+            for &j in &sup.1 {
+                if j >= lim {
+                    break;
+                }
+                let a = theta[j];
+                let src = &done[(l - j - 1) * st..(l - j) * st];
+                for (o, v) in cur.iter_mut().zip(src) {
+                    *o -= a * v;
+                }
+            }
+        }
+    }
+
+    /// Least squares of column 0 on the other columns over time steps
+    /// `from..n` of `self.e` (`filtered`, after [`Workspace::css_filter`]) or
+    /// of `self.x`: `(β, residual SS)`, `None` if rank deficient. β lives in
+    /// the workspace until the next call.
+    fn solve_rows(&mut self, from: usize, filtered: bool) -> Option<(&[f64], f64)> {
+        let (n, k1, st) = (self.n, self.k1, self.stride);
+        let k = k1 - 1;
+        let z = if filtered { &self.e } else { &self.x };
+        let rows = &z[from * st..n * st];
+        if k == 0 {
+            let ssq = rows.iter().fold(0.0, |s, v| s + v * v);
+            self.beta.clear();
+            return Some((&self.beta, ssq));
+        }
+        // Gram matrix; every entry is summed over t in order.
+        self.gram.clear();
+        self.gram.resize(k1 * st, 0.0);
+        match st {
+            4 => gram_rows::<4>(rows, k1, &mut self.gram),
+            8 => gram_rows::<8>(rows, k1, &mut self.gram),
+            12 => gram_rows::<12>(rows, k1, &mut self.gram),
+            16 => gram_rows::<16>(rows, k1, &mut self.gram),
+            _ => {
+                for row in rows.chunks_exact(st) {
+                    for (i, &xi) in row[..k1].iter().enumerate() {
+                        let gi = &mut self.gram[i * st..i * st + i + 1];
+                        for (g, xj) in gi.iter_mut().zip(&row[..=i]) {
+                            *g += xi * xj;
+                        }
+                    }
+                }
+            }
+        }
+        // G = X'X (columns 1..), b = X'y (column 0), from the lower triangle.
+        let gram = &self.gram;
+        let at = |i: usize, j: usize| gram[i.max(j) * st + i.min(j)];
+        self.g.clear();
+        self.g.resize(k * k, 0.0);
+        self.scale.clear();
+        for i in 0..k {
+            let d = at(i + 1, i + 1);
+            let s = if d > 0.0 { 1.0 / d.sqrt() } else { 0.0 };
+            if s == 0.0 || !s.is_finite() {
+                return None;
+            }
+            self.scale.push(s);
+        }
+        let g = &mut self.g;
+        let scale = &self.scale;
+        for i in 0..k {
+            for j in 0..k {
+                g[i * k + j] = at(i + 1, j + 1) * (scale[i] * scale[j]);
+            }
+        }
+        let b = &mut self.rhs;
+        b.clear();
+        b.extend((0..k).map(|i| at(i + 1, 0) * scale[i]));
+        // Cholesky G = L L'.
+        for j in 0..k {
+            let mut d = g[j * k + j];
+            for l in 0..j {
+                d -= g[j * k + l] * g[j * k + l];
+            }
+            if d.is_nan() || d <= 1e-11 {
+                return None;
+            }
+            let d = d.sqrt();
+            g[j * k + j] = d;
+            for i in j + 1..k {
+                let mut v = g[i * k + j];
+                for l in 0..j {
+                    v -= g[i * k + l] * g[j * k + l];
+                }
+                g[i * k + j] = v / d;
+            }
+        }
+        for i in 0..k {
+            let s: f64 = (0..i).map(|l| g[i * k + l] * b[l]).sum();
+            b[i] = (b[i] - s) / g[i * k + i];
+        }
+        for i in (0..k).rev() {
+            let s: f64 = (i + 1..k).map(|l| g[l * k + i] * b[l]).sum();
+            b[i] = (b[i] - s) / g[i * k + i];
+        }
+        self.beta.clear();
+        self.beta.extend(b.iter().zip(scale).map(|(v, s)| v * s));
+        let beta = &self.beta;
+        let mut ssq = 0.0;
+        for row in rows.chunks_exact(st) {
+            let mut r = row[0];
+            for (bk, v) in beta.iter().zip(&row[1..k1]) {
+                r -= bk * v;
+            }
+            ssq += r * r;
+        }
+        Some((&self.beta, ssq))
+    }
+}
+
+/// The CSS criterion's data: the differenced series and regressors, loaded
+/// once per fit into a [`Workspace`] the objective reuses.
+struct Css {
+    ws: Workspace,
+}
+
+impl Css {
+    fn new(w: &[f64], wx: &[Vec<f64>]) -> Self {
+        let cols: Vec<&[f64]> = wx.iter().map(|c| c.as_slice()).collect();
+        let mut ws = Workspace::default();
+        ws.load_columns(w, &cols);
+        Css { ws }
+    }
+
+    /// `σ²_CSS` and β at `(φ, θ)` (β valid until the next call); `None` if
+    /// not finite or the regressors are rank deficient.
+    fn eval(
+        &mut self,
+        phi: &[f64],
+        theta: &[f64],
+        sup: &(Vec<usize>, Vec<usize>),
+    ) -> Option<(f64, &[f64])> {
+        let ncond = phi.len();
+        let n = self.ws.n;
+        if ncond >= n {
+            return None;
+        }
+        let nu = (n - ncond) as f64;
+        self.ws.css_filter(phi, theta, sup);
+        let (beta, ssq) = self.ws.solve_rows(ncond, true)?;
+        let s2 = ssq / nu;
+        if s2.is_finite() {
+            Some((s2, beta))
+        } else {
+            None
+        }
+    }
+
+    /// [`Css::eval`] plus the residuals of `w − Xβ` (zero for the first
+    /// `p + m·P` steps).
+    fn eval_resid(
+        &mut self,
+        phi: &[f64],
+        theta: &[f64],
+        sup: &(Vec<usize>, Vec<usize>),
+    ) -> Option<(f64, Vec<f64>, Vec<f64>)> {
+        let ncond = phi.len();
+        let (s2, beta) = self.eval(phi, theta, sup)?;
+        let beta = beta.to_vec();
+        let (k1, st) = (self.ws.k1, self.ws.stride);
+        let mut resid = vec![0.0; self.ws.n];
+        for (t, row) in self.ws.e.chunks_exact(st).enumerate().skip(ncond) {
+            let mut r = row[0];
+            for (b, v) in beta.iter().zip(&row[1..k1]) {
+                r -= b * v;
+            }
+            resid[t] = r;
+        }
         Some((s2, beta, resid))
-    } else {
-        None
     }
 }
 
@@ -352,10 +590,11 @@ pub fn fit(
     let sup = poly::support(&o);
     let npar = narma * usize::from(fixed.is_none()) + design.cols.len() + 1;
 
-    let css_obj = |x: &[f64]| -> f64 {
+    let mut css = Css::new(&w, &wx);
+    let mut css_obj = |x: &[f64]| -> f64 {
         let (phi, theta) = poly::expand(x, &o);
-        match css_eval(&w, &wx, &phi, &theta, &sup) {
-            Some((s2, _, _)) => 0.5 * s2.ln(),
+        match css.eval(&phi, &theta, &sup) {
+            Some((s2, _)) => 0.5 * s2.ln(),
             None => f64::INFINITY,
         }
     };
@@ -391,7 +630,7 @@ pub fn fit(
     } else {
         let mut init = vec![0.0; narma];
         if method == Method::Css || method == Method::CssMl {
-            let res = bfgs(&mut |x| css_obj(x), &init, 100, 1e-3);
+            let res = bfgs(&mut css_obj, &init, 100, 1e-3);
             evals += res.evals;
             if res.status == Status::BadGradient {
                 return Err(ArimaError::Optimisation);
@@ -477,8 +716,9 @@ pub fn fit(
             )
         }
         None => {
-            let (s2, beta, resid) =
-                css_eval(&w, &wx, &phi, &theta, &sup).ok_or(ArimaError::Optimisation)?;
+            let (s2, beta, resid) = css
+                .eval_resid(&phi, &theta, &sup)
+                .ok_or(ArimaError::Optimisation)?;
             let value = nu * s2.ln() + two_pi_term;
             // Forecasts from the exact filter's state when it exists (as R
             // runs `arimaSS` after a CSS fit), else by the CSS recursion.
@@ -642,5 +882,128 @@ impl ArimaFit {
             out.push(yv);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The time-major workspace against the column-by-column formulas it
+    //! replaced: equal bit for bit, for every padded width.
+    use super::*;
+
+    /// The column-by-column CSS recursion (the code before the workspace).
+    fn css_column(
+        w: &[f64],
+        phi: &[f64],
+        theta: &[f64],
+        sup: &(Vec<usize>, Vec<usize>),
+    ) -> Vec<f64> {
+        let n = w.len();
+        let ncond = phi.len();
+        let mut out = vec![0.0; n];
+        for l in ncond..n {
+            let mut tmp = w[l];
+            for &j in &sup.0 {
+                tmp -= phi[j] * w[l - j - 1];
+            }
+            let lim = (l - ncond).min(theta.len());
+            for &j in &sup.1 {
+                if j >= lim {
+                    break;
+                }
+                tmp -= theta[j] * out[l - j - 1];
+            }
+            out[l] = tmp;
+        }
+        out
+    }
+
+    /// Sequential dot product (each sum in time order).
+    fn dot(a: &[f64], b: &[f64]) -> f64 {
+        let mut s = 0.0;
+        for (x, y) in a.iter().zip(b) {
+            s += x * y;
+        }
+        s
+    }
+
+    #[test]
+    fn workspace_matches_column_by_column_bit_for_bit() {
+        // A small deterministic generator (no dependency on a rand crate).
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let n = 150;
+        let o = Order::seasonal(2, 0, 1, 1, 0, 1, 7);
+        let sup = poly::support(&o);
+        let par = [0.3, -0.2, 0.4, 0.5, -0.3];
+        let (phi, theta) = poly::expand(&par, &o);
+        let ncond = phi.len();
+        for nx in [0usize, 1, 2, 3, 4, 7, 11, 13, 15, 17] {
+            let y: Vec<f64> = (0..n).map(|_| next() * 10.0).collect();
+            let xs: Vec<Vec<f64>> = (0..nx).map(|_| (0..n).map(|_| next()).collect()).collect();
+            let mut css = Css::new(&y, &xs);
+            let got = css.eval_resid(&phi, &theta, &sup);
+            // Reference: filter each column, then the normal equations with
+            // sequential sums, as `lstsq` did column by column.
+            let ey = css_column(&y, &phi, &theta, &sup);
+            let ex: Vec<Vec<f64>> = xs
+                .iter()
+                .map(|c| css_column(c, &phi, &theta, &sup)[ncond..].to_vec())
+                .collect();
+            let (s2, beta, resid) = got.expect("full rank");
+            let (beta_ref, ssq_ref) = lstsq(&ey[ncond..], &ex).expect("full rank");
+            assert_eq!(
+                s2.to_bits(),
+                (ssq_ref / (n - ncond) as f64).to_bits(),
+                "nx {nx}"
+            );
+            for (a, b) in beta.iter().zip(&beta_ref) {
+                assert_eq!(a.to_bits(), b.to_bits(), "nx {nx}");
+            }
+            let mut resid_ref = ey.clone();
+            for (c, b) in ex.iter().zip(&beta_ref) {
+                for (r, v) in resid_ref[ncond..].iter_mut().zip(c) {
+                    *r -= b * v;
+                }
+            }
+            for (a, b) in resid.iter().zip(&resid_ref) {
+                assert_eq!(a.to_bits(), b.to_bits(), "nx {nx}");
+            }
+            // The Gram matrix itself against sequential dot products.
+            if nx > 0 {
+                let (g_beta, _) = lstsq(&y, &xs).expect("full rank");
+                let k = nx;
+                let mut g = vec![0.0; k * k];
+                let mut b = vec![0.0; k];
+                for i in 0..k {
+                    for j in 0..k {
+                        g[i * k + j] = dot(&xs[i], &xs[j]);
+                    }
+                    b[i] = dot(&xs[i], &y);
+                }
+                // Solve the unscaled normal equations loosely: the solver's
+                // scaling is shared, so only the Gram sums are checked here.
+                let mut ws = Workspace::default();
+                let cols: Vec<&[f64]> = xs.iter().map(|c| c.as_slice()).collect();
+                ws.load_columns(&y, &cols);
+                ws.solve_rows(0, false).expect("full rank");
+                let st = ws.stride;
+                for i in 0..k {
+                    for j in 0..=i {
+                        assert_eq!(
+                            ws.gram[(i + 1) * st + j + 1].to_bits(),
+                            g[i * k + j].to_bits()
+                        );
+                    }
+                    assert_eq!(ws.gram[(i + 1) * st].to_bits(), b[i].to_bits());
+                }
+                assert_eq!(g_beta.len(), k);
+            }
+        }
     }
 }

@@ -192,6 +192,24 @@ fn transition(x: &[f64], phi: &[f64], phi_support: &[usize], out: &mut [f64]) {
     }
 }
 
+/// `max |x_i|` (0 for an empty slice; NaNs ignored, as `f64::max` does).
+/// Four running maxima instead of one: `max` is exact and order-free, so
+/// the result is the sequential fold's, without its serial dependency.
+fn max_abs(x: &[f64]) -> f64 {
+    let mut m = [0.0f64; 4];
+    let mut chunks = x.chunks_exact(4);
+    for c in &mut chunks {
+        for (mi, v) in m.iter_mut().zip(c) {
+            *mi = mi.max(v.abs());
+        }
+    }
+    let mut out = m[0].max(m[1]).max(m[2].max(m[3]));
+    for v in chunks.remainder() {
+        out = out.max(v.abs());
+    }
+    out
+}
+
 /// What [`filter`] returns.
 #[derive(Debug, Clone)]
 pub struct Filtered {
@@ -245,8 +263,9 @@ pub fn filter(
             innov[c].push(v / sf);
             transition(a, &phi_r, phi_support, &mut tmp);
             let g = v / f;
-            for i in 0..r {
-                a[i] = tmp[i] + k[i] * g;
+            // Iterators, not indices: no bounds checks, so this vectorises.
+            for ((ai, ti), ki) in a.iter_mut().zip(&tmp).zip(&k) {
+                *ai = ti + ki * g;
             }
         }
         if converged {
@@ -257,15 +276,14 @@ pub fn filter(
         let f_new = f + u * u * s;
         transition(&w, &phi_r, phi_support, &mut tw);
         let su = s * u;
-        for i in 0..r {
-            k[i] += tw[i] * su;
+        for (ki, twi) in k.iter_mut().zip(&tw) {
+            *ki += twi * su;
         }
         let ku = u / f_new;
-        let mut wmax = 0.0f64;
-        for i in 0..r {
-            w[i] = tw[i] - k[i] * ku;
-            wmax = wmax.max(w[i].abs());
+        for ((wi, twi), ki) in w.iter_mut().zip(&tw).zip(&k) {
+            *wi = twi - ki * ku;
         }
+        let wmax = max_abs(&w);
         s *= f_new / f;
         f = f_new;
         // Steady state: the gain no longer changes.
