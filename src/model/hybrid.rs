@@ -107,7 +107,16 @@ impl EsParams {
     pub fn for_key(&self, first: &[f64]) -> EsParams {
         let n = self.ready_len();
         match self.fit {
-            Some(f) if first.len() >= n => fit(&self.periods, &first[..n], f.steps),
+            Some(f) if first.len() >= n => {
+                let p = fit(&self.periods, &first[..n], f.steps);
+                // Nothing scored (too few positive values to have an error
+                // at all): the grid's first point means nothing, keep these.
+                if es_error(&p, &first[..n], f.steps).is_finite() {
+                    p
+                } else {
+                    self.without_fit()
+                }
+            }
             _ => self.without_fit(),
         }
     }
@@ -681,6 +690,9 @@ mod tests {
         assert_eq!(a, p.for_key(&steady));
         assert_eq!(b, p.for_key(&shifted));
         assert!(b.alpha > a.alpha, "{a:?} vs {b:?}");
+        // A buffer with nothing to score (all non-positive) keeps the
+        // table's coefficients rather than the grid's first point.
+        assert_eq!(p.for_key(&[0.0; 96]), p.without_fit());
         // Through the changelog's encoding, into a fresh stage.
         let mut restored = HybridKeys::new(p.clone(), mode);
         let mut global = HybridKeys::new(p.clone(), mode);
