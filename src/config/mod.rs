@@ -1196,9 +1196,23 @@ pub enum HybridMode {
     Relative,
 }
 
+/// Where the hybrid's smoothing coefficients come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HybridFit {
+    /// `alpha` and `gammas` of the table, for every key.
+    #[default]
+    Global,
+    /// Per key, chosen on its own first `fit_windows` values (live: the
+    /// warm-up buffer; training: the same values of each key) by the
+    /// smoothing's error `fit_steps` ahead; `alpha` and `gammas` serve the
+    /// key's warm-up and keys too short to fit.
+    PerSeries,
+}
+
 /// The `[model.hybrid]` table: the live stage's ES-RNN-style smoothing (`model::hybrid`) (and the
-/// retrainer's, through `train::prep`). Coefficients are global here (keys
-/// the model never saw need some); `eval m4` fits them per series.
+/// retrainer's, through `train::prep`). Coefficients are global (`fit =
+/// "global"`) or fitted per key on its first windows (`fit = "per_series"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HybridConfig {
@@ -1212,6 +1226,36 @@ pub struct HybridConfig {
     pub gammas: Vec<f64>,
     #[serde(default)]
     pub mode: HybridMode,
+    /// Global or per-key coefficients (see [`HybridFit`]).
+    #[serde(default)]
+    pub fit: HybridFit,
+    /// `per_series`: values a key buffers before its coefficients are
+    /// fitted (0 = 4 x the longest period; at least 3 x it: two cycles
+    /// initialise the state, the rest are scored).
+    #[serde(default)]
+    pub fit_windows: u32,
+    /// `per_series`: the fit minimises the mean absolute log error this
+    /// many steps ahead.
+    #[serde(default = "default_fit_steps")]
+    pub fit_steps: u32,
+}
+
+fn default_fit_steps() -> u32 {
+    1
+}
+
+impl Default for HybridConfig {
+    fn default() -> Self {
+        HybridConfig {
+            periods: Vec::new(),
+            alpha: default_alpha(),
+            gammas: Vec::new(),
+            mode: HybridMode::default(),
+            fit: HybridFit::default(),
+            fit_windows: 0,
+            fit_steps: default_fit_steps(),
+        }
+    }
 }
 
 fn default_alpha() -> f64 {
@@ -1235,6 +1279,17 @@ impl HybridConfig {
         }
         if let Some(g) = self.gammas.iter().find(|g| !(0.0..=1.0).contains(*g)) {
             return Err(format!("model.hybrid.gammas: {g} must be in [0, 1]"));
+        }
+        let longest = self.periods.iter().copied().max().unwrap_or(1).max(1);
+        if self.fit_windows != 0 && self.fit_windows < 3 * longest {
+            return Err(format!(
+                "model.hybrid.fit_windows = {} must be 0 (auto) or at least 3 x the longest period ({})",
+                self.fit_windows,
+                3 * longest
+            ));
+        }
+        if self.fit_steps == 0 {
+            return Err("model.hybrid.fit_steps must be at least 1".into());
         }
         Ok(())
     }

@@ -2,7 +2,10 @@
 //!
 //! Per series, exponential-smoothing coefficients are fitted on the
 //! history (`model::hybrid::fit`, a grid on the error `horizon` steps
-//! ahead), the history is run through the smoothing recursion
+//! ahead; with a `[model.hybrid]` table in the network's pipeline, its
+//! `fit`: `global` = the table's coefficients for every series,
+//! `per_series` = the grid on the error `fit_steps` ahead, on the whole
+//! training history), the history is run through the smoothing recursion
 //! (`EsState::transform_series`: log, divided by the seasonal factors, and
 //! in `relative` mode by the level), the global recurrent network
 //! (`rnn::RnnModel`, the production path) is trained on those series and
@@ -18,7 +21,7 @@ use super::harness::Model;
 use super::rnn::RnnModel;
 use crate::config::PipelineConfig;
 use crate::error::Result;
-use crate::model::hybrid::{fit_penalized, EsState, HybridMode};
+use crate::model::hybrid::{fit_penalized, params_of, EsParams, EsState, HybridMode};
 
 /// Which parts of the hybrid run (measured separately in BENCHMARKS.md).
 #[derive(Debug, Clone)]
@@ -33,16 +36,63 @@ pub struct HybridOptions {
     pub name: String,
 }
 
+/// Where each series' coefficients come from.
+#[derive(Debug, Clone, PartialEq)]
+enum Coefficients {
+    /// The grid on the error this many steps ahead (None = the horizon).
+    PerSeries(Option<u64>),
+    /// The same for every series.
+    Global { alpha: f64, gammas: Vec<f64> },
+}
+
 pub struct HybridModel {
     rnn: RnnModel,
     opts: HybridOptions,
+    coefficients: Coefficients,
 }
 
 impl HybridModel {
-    pub fn new(cfg: PipelineConfig, ensemble: usize, opts: HybridOptions) -> Self {
+    /// The network's pipeline `cfg`; its `[model.hybrid]` table, if any,
+    /// says how the coefficients are chosen (the periods and mode are the
+    /// name's), and is taken out of the network's pipeline: the series it
+    /// sees are smoothed here already.
+    pub fn new(mut cfg: PipelineConfig, ensemble: usize, opts: HybridOptions) -> Self {
+        let coefficients = match cfg.model.hybrid.take() {
+            None => Coefficients::PerSeries(None),
+            Some(t) if t.fit == crate::config::HybridFit::PerSeries => {
+                Coefficients::PerSeries(Some(u64::from(t.fit_steps.max(1))))
+            }
+            Some(t) => Coefficients::Global {
+                alpha: t.alpha,
+                gammas: t.gammas,
+            },
+        };
         let mut rnn = RnnModel::new(cfg);
         rnn.ensemble = ensemble.max(1);
-        HybridModel { rnn, opts }
+        HybridModel {
+            rnn,
+            opts,
+            coefficients,
+        }
+    }
+
+    /// One series' coefficients.
+    fn params(&self, history: &[f64], horizon: usize) -> EsParams {
+        let periods = &self.opts.periods;
+        match &self.coefficients {
+            Coefficients::PerSeries(steps) => fit_penalized(
+                periods,
+                history,
+                steps.unwrap_or(horizon as u64),
+                self.opts.wiggle,
+            ),
+            Coefficients::Global { alpha, gammas } => params_of(&crate::config::HybridConfig {
+                periods: periods.iter().map(|&m| m as u32).collect(),
+                alpha: *alpha,
+                gammas: gammas.clone(),
+                ..Default::default()
+            }),
+        }
     }
 }
 
@@ -59,14 +109,10 @@ impl Model for HybridModel {
 
     fn fit_forecast(&mut self, histories: &[&[f64]], horizon: usize) -> Result<Vec<Vec<f64>>> {
         let mode = self.opts.mode;
-        let periods = &self.opts.periods;
         // Per series: coefficients, the network's inputs, the final state.
         let fitted: Vec<(Vec<f64>, EsState)> = histories
             .iter()
-            .map(|h| {
-                let p = fit_penalized(periods, h, horizon as u64, self.opts.wiggle);
-                EsState::transform_series(&p, h, mode)
-            })
+            .map(|h| EsState::transform_series(&self.params(h, horizon), h, mode))
             .collect();
         if self.opts.es_only {
             return Ok(fitted

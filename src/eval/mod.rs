@@ -229,6 +229,7 @@ pub fn stream_model_by_name(
                 alpha: 0.05,
                 gammas: Vec::new(),
                 mode: opts.mode,
+                ..Default::default()
             });
         }
         let train = series

@@ -608,6 +608,7 @@ lr = 0.01
             alpha: 0.05,
             gammas: vec![0.05],
             mode: crate::config::HybridMode::Relative,
+            ..Default::default()
         });
         let s: Vec<Vec<f64>> = (0..8)
             .map(|i| {

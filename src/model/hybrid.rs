@@ -30,16 +30,31 @@
 //! - memory per key: `2 + m1 + m2` f64 plus the step counter (24 + 168 periods:
 //!   1.6 KiB), beside the network's hidden state.
 //!
-//! Coefficients are fitted per series first ([`fit`], a small grid on the
-//! error `k` steps ahead) rather than learned jointly with the network: the
-//! grid is cheap and deterministic, and the live stage needs coefficients for
-//! keys that never took part in training (it uses the config's).
+//! Coefficients are global (the config's `alpha`, `gammas`) or fitted per
+//! series ([`fit`], a small grid on the error `k` steps ahead) rather than
+//! learned jointly with the network: the grid is cheap and deterministic.
+//! Live, a key's coefficients (`fit = "per_series"`, [`FitSpec`]) are fitted
+//! once from its first [`EsParams::ready_len`] values, the buffer it keeps
+//! while warming up, and are part of its durable state from then on;
+//! `train::prep` fits each key on the same first values, so both run the
+//! same recursion with the same coefficients ([`EsParams::for_key`]).
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::config::{HybridConfig, HybridMode};
 
-/// Smoothing coefficients and periods of one key.
+/// Per-key fitting of the coefficients (`[model.hybrid] fit = "per_series"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FitSpec {
+    /// A key's first values the fit reads (>= [`EsState::init_len`] + the
+    /// longest period, so that some one-step errors are scored).
+    pub windows: usize,
+    /// The error minimised is this many steps ahead.
+    pub steps: u64,
+}
+
+/// Smoothing coefficients and periods of one key, or (with `fit`) the
+/// template every key's own coefficients are fitted from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EsParams {
     /// Seasonal periods in windows (0, 1 or 2 of them).
@@ -48,6 +63,10 @@ pub struct EsParams {
     pub alpha: f64,
     /// Seasonal smoothing per period.
     pub gammas: Vec<f64>,
+    /// Fit per key (the coefficients above then only serve a key's warm-up
+    /// and keys too short to fit); None = these coefficients for every key.
+    #[serde(default)]
+    pub fit: Option<FitSpec>,
 }
 
 impl EsParams {
@@ -56,6 +75,49 @@ impl EsParams {
             periods,
             alpha,
             gammas,
+            fit: None,
+        }
+    }
+
+    /// These coefficients, without the per-key fit.
+    pub fn without_fit(&self) -> Self {
+        EsParams {
+            fit: None,
+            ..self.clone()
+        }
+    }
+
+    /// Values a key needs before its state is initialised (and, with a
+    /// per-key fit, its coefficients fitted): the live stage's warm-up
+    /// buffer.
+    pub fn ready_len(&self) -> usize {
+        let init = EsState::init_len(self);
+        match self.fit {
+            Some(f) => f.windows.max(init + init / 2),
+            None => init,
+        }
+    }
+
+    /// The coefficients of a key whose series starts with `first`: fitted
+    /// on its first [`EsParams::ready_len`] values when this is a per-key
+    /// template and there are that many, else these. Deterministic, and a
+    /// function of those first values only, so the live stage (at the
+    /// moment the key becomes ready) and training (on the key's history)
+    /// get the same.
+    pub fn for_key(&self, first: &[f64]) -> EsParams {
+        let n = self.ready_len();
+        match self.fit {
+            Some(f) if first.len() >= n => {
+                let p = fit(&self.periods, &first[..n], f.steps);
+                // Nothing scored (too few positive values to have an error
+                // at all): the grid's first point means nothing, keep these.
+                if es_error(&p, &first[..n], f.steps).is_finite() {
+                    p
+                } else {
+                    self.without_fit()
+                }
+            }
+            _ => self.without_fit(),
         }
     }
 }
@@ -280,21 +342,35 @@ pub fn fit_penalized(periods: &[usize], y: &[f64], k: u64, lambda: f64) -> EsPar
     best
 }
 
-/// The coefficients of a `[model.hybrid]` table (a gamma not given is 0.02).
+/// The coefficients of a `[model.hybrid]` table (a gamma not given is
+/// 0.02), with its per-key fit (`fit = "per_series"`: `fit_windows` 0 is
+/// 4 x the longest period).
 pub fn params_of(cfg: &HybridConfig) -> EsParams {
     let periods: Vec<usize> = cfg.periods.iter().map(|&m| m.max(1) as usize).collect();
     let gammas = (0..periods.len())
         .map(|i| cfg.gammas.get(i).copied().unwrap_or(0.02))
         .collect();
-    EsParams::new(periods, cfg.alpha, gammas)
+    let mut p = EsParams::new(periods, cfg.alpha, gammas);
+    if cfg.fit == crate::config::HybridFit::PerSeries {
+        let windows = match cfg.fit_windows {
+            0 => 2 * EsState::init_len(&p),
+            w => w as usize,
+        };
+        p.fit = Some(FitSpec {
+            windows,
+            steps: u64::from(cfg.fit_steps.max(1)),
+        });
+    }
+    p
 }
 
 /// One key's smoothing in the live stage: values are buffered until there
-/// are [`EsState::init_len`] of them (the network then sees them through a
+/// are [`EsParams::ready_len`] of them (the network then sees them through a
 /// provisional state initialised from what is there so far, during its
-/// warm-up), then the state is initialised from the buffer and the buffer
-/// replayed through it, which is exactly what training's
-/// [`EsState::transform_series`] computes from the same values.
+/// warm-up), then the key's coefficients are chosen ([`EsParams::for_key`]),
+/// the state is initialised from the buffer and the buffer replayed through
+/// it, which is exactly what training's [`EsState::transform_series`]
+/// computes from the same values.
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeyEs {
     Warming(Vec<f64>),
@@ -352,16 +428,30 @@ impl HybridKeys {
                 level: st.level,
                 seasons: st.seasons.clone(),
                 t: st.t,
+                // A key's own coefficients are durable: its warm-up buffer,
+                // which they were fitted from, is gone.
+                coefficients: self
+                    .params
+                    .fit
+                    .is_some()
+                    .then(|| (st.params.alpha, st.params.gammas.clone())),
             },
         })
     }
 
     /// Brings back a key's state written by [`HybridKeys::export`] (with
-    /// this stage's parameters: they come from the pipeline).
+    /// this stage's periods, and its coefficients unless the record has
+    /// the key's own for as many periods).
     pub fn import(&mut self, key: std::sync::Arc<str>, st: &crate::state::HybridKeyState) {
         let es = if st.ready {
+            let params = match &st.coefficients {
+                Some((alpha, gammas)) if gammas.len() == self.params.periods.len() => {
+                    EsParams::new(self.params.periods.clone(), *alpha, gammas.clone())
+                }
+                _ => self.params.without_fit(),
+            };
             KeyEs::Ready(EsState {
-                params: self.params.clone(),
+                params,
                 level: st.level,
                 seasons: st.seasons.clone(),
                 t: st.t,
@@ -384,20 +474,25 @@ impl HybridKeys {
         let Some(entry) = self.keys.get_mut(key) else {
             return f64::NAN;
         };
-        let need = EsState::init_len(params);
+        let need = params.ready_len();
         let (z, st) = match entry {
             KeyEs::Ready(st) => (st.push(y, mode), st.clone()),
             KeyEs::Warming(buf) => {
                 buf.push(y);
                 if buf.len() >= need {
-                    let (z, st) = EsState::transform_series(params, buf, mode);
+                    // The key's coefficients (fitted once, here, with a
+                    // per-key fit), then the buffer replayed with them.
+                    let p = params.for_key(buf);
+                    let (z, st) = EsState::transform_series(&p, buf, mode);
                     let last = z.last().copied().unwrap_or(f64::NAN);
                     *entry = KeyEs::Ready(st.clone());
                     (last, st)
                 } else {
+                    // Provisional, with the template's coefficients.
+                    let params = params.without_fit();
                     let mut p = EsState::init(params.clone(), &buf[..buf.len() - 1]);
                     if !p.level.is_finite() {
-                        p = EsState::init(params.clone(), buf);
+                        p = EsState::init(params, buf);
                     }
                     p.t = buf.len() as u64 - 1;
                     (p.push(y, mode), p)
@@ -550,6 +645,130 @@ mod tests {
         // The wiggliness penalty pulls alpha down (never up).
         let w = fit_penalized(&[24], &shifted, 24, 100.0);
         assert!(w.alpha < q.alpha, "{w:?} vs {q:?}");
+    }
+
+    /// Per-key coefficients live: fitted once from the warm-up buffer
+    /// (each key its own: a level shift in the buffer gets a faster level),
+    /// durable through a changelog record (a stage restored from the
+    /// exported records continues bit for bit like the original, which it
+    /// does not with the pipeline's coefficients instead).
+    #[test]
+    fn per_key_coefficients_are_fitted_once_and_restored_with_the_state() {
+        let cfg = HybridConfig {
+            periods: vec![24],
+            fit: crate::config::HybridFit::PerSeries,
+            ..Default::default()
+        };
+        let p = params_of(&cfg);
+        assert_eq!(p.ready_len(), 96);
+        let mode = HybridMode::Deseason;
+        // A daily season with a little deterministic noise (no weekly
+        // factor: a daily-only model would see it as level shifts).
+        let steady: Vec<f64> = (0..300)
+            .map(|t| {
+                let noise = ((t * 7919) % 13) as f64 / 13.0 - 0.5;
+                50.0 * (1.0 + 0.3 * (t as f64 * std::f64::consts::TAU / 24.0).sin())
+                    * (1.0 + 0.05 * noise)
+            })
+            .collect();
+        let shifted: Vec<f64> = steady
+            .iter()
+            .enumerate()
+            .map(|(i, v)| if i >= 60 { v * 3.0 } else { *v })
+            .collect();
+        let mut live = HybridKeys::new(p.clone(), mode);
+        let mut inv = vec![0.0; 2];
+        for i in 0..120 {
+            live.push("steady", steady[i], &mut inv);
+            live.push("shifted", shifted[i], &mut inv);
+        }
+        let own = |h: &HybridKeys, k: &str| match h.get(k) {
+            Some(KeyEs::Ready(st)) => st.params.clone(),
+            other => panic!("{k}: {other:?}"),
+        };
+        let (a, b) = (own(&live, "steady"), own(&live, "shifted"));
+        assert_eq!(a, p.for_key(&steady));
+        assert_eq!(b, p.for_key(&shifted));
+        assert!(b.alpha > a.alpha, "{a:?} vs {b:?}");
+        // A buffer with nothing to score (all non-positive) keeps the
+        // table's coefficients rather than the grid's first point.
+        assert_eq!(p.for_key(&[0.0; 96]), p.without_fit());
+        // Through the changelog's encoding, into a fresh stage.
+        let mut restored = HybridKeys::new(p.clone(), mode);
+        let mut global = HybridKeys::new(p.clone(), mode);
+        for k in ["steady", "shifted"] {
+            let rec = live.export(k).unwrap();
+            assert_eq!(
+                rec.coefficients,
+                Some((own(&live, k).alpha, own(&live, k).gammas))
+            );
+            let back: crate::state::HybridKeyState =
+                crate::state::decode(&crate::state::encode(&rec).unwrap()).unwrap();
+            assert_eq!(back, rec);
+            restored.import(std::sync::Arc::from(k), &back);
+            let without = crate::state::HybridKeyState {
+                coefficients: None,
+                ..back.clone()
+            };
+            global.import(std::sync::Arc::from(k), &without);
+        }
+        let (mut i1, mut i2, mut i3) = (vec![0.0; 2], vec![0.0; 2], vec![0.0; 2]);
+        let mut differs = false;
+        for i in 120..300 {
+            for (k, y) in [("steady", steady[i]), ("shifted", shifted[i])] {
+                let z = live.push(k, y, &mut i1);
+                let r = restored.push(k, y, &mut i2);
+                assert_eq!(z.to_bits(), r.to_bits(), "{k} {i}");
+                assert_eq!(i1, i2);
+                differs |= global.push(k, y, &mut i3).to_bits() != z.to_bits();
+            }
+        }
+        assert!(differs, "the record's coefficients made no difference");
+    }
+
+    /// A record written before per-key coefficients existed (five fields)
+    /// still decodes, with the pipeline's coefficients.
+    #[test]
+    fn an_older_hybrid_record_restores() {
+        #[derive(Serialize)]
+        struct Before {
+            warming: Vec<f64>,
+            ready: bool,
+            level: f64,
+            seasons: Vec<Vec<f64>>,
+            t: u64,
+        }
+        let old = Before {
+            warming: Vec::new(),
+            ready: true,
+            level: 1.5,
+            seasons: vec![vec![0.1, -0.1]],
+            t: 7,
+        };
+        let st: crate::state::HybridKeyState =
+            crate::state::decode(&crate::state::encode(&old).unwrap()).unwrap();
+        assert_eq!(
+            (
+                st.ready,
+                st.level,
+                st.seasons.clone(),
+                st.t,
+                st.coefficients.clone()
+            ),
+            (true, 1.5, old.seasons.clone(), 7, None)
+        );
+        let mut h = HybridKeys::new(EsParams::new(vec![2], 0.2, vec![0.1]), HybridMode::Deseason);
+        h.import(std::sync::Arc::from("k"), &st);
+        let Some(KeyEs::Ready(es)) = h.get("k") else {
+            panic!("not ready")
+        };
+        assert_eq!(es.params, EsParams::new(vec![2], 0.2, vec![0.1]));
+        // A truncated record is still an error.
+        let bytes = crate::state::encode(&old).unwrap();
+        assert!(
+            crate::state::decode::<crate::state::HybridKeyState>(&bytes[..bytes.len() - 3])
+                .is_err()
+        );
     }
 
     /// The stage with `[model.hybrid]`: forecasts come back in the series'

@@ -100,7 +100,7 @@ pub struct LiveKeyState {
 /// of the key closes). The smoothing parameters come from the pipeline,
 /// not the record. A record of its own (`h/`), so changelogs written
 /// before the hybrid existed restore unchanged.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct HybridKeyState {
     /// Values buffered while the key warms up (`ready = false`).
     pub warming: Vec<f64>,
@@ -109,6 +109,76 @@ pub struct HybridKeyState {
     pub level: f64,
     pub seasons: Vec<Vec<f64>>,
     pub t: u64,
+    /// The key's own (alpha, gammas) when they were fitted per key
+    /// (`[model.hybrid] fit = "per_series"`); None = the pipeline's. Last,
+    /// and optional on decode: records written before it restore (postcard
+    /// is not self-describing, so `#[serde(default)]` alone would not do:
+    /// see the `Deserialize` impl).
+    pub coefficients: Option<(f64, Vec<f64>)>,
+}
+
+/// Field by field, so that a record without the trailing `coefficients`
+/// (written before it existed) decodes with `None`: postcard reads struct
+/// fields as a sequence and reports the end of the record as an error on
+/// the next element, which for that one optional field means "absent".
+impl<'de> Deserialize<'de> for HybridKeyState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        const FIELDS: &[&str] = &["warming", "ready", "level", "seasons", "t", "coefficients"];
+        /// The same fields, for self-describing formats (maps).
+        #[derive(Deserialize)]
+        struct Named {
+            warming: Vec<f64>,
+            ready: bool,
+            level: f64,
+            seasons: Vec<Vec<f64>>,
+            t: u64,
+            #[serde(default)]
+            coefficients: Option<(f64, Vec<f64>)>,
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = HybridKeyState;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a hybrid key state")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<HybridKeyState, A::Error> {
+                use serde::de::Error as _;
+                let missing = |i: usize| A::Error::invalid_length(i, &"at least 5 fields");
+                let warming = seq.next_element()?.ok_or_else(|| missing(0))?;
+                let ready = seq.next_element()?.ok_or_else(|| missing(1))?;
+                let level = seq.next_element()?.ok_or_else(|| missing(2))?;
+                let seasons = seq.next_element()?.ok_or_else(|| missing(3))?;
+                let t = seq.next_element()?.ok_or_else(|| missing(4))?;
+                let coefficients = seq.next_element().ok().flatten().flatten();
+                Ok(HybridKeyState {
+                    warming,
+                    ready,
+                    level,
+                    seasons,
+                    t,
+                    coefficients,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<HybridKeyState, A::Error> {
+                let n = Named::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(HybridKeyState {
+                    warming: n.warming,
+                    ready: n.ready,
+                    level: n.level,
+                    seasons: n.seasons,
+                    t: n.t,
+                    coefficients: n.coefficients,
+                })
+            }
+        }
+        d.deserialize_struct("HybridKeyState", FIELDS, V)
+    }
 }
 
 /// See `score::Scorer` (its per-key state, version indices as names).

@@ -204,7 +204,9 @@ fn prepare_batches(batches: Vec<LazyFrame>, spec: &PrepSpec) -> Result<Prepared>
 
 /// Replaces the target of every key (contiguous rows, time order) by the
 /// hybrid smoothing's output, from a state initialised on the key's first
-/// windows (the live stage's, once a key is past those windows).
+/// windows with the key's coefficients (with a per-key fit, fitted on its
+/// first `ready_len` windows): the live stage's, once a key is past those
+/// windows.
 fn hybrid_target(
     cols: &mut Columns,
     params: &crate::model::hybrid::EsParams,
@@ -215,8 +217,9 @@ fn hybrid_target(
     };
     let mut first = 0;
     for &n in &cols.key_lens {
-        let (z, _) =
-            crate::model::hybrid::EsState::transform_series(params, &y[first..first + n], mode);
+        let series = &y[first..first + n];
+        let p = params.for_key(series);
+        let (z, _) = crate::model::hybrid::EsState::transform_series(&p, series, mode);
         y[first..first + n].copy_from_slice(&z);
         first += n;
     }

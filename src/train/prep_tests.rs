@@ -364,3 +364,72 @@ fn matches_it_through_parquet_files_read_in_batches() {
         same(&new, &old);
     }
 }
+
+/// With per-key coefficients (`[model.hybrid] fit = "per_series"`) training
+/// prep smooths every key with the coefficients the live stage fits for it
+/// from the same first windows: once a key is ready, its prepared target
+/// is bit for bit the live stage's input (`HybridKeys::push`), and keys
+/// with different dynamics get different coefficients.
+#[test]
+fn the_hybrid_target_uses_the_live_per_key_coefficients() {
+    use crate::model::hybrid::{params_of, HybridKeys, HybridMode, KeyEs};
+    let cfg = crate::config::HybridConfig {
+        periods: vec![24],
+        fit: crate::config::HybridFit::PerSeries,
+        ..Default::default()
+    };
+    let params = params_of(&cfg);
+    let need = params.ready_len();
+    // Key 0: a steady daily season with noise; key 1: its level jumps
+    // inside the fitting windows (a faster level fits better); key 2:
+    // shorter than the fit (the template's coefficients, live and here).
+    let series: Vec<Vec<f64>> = (0..3u64)
+        .map(|k| {
+            let n = if k == 2 { need - 5 } else { need + 150 };
+            (0..n)
+                .map(|t| {
+                    let d = 1.0 + 0.3 * (t as f64 * std::f64::consts::TAU / 24.0).sin();
+                    let jump = if k == 1 && t > need / 2 { 4.0 } else { 1.0 };
+                    (20.0 + 10.0 * k as f64) * d * jump * (0.9 + 0.2 * unit(k, t as u64))
+                })
+                .collect()
+        })
+        .collect();
+    let mut cols = super::Columns {
+        rows: series.iter().map(Vec::len).sum(),
+        key_lens: series.iter().map(Vec::len).collect(),
+        time_range: (0, 0),
+        values: vec![series.concat()],
+        covariates: Vec::new(),
+    };
+    super::hybrid_target(&mut cols, &params, HybridMode::Deseason);
+    let mut live = HybridKeys::new(params.clone(), HybridMode::Deseason);
+    let mut inv = vec![0.0; 1];
+    let mut first = 0;
+    let mut alphas = Vec::new();
+    for (k, s) in series.iter().enumerate() {
+        let key = format!("k{k}");
+        for (i, &v) in s.iter().enumerate() {
+            let z = live.push(&key, v, &mut inv);
+            if i + 1 >= need {
+                assert_eq!(
+                    z.to_bits(),
+                    cols.values[0][first + i].to_bits(),
+                    "key {k} window {i}"
+                );
+            }
+        }
+        first += s.len();
+        match live.get(&key) {
+            Some(KeyEs::Ready(st)) => {
+                assert_eq!(st.params, params.for_key(s), "key {k}");
+                alphas.push(st.params.alpha);
+            }
+            other => assert!(
+                k == 2 && matches!(other, Some(KeyEs::Warming(_))),
+                "key {k}"
+            ),
+        }
+    }
+    assert!(alphas[1] > alphas[0], "{alphas:?}");
+}
