@@ -38,6 +38,8 @@
 //! empty binary is this build's; the TOML, with `\n` for newlines, goes
 //! after the `[sink]` table), e.g.
 //! `old:/tmp/streamcast-main:;new::;linger1::[sink.librdkafka]\n"linger.ms" = "1"`.
+//! `E2E_OLD_BIN=<path>` adds another `streamcast` binary (e.g. one built
+//! from an older commit) as a runner of the backlog workloads, interleaved.
 //! `E2E_LOG_DIR=<dir>` keeps each job's stderr there (with `RUST_LOG`).
 
 // Bench code may unwrap: a failing unwrap is a failing run.
@@ -583,6 +585,20 @@ fn main() {
                         Some(run_streamcast(&topic, w, dir.path(), top, extra, "3s")),
                     );
                 }
+            }
+            if let Ok(bin) = std::env::var("E2E_OLD_BIN") {
+                run(
+                    "streamcast run (E2E_OLD_BIN, before)",
+                    Some(run_streamcast_with(
+                        Path::new(&bin),
+                        &topic,
+                        w,
+                        dir.path(),
+                        "",
+                        "",
+                        "3s",
+                    )),
+                );
             }
             if std::env::var_os("E2E_OLD_DEFAULT").is_some() {
                 let old = "[source.librdkafka]\n\"fetch.queue.backoff.ms\" = \"1000\"";

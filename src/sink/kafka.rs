@@ -659,3 +659,38 @@ fn commit_transaction(
 fn dead_letter_key(d: &DeadLetter) -> String {
     format!("{}:{}", d.partition, d.offset)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    /// The output waits until every record of its round was answered, and
+    /// an answer that comes before the wait starts is not lost.
+    #[test]
+    fn a_round_is_done_only_when_every_record_is_answered() {
+        let round = Round::default();
+        round.pending.fetch_add(3, Ordering::AcqRel);
+        round.answered();
+        assert!(round.all_answered().now_or_never().is_none(), "2 pending");
+        round.answered();
+        assert!(round.all_answered().now_or_never().is_none(), "1 pending");
+        // The last answer before anyone waits: the permit is kept.
+        round.answered();
+        assert!(round.all_answered().now_or_never().is_some());
+        // A new record in the same round makes it pending again.
+        round.pending.fetch_add(1, Ordering::AcqRel);
+        assert!(round.all_answered().now_or_never().is_none());
+        round.answered();
+        assert!(round.all_answered().now_or_never().is_some());
+    }
+
+    #[test]
+    fn only_coded_permanent_errors_are_not_retried() {
+        let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        let timed_out = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        assert!(!transient(&too_large));
+        assert!(transient(&timed_out));
+        assert!(transient(&KafkaError::Canceled));
+    }
+}
