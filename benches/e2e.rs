@@ -33,7 +33,14 @@
 //! `E2E_PACED=100000` measures latency under a live load instead: the job
 //! starts on an empty topic and 10,000 keys' events (`E2E_PACED_KEYS`)
 //! arrive at that rate while it runs; it prints close -> ack p50/p99 per
-//! repetition.
+//! repetition. `E2E_PACED_VARIANTS` compares jobs side by side, interleaved
+//! within each repetition: `name:binary:toml` entries split by `;` (an
+//! empty binary is this build's; the TOML, with `\n` for newlines, goes
+//! after the `[sink]` table), e.g.
+//! `old:/tmp/streamcast-main:;new::;linger1::[sink.librdkafka]\n"linger.ms" = "1"`.
+//! `E2E_OLD_BIN=<path>` adds another `streamcast` binary (e.g. one built
+//! from an older commit) as a runner of the backlog workloads, interleaved.
+//! `E2E_LOG_DIR=<dir>` keeps each job's stderr there (with `RUST_LOG`).
 
 // Bench code may unwrap: a failing unwrap is a failing run.
 #![allow(clippy::unwrap_used)]
@@ -201,16 +208,22 @@ fn produce_paced(topic: &str, records: &[(String, String)], rate: f64) -> f64 {
 /// Latency under a live load: streamcast starts on an empty topic, then
 /// the workload's events arrive at `rate` events/s. Close -> ack is then
 /// what a user of a live stream sees (no backlog to batch up).
-fn run_paced(w: Workload, events: usize, rate: f64, dir: &Path) -> (Figures, f64) {
+fn run_paced(
+    w: Workload,
+    records: &[(String, String)],
+    rate: f64,
+    dir: &Path,
+    v: &Variant,
+) -> (Figures, f64) {
     let topic = new_topic();
-    let records = records(w, events);
     let dir = dir.to_path_buf();
     let t = topic.clone();
-    let job = std::thread::spawn(move || run_streamcast(&t, w, &dir, "", "", "8s"));
+    let (bin, extra) = (v.bin.clone(), v.extra.clone());
+    let job = std::thread::spawn(move || run_streamcast_with(&bin, &t, w, &dir, "", &extra, "8s"));
     // Let the job subscribe before the first event (its idle clock starts
     // with the first message).
     std::thread::sleep(Duration::from_secs(2));
-    let achieved = produce_paced(&topic, &records, rate);
+    let achieved = produce_paced(&topic, records, rate);
     (job.join().unwrap(), achieved)
 }
 
@@ -303,6 +316,11 @@ fn timed(cmd: Command) -> (String, f64, f64, f64) {
         .arg(program)
         .args(args)
         .stderr(Stdio::null());
+    // `E2E_LOG_DIR`: keep each run's stderr (its logs, e.g. with RUST_LOG).
+    if let Ok(d) = std::env::var("E2E_LOG_DIR") {
+        let f = std::fs::File::create(Path::new(&d).join(format!("run-{}.log", suffix()))).unwrap();
+        timed.stderr(f);
+    }
     let out = timed.output().expect("running under /usr/bin/time");
     assert!(
         out.status.success(),
@@ -356,6 +374,19 @@ fn run_streamcast(
     extra: &str,
     idle: &str,
 ) -> Figures {
+    run_streamcast_with(&streamcast_bin(), topic, w, dir, top, extra, idle)
+}
+
+/// [`run_streamcast`] with a given binary.
+fn run_streamcast_with(
+    bin: &Path,
+    topic: &str,
+    w: Workload,
+    dir: &Path,
+    top: &str,
+    extra: &str,
+    idle: &str,
+) -> Figures {
     let s = suffix();
     let fields: Vec<String> = field_names(w.fields)
         .iter()
@@ -391,7 +422,7 @@ partitions = {PARTITIONS}
         ),
     )
     .unwrap();
-    let mut cmd = Command::new(streamcast_bin());
+    let mut cmd = Command::new(bin);
     cmd.arg("run")
         .arg(&pipeline)
         .args(["--exit-when-idle", idle]);
@@ -555,6 +586,20 @@ fn main() {
                     );
                 }
             }
+            if let Ok(bin) = std::env::var("E2E_OLD_BIN") {
+                run(
+                    "streamcast run (E2E_OLD_BIN, before)",
+                    Some(run_streamcast_with(
+                        Path::new(&bin),
+                        &topic,
+                        w,
+                        dir.path(),
+                        "",
+                        "",
+                        "3s",
+                    )),
+                );
+            }
             if std::env::var_os("E2E_OLD_DEFAULT").is_some() {
                 let old = "[source.librdkafka]\n\"fetch.queue.backoff.ms\" = \"1000\"";
                 run(
@@ -614,9 +659,43 @@ fn main() {
     }
 }
 
+/// One job of the paced comparison (`E2E_PACED_VARIANTS`).
+#[derive(Debug, Clone)]
+struct Variant {
+    name: String,
+    bin: PathBuf,
+    extra: String,
+}
+
+fn variants() -> Vec<Variant> {
+    let spec = env_or("E2E_PACED_VARIANTS", "streamcast::");
+    spec.split(';')
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| {
+            let mut parts = v.trim().splitn(3, ':');
+            let name = parts.next().unwrap_or("streamcast").to_string();
+            let bin = match parts.next().unwrap_or("") {
+                "" => streamcast_bin(),
+                b => PathBuf::from(b),
+            };
+            let extra = parts.next().unwrap_or("").replace("\\n", "\n");
+            Variant { name, bin, extra }
+        })
+        .collect()
+}
+
+/// The 1-minute load average now (the box is shared: noted per figure).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 /// `E2E_PACED=<events/s>`: the latency target's workload (10,000 keys,
 /// `E2E_PACED_KEYS`, one field, hourly windows, an event a minute per key)
-/// arriving at that rate into a running job, `reps` times.
+/// arriving at that rate into a running job, `reps` times, each variant
+/// once per repetition (interleaved, so load swings hit them alike).
 fn paced(rate: f64, events: usize, reps: usize, dir: &Path) {
     let keys: usize = env_or("E2E_PACED_KEYS", "10000").parse().unwrap();
     let w = Workload {
@@ -624,25 +703,45 @@ fn paced(rate: f64, events: usize, reps: usize, dir: &Path) {
         fields: 1,
         window_s: 3600,
     };
+    let variants = variants();
     println!(
-        "\n# e2e paced: {events} events at {rate} events/s, {keys} keys, 1 field, hourly windows, {reps} reps; streamcast {}\n",
-        streamcast_bin().display()
+        "\n# e2e paced: {events} events at {rate} events/s, {keys} keys, 1 field, hourly windows, {reps} reps; variants {:?}\n",
+        variants
+            .iter()
+            .map(|v| format!("{}={} {:?}", v.name, v.bin.display(), v.extra))
+            .collect::<Vec<_>>()
     );
-    println!("| rep | produced events/s | forecasts | close->ack p50 ms | p99 ms | close->sink p50 ms | p99 ms | CPU s | peak RSS MB |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let (mut p50, mut p99) = (Vec::new(), Vec::new());
+    println!("| rep | variant | produced events/s | forecasts | close->ack p50 ms | p99 ms | close->sink p50 ms | p99 ms | CPU s | peak RSS MB | load avg (1 min, after) |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let records = records(w, events);
+    let mut figs: Vec<Vec<Figures>> = vec![Vec::new(); variants.len()];
+    let mut loads: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for rep in 0..reps {
-        let (f, achieved) = run_paced(w, events, rate, dir);
-        println!(
-            "| {rep} | {achieved:.0} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} |",
-            f.forecasts, f.p50_ms, f.p99_ms, f.sink_p50_ms, f.sink_p99_ms, f.cpu_s, f.rss_mb
-        );
-        p50.push(f.p50_ms);
-        p99.push(f.p99_ms);
+        for (vi, v) in variants.iter().enumerate() {
+            let (f, achieved) = run_paced(w, &records, rate, dir, v);
+            let load = load_average();
+            println!(
+                "| {rep} | {} | {achieved:.0} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} | {load:.1} |",
+                v.name, f.forecasts, f.p50_ms, f.p99_ms, f.sink_p50_ms, f.sink_p99_ms, f.cpu_s, f.rss_mb
+            );
+            figs[vi].push(f);
+            loads[vi].push(load);
+        }
     }
-    println!(
-        "\nclose->ack p50 ms: {}; p99 ms: {}",
-        median_range(&p50),
-        median_range(&p99)
-    );
+    println!("\n| variant | close->ack p50 ms | p99 ms | close->sink p50 ms | p99 ms | CPU s | load avg |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (vi, v) in variants.iter().enumerate() {
+        let col =
+            |g: fn(&Figures) -> f64| median_range(&figs[vi].iter().map(g).collect::<Vec<_>>());
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            v.name,
+            col(|f| f.p50_ms),
+            col(|f| f.p99_ms),
+            col(|f| f.sink_p50_ms),
+            col(|f| f.sink_p99_ms),
+            col(|f| f.cpu_s),
+            median_range(&loads[vi])
+        );
+    }
 }

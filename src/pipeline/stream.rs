@@ -604,7 +604,7 @@ fn spawn_sink(
                 }
             }
             if print {
-                printer.print(&d.forecasts)
+                printer.print(&d.forecasts.records())
             }
             Ok(())
         };
