@@ -90,12 +90,12 @@ fn main() {
             24,
         ),
         (
-            "network,snaive,ses_sa,damped_sa,median, refit 24 (default)",
+            "network,snaive,ses_sa,damped_sa,median, refit 24",
             names(&["network", "snaive", "ses_sa", "damped_sa", "median"]),
             24,
         ),
         (
-            "network,snaive,ses_sa,damped_sa,median, refit 1",
+            "network,snaive,ses_sa,damped_sa,median, refit 1 (default)",
             names(&["network", "snaive", "ses_sa", "damped_sa", "median"]),
             1,
         ),

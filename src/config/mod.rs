@@ -151,14 +151,17 @@ pub struct ChoiceConfig {
     /// daily season of 24 hourly windows).
     #[serde(default)]
     pub history: usize,
-    /// Windows between two fits of a key's classical candidates; between
-    /// fits a key is served the last fit's forecast further ahead.
+    /// Windows between two fits of a key's classical candidates: the
+    /// smoothers keep their parameters in between (and recompute their
+    /// states at every window), the others serve the last fit's forecast
+    /// further ahead. 1 (the default) is the most accurate and the
+    /// costliest (BENCHMARKS.md, "Per-key model choice").
     #[serde(default = "default_refit_every")]
     pub refit_every: usize,
 }
 
 fn default_refit_every() -> usize {
-    24
+    1
 }
 
 fn default_candidates() -> Vec<String> {
