@@ -200,6 +200,11 @@ enum FitRef {
     Done(Arc<[f64]>, usize),
 }
 
+/// A refit job's parameters (empty for forecasters that keep none) and
+/// forecast (`horizon` values, or `horizon + refit_every - 1` without
+/// parameters).
+type Refitted = (Arc<[f64]>, Arc<[f64]>);
+
 /// Parameters for a forecast job: kept, or from a refit job of this batch.
 enum ParamsRef {
     Done(Arc<[f64]>),
@@ -411,7 +416,7 @@ impl Chooser {
         // jobs of later windows in this batch), then the forecasts.
         let fitters = &self.fitters;
         let reusable = &self.reusable;
-        let refitted: Vec<(Arc<[f64]>, Arc<[f64]>)> = refits
+        let refitted: Vec<Refitted> = refits
             .par_iter()
             .map(|(history, c)| match &fitters[*c] {
                 Some(f) if reusable[*c] => {
