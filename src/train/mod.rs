@@ -298,7 +298,10 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
         .grad_report
         .as_ref()
         .map(|_| grad_decay(net, data, cfg, GRAD_REPORT_BATCHES));
-    let started = Instant::now();
+    let mut started = Instant::now();
+    // With a gradient report, the curve after each epoch: (epoch, curve,
+    // steps and clipped steps in that epoch).
+    let mut epoch_curves: Vec<(usize, Vec<f64>, usize, usize)> = Vec::new();
     let mut opt = nn::Adam::default()
         .wd(cfg.weight_decay)
         .build(&net.vs, cfg.lr)?;
@@ -365,6 +368,17 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
         }
         let train_loss = s / n.max(1.0);
         let val = validation_loss(net, data, cfg);
+        if cfg.grad_report.is_some() {
+            // Not training either: the clock skips it.
+            let t = Instant::now();
+            let curve = grad_decay(net, data, cfg, GRAD_REPORT_BATCHES);
+            let (steps, clipped) = epoch_curves.iter().fold(
+                (report.steps, report.clipped_steps),
+                |(s, c), (_, _, es, ec)| (s - es, c - ec),
+            );
+            epoch_curves.push((epoch, curve, steps, clipped));
+            started += t.elapsed();
+        }
         report.epochs = epoch;
         report.train_loss.push(train_loss);
         report.val_loss.push(val);
@@ -411,7 +425,7 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
     report.samples_per_sec = samples as f64 / report.seconds.max(1e-9);
     if let (Some(path), Some(before)) = (&cfg.grad_report, decay_before) {
         let after = grad_decay(net, data, cfg, GRAD_REPORT_BATCHES);
-        write_grad_report(path, &before, &after, &report)?;
+        write_grad_report(path, &before, &epoch_curves, &after, &report)?;
     }
     Ok(report)
 }
@@ -536,21 +550,34 @@ pub fn grad_decay(net: &Network, data: &Prepared, cfg: &TrainConfig, batches: us
 }
 
 /// Writes the gradient report: `phase,k,grad_norm,ratio` rows (`ratio` =
-/// the norm at lag k over the norm at lag 1), then the clipping counts as
-/// `#` comment lines.
+/// the norm at lag k over the norm at lag 1) for the phases `init`,
+/// `epoch_1`, `epoch_2`, ... (the weights at the end of each epoch) and
+/// `trained` (the best weights, the ones kept), then the clipping counts
+/// as `#` comment lines (per epoch, then in all).
 fn write_grad_report(
     path: &std::path::Path,
     before: &[f64],
+    epochs: &[(usize, Vec<f64>, usize, usize)],
     after: &[f64],
     report: &TrainReport,
 ) -> Result<()> {
     use std::fmt::Write as _;
     let mut out = String::from("phase,k,grad_norm,ratio\n");
-    for (phase, curve) in [("init", before), ("trained", after)] {
+    let phases = std::iter::once(("init".to_string(), before))
+        .chain(
+            epochs
+                .iter()
+                .map(|(e, c, _, _)| (format!("epoch_{e}"), &c[..])),
+        )
+        .chain(std::iter::once(("trained".to_string(), after)));
+    for (phase, curve) in phases {
         let first = curve.first().copied().unwrap_or(f64::NAN);
         for (k, v) in curve.iter().enumerate() {
             let _ = writeln!(out, "{phase},{},{v:e},{:e}", k + 1, v / first);
         }
+    }
+    for (e, _, steps, clipped) in epochs {
+        let _ = writeln!(out, "# epoch {e} steps {steps} clipped {clipped}");
     }
     let _ = writeln!(
         out,

@@ -474,7 +474,7 @@ fn gradient_report_shows_the_decay_and_clipping_is_counted() {
     for cell in ["rnn", "irnn"] {
         let cfg = pipeline(cell, "residual");
         let files = seasonal_windows(&cfg, 4, 24 * 12, dir.path());
-        let mut t = quick(1);
+        let mut t = quick(2);
         t.clip_norm = 1e-3; // every step clipped
         t.grad_report = Some(dir.path().join(format!("{cell}.csv")));
         let data = prepare(&files, &prep_spec(&cfg, &t)).unwrap();
@@ -493,6 +493,25 @@ fn gradient_report_shows_the_decay_and_clipping_is_counted() {
         let text = std::fs::read_to_string(t.grad_report.as_ref().unwrap()).unwrap();
         let rows = |p: &str| text.lines().filter(|l| l.starts_with(p)).count();
         assert!(rows("init,") >= curve.len() && rows("trained,") == rows("init,"));
+        // A curve after every epoch, and each epoch's clipped steps,
+        // which add up to the total.
+        assert!(r.epochs >= 1);
+        for e in 1..=r.epochs {
+            assert_eq!(rows(&format!("epoch_{e},")), rows("init,"), "epoch {e}");
+        }
+        assert_eq!(rows(&format!("epoch_{},", r.epochs + 1)), 0);
+        let per_epoch: usize = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# epoch "))
+            .map(|l| {
+                l.split_whitespace()
+                    .last()
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(per_epoch, r.clipped_steps);
         assert!(text.contains(&format!("# steps {} clipped {}", r.steps, r.steps)));
     }
     eprintln!(
