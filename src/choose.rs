@@ -316,10 +316,9 @@ impl Chooser {
         // (1) Value rings, cheap candidates, fit jobs.
         let mut cand = vec![f64::NAN; n * nc * h];
         let mut refs: Vec<FitRef> = Vec::new();
-        // Refit jobs (recent values, candidate) and forecast jobs with kept
-        // parameters (recent values, candidate, parameters).
-        let mut refits: Vec<(Vec<f64>, usize)> = Vec::new();
-        let mut refit_keys: Vec<usize> = Vec::new(); // row of each refit
+        // Refit jobs (recent values, candidate, row) and forecast jobs with
+        // kept parameters (recent values, candidate, parameters).
+        let mut refits: Vec<(Vec<f64>, usize, usize)> = Vec::new();
         let mut forecast_jobs: Vec<(Vec<f64>, usize, ParamsRef)> = Vec::new();
         for i in 0..n {
             let key = keys.value(i);
@@ -381,8 +380,7 @@ impl Chooser {
                         let r = if st.recent.is_empty() {
                             FitRef::None
                         } else if !fresh {
-                            refits.push((st.recent.iter().copied().collect(), c));
-                            refit_keys.push(i);
+                            refits.push((st.recent.iter().copied().collect(), c, i));
                             let j = refits.len() - 1;
                             st.fits[c] = Some(Fit::Job(end, j));
                             FitRef::Refit(j, 0)
@@ -418,7 +416,7 @@ impl Chooser {
         let reusable = &self.reusable;
         let refitted: Vec<Refitted> = refits
             .par_iter()
-            .map(|(history, c)| match &fitters[*c] {
+            .map(|(history, c, _)| match &fitters[*c] {
                 Some(f) if reusable[*c] => {
                     let p = f.fit_params(history);
                     let out = f.forecast_with(&p, history, h);
@@ -444,8 +442,8 @@ impl Chooser {
                 }
             })
             .collect();
-        for (j, (&i, (_, c))) in refit_keys.iter().zip(&refits).enumerate() {
-            if let Some(st) = self.keys.get_mut(keys.value(i)) {
+        for (j, (_, c, i)) in refits.iter().enumerate() {
+            if let Some(st) = self.keys.get_mut(keys.value(*i)) {
                 if let Some(Fit::Job(o, jj)) = st.fits[*c] {
                     if jj == j {
                         let (p, f) = &refitted[j];
@@ -493,13 +491,14 @@ impl Chooser {
                 match which {
                     Candidate::Network => dst.copy_from_slice(&out[i * h..(i + 1) * h]),
                     Candidate::Classical(_) => {
-                        let (f, k): (&[f64], usize) = match refs.next() {
-                            Some(FitRef::Done(f, k)) => (&f.clone(), k),
-                            Some(FitRef::Refit(j, k)) => (&refitted[j].1.clone(), k),
-                            Some(FitRef::Forecast(j)) => (&forecast[j], 0),
-                            _ => continue,
+                        let r = refs.next();
+                        let made = match &r {
+                            Some(FitRef::Done(f, k)) => f.get(*k..*k + h),
+                            Some(FitRef::Refit(j, k)) => refitted[*j].1.get(*k..*k + h),
+                            Some(FitRef::Forecast(j)) => forecast.get(*j).map(Vec::as_slice),
+                            _ => None,
                         };
-                        if let Some(f) = f.get(k..k + h) {
+                        if let Some(f) = made.filter(|f| f.len() == h) {
                             dst.copy_from_slice(f);
                         }
                     }
