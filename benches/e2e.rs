@@ -38,6 +38,8 @@
 //! empty binary is this build's; the TOML, with `\n` for newlines, goes
 //! after the `[sink]` table), e.g.
 //! `old:/tmp/streamcast-main:;new::;linger1::[sink.librdkafka]\n"linger.ms" = "1"`.
+//! `E2E_SHARDS=2,4` adds runners with `compute.shards` set to each
+//! number (backlog workloads, interleaved with the default's one shard).
 //! `E2E_OLD_BIN=<path>` adds another `streamcast` binary (e.g. one built
 //! from an older commit) as a runner of the backlog workloads, interleaved.
 //! `E2E_LOG_DIR=<dir>` keeps each job's stderr there (with `RUST_LOG`).
@@ -539,13 +541,13 @@ fn main() {
         }
         let topic = produce(w, events);
         eprintln!("produced {events} events to {topic}");
-        let mut rows: BTreeMap<&str, Vec<Figures>> = BTreeMap::new();
+        let mut rows: BTreeMap<String, Vec<Figures>> = BTreeMap::new();
         for rep in 0..reps {
             // Interleaved, so drift of the shared machine hits every runner.
-            let mut run = |name: &'static str, f: Option<Figures>| {
+            let mut run = |name: &str, f: Option<Figures>| {
                 if let Some(f) = f {
                     eprintln!("  rep {rep} {name}: {:.0} events/s", f.events_per_s);
-                    rows.entry(name).or_default().push(f);
+                    rows.entry(name.to_string()).or_default().push(f);
                 }
             };
             run(
@@ -585,6 +587,16 @@ fn main() {
                         Some(run_streamcast(&topic, w, dir.path(), top, extra, "3s")),
                     );
                 }
+            }
+            for n in env_or("E2E_SHARDS", "")
+                .split(',')
+                .filter(|n| !n.is_empty())
+            {
+                let extra = format!("[compute]\nshards = {n}");
+                run(
+                    &format!("streamcast run (compute.shards = {n})"),
+                    Some(run_streamcast(&topic, w, dir.path(), "", &extra, "3s")),
+                );
             }
             if let Ok(bin) = std::env::var("E2E_OLD_BIN") {
                 run(

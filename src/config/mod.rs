@@ -71,6 +71,36 @@ pub struct PipelineConfig {
     /// (`decode.format` / `sink.format = "avro"`).
     #[serde(default)]
     pub registry: RegistryConfig,
+    /// How the streaming job's compute (decode, window, model) is spread
+    /// over threads.
+    #[serde(default)]
+    pub compute: ComputeConfig,
+}
+
+/// The streaming job's compute shards (see `pipeline::shards`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeConfig {
+    /// Compute threads of `streamcast run`. Shard `i` owns the input
+    /// partitions `p` with `p % shards == i`, with their keys' window and
+    /// model state; each batch is processed by all shards in parallel.
+    /// 1 (the default) is the single compute thread. More than the input
+    /// topic's partitions leaves shards idle. Needs durable state (a key is
+    /// bound to one partition only there) and no shadow duel.
+    #[serde(default = "default_shards")]
+    pub shards: usize,
+}
+
+impl Default for ComputeConfig {
+    fn default() -> Self {
+        ComputeConfig {
+            shards: default_shards(),
+        }
+    }
+}
+
+const fn default_shards() -> usize {
+    1
 }
 
 /// How a payload is written: JSON (the default) or Avro in Confluent's
@@ -1641,6 +1671,21 @@ impl PipelineConfig {
         }
         if self.model.threads < 1 {
             return bad("model.threads", "expected at least 1");
+        }
+        if self.compute.shards < 1 {
+            return bad("compute.shards", "expected at least 1");
+        }
+        if self.compute.shards > 1 && !self.state.enabled {
+            return bad(
+                "compute.shards",
+                "more than one shard needs durable state (state.enabled = true): only there is every key bound to one input partition, hence to one shard",
+            );
+        }
+        if self.compute.shards > 1 && self.retrain.shadow_windows > 0 {
+            return bad(
+                "compute.shards",
+                "a shadow duel (retrain.shadow_windows > 0) runs on one compute thread: set compute.shards = 1 or retrain.shadow_windows = 0",
+            );
         }
         if self.retrain.enabled && !self.archive.enabled {
             return bad(

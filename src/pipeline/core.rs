@@ -122,6 +122,12 @@ impl Core {
         self.scorer.clone()
     }
 
+    /// Uses another core's live scorer instead of its own (compute shards
+    /// share one, see `shards`).
+    pub fn share_scorer(&mut self, scorer: Option<Arc<Mutex<Scorer>>>) {
+        self.scorer = scorer;
+    }
+
     /// Starts remembering what changes, for checkpoints (durable state).
     pub fn enable_state_tracking(&mut self) {
         self.window.enable_state_tracking();

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! consumer task (tokio) --raw batches--> compute thread (std) --outputs--> sink task (tokio)
-//!        ^                                 decode/window/model                 | acks release
+//!        ^                           decode/window/model on its shards         | acks release
 //!        +----- committer task stores the tracker's commit points <-- tickets -+
 //!                                           \--> archive thread, retrainer thread (optional)
 //! ```
@@ -13,7 +13,8 @@
 //! until a signal or idleness (`consume`), then drain and commit (`drain`).
 //!
 //! - The consumer task only moves bytes. libtorch runs on the compute
-//!   thread, never on a tokio worker.
+//!   thread (and its shard threads, `compute.shards`, see `shards`), never
+//!   on a tokio worker.
 //! - Offsets are stored only from `OffsetTracker::commit_points`, i.e. after
 //!   every forecast depending on them was acknowledged (see `offsets`).
 //! - Durable state (`state.enabled`, the default): every
@@ -42,7 +43,8 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle as TaskHandle;
 
-use super::core::{Core, Totals};
+use super::core::Totals;
+use super::shards::Shards;
 use crate::api::ApiState;
 use crate::archive::ArchiveHandle;
 use crate::broker::blocking;
@@ -336,7 +338,7 @@ async fn spawn_compute(
         .name("streamcast-compute".into())
         .spawn(move || -> Result<Totals> {
             tch::set_num_threads(cfg.model.threads);
-            let core = match Core::new(&cfg, tracker) {
+            let core = match Shards::new(&cfg, tracker) {
                 Ok(c) => {
                     if let Some(s) = c.scorer() {
                         if let Some(api) = &api {
@@ -344,7 +346,7 @@ async fn spawn_compute(
                         }
                         let _ = scorer.set(s);
                     }
-                    let _ = ready_tx.send(Ok(c.model().version().to_string()));
+                    let _ = ready_tx.send(Ok(c.version().to_string()));
                     c
                 }
                 Err(e) => {
@@ -379,7 +381,7 @@ async fn spawn_compute(
 /// (or tick the clock when none comes), hand outputs to the sink and closed
 /// windows to the archive, and checkpoint every `state.commit_interval`.
 fn compute_loop(
-    mut core: Core,
+    mut core: Shards,
     cfg: &PipelineConfig,
     inputs: Receiver<Input>,
     outputs: tokio::sync::mpsc::Sender<Output>,
@@ -413,7 +415,7 @@ fn compute_loop(
         Ok(())
     };
     // A checkpoint to the sink, and its mark to the archive.
-    let mut checkpoint = |core: &mut Core, owned: &BTreeMap<i32, u64>, done| -> Result<()> {
+    let mut checkpoint = |core: &mut Shards, owned: &BTreeMap<i32, u64>, done| -> Result<()> {
         let mut cp = core.checkpoint(owned.iter().map(|(&p, &g)| (p, g)).collect())?;
         cp.done = done;
         let id = cp.id;
@@ -471,7 +473,7 @@ fn compute_loop(
                 if b.messages.is_empty() {
                     core.tick(now_ms())?
                 } else {
-                    core.on_messages(&b.messages, now_ms())?
+                    core.on_messages(b.messages, now_ms())?
                 }
             }
             Ok(Input::Revoke(parts, done)) => {
@@ -531,7 +533,7 @@ fn compute_loop(
 /// assigned again since (a generation change), are dropped; new ones are
 /// restored from the changelog before any of their messages is processed.
 fn follow_assignment(
-    core: &mut Core,
+    core: &mut Shards,
     cfg: &PipelineConfig,
     was: &BTreeMap<i32, u64>,
     now: &BTreeMap<i32, u64>,
