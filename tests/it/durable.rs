@@ -325,7 +325,8 @@ fn reference_never_idle(
 
 /// Instances join and leave one group while events arrive: partitions and
 /// their state move through the changelog, and the forecasts equal those of
-/// one instance that ran alone.
+/// one instance that ran alone. One of the instances runs two compute
+/// shards (`compute.shards = 2`): state moves between shard counts too.
 ///
 /// Partitions never turn idle here (`idle_partition_timeout` is long), so
 /// windows close by event time alone: an idle partition is a wall-clock
@@ -344,11 +345,21 @@ fn instances_joining_and_leaving_give_the_single_instance_result() {
     create_topics(&[(input2.as_str(), PARTITIONS)]);
     let name = format!("dur-scale-{s}");
     let p = pipeline_with(dir.path(), &name, &input2, "exactly_once", NEVER_IDLE);
+    // Instance b runs two compute shards: the same job (group, topics,
+    // changelog) with its partitions split over two threads.
+    let sharded = pipeline_file(
+        dir.path(),
+        &format!("{name}-sharded"),
+        &streamcast::testkit::merge_toml(
+            &std::fs::read_to_string(&p).unwrap(),
+            "[compute]\nshards = 2",
+        ),
+    );
     let settle = || std::thread::sleep(Duration::from_secs(4));
     produce(&input2, events(chunks[0].0, chunks[0].1));
     let a = spawn(&p, "a", &[]);
     settle();
-    let mut b = spawn(&p, "b", &[]); // joins: some partitions move to b
+    let mut b = spawn(&sharded, "b", &[]); // joins: some partitions move to b
     produce(&input2, events(chunks[1].0, chunks[1].1));
     settle();
     let c = spawn(&p, "c", &[]); // a third
