@@ -81,9 +81,10 @@ pub struct PipelineConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ComputeConfig {
-    /// Compute threads of `streamcast run`. Shard `i` owns the input
-    /// partitions `p` with `p % shards == i`, with their keys' window and
-    /// model state; each batch is processed by all shards in parallel.
+    /// Compute threads of `streamcast run`. Each shard owns some input
+    /// partitions (placed evenly as they are assigned) with their keys'
+    /// window and model state; each batch is processed by all shards in
+    /// parallel.
     /// 1 (the default) is the single compute thread. More than the input
     /// topic's partitions leaves shards idle. Needs durable state (a key is
     /// bound to one partition only there) and no shadow duel.

@@ -2,8 +2,13 @@
 //! over `compute.shards` threads, so that decode, windowing and the model
 //! step scale with cores.
 //!
-//! Shard `i` is a [`Core`] that owns the input partitions `p` with
-//! `p % shards == i`: their keys' window, model, choice and hybrid state.
+//! Each shard is a [`Core`] that owns some input partitions: their keys'
+//! window, model, choice and hybrid state. A partition is placed on the
+//! shard with the fewest partitions when it is first seen (restored or
+//! assigned) and stays there until it is revoked, so its state never moves
+//! between threads; an instance owning partitions 0..P in order gets
+//! `p % shards`, and one given a scattered subset by a rebalance still
+//! spreads them evenly.
 //! With durable state (required for more than one shard) a key is bound to
 //! the partition of its first event, so every key lives in exactly one
 //! shard and a shard computes for its keys exactly what the single core
@@ -40,6 +45,8 @@ use crate::state::{Checkpoint, RestoredPartition};
 
 pub struct Shards {
     cores: Vec<Core>,
+    /// The shard of each partition seen since it was last revoked.
+    placement: std::collections::BTreeMap<i32, usize>,
     /// One thread per shard; `None` with one shard.
     pool: Option<rayon::ThreadPool>,
 }
@@ -70,7 +77,11 @@ impl Shards {
         } else {
             None
         };
-        Ok(Shards { cores, pool })
+        Ok(Shards {
+            cores,
+            placement: Default::default(),
+            pool,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -81,9 +92,19 @@ impl Shards {
         self.cores.is_empty()
     }
 
-    /// The shard owning partition `p`.
-    pub fn of(&self, p: i32) -> usize {
-        p.rem_euclid(self.cores.len() as i32) as usize
+    /// The shard owning partition `p`; a partition not seen before goes
+    /// to the shard with the fewest partitions (the first of those).
+    pub fn of(&mut self, p: i32) -> usize {
+        if let Some(&i) = self.placement.get(&p) {
+            return i;
+        }
+        let mut load = vec![0usize; self.cores.len()];
+        for &i in self.placement.values() {
+            load[i] += 1;
+        }
+        let i = (0..load.len()).min_by_key(|&i| (load[i], i)).unwrap_or(0);
+        self.placement.insert(p, i);
+        i
     }
 
     /// Runs `f` on every shard with its part, in parallel when sharded;
@@ -124,7 +145,7 @@ impl Shards {
     }
 
     /// Splits the partitions by owner shard.
-    fn split_partitions(&self, partitions: &[i32]) -> Vec<Vec<i32>> {
+    fn split_partitions(&mut self, partitions: &[i32]) -> Vec<Vec<i32>> {
         let mut parts = vec![Vec::new(); self.cores.len()];
         for &p in partitions {
             parts[self.of(p)].push(p);
@@ -153,9 +174,12 @@ impl Shards {
         self.cores[i].restore(r, now_ms)
     }
 
+    /// Lets a revoked partition go (a partition never seen has nothing to
+    /// let go of); it may be placed elsewhere if it comes back.
     pub fn revoke(&mut self, partition: i32) {
-        let i = self.of(partition);
-        self.cores[i].revoke(partition);
+        if let Some(i) = self.placement.remove(&partition) {
+            self.cores[i].revoke(partition);
+        }
     }
 
     /// Decodes, windows and forecasts one batch: each shard its partitions'
@@ -477,6 +501,23 @@ mod tests {
         assert!(a.len() > 50);
         assert_close(&forecasts_of(&b), &a, "restored into one");
         assert_close(&forecasts_of(&c), &a, "restored into three");
+    }
+
+    /// Partitions are spread by placement, not by number: the odd ones a
+    /// rebalance left this instance land on different shards, keep their
+    /// shard while owned, and a revoked one frees its place.
+    #[test]
+    fn partitions_are_placed_evenly_and_stay_until_revoked() {
+        let mut s = shards(&cfg(2));
+        s.revoke(0);
+        s.revoke(1);
+        s.revoke(2);
+        s.revoke(3);
+        assert_eq!((s.of(1), s.of(3)), (0, 1));
+        assert_eq!((s.of(3), s.of(1)), (1, 0), "placement is kept");
+        assert_eq!(s.of(5), 0, "ties go to the first shard");
+        s.revoke(3);
+        assert_eq!(s.of(7), 1, "shard 1 had the fewest after the revocation");
     }
 
     #[test]
