@@ -114,6 +114,53 @@ pub fn read_topic(
     text(&read_topic_bytes(topic, quiet, limit, |r| done(&text(r))))
 }
 
+/// Reads a topic that nothing writes to any more, from the beginning to
+/// the high watermark of every partition (or until `limit`): unlike a
+/// quiet period, a slow broker on a loaded machine cannot end it early.
+pub fn read_topic_to_end(topic: &str, limit: Duration) -> Vec<(String, String)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("it-reader-{}", rand_suffix()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    let mut high = Vec::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+        let (_, h) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .expect("watermarks");
+        high.push((p.id(), h));
+    }
+    consumer.assign(&tpl).unwrap();
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let at_end = |c: &BaseConsumer| {
+        let pos = c.position().unwrap();
+        high.iter().all(|&(p, h)| {
+            h == 0
+                || matches!(pos.find_partition(topic, p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= h)
+        })
+    };
+    while start.elapsed() < limit && !at_end(&consumer) {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let k = String::from_utf8_lossy(m.key().unwrap_or_default()).to_string();
+                let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string();
+                out.push((k, v));
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
 /// [`read_topic`] with the payloads as bytes (binary formats such as Avro).
 pub fn read_topic_bytes(
     topic: &str,
