@@ -55,6 +55,7 @@ use crate::offsets::OffsetTracker;
 use crate::retrain::RetrainSignals;
 use crate::sink::{Delivered, ForecastRecord, KafkaSink, Output};
 use crate::source::kafka::{self as source, Assignment, OnRevoke, Source};
+use crate::state::Checkpoint;
 use crate::time::now_ms;
 use crate::window::WindowSpec;
 
@@ -571,7 +572,7 @@ fn spawn_sink(
     print: bool,
     failed: Arc<tokio::sync::Notify>,
     (consumer, assignment): (Arc<Source>, Arc<Assignment>),
-    (commit_points, mut archived, api): (
+    (commit_points, archived, api): (
         crate::archive::CommitPoints,
         Option<tokio::sync::watch::Receiver<u64>>,
         Option<Arc<ApiState>>,
@@ -618,41 +619,86 @@ fn spawn_sink(
             let max_bytes = sink.max_in_flight_bytes();
             let mut in_flight_bytes = 0usize;
             let sink = &sink;
+            // At least once, checkpoints do not stop the flow: outputs taken
+            // after a checkpoint are sent while it waits for those before it
+            // and while it commits (they go through the plain producer, the
+            // checkpoint through the transactional one). A checkpoint waits
+            // in `waiting` with the number of outputs taken before it, and
+            // commits once none of those is in flight; one commit at a time,
+            // in order. Exactly once, a checkpoint is a barrier: outputs
+            // after it must not join its transaction.
+            let mut taken = 0u64;
+            let mut unacked = std::collections::BTreeSet::<u64>::new();
+            let mut waiting = std::collections::VecDeque::<(u64, Checkpoint)>::new();
+            let mut committing: Option<CommitFuture<'_>> = None;
+            let commit = |cp: Checkpoint| -> CommitFuture<'_> {
+                let archived = archived.clone();
+                let (consumer, assignment) = (consumer.clone(), assignment.clone());
+                Box::pin(async move {
+                    let id = cp.id;
+                    if let Some(mut acks) = archived {
+                        // An error: the archive writer has stopped;
+                        // commits go on without it.
+                        let _ = acks.wait_for(|&a| a >= id).await;
+                    }
+                    Ok((id, sink.commit(cp, &consumer, &assignment).await?))
+                })
+            };
+            let committed = |(id, ok): (u64, bool)| {
+                if ok {
+                    commit_points.fetch_max(id, Ordering::SeqCst);
+                    let done: Vec<_> = lock(&uncommitted).drain(..).collect();
+                    for (closed, n) in done {
+                        lock(&stats).record(closed.elapsed(), n);
+                    }
+                    let visible: Vec<_> = lock(&unpublished).drain(..).collect();
+                    if let Some(api) = &api {
+                        api.published(&visible);
+                    }
+                } else {
+                    lock(&uncommitted).clear();
+                    lock(&unpublished).clear();
+                }
+            };
             loop {
+                // Start the next checkpoint's commit once everything taken
+                // before it is acknowledged.
+                if committing.is_none() {
+                    let ready = waiting
+                        .front()
+                        .is_some_and(|(before, _)| unacked.first().is_none_or(|&s| s >= *before));
+                    if ready {
+                        if let Some((_, cp)) = waiting.pop_front() {
+                            committing = Some(commit(cp));
+                        }
+                    }
+                }
                 tokio::select! {
                     o = outputs.recv(), if in_flight_bytes < max_bytes => match o {
+                        Some(Output::Checkpoint(cp)) if !exactly_once => waiting.push_back((taken, cp)),
                         // A barrier: everything before it acknowledged first.
                         Some(Output::Checkpoint(cp)) => {
-                            while let Some((_, r)) = inflight.next().await {
+                            while let Some((_, _, r)) = inflight.next().await {
                                 delivered(r)?;
                             }
+                            unacked.clear();
                             in_flight_bytes = 0;
-                            let id = cp.id;
-                            if let Some(acks) = archived.as_mut() {
-                                // An error: the archive writer has stopped;
-                                // commits go on without it.
-                                let _ = acks.wait_for(|&a| a >= id).await;
-                            }
-                            if sink.commit(cp, &consumer, &assignment).await? {
-                                commit_points.fetch_max(id, Ordering::SeqCst);
-                                let done: Vec<_> = lock(&uncommitted).drain(..).collect();
-                                for (closed, n) in done {
-                                    lock(&stats).record(closed.elapsed(), n);
-                                }
-                                let visible: Vec<_> = lock(&unpublished).drain(..).collect();
-                                if let Some(api) = &api {
-                                    api.published(&visible);
-                                }
-                            } else {
-                                lock(&uncommitted).clear();
-                                lock(&unpublished).clear();
-                            }
+                            committed(commit(cp).await?);
                         }
                         Some(Output::Abandon) => {
-                            while let Some((_, r)) = inflight.next().await {
+                            // Everything before it settles first, checkpoints
+                            // included (one of a lost generation aborts).
+                            while let Some((_, _, r)) = inflight.next().await {
                                 delivered(r)?;
                             }
+                            unacked.clear();
                             in_flight_bytes = 0;
+                            if let Some(c) = committing.take() {
+                                committed(c.await?);
+                            }
+                            while let Some((_, cp)) = waiting.pop_front() {
+                                committed(commit(cp).await?);
+                            }
                             sink.abandon()?;
                             lock(&uncommitted).clear();
                             lock(&unpublished).clear();
@@ -664,18 +710,37 @@ fn spawn_sink(
                             let bytes = o.bytes();
                             in_flight_bytes += bytes;
                             metrics::gauge!(crate::telemetry::IN_FLIGHT_BYTES).set(in_flight_bytes as f64);
-                            inflight.push(async move { (bytes, sink.deliver(o).await) });
+                            let n = taken;
+                            taken += 1;
+                            unacked.insert(n);
+                            inflight.push(async move { (n, bytes, sink.deliver(o).await) });
                         }
                         None => break,
                     },
-                    Some((bytes, r)) = inflight.next(), if !inflight.is_empty() => {
+                    Some((n, bytes, r)) = inflight.next(), if !inflight.is_empty() => {
                         in_flight_bytes -= bytes;
+                        unacked.remove(&n);
                         delivered(r)?;
+                    }
+                    r = async {
+                        match committing.as_mut() {
+                            Some(c) => c.await,
+                            None => std::future::pending().await,
+                        }
+                    }, if committing.is_some() => {
+                        committing = None;
+                        committed(r?);
                     }
                 }
             }
-            while let Some((_, r)) = inflight.next().await {
+            while let Some((_, _, r)) = inflight.next().await {
                 delivered(r)?;
+            }
+            if let Some(c) = committing.take() {
+                committed(c.await?);
+            }
+            while let Some((_, cp)) = waiting.pop_front() {
+                committed(commit(cp).await?);
             }
             Ok(())
         }
@@ -688,6 +753,10 @@ fn spawn_sink(
         Ok(stats.into_inner().unwrap_or_else(|e| e.into_inner()))
     })
 }
+
+/// A checkpoint's commit in progress: its id, and whether it committed.
+type CommitFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u64, bool)>> + Send + 'a>>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
