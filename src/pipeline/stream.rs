@@ -22,6 +22,9 @@
 //!   `state`) after its outputs; the sink publishes it once everything
 //!   before it is acknowledged and commits the input offsets with it (in one
 //!   transaction when `delivery = "exactly_once"`). Only checkpoints commit.
+//!   At least once, outputs after a checkpoint keep flowing while it waits
+//!   and commits; exactly once, it is a barrier (later outputs must not
+//!   join its transaction).
 //!   A partition newly assigned is restored from the changelog before its
 //!   first message is processed; a revoked one is checkpointed (the
 //!   consumer's rebalance callback waits for it) and then dropped.
