@@ -27,7 +27,11 @@
 //! temporal attention over 24 windows), hidden 32, 16 inputs (value,
 //! missing flag, hour of day, 12 lags), 1 layer: gather -> step -> scatter
 //! over every key per tick, and the whole `ForecastStage::forecast`; keys
-//! from `MODEL_STEP_KEYS` (default 10k and 100k).
+//! from `MODEL_STEP_KEYS` (default 10k and 100k). Then the combinations of
+//! issue 15 beside their nearest plain ones: two GRU layers plain / dense,
+//! each with temporal attention and with the seq2seq decoder, and the
+//! transformer with output-to-output recurrence. `MODEL_STEP_CELLS=a,b`
+//! runs only the rows of those names (exact).
 //!
 //! `MODEL_STEP_ONLY=step` runs only 2. (no memory, no whole stage) and
 //! `MODEL_STEP_KEYS=10000,100000` picks the key counts of 2. and 3.: with
@@ -328,7 +332,7 @@ fn bench_forecast(hidden: i64, lags: u32, n: usize) {
 }
 
 /// The cells side by side (see the header, 4.).
-const CELL_VARIANTS: [(&str, &str); 6] = [
+const CELL_VARIANTS: [(&str, &str); 13] = [
     ("rnn", "cell = \"rnn\""),
     ("lstm", "cell = \"lstm\""),
     ("gru", "cell = \"gru\""),
@@ -344,16 +348,47 @@ const CELL_VARIANTS: [(&str, &str); 6] = [
         "gru+attention W=24",
         "cell = \"gru\"\nattention = true\nattention_window = 24",
     ),
+    ("gru L=2", "cell = \"gru\"\nlayers = 2"),
+    (
+        "gru L=2 dense",
+        "cell = \"gru\"\nlayers = 2\nconnections = \"dense\"",
+    ),
+    (
+        "gru L=2 attention W=24",
+        "cell = \"gru\"\nlayers = 2\nattention = true\nattention_window = 24",
+    ),
+    (
+        "gru L=2 dense+attention W=24",
+        "cell = \"gru\"\nlayers = 2\nconnections = \"dense\"\nattention = true\nattention_window = 24",
+    ),
+    (
+        "gru L=2 seq2seq",
+        "cell = \"gru\"\nlayers = 2\ndecoder = \"seq2seq\"",
+    ),
+    (
+        "gru L=2 dense+seq2seq",
+        "cell = \"gru\"\nlayers = 2\nconnections = \"dense\"\ndecoder = \"seq2seq\"",
+    ),
+    (
+        "transformer W=24 output-to-output",
+        "cell = \"transformer\"\nattention_window = 24\noutput_recurrence = \"output\"",
+    ),
 ];
 
 fn bench_cells(keys: &[usize]) {
     println!(
-        "\n## Cells side by side: hidden 32, 16 inputs, 1 layer; torch threads {}\n",
+        "\n## Cells side by side: hidden 32, 16 inputs (17 with output recurrence), 1 layer unless named; torch threads {}\n",
         tch::get_num_threads()
     );
     println!("| cell | state floats/key | keys | step M key-steps/s | step ms/tick | stage M key-steps/s | stage ms/call |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
+    let only: Option<Vec<String>> = std::env::var("MODEL_STEP_CELLS")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
     for (name, lines) in CELL_VARIANTS {
+        if only.as_ref().is_some_and(|o| !o.iter().any(|s| s == name)) {
+            continue;
+        }
         let cfg = pipeline_with(32, 12, lines);
         for &n in keys {
             let mut fc = ForecastStage::from_config(&cfg).expect("forecaster");

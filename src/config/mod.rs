@@ -757,9 +757,10 @@ pub struct ModelConfig {
     #[serde(default = "default_attention_heads")]
     pub attention_heads: i64,
     /// Temporal attention on top of a recurrent cell: each step's top hidden
-    /// state queries the previous `attention_window` hidden states (scaled
-    /// dot product) and the head sees `[h_t, context]`. Not with the
-    /// transformer cell (which is attention already) nor the seq2seq decoder.
+    /// state (with dense connections: every layer's, concatenated) queries
+    /// the previous `attention_window` of them (scaled dot product) and the
+    /// head sees `[h_t, context]`. Not with the transformer cell (which is
+    /// attention already) nor the seq2seq decoder.
     #[serde(default)]
     pub attention: bool,
 }
@@ -827,7 +828,9 @@ pub enum Connections {
     /// layer's contribution and gradients have an identity path down.
     Skip,
     /// DenseNet style: each layer sees the network input and the outputs of
-    /// every layer below it (concatenated), and the head sees all layers.
+    /// every layer below it (concatenated), and the head sees all layers
+    /// (so does temporal attention, over past concatenations; the seq2seq
+    /// decoder starts from a learned projection of the concatenation).
     Dense,
 }
 
@@ -852,7 +855,9 @@ pub enum HorizonDecoder {
     #[default]
     Direct,
     /// Sequence to sequence: the encoder's state seeds a GRU decoder that
-    /// emits one step at a time, each fed the previous step's output.
+    /// emits one step at a time, each fed the previous step's output. With
+    /// dense connections the seed is a learned linear projection of every
+    /// layer's state to `hidden`.
     Seq2seq,
 }
 
@@ -1646,29 +1651,14 @@ impl PipelineConfig {
                 "temporal attention feeds the direct head; it does not support decoder = \"seq2seq\"",
             );
         }
-        if self.model.output_recurrence == OutputRecurrence::Output
-            && self.model.cell == CellKind::Transformer
-        {
+        // Dense connections go with temporal attention (over the
+        // concatenation of every layer) and the seq2seq decoder (started
+        // from a projection of it); output-to-output with every cell.
+        if self.model.connections != Connections::None && self.model.cell == CellKind::Transformer {
             return bad(
-                "model.output_recurrence",
-                "output-to-output recurrence needs a recurrent cell (use \"hidden\" or none with the transformer)",
+                "model.connections",
+                "skip and dense connections join recurrent layers; the transformer has its own residuals",
             );
-        }
-        if self.model.connections != Connections::None {
-            if self.model.cell == CellKind::Transformer {
-                return bad(
-                    "model.connections",
-                    "skip and dense connections join recurrent layers; the transformer has its own residuals",
-                );
-            }
-            if self.model.connections == Connections::Dense
-                && (self.model.attention || self.model.decoder == HorizonDecoder::Seq2seq)
-            {
-                return bad(
-                    "model.connections",
-                    "dense connections feed a direct head all layers; not with attention = true nor decoder = \"seq2seq\"",
-                );
-            }
         }
         if self.model.threads < 1 {
             return bad("model.threads", "expected at least 1");

@@ -133,7 +133,7 @@ impl ModelSpec {
         let recurrent = kind != CellKind::Transformer;
         // The options the network's shape depends on, together.
         let wiring_ok = match (output_recurrence, connections) {
-            (OutputRecurrence::Output, _) if !recurrent || input < 2 => false,
+            (OutputRecurrence::Output, _) if input < 2 => false,
             (OutputRecurrence::Output, _)
                 if self.features.last().map(String::as_str) != Some(super::PREV_OUTPUT) =>
             {
@@ -141,16 +141,14 @@ impl ModelSpec {
             }
             (_, Connections::None) => true,
             (_, Connections::Skip) => recurrent,
-            (_, Connections::Dense) => {
-                recurrent && !attention && self.decoder != HorizonDecoder::Seq2seq
-            }
+            (_, Connections::Dense) => recurrent,
         };
         let attends = kind == CellKind::Transformer || attention;
         // Floats of attention state per key (see `model::attention`): the
         // store allocates it for every slot, so it is bounded too.
         let state = if kind == CellKind::Transformer {
             window
-                .saturating_mul(input.saturating_add(1))
+                .saturating_mul(self.shape.cell_input().saturating_add(1))
                 .saturating_add(
                     (layers - 1)
                         .max(0)
@@ -158,13 +156,19 @@ impl ModelSpec {
                         .saturating_mul(hidden),
                 )
         } else {
-            window.saturating_mul(hidden.saturating_add(1))
+            // What temporal attention keeps per step: the top width (every
+            // layer's state with dense connections).
+            let top = match connections {
+                Connections::Dense => layers.max(0).saturating_mul(hidden),
+                _ => hidden,
+            };
+            window.saturating_mul(top.saturating_add(1))
         };
         let checks: [(bool, String); 10] = [
             (
                 wiring_ok,
                 format!(
-                    "output_recurrence = {output_recurrence:?} with connections = {connections:?}: output-to-output needs a recurrent cell and a trailing {} feature; skip needs a recurrent cell; dense also no attention nor seq2seq decoder",
+                    "output_recurrence = {output_recurrence:?} with connections = {connections:?}: output-to-output needs a trailing {} feature; skip and dense need a recurrent cell",
                     super::PREV_OUTPUT
                 ),
             ),

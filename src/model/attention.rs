@@ -31,13 +31,15 @@
 //! With `W = 24`, 1 layer and 16 inputs that is 24 x 17 x 4 = 1632 bytes.
 //!
 //! **Temporal attention** (Luong-style, scaled dot product): the new top
-//! hidden state `h_t` queries the previous `W` top hidden states with
-//! learned query and key projections, the values are the hidden states
-//! themselves, plus a learned bias per offset `1..=W`; the context is
-//! `sum_j a_j h_{t-j}` and the head sees `[h_t, context]`. With no valid
-//! past state (a fresh key) the context is zero. State besides the
-//! recurrent one: the last `W` top hidden states with validity flags,
-//! `W * (hidden + 1)` floats per key.
+//! state `h_t` queries the previous `W` top states with learned query and
+//! key projections, the values are the top states themselves, plus a
+//! learned bias per offset `1..=W`; the context is `sum_j a_j h_{t-j}` and
+//! the head sees `[h_t, context]`. The "top state" is what the head would
+//! see without attention: the top layer's hidden state, or with dense
+//! connections the concatenation of every layer's (`width = layers *
+//! hidden`). With no valid past state (a fresh key) the context is zero.
+//! State besides the recurrent one: the last `W` top states with validity
+//! flags, `W * (width + 1)` floats per key.
 //!
 //! Invariant: rows are keys and nothing here loops over keys or windows.
 
@@ -245,10 +247,11 @@ impl Encoder {
     }
 }
 
-/// Temporal attention over a recurrent cell's last `W` top hidden states.
+/// Temporal attention over a recurrent cell's last `W` top states (each
+/// `width` wide: see the module docs).
 #[derive(Debug)]
 pub struct Temporal {
-    hidden: i64,
+    width: i64,
     window: i64,
     w_q: Tensor,
     w_k: Tensor,
@@ -257,27 +260,28 @@ pub struct Temporal {
 }
 
 impl Temporal {
-    /// Registers the attention weights under `p / "att"`.
-    pub fn new(p: &Path, hidden: i64, window: i64) -> Self {
+    /// Registers the attention weights under `p / "att"`, for top states
+    /// `width` wide.
+    pub fn new(p: &Path, width: i64, window: i64) -> Self {
         let a = p / "att";
         Temporal {
-            hidden,
+            width,
             window,
-            w_q: a.var("w_q", &[hidden, hidden], linear_init(hidden)),
-            w_k: a.var("w_k", &[hidden, hidden], linear_init(hidden)),
+            w_q: a.var("w_q", &[width, width], linear_init(width)),
+            w_k: a.var("w_k", &[width, width], linear_init(width)),
             pos: a.var("pos", &[1, window + 1], Init::Const(0.0)),
         }
     }
 
-    /// Floats of state per key: the ring of `W` hidden states with flags.
+    /// Floats of state per key: the ring of `W` top states with flags.
     pub fn state_width(&self) -> i64 {
-        self.window * (self.hidden + 1)
+        self.window * (self.width + 1)
     }
 
     /// `tops: [n, T, H]` (top hidden states of `T` new steps), `ring: [n,
     /// W * (H + 1)]` -> the contexts `[n, T, H]` and the new ring.
     pub fn forward(&self, ring: &Tensor, tops: &Tensor) -> (Tensor, Tensor) {
-        let (w, hd) = (self.window, self.hidden);
+        let (w, hd) = (self.window, self.width);
         let size = tops.size();
         let (n, t) = (size[0], size[1]);
         let ring = ring.view([n, w, hd + 1]);

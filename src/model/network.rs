@@ -14,11 +14,24 @@
 //! `y_t = head(h_t) + W x_t + w y_{t-1}` (zero-initialised `w`).
 //! Stacked layers connect plainly, with residual skips or densely (see
 //! `config::Connections`, wired in one place, `wire`, for both paths).
+//! The transformer takes output-to-output too: its input ring then holds
+//! the inputs without the fed-back value, which reaches the output layer
+//! only, as with the cells.
+//!
+//! "What the head sees" (`CellShape::top_width`) is the top layer's state,
+//! or with dense connections the concatenation of every layer's state; the
+//! rest of the network takes that width alike: temporal attention attends
+//! over the previous `W` of those (its ring holds `W * (top_width + 1)`
+//! floats per key) and the head sees `[top, context]`; the seq2seq decoder
+//! starts from them, through a learned linear projection to `hidden` when
+//! they are wider (dense with `layers > 1`: `dec.init_w`, `dec.init_b`).
+//! With one layer, dense is the plain network, weights included.
 //!
 //! State: `(h, c)`, with the shapes of [`Network::state_dims`]: recurrent
 //! cells `h: [layers, n, hidden]` (and LSTM `c`); the transformer packs its
 //! rings into `h: [1, n, S]`; temporal attention packs the LSTM cell state
-//! (if any) and its ring of hidden states into `c: [1, n, S]`.
+//! (if any) and its ring of past tops (what the head saw) into
+//! `c: [1, n, S]`.
 
 use tch::{nn, Device, Kind, Tensor};
 
@@ -48,11 +61,15 @@ pub struct Network {
     temporal: Option<Temporal>,
 }
 
-/// A GRU decoder seeded with the encoder's top state: step k takes the
-/// previous step's outputs (all quantiles) and emits this step's.
+/// A GRU decoder seeded with the encoder's top state (projected to
+/// `hidden` by `start` when that is wider: dense connections): step k takes
+/// the previous step's outputs (all quantiles) and emits this step's.
 struct Seq2seq {
     steps: i64,
     per_step: i64,
+    /// `(w: [hidden, top_width], b: [hidden])` when the top is wider than
+    /// the decoder's state.
+    start: Option<(Tensor, Tensor)>,
     w_ih: Tensor,
     w_hh: Tensor,
     b_ih: Tensor,
@@ -62,10 +79,13 @@ struct Seq2seq {
 }
 
 impl Seq2seq {
-    /// `top: [n, hidden]` -> `[n, steps * per_step]`, quantile-major.
+    /// `top: [n, top_width]` -> `[n, steps * per_step]`, quantile-major.
     fn decode(&self, top: &Tensor) -> Tensor {
         let n = top.size()[0];
-        let mut d = top.shallow_clone();
+        let mut d = match &self.start {
+            Some((w, b)) => top.linear(w, Some(b)),
+            None => top.shallow_clone(),
+        };
         let mut prev = Tensor::zeros([n, self.per_step], (top.kind(), top.device()));
         let mut outs = Vec::with_capacity(self.steps as usize);
         for _ in 0..self.steps {
@@ -132,22 +152,19 @@ impl Network {
         let encoder = transformer.then(|| {
             Encoder::new(
                 &root,
-                shape.input,
+                shape.cell_input(),
                 shape.hidden,
                 shape.layers,
                 shape.heads.max(1),
                 shape.window.max(1),
             )
         });
+        let top = shape.top_width();
         let temporal = (shape.attention && !transformer)
-            .then(|| Temporal::new(&root, shape.hidden, shape.window.max(1)));
+            .then(|| Temporal::new(&root, top, shape.window.max(1)));
         let k = 1.0 / (shape.hidden as f64).sqrt();
-        // The head sees [h_t, context] with temporal attention.
-        let head_in = if temporal.is_some() {
-            2 * shape.hidden
-        } else {
-            shape.top_width()
-        };
+        // The head sees [top, context] with temporal attention.
+        let head_in = if temporal.is_some() { 2 * top } else { top };
         let head_w = root.var(
             "head_w",
             &[horizon, head_in],
@@ -168,6 +185,13 @@ impl Network {
                 b_hh: d.var("b_hh", &[3 * hd], u),
                 out_w: d.var("out_w", &[per_step, hd], u),
                 out_b: d.var("out_b", &[per_step], nn::Init::Const(0.0)),
+                // Drawn last, so the other weights of a seed are those of
+                // the plain network.
+                start: (top != hd).then(|| {
+                    let ks = 1.0 / (top as f64).sqrt();
+                    let us = nn::Init::Uniform { lo: -ks, up: ks };
+                    (d.var("init_w", &[hd, top], us), d.var("init_b", &[hd], us))
+                }),
             }
         });
         Network {
@@ -276,7 +300,8 @@ impl Network {
         dropout: f64,
     ) -> (Tensor, Tensor, Option<Tensor>) {
         if let Some(e) = &self.encoder {
-            let (top, state) = e.forward(&h.select(0, 0), &x.unsqueeze(1), dropout, dropout > 0.0);
+            let xc = self.cell_x(x).unsqueeze(1);
+            let (top, state) = e.forward(&h.select(0, 0), &xc, dropout, dropout > 0.0);
             let y = self.head(&top.squeeze_dim(1)) + x.linear::<&Tensor>(&self.skip_w, None);
             return (y, state.unsqueeze(0), None);
         }
@@ -376,19 +401,15 @@ impl Network {
         dropout: f64,
         train: bool,
     ) -> (Tensor, Tensor, Option<Tensor>) {
-        if let Some(e) = &self.encoder {
-            let (top, state) = e.forward(&h.select(0, 0), xs, dropout, train);
-            let y = self.head(&top) + xs.linear::<&Tensor>(&self.skip_w, None);
-            return (y, state.unsqueeze(0), None);
-        }
         let (top, h_n, c_n) = self.tops_seq(&self.cell_x(xs), h, c, dropout, train);
         let y = self.head(&top) + xs.linear::<&Tensor>(&self.skip_w, None);
         (y, h_n, c_n)
     }
 
-    /// The recurrent part of `forward_seq` on the cells' inputs `xc`:
-    /// returns what the head sees at every step `[n, T, ..]` and the final
-    /// state (`c` joined with the attention ring, if any).
+    /// The recurrent part (or the transformer) of `forward_seq` on the
+    /// cells' inputs `xc`: returns what the head sees at every step
+    /// `[n, T, ..]` and the final state (`c` joined with the attention
+    /// ring, if any).
     fn tops_seq(
         &self,
         xc: &Tensor,
@@ -397,6 +418,10 @@ impl Network {
         dropout: f64,
         train: bool,
     ) -> (Tensor, Tensor, Option<Tensor>) {
+        if let Some(e) = &self.encoder {
+            let (top, state) = e.forward(&h.select(0, 0), xc, dropout, train);
+            return (top, state.unsqueeze(0), None);
+        }
         let (c, ring) = self.split_c(c);
         let c = c.as_ref();
         let kind = self.shape.kind;
@@ -467,13 +492,13 @@ impl Network {
         (Tensor::stack(&ys, 1), h_n, c_n, prev)
     }
 
-    /// The head on top-layer states `[.., hidden]` -> `[.., outputs]`.
+    /// The head on what it sees `[.., top_width]` -> `[.., outputs]`.
     fn head(&self, top: &Tensor) -> Tensor {
         match &self.decoder {
             None => top.linear(&self.head_w, Some(&self.head_b)),
             Some(d) => {
                 let size = top.size();
-                let flat = top.reshape([-1, self.shape.hidden]);
+                let flat = top.reshape([-1, size[size.len() - 1]]);
                 let mut out_size = size[..size.len() - 1].to_vec();
                 out_size.push(self.horizon);
                 d.decode(&flat).reshape(out_size.as_slice())

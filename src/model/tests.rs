@@ -30,8 +30,10 @@ const T0: i64 = 1_790_000_000_000 / HOUR * HOUR;
 /// Every cell, then temporal attention on the LSTM and the GRU: (cell,
 /// extra `[model]` lines).
 /// Then output-to-output recurrence, and skip / dense connections between
-/// stacked layers (with one layer they are the plain network).
-const VARIANTS: [(CellKind, &str); 12] = [
+/// stacked layers (with one layer they are the plain network); then dense
+/// with temporal attention and with the seq2seq decoder, and the transformer
+/// with output-to-output.
+const VARIANTS: [(CellKind, &str); 15] = [
     (CellKind::Rnn, ""),
     (CellKind::Irnn, ""),
     (CellKind::Lstm, ""),
@@ -47,6 +49,18 @@ const VARIANTS: [(CellKind, &str); 12] = [
     (CellKind::Lstm, "connections = \"skip\""),
     (CellKind::Irnn, "connections = \"dense\""),
     (CellKind::Gru, "connections = \"skip\"\nattention = true"),
+    (
+        CellKind::Lstm,
+        "connections = \"dense\"\nattention = true\nattention_window = 6",
+    ),
+    (
+        CellKind::Gru,
+        "connections = \"dense\"\ndecoder = \"seq2seq\"",
+    ),
+    (
+        CellKind::Transformer,
+        "output_recurrence = \"output\"\nattention_window = 6",
+    ),
 ];
 
 fn cell_name(k: CellKind) -> &'static str {
@@ -266,11 +280,10 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
 
-/// An exact copy of `net` (weights copied, not re-initialised from a seed).
-fn copy_of(net: &Network) -> Network {
-    let mut n = Network::new(net.shape, net.horizon, Device::Cpu, 0);
-    n.vs.copy(&net.vs).expect("copy weights");
-    n
+/// An exact copy of `net` as `spec` describes it (its decoder included;
+/// weights copied, not re-initialised from a seed).
+fn copy_of(net: &Network, spec: &ModelSpec) -> Network {
+    net.copy_for(spec).expect("copy weights")
 }
 
 /// A second stage with an exact copy of `fc`'s network and spec. (Two
@@ -279,7 +292,7 @@ fn copy_of(net: &Network) -> Network {
 /// parallel tests do not guarantee.)
 fn twin(fc: &ForecastStage, cfg: &PipelineConfig) -> ForecastStage {
     ForecastStage::new(
-        copy_of(fc.network()),
+        copy_of(fc.network(), fc.spec()),
         fc.spec().clone(),
         cfg.decode.value_fields.len(),
         cfg.model.warmup_windows,
@@ -686,7 +699,7 @@ fn hot_swap_replays_state() {
             let mut swapped = twin(&plain, &cfg);
             feed(&mut plain, 0, before);
             feed(&mut swapped, 0, before);
-            let same = copy_of(swapped.network());
+            let same = copy_of(swapped.network(), swapped.spec());
             let spec = swapped.spec().clone();
             let rep = swapped.swap(same, spec).unwrap();
             assert_eq!(rep.keys, 5);
@@ -704,9 +717,9 @@ fn hot_swap_replays_state() {
             let mut other_spec = plain.spec().clone();
             other_spec.version = "other-net".into();
             other_spec.seed = 7;
-            let other = Network::new(other_spec.shape, other_spec.horizon, Device::Cpu, 7);
+            let other = Network::for_spec(&other_spec, Device::Cpu, 7);
             let mut from_start = ForecastStage::new(
-                copy_of(&other),
+                copy_of(&other, &other_spec),
                 other_spec.clone(),
                 1,
                 cfg.model.warmup_windows,
@@ -848,8 +861,9 @@ fn ended_key_returns_fresh() {
     }
 }
 
-/// The residual head with an all-zero head layer (and input skip) is
-/// seasonal naive exactly, before and after warm-up.
+/// The residual head with an all-zero head layer (and input skip; with the
+/// seq2seq decoder its output layer) is seasonal naive exactly, before and
+/// after warm-up.
 #[test]
 fn zero_residual_head_is_seasonal_naive() {
     for (cell, extra) in VARIANTS {
@@ -859,6 +873,12 @@ fn zero_residual_head_is_seasonal_naive() {
             let _ = fc.net.head_w.zero_();
             let _ = fc.net.head_b.zero_();
             let _ = fc.net.skip_w.zero_(); // zero at init, but the head is all of it
+                                           // The seq2seq decoder's output layer is the head there.
+            for (name, mut v) in fc.net.vs.variables() {
+                if name.starts_with("dec.out_") {
+                    let _ = v.zero_();
+                }
+            }
         });
         let ks = [0, 1, 2];
         let mut hist: Vec<Vec<f64>> = vec![Vec::new(); 3];
@@ -986,7 +1006,7 @@ fn hot_swap_across_cells_reshapes_the_state() {
             run(&mut reference, next, &tick(&ks, s));
         }
         let before = live.store().bytes_per_slot();
-        live.swap(copy_of(fresh.network()), fresh.spec().clone())
+        live.swap(copy_of(fresh.network(), fresh.spec()), fresh.spec().clone())
             .unwrap();
         assert_ne!(
             before,
@@ -1322,29 +1342,57 @@ fn output_recurrence_and_connections_options() {
             "model.connections",
         ),
         (
-            "connections = \"dense\"\nattention = true",
+            "cell = \"transformer\"\nconnections = \"dense\"",
             "model.connections",
         ),
+        // Temporal attention with the seq2seq decoder stays refused, dense
+        // or not.
         (
-            "connections = \"dense\"\ndecoder = \"seq2seq\"",
-            "model.connections",
-        ),
-        (
-            "cell = \"transformer\"\noutput_recurrence = \"output\"",
-            "model.output_recurrence",
+            "connections = \"dense\"\nattention = true\ndecoder = \"seq2seq\"",
+            "model.attention",
         ),
     ] {
         let err = parse(bad).unwrap_err().to_string();
         assert!(err.contains(field), "{bad}: {err}");
     }
+    // Dense with attention or seq2seq, and the transformer with
+    // output-to-output, are models (refused until issue 15 was finished).
+    for (good, attention) in [
+        (
+            "layers = 2\nconnections = \"dense\"\nattention = true",
+            true,
+        ),
+        (
+            "layers = 2\nconnections = \"dense\"\ndecoder = \"seq2seq\"",
+            false,
+        ),
+        (
+            "cell = \"transformer\"\noutput_recurrence = \"output\"",
+            false,
+        ),
+    ] {
+        let spec = ModelSpec::untrained(&parse(good).unwrap());
+        assert_eq!(spec.shape.attention, attention, "{good}");
+        assert_eq!(spec.out_of_bounds(), None, "{good}");
+    }
     // A hand-edited artifact claiming output-to-output without the fed-back
-    // feature, or dense with attention, is refused before allocating.
+    // feature, or skip connections on the transformer, is refused before
+    // allocating.
     let mut spec = ModelSpec::untrained(&parse("").unwrap());
     spec.shape.output_recurrence = OutputRecurrence::Output;
     assert!(spec.out_of_bounds().is_some());
-    let mut spec = ModelSpec::untrained(&parse("attention = true").unwrap());
-    spec.shape.connections = Connections::Dense;
+    let mut spec = ModelSpec::untrained(&parse("cell = \"transformer\"").unwrap());
+    spec.shape.connections = Connections::Skip;
     assert!(spec.out_of_bounds().is_some());
+    // Dense attention's ring is `layers * hidden + 1` floats per window:
+    // bounded with that width, not one layer's.
+    let mut wide =
+        ModelSpec::untrained(&parse("connections = \"dense\"\nattention = true").unwrap());
+    (wide.shape.layers, wide.shape.hidden, wide.shape.window) = (8, 1024, 200);
+    let why = wide.out_of_bounds().unwrap_or_default();
+    assert!(why.contains("attention state"), "{why}");
+    wide.shape.connections = Connections::None;
+    assert_eq!(wide.out_of_bounds(), None);
     // An artifact written before these options existed (no such fields in
     // model.json) reads as the plain network.
     let cfg = parse("output_recurrence = true").unwrap();
@@ -1366,4 +1414,334 @@ fn output_recurrence_and_connections_options() {
         !net.feeds_output(),
         "an old output-recurrent artifact is output-to-hidden"
     );
+}
+
+// ------------------ dense with attention / seq2seq, transformer output-to-output
+
+/// Sets the variable `name` of `net` to `values` (its shape kept).
+fn set_var(net: &Network, name: &str, values: &[f32]) {
+    let vars = net.vs.variables();
+    let v = vars
+        .get(name)
+        .unwrap_or_else(|| panic!("no variable {name}"));
+    let shape = v.size();
+    tch::no_grad(|| {
+        v.shallow_clone()
+            .copy_(&Tensor::from_slice(values).view(shape.as_slice()));
+    });
+}
+
+/// `x` as one row `[1, len]` of f32.
+fn row(x: &[f64]) -> Tensor {
+    let v: Vec<f32> = x.iter().map(|v| *v as f32).collect();
+    Tensor::from_slice(&v).view([1, x.len() as i64])
+}
+
+/// The two dense Elman layers (hidden 2) of `net` on `x` by hand: updates
+/// `h` and returns the concatenation `[h0, h1]` the head sees.
+fn dense2(net: &Network, x: &[f64], h: &mut [Vec<f64>]) -> Vec<f64> {
+    h[0] = elman(net, 0, x, &h[0]);
+    let mut in1 = x.to_vec();
+    in1.extend(&h[0]);
+    h[1] = elman(net, 1, &in1, &h[1]);
+    [h[0].clone(), h[1].clone()].concat()
+}
+
+/// Dense connections with temporal attention by hand on 2 stacked Elman
+/// layers (3 inputs, hidden 2, window 2, 2 outputs), five steps from zero:
+/// attention runs over the previous *concatenations* `[h0, h1]` (4 wide):
+/// `q = Wq top_t`, `k_j = Wk top_{t-j}`, logits `q.k / 2 + pos[j]`,
+/// `ctx = sum_j a_j top_{t-j}`, `y = V [top_t, ctx] + c + S x`. `step` and
+/// `forward_seq` in two chunks (the ring carried between them, as TBPTT
+/// does) both give the hand values; the ring holds the last two
+/// concatenations with their flags. Attention over the top layer only, or
+/// no attention at all, would not match (the context is non-zero from the
+/// second step on, and the offset biases are non-zero).
+#[test]
+fn dense_with_temporal_attention_by_hand() {
+    let mut shape = CellShape::recurrent(CellKind::Rnn, 3, 2, 2);
+    shape.connections = crate::config::Connections::Dense;
+    shape.attention = true;
+    shape.window = 2;
+    let net = Network::new(shape, 2, Device::Cpu, 11);
+    assert_eq!(
+        weights(&net, "att.w_q").len(),
+        4,
+        "attends over both layers"
+    );
+    assert_eq!(weights(&net, "head_w")[0].len(), 8, "head sees [top, ctx]");
+    assert_eq!(net.state_dims().1, Some((1, 2 * (4 + 1))));
+    set_var(&net, "skip_w", &[0.2, -0.1, 0.3, 0.0, 0.4, -0.5]);
+    set_var(&net, "att.pos", &[0.0, 0.3, -0.2]);
+    let (wq, wk, pos) = (
+        weights(&net, "att.w_q"),
+        weights(&net, "att.w_k"),
+        weights(&net, "att.pos")[0].clone(),
+    );
+    let (v, c, s) = (
+        weights(&net, "head_w"),
+        weights(&net, "head_b")[0].clone(),
+        weights(&net, "skip_w"),
+    );
+    let xs = [
+        [0.5, -1.0, 0.2],
+        [1.5, 0.25, -0.3],
+        [-0.75, 2.0, 0.1],
+        [0.1, 0.1, 0.9],
+        [1.0, -0.5, -1.2],
+    ];
+    let mut h = vec![vec![0.0; 2]; 2];
+    let mut past: Vec<Vec<f64>> = Vec::new(); // tops, oldest first
+    let mut want = Vec::new();
+    let mut some_context = false;
+    for x in &xs {
+        let top = dense2(&net, x, &mut h);
+        let q = affine(&wq, &top, &[0.0; 4]);
+        let now = past.len();
+        let from = now.saturating_sub(2);
+        let logits: Vec<f64> = (from..now)
+            .map(|j| {
+                let k = affine(&wk, &past[j], &[0.0; 4]);
+                q.iter().zip(&k).map(|(a, b)| a * b).sum::<f64>() / 2.0 + pos[now - j]
+            })
+            .collect();
+        let m = logits.iter().cloned().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        let mut ctx = vec![0.0; 4];
+        for (i, j) in (from..now).enumerate() {
+            for (cv, pv) in ctx.iter_mut().zip(&past[j]) {
+                *cv += e[i] / sum * pv;
+            }
+        }
+        some_context |= ctx.iter().any(|v| v.abs() > 1e-3);
+        let lin = affine(&s, x, &[0.0, 0.0]);
+        let y: Vec<f64> = affine(&v, &[top.clone(), ctx].concat(), &c)
+            .iter()
+            .zip(lin)
+            .map(|(a, b)| a + b)
+            .collect();
+        want.push(y);
+        past.push(top);
+    }
+    assert!(some_context, "the hand context is not trivially zero");
+    // step, window by window.
+    let (mut ht, mut ct) = net.zero_state(1);
+    let mut got = Vec::new();
+    for x in &xs {
+        let (y, hn, cn) = tch::no_grad(|| net.step(&row(x), &ht, ct.as_ref(), 0.0));
+        got.push(rows_of(&y)[0].clone());
+        (ht, ct) = (hn, cn);
+    }
+    assert_near(&got, &want, "dense + attention: step");
+    let ring = rows_of(&ct.as_ref().unwrap().select(0, 0))[0].clone();
+    let want_ring = [past[3].clone(), vec![1.0], past[4].clone(), vec![1.0]].concat();
+    assert_near(&[ring], &[want_ring], "ring of the last two concatenations");
+    // forward_seq in two chunks (3 + 2 windows), state carried.
+    let flat: Vec<f64> = xs.iter().flatten().copied().collect();
+    let seq = row(&flat).view([1, 5, 3]);
+    let (h0, c0) = net.zero_state(1);
+    let (ya, ha, ca) =
+        tch::no_grad(|| net.forward_seq(&seq.narrow(1, 0, 3), &h0, c0.as_ref(), 0.0, false));
+    let (yb, hb, cb) =
+        tch::no_grad(|| net.forward_seq(&seq.narrow(1, 3, 2), &ha, ca.as_ref(), 0.0, false));
+    let ys = Tensor::cat(&[ya, yb], 1);
+    assert_near(
+        &rows_of(&ys.select(0, 0)),
+        &want,
+        "dense + attention: forward_seq",
+    );
+    assert!(max_abs(&hb, &ht) < 1e-6);
+    assert!(max_abs(cb.as_ref().unwrap(), ct.as_ref().unwrap()) < 1e-6);
+}
+
+/// The seq2seq decoder on dense connections by hand (2 stacked Elman
+/// layers, 3 inputs, hidden 2, horizon 3, point forecasts): the decoder
+/// starts from `d_0 = P [h0, h1] + p` (a learned projection of the
+/// concatenation, `dec.init_w` / `dec.init_b`), then runs the GRU cell
+/// `r, z = sigma(.)`, `n = tanh(W_in y + b_in + r (W_hn d + b_hn))`,
+/// `d' = (1 - z) n + z d`, `y' = O d' + o`, fed its previous output (0 at
+/// first); the skip from the inputs is added. `step` and `forward_seq`
+/// give the hand values. With one layer, dense seq2seq is the plain seq2seq
+/// network, weights and all (no projection).
+#[test]
+fn dense_with_seq2seq_by_hand() {
+    let parse = |model: &str| {
+        PipelineConfig::parse(
+            &crate::testkit::pipeline_toml(&format!(
+                "[model]\ncell = \"rnn\"\nhidden = 2\nhorizon = 3\ndecoder = \"seq2seq\"\n{model}\n"
+            )),
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap()
+    };
+    let mut spec = ModelSpec::untrained(&parse("layers = 2\nconnections = \"dense\""));
+    spec.shape.input = 3;
+    assert!(spec.quantiles.is_empty());
+    let net = Network::for_spec(&spec, Device::Cpu, 13);
+    assert_eq!(weights(&net, "dec.init_w").len(), 2);
+    assert_eq!(
+        weights(&net, "dec.init_w")[0].len(),
+        4,
+        "projects both layers"
+    );
+    set_var(
+        &net,
+        "skip_w",
+        &[0.2, -0.1, 0.3, 0.0, 0.4, -0.5, 0.1, 0.1, -0.3],
+    );
+    let g = |n: &str| weights(&net, &format!("dec.{n}"));
+    let (pw, pb) = (g("init_w"), g("init_b")[0].clone());
+    let (w_ih, w_hh, b_ih, b_hh) = (
+        g("w_ih"),
+        g("w_hh"),
+        g("b_ih")[0].clone(),
+        g("b_hh")[0].clone(),
+    );
+    let (ow, ob) = (g("out_w"), g("out_b")[0].clone());
+    let s = weights(&net, "skip_w");
+    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+    let xs = [[0.5, -1.0, 0.2], [1.5, 0.25, -0.3], [-0.75, 2.0, 0.1]];
+    let mut h = vec![vec![0.0; 2]; 2];
+    let mut want = Vec::new();
+    for x in &xs {
+        let top = dense2(&net, x, &mut h);
+        let mut d = affine(&pw, &top, &pb);
+        let mut prev = vec![0.0];
+        let mut ys = Vec::new();
+        for _ in 0..3 {
+            let gi = affine(&w_ih, &prev, &b_ih);
+            let gh = affine(&w_hh, &d, &b_hh);
+            d = (0..2)
+                .map(|i| {
+                    let r = sig(gi[i] + gh[i]);
+                    let z = sig(gi[2 + i] + gh[2 + i]);
+                    let n = (gi[4 + i] + r * gh[4 + i]).tanh();
+                    (1.0 - z) * n + z * d[i]
+                })
+                .collect();
+            prev = affine(&ow, &d, &ob);
+            ys.push(prev[0]);
+        }
+        let lin = affine(&s, x, &[0.0; 3]);
+        want.push(ys.iter().zip(lin).map(|(a, b)| a + b).collect::<Vec<f64>>());
+    }
+    let (mut ht, _) = net.zero_state(1);
+    let mut got = Vec::new();
+    for x in &xs {
+        let (y, hn, _) = tch::no_grad(|| net.step(&row(x), &ht, None, 0.0));
+        got.push(rows_of(&y)[0].clone());
+        ht = hn;
+    }
+    assert_near(&got, &want, "dense + seq2seq: step");
+    let flat: Vec<f64> = xs.iter().flatten().copied().collect();
+    let (h0, _) = net.zero_state(1);
+    let (ys, hn, _) =
+        tch::no_grad(|| net.forward_seq(&row(&flat).view([1, 3, 3]), &h0, None, 0.0, false));
+    assert_near(
+        &rows_of(&ys.select(0, 0)),
+        &want,
+        "dense + seq2seq: forward_seq",
+    );
+    assert!(max_abs(&hn, &ht) < 1e-6);
+    // One layer: dense is the plain network, the same weights from a seed.
+    let one_dense = Network::for_spec(
+        &ModelSpec::untrained(&parse("connections = \"dense\"")),
+        Device::Cpu,
+        13,
+    );
+    let one_plain = Network::for_spec(&ModelSpec::untrained(&parse("")), Device::Cpu, 13);
+    let (a, b) = (one_dense.vs.variables(), one_plain.vs.variables());
+    assert!(!a.contains_key("dec.init_w"));
+    assert_eq!(
+        a.keys().collect::<std::collections::BTreeSet<_>>(),
+        b.keys().collect::<std::collections::BTreeSet<_>>()
+    );
+    for (k, t) in &a {
+        assert!(t.equal(&b[k]), "{k}");
+    }
+}
+
+/// Output-to-output on the transformer (2 encoder layers, 2 inputs + the
+/// fed-back output, width 4, 2 heads, window 3, 2 outputs, non-zero
+/// feedback weights), for two keys over seven windows: the encoder never
+/// sees the fed-back value (its input projection has 2 columns, its ring 3
+/// floats per window, and changing only that value leaves the state as it
+/// was and moves `y` by exactly `w * change`); `y_t` is the network without
+/// feedback plus `w * y_{t-1}[0]`; and `forward_seq_fed` (training's path,
+/// in two chunks) equals `step` fed its own output (the live stage's).
+#[test]
+fn transformer_output_to_output() {
+    let shape = CellShape {
+        kind: CellKind::Transformer,
+        input: 3,
+        hidden: 4,
+        layers: 2,
+        window: 3,
+        heads: 2,
+        attention: false,
+        output_recurrence: crate::config::OutputRecurrence::Output,
+        connections: crate::config::Connections::None,
+    };
+    let net = Network::new(shape, 2, Device::Cpu, 17);
+    assert!(net.feeds_output());
+    assert_eq!(
+        weights(&net, "enc.w_in")[0].len(),
+        2,
+        "the encoder sees 2 inputs"
+    );
+    assert_eq!(net.state_dims(), ((1, 3 * (2 + 1) + 3 * 4), None));
+    set_var(&net, "skip_w", &[0.3, -0.2, 0.5, -0.4, 0.1, 0.7]);
+    tch::manual_seed(5);
+    let (n, t) = (2i64, 7i64);
+    let xs = Tensor::randn([n, t, 2], (Kind::Float, Device::Cpu));
+    let seq = Tensor::cat(
+        &[
+            &xs,
+            &Tensor::full([n, t, 1], 99.0, (Kind::Float, Device::Cpu)),
+        ],
+        2,
+    );
+    let p0 = Tensor::from_slice(&[0.3f32, -0.2]).view([2, 1]);
+    let (h0, _) = net.zero_state(n);
+    // step fed back.
+    let (mut h, mut prev) = (h0.shallow_clone(), p0.shallow_clone());
+    let mut steps = Vec::new();
+    let mut prevs = Vec::new();
+    for s in 0..t {
+        prevs.push(prev.shallow_clone());
+        let x = Tensor::cat(&[xs.select(1, s), prev.shallow_clone()], 1);
+        let (y, hn, cn) = tch::no_grad(|| net.step(&x, &h, None, 0.0));
+        assert!(cn.is_none());
+        prev = y.narrow(1, 0, 1);
+        steps.push(y);
+        h = hn;
+    }
+    let steps = Tensor::stack(&steps, 1);
+    // forward_seq_fed in two chunks (4 + 3).
+    let (ya, ha, _, pa) =
+        tch::no_grad(|| net.forward_seq_fed(&seq.narrow(1, 0, 4), &h0, None, &p0, 0, 0.0, false));
+    let (yb, hb, _, pb) =
+        tch::no_grad(|| net.forward_seq_fed(&seq.narrow(1, 4, 3), &ha, None, &pa, 0, 0.0, false));
+    let fed = Tensor::cat(&[ya, yb], 1);
+    assert!(
+        max_abs(&fed, &steps) < 1e-5,
+        "forward_seq_fed vs step fed back"
+    );
+    assert!(max_abs(&hb, &h) < 1e-6 && max_abs(&pb, &prev) < 1e-6);
+    // y_t = (the network with a zero fed-back value) + w * y_{t-1}[0].
+    let zero_fed = Tensor::cat(&[&xs, &xs.narrow(2, 0, 1).zeros_like()], 2);
+    let (plain, h_plain, _) = tch::no_grad(|| net.forward_seq(&zero_fed, &h0, None, 0.0, false));
+    assert!(
+        max_abs(&h_plain, &h) < 1e-6,
+        "the state never sees the fed-back value"
+    );
+    let w = net.skip_w.select(1, 2).view([1, 1, 2]);
+    let want = plain + Tensor::stack(&prevs, 1) * w;
+    assert!(max_abs(&want, &steps) < 1e-5, "y = z + w * y_prev");
+    let moved = max_abs(
+        &Tensor::stack(&prevs, 1),
+        &Tensor::zeros([n, t, 1], (Kind::Float, Device::Cpu)),
+    );
+    assert!(moved > 1e-3, "the fed-back values are not trivially zero");
 }
