@@ -119,23 +119,30 @@ fn minute(keys: usize, m: i64, next: &mut [i64]) -> Vec<RawMessage> {
         .collect()
 }
 
+#[derive(Default)]
 struct Sizes {
     secs: f64,
     records: usize,
     bytes_w: usize,
     bytes_m: usize,
+    bytes_l: usize,
     n_w: usize,
     n_m: usize,
+    n_l: usize,
+    /// Seconds to build the model records of every key: per-key
+    /// `ModelKeyState`s encoded in format 1 (the path before format 2),
+    /// and `export_encoded` (format 2, from the bulk buffers); and the
+    /// live-score records (`l/`) alone.
+    m_old: f64,
+    m_new: f64,
+    l_secs: f64,
 }
 
 fn sizes(cp: &Checkpoint, secs: f64) -> Sizes {
     let mut s = Sizes {
         secs,
         records: cp.records.len(),
-        bytes_w: 0,
-        bytes_m: 0,
-        n_w: 0,
-        n_m: 0,
+        ..Default::default()
     };
     for r in &cp.records {
         let b = r.key.len() + r.value.as_ref().map_or(0, |v| v.len());
@@ -145,9 +152,56 @@ fn sizes(cp: &Checkpoint, secs: f64) -> Sizes {
         } else if r.key.starts_with(b"m/") {
             s.bytes_m += b;
             s.n_m += 1;
+        } else if r.key.starts_with(b"l/") {
+            s.bytes_l += b;
+            s.n_l += 1;
         }
     }
     s
+}
+
+/// Times the parts of a closing checkpoint on every live key (see
+/// [`Sizes`]): model records both ways, live-score records.
+fn breakdown(core: &Core, s: &mut Sizes) {
+    use streamcast::state;
+    let store = core.model().store();
+    let mut keys: Vec<Arc<str>> = store.keys().cloned().collect();
+    keys.sort_unstable();
+    let version = core.model().version();
+    let t = Instant::now();
+    let old: usize = store
+        .export(&keys, version)
+        .unwrap()
+        .iter()
+        .map(|(_, st)| state::encode(st).unwrap().len())
+        .sum();
+    s.m_old = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let new: usize = store
+        .export_encoded(&keys, version)
+        .unwrap()
+        .iter()
+        .map(|(_, v)| v.len())
+        .sum();
+    s.m_new = t.elapsed().as_secs_f64();
+    eprintln!("model record bytes of all keys: format 1 {old}, format 2 {new}");
+    if let Some(sc) = core.scorer() {
+        let sc = sc.lock().unwrap();
+        let t = Instant::now();
+        let n: usize = keys
+            .iter()
+            .filter_map(|k| sc.export(k))
+            .map(|l| {
+                let l = state::LiveKeyState {
+                    score: Some(l),
+                    choice: None,
+                };
+                state::encode(&l).unwrap().len()
+            })
+            .sum();
+        s.l_secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(n);
+    }
 }
 
 fn median_range(v: &[f64]) -> String {
@@ -182,7 +236,10 @@ fn in_process(keys: usize) -> (Sizes, Sizes, f64, usize) {
     core.on_messages(&minute(keys, 30, &mut next), 0).unwrap();
     let t = Instant::now();
     let cp = core.checkpoint(epochs.clone()).unwrap();
-    let closing = sizes(&cp, t.elapsed().as_secs_f64());
+    let mut closing = sizes(&cp, t.elapsed().as_secs_f64());
+    if env_or("STATE_SKIP_BREAKDOWN", "").is_empty() {
+        breakdown(&core, &mut closing);
+    }
     all.extend(cp.records);
     // Restore through the broker.
     let topic = cfg.state_topic();
@@ -510,6 +567,22 @@ fn main() {
         "| bytes per key then: `w/` + `m/` | {:.0} + {:.0} |",
         per_key(rows[0].1.bytes_w, rows[0].1.n_w),
         per_key(rows[0].1.bytes_m, rows[0].1.n_m)
+    );
+    println!(
+        "| `l/` (live scores) bytes per key then | {:.0} |",
+        per_key(rows[0].1.bytes_l, rows[0].1.n_l)
+    );
+    println!(
+        "| model records of every key, per-key structs + format 1 (s) | {} |",
+        median_range(&col(&|r| r.1.m_old))
+    );
+    println!(
+        "| model records of every key, bulk + format 2 (s) | {} |",
+        median_range(&col(&|r| r.1.m_new))
+    );
+    println!(
+        "| live-score records of every key (s) | {} |",
+        median_range(&col(&|r| r.1.l_secs))
     );
     println!(
         "| restore, all partitions (s per 100k keys) | {} |",
