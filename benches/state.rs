@@ -136,6 +136,9 @@ struct Sizes {
     m_old: f64,
     m_new: f64,
     l_secs: f64,
+    /// Folding every record written into the latest state, in memory:
+    /// model records in format 1, in format 2.
+    fold: (f64, f64),
 }
 
 fn sizes(cp: &Checkpoint, secs: f64) -> Sizes {
@@ -196,11 +199,22 @@ fn breakdown(core: &Core, s: &mut Sizes) {
                     score: Some(l),
                     choice: None,
                 };
-                state::encode(&l).unwrap().len()
+                state::encode_live(&l).unwrap().len()
             })
             .sum();
         s.l_secs = t.elapsed().as_secs_f64();
-        std::hint::black_box(n);
+        let v1: usize = keys
+            .iter()
+            .filter_map(|k| sc.export(k))
+            .map(|l| {
+                let l = state::LiveKeyState {
+                    score: Some(l),
+                    choice: None,
+                };
+                state::encode(&l).unwrap().len()
+            })
+            .sum();
+        eprintln!("live record bytes of all keys: format 1 {v1}, format 2 {n}");
     }
 }
 
@@ -277,12 +291,61 @@ fn in_process(keys: usize) -> (Sizes, Sizes, f64, usize) {
     let mut fresh = Core::new(&cfg, Arc::new(Mutex::new(OffsetTracker::new()))).unwrap();
     let t = Instant::now();
     let mut restored = 0;
+    let mut core_secs = 0.0;
     for p in 0..PARTITIONS {
         let r = changelog::restore(&cfg, p).unwrap();
         restored += r.windows.len();
+        let t = Instant::now();
         fresh.restore(&r, 0).unwrap();
+        core_secs += t.elapsed().as_secs_f64();
     }
-    (panes_only, closing, t.elapsed().as_secs_f64(), restored)
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!("restore: {secs:.2} s, of which Core::restore {core_secs:.2} s");
+    if env_or("STATE_SKIP_BREAKDOWN", "").is_empty() {
+        closing.fold = fold_times(&all);
+    }
+    (panes_only, closing, secs, restored)
+}
+
+/// Seconds to fold every record written (in memory, no broker) into the
+/// partitions' latest state, as written (model records in format 2) and
+/// with the model records transcoded to format 1 (as before).
+fn fold_times(all: &[streamcast::state::StateRecord]) -> (f64, f64) {
+    use streamcast::state::{self, RestoredPartition};
+    let fold = |recs: &[(Vec<u8>, Option<Vec<u8>>, i32)]| {
+        let t = Instant::now();
+        for p in 0..PARTITIONS {
+            let r = RestoredPartition::from_records(
+                p,
+                recs.iter()
+                    .filter(|r| r.2 == p)
+                    .map(|r| (r.0.as_slice(), r.1.as_deref())),
+            )
+            .unwrap();
+            std::hint::black_box(r);
+        }
+        t.elapsed().as_secs_f64()
+    };
+    let v2: Vec<_> = all
+        .iter()
+        .map(|r| (r.key.clone(), r.value.clone(), r.partition))
+        .collect();
+    let new = fold(&v2);
+    drop(v2);
+    let v1: Vec<_> = all
+        .iter()
+        .map(|r| {
+            let v = match &r.value {
+                Some(v) if r.key.starts_with(b"m/") => {
+                    Some(state::encode(&state::decode_model(v).unwrap()).unwrap())
+                }
+                v => v.clone(),
+            };
+            (r.key.clone(), v, r.partition)
+        })
+        .collect();
+    let old = fold(&v1);
+    (old, new)
 }
 
 /// Changelog records the in-process part writes (uncompacted): per key one
@@ -583,6 +646,14 @@ fn main() {
     println!(
         "| live-score records of every key (s) | {} |",
         median_range(&col(&|r| r.1.l_secs))
+    );
+    println!(
+        "| restore's fold of every record, in memory, model records in format 1 (s) | {} |",
+        median_range(&col(&|r| r.1.fold.0))
+    );
+    println!(
+        "| the same, model records in format 2 (s) | {} |",
+        median_range(&col(&|r| r.1.fold.1))
     );
     println!(
         "| restore, all partitions (s per 100k keys) | {} |",

@@ -187,7 +187,7 @@ impl Core {
                     records.push(StateRecord {
                         partition: p,
                         key: state::live_key(&key),
-                        value: Some(state::encode(&l)?),
+                        value: Some(state::encode_live(&l)?),
                     });
                 }
             }

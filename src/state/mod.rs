@@ -55,6 +55,11 @@ pub const FORMAT_VERSION: u8 = 1;
 /// The first byte of a model (`m/`) record written by this build.
 pub const MODEL_FORMAT: u8 = 2;
 
+/// The first byte of a live-accuracy (`l/`) record written by this build:
+/// [`LiveKeyState`] with each model version its pending forecasts name
+/// written once (format 1 repeated it per pending forecast).
+pub const LIVE_FORMAT: u8 = 2;
+
 /// One open pane of a key (see `window`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PaneState {
@@ -535,6 +540,137 @@ pub fn decode_model(bytes: &[u8]) -> Result<ModelKeyState> {
     })
 }
 
+/// Format 2 of a live record: [`ScoreKeyState`] with its pending
+/// forecasts' versions as indices into `versions`.
+#[derive(Serialize)]
+struct LiveWire<'a> {
+    versions: Vec<&'a str>,
+    score: Option<ScoreWire<'a>>,
+    choice: Option<&'a ChoiceKeyState>,
+}
+
+#[derive(Serialize)]
+struct ScoreWire<'a> {
+    /// (origin window end, index into `versions`, source index).
+    pending: Vec<(i64, u32, u8)>,
+    values: &'a [f32],
+    qvalues: &'a [f32],
+    qraw: &'a [f32],
+    recent: &'a [f32],
+    scale_sum: f64,
+    scale_n: u32,
+    sums: &'a [(f64, f64, f64, f64, u64, u64, u64)],
+    conformity: &'a [Vec<f32>],
+    conformity_source: u8,
+}
+
+#[derive(Deserialize)]
+struct LiveWireOwned {
+    versions: Vec<String>,
+    score: Option<ScoreWireOwned>,
+    choice: Option<ChoiceKeyState>,
+}
+
+#[derive(Deserialize)]
+struct ScoreWireOwned {
+    pending: Vec<(i64, u32, u8)>,
+    values: Vec<f32>,
+    qvalues: Vec<f32>,
+    qraw: Vec<f32>,
+    recent: Vec<f32>,
+    scale_sum: f64,
+    scale_n: u32,
+    sums: Vec<(f64, f64, f64, f64, u64, u64, u64)>,
+    conformity: Vec<Vec<f32>>,
+    conformity_source: u8,
+}
+
+/// Encodes a live record (format [`LIVE_FORMAT`]).
+pub fn encode_live(l: &LiveKeyState) -> Result<Vec<u8>> {
+    let mut versions: Vec<&str> = Vec::new();
+    let score = l.score.as_ref().map(|s| ScoreWire {
+        pending: s
+            .pending
+            .iter()
+            .map(|(end, v, src)| {
+                let i = match versions.iter().position(|x| *x == v.as_str()) {
+                    Some(i) => i,
+                    None => {
+                        versions.push(v);
+                        versions.len() - 1
+                    }
+                };
+                (*end, i as u32, *src)
+            })
+            .collect(),
+        values: &s.values,
+        qvalues: &s.qvalues,
+        qraw: &s.qraw,
+        recent: &s.recent,
+        scale_sum: s.scale_sum,
+        scale_n: s.scale_n,
+        sums: &s.sums,
+        conformity: &s.conformity,
+        conformity_source: s.conformity_source,
+    });
+    let wire = LiveWire {
+        versions,
+        score,
+        choice: l.choice.as_ref(),
+    };
+    SCRATCH.with(|b| encode_with(LIVE_FORMAT, &wire, &mut b.borrow_mut()))
+}
+
+/// Decodes a live record of format 2 or 1.
+pub fn decode_live(bytes: &[u8]) -> Result<LiveKeyState> {
+    let rest = match bytes.split_first() {
+        Some((&LIVE_FORMAT, rest)) => rest,
+        Some((&FORMAT_VERSION, _)) => return decode(bytes),
+        Some((v, _)) => {
+            return Err(Error::State(format!(
+                "live state record format {v} is not known to this build (expects {LIVE_FORMAT} \
+                 or {FORMAT_VERSION}); was the changelog written by a newer streamcast?"
+            )))
+        }
+        None => return Err(Error::State("empty state record".into())),
+    };
+    let w: LiveWireOwned = postcard::from_bytes(rest)
+        .map_err(|e| Error::State(format!("decoding a live state record: {e}")))?;
+    let score = match w.score {
+        None => None,
+        Some(s) => {
+            let pending = s
+                .pending
+                .into_iter()
+                .map(|(end, i, src)| {
+                    w.versions
+                        .get(i as usize)
+                        .map(|v| (end, v.clone(), src))
+                        .ok_or_else(|| {
+                            Error::State("decoding a live state record: no such version".into())
+                        })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(ScoreKeyState {
+                pending,
+                values: s.values,
+                qvalues: s.qvalues,
+                qraw: s.qraw,
+                recent: s.recent,
+                scale_sum: s.scale_sum,
+                scale_n: s.scale_n,
+                sums: s.sums,
+                conformity: s.conformity,
+                conformity_source: s.conformity_source,
+            })
+        }
+    };
+    Ok(LiveKeyState {
+        score,
+        choice: w.choice,
+    })
+}
+
 /// Everything the changelog held for one partition.
 #[derive(Debug, Default)]
 pub struct RestoredPartition {
@@ -588,7 +724,7 @@ impl RestoredPartition {
                     models.remove(&name);
                 }
                 (b"l/", Some(v)) => {
-                    live.insert(name, decode(v)?);
+                    live.insert(name, decode_live(v)?);
                 }
                 (b"l/", None) => {
                     live.remove(&name);
@@ -805,6 +941,78 @@ mod tests {
         .unwrap();
         assert_eq!(r.models.len(), 2);
         assert!(same(&r.models[0].1, &a) && same(&r.models[1].1, &b));
+    }
+
+    fn live_state() -> LiveKeyState {
+        LiveKeyState {
+            score: Some(ScoreKeyState {
+                pending: vec![
+                    (3_600_000, "lstm-h32-20261128T0700".into(), 0),
+                    (7_200_000, "lstm-h32-20261128T0800".into(), 1),
+                    (10_800_000, "lstm-h32-20261128T0700".into(), 2),
+                ],
+                values: vec![1.0, 2.0],
+                qvalues: vec![3.0],
+                qraw: vec![4.0, f32::NAN],
+                recent: vec![5.0],
+                scale_sum: 6.5,
+                scale_n: 7,
+                sums: vec![
+                    (1.0, 2.0, 3.0, 4.0, 5, 6, 7),
+                    (8.0, 9.0, 10.0, 11.0, 12, 13, 14),
+                ],
+                conformity: vec![vec![0.5, 0.25], vec![]],
+                conformity_source: 3,
+            }),
+            choice: Some(ChoiceKeyState {
+                recent: vec![1.5],
+                level: Some(2.5),
+                pending: vec![(9, vec![1.0, 2.0])],
+                err: vec![0.1],
+                weight: vec![0.9],
+                scored: 4,
+                serving: "ets".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn live_records_round_trip_with_each_version_once() {
+        let l = live_state();
+        let v1 = encode(&l).unwrap();
+        let v2 = encode_live(&l).unwrap();
+        assert_eq!(v2[0], LIVE_FORMAT);
+        // Bit for bit: compare the format-1 encodings (every field, NaN too).
+        assert_eq!(encode(&decode_live(&v2).unwrap()).unwrap(), v1);
+        // Format 1 records still decode.
+        assert_eq!(encode(&decode_live(&v1).unwrap()).unwrap(), v1);
+        // The repeated version (1 + 22 bytes) is written once; the three
+        // pending forecasts name theirs by a 1-byte index, the list of
+        // versions has a 1-byte length.
+        assert_eq!(
+            v1.len() - v2.len(),
+            23 - 3 - 1,
+            "{} vs {}",
+            v2.len(),
+            v1.len()
+        );
+        for l in [
+            LiveKeyState::default(),
+            LiveKeyState {
+                score: None,
+                ..live_state()
+            },
+        ] {
+            let back = decode_live(&encode_live(&l).unwrap()).unwrap();
+            assert_eq!(encode(&back).unwrap(), encode(&l).unwrap());
+        }
+        let mut future = v2.clone();
+        future[0] = 3;
+        assert!(decode_live(&future)
+            .unwrap_err()
+            .to_string()
+            .contains("format 3"));
+        assert!(decode_live(&v2[..v2.len() / 2]).is_err());
     }
 
     #[test]
