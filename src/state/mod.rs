@@ -687,53 +687,31 @@ pub struct RestoredPartition {
 
 impl RestoredPartition {
     /// Folds the records of a partition, oldest first, into its latest
-    /// state (what compaction will eventually leave).
+    /// state (what compaction will eventually leave). Only each key's
+    /// latest record is decoded: an uncompacted changelog holds dozens of
+    /// superseded records per key (one `w/` per checkpoint), and decoding
+    /// them all was most of a restore's compute.
     pub fn from_records<'a>(
         partition: i32,
         records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
     ) -> Result<Self> {
         use std::collections::HashMap;
-        let mut clock = None;
-        let mut windows: HashMap<Arc<str>, WindowKeyState> = HashMap::new();
-        let mut models: HashMap<Arc<str>, ModelKeyState> = HashMap::new();
-        let mut live: HashMap<Arc<str>, LiveKeyState> = HashMap::new();
-        let mut hybrid: HashMap<Arc<str>, HybridKeyState> = HashMap::new();
+        let mut clock_record = None;
+        let mut latest: HashMap<&'a [u8], Option<&'a [u8]>, foldhash::fast::RandomState> =
+            HashMap::default();
         let (mut n, mut bytes) = (0u64, 0u64);
         for (k, v) in records {
             n += 1;
             bytes += (k.len() + v.map_or(0, |v| v.len())) as u64;
             if k == PARTITION_KEY {
-                if let Some(v) = v {
-                    clock = decode::<PartitionState>(v)?.max_ts;
+                if v.is_some() {
+                    clock_record = v;
                 }
                 continue;
             }
-            let (kind, name) = k.split_at(k.len().min(2));
-            let name: Arc<str> = Arc::from(String::from_utf8_lossy(name).as_ref());
-            match (kind, v) {
-                (b"w/", Some(v)) => {
-                    windows.insert(name, decode(v)?);
-                }
-                (b"w/", None) => {
-                    windows.remove(&name);
-                }
-                (b"m/", Some(v)) => {
-                    models.insert(name, decode_model(v)?);
-                }
-                (b"m/", None) => {
-                    models.remove(&name);
-                }
-                (b"l/", Some(v)) => {
-                    live.insert(name, decode_live(v)?);
-                }
-                (b"l/", None) => {
-                    live.remove(&name);
-                }
-                (b"h/", Some(v)) => {
-                    hybrid.insert(name, decode(v)?);
-                }
-                (b"h/", None) => {
-                    hybrid.remove(&name);
+            match k.get(..2) {
+                Some(b"w/" | b"m/" | b"l/" | b"h/") => {
+                    latest.insert(k, v);
                 }
                 _ => {
                     return Err(Error::State(format!(
@@ -743,25 +721,36 @@ impl RestoredPartition {
                 }
             }
         }
-        let mut windows: Vec<_> = windows.into_iter().collect();
-        let mut models: Vec<_> = models.into_iter().collect();
-        let mut live: Vec<_> = live.into_iter().collect();
-        let mut hybrid: Vec<_> = hybrid.into_iter().collect();
-        // Deterministic restore order (slot allocation, eviction).
-        windows.sort_by(|a, b| a.0.cmp(&b.0));
-        models.sort_by(|a, b| a.0.cmp(&b.0));
-        live.sort_by(|a, b| a.0.cmp(&b.0));
-        hybrid.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(RestoredPartition {
+        let clock = match clock_record {
+            Some(v) => decode::<PartitionState>(v)?.max_ts,
+            None => None,
+        };
+        let mut r = RestoredPartition {
             partition,
             clock,
-            windows,
-            models,
-            live,
-            hybrid,
             records: n,
             bytes,
-        })
+            ..Default::default()
+        };
+        for (k, v) in latest {
+            let Some(v) = v else {
+                continue; // a tombstone: the key ended
+            };
+            let (kind, name) = k.split_at(2);
+            let name: Arc<str> = Arc::from(String::from_utf8_lossy(name).as_ref());
+            match kind {
+                b"w/" => r.windows.push((name, decode(v)?)),
+                b"m/" => r.models.push((name, decode_model(v)?)),
+                b"l/" => r.live.push((name, decode_live(v)?)),
+                _ => r.hybrid.push((name, decode(v)?)),
+            }
+        }
+        // Deterministic restore order (slot allocation, eviction).
+        r.windows.sort_by(|a, b| a.0.cmp(&b.0));
+        r.models.sort_by(|a, b| a.0.cmp(&b.0));
+        r.live.sort_by(|a, b| a.0.cmp(&b.0));
+        r.hybrid.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(r)
     }
 }
 
@@ -932,15 +921,25 @@ mod tests {
         let (a, b) = (model_state(3, 6), model_state(20, 6));
         let recs: Vec<(Vec<u8>, Option<Vec<u8>>)> = vec![
             (model_key("a"), Some(encode(&a).unwrap())),
+            (model_key("b"), Some(encode_model(&a).unwrap())),
+            (live_key("b"), Some(encode_live(&live_state()).unwrap())),
+            (model_key("c"), Some(encode_model(&b).unwrap())),
+            (live_key("b"), None),
             (model_key("b"), Some(encode_model(&b).unwrap())),
+            (model_key("c"), None),
         ];
         let r = RestoredPartition::from_records(
             0,
             recs.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
         )
         .unwrap();
+        // The latest record per key wins; a tombstone ends the key, a
+        // later record brings it back.
         assert_eq!(r.models.len(), 2);
+        assert_eq!((&*r.models[0].0, &*r.models[1].0), ("a", "b"));
         assert!(same(&r.models[0].1, &a) && same(&r.models[1].1, &b));
+        assert!(r.live.is_empty());
+        assert_eq!(r.records, 7);
     }
 
     fn live_state() -> LiveKeyState {
