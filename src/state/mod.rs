@@ -27,13 +27,15 @@
 //!
 //! Values are `[format byte, postcard bytes]`: compact, and a record
 //! written by an incompatible future format is refused with a clear error
-//! rather than misread. `w/`, `l/`, `h/` and `p` records are format
+//! rather than misread. `w/`, `h/` and `p` records are format
 //! [`FORMAT_VERSION`] (1). `m/` records are written in format
 //! [`MODEL_FORMAT`] (2, see [`ModelEncoder`]): the rings hold only the
 //! windows the key has had (a key in its first `W` windows writes `seen`
 //! entries, not `W`), and the input ring leaves out the target-missing
-//! column, which is the ring's NaNs. Format 1 `m/` records (the plain
-//! [`ModelKeyState`]) still restore.
+//! column, which is the ring's NaNs. `l/` records are written in format
+//! [`LIVE_FORMAT`] (2, [`encode_live`]): each model version named by the
+//! pending forecasts once. Format 1 `m/` and `l/` records (the plain
+//! structs) still restore.
 //!
 //! Invariant (model records): `decode_model(encode_model(s)) == s`, bit for
 //! bit, for every state the store can hold; the encoder checks each
