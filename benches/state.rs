@@ -312,7 +312,9 @@ fn in_process(keys: usize) -> (Sizes, Sizes, f64, usize) {
 /// with the model records transcoded to format 1 (as before).
 fn fold_times(all: &[streamcast::state::StateRecord]) -> (f64, f64) {
     use streamcast::state::{self, RestoredPartition};
-    let fold = |recs: &[(Vec<u8>, Option<Vec<u8>>, i32)]| {
+    /// Key, value, partition.
+    type Rec = (Vec<u8>, Option<Vec<u8>>, i32);
+    let fold = |recs: &[Rec]| {
         let t = Instant::now();
         for p in 0..PARTITIONS {
             let r = RestoredPartition::from_records(

@@ -427,7 +427,7 @@ pub struct ModelEncoder {
 impl ModelEncoder {
     pub fn encode(&mut self, p: &ModelParts<'_>) -> Result<Vec<u8>> {
         let w = p.ring.len();
-        let n_in = if w == 0 { 0 } else { p.inputs.len() / w };
+        let n_in = p.inputs.len().checked_div(w).unwrap_or(0);
         if p.inputs.len() != w * n_in {
             return Err(Error::State(format!(
                 "model state: {} inputs do not fill a ring of {w}",
