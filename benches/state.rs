@@ -119,23 +119,33 @@ fn minute(keys: usize, m: i64, next: &mut [i64]) -> Vec<RawMessage> {
         .collect()
 }
 
+#[derive(Default)]
 struct Sizes {
     secs: f64,
     records: usize,
     bytes_w: usize,
     bytes_m: usize,
+    bytes_l: usize,
     n_w: usize,
     n_m: usize,
+    n_l: usize,
+    /// Seconds to build the model records of every key: per-key
+    /// `ModelKeyState`s encoded in format 1 (the path before format 2),
+    /// and `export_encoded` (format 2, from the bulk buffers); and the
+    /// live-score records (`l/`) alone.
+    m_old: f64,
+    m_new: f64,
+    l_secs: f64,
+    /// Folding every record written into the latest state, in memory:
+    /// model records in format 1, in format 2.
+    fold: (f64, f64),
 }
 
 fn sizes(cp: &Checkpoint, secs: f64) -> Sizes {
     let mut s = Sizes {
         secs,
         records: cp.records.len(),
-        bytes_w: 0,
-        bytes_m: 0,
-        n_w: 0,
-        n_m: 0,
+        ..Default::default()
     };
     for r in &cp.records {
         let b = r.key.len() + r.value.as_ref().map_or(0, |v| v.len());
@@ -145,9 +155,67 @@ fn sizes(cp: &Checkpoint, secs: f64) -> Sizes {
         } else if r.key.starts_with(b"m/") {
             s.bytes_m += b;
             s.n_m += 1;
+        } else if r.key.starts_with(b"l/") {
+            s.bytes_l += b;
+            s.n_l += 1;
         }
     }
     s
+}
+
+/// Times the parts of a closing checkpoint on every live key (see
+/// [`Sizes`]): model records both ways, live-score records.
+fn breakdown(core: &Core, s: &mut Sizes) {
+    use streamcast::state;
+    let store = core.model().store();
+    let mut keys: Vec<Arc<str>> = store.keys().cloned().collect();
+    keys.sort_unstable();
+    let version = core.model().version();
+    let t = Instant::now();
+    let old: usize = store
+        .export(&keys, version)
+        .unwrap()
+        .iter()
+        .map(|(_, st)| state::encode(st).unwrap().len())
+        .sum();
+    s.m_old = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let new: usize = store
+        .export_encoded(&keys, version)
+        .unwrap()
+        .iter()
+        .map(|(_, v)| v.len())
+        .sum();
+    s.m_new = t.elapsed().as_secs_f64();
+    eprintln!("model record bytes of all keys: format 1 {old}, format 2 {new}");
+    if let Some(sc) = core.scorer() {
+        let sc = sc.lock().unwrap();
+        let t = Instant::now();
+        let n: usize = keys
+            .iter()
+            .filter_map(|k| sc.export(k))
+            .map(|l| {
+                let l = state::LiveKeyState {
+                    score: Some(l),
+                    choice: None,
+                };
+                state::encode_live(&l).unwrap().len()
+            })
+            .sum();
+        s.l_secs = t.elapsed().as_secs_f64();
+        let v1: usize = keys
+            .iter()
+            .filter_map(|k| sc.export(k))
+            .map(|l| {
+                let l = state::LiveKeyState {
+                    score: Some(l),
+                    choice: None,
+                };
+                state::encode(&l).unwrap().len()
+            })
+            .sum();
+        eprintln!("live record bytes of all keys: format 1 {v1}, format 2 {n}");
+    }
 }
 
 fn median_range(v: &[f64]) -> String {
@@ -182,7 +250,10 @@ fn in_process(keys: usize) -> (Sizes, Sizes, f64, usize) {
     core.on_messages(&minute(keys, 30, &mut next), 0).unwrap();
     let t = Instant::now();
     let cp = core.checkpoint(epochs.clone()).unwrap();
-    let closing = sizes(&cp, t.elapsed().as_secs_f64());
+    let mut closing = sizes(&cp, t.elapsed().as_secs_f64());
+    if env_or("STATE_SKIP_BREAKDOWN", "").is_empty() {
+        breakdown(&core, &mut closing);
+    }
     all.extend(cp.records);
     // Restore through the broker.
     let topic = cfg.state_topic();
@@ -220,12 +291,63 @@ fn in_process(keys: usize) -> (Sizes, Sizes, f64, usize) {
     let mut fresh = Core::new(&cfg, Arc::new(Mutex::new(OffsetTracker::new()))).unwrap();
     let t = Instant::now();
     let mut restored = 0;
+    let mut core_secs = 0.0;
     for p in 0..PARTITIONS {
         let r = changelog::restore(&cfg, p).unwrap();
         restored += r.windows.len();
+        let t = Instant::now();
         fresh.restore(&r, 0).unwrap();
+        core_secs += t.elapsed().as_secs_f64();
     }
-    (panes_only, closing, t.elapsed().as_secs_f64(), restored)
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!("restore: {secs:.2} s, of which Core::restore {core_secs:.2} s");
+    if env_or("STATE_SKIP_BREAKDOWN", "").is_empty() {
+        closing.fold = fold_times(&all);
+    }
+    (panes_only, closing, secs, restored)
+}
+
+/// Seconds to fold every record written (in memory, no broker) into the
+/// partitions' latest state, as written (model records in format 2) and
+/// with the model records transcoded to format 1 (as before).
+fn fold_times(all: &[streamcast::state::StateRecord]) -> (f64, f64) {
+    use streamcast::state::{self, RestoredPartition};
+    /// Key, value, partition.
+    type Rec = (Vec<u8>, Option<Vec<u8>>, i32);
+    let fold = |recs: &[Rec]| {
+        let t = Instant::now();
+        for p in 0..PARTITIONS {
+            let r = RestoredPartition::from_records(
+                p,
+                recs.iter()
+                    .filter(|r| r.2 == p)
+                    .map(|r| (r.0.as_slice(), r.1.as_deref())),
+            )
+            .unwrap();
+            std::hint::black_box(r);
+        }
+        t.elapsed().as_secs_f64()
+    };
+    let v2: Vec<_> = all
+        .iter()
+        .map(|r| (r.key.clone(), r.value.clone(), r.partition))
+        .collect();
+    let new = fold(&v2);
+    drop(v2);
+    let v1: Vec<_> = all
+        .iter()
+        .map(|r| {
+            let v = match &r.value {
+                Some(v) if r.key.starts_with(b"m/") => {
+                    Some(state::encode(&state::decode_model(v).unwrap()).unwrap())
+                }
+                v => v.clone(),
+            };
+            (r.key.clone(), v, r.partition)
+        })
+        .collect();
+    let old = fold(&v1);
+    (old, new)
 }
 
 /// Changelog records the in-process part writes (uncompacted): per key one
@@ -510,6 +632,30 @@ fn main() {
         "| bytes per key then: `w/` + `m/` | {:.0} + {:.0} |",
         per_key(rows[0].1.bytes_w, rows[0].1.n_w),
         per_key(rows[0].1.bytes_m, rows[0].1.n_m)
+    );
+    println!(
+        "| `l/` (live scores) bytes per key then | {:.0} |",
+        per_key(rows[0].1.bytes_l, rows[0].1.n_l)
+    );
+    println!(
+        "| model records of every key, per-key structs + format 1 (s) | {} |",
+        median_range(&col(&|r| r.1.m_old))
+    );
+    println!(
+        "| model records of every key, bulk + format 2 (s) | {} |",
+        median_range(&col(&|r| r.1.m_new))
+    );
+    println!(
+        "| live-score records of every key (s) | {} |",
+        median_range(&col(&|r| r.1.l_secs))
+    );
+    println!(
+        "| restore's fold of every record, in memory, model records in format 1 (s) | {} |",
+        median_range(&col(&|r| r.1.fold.0))
+    );
+    println!(
+        "| the same, model records in format 2 (s) | {} |",
+        median_range(&col(&|r| r.1.fold.1))
     );
     println!(
         "| restore, all partitions (s per 100k keys) | {} |",

@@ -174,14 +174,15 @@ impl ForecastStage {
         self.changed.get_or_insert_with(HashSet::default);
     }
 
-    /// The state of every key that changed since the last call.
-    pub fn take_changes(&mut self) -> Result<Vec<(Arc<str>, ModelKeyState)>> {
+    /// The state of every key that changed since the last call, as model
+    /// record values (`state::decode_model` reads them back).
+    pub fn take_changes(&mut self) -> Result<Vec<(Arc<str>, Vec<u8>)>> {
         let Some(changed) = self.changed.as_mut() else {
             return Ok(Vec::new());
         };
         let mut keys: Vec<Arc<str>> = changed.drain().collect();
         keys.sort_unstable();
-        self.store.export(&keys, &self.spec.version)
+        self.store.export_encoded(&keys, &self.spec.version)
     }
 
     /// Takes restored key states in. States of another model version keep

@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::Network;
 use crate::error::Result;
-use crate::state::ModelKeyState;
+use crate::state::{ModelEncoder, ModelKeyState, ModelParts};
 
 pub struct StateStore {
     slots: HashMap<Arc<str>, i64, foldhash::fast::RandomState>,
@@ -44,6 +44,46 @@ pub struct StateStore {
     prev: Option<Tensor>,
     /// Column of the network output fed back (see `model::first_output`).
     pub prev_index: i64,
+}
+
+/// Exported state of `keys`, key-major: key `i`'s rows are
+/// `[i * width, (i + 1) * width)` of each buffer.
+struct Bulk {
+    keys: Vec<Arc<str>>,
+    h: Vec<f32>,
+    c: Vec<f32>,
+    n: Vec<f64>,
+    mean: Vec<f64>,
+    m2: Vec<f64>,
+    ring: Vec<f64>,
+    inputs: Vec<f32>,
+    seen: Vec<i64>,
+    prev: Vec<f32>,
+    hw: usize,
+    cw: usize,
+    fw: usize,
+    rw: usize,
+    iw: usize,
+}
+
+impl Bulk {
+    fn parts<'a>(&'a self, i: usize, version: &'a str) -> ModelParts<'a> {
+        fn part<T>(v: &[T], i: usize, w: usize) -> &[T] {
+            &v[i * w..(i + 1) * w]
+        }
+        ModelParts {
+            version,
+            seen: self.seen[i],
+            h: part(&self.h, i, self.hw),
+            c: part(&self.c, i, self.cw),
+            n: part(&self.n, i, self.fw),
+            mean: part(&self.mean, i, self.fw),
+            m2: part(&self.m2, i, self.fw),
+            ring: part(&self.ring, i, self.rw),
+            inputs: part(&self.inputs, i, self.iw),
+            prev: self.prev[i],
+        }
+    }
 }
 
 impl StateStore {
@@ -88,12 +128,57 @@ impl StateStore {
         keys: &[Arc<str>],
         version: &str,
     ) -> Result<Vec<(Arc<str>, ModelKeyState)>> {
+        let Some(b) = self.bulk(keys)? else {
+            return Ok(Vec::new());
+        };
+        Ok((0..b.keys.len())
+            .map(|i| {
+                let p = b.parts(i, version);
+                let st = ModelKeyState {
+                    version: version.to_string(),
+                    seen: p.seen,
+                    h: p.h.to_vec(),
+                    c: p.c.to_vec(),
+                    n: p.n.to_vec(),
+                    mean: p.mean.to_vec(),
+                    m2: p.m2.to_vec(),
+                    ring: p.ring.to_vec(),
+                    inputs: p.inputs.to_vec(),
+                    prev: p.prev,
+                };
+                (b.keys[i].clone(), st)
+            })
+            .collect())
+    }
+
+    /// The same states as [`export`](Self::export), as changelog record
+    /// values (`state::ModelEncoder`): encoded straight from the bulk
+    /// buffers, one allocation per key (its record).
+    pub fn export_encoded(
+        &self,
+        keys: &[Arc<str>],
+        version: &str,
+    ) -> Result<Vec<(Arc<str>, Vec<u8>)>> {
+        let Some(b) = self.bulk(keys)? else {
+            return Ok(Vec::new());
+        };
+        let mut enc = ModelEncoder::default();
+        let mut out = Vec::with_capacity(b.keys.len());
+        for i in 0..b.keys.len() {
+            out.push((b.keys[i].clone(), enc.encode(&b.parts(i, version))?));
+        }
+        Ok(out)
+    }
+
+    /// The live ones of `keys` and their state, key-major, in one buffer
+    /// per tensor.
+    fn bulk(&self, keys: &[Arc<str>]) -> Result<Option<Bulk>> {
         let (keys, slots): (Vec<Arc<str>>, Vec<i64>) = keys
             .iter()
             .filter_map(|k| self.slots.get(k).map(|&s| (k.clone(), s)))
             .unzip();
         if keys.is_empty() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let idx = Tensor::from_slice(&slots).to_device(self.device);
         let rows = |t: &Tensor, dim: i64| -> Tensor {
@@ -105,48 +190,30 @@ impl StateStore {
         let f32s =
             |t: &Tensor, dim: i64| -> Result<Vec<f32>> { Ok(Vec::<f32>::try_from(&rows(t, dim))?) };
         let f64s = |t: &Tensor| -> Result<Vec<f64>> { Ok(Vec::<f64>::try_from(&rows(t, 0))?) };
-        let h = f32s(&self.h, 1)?;
-        let c = match &self.c {
-            Some(c) => f32s(c, 1)?,
-            None => Vec::new(),
-        };
-        let (n, mean, m2) = (f64s(&self.n)?, f64s(&self.mean)?, f64s(&self.m2)?);
-        let ring = f64s(&self.ring)?;
-        let inputs = f32s(&self.inputs, 0)?;
-        let seen = Vec::<i64>::try_from(&rows(&self.seen, 0))?;
-        let prev = match &self.prev {
-            Some(p) => f32s(p, 0)?,
-            None => vec![0.0; keys.len()],
-        };
-        let hw = (self.h_dims.0 * self.h_dims.1) as usize;
-        let cw = self.c_dims.map_or(0, |(r, w)| (r * w) as usize);
-        let fw = self.fields as usize;
-        let rw = self.ring_len as usize;
-        let iw = (self.ring_len * self.n_in) as usize;
-        let part = |v: &[f64], i: usize, w: usize| v[i * w..(i + 1) * w].to_vec();
-        Ok(keys
-            .into_iter()
-            .enumerate()
-            .map(|(i, k)| {
-                let st = ModelKeyState {
-                    version: version.to_string(),
-                    seen: seen[i],
-                    h: h[i * hw..(i + 1) * hw].to_vec(),
-                    c: if c.is_empty() {
-                        Vec::new()
-                    } else {
-                        c[i * cw..(i + 1) * cw].to_vec()
-                    },
-                    n: part(&n, i, fw),
-                    mean: part(&mean, i, fw),
-                    m2: part(&m2, i, fw),
-                    ring: part(&ring, i, rw),
-                    inputs: inputs[i * iw..(i + 1) * iw].to_vec(),
-                    prev: prev[i],
-                };
-                (k, st)
-            })
-            .collect())
+        let m = keys.len();
+        Ok(Some(Bulk {
+            h: f32s(&self.h, 1)?,
+            c: match &self.c {
+                Some(c) => f32s(c, 1)?,
+                None => Vec::new(),
+            },
+            n: f64s(&self.n)?,
+            mean: f64s(&self.mean)?,
+            m2: f64s(&self.m2)?,
+            ring: f64s(&self.ring)?,
+            inputs: f32s(&self.inputs, 0)?,
+            seen: Vec::<i64>::try_from(&rows(&self.seen, 0))?,
+            prev: match &self.prev {
+                Some(p) => f32s(p, 0)?,
+                None => vec![0.0; m],
+            },
+            hw: (self.h_dims.0 * self.h_dims.1) as usize,
+            cw: self.c_dims.map_or(0, |(r, w)| (r * w) as usize),
+            fw: self.fields as usize,
+            rw: self.ring_len as usize,
+            iw: (self.ring_len * self.n_in) as usize,
+            keys,
+        }))
     }
 
     /// Takes restored key states in (allocating their slots). A state whose

@@ -170,30 +170,30 @@ impl Core {
             .scorer
             .as_ref()
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()));
-        for (key, st) in &models {
-            if let Some(p) = self.window.partition_of(key) {
+        for (key, st) in models {
+            if let Some(p) = self.window.partition_of(&key) {
                 records.push(StateRecord {
                     partition: p,
-                    key: state::model_key(key),
-                    value: Some(state::encode(st)?),
+                    key: state::model_key(&key),
+                    value: Some(st),
                 });
                 // The hybrid's smoothing state moves with the model's.
-                if let Some(h) = hybrid.and_then(|h| h.export(key)) {
+                if let Some(h) = hybrid.and_then(|h| h.export(&key)) {
                     records.push(StateRecord {
                         partition: p,
-                        key: state::hybrid_key(key),
+                        key: state::hybrid_key(&key),
                         value: Some(state::encode(&h)?),
                     });
                 }
                 if live {
                     let l = LiveKeyState {
-                        score: scorer.as_ref().and_then(|s| s.export(key)),
-                        choice: self.chooser.as_ref().and_then(|c| c.export(key)),
+                        score: scorer.as_ref().and_then(|s| s.export(&key)),
+                        choice: self.chooser.as_ref().and_then(|c| c.export(&key)),
                     };
                     records.push(StateRecord {
                         partition: p,
-                        key: state::live_key(key),
-                        value: Some(state::encode(&l)?),
+                        key: state::live_key(&key),
+                        value: Some(state::encode_live(&l)?),
                     });
                 }
             }
@@ -749,6 +749,59 @@ mod tests {
                     assert!(
                         (u - v).abs() <= 1e-6 * u.abs().max(1.0),
                         "{kind} {} {}: {u} vs {v}",
+                        x.0,
+                        x.1
+                    );
+                }
+            }
+        }
+    }
+
+    /// Model records keep what a hot swap replays: a core restored from
+    /// the changelog and then swapped to another network forecasts like
+    /// the original swapped to the same network. Cut while the keys' rings
+    /// are partly filled (20 windows of 48) and after they wrapped (60).
+    #[test]
+    fn a_hot_swap_after_a_restore_replays_like_the_original() {
+        let cfg = crate::testkit::pipeline(
+            "[decode]\ntime_format = \"epoch_ms\"\n[window]\nsize = \"1h\"\nallowed_lateness = \"0s\"\n\
+             [model]\ncell = \"lstm\"\nhidden = 8\nwarmup_windows = 3\nseason_windows = 4",
+        );
+        for hours in [40, 120] {
+            let msgs = messages(6, hours);
+            let cut = msgs.len() / 2 + 3;
+            let mut orig = core(&cfg);
+            let mut log = Vec::new();
+            for chunk in msgs[..cut].chunks(7) {
+                orig.on_messages(chunk, 0).unwrap();
+                changelog(&orig.checkpoint(vec![(0, 1), (1, 1)]).unwrap(), &mut log);
+            }
+            let mut back = core(&cfg);
+            for p in [0, 1] {
+                back.restore(&restored(&log, p), 0).unwrap();
+            }
+            let (n1, s1, _) = challenger(&cfg, "swapped", 0.7);
+            let (n2, s2, _) = challenger(&cfg, "swapped", 0.7);
+            let ra = orig.swap(n1, s1).unwrap();
+            let rb = back.swap(n2, s2).unwrap();
+            assert_eq!(ra.keys, rb.keys);
+            assert_eq!(ra.replayed_windows, rb.replayed_windows, "{hours}h");
+            assert!(ra.replayed_windows > 0);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for chunk in msgs[cut..].chunks(5) {
+                a.extend(orig.on_messages(chunk, 0).unwrap());
+                b.extend(back.on_messages(chunk, 0).unwrap());
+            }
+            let (a, b) = (forecasts_of(&a), forecasts_of(&b));
+            assert!(a.len() > 30, "{hours}h: enough forecasts");
+            assert!(a.iter().any(|f| f.3 == "model"));
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!((&x.0, x.1, &x.3), (&y.0, y.1, &y.3));
+                for (u, v) in x.2.iter().zip(&y.2) {
+                    assert!(
+                        (u - v).abs() <= 1e-6 * u.abs().max(1.0),
+                        "{hours}h {} {}: {u} vs {v}",
                         x.0,
                         x.1
                     );
