@@ -43,8 +43,10 @@
 //! pipeline's default `model.threads`), in the same run. Each row: one warm-up, then
 //! `REPS` repetitions, each timing enough ticks to last ~0.3 s (at least
 //! one); the median tick time is reported as key-steps/s = keys / time, with
-//! the best tick time beside it. The peer is `scripts/bench_pytorch_step.py`
-//! (same table shape).
+//! the best tick time beside it and the median CPU time of this thread per
+//! tick (`CPU ms`: at 1 torch thread the step runs on this thread, and CPU
+//! time is less disturbed than wall time by other processes on a shared
+//! box). The peer is `scripts/bench_pytorch_step.py` (same table shape).
 
 // Test and bench code may unwrap: a failing unwrap is a failing run.
 #![allow(clippy::unwrap_used)]
@@ -94,47 +96,62 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// CPU time of the calling thread, in seconds (`/proc/thread-self/schedstat`,
+/// nanoseconds on the CPU): at 1 torch thread the step runs on this thread,
+/// so its CPU time per tick is less disturbed than the wall time by other
+/// processes on a shared box (the peer reports `time.thread_time()`).
+fn thread_cpu_s() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(f64::NAN, |ns| ns / 1e9)
+}
+
 /// Times `f` (one tick): warm-up, calibration, `REPS` repetitions.
-/// Returns (median, best) seconds per tick.
-fn time_ticks(mut f: impl FnMut()) -> (f64, f64) {
+/// Returns (median, best, median CPU) seconds per tick.
+fn time_ticks(mut f: impl FnMut()) -> (f64, f64, f64) {
     let t = Instant::now();
     f();
     let one = t.elapsed().as_secs_f64().max(1e-6);
     let ticks = ((TARGET_S / one) as usize).max(1);
     let mut per = Vec::with_capacity(reps());
+    let mut cpu = Vec::with_capacity(reps());
     for _ in 0..reps() {
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), thread_cpu_s());
         for _ in 0..ticks {
             f();
         }
         per.push(t.elapsed().as_secs_f64() / ticks as f64);
+        cpu.push((thread_cpu_s() - c) / ticks as f64);
     }
     let best = per.iter().copied().fold(f64::INFINITY, f64::min);
-    (median(&mut per), best)
+    (median(&mut per), best, median(&mut cpu))
 }
 
-fn row(what: &str, hidden: i64, keys: usize, (med, best): (f64, f64)) {
+fn row(what: &str, hidden: i64, keys: usize, (med, best, cpu): (f64, f64, f64)) {
     println!(
-        "| {what:<28} | {hidden:>6} | {keys:>9} | {:>13.3} | {:>9.3} | {:>9.3} |",
+        "| {what:<28} | {hidden:>6} | {keys:>9} | {:>13.3} | {:>9.3} | {:>9.3} | {:>10.3} |",
         keys as f64 / med / 1e6,
         med * 1e3,
-        best * 1e3
+        best * 1e3,
+        cpu * 1e3
     );
 }
 
 fn header() {
     println!(
-        "| {:<28} | {:>6} | {:>9} | {:>13} | {:>9} | {:>9} |",
-        "what", "hidden", "keys", "M key-steps/s", "ms/tick", "best ms"
+        "| {:<28} | {:>6} | {:>9} | {:>13} | {:>9} | {:>9} | {:>10} |",
+        "what", "hidden", "keys", "M key-steps/s", "ms/tick", "best ms", "CPU ms"
     );
     println!(
-        "|{}|{}:|{}:|{}:|{}:|{}:|",
+        "|{}|{}:|{}:|{}:|{}:|{}:|{}:|",
         "-".repeat(30),
         "-".repeat(7),
         "-".repeat(10),
         "-".repeat(14),
         "-".repeat(10),
-        "-".repeat(10)
+        "-".repeat(10),
+        "-".repeat(11)
     );
 }
 
@@ -328,7 +345,7 @@ fn bench_forecast(hidden: i64, lags: u32, n: usize) {
     }
     let best = per.iter().copied().fold(f64::INFINITY, f64::min);
     let what = format!("ForecastStage::forecast, {} in", fc.network().shape.input);
-    row(&what, hidden, n, (median(&mut per), best));
+    row(&what, hidden, n, (median(&mut per), best, f64::NAN));
 }
 
 /// The cells side by side (see the header, 4.).
@@ -399,7 +416,7 @@ fn bench_cells(keys: &[usize]) {
             let slots: Vec<i64> = (0..n).map(|i| store.slot(&key(i))).collect();
             let slots = Tensor::from_slice(&slots);
             let x = Tensor::randn([n as i64, net.shape.input], (Kind::Float, Device::Cpu));
-            let (med, _) = time_ticks(|| {
+            let (med, _, _) = time_ticks(|| {
                 let (h, c) = store.gather(&slots);
                 let (_y, h2, c2) = net.step(&x, &h, c.as_ref(), 0.0);
                 store.scatter(&slots, &h2, c2.as_ref());

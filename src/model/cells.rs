@@ -11,6 +11,11 @@
 //! - LSTM: i,f,o = sigma(.), g = tanh(.), c' = f*c + i*g, h' = o*tanh(c')
 //! - GRU: r,z = sigma(.), n = tanh(W_in x + b_in + r*(W_hn h + b_hn)),
 //!   h' = (1-z)*n + z*h
+//!
+//! Two ways to step: [`step`] (ATen's fused cells, safe under autograd,
+//! used in training) and [`step_inference`] (the live stage, nothing
+//! recording gradients: one gates buffer, activations in place). Both are
+//! checked against the equations by hand; they agree to float rounding.
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{Init, Path};
@@ -212,6 +217,64 @@ pub fn step(
     }
 }
 
+/// [`step`] for inference (nothing records gradients: the live stage),
+/// with fewer `[n, G*H]` temporaries. LSTM, Elman and IRNN build their
+/// gates in one buffer: `[x, 1] [W_ih, b_ih + b_hh]ᵀ` (one small product,
+/// the biases folded in as a column of ones) plus `h W_hhᵀ` added in
+/// place by `addmm_`, instead of ATen's CPU cell, which fills two gate
+/// tensors (each starting from a copy of its bias) and adds them: 3 passes
+/// over `[n, G*H]` instead of 9, and one allocation instead of two. The
+/// LSTM then applies its activations in place on that buffer and forms
+/// `c' = f*c + i*g` and `h' = o*tanh(c')` with `addcmul_` / `mul_` (two
+/// `[n, H]` temporaries fewer). The same equations; the sums are
+/// associated differently (biases first), so results agree with [`step`]
+/// to float rounding (checked in the tests), not bit for bit. GRU keeps
+/// ATen's cell (its candidate needs `W_hn h` apart from `W_in x`).
+///
+/// Must not be used while gradients are recorded: the in-place updates
+/// are fine for inference but would hide values autograd saved.
+pub fn step_inference(
+    kind: CellKind,
+    w: &LayerWeights,
+    x: &Tensor,
+    h: &Tensor,
+    c: Option<&Tensor>,
+) -> (Tensor, Option<Tensor>) {
+    let gates = || {
+        let n = x.size()[0];
+        let ones = Tensor::ones([n, 1], (x.kind(), x.device()));
+        let w_aug = Tensor::cat(&[&w.w_ih, &(&w.b_ih + &w.b_hh).unsqueeze(1)], 1);
+        let mut gates = Tensor::cat(&[x, &ones], 1).mm(&w_aug.tr());
+        let _ = gates.addmm_(h, &w.w_hh.tr());
+        gates
+    };
+    match kind {
+        CellKind::Rnn => (gates().tanh_(), None),
+        CellKind::Irnn => (gates().relu_(), None),
+        CellKind::Lstm => {
+            let hd = h.size()[1];
+            let g = gates();
+            let _ = g.narrow(1, 0, 2 * hd).sigmoid_(); // i, f
+            let _ = g.narrow(1, 2 * hd, hd).tanh_(); // g
+            let _ = g.narrow(1, 3 * hd, hd).sigmoid_(); // o
+            let (i, f) = (g.narrow(1, 0, hd), g.narrow(1, hd, hd));
+            let (gg, o) = (g.narrow(1, 2 * hd, hd), g.narrow(1, 3 * hd, hd));
+            let c_new = match c {
+                Some(c) => {
+                    let mut c_new = &f * c;
+                    let _ = c_new.addcmul_(&i, &gg);
+                    c_new
+                }
+                None => &i * &gg,
+            };
+            let mut h_new = c_new.tanh();
+            h_new *= &o;
+            (h_new, Some(c_new))
+        }
+        CellKind::Gru | CellKind::Transformer => step(kind, w, x, h, c),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The cells against the lecture equations computed by hand in plain
@@ -291,9 +354,11 @@ mod tests {
                         .collect()
                 })
                 .collect();
-            let (got, c) = step(kind, &w, &x, &h, None);
-            assert!(c.is_none());
-            assert_close(&got, &want);
+            for f in [step, step_inference] {
+                let (got, c) = f(kind, &w, &x, &h, None);
+                assert!(c.is_none());
+                assert_close(&got, &want);
+            }
         }
     }
 
@@ -333,9 +398,37 @@ mod tests {
             want_h.push(hr);
             want_c.push(cr);
         }
-        let (got_h, got_c) = step(CellKind::Lstm, &w, &x, &h, Some(&c));
-        assert_close(&got_h, &want_h);
-        assert_close(&got_c.unwrap(), &want_c);
+        for f in [step, step_inference] {
+            let (got_h, got_c) = f(CellKind::Lstm, &w, &x, &h, Some(&c));
+            assert_close(&got_h, &want_h);
+            assert_close(&got_c.unwrap(), &want_c);
+        }
+    }
+
+    /// The inference path against ATen's cells on a larger batch, with and
+    /// without a cell state: float rounding apart, the same numbers.
+    #[test]
+    fn inference_path_matches_the_fused_cells() {
+        for kind in [CellKind::Rnn, CellKind::Irnn, CellKind::Lstm, CellKind::Gru] {
+            tch::manual_seed(11);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let shape = CellShape::recurrent(kind, 5, 32, 1);
+            let w = LayerWeights::new(&vs.root(), shape, 0);
+            let x = Tensor::randn([300, 5], (Kind::Float, Device::Cpu));
+            let h = Tensor::randn([300, 32], (Kind::Float, Device::Cpu)) * 0.5;
+            let c = Tensor::randn([300, 32], (Kind::Float, Device::Cpu)) * 0.5;
+            for c in [None, Some(&c)] {
+                let (a, ac) = tch::no_grad(|| step(kind, &w, &x, &h, c));
+                let (b, bc) = tch::no_grad(|| step_inference(kind, &w, &x, &h, c));
+                let d = f64::try_from((&a - &b).abs().max()).unwrap();
+                assert!(d < 1e-5, "{kind:?}: h differs by {d}");
+                assert_eq!(ac.is_some(), bc.is_some());
+                if let (Some(ac), Some(bc)) = (ac, bc) {
+                    let d = f64::try_from((&ac - &bc).abs().max()).unwrap();
+                    assert!(d < 1e-5, "{kind:?}: c differs by {d}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -360,6 +453,48 @@ mod tests {
             .collect();
         let (got, _) = step(CellKind::Gru, &w, &x, &h, None);
         assert_close(&got, &want);
+    }
+
+    /// `Network::step` without gradients (row chunks, the inference cells,
+    /// the skip added in place) against the same step recording gradients
+    /// (one call over all rows, ATen's cells): the same numbers to float
+    /// rounding, over several chunks, with stacked layers and temporal
+    /// attention.
+    #[test]
+    fn chunked_inference_step_matches_the_plain_step() {
+        use crate::model::Network;
+        let mut att = CellShape::recurrent(CellKind::Lstm, 4, 64, 1);
+        att.window = 3;
+        att.attention = true;
+        for shape in [
+            CellShape::recurrent(CellKind::Lstm, 4, 64, 2),
+            CellShape::recurrent(CellKind::Gru, 4, 64, 1),
+            CellShape::recurrent(CellKind::Rnn, 4, 64, 1),
+            att,
+        ] {
+            let net = Network::new(shape, 6, Device::Cpu, 3);
+            let skip = Tensor::randn([6, 4], (Kind::Float, Device::Cpu));
+            tch::no_grad(|| net.skip_w.shallow_clone().copy_(&skip));
+            let n = 2500; // more than two chunks at hidden 64
+            let x = Tensor::randn([n, 4], (Kind::Float, Device::Cpu));
+            let (h0, c0) = net.zero_state(n);
+            let h = Tensor::randn(h0.size().as_slice(), (Kind::Float, Device::Cpu)) * 0.5;
+            let c =
+                c0.map(|c| Tensor::randn(c.size().as_slice(), (Kind::Float, Device::Cpu)) * 0.5);
+            let (ya, ha, ca) = net.step(&x, &h, c.as_ref(), 0.0);
+            assert!(ya.requires_grad(), "the reference records gradients");
+            let (yb, hb, cb) = tch::no_grad(|| net.step(&x, &h, c.as_ref(), 0.0));
+            let diff = |a: &Tensor, b: &Tensor| {
+                assert_eq!(a.size(), b.size());
+                f64::try_from((a.detach() - b).abs().max()).unwrap()
+            };
+            assert!(diff(&ya, &yb) < 1e-4, "{shape:?}: y");
+            assert!(diff(&ha, &hb) < 1e-5, "{shape:?}: h");
+            assert_eq!(ca.is_some(), cb.is_some());
+            if let (Some(ca), Some(cb)) = (ca, cb) {
+                assert!(diff(&ca, &cb) < 1e-5, "{shape:?}: c");
+            }
+        }
     }
 
     #[test]

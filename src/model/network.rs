@@ -292,6 +292,15 @@ impl Network {
     /// One time step for a batch of keys: `x: [n, input]`, states
     /// `[layers, n, hidden]`. Returns `(y: [n, horizon], h', c')`.
     /// `dropout` (training only) applies between stacked layers.
+    ///
+    /// Without gradients (the live stage), a large batch runs in row chunks
+    /// of [`Self::chunk_rows`] keys, each written into the outputs: keys are
+    /// independent (every op is row-wise), so the result is the same as one
+    /// call over all rows (checked in the tests), while each chunk's
+    /// temporaries (the `[rows, 4H]` gates, the activations) stay in the
+    /// CPU cache and are reused from the heap from chunk to chunk instead
+    /// of being fresh `[keys, 4H]` allocations per tick (page faults and
+    /// DRAM traffic at 100k+ keys).
     pub fn step(
         &self,
         x: &Tensor,
@@ -299,10 +308,73 @@ impl Network {
         c: Option<&Tensor>,
         dropout: f64,
     ) -> (Tensor, Tensor, Option<Tensor>) {
+        let n = x.size()[0];
+        let rows = self.chunk_rows();
+        let tracked = self.head_w.tr().requires_grad()
+            || x.requires_grad()
+            || h.requires_grad()
+            || c.is_some_and(|c| c.requires_grad());
+        if tracked || dropout > 0.0 || n <= rows {
+            return self.step_rows(x, h, c, dropout, !tracked);
+        }
+        let mut out: Option<(Tensor, Tensor, Option<Tensor>)> = None;
+        let mut start = 0;
+        while start < n {
+            let len = rows.min(n - start);
+            let cc = c.map(|c| c.narrow(1, start, len));
+            let (y, h2, c2) = self.step_rows(
+                &x.narrow(0, start, len),
+                &h.narrow(1, start, len),
+                cc.as_ref(),
+                0.0,
+                true,
+            );
+            // The outputs, shaped like the first chunk's with `n` keys.
+            let (oy, oh, oc) = out.get_or_insert_with(|| {
+                let like = |t: &Tensor, dim: usize| {
+                    let mut size = t.size();
+                    size[dim] = n;
+                    Tensor::empty(size.as_slice(), (t.kind(), t.device()))
+                };
+                (like(&y, 0), like(&h2, 1), c2.as_ref().map(|c| like(c, 1)))
+            });
+            oy.narrow(0, start, len).copy_(&y);
+            oh.narrow(1, start, len).copy_(&h2);
+            if let (Some(oc), Some(c2)) = (oc.as_mut(), c2.as_ref()) {
+                oc.narrow(1, start, len).copy_(c2);
+            }
+            start += len;
+        }
+        match out {
+            Some(out) => out,
+            None => self.step_rows(x, h, c, dropout, true),
+        }
+    }
+
+    /// Keys per chunk of [`Self::step`]: about [`STEP_CHUNK_FLOATS`] floats
+    /// of gates per layer (`[rows, G * hidden]`), at least 256 rows so the
+    /// per-op overhead stays small.
+    fn chunk_rows(&self) -> i64 {
+        let per_row = self.shape.kind.gates() * self.shape.hidden.max(1);
+        (STEP_CHUNK_FLOATS / per_row).max(256)
+    }
+
+    /// [`Self::step`] over all rows of its arguments at once; `in_place`
+    /// (nothing records gradients): the cells' inference path
+    /// (`cells::step_inference`, fewer temporaries) and the skip added into
+    /// the head's output.
+    fn step_rows(
+        &self,
+        x: &Tensor,
+        h: &Tensor,
+        c: Option<&Tensor>,
+        dropout: f64,
+        in_place: bool,
+    ) -> (Tensor, Tensor, Option<Tensor>) {
         if let Some(e) = &self.encoder {
             let xc = self.cell_x(x).unsqueeze(1);
             let (top, state) = e.forward(&h.select(0, 0), &xc, dropout, dropout > 0.0);
-            let y = self.head(&top.squeeze_dim(1)) + x.linear::<&Tensor>(&self.skip_w, None);
+            let y = self.head_skip(&top.squeeze_dim(1), x, in_place);
             return (y, state.unsqueeze(0), None);
         }
         let (c, ring) = self.split_c(c);
@@ -313,7 +385,12 @@ impl Network {
         let top = self.wire(&self.cell_x(x), dropout, train, |l, input| {
             let cl = c.map(|c| c.get(l as i64));
             let w = &self.layers[l];
-            let (hn, cn) = cells::step(self.shape.kind, w, input, &h.get(l as i64), cl.as_ref());
+            let cell = if in_place {
+                cells::step_inference
+            } else {
+                cells::step
+            };
+            let (hn, cn) = cell(self.shape.kind, w, input, &h.get(l as i64), cl.as_ref());
             hs.push(hn.shallow_clone());
             if let Some(cn) = cn {
                 cs.push(cn);
@@ -321,7 +398,7 @@ impl Network {
             hn
         });
         let (top, ring) = self.attend(top.unsqueeze(1), ring);
-        let y = self.head(&top.squeeze_dim(1)) + x.linear::<&Tensor>(&self.skip_w, None);
+        let y = self.head_skip(&top.squeeze_dim(1), x, in_place);
         // One layer (the common case): a view, not a copy of the state.
         let stack = |t: &[Tensor]| match t {
             [one] => one.unsqueeze(0),
@@ -329,6 +406,20 @@ impl Network {
         };
         let c_new = (!cs.is_empty()).then(|| stack(&cs));
         (y, stack(&hs), self.join_c(c_new, ring))
+    }
+
+    /// `head(top) + x Wᵀ` (the linear skip from the inputs). `in_place`:
+    /// the skip's product is added into the head's fresh output by one
+    /// `addmm_` (no `[n, outputs]` temporary, no separate add).
+    fn head_skip(&self, top: &Tensor, x: &Tensor, in_place: bool) -> Tensor {
+        let y = self.head(top);
+        if in_place {
+            let mut y = y;
+            let _ = y.addmm_(x, &self.skip_w.tr());
+            y
+        } else {
+            y + x.linear::<&Tensor>(&self.skip_w, None)
+        }
     }
 
     /// The inputs the cells see: `x` without its last feature (the fed-back
@@ -565,6 +656,13 @@ fn seq_kernel(
         }
     }
 }
+
+/// Target gates per chunk of [`Network::step`], in floats (4 MiB): a
+/// chunk's temporaries fit in L3 beside its share of the state, and stay
+/// below glibc's 32 MiB mmap threshold, so they are reused from the heap
+/// from chunk to chunk and tick to tick instead of being mapped and
+/// page-faulted afresh (the cost that dominated at 1M keys).
+const STEP_CHUNK_FLOATS: i64 = 1 << 20;
 
 /// Seeds libtorch's process-global generator and returns a guard; hold it
 /// while drawing the random numbers that must be reproducible (initial
