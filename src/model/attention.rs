@@ -56,7 +56,10 @@
 //! 1)]` ([`Temporal::windows`]; a band of the ring and the `T` new tops,
 //! one strided view for a whole sequence), so a live step and a sequence
 //! pass build the same memories. Per key the state is the same ring as the
-//! direct head's: `W * (width + 1)` floats.
+//! direct head's: `W * (width + 1)` floats. The key projection is folded
+//! into the query (`q.k_j = (d W_q^T W_k).h_j`), so no key of the band is
+//! ever projected: a decode costs one `[hidden, width]` product per step,
+//! not `W + 1` `[width, width]` ones per window.
 //!
 //! Invariant: rows are keys and nothing here loops over keys or windows.
 
@@ -285,8 +288,11 @@ pub struct Temporal {
 pub struct Memory {
     /// `[m, W + 1, width]`, oldest first, the current top last.
     states: Tensor,
-    /// `W_k` of the states `[m, W + 1, width]`.
-    keys: Tensor,
+    /// `W_q^T W_k` `[query, width]`: `q.k_j = (W_q d).(W_k h_j) = (d W_q^T
+    /// W_k).h_j`, so a decoder step projects its one query instead of the
+    /// window projecting its `W + 1` keys (6 decoder steps against 25 keys
+    /// per window at the defaults).
+    fold: Tensor,
     /// `[m, W + 1]`: a real state (a fresh key has only the current one).
     valid: Tensor,
     /// The offset bias by window position `[1, W + 1]`.
@@ -365,7 +371,7 @@ impl Temporal {
         let states = full.narrow(2, 0, hd);
         let current = states.select(1, w);
         let mem = Memory {
-            keys: states.matmul(&self.w_k.tr()),
+            fold: self.w_q.tr().matmul(&self.w_k),
             valid: full.select(2, hd).gt(0.5),
             // Position j of the window is offset W - j.
             bias: self.pos.flip([1]),
@@ -376,8 +382,8 @@ impl Temporal {
 
     /// The context `[m, H]` of decoder states `d: [m, query]` over `mem`.
     pub fn context(&self, mem: &Memory, d: &Tensor) -> Tensor {
-        let q = d.matmul(&self.w_q.tr()).unsqueeze(2); // [m, H, 1]
-        let logits = mem.keys.matmul(&q).squeeze_dim(2) / (self.width as f64).sqrt() + &mem.bias;
+        let q = d.matmul(&mem.fold).unsqueeze(2); // [m, H, 1]
+        let logits = mem.states.matmul(&q).squeeze_dim(2) / (self.width as f64).sqrt() + &mem.bias;
         let att = masked_softmax(&logits, &mem.valid); // [m, W + 1]
         att.unsqueeze(1).matmul(&mem.states).squeeze_dim(1)
     }
