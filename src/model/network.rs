@@ -120,10 +120,11 @@ impl Seq2seq {
                 Some(&self.b_ih),
                 Some(&self.b_hh),
             );
-            prev = d.linear(&self.out_w, Some(&self.out_b));
-            if let Some((a, mem, w)) = &memory {
-                prev = prev + a.context(mem, &d).linear::<&Tensor>(w, None);
-            }
+            let out = d.linear(&self.out_w, Some(&self.out_b));
+            prev = match &memory {
+                Some((a, mem, w)) => out + a.context(mem, &d).linear::<&Tensor>(w, None),
+                None => out,
+            };
             outs.push(prev.shallow_clone());
         }
         // [n, steps, Q] -> [n, Q, steps] -> quantile-major flat.
