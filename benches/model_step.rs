@@ -30,7 +30,8 @@
 //! from `MODEL_STEP_KEYS` (default 10k and 100k). Then the combinations of
 //! issue 15 beside their nearest plain ones: two GRU layers plain / dense,
 //! each with temporal attention and with the seq2seq decoder, and the
-//! transformer with output-to-output recurrence. `MODEL_STEP_CELLS=a,b`
+//! transformer with output-to-output recurrence; then the seq2seq decoder
+//! with temporal attention (plain and dense). `MODEL_STEP_CELLS=a,b`
 //! runs only the rows of those names (exact).
 //!
 //! `MODEL_STEP_ONLY=step` runs only 2. (no memory, no whole stage) and
@@ -349,7 +350,7 @@ fn bench_forecast(hidden: i64, lags: u32, n: usize) {
 }
 
 /// The cells side by side (see the header, 4.).
-const CELL_VARIANTS: [(&str, &str); 13] = [
+const CELL_VARIANTS: [(&str, &str); 15] = [
     ("rnn", "cell = \"rnn\""),
     ("lstm", "cell = \"lstm\""),
     ("gru", "cell = \"gru\""),
@@ -385,6 +386,14 @@ const CELL_VARIANTS: [(&str, &str); 13] = [
     (
         "gru L=2 dense+seq2seq",
         "cell = \"gru\"\nlayers = 2\nconnections = \"dense\"\ndecoder = \"seq2seq\"",
+    ),
+    (
+        "gru L=2 seq2seq+attention W=24",
+        "cell = \"gru\"\nlayers = 2\ndecoder = \"seq2seq\"\nattention = true\nattention_window = 24",
+    ),
+    (
+        "gru L=2 dense+seq2seq+attention W=24",
+        "cell = \"gru\"\nlayers = 2\nconnections = \"dense\"\ndecoder = \"seq2seq\"\nattention = true\nattention_window = 24",
     ),
     (
         "transformer W=24 output-to-output",

@@ -759,8 +759,10 @@ pub struct ModelConfig {
     /// Temporal attention on top of a recurrent cell: each step's top hidden
     /// state (with dense connections: every layer's, concatenated) queries
     /// the previous `attention_window` of them (scaled dot product) and the
-    /// head sees `[h_t, context]`. Not with the transformer cell (which is
-    /// attention already) nor the seq2seq decoder.
+    /// head sees `[h_t, context]`; with `decoder = "seq2seq"` each decoder
+    /// step queries them and the current one with its own state, the context
+    /// joining its output layer. Not with the transformer cell (which is
+    /// attention already).
     #[serde(default)]
     pub attention: bool,
 }
@@ -1645,15 +1647,11 @@ impl PipelineConfig {
                 );
             }
         }
-        if self.model.attention && self.model.decoder == HorizonDecoder::Seq2seq {
-            return bad(
-                "model.attention",
-                "temporal attention feeds the direct head; it does not support decoder = \"seq2seq\"",
-            );
-        }
-        // Dense connections go with temporal attention (over the
-        // concatenation of every layer) and the seq2seq decoder (started
-        // from a projection of it); output-to-output with every cell.
+        // Temporal attention goes with either head (the seq2seq decoder's
+        // steps attend with their own state as the query); dense
+        // connections with temporal attention (over the concatenation of
+        // every layer) and the seq2seq decoder (started from a projection
+        // of it); output-to-output with every cell.
         if self.model.connections != Connections::None && self.model.cell == CellKind::Transformer {
             return bad(
                 "model.connections",

@@ -188,10 +188,10 @@ impl ModelSpec {
                 if kind == CellKind::Transformer {
                     heads >= 1 && hidden % heads == 0
                 } else {
-                    heads == 0 && !(attention && self.decoder == HorizonDecoder::Seq2seq)
+                    heads == 0
                 },
                 format!(
-                    "heads = {heads}, expected a divisor of hidden {hidden} for the transformer, else 0 (and no seq2seq decoder with attention)"
+                    "heads = {heads}, expected a divisor of hidden {hidden} for the transformer, else 0"
                 ),
             ),
             (

@@ -41,6 +41,26 @@
 //! State besides the recurrent one: the last `W` top states with validity
 //! flags, `W * (width + 1)` floats per key.
 //!
+//! **In the seq2seq decoder** (`attention = true` with `decoder =
+//! "seq2seq"`; Luong et al. 2015, "general" score, scaled): the same ring,
+//! but the query is the decoder's state. For window `t` the memory is the
+//! `W + 1` top states `t - W ..= t` (the ring plus the current one, which
+//! the decoder also starts from), with a learned bias per offset `0..=W`.
+//! Each decoder step `k` first updates its GRU state `d_k`, then attends:
+//! `q = W_q d_k` (`[width, hidden]`), `k_j = W_k h_j`, `a = softmax(q.k /
+//! sqrt(width) + pos)` over the valid states, `c_k = sum_j a_j h_j`, and
+//! its output is `O d_k + o + C c_k` (the context joins the output layer,
+//! as `[h_t, context]` joins the direct head; the GRU's input stays the
+//! previous output, so the plain decoder is this one with `C = 0`). The
+//! network passes the decoder the flat window `[n, T, (W + 1) * (width +
+//! 1)]` ([`Temporal::windows`]; a band of the ring and the `T` new tops,
+//! one strided view for a whole sequence), so a live step and a sequence
+//! pass build the same memories. Per key the state is the same ring as the
+//! direct head's: `W * (width + 1)` floats. The key projection is folded
+//! into the query (`q.k_j = (d W_q^T W_k).h_j`), so no key of the band is
+//! ever projected: a decode costs one `[hidden, width]` product per step,
+//! not `W + 1` `[width, width]` ones per window.
+//!
 //! Invariant: rows are keys and nothing here loops over keys or windows.
 
 use tch::nn::{Init, Path};
@@ -248,26 +268,55 @@ impl Encoder {
 }
 
 /// Temporal attention over a recurrent cell's last `W` top states (each
-/// `width` wide: see the module docs).
+/// `width` wide: see the module docs), queried by the current top state
+/// (direct head) or by the seq2seq decoder's state.
 #[derive(Debug)]
 pub struct Temporal {
     width: i64,
     window: i64,
+    /// `[width, query]`: the query is the top state (`query = width`) or
+    /// the decoder's state (`query = hidden`).
     w_q: Tensor,
     w_k: Tensor,
-    /// Bias by offset `0..=W` (offset 0, the query itself, is never allowed).
+    /// Bias by offset `0..=W` (offset 0, the query itself, is never allowed
+    /// for the direct head; for the decoder it is the current top state).
     pos: Tensor,
+}
+
+/// What a seq2seq decode attends over, prepared once per window for all
+/// its steps (see [`Temporal::memory`]).
+pub struct Memory {
+    /// `[m, W + 1, width]`, oldest first, the current top last.
+    states: Tensor,
+    /// `W_q^T W_k` `[query, width]`: `q.k_j = (W_q d).(W_k h_j) = (d W_q^T
+    /// W_k).h_j`, so a decoder step projects its one query instead of the
+    /// window projecting its `W + 1` keys (6 decoder steps against 25 keys
+    /// per window at the defaults).
+    fold: Tensor,
+    /// `[m, W + 1]`: a real state (a fresh key has only the current one).
+    valid: Tensor,
+    /// The offset bias by window position `[1, W + 1]`.
+    bias: Tensor,
 }
 
 impl Temporal {
     /// Registers the attention weights under `p / "att"`, for top states
-    /// `width` wide.
+    /// `width` wide queried by the top state (the direct head).
     pub fn new(p: &Path, width: i64, window: i64) -> Self {
+        Self::with_query(p, width, width, window)
+    }
+
+    /// The same for the seq2seq decoder: its state (`query` wide) queries.
+    pub fn for_decoder(p: &Path, width: i64, query: i64, window: i64) -> Self {
+        Self::with_query(p, width, query, window)
+    }
+
+    fn with_query(p: &Path, width: i64, query: i64, window: i64) -> Self {
         let a = p / "att";
         Temporal {
             width,
             window,
-            w_q: a.var("w_q", &[width, width], linear_init(width)),
+            w_q: a.var("w_q", &[width, query], linear_init(query)),
             w_k: a.var("w_k", &[width, width], linear_init(width)),
             pos: a.var("pos", &[1, window + 1], Init::Const(0.0)),
         }
@@ -278,9 +327,9 @@ impl Temporal {
         self.window * (self.width + 1)
     }
 
-    /// `tops: [n, T, H]` (top hidden states of `T` new steps), `ring: [n,
-    /// W * (H + 1)]` -> the contexts `[n, T, H]` and the new ring.
-    pub fn forward(&self, ring: &Tensor, tops: &Tensor) -> (Tensor, Tensor) {
+    /// The ring `[n, W * (H + 1)]` followed by the flagged new tops `[n, T,
+    /// H]`: `[n, W + T, H + 1]`.
+    fn full(&self, ring: &Tensor, tops: &Tensor) -> Tensor {
         let (w, hd) = (self.window, self.width);
         let size = tops.size();
         let (n, t) = (size[0], size[1]);
@@ -292,7 +341,60 @@ impl Temporal {
             ],
             2,
         );
-        let full = Tensor::cat(&[ring, flagged], 1); // [n, W + T, H + 1]
+        Tensor::cat(&[ring, flagged], 1)
+    }
+
+    /// Decoder attention, the network's side: `ring: [n, W * (H + 1)]`,
+    /// `tops: [n, T, H]` -> for each new step `t` the flagged states `t - W
+    /// ..= t`, oldest first, flat `[n, T, (W + 1) * (H + 1)]` (what the
+    /// decoder sees; [`Self::memory`] reads it), and the new ring.
+    pub fn windows(&self, ring: &Tensor, tops: &Tensor) -> (Tensor, Tensor) {
+        let (w, hd) = (self.window, self.width);
+        let size = tops.size();
+        let (n, t) = (size[0], size[1]);
+        let full = self.full(ring, tops); // [n, W + T, H + 1]
+                                          // Sliding windows of W + 1 positions, one per new step: [n, T, H + 1, W + 1].
+        let win = full
+            .unfold(1, w + 1, 1)
+            .transpose(2, 3)
+            .reshape([n, t, (w + 1) * (hd + 1)]);
+        (win, full.narrow(1, t, w).reshape([n, -1]))
+    }
+
+    /// A decode's memory from flat windows `[m, (W + 1) * (H + 1)]` (of
+    /// [`Self::windows`]), and the current top states `[m, H]` (the last
+    /// position) that the decoder starts from.
+    pub fn memory(&self, win: &Tensor) -> (Memory, Tensor) {
+        let (w, hd) = (self.window, self.width);
+        let m = win.size()[0];
+        let full = win.view([m, w + 1, hd + 1]);
+        let states = full.narrow(2, 0, hd);
+        let current = states.select(1, w);
+        let mem = Memory {
+            fold: self.w_q.tr().matmul(&self.w_k),
+            valid: full.select(2, hd).gt(0.5),
+            // Position j of the window is offset W - j.
+            bias: self.pos.flip([1]),
+            states,
+        };
+        (mem, current)
+    }
+
+    /// The context `[m, H]` of decoder states `d: [m, query]` over `mem`.
+    pub fn context(&self, mem: &Memory, d: &Tensor) -> Tensor {
+        let q = d.matmul(&mem.fold).unsqueeze(2); // [m, H, 1]
+        let logits = mem.states.matmul(&q).squeeze_dim(2) / (self.width as f64).sqrt() + &mem.bias;
+        let att = masked_softmax(&logits, &mem.valid); // [m, W + 1]
+        att.unsqueeze(1).matmul(&mem.states).squeeze_dim(1)
+    }
+
+    /// `tops: [n, T, H]` (top hidden states of `T` new steps), `ring: [n,
+    /// W * (H + 1)]` -> the contexts `[n, T, H]` and the new ring.
+    pub fn forward(&self, ring: &Tensor, tops: &Tensor) -> (Tensor, Tensor) {
+        let (w, hd) = (self.window, self.width);
+        let size = tops.size();
+        let (n, t) = (size[0], size[1]);
+        let full = self.full(ring, tops); // [n, W + T, H + 1]
         let hs = full.narrow(2, 0, hd);
         let valid = full.select(2, hd).gt(0.5);
         let (band_ok, offset) = band(w, t, 1, tops.device());

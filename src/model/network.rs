@@ -27,6 +27,16 @@
 //! they are wider (dense with `layers > 1`: `dec.init_w`, `dec.init_b`).
 //! With one layer, dense is the plain network, weights included.
 //!
+//! Temporal attention with the seq2seq decoder (`attention::Temporal`,
+//! decoder mode): the same ring, but "what the head sees" is then, per
+//! window, the flat band of the `W + 1` flagged top states `t - W ..= t`
+//! (`Temporal::windows`), so `head` and `step` are unchanged; the decoder
+//! starts from the current top (the band's last) and each of its steps
+//! attends over the band with its own state as the query, the context
+//! joining its output layer (`dec.out_ctx`). Its weights (`dec.out_ctx`,
+//! `att.*`) are drawn after all others, so from one seed the rest equals
+//! the plain seq2seq network.
+//!
 //! State: `(h, c)`, with the shapes of [`Network::state_dims`]: recurrent
 //! cells `h: [layers, n, hidden]` (and LSTM `c`); the transformer packs its
 //! rings into `h: [1, n, S]`; temporal attention packs the LSTM cell state
@@ -63,7 +73,9 @@ pub struct Network {
 
 /// A GRU decoder seeded with the encoder's top state (projected to
 /// `hidden` by `start` when that is wider: dense connections): step k takes
-/// the previous step's outputs (all quantiles) and emits this step's.
+/// the previous step's outputs (all quantiles) and emits this step's; with
+/// temporal attention, from its state and its context over the encoder's
+/// recent top states (module docs).
 struct Seq2seq {
     steps: i64,
     per_step: i64,
@@ -76,12 +88,24 @@ struct Seq2seq {
     b_hh: Tensor,
     out_w: Tensor,
     out_b: Tensor,
+    /// The output layer's weights on the attention context `[per_step,
+    /// top_width]`, with temporal attention.
+    out_ctx: Option<Tensor>,
 }
 
 impl Seq2seq {
     /// `top: [n, top_width]` -> `[n, steps * per_step]`, quantile-major.
-    fn decode(&self, top: &Tensor) -> Tensor {
+    /// With temporal attention (`att` and `out_ctx`), `top` is the flat
+    /// window of `Temporal::windows` instead.
+    fn decode(&self, top: &Tensor, att: Option<&Temporal>) -> Tensor {
         let n = top.size()[0];
+        let (top, memory) = match (att, &self.out_ctx) {
+            (Some(a), Some(w)) => {
+                let (mem, current) = a.memory(top);
+                (current, Some((a, mem, w)))
+            }
+            _ => (top.shallow_clone(), None),
+        };
         let mut d = match &self.start {
             Some((w, b)) => top.linear(w, Some(b)),
             None => top.shallow_clone(),
@@ -96,7 +120,11 @@ impl Seq2seq {
                 Some(&self.b_ih),
                 Some(&self.b_hh),
             );
-            prev = d.linear(&self.out_w, Some(&self.out_b));
+            let out = d.linear(&self.out_w, Some(&self.out_b));
+            prev = match &memory {
+                Some((a, mem, w)) => out + a.context(mem, &d).linear::<&Tensor>(w, None),
+                None => out,
+            };
             outs.push(prev.shallow_clone());
         }
         // [n, steps, Q] -> [n, Q, steps] -> quantile-major flat.
@@ -160,8 +188,10 @@ impl Network {
             )
         });
         let top = shape.top_width();
-        let temporal = (shape.attention && !transformer)
-            .then(|| Temporal::new(&root, top, shape.window.max(1)));
+        let attends = shape.attention && !transformer;
+        // The direct head's attention; the decoder's is drawn last (below).
+        let mut temporal =
+            (attends && seq2seq.is_none()).then(|| Temporal::new(&root, top, shape.window.max(1)));
         let k = 1.0 / (shape.hidden as f64).sqrt();
         // The head sees [top, context] with temporal attention.
         let head_in = if temporal.is_some() { 2 * top } else { top };
@@ -192,8 +222,18 @@ impl Network {
                     let us = nn::Init::Uniform { lo: -ks, up: ks };
                     (d.var("init_w", &[hd, top], us), d.var("init_b", &[hd], us))
                 }),
+                // Then the attention's, so the rest is the plain decoder.
+                out_ctx: attends.then(|| d.var("out_ctx", &[per_step, top], u)),
             }
         });
+        if attends && decoder.is_some() {
+            temporal = Some(Temporal::for_decoder(
+                &root,
+                top,
+                shape.hidden,
+                shape.window.max(1),
+            ));
+        }
         Network {
             decoder,
             encoder,
@@ -279,8 +319,13 @@ impl Network {
 
     /// The head's input from the top states `tops: [n, T, hidden]` and the
     /// attention ring (if any): `[h_t, context]` with temporal attention.
+    /// With the seq2seq decoder, the flat windows of `Temporal::windows`.
     fn attend(&self, tops: Tensor, ring: Option<Tensor>) -> (Tensor, Option<Tensor>) {
         match (&self.temporal, ring) {
+            (Some(a), Some(ring)) if self.decoder.is_some() => {
+                let (win, ring) = a.windows(&ring, &tops);
+                (win, Some(ring))
+            }
             (Some(a), Some(ring)) => {
                 let (ctx, ring) = a.forward(&ring, &tops);
                 (Tensor::cat(&[tops, ctx], 2), Some(ring))
@@ -592,7 +637,8 @@ impl Network {
                 let flat = top.reshape([-1, size[size.len() - 1]]);
                 let mut out_size = size[..size.len() - 1].to_vec();
                 out_size.push(self.horizon);
-                d.decode(&flat).reshape(out_size.as_slice())
+                d.decode(&flat, self.temporal.as_ref())
+                    .reshape(out_size.as_slice())
             }
         }
     }

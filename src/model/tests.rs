@@ -32,8 +32,9 @@ const T0: i64 = 1_790_000_000_000 / HOUR * HOUR;
 /// Then output-to-output recurrence, and skip / dense connections between
 /// stacked layers (with one layer they are the plain network); then dense
 /// with temporal attention and with the seq2seq decoder, and the transformer
-/// with output-to-output.
-const VARIANTS: [(CellKind, &str); 15] = [
+/// with output-to-output; then temporal attention in the seq2seq decoder
+/// (plain, and on dense connections).
+const VARIANTS: [(CellKind, &str); 17] = [
     (CellKind::Rnn, ""),
     (CellKind::Irnn, ""),
     (CellKind::Lstm, ""),
@@ -60,6 +61,14 @@ const VARIANTS: [(CellKind, &str); 15] = [
     (
         CellKind::Transformer,
         "output_recurrence = \"output\"\nattention_window = 6",
+    ),
+    (
+        CellKind::Gru,
+        "attention = true\ndecoder = \"seq2seq\"\nattention_window = 6",
+    ),
+    (
+        CellKind::Lstm,
+        "connections = \"dense\"\nattention = true\ndecoder = \"seq2seq\"",
     ),
 ];
 
@@ -1060,14 +1069,17 @@ fn attention_options_are_validated() {
             "cell = \"transformer\"\nattention = true",
             "model.attention",
         ),
-        (
-            "cell = \"gru\"\nattention = true\ndecoder = \"seq2seq\"",
-            "model.attention",
-        ),
     ] {
         let err = parse(bad).unwrap_err().to_string();
         assert!(err.contains(field), "{bad}: {err}");
     }
+    // Temporal attention in the seq2seq decoder is a model (refused until
+    // issue 15 was finished).
+    let both = parse("cell = \"gru\"\nattention = true\ndecoder = \"seq2seq\"").unwrap();
+    let spec = ModelSpec::untrained(&both);
+    assert!(spec.shape.attention);
+    assert_eq!(spec.shape.window, 24);
+    assert_eq!(spec.out_of_bounds(), None);
     // Without attention the window is not part of the model.
     let plain = parse("cell = \"gru\"\nattention_window = 0").unwrap();
     assert_eq!(ModelSpec::untrained(&plain).shape.window, 0);
@@ -1345,19 +1357,17 @@ fn output_recurrence_and_connections_options() {
             "cell = \"transformer\"\nconnections = \"dense\"",
             "model.connections",
         ),
-        // Temporal attention with the seq2seq decoder stays refused, dense
-        // or not.
-        (
-            "connections = \"dense\"\nattention = true\ndecoder = \"seq2seq\"",
-            "model.attention",
-        ),
     ] {
         let err = parse(bad).unwrap_err().to_string();
         assert!(err.contains(field), "{bad}: {err}");
     }
-    // Dense with attention or seq2seq, and the transformer with
+    // Dense with attention or seq2seq (or both), and the transformer with
     // output-to-output, are models (refused until issue 15 was finished).
     for (good, attention) in [
+        (
+            "layers = 2\nconnections = \"dense\"\nattention = true\ndecoder = \"seq2seq\"",
+            true,
+        ),
         (
             "layers = 2\nconnections = \"dense\"\nattention = true",
             true,
@@ -1744,4 +1754,234 @@ fn transformer_output_to_output() {
         &Tensor::zeros([n, t, 1], (Kind::Float, Device::Cpu)),
     );
     assert!(moved > 1e-3, "the fed-back values are not trivially zero");
+}
+
+// ------------------------------------ temporal attention in the seq2seq decoder
+
+/// A seq2seq pipeline's spec (`rnn` unless `model` says otherwise) with
+/// extra `[model]` lines.
+fn seq2seq_spec(model: &str) -> ModelSpec {
+    ModelSpec::untrained(
+        &PipelineConfig::parse(
+            &crate::testkit::pipeline_toml(&format!("[model]\ndecoder = \"seq2seq\"\n{model}\n")),
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap(),
+    )
+}
+
+/// Temporal attention in the seq2seq decoder by hand (one Elman layer, 3
+/// inputs, hidden 2, window 2, horizon 3, point forecasts), five windows
+/// from zero so the ring wraps: for window `t` the memory is the top states
+/// `h_{t-2}, h_{t-1}, h_t` that exist; the decoder starts from `d_0 = h_t`
+/// and each step runs the GRU cell fed its previous output (0 at first),
+/// then attends with its new state, `q = Wq d_k`, `k_j = Wk h_j`, logits
+/// `q.k / sqrt 2 + pos[offset]`, `c_k = sum_j a_j h_j`, and emits
+/// `y_k = O d_k + o + C c_k`; the skip from the inputs is added. `step`
+/// window by window and `forward_seq` in two chunks (the ring carried
+/// between them, as TBPTT does) both give the hand values, and the ring
+/// holds the last two tops with their flags. A decoder that ignored the
+/// context, or attended without the current top or the offset biases,
+/// would not match (all non-zero here).
+#[test]
+fn seq2seq_with_temporal_attention_by_hand() {
+    let mut spec = seq2seq_spec(
+        "cell = \"rnn\"\nhidden = 2\nhorizon = 3\nattention = true\nattention_window = 2",
+    );
+    spec.shape.input = 3;
+    assert!(spec.quantiles.is_empty() && spec.shape.attention);
+    let net = Network::for_spec(&spec, Device::Cpu, 19);
+    assert_eq!(
+        weights(&net, "att.w_q")[0].len(),
+        2,
+        "queried by the decoder state"
+    );
+    assert_eq!(
+        weights(&net, "head_w")[0].len(),
+        2,
+        "no [top, ctx] direct head"
+    );
+    assert_eq!(weights(&net, "dec.out_ctx")[0].len(), 2);
+    assert_eq!(net.state_dims(), ((1, 2), Some((1, 2 * (2 + 1)))));
+    set_var(
+        &net,
+        "skip_w",
+        &[0.2, -0.1, 0.3, 0.0, 0.4, -0.5, 0.1, 0.1, -0.3],
+    );
+    set_var(&net, "att.pos", &[0.25, 0.3, -0.2]);
+    set_var(&net, "dec.out_ctx", &[0.9, -0.7]);
+    let g = |n: &str| weights(&net, n);
+    let (wq, wk, pos) = (g("att.w_q"), g("att.w_k"), g("att.pos")[0].clone());
+    let (w_ih, w_hh, b_ih, b_hh) = (
+        g("dec.w_ih"),
+        g("dec.w_hh"),
+        g("dec.b_ih")[0].clone(),
+        g("dec.b_hh")[0].clone(),
+    );
+    let (ow, ob, oc) = (g("dec.out_w"), g("dec.out_b")[0].clone(), g("dec.out_ctx"));
+    let s = g("skip_w");
+    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+    let xs = [
+        [0.5, -1.0, 0.2],
+        [1.5, 0.25, -0.3],
+        [-0.75, 2.0, 0.1],
+        [0.1, 0.1, 0.9],
+        [1.0, -0.5, -1.2],
+    ];
+    let mut h = vec![0.0; 2];
+    let mut past: Vec<Vec<f64>> = Vec::new(); // tops, oldest first
+    let mut want = Vec::new();
+    let mut contexts = 0;
+    for x in &xs {
+        h = elman(&net, 0, x, &h);
+        past.push(h.clone());
+        let now = past.len() - 1;
+        let memory: Vec<(usize, &Vec<f64>)> = (now.saturating_sub(2)..=now)
+            .map(|j| (now - j, &past[j]))
+            .collect();
+        let mut d = h.clone();
+        let mut prev = vec![0.0];
+        let mut ys = Vec::new();
+        for _ in 0..3 {
+            let gi = affine(&w_ih, &prev, &b_ih);
+            let gh = affine(&w_hh, &d, &b_hh);
+            d = (0..2)
+                .map(|i| {
+                    let r = sig(gi[i] + gh[i]);
+                    let z = sig(gi[2 + i] + gh[2 + i]);
+                    let n = (gi[4 + i] + r * gh[4 + i]).tanh();
+                    (1.0 - z) * n + z * d[i]
+                })
+                .collect();
+            let q = affine(&wq, &d, &[0.0; 2]);
+            let logits: Vec<f64> = memory
+                .iter()
+                .map(|(off, hj)| {
+                    let k = affine(&wk, hj, &[0.0; 2]);
+                    q.iter().zip(&k).map(|(a, b)| a * b).sum::<f64>() / 2f64.sqrt() + pos[*off]
+                })
+                .collect();
+            let m = logits.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            let mut ctx = vec![0.0; 2];
+            for (ei, (_, hj)) in e.iter().zip(&memory) {
+                for (cv, hv) in ctx.iter_mut().zip(hj.iter()) {
+                    *cv += ei / sum * hv;
+                }
+            }
+            contexts += usize::from(ctx.iter().any(|v| v.abs() > 1e-2));
+            prev = affine(&ow, &d, &ob)
+                .iter()
+                .zip(affine(&oc, &ctx, &[0.0]))
+                .map(|(a, b)| a + b)
+                .collect();
+            ys.push(prev[0]);
+        }
+        let lin = affine(&s, x, &[0.0; 3]);
+        want.push(ys.iter().zip(lin).map(|(a, b)| a + b).collect::<Vec<f64>>());
+    }
+    assert_eq!(contexts, 15, "the hand context is not trivially zero");
+    // step, window by window.
+    let (mut ht, mut ct) = net.zero_state(1);
+    let mut got = Vec::new();
+    for x in &xs {
+        let (y, hn, cn) = tch::no_grad(|| net.step(&row(x), &ht, ct.as_ref(), 0.0));
+        got.push(rows_of(&y)[0].clone());
+        (ht, ct) = (hn, cn);
+    }
+    assert_near(&got, &want, "seq2seq + attention: step");
+    let ring = rows_of(&ct.as_ref().unwrap().select(0, 0))[0].clone();
+    let want_ring = [past[3].clone(), vec![1.0], past[4].clone(), vec![1.0]].concat();
+    assert_near(&[ring], &[want_ring], "ring of the last two tops");
+    // forward_seq in two chunks (3 + 2 windows), state carried.
+    let flat: Vec<f64> = xs.iter().flatten().copied().collect();
+    let seq = row(&flat).view([1, 5, 3]);
+    let (h0, c0) = net.zero_state(1);
+    let (ya, ha, ca) =
+        tch::no_grad(|| net.forward_seq(&seq.narrow(1, 0, 3), &h0, c0.as_ref(), 0.0, false));
+    let (yb, hb, cb) =
+        tch::no_grad(|| net.forward_seq(&seq.narrow(1, 3, 2), &ha, ca.as_ref(), 0.0, false));
+    let ys = Tensor::cat(&[ya, yb], 1);
+    assert_near(
+        &rows_of(&ys.select(0, 0)),
+        &want,
+        "seq2seq + attention: forward_seq",
+    );
+    assert!(max_abs(&hb, &ht) < 1e-6);
+    assert!(max_abs(cb.as_ref().unwrap(), ct.as_ref().unwrap()) < 1e-6);
+}
+
+/// The decoder's attention is not ignored (GRU, 2 layers, hidden 4, window
+/// 3, quantiles so each decoder step emits 3 values): from one seed every
+/// weight of the plain seq2seq network is the same and the attention adds
+/// only `att.*` and `dec.out_ctx`; with `dec.out_ctx = 0` the outputs are
+/// the plain network's (and the state's recurrent part is), with it they
+/// differ; and changing only the *past* states in the ring (not the current
+/// one, not `h`) moves the output, so the decoder attends over the past.
+/// Gradients reach every attention weight through `forward_seq`.
+#[test]
+fn seq2seq_attention_is_not_ignored() {
+    let model = "cell = \"gru\"\nlayers = 2\nhidden = 4\nhorizon = 3\nquantiles = [0.1, 0.5, 0.9]";
+    let att_spec = seq2seq_spec(&format!("{model}\nattention = true\nattention_window = 3"));
+    let plain_spec = seq2seq_spec(model);
+    let att = Network::for_spec(&att_spec, Device::Cpu, 21);
+    let plain = Network::for_spec(&plain_spec, Device::Cpu, 21);
+    let (av, pv) = (att.vs.variables(), plain.vs.variables());
+    for (k, t) in &pv {
+        assert!(t.equal(&av[k]), "{k} differs from the plain network's");
+    }
+    let extra: std::collections::BTreeSet<&str> = av
+        .keys()
+        .filter(|k| !pv.contains_key(*k))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        extra,
+        ["att.pos", "att.w_k", "att.w_q", "dec.out_ctx"]
+            .into_iter()
+            .collect()
+    );
+    // Non-zero offset biases, so the test does not rely on them being zero.
+    set_var(&att, "att.pos", &[0.1, -0.3, 0.2, 0.4]);
+    let n_in = att.shape.input;
+    tch::manual_seed(4);
+    let (n, t) = (3i64, 8i64);
+    let xs = Tensor::randn([n, t, n_in], (Kind::Float, Device::Cpu));
+    let (h0, c0) = att.zero_state(n);
+    let (ya, ha, ca) = att.forward_seq(&xs, &h0, c0.as_ref(), 0.0, true);
+    let (yp, hp, _) = tch::no_grad(|| plain.forward_seq(&xs, &h0, None, 0.0, false));
+    assert_eq!(ya.size(), vec![n, t, 9]);
+    assert!(max_abs(&ha, &hp) < 1e-6, "the encoder is the plain one");
+    assert!(max_abs(&ya, &yp) > 1e-3, "the context changes the output");
+    // Gradients reach the attention's weights.
+    ya.square().sum(Kind::Float).backward();
+    for name in ["att.w_q", "att.w_k", "att.pos", "dec.out_ctx"] {
+        let g = av[name].grad();
+        assert!(
+            g.defined() && f64::try_from(g.abs().sum(Kind::Double)).unwrap() > 0.0,
+            "no gradient reaches {name}"
+        );
+    }
+    // The past states matter: perturb the ring's states (not its flags)
+    // after eight windows and step once more with the same input and `h`.
+    let ring = ca.unwrap().detach();
+    let flags = Tensor::arange(3 * 5, (Kind::Int64, Device::Cpu))
+        .remainder(5)
+        .eq(4)
+        .to_kind(Kind::Float);
+    let moved_ring = &ring + (1.0 - flags) * 0.5;
+    let x = xs.select(1, t - 1);
+    let ha = ha.detach();
+    let (y1, h1, _) = tch::no_grad(|| att.step(&x, &ha, Some(&ring), 0.0));
+    let (y2, h2, _) = tch::no_grad(|| att.step(&x, &ha, Some(&moved_ring), 0.0));
+    assert!(max_abs(&h1, &h2) == 0.0);
+    assert!(max_abs(&y1, &y2) > 1e-4, "the past states are attended");
+    // No context weight: the plain network's outputs.
+    set_var(&att, "dec.out_ctx", &[0.0; 3 * 4]);
+    let (y0, _, _) = tch::no_grad(|| att.forward_seq(&xs, &h0, c0.as_ref(), 0.0, false));
+    assert!(
+        max_abs(&y0, &yp) < 1e-6,
+        "without the context it is the plain decoder"
+    );
 }
