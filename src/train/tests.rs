@@ -301,29 +301,35 @@ fn quantile_head_learns_intervals_with_the_pinball_loss() {
     assert!((0.6..=0.95).contains(&cover), "80% interval covers {cover}");
 }
 
+/// The seq2seq decoder, plain and with temporal attention over the
+/// encoder's recent states, trains with TBPTT past seasonal naive and its
+/// sequence pass agrees with stepping.
 #[test]
 fn seq2seq_decoder_learns_and_agrees_between_step_and_sequence() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = pipeline("lstm", "residual");
-    cfg.model.decoder = crate::config::HorizonDecoder::Seq2seq;
-    let spec = crate::model::ModelSpec::untrained(&cfg);
-    let net = Network::for_spec(&spec, tch::Device::Cpu, 3);
-    tch::manual_seed(4);
-    let xs = Tensor::randn([2, 5, spec.shape.input], (Kind::Float, tch::Device::Cpu));
-    let (h0, c0) = net.zero_state(2);
-    let (y1, _, _) = tch::no_grad(|| net.forward_seq(&xs, &h0, c0.as_ref(), 0.0, false));
-    let (y2, _, _) = tch::no_grad(|| net.forward_steps(&xs, &h0, c0.as_ref()));
-    assert_eq!(y1.size(), vec![2, 5, spec.horizon]);
-    assert!(f64::try_from((&y1 - &y2).abs().max()).unwrap() < 1e-5);
-    let files = seasonal_windows(&cfg, 6, 24 * 30, dir.path());
-    let trained = train_from_windows(&cfg, &quick(8), &files, None).unwrap();
-    let r = &trained.report;
-    assert!(
-        r.best_val_loss < 0.8 * r.baseline_val_loss,
-        "seq2seq val {} vs seasonal naive {}",
-        r.best_val_loss,
-        r.baseline_val_loss
-    );
+    for attention in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = pipeline("lstm", "residual");
+        cfg.model.decoder = crate::config::HorizonDecoder::Seq2seq;
+        cfg.model.attention = attention;
+        let spec = crate::model::ModelSpec::untrained(&cfg);
+        let net = Network::for_spec(&spec, tch::Device::Cpu, 3);
+        tch::manual_seed(4);
+        let xs = Tensor::randn([2, 5, spec.shape.input], (Kind::Float, tch::Device::Cpu));
+        let (h0, c0) = net.zero_state(2);
+        let (y1, _, _) = tch::no_grad(|| net.forward_seq(&xs, &h0, c0.as_ref(), 0.0, false));
+        let (y2, _, _) = tch::no_grad(|| net.forward_steps(&xs, &h0, c0.as_ref()));
+        assert_eq!(y1.size(), vec![2, 5, spec.horizon]);
+        assert!(f64::try_from((&y1 - &y2).abs().max()).unwrap() < 1e-5, "attention {attention}");
+        let files = seasonal_windows(&cfg, 6, 24 * 30, dir.path());
+        let trained = train_from_windows(&cfg, &quick(8), &files, None).unwrap();
+        let r = &trained.report;
+        assert!(
+            r.best_val_loss < 0.8 * r.baseline_val_loss,
+            "attention {attention}: seq2seq val {} vs seasonal naive {}",
+            r.best_val_loss,
+            r.baseline_val_loss
+        );
+    }
 }
 
 #[test]
