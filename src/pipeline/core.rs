@@ -563,21 +563,21 @@ fn count_source(batch: &RecordBatch, source: &str) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::schema::forecasts as fc;
     use arrow::array::{AsArray, FixedSizeListArray};
     use arrow::datatypes::{Float64Type, TimestampMillisecondType};
 
-    /// Hourly events of `keys` keys over two partitions (key k on k % 2),
-    /// as the consumer would hand them over, in time order.
-    fn messages(keys: usize, hours: i64) -> Vec<RawMessage> {
+    /// Hourly events of `keys` keys over `partitions` partitions (key k on
+    /// k % partitions), as the consumer would hand them over, in time order.
+    pub(crate) fn messages(keys: usize, hours: i64, partitions: usize) -> Vec<RawMessage> {
         let t0 = 1_700_000_000_000i64 - 1_700_000_000_000 % 3_600_000;
-        let mut next = [0i64; 2];
+        let mut next = vec![0i64; partitions];
         let mut out = Vec::new();
         for h in 0..hours {
             for k in 0..keys {
-                let p = (k % 2) as i32;
+                let p = (k % partitions) as i32;
                 let v = 100.0 + 10.0 * ((h as f64 + k as f64) * 0.7).sin() + k as f64;
                 let payload = format!(
                     r#"{{"key":"k{k}","ts":{},"value":{v}}}"#,
@@ -595,9 +595,11 @@ mod tests {
         out
     }
 
-    type Forecast = (String, i64, Vec<f64>, String);
+    /// (key, window end, forecast, source).
+    pub(crate) type Forecast = (String, i64, Vec<f64>, String);
 
-    fn forecasts_of(outs: &[Output]) -> Vec<Forecast> {
+    /// The forecasts of some outputs, sorted by (window end, key).
+    pub(crate) fn forecasts_of(outs: &[Output]) -> Vec<Forecast> {
         let mut v = Vec::new();
         for o in outs {
             if let Output::Forecasts { forecasts, .. } = o {
@@ -693,7 +695,7 @@ mod tests {
                  [model]\ncell = \"{kind}\"\nhidden = 8\nwarmup_windows = 3\nseason_windows = 4\n{extra}"
             ));
             let with_live = extra == live;
-            let msgs = messages(6, 40);
+            let msgs = messages(6, 40, 2);
             let cut = msgs.len() / 2 + 3; // mid-window
             let mut orig = core(&cfg);
             let mut log = Vec::new();
@@ -768,7 +770,7 @@ mod tests {
              [model]\ncell = \"lstm\"\nhidden = 8\nwarmup_windows = 3\nseason_windows = 4",
         );
         for hours in [40, 120] {
-            let msgs = messages(6, hours);
+            let msgs = messages(6, hours, 2);
             let cut = msgs.len() / 2 + 3;
             let mut orig = core(&cfg);
             let mut log = Vec::new();
@@ -814,7 +816,7 @@ mod tests {
     fn a_revoked_partition_leaves_memory_and_checkpoints_write_only_changes() {
         let cfg = crate::testkit::pipeline("[decode]\ntime_format = \"epoch_ms\"\n[model]\nhidden = 4\n[window]\nsize = \"1h\"\nallowed_lateness = \"0s\"");
         let mut c = core(&cfg);
-        let msgs = messages(4, 3);
+        let msgs = messages(4, 3, 2);
         c.on_messages(&msgs, 0).unwrap();
         let first = c.checkpoint(vec![(0, 1), (1, 1)]).unwrap();
         assert!(
@@ -880,7 +882,7 @@ mod tests {
             dir.path().join("models")
         ));
         let registry = Registry::new(cfg.models_dir());
-        let msgs = messages(4, 60);
+        let msgs = messages(4, 60, 2);
         let mut c = core(&cfg);
         let champion = c.model().version().to_string();
         c.on_messages(&msgs[..40], 0).unwrap();

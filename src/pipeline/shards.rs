@@ -301,68 +301,8 @@ fn concat(outs: Vec<Result<Vec<Output>>>) -> Result<Vec<Output>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::forecasts as fc;
+    use crate::pipeline::core::tests::{forecasts_of, messages, Forecast};
     use crate::state::StateRecord;
-    use arrow::array::{AsArray, FixedSizeListArray};
-    use arrow::datatypes::{Float64Type, TimestampMillisecondType};
-
-    /// Hourly events of `keys` keys over four partitions (key k on k % 4).
-    fn messages(keys: usize, hours: i64) -> Vec<RawMessage> {
-        let t0 = 1_700_000_000_000i64 - 1_700_000_000_000 % 3_600_000;
-        let mut next = [0i64; 4];
-        let mut out = Vec::new();
-        for h in 0..hours {
-            for k in 0..keys {
-                let p = (k % 4) as i32;
-                let v = 50.0 + 10.0 * ((h as f64 + k as f64) * 0.5).sin() + k as f64;
-                let payload = format!(
-                    r#"{{"key":"k{k}","ts":{},"value":{v}}}"#,
-                    t0 + h * 3_600_000 + 60_000
-                );
-                out.push(RawMessage {
-                    payload: Some(payload.into_bytes()),
-                    partition: p,
-                    offset: next[p as usize],
-                    timestamp_ms: None,
-                });
-                next[p as usize] += 1;
-            }
-        }
-        out
-    }
-
-    /// (window end, key, source, forecast).
-    type Forecast = (i64, String, String, Vec<f64>);
-
-    /// The forecasts of some outputs, sorted by (window end, key).
-    fn forecasts_of(outs: &[Output]) -> Vec<Forecast> {
-        let mut v = Vec::new();
-        for o in outs {
-            if let Output::Forecasts { forecasts, .. } = o {
-                let keys = forecasts.column(fc::KEY).as_string::<i32>();
-                let ends = forecasts
-                    .column(fc::WINDOW_END)
-                    .as_primitive::<TimestampMillisecondType>();
-                let src = forecasts.column(fc::SOURCE).as_string::<i32>();
-                let vals = forecasts
-                    .column(fc::FORECAST)
-                    .as_any()
-                    .downcast_ref::<FixedSizeListArray>()
-                    .unwrap();
-                for i in 0..forecasts.num_rows() {
-                    let f = vals.value(i);
-                    v.push((
-                        ends.value(i),
-                        keys.value(i).to_string(),
-                        src.value(i).to_string(),
-                        f.as_primitive::<Float64Type>().values().to_vec(),
-                    ));
-                }
-            }
-        }
-        v.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        v
-    }
 
     fn shards(cfg: &PipelineConfig) -> Shards {
         let mut s = Shards::new(cfg, Arc::new(Mutex::new(OffsetTracker::new()))).unwrap();
@@ -404,13 +344,13 @@ mod tests {
     fn assert_close(a: &[Forecast], b: &[Forecast], what: &str) {
         assert_eq!(a.len(), b.len(), "{what}");
         for (x, y) in a.iter().zip(b) {
-            assert_eq!((x.0, &x.1, &x.2), (y.0, &y.1, &y.2), "{what}");
-            for (u, v) in x.3.iter().zip(&y.3) {
+            assert_eq!((&x.0, x.1, &x.3), (&y.0, y.1, &y.3), "{what}");
+            for (u, v) in x.2.iter().zip(&y.2) {
                 assert!(
                     (u - v).abs() <= 1e-6 * u.abs().max(1.0),
                     "{what} {} {}: {u} vs {v}",
-                    x.1,
-                    x.0
+                    x.0,
+                    x.1
                 );
             }
         }
@@ -422,7 +362,7 @@ mod tests {
     /// and offsets.
     #[test]
     fn shards_compute_what_one_core_computes() {
-        let msgs = messages(12, 30);
+        let msgs = messages(12, 30, 4);
         let mut one = shards(&cfg(1));
         let (mut a, mut cps_a) = (Vec::new(), Vec::new());
         for chunk in msgs.chunks(17) {
@@ -434,7 +374,7 @@ mod tests {
         }
         let a = forecasts_of(&a);
         assert!(
-            a.iter().filter(|f| f.2 == "model").count() > 100,
+            a.iter().filter(|f| f.3 == "model").count() > 100,
             "model forecasts to compare"
         );
         for n in [2, 3] {
@@ -464,7 +404,7 @@ mod tests {
     /// the job that never stopped.
     #[test]
     fn a_changelog_written_by_shards_restores_into_any_shard_count() {
-        let msgs = messages(8, 40);
+        let msgs = messages(8, 40, 4);
         let cut = msgs.len() / 2 + 5;
         let mut orig = shards(&cfg(2));
         let mut log: Vec<StateRecord> = Vec::new();
@@ -497,7 +437,7 @@ mod tests {
             c.extend(three.on_messages(chunk.to_vec(), 0).unwrap());
         }
         let a = forecasts_of(&a);
-        assert!(a.iter().all(|f| f.2 == "model"), "warm keys stay warm");
+        assert!(a.iter().all(|f| f.3 == "model"), "warm keys stay warm");
         assert!(a.len() > 50);
         assert_close(&forecasts_of(&b), &a, "restored into one");
         assert_close(&forecasts_of(&c), &a, "restored into three");

@@ -319,7 +319,10 @@ fn seq2seq_decoder_learns_and_agrees_between_step_and_sequence() {
         let (y1, _, _) = tch::no_grad(|| net.forward_seq(&xs, &h0, c0.as_ref(), 0.0, false));
         let (y2, _, _) = tch::no_grad(|| net.forward_steps(&xs, &h0, c0.as_ref()));
         assert_eq!(y1.size(), vec![2, 5, spec.horizon]);
-        assert!(f64::try_from((&y1 - &y2).abs().max()).unwrap() < 1e-5, "attention {attention}");
+        assert!(
+            f64::try_from((&y1 - &y2).abs().max()).unwrap() < 1e-5,
+            "attention {attention}"
+        );
         let files = seasonal_windows(&cfg, 6, 24 * 30, dir.path());
         let trained = train_from_windows(&cfg, &quick(8), &files, None).unwrap();
         let r = &trained.report;

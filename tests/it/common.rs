@@ -114,10 +114,9 @@ pub fn read_topic(
     text(&read_topic_bytes(topic, quiet, limit, |r| done(&text(r))))
 }
 
-/// Reads a topic that nothing writes to any more, from the beginning to
-/// the high watermark of every partition (or until `limit`): unlike a
-/// quiet period, a slow broker on a loaded machine cannot end it early.
-pub fn read_topic_to_end(topic: &str, limit: Duration) -> Vec<(String, String)> {
+/// A consumer of its own group assigned every partition of `topic` from
+/// the beginning, and those partitions.
+fn reader_from_beginning(topic: &str) -> (BaseConsumer, Vec<i32>) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", format!("it-reader-{}", rand_suffix()))
@@ -128,16 +127,29 @@ pub fn read_topic_to_end(topic: &str, limit: Duration) -> Vec<(String, String)> 
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .expect("metadata");
     let mut tpl = TopicPartitionList::new();
-    let mut high = Vec::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+    let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    for &p in &partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
-        let (_, h) = consumer
-            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-            .expect("watermarks");
-        high.push((p.id(), h));
     }
     consumer.assign(&tpl).unwrap();
+    (consumer, partitions)
+}
+
+/// Reads a topic that nothing writes to any more, from the beginning to
+/// the high watermark of every partition (or until `limit`): unlike a
+/// quiet period, a slow broker on a loaded machine cannot end it early.
+pub fn read_topic_to_end(topic: &str, limit: Duration) -> Vec<(String, String)> {
+    let (consumer, partitions) = reader_from_beginning(topic);
+    let high: Vec<(i32, i64)> = partitions
+        .into_iter()
+        .map(|p| {
+            let (_, h) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            (p, h)
+        })
+        .collect();
     let start = Instant::now();
     let mut out = Vec::new();
     let at_end = |c: &BaseConsumer| {
@@ -168,21 +180,7 @@ pub fn read_topic_bytes(
     limit: Duration,
     mut done: impl FnMut(&[(String, Vec<u8>)]) -> bool,
 ) -> Vec<(String, Vec<u8>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", format!("it-reader-{}", rand_suffix()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    let (consumer, _) = reader_from_beginning(topic);
     let start = Instant::now();
     let mut last_new = Instant::now();
     let mut out = Vec::new();
