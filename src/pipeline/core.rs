@@ -629,6 +629,23 @@ pub(crate) mod tests {
         v
     }
 
+    /// Equal forecasts: same keys, windows and sources, values within 1e-6
+    /// (relative; float rounding of the network's products).
+    pub(crate) fn assert_close(a: &[Forecast], b: &[Forecast], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!((&x.0, x.1, &x.3), (&y.0, y.1, &y.3), "{what}");
+            for (u, v) in x.2.iter().zip(&y.2) {
+                assert!(
+                    (u - v).abs() <= 1e-6 * u.abs().max(1.0),
+                    "{what} {} {}: {u} vs {v}",
+                    x.0,
+                    x.1
+                );
+            }
+        }
+    }
+
     /// Every quantile value of the forecasts, in (window end, key) order.
     fn quantiles_of(outs: &[Output]) -> Vec<f64> {
         let mut rows: Vec<(i64, String, Vec<f64>)> = Vec::new();
@@ -744,18 +761,7 @@ pub(crate) mod tests {
                     "{kind}: warm keys stay warm"
                 );
             }
-            assert_eq!(a.len(), b.len());
-            for (x, y) in a.iter().zip(&b) {
-                assert_eq!((&x.0, x.1, &x.3), (&y.0, y.1, &y.3));
-                for (u, v) in x.2.iter().zip(&y.2) {
-                    assert!(
-                        (u - v).abs() <= 1e-6 * u.abs().max(1.0),
-                        "{kind} {} {}: {u} vs {v}",
-                        x.0,
-                        x.1
-                    );
-                }
-            }
+            assert_close(&a, &b, kind);
         }
     }
 
@@ -797,18 +803,7 @@ pub(crate) mod tests {
             let (a, b) = (forecasts_of(&a), forecasts_of(&b));
             assert!(a.len() > 30, "{hours}h: enough forecasts");
             assert!(a.iter().any(|f| f.3 == "model"));
-            assert_eq!(a.len(), b.len());
-            for (x, y) in a.iter().zip(&b) {
-                assert_eq!((&x.0, x.1, &x.3), (&y.0, y.1, &y.3));
-                for (u, v) in x.2.iter().zip(&y.2) {
-                    assert!(
-                        (u - v).abs() <= 1e-6 * u.abs().max(1.0),
-                        "{hours}h {} {}: {u} vs {v}",
-                        x.0,
-                        x.1
-                    );
-                }
-            }
+            assert_close(&a, &b, &format!("{hours}h"));
         }
     }
 

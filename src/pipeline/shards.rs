@@ -301,7 +301,7 @@ fn concat(outs: Vec<Result<Vec<Output>>>) -> Result<Vec<Output>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::core::tests::{forecasts_of, messages, Forecast};
+    use crate::pipeline::core::tests::{assert_close, forecasts_of, messages};
     use crate::state::StateRecord;
 
     fn shards(cfg: &PipelineConfig) -> Shards {
@@ -339,21 +339,6 @@ mod tests {
             .collect();
         v.sort();
         v
-    }
-
-    fn assert_close(a: &[Forecast], b: &[Forecast], what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}");
-        for (x, y) in a.iter().zip(b) {
-            assert_eq!((&x.0, x.1, &x.3), (&y.0, y.1, &y.3), "{what}");
-            for (u, v) in x.2.iter().zip(&y.2) {
-                assert!(
-                    (u - v).abs() <= 1e-6 * u.abs().max(1.0),
-                    "{what} {} {}: {u} vs {v}",
-                    x.0,
-                    x.1
-                );
-            }
-        }
     }
 
     /// Sharding changes where a key is computed, not what: two and three
