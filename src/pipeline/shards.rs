@@ -84,14 +84,6 @@ impl Shards {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.cores.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.cores.is_empty()
-    }
-
     /// The shard owning partition `p`; a partition not seen before goes
     /// to the shard with the fewest partitions (the first of those).
     pub fn of(&mut self, p: i32) -> usize {
@@ -364,7 +356,7 @@ mod tests {
         );
         for n in [2, 3] {
             let mut many = shards(&cfg(n));
-            assert_eq!(many.len(), n);
+            assert_eq!(many.cores.len(), n);
             let mut b = Vec::new();
             for (chunk, cp_a) in msgs.chunks(17).zip(&cps_a) {
                 b.extend(many.on_messages(chunk.to_vec(), 0).unwrap());
