@@ -323,6 +323,21 @@ fn grad_decay_plot() {
     }
 }
 
+/// Where (b) trains: `TRAIN_BENCH_DEVICE=cuda` on a machine with a GPU (the
+/// prepared data stays in host memory; `train` moves each batch), else the CPU.
+fn bench_device() -> Device {
+    match std::env::var("TRAIN_BENCH_DEVICE").as_deref() {
+        Ok("cuda") => {
+            assert!(
+                tch::Cuda::is_available(),
+                "TRAIN_BENCH_DEVICE=cuda but libtorch sees no CUDA device"
+            );
+            Device::Cuda(0)
+        }
+        _ => Device::Cpu,
+    }
+}
+
 /// (c) Sequence kernels vs the step loop, one training pass of a batch.
 fn step_kernel_bench() {
     use tch::{Kind, Tensor};
@@ -467,7 +482,7 @@ fn train_bench(
     let mut reported = Vec::new();
     let mut loop_only = Vec::new();
     for i in 0..=reps {
-        let mut net = Network::new(mspec.shape, mspec.horizon, Device::Cpu, mspec.seed);
+        let mut net = Network::new(mspec.shape, mspec.horizon, bench_device(), mspec.seed);
         let t = Instant::now();
         let rep = train::train(&mut net, &data, tcfg).expect("train");
         let w = t.elapsed().as_secs_f64();

@@ -11,7 +11,8 @@ streamcast's `Network` (input 32 = 1 scaled value + missing flag + 6
 covariates + 24 lags; horizon 24). Adam lr 3e-3, masked MSE, batch 128,
 context 96, TBPTT in chunks of 48 steps (state detached between chunks,
 each chunk's loss backpropagated on its own, normalised by its terms),
-clip_grad_norm_(1.0), torch.set_num_threads(2).
+clip_grad_norm_(1.0), torch.set_num_threads(2). `--device cuda` trains on
+the GPU (data in host memory, each batch moved, as streamcast does).
 
 As in streamcast, each batch gathers its rows from flat `[rows, 32]` /
 `[rows, 24]` tensors (128 x 640 rows, like the Rust bench's 128 keys x 640
@@ -45,22 +46,24 @@ class Net(nn.Module):
 
 def run(args, inputs, targets, ends_all, seed: int) -> float:
     torch.manual_seed(seed)
-    net = Net(args.n_in, args.hidden, args.horizon)
+    dev = torch.device(args.device)
+    net = Net(args.n_in, args.hidden, args.horizon).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(seed)
     L, B = args.context, args.batch
     steps = torch.arange(L) - (L - 1)
-    warm = (torch.arange(L) >= args.burn_in).unsqueeze(0)
+    warm = (torch.arange(L) >= args.burn_in).unsqueeze(0).to(dev)
     perm = ends_all[torch.randperm(len(ends_all), generator=gen)]
     t0 = time.perf_counter()
     for b in range(args.batches):
         ends = perm[b * B:(b + 1) * B]
         idx = (ends.unsqueeze(1) + steps.unsqueeze(0)).reshape(-1)
-        x = inputs.index_select(0, idx).view(B, L, -1)
-        y = targets.index_select(0, idx).view(B, L, -1)
+        # As streamcast: the data stay in host memory, each batch moves.
+        x = inputs.index_select(0, idx).view(B, L, -1).to(dev)
+        y = targets.index_select(0, idx).view(B, L, -1).to(dev)
         mask = warm.expand(B, L).float().unsqueeze(2)
         opt.zero_grad()
-        h = torch.zeros(1, B, args.hidden)
+        h = torch.zeros(1, B, args.hidden, device=dev)
         total = 0.0
         for c0 in range(0, L, args.tbptt):
             n = min(args.tbptt, L - c0)
@@ -74,6 +77,8 @@ def run(args, inputs, targets, ends_all, seed: int) -> float:
             total += float(s.detach().item())
         torch.nn.utils.clip_grad_norm_(net.parameters(), args.clip)
         opt.step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
@@ -93,6 +98,7 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--keys", type=int, default=128)
     ap.add_argument("--windows", type=int, default=640)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the Rust bench: TRAIN_BENCH_DEVICE)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -45,6 +45,7 @@ pub(super) fn masked_loss(
             let nq = qs.len() as i64;
             let q = Tensor::from_slice(qs)
                 .to_kind(Kind::Float)
+                .to_device(pred.device())
                 .repeat_interleave_self_int(h, Some(0), None::<i64>);
             let e = y.repeat([1, 1, nq]) - pred; // y - p
             let q = q.view([1, 1, -1]);

@@ -245,7 +245,12 @@ pub fn validation_loss(net: &Network, data: &Prepared, cfg: &TrainConfig) -> f64
     tch::no_grad(|| {
         let (mut s, mut n) = (0.0, 0.0);
         for chunk in data.val_ends.chunks(cfg.batch_size.max(1)) {
-            let b = data.batch(chunk, &data.val_origin, cfg.burn_in.min(data.context - 1));
+            let b = data.batch_on(
+                chunk,
+                &data.val_origin,
+                cfg.burn_in.min(data.context - 1),
+                net.vs.device(),
+            );
             let (cs, cn) = run_batch(net, &b, data.context, &loss, 0.0, false, data.recur);
             s += cs;
             n += cn;
@@ -333,7 +338,7 @@ pub fn train(net: &mut Network, data: &Prepared, cfg: &TrainConfig) -> Result<Tr
         let ends = data.shuffled_train_ends(cfg.seed.wrapping_add(epoch as u64));
         let (mut s, mut n) = (0.0, 0.0);
         for chunk in ends.chunks(cfg.batch_size.max(1)) {
-            let b = data.batch(chunk, &data.train_origin, burn);
+            let b = data.batch_on(chunk, &data.train_origin, burn, net.vs.device());
             opt.zero_grad();
             let (cs, cn) = run_batch(net, &b, cfg.tbptt, &loss, cfg.dropout, true, data.recur);
             let norm = clip_global_norm(&net.vs, cfg.clip_norm);
@@ -454,7 +459,7 @@ pub fn grad_decay(net: &Network, data: &Prepared, cfg: &TrainConfig, batches: us
         .chunks(cfg.batch_size.max(1))
         .take(batches.max(1))
     {
-        let b = data.batch(chunk, &data.train_origin, 0);
+        let b = data.batch_on(chunk, &data.train_origin, 0, net.vs.device());
         let (bsz, n_in) = (b.x.size()[0], b.x.size()[2]);
         let (mut h, mut c) = net.zero_state(bsz);
         let mut prev = Tensor::zeros([bsz, 1], (Kind::Float, b.x.device()));

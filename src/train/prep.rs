@@ -808,6 +808,28 @@ impl Prepared {
         }
     }
 
+    /// `batch`, moved to `device` (the network's): the prepared tensors stay
+    /// in host memory, only each batch crosses to an accelerator.
+    pub fn batch_on(
+        &self,
+        ends: &[i64],
+        origin: &Tensor,
+        burn_in: i64,
+        device: tch::Device,
+    ) -> Batch {
+        let b = self.batch(ends, origin, burn_in);
+        if device == tch::Device::Cpu {
+            return b;
+        }
+        Batch {
+            x: b.x.to_device(device),
+            y: b.y.to_device(device),
+            baseline: b.baseline.to_device(device),
+            loss_mask: b.loss_mask.to_device(device),
+            valid: b.valid.to_device(device),
+        }
+    }
+
     fn key_first(&self, row: i64) -> i64 {
         // keys are sorted by first row: binary search.
         match self.keys.binary_search_by(|&(f, _)| f.cmp(&row)) {

@@ -148,6 +148,45 @@ fn same_seed_same_model_on_cpu() {
     }
 }
 
+/// `model.device = "cuda"` trains (pinball loss, batches moved to the
+/// network's device) and serves on whatever device libtorch has: the GPU
+/// where there is one; here, without one, the CPU, giving exactly what the
+/// CPU setting gives. On a GPU machine this is the path's smoke test.
+#[test]
+fn the_cuda_setting_trains_and_serves_on_the_device_there_is() {
+    use arrow::array::AsArray;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = pipeline("lstm", "residual");
+    cfg.model.quantiles = vec![0.1, 0.5, 0.9];
+    let files = seasonal_windows(&cfg, 3, 24 * 10, dir.path());
+    let mut gpu = cfg.clone();
+    gpu.model.device = crate::config::DeviceKind::Cuda;
+    let a = train_from_windows(&gpu, &quick(2), &files, None).unwrap();
+    let want = crate::model::device_for(crate::config::DeviceKind::Cuda);
+    assert_eq!(a.net.vs.device(), want);
+    assert!(a.report.best_val_loss.is_finite(), "{:?}", a.report);
+    if want == tch::Device::Cpu {
+        let b = train_from_windows(&cfg, &quick(2), &files, None).unwrap();
+        assert_eq!(a.report.val_loss, b.report.val_loss);
+    }
+    let (mut stage, batches) = live_stage(a, &gpu, &files[0]);
+    let mut served = 0;
+    for b in batches {
+        let out = stage.forecast(&b).unwrap();
+        let p = out
+            .column_by_name(crate::schema::forecasts::QUANTILES_NAME)
+            .unwrap()
+            .as_fixed_size_list()
+            .values()
+            .as_primitive::<arrow::datatypes::Float64Type>()
+            .values()
+            .to_vec();
+        assert!(p.iter().all(|v| v.is_finite()));
+        served += out.num_rows();
+    }
+    assert!(served > 0);
+}
+
 fn toy_batch(l: i64, n_in: i64, h: i64) -> prep::Batch {
     tch::manual_seed(3);
     let x = Tensor::randn([2, l, n_in], (Kind::Float, tch::Device::Cpu));
