@@ -40,6 +40,9 @@
 //! `old:/tmp/streamcast-main:;new::;linger1::[sink.librdkafka]\n"linger.ms" = "1"`.
 //! `E2E_SHARDS=2,4` adds runners with `compute.shards` set to each
 //! number (backlog workloads, interleaved with the default's one shard).
+//! `E2E_EXTRA="name:toml;..."` adds runners of this build with more TOML
+//! after the `[sink]` table (`\n` for newlines), e.g.
+//! `nostretch:[state]\nbacklog_commit_interval = "1s"`.
 //! `E2E_OLD_BIN=<path>` adds another `streamcast` binary (e.g. one built
 //! from an older commit) as a runner of the backlog workloads, interleaved.
 //! `E2E_LOG_DIR=<dir>` keeps each job's stderr there (with `RUST_LOG`).
@@ -598,6 +601,19 @@ fn main() {
                     Some(run_streamcast(&topic, w, dir.path(), "", &extra, "3s")),
                 );
             }
+            // `E2E_EXTRA="name:toml;..."`: more runners of this build, each
+            // with TOML after the `[sink]` table (`\n` for newlines).
+            for v in env_or("E2E_EXTRA", "")
+                .split(';')
+                .filter(|v| !v.trim().is_empty())
+            {
+                let (name, extra) = v.split_once(':').unwrap_or((v, ""));
+                let extra = extra.replace("\\n", "\n");
+                run(
+                    &format!("streamcast run ({})", name.trim()),
+                    Some(run_streamcast(&topic, w, dir.path(), "", &extra, "3s")),
+                );
+            }
             if let Ok(bin) = std::env::var("E2E_OLD_BIN") {
                 run(
                     "streamcast run (E2E_OLD_BIN, before)",
@@ -659,6 +675,14 @@ fn main() {
             median_range(&ratio(&ours, &limit)),
             median_range(&ratio(&ours, &peer))
         );
+        let before = col("streamcast run (E2E_OLD_BIN, before)", |f| f.events_per_s);
+        if !before.is_empty() {
+            println!(
+                "streamcast / E2E_OLD_BIN (same rep): {}; E2E_OLD_BIN / bare limit (same rep): {}",
+                median_range(&ratio(&ours, &before)),
+                median_range(&ratio(&before, &limit))
+            );
+        }
         let eos = col("streamcast run (exactly once)", |f| f.events_per_s);
         if !eos.is_empty() {
             let off = col("streamcast run (state off)", |f| f.events_per_s);
