@@ -18,8 +18,9 @@
 //! - Offsets are stored only from `OffsetTracker::commit_points`, i.e. after
 //!   every forecast depending on them was acknowledged (see `offsets`).
 //! - Durable state (`state.enabled`, the default): every
-//!   `state.commit_interval` the compute thread emits a checkpoint (see
-//!   `state`) after its outputs; the sink publishes it once everything
+//!   `state.commit_interval` (up to `state.backlog_commit_interval` while
+//!   far behind, see `checkpoint_due`) the compute thread emits a
+//!   checkpoint (see `state`) after its outputs; the sink publishes it once everything
 //!   before it is acknowledged and commits the input offsets with it (in one
 //!   transaction when `delivery = "exactly_once"`). Only checkpoints commit.
 //!   At least once, outputs after a checkpoint keep flowing while it waits
