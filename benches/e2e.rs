@@ -40,6 +40,9 @@
 //! `old:/tmp/streamcast-main:;new::;linger1::[sink.librdkafka]\n"linger.ms" = "1"`.
 //! `E2E_SHARDS=2,4` adds runners with `compute.shards` set to each
 //! number (backlog workloads, interleaved with the default's one shard).
+//! `E2E_EXTRA="name:toml;..."` adds runners of this build with more TOML
+//! after the `[sink]` table (`\n` for newlines), e.g.
+//! `nostretch:[state]\nbacklog_commit_interval = "1s"`.
 //! `E2E_OLD_BIN=<path>` adds another `streamcast` binary (e.g. one built
 //! from an older commit) as a runner of the backlog workloads, interleaved.
 //! `E2E_LOG_DIR=<dir>` keeps each job's stderr there (with `RUST_LOG`).
@@ -367,19 +370,8 @@ fn streamcast_bin() -> PathBuf {
         .join("streamcast")
 }
 
-/// `top` is TOML before the first table (e.g. `delivery`), `extra` after.
-fn run_streamcast(
-    topic: &str,
-    w: Workload,
-    dir: &Path,
-    top: &str,
-    extra: &str,
-    idle: &str,
-) -> Figures {
-    run_streamcast_with(&streamcast_bin(), topic, w, dir, top, extra, idle)
-}
-
-/// [`run_streamcast`] with a given binary.
+/// Runs `streamcast run` of `bin` on `topic`: `top` is TOML before the
+/// first table (e.g. `delivery`), `extra` after `[sink]`.
 fn run_streamcast_with(
     bin: &Path,
     topic: &str,
@@ -563,10 +555,17 @@ fn main() {
             if !skip.contains("kcat") {
                 run("kcat", kcat(&topic, events));
             }
-            run(
-                "streamcast run",
-                Some(run_streamcast(&topic, w, dir.path(), "", "", "3s")),
-            );
+            // The streamcast jobs: (runner, binary, top-level TOML, TOML
+            // after `[sink]`), started in an order rotated by one each
+            // repetition, so that no runner always follows the same one
+            // (the broker compacts the previous jobs' changelogs meanwhile).
+            let here = streamcast_bin();
+            let mut jobs: Vec<(String, PathBuf, String, String)> = vec![(
+                "streamcast run".into(),
+                here.clone(),
+                String::new(),
+                String::new(),
+            )];
             if std::env::var_os("E2E_DELIVERY").is_some() {
                 let variants = [
                     ("streamcast run (state off)", "", "[state]\nenabled = false"),
@@ -582,41 +581,64 @@ fn main() {
                     ),
                 ];
                 for (name, top, extra) in variants {
-                    run(
-                        name,
-                        Some(run_streamcast(&topic, w, dir.path(), top, extra, "3s")),
-                    );
+                    jobs.push((name.into(), here.clone(), top.into(), extra.into()));
                 }
             }
             for n in env_or("E2E_SHARDS", "")
                 .split(',')
                 .filter(|n| !n.is_empty())
             {
-                let extra = format!("[compute]\nshards = {n}");
-                run(
-                    &format!("streamcast run (compute.shards = {n})"),
-                    Some(run_streamcast(&topic, w, dir.path(), "", &extra, "3s")),
-                );
+                jobs.push((
+                    format!("streamcast run (compute.shards = {n})"),
+                    here.clone(),
+                    String::new(),
+                    format!("[compute]\nshards = {n}"),
+                ));
+            }
+            // `E2E_EXTRA="name:toml;..."`: more runners of this build, each
+            // with TOML after the `[sink]` table (`\n` for newlines).
+            for v in env_or("E2E_EXTRA", "")
+                .split(';')
+                .filter(|v| !v.trim().is_empty())
+            {
+                let (name, extra) = v.split_once(':').unwrap_or((v, ""));
+                jobs.push((
+                    format!("streamcast run ({})", name.trim()),
+                    here.clone(),
+                    String::new(),
+                    extra.replace("\\n", "\n"),
+                ));
             }
             if let Ok(bin) = std::env::var("E2E_OLD_BIN") {
+                jobs.push((
+                    "streamcast run (E2E_OLD_BIN, before)".into(),
+                    PathBuf::from(bin),
+                    String::new(),
+                    String::new(),
+                ));
+            }
+            if std::env::var_os("E2E_OLD_DEFAULT").is_some() {
+                jobs.push((
+                    "streamcast run (librdkafka's default fetch.queue.backoff.ms)".into(),
+                    here.clone(),
+                    String::new(),
+                    "[source.librdkafka]\n\"fetch.queue.backoff.ms\" = \"1000\"".into(),
+                ));
+            }
+            let k = jobs.len();
+            jobs.rotate_left(rep % k);
+            for (name, bin, top, extra) in &jobs {
                 run(
-                    "streamcast run (E2E_OLD_BIN, before)",
+                    name,
                     Some(run_streamcast_with(
-                        Path::new(&bin),
+                        bin,
                         &topic,
                         w,
                         dir.path(),
-                        "",
-                        "",
+                        top,
+                        extra,
                         "3s",
                     )),
-                );
-            }
-            if std::env::var_os("E2E_OLD_DEFAULT").is_some() {
-                let old = "[source.librdkafka]\n\"fetch.queue.backoff.ms\" = \"1000\"";
-                run(
-                    "streamcast run (librdkafka's default fetch.queue.backoff.ms)",
-                    Some(run_streamcast(&topic, w, dir.path(), "", old, "3s")),
                 );
             }
             if !skip.contains("peer") {
@@ -659,6 +681,14 @@ fn main() {
             median_range(&ratio(&ours, &limit)),
             median_range(&ratio(&ours, &peer))
         );
+        let before = col("streamcast run (E2E_OLD_BIN, before)", |f| f.events_per_s);
+        if !before.is_empty() {
+            println!(
+                "streamcast / E2E_OLD_BIN (same rep): {}; E2E_OLD_BIN / bare limit (same rep): {}",
+                median_range(&ratio(&ours, &before)),
+                median_range(&ratio(&before, &limit))
+            );
+        }
         let eos = col("streamcast run (exactly once)", |f| f.events_per_s);
         if !eos.is_empty() {
             let off = col("streamcast run (state off)", |f| f.events_per_s);

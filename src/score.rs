@@ -56,7 +56,7 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, TimestampMillisecondType, UInt32Type};
 
 use crate::schema::{f64_list_like, f64_list_values, forecasts as fc, windows as wc};
-use crate::state::ScoreKeyState;
+use crate::state::{ChoiceKeyState, ScoreKeyState, ScoreView};
 
 // Series names: see `telemetry` for the catalogue.
 use crate::telemetry::{
@@ -114,7 +114,9 @@ pub struct ScoredStep {
 }
 
 /// Sums over the forecasts scored at one step (per key, per batch, in total).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// Serialized (in live records, see `state::ScoreView`) as the tuple
+/// `ScoreKeyState::sums` holds: the same fields in the same order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 struct Sums {
     abs: f64,
     smape: f64,
@@ -461,6 +463,31 @@ impl Scorer {
                 .collect(),
             conformity_source: st.conformity_source,
         })
+    }
+
+    /// `key`'s live record for a checkpoint (format 2, `state::encode_live`),
+    /// with `choice` (the chooser's state of the key) beside it: encoded
+    /// straight from the scorer's deques, byte for byte what
+    /// `encode_live` writes for [`Scorer::export`]'s copy.
+    pub fn encode_live(
+        &self,
+        key: &str,
+        choice: Option<&ChoiceKeyState>,
+    ) -> crate::error::Result<Vec<u8>> {
+        let view = self.keys.get(key).map(|st| ScoreView {
+            pending: &st.pending,
+            versions: &self.versions,
+            values: &st.values,
+            qvalues: &st.qvalues,
+            qraw: &st.qraw,
+            recent: &st.recent,
+            scale_sum: st.scale_sum,
+            scale_n: st.scale_n,
+            sums: &st.sums,
+            conformity: &st.conformity,
+            conformity_source: st.conformity_source,
+        });
+        crate::state::encode_live_view(view.as_ref(), choice)
     }
 
     /// Takes a restored key state in. A state of another shape (the scored
@@ -914,6 +941,17 @@ mod tests {
 
     /// A one-key forecasts batch of horizon `h`, with quantiles when given.
     fn batch_with_quantiles(end: i64, point: &[f64], levels: &[f64], q: &[f64]) -> RecordBatch {
+        batch_of_version(end, "v1", point, levels, q)
+    }
+
+    /// [`batch_with_quantiles`] of a given model version.
+    fn batch_of_version(
+        end: i64,
+        version: &str,
+        point: &[f64],
+        levels: &[f64],
+        q: &[f64],
+    ) -> RecordBatch {
         use arrow::array::{
             FixedSizeListBuilder, Float64Builder, StringArray, TimestampMillisecondArray,
         };
@@ -930,7 +968,7 @@ mod tests {
         let mut cols: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(vec!["k"])),
             Arc::new(TimestampMillisecondArray::from(vec![end]).with_timezone("UTC")),
-            Arc::new(StringArray::from(vec!["v1"])),
+            Arc::new(StringArray::from(vec![version])),
             Arc::new(StringArray::from(vec!["model"])),
             Arc::new(list.finish()),
         ];
@@ -1076,5 +1114,77 @@ mod tests {
             // The scorer's own count (all 4000 hours) agrees in range.
             assert!((0.7..=0.9).contains(&scored), "scored coverage {scored}");
         }
+    }
+
+    /// The live record encoded in place is the record of the exported
+    /// copy, byte for byte, at every point of a key's life: pending
+    /// forecasts of two model versions (interleaved, so the record's own
+    /// version order differs from the scorer's table), quantiles,
+    /// calibration windows filling, with and without a chooser's state, and
+    /// a key the scorer does not know. It decodes to the exported state.
+    #[test]
+    fn a_live_record_encoded_in_place_is_the_exported_states_record() {
+        use crate::state::{decode_live, encode_live, ChoiceKeyState, LiveKeyState};
+        let levels = [0.1, 0.5, 0.9];
+        let mut s = Scorer::new(
+            H,
+            3,
+            &[1, 2, 3],
+            2,
+            &levels,
+            Some(Calibration { window: 3 }),
+        );
+        // A version the key never uses first, so table indices and the
+        // record's indices differ.
+        s.version_index("unused");
+        let choice = ChoiceKeyState {
+            recent: vec![1.0, 2.5],
+            level: Some(0.25),
+            serving: "ets".into(),
+            ..ChoiceKeyState::default()
+        };
+        let check = |s: &Scorer, at: i64| {
+            for c in [None, Some(&choice)] {
+                for key in ["k", "nope"] {
+                    let want = encode_live(&LiveKeyState {
+                        score: s.export(key),
+                        choice: c.cloned(),
+                    })
+                    .unwrap();
+                    let got = s.encode_live(key, c).unwrap();
+                    assert_eq!(got, want, "hour {at}, key {key}, choice {}", c.is_some());
+                    let back = decode_live(&got).unwrap();
+                    assert_eq!(back.score, s.export(key), "hour {at}");
+                    assert_eq!(back.choice.as_ref(), c, "hour {at}");
+                }
+            }
+        };
+        check(&s, 0);
+        for t in 1..=12i64 {
+            let version = if t % 3 == 0 { "v2" } else { "v1" };
+            let y = (t as f64 * 0.7).sin() * 3.0;
+            let point = [y + 0.5, y - 0.25, 1.0];
+            let q = [
+                y - 1.0,
+                y + 0.5,
+                y + 1.0,
+                y - 2.0,
+                y,
+                y + 2.0,
+                -1.0,
+                1.0,
+                3.0,
+            ];
+            s.observe(
+                &one_window(t * H, y),
+                batch_of_version(t * H, version, &point, &levels, &q),
+            );
+            check(&s, t);
+        }
+        let st = s.export("k").unwrap();
+        // The record saw both versions pending and calibration scores.
+        assert!(st.pending.iter().any(|p| p.1 == "v2"));
+        assert!(st.pending.iter().any(|p| p.1 == "v1"));
+        assert!(st.conformity.iter().any(|c| !c.is_empty()));
     }
 }

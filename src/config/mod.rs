@@ -996,6 +996,19 @@ pub struct StateConfig {
     /// longer: fewer pauses to drain in-flight deliveries.
     #[serde(default = "default_commit_interval", deserialize_with = "de_duration")]
     pub commit_interval: Duration,
+    /// While the job is far behind (more input unread on the broker than
+    /// it read since the last checkpoint), checkpoints wait up to this long
+    /// instead of `commit_interval`: catching up through a backlog then
+    /// rewrites each key's window record every few seconds, not every
+    /// second. This bounds what is replayed after a crash in a backlog
+    /// (and, exactly once, how long forecasts stay invisible then); keep it
+    /// well below the transaction timeout (20 s). At or below
+    /// `commit_interval`: no stretching.
+    #[serde(
+        default = "default_backlog_commit_interval",
+        deserialize_with = "de_duration"
+    )]
+    pub backlog_commit_interval: Duration,
     /// Give up restoring a partition after this long (a clear error rather
     /// than a job that waits forever on an unreachable changelog).
     #[serde(default = "default_restore_timeout", deserialize_with = "de_duration")]
@@ -1024,6 +1037,7 @@ impl Default for StateConfig {
             enabled: true,
             topic: None,
             commit_interval: default_commit_interval(),
+            backlog_commit_interval: default_backlog_commit_interval(),
             restore_timeout: default_restore_timeout(),
             instance: None,
             static_membership: false,
@@ -1033,6 +1047,9 @@ impl Default for StateConfig {
 
 const fn default_commit_interval() -> Duration {
     Duration::from_secs(1)
+}
+const fn default_backlog_commit_interval() -> Duration {
+    Duration::from_secs(5)
 }
 const fn default_restore_timeout() -> Duration {
     Duration::from_secs(300)

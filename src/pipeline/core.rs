@@ -186,14 +186,20 @@ impl Core {
                     });
                 }
                 if live {
-                    let l = LiveKeyState {
-                        score: scorer.as_ref().and_then(|s| s.export(&key)),
-                        choice: self.chooser.as_ref().and_then(|c| c.export(&key)),
+                    let choice = self.chooser.as_ref().and_then(|c| c.export(&key));
+                    // The scorer encodes its deques in place (no copy of
+                    // the key's state first).
+                    let value = match scorer.as_ref() {
+                        Some(s) => s.encode_live(&key, choice.as_ref())?,
+                        None => state::encode_live(&LiveKeyState {
+                            score: None,
+                            choice,
+                        })?,
                     };
                     records.push(StateRecord {
                         partition: p,
                         key: state::live_key(&key),
-                        value: Some(state::encode_live(&l)?),
+                        value: Some(value),
                     });
                 }
             }

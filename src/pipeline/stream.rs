@@ -18,8 +18,9 @@
 //! - Offsets are stored only from `OffsetTracker::commit_points`, i.e. after
 //!   every forecast depending on them was acknowledged (see `offsets`).
 //! - Durable state (`state.enabled`, the default): every
-//!   `state.commit_interval` the compute thread emits a checkpoint (see
-//!   `state`) after its outputs; the sink publishes it once everything
+//!   `state.commit_interval` (up to `state.backlog_commit_interval` while
+//!   far behind, see `checkpoint_due`) the compute thread emits a
+//!   checkpoint (see `state`) after its outputs; the sink publishes it once everything
 //!   before it is acknowledged and commits the input offsets with it (in one
 //!   transaction when `delivery = "exactly_once"`). Only checkpoints commit.
 //!   At least once, outputs after a checkpoint keep flowing while it waits
@@ -87,11 +88,13 @@ enum Input {
 
 /// Messages (possibly none: then it is a heartbeat carrying the partition
 /// state), the owned partitions with the generation each was assigned in,
-/// and those with a backlog.
+/// and those with a backlog, and how many messages of the owned partitions
+/// were unread on the broker when the batch was taken (`lag`).
 struct Batch {
     messages: Vec<RawMessage>,
     partitions: BTreeMap<i32, u64>,
     backlogged: Vec<i32>,
+    lag: u64,
 }
 
 /// A promoted model on its way from the retrainer to the compute thread.
@@ -402,6 +405,9 @@ fn compute_loop(
     // records them in the files it seals).
     let mut through: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_checkpoint = Instant::now();
+    // Messages read since the last checkpoint, and the input still unread
+    // on the broker as of the latest batch (see `checkpoint_due`).
+    let (mut read_since, mut lag) = (0u64, 0u64);
     let emit = |outs: Vec<Output>| -> Result<()> {
         for o in outs {
             if let Output::Forecasts { windows, .. } = &o {
@@ -474,6 +480,8 @@ fn compute_loop(
                     b.messages.retain(|m| owned.contains_key(&m.partition));
                 }
                 core.set_backlogged(&b.backlogged);
+                read_since += b.messages.len() as u64;
+                lag = b.lag;
                 if b.messages.is_empty() {
                     core.tick(now_ms())?
                 } else {
@@ -509,9 +517,13 @@ fn compute_loop(
             Err(RecvTimeoutError::Disconnected) => break,
         };
         emit(outs)?;
-        if durable && (asked.is_some() || last_checkpoint.elapsed() >= cfg.state.commit_interval) {
+        if durable
+            && (asked.is_some()
+                || checkpoint_due(last_checkpoint.elapsed(), read_since, lag, &cfg.state))
+        {
             checkpoint(&mut core, &owned, asked)?;
             last_checkpoint = Instant::now();
+            read_since = 0;
         }
         if !revoked.is_empty() {
             for p in revoked {
@@ -531,6 +543,33 @@ fn compute_loop(
         a.close();
     }
     Ok(core.totals())
+}
+
+/// Whether the periodic checkpoint is due, `elapsed` after the last one,
+/// having read `read_since` messages since, with `lag` messages still
+/// unread on the broker.
+///
+/// Every `state.commit_interval`, except while the job is far behind: when
+/// more input waits than was read since the last checkpoint (more than
+/// `elapsed` of work left at the current rate), the checkpoint waits, up
+/// to `state.backlog_commit_interval`. Catching up through a backlog, each
+/// checkpoint rewrites the `w/` record of every key touched since the
+/// previous one: at 100k keys that is 100k records a second of backlog,
+/// most of them superseded a second later. The replay after a crash (and,
+/// exactly once, the wait until forecasts become visible) is then bounded
+/// by `backlog_commit_interval` of input instead of `commit_interval`; once
+/// the backlog is within `elapsed` of work, the cadence is back to
+/// `commit_interval`.
+fn checkpoint_due(
+    elapsed: Duration,
+    read_since: u64,
+    lag: u64,
+    cfg: &crate::config::StateConfig,
+) -> bool {
+    if elapsed < cfg.commit_interval {
+        return false;
+    }
+    elapsed >= cfg.backlog_commit_interval || lag <= read_since
 }
 
 /// Brings the core in step with a new assignment: partitions gone, or
@@ -878,16 +917,20 @@ async fn consume(
         let partitions = assignment.owned();
         next_offsets.retain(|p, _| partitions.contains_key(p));
         let backlogged = source::backlogged_partitions(consumer, &cfg.source.topic, &next_offsets);
+        let mut lag = 0u64;
         for (&p, &next) in &next_offsets {
             if let Some(high) = source::cached_high_watermark(consumer, &cfg.source.topic, p) {
+                let behind = high.saturating_sub(next).max(0);
+                lag += behind as u64;
                 metrics::gauge!(crate::telemetry::PARTITION_LAG, "partition" => p.to_string())
-                    .set(high.saturating_sub(next).max(0) as f64);
+                    .set(behind as f64);
             }
         }
         let mut item = Input::Batch(Batch {
             messages,
             partitions,
             backlogged,
+            lag,
         });
         // Bounded hand-off: when the compute thread is behind, wait here
         // (backpressure) instead of buffering without limit.
@@ -1059,4 +1102,38 @@ fn print_summary(t: &Totals, d: &Deliveries, started: Instant, reads: &ReadTimes
         );
     }
     println!("elapsed              {:>9.1}s", secs);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StateConfig;
+
+    fn cfg(commit_ms: u64, backlog_ms: u64) -> StateConfig {
+        StateConfig {
+            commit_interval: Duration::from_millis(commit_ms),
+            backlog_commit_interval: Duration::from_millis(backlog_ms),
+            ..StateConfig::default()
+        }
+    }
+
+    #[test]
+    fn checkpoints_stretch_only_while_far_behind_and_never_past_the_backlog_interval() {
+        let c = cfg(1000, 5000);
+        let ms = Duration::from_millis;
+        // Never before the commit interval, however little is left.
+        assert!(!checkpoint_due(ms(999), 10, 0, &c));
+        // Caught up (or behind by less than was read since): every interval.
+        assert!(checkpoint_due(ms(1000), 10, 0, &c));
+        assert!(checkpoint_due(ms(1000), 500, 500, &c));
+        // Far behind: more waits than was read since the last checkpoint.
+        assert!(!checkpoint_due(ms(1000), 500, 501, &c));
+        assert!(!checkpoint_due(ms(4999), 500, 1_000_000, &c));
+        // The bound on replay holds however far behind.
+        assert!(checkpoint_due(ms(5000), 500, 1_000_000, &c));
+        // A backlog interval below the commit interval disables stretching.
+        let off = cfg(1000, 500);
+        assert!(checkpoint_due(ms(1000), 0, 1_000_000, &off));
+        assert!(!checkpoint_due(ms(999), 0, 1_000_000, &off));
+    }
 }

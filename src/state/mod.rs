@@ -44,6 +44,7 @@
 
 pub mod changelog;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -619,6 +620,120 @@ pub fn encode_live(l: &LiveKeyState) -> Result<Vec<u8>> {
         versions,
         score,
         choice: l.choice.as_ref(),
+    };
+    SCRATCH.with(|b| encode_with(LIVE_FORMAT, &wire, &mut b.borrow_mut()))
+}
+
+/// A scorer's per-key state as it lies in memory (deques; pending
+/// forecasts' versions as indices into the scorer's table `versions`), for
+/// encoding a live record without first copying it into a
+/// [`ScoreKeyState`] (`Scorer::export` did that for every key of every
+/// closing checkpoint: ~0.25 s per 100k keys, BENCHMARKS.md).
+/// `S` must serialize like the `sums` tuple of [`ScoreKeyState`] (postcard
+/// writes a struct of the same fields in the same order identically).
+pub struct ScoreView<'a, S: Serialize> {
+    pub pending: &'a VecDeque<(i64, u16, u8)>,
+    pub versions: &'a [Arc<str>],
+    pub values: &'a VecDeque<f32>,
+    pub qvalues: &'a VecDeque<f32>,
+    pub qraw: &'a VecDeque<f32>,
+    pub recent: &'a VecDeque<f32>,
+    pub scale_sum: f64,
+    pub scale_n: u32,
+    pub sums: &'a [S],
+    pub conformity: &'a [VecDeque<f32>],
+    pub conformity_source: u8,
+}
+
+impl<S: Serialize> ScoreView<'_, S> {
+    /// A pending forecast's version name ("" for an index the table no
+    /// longer has, as `Scorer::export` wrote it).
+    fn version(&self, i: u16) -> &str {
+        self.versions.get(usize::from(i)).map_or("", |v| v)
+    }
+}
+
+/// The view's pending forecasts with their versions as indices into the
+/// record's own version list (`names`, in order of first use).
+struct PendingWire<'a, 'b, S: Serialize> {
+    view: &'b ScoreView<'a, S>,
+    names: &'b [&'b str],
+}
+
+impl<S: Serialize> Serialize for PendingWire<'_, '_, S> {
+    fn serialize<Z: serde::Serializer>(&self, z: Z) -> std::result::Result<Z::Ok, Z::Error> {
+        use serde::ser::{Error as _, SerializeSeq};
+        let mut seq = z.serialize_seq(Some(self.view.pending.len()))?;
+        for &(end, v, src) in self.view.pending {
+            let name = self.view.version(v);
+            let i = self
+                .names
+                .iter()
+                .position(|n| *n == name)
+                .ok_or_else(|| Z::Error::custom("a pending version missing from the record"))?;
+            seq.serialize_element(&(end, i as u32, src))?;
+        }
+        seq.end()
+    }
+}
+
+/// Format 2 of a live record from a [`ScoreView`]: the same bytes as
+/// [`LiveWire`] of the equal [`ScoreKeyState`].
+#[derive(Serialize)]
+struct LiveViewWire<'a, 'b, S: Serialize> {
+    versions: &'b [&'b str],
+    score: Option<ScoreViewWire<'a, 'b, S>>,
+    choice: Option<&'b ChoiceKeyState>,
+}
+
+#[derive(Serialize)]
+struct ScoreViewWire<'a, 'b, S: Serialize> {
+    pending: PendingWire<'a, 'b, S>,
+    values: &'a VecDeque<f32>,
+    qvalues: &'a VecDeque<f32>,
+    qraw: &'a VecDeque<f32>,
+    recent: &'a VecDeque<f32>,
+    scale_sum: f64,
+    scale_n: u32,
+    sums: &'a [S],
+    conformity: &'a [VecDeque<f32>],
+    conformity_source: u8,
+}
+
+/// Encodes a live record (format [`LIVE_FORMAT`]) from the scorer's
+/// in-memory state and the chooser's exported one: byte for byte what
+/// [`encode_live`] writes for the same state.
+pub fn encode_live_view<S: Serialize>(
+    score: Option<&ScoreView<'_, S>>,
+    choice: Option<&ChoiceKeyState>,
+) -> Result<Vec<u8>> {
+    let mut names: Vec<&str> = Vec::new();
+    if let Some(v) = score {
+        for &(_, i, _) in v.pending {
+            let name = v.version(i);
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    let wire = LiveViewWire {
+        versions: &names,
+        score: score.map(|v| ScoreViewWire {
+            pending: PendingWire {
+                view: v,
+                names: &names,
+            },
+            values: v.values,
+            qvalues: v.qvalues,
+            qraw: v.qraw,
+            recent: v.recent,
+            scale_sum: v.scale_sum,
+            scale_n: v.scale_n,
+            sums: v.sums,
+            conformity: v.conformity,
+            conformity_source: v.conformity_source,
+        }),
+        choice,
     };
     SCRATCH.with(|b| encode_with(LIVE_FORMAT, &wire, &mut b.borrow_mut()))
 }
