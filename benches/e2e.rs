@@ -110,9 +110,57 @@ fn brokers() -> String {
     env_or("STREAMCAST_BROKERS", "127.0.0.1:9092")
 }
 
+/// Every suffix handed out: the topics named with them are deleted by
+/// [`drop_topics`] once a workload is done.
+static SUFFIXES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 fn suffix() -> String {
     use rand::Rng;
-    format!("{:08x}", rand::rng().random::<u32>())
+    let s = format!("{:08x}", rand::rng().random::<u32>());
+    if let Ok(mut v) = SUFFIXES.lock() {
+        v.push(s.clone());
+    }
+    s
+}
+
+/// Deletes the topics this bench created so far (input, outputs, dead
+/// letters, changelogs: every `e2e-` topic named with one of its
+/// suffixes): one workload's input alone is ~3M events, and repeated runs
+/// filled the local broker's disk (29 GB) before this.
+fn drop_topics() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let suffixes = SUFFIXES
+        .lock()
+        .map(|mut v| std::mem::take(&mut *v))
+        .unwrap_or_default();
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers());
+    let Ok(meta_client) = cfg.create::<BaseConsumer>() else {
+        return;
+    };
+    let Ok(meta) = meta_client.fetch_metadata(None, std::time::Duration::from_secs(10)) else {
+        return;
+    };
+    let names: Vec<String> = meta
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|n| n.starts_with("e2e-") && suffixes.iter().any(|s| n.contains(s.as_str())))
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    let Ok(admin) = cfg.create::<AdminClient<DefaultClientContext>>() else {
+        return;
+    };
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    match rt.block_on(admin.delete_topics(&refs, &AdminOptions::new())) {
+        Ok(_) => eprintln!("deleted {} topics of this run", names.len()),
+        Err(e) => eprintln!("deleting this run's topics: {e}"),
+    }
 }
 
 fn field_names(n: usize) -> Vec<String> {
@@ -698,6 +746,7 @@ fn main() {
                 median_range(&ratio(&ours, &off))
             );
         }
+        drop_topics();
     }
 }
 
@@ -786,4 +835,5 @@ fn paced(rate: f64, events: usize, reps: usize, dir: &Path) {
             median_range(&loads[vi])
         );
     }
+    drop_topics();
 }
