@@ -22,15 +22,22 @@
 //!   compute-thread work);
 //! - `median`: the step-wise median of the other candidates' forecasts
 //!   (the combination that won offline, see BENCHMARKS.md "combinations");
+//!   `weighted`: their mean weighted by inverse recent error (a
+//!   combination rather than a selection; on the NAB validation origins
+//!   it lost to selecting, BENCHMARKS.md "Combination instead of
+//!   selection");
 //! - every candidate's pending forecasts at the scored steps (the first and
-//!   the last of the horizon), scored against real actuals as their
-//!   windows close (filled windows are not actuals);
+//!   the last of the horizon, or every step with `choice.score_all_steps`),
+//!   scored against real actuals as their windows close (filled windows
+//!   are not actuals);
 //! - an exponentially weighted mean of each candidate's absolute error
 //!   (half-life `choice.half_life` scored windows);
 //! - the candidate serving the key. It changes only when another one's
 //!   error is below the serving one's by more than `choice.margin`
 //!   (hysteresis, so a key does not flap between two close candidates), and
-//!   not before `choice.min_scored` windows have been scored.
+//!   not before `choice.min_scored` windows have been scored. A new key
+//!   starts on `choice.start` (the network by default); only the
+//!   candidates in `choice.serve` (default all) may serve.
 //!
 //! A forecast served by another candidate says so (`source = "naive"`,
 //! `"ses_sa"`, `"median"`, ...); its quantiles, if any, are its point
@@ -45,7 +52,8 @@
 //! `one_batch_of_many_windows_equals_one_window_per_batch`); the network's
 //! own forecast is passed through unchanged while it serves. Memory per
 //! key: the recent values (8 bytes each), `horizon` pending forecasts of
-//! `candidates x 2` f32 values plus 8 bytes, an error and a weight per
+//! `candidates x 2` f32 values (`candidates x horizon` when every step is
+//! scored) plus 8 bytes, an error and a weight per
 //! candidate, and per classical candidate its last fit
 //! (`horizon + refit_every - 1` f64); ~0.7 KB with the four cheap
 //! candidates at season 24, horizon 12, ~3 KB with two classical
