@@ -115,6 +115,10 @@ fn main() {
             ses_alpha: 0.3,
             history: 0,
             refit_every,
+            start: Candidate::Network,
+            weight_power: 1.0,
+            serve: Vec::new(),
+            score_all_steps: false,
         };
         let mut c = Chooser::new(spec, H, HORIZON, 24);
         let mut t = 1;

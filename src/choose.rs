@@ -22,15 +22,22 @@
 //!   compute-thread work);
 //! - `median`: the step-wise median of the other candidates' forecasts
 //!   (the combination that won offline, see BENCHMARKS.md "combinations");
+//!   `weighted`: their mean weighted by inverse recent error (a
+//!   combination rather than a selection; on the NAB validation origins
+//!   it lost to selecting, BENCHMARKS.md "Combination instead of
+//!   selection");
 //! - every candidate's pending forecasts at the scored steps (the first and
-//!   the last of the horizon), scored against real actuals as their
-//!   windows close (filled windows are not actuals);
+//!   the last of the horizon, or every step with `choice.score_all_steps`),
+//!   scored against real actuals as their windows close (filled windows
+//!   are not actuals);
 //! - an exponentially weighted mean of each candidate's absolute error
 //!   (half-life `choice.half_life` scored windows);
 //! - the candidate serving the key. It changes only when another one's
 //!   error is below the serving one's by more than `choice.margin`
 //!   (hysteresis, so a key does not flap between two close candidates), and
-//!   not before `choice.min_scored` windows have been scored.
+//!   not before `choice.min_scored` windows have been scored. A new key
+//!   starts on `choice.start` (the network by default); only the
+//!   candidates in `choice.serve` (default all) may serve.
 //!
 //! A forecast served by another candidate says so (`source = "naive"`,
 //! `"ses_sa"`, `"median"`, ...); its quantiles, if any, are its point
@@ -45,7 +52,8 @@
 //! `one_batch_of_many_windows_equals_one_window_per_batch`); the network's
 //! own forecast is passed through unchanged while it serves. Memory per
 //! key: the recent values (8 bytes each), `horizon` pending forecasts of
-//! `candidates x 2` f32 values plus 8 bytes, an error and a weight per
+//! `candidates x 2` f32 values (`candidates x horizon` when every step is
+//! scored) plus 8 bytes, an error and a weight per
 //! candidate, and per classical candidate its last fit
 //! (`horizon + refit_every - 1` f64); ~0.7 KB with the four cheap
 //! candidates at season 24, horizon 12, ~3 KB with two classical
@@ -74,8 +82,15 @@ pub enum Candidate {
     SeasonalNaive,
     Ses,
     /// The step-wise median of the other candidates' forecasts that are
-    /// available at this origin (the network's included).
+    /// available at this origin (the network's included; `weighted` not).
     Median,
+    /// The step-wise mean of the other candidates' forecasts (neither
+    /// `median` nor itself), weighted by the inverse of each one's recent
+    /// error on the key to the power `choice.weight_power`; equal weights
+    /// until one of them has been scored. A combination, not a selection:
+    /// it moves towards the candidates that have done well without
+    /// dropping the others, so one lucky window does not decide.
+    Weighted,
     /// A classical forecaster of `baselines::named` (`ses_sa`, `damped_sa`,
     /// `theta`-like smoothers, `arima`, `prophet`, `rf`, ...), refitted on
     /// the key's last `choice.history` window values every
@@ -85,12 +100,13 @@ pub enum Candidate {
 
 impl Candidate {
     /// The candidates the chooser computes itself, incrementally.
-    pub const BUILTIN: [Candidate; 5] = [
+    pub const BUILTIN: [Candidate; 6] = [
         Candidate::Network,
         Candidate::Naive,
         Candidate::SeasonalNaive,
         Candidate::Ses,
         Candidate::Median,
+        Candidate::Weighted,
     ];
 
     /// The name in pipeline files and in a served forecast's `source`.
@@ -101,6 +117,7 @@ impl Candidate {
             Candidate::SeasonalNaive => "snaive",
             Candidate::Ses => "ses",
             Candidate::Median => "median",
+            Candidate::Weighted => "weighted",
             Candidate::Classical(name) => name,
         }
     }
@@ -133,6 +150,19 @@ pub struct ChoiceSpec {
     pub history: usize,
     /// Windows between two fits of a key's classical candidates.
     pub refit_every: usize,
+    /// The candidate a new key is served by until another one has been
+    /// better by `margin` on `min_scored` scored windows.
+    pub start: Candidate,
+    /// The `weighted` candidate's weights: inverse recent error to this
+    /// power (0: the plain mean).
+    pub weight_power: f64,
+    /// The candidates that may serve a key (empty: all). The others are
+    /// still scored and feed `median` / `weighted`.
+    pub serve: Vec<Candidate>,
+    /// Score every step of the horizon (the pooled H-step MASE averages
+    /// them) instead of the first and the last; the half-life stays in
+    /// scored windows.
+    pub score_all_steps: bool,
 }
 
 impl ChoiceSpec {
@@ -150,6 +180,10 @@ impl ChoiceSpec {
             ses_alpha: c.ses_alpha,
             history: c.history,
             refit_every: c.refit_every,
+            start: Candidate::parse(&c.start).unwrap_or(Candidate::Network),
+            weight_power: c.weight_power,
+            serve: c.serve.iter().filter_map(|c| Candidate::parse(c)).collect(),
+            score_all_steps: c.score_all_steps,
         }
     }
 }
@@ -228,6 +262,8 @@ pub struct Chooser {
     /// 1-based horizon steps the candidates are scored at.
     steps: Vec<usize>,
     decay: f64,
+    /// Per candidate: whether it may serve (`choice.serve`).
+    may_serve: Vec<bool>,
     keys: HashMap<Arc<str>, KeyChoice>,
 }
 
@@ -237,9 +273,22 @@ impl Chooser {
     /// seasonality test that `ses_sa` / `damped_sa` apply needs
     /// `10 log10(n) >= season`, i.e. n >= 251 for a daily season of 24.
     pub fn new(spec: ChoiceSpec, slide_ms: i64, horizon: usize, season: usize) -> Self {
-        let mut steps = vec![1, horizon.max(1)];
+        let mut steps = if spec.score_all_steps {
+            (1..=horizon.max(1)).collect()
+        } else {
+            vec![1, horizon.max(1)]
+        };
         steps.dedup();
-        let decay = 0.5f64.powf(1.0 / spec.half_life.max(1.0));
+        // The error means decay once per scored step; with more than two
+        // steps a window adds `steps / 2` times as many, so the decay per
+        // step is milder and the half-life stays in windows.
+        let per_window = steps.len().max(2) as f64 / 2.0;
+        let decay = 0.5f64.powf(1.0 / (spec.half_life.max(1.0) * per_window));
+        let may_serve = spec
+            .candidates
+            .iter()
+            .map(|c| spec.serve.is_empty() || spec.serve.contains(c))
+            .collect();
         let season = season.max(1);
         let fitters: Vec<_> = spec
             .candidates
@@ -268,6 +317,7 @@ impl Chooser {
             reusable,
             steps,
             decay,
+            may_serve,
             keys: HashMap::new(),
         }
     }
@@ -303,12 +353,18 @@ impl Chooser {
         let mut out = point;
         let sources = forecasts.column(fc::SOURCE).as_string::<i32>();
         let nc = self.spec.candidates.len();
-        // Keys start on the network.
+        // Keys start on `choice.start` (the network unless set).
         let start = self
             .spec
             .candidates
             .iter()
-            .position(|c| *c == Candidate::Network)
+            .position(|c| *c == self.spec.start)
+            .or_else(|| {
+                self.spec
+                    .candidates
+                    .iter()
+                    .position(|c| *c == Candidate::Network)
+            })
             .unwrap_or(0);
         let refit_every = self.spec.refit_every.max(1);
         let fit_len = h + refit_every - 1;
@@ -405,7 +461,7 @@ impl Chooser {
                         };
                         refs.push(r);
                     }
-                    Candidate::Network | Candidate::Median => {}
+                    Candidate::Network | Candidate::Median | Candidate::Weighted => {}
                 }
             }
         }
@@ -486,6 +542,7 @@ impl Chooser {
             }
             let row = &mut cand[i * nc * h..(i + 1) * nc * h];
             let mut median = None;
+            let mut weighted = None;
             for (c, which) in self.spec.candidates.iter().enumerate() {
                 let dst = &mut row[c * h..(c + 1) * h];
                 match which {
@@ -503,6 +560,7 @@ impl Chooser {
                         }
                     }
                     Candidate::Median => median = Some(c),
+                    Candidate::Weighted => weighted = Some(c),
                     _ => {}
                 }
             }
@@ -511,17 +569,20 @@ impl Chooser {
                     column.clear();
                     column.extend(
                         (0..nc)
-                            .filter(|&c| c != m)
+                            .filter(|&c| c != m && Some(c) != weighted)
                             .map(|c| row[c * h + j])
                             .filter(|x| x.is_finite()),
                     );
                     row[m * h + j] = median_of(&mut column);
                 }
             }
+            if let Some(wc) = weighted {
+                weigh(st, row, h, wc, median, self.spec.weight_power);
+            }
             // The serving candidate changes with hysteresis.
             if st.scored >= self.spec.min_scored {
                 let best = (0..nc)
-                    .filter(|&c| st.weight[c] > 0.0)
+                    .filter(|&c| st.weight[c] > 0.0 && self.may_serve[c])
                     .min_by(|&a, &b| mean(st, a).total_cmp(&mean(st, b)));
                 if let Some(b) = best {
                     if mean(st, b) < (1.0 - self.spec.margin) * mean(st, st.serving) {
@@ -639,6 +700,44 @@ fn mean(st: &KeyChoice, c: usize) -> f64 {
     }
 }
 
+/// The `weighted` candidate (index `wc`) of one row (`candidates x h`
+/// values): per step, the mean of the other finite forecasts (not the
+/// median's), weighted by `mean error ^ -power`. Candidates not yet scored
+/// are left out once any is scored (their error is unknown, not zero);
+/// before that all count equally. A zero error is floored at a millionth
+/// of the largest, so a perfect candidate dominates without dividing by 0.
+fn weigh(st: &KeyChoice, row: &mut [f64], h: usize, wc: usize, median: Option<usize>, power: f64) {
+    let nc = st.err.len();
+    let members = || (0..nc).filter(|&c| c != wc && Some(c) != median);
+    let errs: Vec<f64> = members().map(|c| mean(st, c)).collect();
+    let any_scored = errs.iter().any(|e| e.is_finite());
+    let top = errs
+        .iter()
+        .copied()
+        .filter(|e| e.is_finite())
+        .fold(0.0f64, f64::max);
+    let floor = (top * 1e-6).max(f64::MIN_POSITIVE);
+    let weights: Vec<f64> = errs
+        .iter()
+        .map(|&e| match (any_scored, e.is_finite()) {
+            (false, _) => 1.0,
+            (true, false) => 0.0,
+            (true, true) => e.max(floor).powf(-power),
+        })
+        .collect();
+    for j in 0..h {
+        let (mut sum, mut total) = (0.0, 0.0);
+        for (k, c) in members().enumerate() {
+            let x = row[c * h + j];
+            if x.is_finite() && weights[k] > 0.0 {
+                sum += weights[k] * x;
+                total += weights[k];
+            }
+        }
+        row[wc * h + j] = if total > 0.0 { sum / total } else { f64::NAN };
+    }
+}
+
 /// Scores every candidate's pending forecasts for the window ending `end`.
 fn score(st: &mut KeyChoice, steps: &[usize], slide: i64, decay: f64, end: i64, y: f64) {
     let w = steps.len();
@@ -721,6 +820,10 @@ mod tests {
             ses_alpha: 0.5,
             history: 0,
             refit_every: 1,
+            start: Candidate::Network,
+            weight_power: 1.0,
+            serve: Vec::new(),
+            score_all_steps: false,
         }
     }
 
@@ -924,6 +1027,84 @@ mod tests {
             }
         }
         assert_eq!(served.last().unwrap(), "median");
+    }
+
+    /// `weighted` is the mean of the other candidates (not the median)
+    /// weighted by their recent error ^ -power, read back from the key's
+    /// exported errors: the plain mean at power 0, and nearer the better
+    /// candidate (naive, 1 off at every step) than the network (3 off)
+    /// the larger the power.
+    #[test]
+    fn the_weighted_candidate_weighs_by_inverse_recent_error() {
+        let cands = [
+            Candidate::Network,
+            Candidate::Naive,
+            Candidate::Median,
+            Candidate::Weighted,
+        ];
+        let mut at_last = Vec::new();
+        for power in [0.0, 1.0, 2.0] {
+            let mut sp = spec(&cands, 0.1);
+            sp.weight_power = power;
+            let mut c = Chooser::new(sp, H, 2, 2);
+            for t in 1..=30 {
+                // y = t: naive (t) is 1 and 2 off, the network (t + 4) 3 and 2.
+                let y = t as f64;
+                step(&mut c, t, y, [y + 4.0, y + 4.0]);
+                let st = c.export("k").unwrap();
+                let (_, p) = st.pending.last().unwrap();
+                let m = |i: usize| st.err[i] / st.weight[i];
+                let (wn, wv) = if st.weight[0] > 0.0 {
+                    (m(0).powf(-power), m(1).powf(-power))
+                } else {
+                    (1.0, 1.0)
+                };
+                for s in 0..2 {
+                    let want = (wn * f64::from(p[s]) + wv * f64::from(p[2 + s])) / (wn + wv);
+                    assert!(
+                        (f64::from(p[6 + s]) - want).abs() < 1e-3,
+                        "power {power}, hour {t}, step {s}: {} vs {want}",
+                        p[6 + s]
+                    );
+                }
+                if t == 30 {
+                    at_last.push(p[6]);
+                }
+            }
+        }
+        // y = 30: the network says 34, naive 30.
+        assert_eq!(at_last[0], 32.0, "the plain mean");
+        assert!(at_last[1] < 32.0 && at_last[2] < at_last[1], "{at_last:?}");
+    }
+
+    /// `start` serves a new key from its first window; a candidate left
+    /// out of `serve` never serves even when it is best, but still feeds
+    /// the median.
+    #[test]
+    fn start_and_serve_restrict_who_serves() {
+        let cands = [
+            Candidate::Network,
+            Candidate::Naive,
+            Candidate::Ses,
+            Candidate::Median,
+        ];
+        let mut sp = spec(&cands, 0.0);
+        sp.start = Candidate::Median;
+        let mut c = Chooser::new(sp.clone(), H, 2, 2);
+        assert_eq!(step(&mut c, 1, 10.0, [0.0, 0.0]).0, "median");
+        // A flat series: naive, ses and the median are exact, the network
+        // 10 off; ties go to the first candidate.
+        sp.start = Candidate::Network;
+        let run = |sp: ChoiceSpec| {
+            let mut c = Chooser::new(sp, H, 2, 2);
+            (1..=30)
+                .map(|t| step(&mut c, t, 10.0, [0.0, 0.0]).0)
+                .last()
+                .unwrap()
+        };
+        assert_eq!(run(sp.clone()), "naive");
+        sp.serve = vec![Candidate::Network, Candidate::Ses, Candidate::Median];
+        assert_eq!(run(sp), "ses");
     }
 
     /// Several windows of a key in one batch (a backlog) are chosen as

@@ -189,6 +189,29 @@ pub struct ChoiceConfig {
     /// costliest (BENCHMARKS.md, "Per-key model choice").
     #[serde(default = "default_refit_every")]
     pub refit_every: usize,
+    /// The candidate a new key is served by until another has earned the
+    /// switch (`margin`, `min_scored`); one of `candidates`.
+    #[serde(default = "default_choice_start")]
+    pub start: String,
+    /// The `weighted` candidate's weights: the inverse of each candidate's
+    /// recent error to this power (0: the plain mean).
+    #[serde(default = "default_weight_power")]
+    pub weight_power: f64,
+    /// The candidates that may serve a key (empty: all of them); the
+    /// others are scored and feed `median` / `weighted` only.
+    #[serde(default)]
+    pub serve: Vec<String>,
+    /// Score the candidates at every step of the horizon instead of the
+    /// first and the last (`horizon / 2` times the pending memory).
+    #[serde(default)]
+    pub score_all_steps: bool,
+}
+
+fn default_choice_start() -> String {
+    "network".into()
+}
+fn default_weight_power() -> f64 {
+    1.0
 }
 
 fn default_refit_every() -> usize {
@@ -224,13 +247,17 @@ impl Default for ChoiceConfig {
             ses_alpha: default_ses_alpha(),
             history: 0,
             refit_every: default_refit_every(),
+            start: default_choice_start(),
+            weight_power: default_weight_power(),
+            serve: Vec::new(),
+            score_all_steps: false,
         }
     }
 }
 
 /// The candidates the chooser computes itself (`choose::Candidate`);
 /// `choice.candidates` also accepts every name of `baselines::NAMES`.
-pub const CHOICE_BUILTIN: &[&str] = &["network", "naive", "snaive", "ses", "median"];
+pub const CHOICE_BUILTIN: &[&str] = &["network", "naive", "snaive", "ses", "median", "weighted"];
 
 /// Live scoring (see `score`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -1529,20 +1556,38 @@ impl PipelineConfig {
             return bad("choice.refit_every", "expected at least 1");
         }
         if self.choice.enabled && !self.choice.candidates.iter().any(|c| c == "network") {
+            return bad("choice.candidates", "expected \"network\" among them");
+        }
+        if self.choice.enabled && !self.choice.candidates.contains(&self.choice.start) {
+            return bad("choice.start", "expected one of choice.candidates");
+        }
+        if let Some(c) = self
+            .choice
+            .serve
+            .iter()
+            .find(|c| !self.choice.candidates.contains(c))
+        {
             return bad(
-                "choice.candidates",
-                "expected \"network\" among them (keys start on it)",
+                "choice.serve",
+                &format!("{c:?} is not one of choice.candidates"),
             );
+        }
+        if self.choice.enabled
+            && !self.choice.serve.is_empty()
+            && !self.choice.serve.contains(&self.choice.start)
+        {
+            return bad("choice.serve", "expected choice.start among them");
         }
         // Written as ranges so that NaN fails them too.
         let ok = (0.0..1.0).contains(&self.choice.margin)
             && (1.0..=f64::MAX).contains(&self.choice.half_life)
             && self.choice.ses_alpha > 0.0
-            && self.choice.ses_alpha <= 1.0;
+            && self.choice.ses_alpha <= 1.0
+            && (0.0..=16.0).contains(&self.choice.weight_power);
         if !ok {
             return bad(
                 "choice",
-                "expected margin in [0, 1), half_life >= 1 and ses_alpha in (0, 1]",
+                "expected margin in [0, 1), half_life >= 1, ses_alpha in (0, 1] and weight_power in [0, 16]",
             );
         }
         if let Some(t) = &self.sink.accuracy_topic {
