@@ -2,7 +2,8 @@
 //! smoothing coefficients learned by gradient jointly with a global
 //! network (`hybrid_joint`), against the same code with the coefficients
 //! frozen at the per-series grid fit (`hybrid_fixed`, the fitted-first
-//! control). Experiment for issue 13; `eval m4` only.
+//! control). `hybrid_joint_w` adds ES-RNN's level-wiggliness penalty.
+//! Experiment for issue 13; `eval m4` only (BENCHMARKS.md, hybrid section).
 //!
 //! The smoothing is `model::hybrid`'s recursion (log space, level plus
 //! multiplicative daily and weekly factors, error-correction form, no
@@ -29,7 +30,7 @@
 //!   state after `t`, as `EsState::invert` reads it);
 //! - training targets end before the last `horizon` values of each
 //!   history; those are the early-stopping tail (one window per series),
-//!   scored after every step, and the best step's weights and
+//!   scored before every step, and the best step's weights and
 //!   coefficients forecast;
 //! - series of different lengths are aligned at their ends and padded at
 //!   the start with masked steps, which leave the state unchanged; the
