@@ -84,6 +84,7 @@ pub mod combo;
 pub mod global_trees;
 pub mod harness;
 pub mod hybrid;
+pub mod hybrid_joint;
 pub mod m4;
 pub mod plot;
 pub mod rnn;
@@ -160,7 +161,7 @@ pub fn hybrid_options(name: &str, season: usize) -> Option<hybrid::HybridOptions
 
 fn unknown(name: &str) -> Error {
     eval_error!(
-        "unknown model `{name}` (known: {RNN}, hybrid, es (+ _rel, _d, _w), {}, {}, combo, combo:a+b+..., combo_<rule>:a+b+...)",
+        "unknown model `{name}` (known: {RNN}, hybrid, es (+ _rel, _d, _w), hybrid_joint, hybrid_fixed, hybrid_joint_w, {}, {}, combo, combo:a+b+..., combo_<rule>:a+b+...)",
         baselines::NAMES.join(", "),
         global_trees::NAMES.join(", ")
     )
@@ -176,6 +177,9 @@ pub fn model_by_name(name: &str, ctx: &ModelContext) -> Result<Box<dyn Model>> {
         let mut m = rnn::RnnModel::from_pipeline(&rnn_pipeline_path(ctx))?;
         m.ensemble = ctx.rnn_ensemble.max(1);
         return Ok(Box::new(m));
+    }
+    if let Some(m) = hybrid_joint::by_name(name, ctx.season) {
+        return Ok(m);
     }
     if let Some(opts) = hybrid_options(name, ctx.season) {
         let cfg = PipelineConfig::load(&rnn_pipeline_path(ctx))?;
