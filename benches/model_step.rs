@@ -7,11 +7,13 @@
 //! 1. Memory: VmRSS before/after building a `StateStore` and registering
 //!    1M keys (LSTM, 1 layer, input 4, W = 48), against
 //!    `StateStore::bytes_per_slot`.
-//! 2. Batched step: `StateStore::gather` -> `Network::step` ->
-//!    `StateStore::scatter` over every key per tick (LSTM, 1 layer, 4 input
-//!    features, horizon 6), hidden 32 and 64, 10k / 100k / 1M keys; plus
-//!    `Network::step` alone (states already gathered) to show the
-//!    gather/scatter share.
+//! 2. Batched step: `StateStore::step` over every key per tick (LSTM,
+//!    1 layer, 4 input features, horizon 6), hidden 32 and 64, 10k / 100k /
+//!    1M keys: for the LSTM the in-place step (`Network::step_in_place`;
+//!    `MODEL_STEP_CHUNK=rows` sets its keys per chunk); with
+//!    `MODEL_STEP_UNFUSED=1` also `gather` -> `Network::step` -> `scatter`
+//!    (what it replaced) in the same run; plus `Network::step` alone
+//!    (states already gathered).
 //! 3. The whole `ForecastStage::forecast` on a closed-windows batch of 10k and
 //!    100k keys (one window per key): Arrow in, per-key scaling, lag
 //!    inputs, waves, gather/step/scatter, history rings, seasonal-naive
@@ -314,12 +316,22 @@ fn bench_step(hidden: i64, n: usize, step_only: bool) {
     let (mut store, slots) = store_with(&net, n);
     let slots = Tensor::from_slice(&slots);
     let x = Tensor::randn([n as i64, 4], (Kind::Float, Device::Cpu));
+    let ids: Vec<i64> = ids_of(&slots);
+    let chunk = std::env::var("MODEL_STEP_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    store.set_fused_step(true, chunk);
     let r = time_ticks(|| {
-        let (h, c) = store.gather(&slots);
-        let (_y, h2, c2) = net.step(&x, &h, c.as_ref(), 0.0);
-        store.scatter(&slots, &h2, c2.as_ref());
+        let _y = store.step(&net, &ids, &slots, &x);
     });
-    row("gather+step+scatter", hidden, n, r);
+    row("StateStore::step (in place)", hidden, n, r);
+    if std::env::var_os("MODEL_STEP_UNFUSED").is_some() {
+        store.set_fused_step(false, None);
+        let r = time_ticks(|| {
+            let _y = store.step(&net, &ids, &slots, &x);
+        });
+        row("gather+step+scatter", hidden, n, r);
+    }
     if step_only {
         let (h, c) = store.gather(&slots);
         let r = time_ticks(|| {
@@ -327,6 +339,10 @@ fn bench_step(hidden: i64, n: usize, step_only: bool) {
         });
         row("Network::step only", hidden, n, r);
     }
+}
+
+fn ids_of(slots: &Tensor) -> Vec<i64> {
+    Vec::<i64>::try_from(slots).unwrap()
 }
 
 /// `ForecastStage::forecast` on 23 successive closed-windows batches of `n` keys.
@@ -423,12 +439,11 @@ fn bench_cells(keys: &[usize]) {
             let floats = hr * hw + c.map_or(0, |(r, w)| r * w);
             let mut store = StateStore::new(net, 1, 48, 12, false);
             let slots: Vec<i64> = (0..n).map(|i| store.slot(&key(i))).collect();
+            let ids = slots.clone();
             let slots = Tensor::from_slice(&slots);
             let x = Tensor::randn([n as i64, net.shape.input], (Kind::Float, Device::Cpu));
             let (med, _, _) = time_ticks(|| {
-                let (h, c) = store.gather(&slots);
-                let (_y, h2, c2) = net.step(&x, &h, c.as_ref(), 0.0);
-                store.scatter(&slots, &h2, c2.as_ref());
+                let _y = store.step(net, &ids, &slots, &x);
             });
             drop(store);
             let spec = WindowSpec::from_config(&cfg);
