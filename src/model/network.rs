@@ -355,7 +355,7 @@ impl Network {
     ) -> (Tensor, Tensor, Option<Tensor>) {
         let n = x.size()[0];
         let rows = self.chunk_rows();
-        let tracked = self.head_w.tr().requires_grad()
+        let tracked = self.records_gradients()
             || x.requires_grad()
             || h.requires_grad()
             || c.is_some_and(|c| c.requires_grad());
@@ -407,7 +407,16 @@ impl Network {
             && self.decoder.is_none()
             && (self.layers.len() == 1 || self.shape.connections == Connections::None)
             && self.vs.device() == Device::Cpu
-            && !self.head_w.tr().requires_grad()
+            && !self.records_gradients()
+    }
+
+    /// Whether libtorch records gradients here (grad mode on: training),
+    /// read from a one-element product of a weight. (A *view* of a weight,
+    /// such as `head_w.tr()`, reports `requires_grad` even under
+    /// `no_grad`, which is what this function replaced: the no-grad paths
+    /// of [`Self::step`] had never run before 2026-11-28.)
+    fn records_gradients(&self) -> bool {
+        (self.head_b.narrow(0, 0, 1) * 1.0).requires_grad()
     }
 
     /// One step of the keys in `slots` (distinct) with their state stepped
