@@ -36,6 +36,9 @@
 //! with temporal attention (plain and dense). `MODEL_STEP_CELLS=a,b`
 //! runs only the rows of those names (exact).
 //!
+//! `MODEL_STEP_ONLY=close` times the model side of one live window close
+//! of `MODEL_STEP_KEYS` keys (default 10,000; `bench_close`).
+//!
 //! `MODEL_STEP_ONLY=step` runs only 2. (no memory, no whole stage) and
 //! `MODEL_STEP_KEYS=10000,100000` picks the key counts of 2. and 3.: with
 //! `MODEL_STEP_THREADS=1` that is the like-for-like comparison
@@ -241,6 +244,14 @@ fn main() {
         Some(k) => (k.clone(), k),
         None => (step_keys, fc_keys),
     };
+    if std::env::var("MODEL_STEP_ONLY").is_ok_and(|v| v == "close") {
+        let n = std::env::var("MODEL_STEP_KEYS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000);
+        bench_close(n);
+        return;
+    }
     let only_step = std::env::var("MODEL_STEP_ONLY").is_ok_and(|v| v == "step");
     if std::env::var("MODEL_STEP_ONLY").is_ok_and(|v| v == "cells") {
         let keys = std::env::var("MODEL_STEP_KEYS")
@@ -338,6 +349,75 @@ fn bench_step(hidden: i64, n: usize, step_only: bool) {
             let _ = net.step(&x, &h, c.as_ref(), 0.0);
         });
         row("Network::step only", hidden, n, r);
+    }
+}
+
+/// `MODEL_STEP_ONLY=close`: the model-side work of one window close of `n`
+/// keys in the live path, with the pipeline of `benches/e2e.rs`'s paced run
+/// (hourly windows, LSTM hidden 32, horizon 6, the default lags and
+/// scoring): `ForecastStage::forecast` on the closed windows, the scorer's
+/// `observe` of them (`score.enabled` is the default), and the checkpoint
+/// export of the `n` changed keys' model state (`take_changes`, on the same
+/// compute thread at the next checkpoint). 23 closes after a first that
+/// registers the keys; median and range in ms per close. With the in-place
+/// step and without it (`ForecastStage::set_fused_step(false)`).
+fn bench_close(n: usize) {
+    let cfg = streamcast::testkit::pipeline(
+        "[window]\nsize = \"3600s\"\n[model]\ncell = \"lstm\"\nhidden = 32\nhorizon = 6\n",
+    );
+    let spec = WindowSpec::from_config(&cfg);
+    let batches: Vec<RecordBatch> = (0..24).map(|t| windows(&spec, n, t)).collect();
+    println!(
+        "\n## One close of {n} keys, model side (median (min-max) ms of 23 closes); torch threads {}; loadavg {}\n",
+        tch::get_num_threads(),
+        loadavg()
+    );
+    println!("| step | forecast | score observe | checkpoint export | sum |");
+    println!("|---|---:|---:|---:|---:|");
+    for fused in [true, false] {
+        let mut fc = ForecastStage::from_config(&cfg).expect("forecaster");
+        fc.set_fused_step(fused);
+        fc.enable_state_tracking();
+        let mut scorer = streamcast::score::Scorer::for_pipeline(&cfg, &cfg.model.quantiles, None);
+        let out = fc.forecast(&batches[0]).expect("forecast");
+        let _ = scorer.observe(&batches[0], out);
+        fc.take_changes().expect("changes");
+        let (mut tf, mut ts, mut tc, mut sum) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for b in &batches[1..] {
+            let t0 = Instant::now();
+            let out = fc.forecast(b).expect("forecast");
+            let t1 = Instant::now();
+            let out = scorer.observe(b, out);
+            let _ = scorer.take_records();
+            let t2 = Instant::now();
+            let ch = fc.take_changes().expect("changes");
+            let t3 = Instant::now();
+            assert_eq!((out.num_rows(), ch.len()), (n, n));
+            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+            tf.push(ms(t0, t1));
+            ts.push(ms(t1, t2));
+            tc.push(ms(t2, t3));
+            sum.push(ms(t0, t3));
+        }
+        let f = |v: &mut Vec<f64>| {
+            let (lo, hi) = (
+                v.iter().copied().fold(f64::INFINITY, f64::min),
+                v.iter().copied().fold(0.0, f64::max),
+            );
+            format!("{:.1} ({lo:.1}-{hi:.1})", median(v))
+        };
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            if fused {
+                "in place"
+            } else {
+                "gather+step+scatter"
+            },
+            f(&mut tf),
+            f(&mut ts),
+            f(&mut tc),
+            f(&mut sum)
+        );
     }
 }
 

@@ -148,6 +148,13 @@ impl ForecastStage {
         self.store.len()
     }
 
+    /// Turns the in-place LSTM step off (`false`: gather -> step ->
+    /// scatter, as before 2026-11-28) or back on; for comparisons in the
+    /// benches (see `StateStore::set_fused_step`).
+    pub fn set_fused_step(&mut self, on: bool) {
+        self.store.set_fused_step(on, None);
+    }
+
     pub fn store(&self) -> &StateStore {
         &self.store
     }
