@@ -5,7 +5,8 @@
 //! GRU decoder) and a linear skip from the inputs. One `step` for the live
 //! stage (a batch of keys, one window each) and `forward_seq` for training
 //! (libtorch's sequence kernels, or one band-masked attention pass; checked
-//! against `step` in the tests).
+//! against `step` in the tests). For the live LSTM, `step_in_place` steps
+//! the store's state tensors where they live (see `StateStore::step`).
 //!
 //! Both output recurrences of the canon: the previous one-step output is
 //! the last input feature (`prev_output`); output-to-hidden feeds it to the

@@ -7,6 +7,11 @@
 //! (for a hot swap's replay) and `seen[s]` how many windows it has had.
 //! A freed slot is zeroed at once, so a key that returns starts fresh and a
 //! new key never inherits anything. Capacity doubles when full.
+//!
+//! [`StateStore::step`] steps keys' network state: an LSTM in place
+//! (`Network::step_in_place` reads and writes the state rows of `h`/`c`
+//! directly, so no tensor handle to them may be held across it), any
+//! other network through `gather` -> `Network::step` -> `scatter`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
