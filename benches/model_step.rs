@@ -7,11 +7,13 @@
 //! 1. Memory: VmRSS before/after building a `StateStore` and registering
 //!    1M keys (LSTM, 1 layer, input 4, W = 48), against
 //!    `StateStore::bytes_per_slot`.
-//! 2. Batched step: `StateStore::gather` -> `Network::step` ->
-//!    `StateStore::scatter` over every key per tick (LSTM, 1 layer, 4 input
-//!    features, horizon 6), hidden 32 and 64, 10k / 100k / 1M keys; plus
-//!    `Network::step` alone (states already gathered) to show the
-//!    gather/scatter share.
+//! 2. Batched step: `StateStore::step` over every key per tick (LSTM,
+//!    1 layer, 4 input features, horizon 6), hidden 32 and 64, 10k / 100k /
+//!    1M keys: for the LSTM the in-place step (`Network::step_in_place`;
+//!    `MODEL_STEP_CHUNK=rows` sets its keys per chunk); with
+//!    `MODEL_STEP_UNFUSED=1` also `gather` -> `Network::step` -> `scatter`
+//!    (what it replaced) in the same run; plus `Network::step` alone
+//!    (states already gathered).
 //! 3. The whole `ForecastStage::forecast` on a closed-windows batch of 10k and
 //!    100k keys (one window per key): Arrow in, per-key scaling, lag
 //!    inputs, waves, gather/step/scatter, history rings, seasonal-naive
@@ -33,6 +35,9 @@
 //! transformer with output-to-output recurrence; then the seq2seq decoder
 //! with temporal attention (plain and dense). `MODEL_STEP_CELLS=a,b`
 //! runs only the rows of those names (exact).
+//!
+//! `MODEL_STEP_ONLY=close` times the model side of one live window close
+//! of `MODEL_STEP_KEYS` keys (default 10,000; `bench_close`).
 //!
 //! `MODEL_STEP_ONLY=step` runs only 2. (no memory, no whole stage) and
 //! `MODEL_STEP_KEYS=10000,100000` picks the key counts of 2. and 3.: with
@@ -239,6 +244,14 @@ fn main() {
         Some(k) => (k.clone(), k),
         None => (step_keys, fc_keys),
     };
+    if std::env::var("MODEL_STEP_ONLY").is_ok_and(|v| v == "close") {
+        let n = std::env::var("MODEL_STEP_KEYS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000);
+        bench_close(n);
+        return;
+    }
     let only_step = std::env::var("MODEL_STEP_ONLY").is_ok_and(|v| v == "step");
     if std::env::var("MODEL_STEP_ONLY").is_ok_and(|v| v == "cells") {
         let keys = std::env::var("MODEL_STEP_KEYS")
@@ -314,12 +327,22 @@ fn bench_step(hidden: i64, n: usize, step_only: bool) {
     let (mut store, slots) = store_with(&net, n);
     let slots = Tensor::from_slice(&slots);
     let x = Tensor::randn([n as i64, 4], (Kind::Float, Device::Cpu));
+    let ids: Vec<i64> = ids_of(&slots);
+    let chunk = std::env::var("MODEL_STEP_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    store.set_fused_step(true, chunk);
     let r = time_ticks(|| {
-        let (h, c) = store.gather(&slots);
-        let (_y, h2, c2) = net.step(&x, &h, c.as_ref(), 0.0);
-        store.scatter(&slots, &h2, c2.as_ref());
+        let _y = store.step(&net, &ids, &slots, &x);
     });
-    row("gather+step+scatter", hidden, n, r);
+    row("StateStore::step (in place)", hidden, n, r);
+    if std::env::var_os("MODEL_STEP_UNFUSED").is_some() {
+        store.set_fused_step(false, None);
+        let r = time_ticks(|| {
+            let _y = store.step(&net, &ids, &slots, &x);
+        });
+        row("gather+step+scatter", hidden, n, r);
+    }
     if step_only {
         let (h, c) = store.gather(&slots);
         let r = time_ticks(|| {
@@ -327,6 +350,79 @@ fn bench_step(hidden: i64, n: usize, step_only: bool) {
         });
         row("Network::step only", hidden, n, r);
     }
+}
+
+/// `MODEL_STEP_ONLY=close`: the model-side work of one window close of `n`
+/// keys in the live path, with the pipeline of `benches/e2e.rs`'s paced run
+/// (hourly windows, LSTM hidden 32, horizon 6, the default lags and
+/// scoring): `ForecastStage::forecast` on the closed windows, the scorer's
+/// `observe` of them (`score.enabled` is the default), and the checkpoint
+/// export of the `n` changed keys' model state (`take_changes`, on the same
+/// compute thread at the next checkpoint). 23 closes after a first that
+/// registers the keys; median and range in ms per close. With the in-place
+/// step and without it (`ForecastStage::set_fused_step(false)`).
+fn bench_close(n: usize) {
+    let cfg = streamcast::testkit::pipeline(
+        "[window]\nsize = \"3600s\"\n[model]\ncell = \"lstm\"\nhidden = 32\nhorizon = 6\n",
+    );
+    let spec = WindowSpec::from_config(&cfg);
+    let batches: Vec<RecordBatch> = (0..24).map(|t| windows(&spec, n, t)).collect();
+    println!(
+        "\n## One close of {n} keys, model side (median (min-max) ms of 23 closes); torch threads {}; loadavg {}\n",
+        tch::get_num_threads(),
+        loadavg()
+    );
+    println!("| step | forecast | score observe | checkpoint export | sum |");
+    println!("|---|---:|---:|---:|---:|");
+    for fused in [true, false] {
+        let mut fc = ForecastStage::from_config(&cfg).expect("forecaster");
+        fc.set_fused_step(fused);
+        fc.enable_state_tracking();
+        let mut scorer = streamcast::score::Scorer::for_pipeline(&cfg, &cfg.model.quantiles, None);
+        let out = fc.forecast(&batches[0]).expect("forecast");
+        let _ = scorer.observe(&batches[0], out);
+        fc.take_changes().expect("changes");
+        let (mut tf, mut ts, mut tc, mut sum) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for b in &batches[1..] {
+            let t0 = Instant::now();
+            let out = fc.forecast(b).expect("forecast");
+            let t1 = Instant::now();
+            let out = scorer.observe(b, out);
+            let _ = scorer.take_records();
+            let t2 = Instant::now();
+            let ch = fc.take_changes().expect("changes");
+            let t3 = Instant::now();
+            assert_eq!((out.num_rows(), ch.len()), (n, n));
+            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+            tf.push(ms(t0, t1));
+            ts.push(ms(t1, t2));
+            tc.push(ms(t2, t3));
+            sum.push(ms(t0, t3));
+        }
+        let f = |v: &mut Vec<f64>| {
+            let (lo, hi) = (
+                v.iter().copied().fold(f64::INFINITY, f64::min),
+                v.iter().copied().fold(0.0, f64::max),
+            );
+            format!("{:.1} ({lo:.1}-{hi:.1})", median(v))
+        };
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            if fused {
+                "in place"
+            } else {
+                "gather+step+scatter"
+            },
+            f(&mut tf),
+            f(&mut ts),
+            f(&mut tc),
+            f(&mut sum)
+        );
+    }
+}
+
+fn ids_of(slots: &Tensor) -> Vec<i64> {
+    Vec::<i64>::try_from(slots).unwrap()
 }
 
 /// `ForecastStage::forecast` on 23 successive closed-windows batches of `n` keys.
@@ -423,12 +519,11 @@ fn bench_cells(keys: &[usize]) {
             let floats = hr * hw + c.map_or(0, |(r, w)| r * w);
             let mut store = StateStore::new(net, 1, 48, 12, false);
             let slots: Vec<i64> = (0..n).map(|i| store.slot(&key(i))).collect();
+            let ids = slots.clone();
             let slots = Tensor::from_slice(&slots);
             let x = Tensor::randn([n as i64, net.shape.input], (Kind::Float, Device::Cpu));
             let (med, _, _) = time_ticks(|| {
-                let (h, c) = store.gather(&slots);
-                let (_y, h2, c2) = net.step(&x, &h, c.as_ref(), 0.0);
-                store.scatter(&slots, &h2, c2.as_ref());
+                let _y = store.step(net, &ids, &slots, &x);
             });
             drop(store);
             let spec = WindowSpec::from_config(&cfg);

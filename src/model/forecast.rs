@@ -148,6 +148,13 @@ impl ForecastStage {
         self.store.len()
     }
 
+    /// Turns the in-place LSTM step off (`false`: gather -> step ->
+    /// scatter, as before 2026-11-28) or back on; for comparisons in the
+    /// benches (see `StateStore::set_fused_step`).
+    pub fn set_fused_step(&mut self, on: bool) {
+        self.store.set_fused_step(on, None);
+    }
+
     pub fn store(&self) -> &StateStore {
         &self.store
     }
@@ -274,11 +281,11 @@ impl ForecastStage {
                     .iter()
                     .map(|&i| self.store.slot(keys.value(i)))
                     .collect();
-                let slots = Tensor::from_slice(&slots).to_device(self.net.vs.device());
+                let slots_t = Tensor::from_slice(&slots).to_device(self.net.vs.device());
                 let idx = Tensor::from_slice(&rows.iter().map(|&i| i as i64).collect::<Vec<_>>())
                     .to_device(self.net.vs.device());
                 let x = x_all.index_select(0, &idx);
-                let (y, q, use_model) = self.step_wave(&slots, &x)?;
+                let (y, q, use_model) = self.step_wave(&slots, &slots_t, &x)?;
                 let y = Vec::<f64>::try_from(&y.flatten(0, -1))?;
                 let use_model = Vec::<bool>::try_from(&use_model)?;
                 for (j, &i) in rows.iter().enumerate() {
@@ -390,6 +397,7 @@ impl ForecastStage {
     /// (else the cold-start baseline, which then fills every quantile).
     fn step_wave(
         &mut self,
+        slot_ids: &[i64],
         slots: &Tensor,
         x: &Tensor,
     ) -> Result<(Tensor, Option<Tensor>, Tensor)> {
@@ -407,9 +415,7 @@ impl ForecastStage {
             parts.push(self.store.prev_output(slots).unsqueeze(1));
         }
         let input = Tensor::cat(&parts, 1);
-        let (h, c) = self.store.gather(slots);
-        let (y, h_new, c_new) = self.net.step(&input, &h, c.as_ref(), 0.0);
-        self.store.scatter(slots, &h_new, c_new.as_ref());
+        let y = self.store.step(&self.net, slot_ids, slots, &input);
         if recurrent {
             self.store
                 .set_prev_output(slots, &first_output(&y, &self.spec));

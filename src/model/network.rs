@@ -5,7 +5,8 @@
 //! GRU decoder) and a linear skip from the inputs. One `step` for the live
 //! stage (a batch of keys, one window each) and `forward_seq` for training
 //! (libtorch's sequence kernels, or one band-masked attention pass; checked
-//! against `step` in the tests).
+//! against `step` in the tests). For the live LSTM, `step_in_place` steps
+//! the store's state tensors where they live (see `StateStore::step`).
 //!
 //! Both output recurrences of the canon: the previous one-step output is
 //! the last input feature (`prev_output`); output-to-hidden feeds it to the
@@ -355,7 +356,7 @@ impl Network {
     ) -> (Tensor, Tensor, Option<Tensor>) {
         let n = x.size()[0];
         let rows = self.chunk_rows();
-        let tracked = self.head_w.tr().requires_grad()
+        let tracked = self.records_gradients()
             || x.requires_grad()
             || h.requires_grad()
             || c.is_some_and(|c| c.requires_grad());
@@ -394,6 +395,148 @@ impl Network {
             Some(out) => out,
             None => self.step_rows(x, h, c, dropout, true),
         }
+    }
+
+    /// Whether [`Self::step_in_place`] can step this network: an LSTM
+    /// stack (one layer, or several plainly connected) with the direct
+    /// head, no temporal attention, on the CPU, and nothing recording
+    /// gradients (the live stage).
+    pub(crate) fn fuses_step(&self) -> bool {
+        self.shape.kind == CellKind::Lstm
+            && self.encoder.is_none()
+            && self.temporal.is_none()
+            && self.decoder.is_none()
+            && (self.layers.len() == 1 || self.shape.connections == Connections::None)
+            && self.vs.device() == Device::Cpu
+            && !self.records_gradients()
+    }
+
+    /// Whether libtorch records gradients here (grad mode on: training),
+    /// read from a one-element product of a weight. (A *view* of a weight,
+    /// such as `head_w.tr()`, reports `requires_grad` even under
+    /// `no_grad`, which is what this function replaced: the no-grad paths
+    /// of [`Self::step`] had never run before 2026-11-28.)
+    fn records_gradients(&self) -> bool {
+        (self.head_b.narrow(0, 0, 1) * 1.0).requires_grad()
+    }
+
+    /// One step of the keys in `slots` (distinct) with their state stepped
+    /// *where it lives*: `h_state`, `c_state` are the store's
+    /// `[layers, slots, hidden]` tensors; returns `y: [m, horizon]`. The
+    /// same equations as [`Self::step`] between a gather and a scatter
+    /// (checked in the tests), with no copy of the state per tick: per chunk
+    /// of `rows` keys (default [`FUSED_CHUNK_FLOATS`] gate floats, sized for
+    /// L2), each layer's `[x, h]` rows are copied into one small buffer,
+    /// one `addmm` into a reused gates buffer forms every pre-activation
+    /// (`[x, h] [W_ih, W_hh]ᵀ + b_ih + b_hh`), and `cells::lstm_rows`
+    /// applies the gates and writes `c'`, `h'` straight back into the
+    /// state rows and `h'` into the next layer's (or the head's) buffer;
+    /// the head and the skip are two `addmm`s into the chunk's rows of `y`.
+    /// Buffers are allocated once per call, nothing per chunk.
+    ///
+    /// None when it does not apply (see [`Self::fuses_step`]; the state or
+    /// the input are not contiguous CPU `f32`, or a slot is out of range):
+    /// the caller then gathers, calls [`Self::step`] and scatters.
+    pub(crate) fn step_in_place(
+        &self,
+        x: &Tensor,
+        slots: &[i64],
+        h_state: &mut Tensor,
+        c_state: &mut Tensor,
+        rows: Option<i64>,
+    ) -> Option<Tensor> {
+        if !self.fuses_step() || x.kind() != Kind::Float || x.dim() != 2 {
+            return None;
+        }
+        let n = x.size()[0];
+        let (hd, nl) = (self.shape.hidden, self.layers.len() as i64);
+        let size = h_state.size();
+        if size.len() != 3 || size[0] != nl || size[2] != hd || c_state.size() != size {
+            return None;
+        }
+        let cap = size[1];
+        if n as usize != slots.len() || slots.iter().any(|&s| s < 0 || s >= cap) {
+            return None;
+        }
+        let x = x.contiguous();
+        let xw = x.size()[1] as usize;
+        let ci = self.shape.cell_input() as usize;
+        let rows = rows
+            .unwrap_or(FUSED_CHUNK_FLOATS / (4 * hd.max(1)))
+            .clamp(16, n.max(16));
+        let opts = (Kind::Float, Device::Cpu);
+        // Per layer: [W_ih, W_hh] (for one product over [x, h]), the summed
+        // biases, and the buffer of its [input, h] rows.
+        let wcat: Vec<Tensor> = self
+            .layers
+            .iter()
+            .map(|w| Tensor::cat(&[&w.w_ih, &w.w_hh], 1))
+            .collect();
+        let bias: Vec<Tensor> = self.layers.iter().map(|w| &w.b_ih + &w.b_hh).collect();
+        let mut xh: Vec<Tensor> = (0..nl)
+            .map(|l| Tensor::empty([rows, self.shape.layer_input(l) + hd], opts))
+            .collect();
+        let gates = Tensor::empty([rows, 4 * hd], opts);
+        let mut top = Tensor::empty([rows, hd], opts);
+        let y = Tensor::empty([n, self.horizon], opts);
+        let (head_t, skip_t) = (self.head_w.tr(), self.skip_w.tr());
+        let hdu = hd as usize;
+        let plane = (cap * hd) as usize;
+        let mut start = 0;
+        while start < n {
+            let len = rows.min(n - start);
+            let chunk = &slots[start as usize..(start + len) as usize];
+            // Layer 0's input rows: the cells' inputs.
+            {
+                let xs = cells::f32_data(&x)?;
+                let buf = cells::f32_data_mut(&mut xh[0])?;
+                let w = ci + hdu;
+                for r in 0..len as usize {
+                    let src = &xs[(start as usize + r) * xw..][..ci];
+                    buf[r * w..r * w + ci].copy_from_slice(src);
+                }
+            }
+            for l in 0..nl as usize {
+                let lin = self.shape.layer_input(l as i64) as usize;
+                let w = lin + hdu;
+                // The layer's h rows beside its input (the state is read
+                // here, once, and written back by `lstm_rows`).
+                {
+                    let hs = cells::f32_data(h_state)?;
+                    let hp = &hs[l * plane..(l + 1) * plane];
+                    let buf = cells::f32_data_mut(&mut xh[l])?;
+                    for (r, &s) in chunk.iter().enumerate() {
+                        let s = s as usize * hdu;
+                        buf[r * w + lin..(r + 1) * w].copy_from_slice(&hp[s..s + hdu]);
+                    }
+                }
+                let g = gates.narrow(0, 0, len);
+                let _ = bias[l].addmm_out(&g, &xh[l].narrow(0, 0, len), &wcat[l].tr());
+                let gs = cells::f32_data(&gates)?;
+                let hs = cells::f32_data_mut(h_state)?;
+                let cs = cells::f32_data_mut(c_state)?;
+                let (out, stride) = if l + 1 < nl as usize {
+                    let next = self.shape.layer_input(l as i64 + 1) as usize + hdu;
+                    (cells::f32_data_mut(&mut xh[l + 1])?, next)
+                } else {
+                    (cells::f32_data_mut(&mut top)?, hdu)
+                };
+                cells::lstm_rows(
+                    hdu,
+                    &gs[..len as usize * 4 * hdu],
+                    chunk,
+                    &mut cs[l * plane..(l + 1) * plane],
+                    &mut hs[l * plane..(l + 1) * plane],
+                    out,
+                    stride,
+                );
+            }
+            let mut yc = y.narrow(0, start, len);
+            let _ = self.head_b.addmm_out(&yc, &top.narrow(0, 0, len), &head_t);
+            let _ = yc.addmm_(&x.narrow(0, start, len), &skip_t);
+            start += len;
+        }
+        Some(y)
     }
 
     /// Keys per chunk of [`Self::step`]: about [`STEP_CHUNK_FLOATS`] floats
@@ -709,6 +852,12 @@ fn seq_kernel(
 /// from chunk to chunk and tick to tick instead of being mapped and
 /// page-faulted afresh (the cost that dominated at 1M keys).
 const STEP_CHUNK_FLOATS: i64 = 1 << 20;
+
+/// Target gates per chunk of [`Network::step_in_place`], in floats
+/// (256 KiB): a chunk's gates, its `[x, h]` rows and the state rows it
+/// touches stay in a core's L2 (512 KiB on the bench machine's EPYC)
+/// between the product that writes the gates and the pass that reads them.
+const FUSED_CHUNK_FLOATS: i64 = 1 << 16;
 
 /// Seeds libtorch's process-global generator and returns a guard; hold it
 /// while drawing the random numbers that must be reproducible (initial

@@ -7,6 +7,11 @@
 //! (for a hot swap's replay) and `seen[s]` how many windows it has had.
 //! A freed slot is zeroed at once, so a key that returns starts fresh and a
 //! new key never inherits anything. Capacity doubles when full.
+//!
+//! [`StateStore::step`] steps keys' network state: an LSTM in place
+//! (`Network::step_in_place` reads and writes the state rows of `h`/`c`
+//! directly, so no tensor handle to them may be held across it), any
+//! other network through `gather` -> `Network::step` -> `scatter`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,6 +49,11 @@ pub struct StateStore {
     prev: Option<Tensor>,
     /// Column of the network output fed back (see `model::first_output`).
     pub prev_index: i64,
+    /// Whether [`Self::step`] steps the state in place when the network
+    /// allows it (`Network::step_in_place`); off only to compare.
+    fused: bool,
+    /// Keys per chunk of the in-place step (None: its default).
+    fused_rows: Option<i64>,
 }
 
 /// Exported state of `keys`, key-major: key `i`'s rows are
@@ -110,6 +120,8 @@ impl StateStore {
             n_lags,
             prev: None,
             prev_index: 0,
+            fused: true,
+            fused_rows: None,
             seen: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
         };
         s.grow(64);
@@ -371,6 +383,35 @@ impl StateStore {
             let _ = p.index_fill_(0, &idx, 0.0);
         }
         self.free.extend(freed);
+    }
+
+    /// One step of `net` for the keys at `slots` (distinct; `slots_t` the
+    /// same as a tensor on the store's device) with inputs `x: [m, input]`:
+    /// each key's state is read, stepped and written back; returns
+    /// `y: [m, outputs]`. An LSTM network steps the state where it lives
+    /// (`Network::step_in_place`: no gathered copy, no new state tensors,
+    /// no scatter); any other network is [`Self::gather`] ->
+    /// `Network::step` -> [`Self::scatter`], with the same result.
+    pub fn step(&mut self, net: &Network, slots: &[i64], slots_t: &Tensor, x: &Tensor) -> Tensor {
+        if self.fused {
+            if let Some(c) = self.c.as_mut() {
+                if let Some(y) = net.step_in_place(x, slots, &mut self.h, c, self.fused_rows) {
+                    return y;
+                }
+            }
+        }
+        let (h, c) = self.gather(slots_t);
+        let (y, h_new, c_new) = net.step(x, &h, c.as_ref(), 0.0);
+        self.scatter(slots_t, &h_new, c_new.as_ref());
+        y
+    }
+
+    /// Turns the in-place step of [`Self::step`] off (`false`: always
+    /// gather -> step -> scatter) and sets its keys per chunk (None: the
+    /// default); for comparisons and tuning (benches, tests).
+    pub fn set_fused_step(&mut self, on: bool, rows: Option<i64>) {
+        self.fused = on;
+        self.fused_rows = rows;
     }
 
     pub fn gather(&self, slots: &Tensor) -> (Tensor, Option<Tensor>) {
