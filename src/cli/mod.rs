@@ -215,9 +215,18 @@ pub enum EvalCmd {
         /// Pipeline file configuring the recurrent model `rnn`.
         #[arg(long, default_value = "pipelines/m4_hourly.toml")]
         rnn_pipeline: PathBuf,
-        /// Networks (seeds) the `rnn` trains and averages.
+        /// Networks (seeds) the `rnn` and `hybrid` train and average
+        /// (inside a combination too); `rnn@N...` / `hybrid@N...` name
+        /// their own (seeds, `mean`|`med`, specialists `lN`, `cN`, `rough`,
+        /// `smooth`: BENCHMARKS.md, "Ensembles of the hybrid").
         #[arg(long, default_value_t = 3)]
         rnn_ensemble: usize,
+        /// Keep every network's forecasts here (keyed by a hash of its
+        /// configuration, seed and histories) and a combination's
+        /// deterministic members' too, and reuse them: an ensemble study
+        /// trains each network once. Delete it when the code changes.
+        #[arg(long)]
+        net_cache: Option<PathBuf>,
     },
     /// Rolling-origin backtest on timestamped series windowed by a pipeline.
     Stream {

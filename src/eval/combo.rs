@@ -482,6 +482,37 @@ impl Combo {
     }
 }
 
+impl Combo {
+    /// One member's forecasts; with `ctx.net_cache`, a deterministic member
+    /// (one the leak check covers) is kept there and reused by the next
+    /// combination of the same histories (networks keep their own forecasts
+    /// there, per network).
+    fn member(&self, name: &str, histories: &[&[f64]], horizon: usize) -> Result<Vec<Vec<f64>>> {
+        let mut m = model_by_name(name, &self.ctx)?;
+        let path = match &self.ctx.net_cache {
+            Some(dir) if m.leak_check() => Some(super::rnn::cache_file(
+                dir,
+                "member",
+                &format!("{name} season {}", self.ctx.season),
+                histories,
+                horizon,
+            )),
+            _ => None,
+        };
+        if let Some(f) = path
+            .as_deref()
+            .and_then(|p| read_cache(p, histories.len(), horizon))
+        {
+            return Ok(f);
+        }
+        let f = m.fit_forecast(histories, horizon)?;
+        if let Some(p) = &path {
+            write_cache(p, &f)?;
+        }
+        Ok(f)
+    }
+}
+
 impl Model for Combo {
     fn name(&self) -> String {
         self.name.clone()
@@ -510,11 +541,11 @@ impl Model for Combo {
             let started = std::time::Instant::now();
             // Mean and median need no validation forecasts: skip the fit.
             vf.push(if usable.iter().any(|&u| u) {
-                model_by_name(name, &self.ctx)?.fit_forecast(&vh, v)?
+                self.member(name, &vh, v)?
             } else {
                 vec![Vec::new(); histories.len()]
             });
-            fc.push(model_by_name(name, &self.ctx)?.fit_forecast(histories, horizon)?);
+            fc.push(self.member(name, histories, horizon)?);
             tracing::info!(combo = %self.name, member = %name, seconds = started.elapsed().as_secs_f64(), "member fitted twice");
         }
         let val = validation_scores(histories, &usable, &vf, v, season);
@@ -653,7 +684,7 @@ fn cache_path(
     ))
 }
 
-fn read_cache(path: &Path, n: usize, h: usize) -> Option<Vec<Vec<f64>>> {
+pub(super) fn read_cache(path: &Path, n: usize, h: usize) -> Option<Vec<Vec<f64>>> {
     let text = std::fs::read_to_string(path).ok()?;
     let rows: Vec<Vec<f64>> = text
         .lines()
@@ -666,7 +697,7 @@ fn read_cache(path: &Path, n: usize, h: usize) -> Option<Vec<Vec<f64>>> {
     (rows.len() == n && rows.iter().all(|r| r.len() == h)).then_some(rows)
 }
 
-fn write_cache(path: &Path, f: &[Vec<f64>]) -> Result<()> {
+pub(super) fn write_cache(path: &Path, f: &[Vec<f64>]) -> Result<()> {
     let mut text = String::new();
     for r in f {
         let cells: Vec<String> = r.iter().map(|v| format!("{v:?}")).collect();
@@ -920,6 +951,7 @@ mod tests {
             season: 4,
             rnn_pipeline: None,
             rnn_ensemble: 1,
+            net_cache: None,
         };
         let series: Vec<Series> = (0..5)
             .map(|i| {
