@@ -190,9 +190,11 @@ pub enum EvalCmd {
         /// The default `combo` is the configuration chosen on a validation
         /// tail of M4 Hourly (the 48 values before the scored ones): the
         /// median of the per-series `rf` and `gbm` and the ES-RNN-style
-        /// `hybrid` (validation OWA 0.363 vs 0.376 for mean(rf, gbm), holdout
-        /// 0.415 vs 0.426; see BENCHMARKS.md, "Accuracy: combinations" and
-        /// "Accuracy: the ES-RNN-style hybrid"). Other
+        /// `hybrid` with one network (`hybrid@1`; validation OWA 0.363 vs
+        /// 0.376 for mean(rf, gbm), holdout 0.415 vs 0.426; a 3-seed
+        /// hybrid tied it on validation for 3x the training; see
+        /// BENCHMARKS.md, "Accuracy: combinations" and "Accuracy: the
+        /// ES-RNN-style hybrid"). Other
         /// forms: `combo:a+b+...` and
         /// `combo_<mean|median|inv|best|global|ginv|sel>:a+b+...`, the
         /// rules other than mean and median weighting the members by their

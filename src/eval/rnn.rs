@@ -967,18 +967,20 @@ lr = 0.01
     fn an_ensemble_with_a_specialist_reuses_its_cached_networks() {
         let s = series();
         let histories: Vec<&[f64]> = s.iter().map(|v| &v[..v.len() - 12]).collect();
-        let dir = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        // A directory that does not exist yet: the first write creates it.
+        let dir = tmp.path().join("cache");
         let ens = Ensemble {
             seeds: 1,
             rule: SeedRule::Mean,
             specialists: vec![Specialist::Half(true)],
-            cache: Some(dir.path().to_path_buf()),
+            cache: Some(dir.clone()),
         };
         let mut m = RnnModel::new(cfg());
         m.set_ensemble(ens.clone());
         let f = m.fit_forecast(&histories, 12).unwrap();
         assert!(f.iter().flatten().all(|v| v.is_finite()));
-        let mut files: Vec<_> = std::fs::read_dir(dir.path())
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
