@@ -22,6 +22,7 @@ pub fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
             report,
             rnn_pipeline,
             rnn_ensemble,
+            net_cache,
             combo_study,
             combo_cache,
         } => {
@@ -38,6 +39,7 @@ pub fn eval(which: EvalCmd) -> anyhow::Result<ExitCode> {
                 season,
                 rnn_pipeline: Some(rnn_pipeline),
                 rnn_ensemble,
+                net_cache,
             };
             match holdout {
                 Some(h) if !combo_study.is_empty() => {

@@ -190,9 +190,11 @@ pub enum EvalCmd {
         /// The default `combo` is the configuration chosen on a validation
         /// tail of M4 Hourly (the 48 values before the scored ones): the
         /// median of the per-series `rf` and `gbm` and the ES-RNN-style
-        /// `hybrid` (validation OWA 0.363 vs 0.376 for mean(rf, gbm), holdout
-        /// 0.415 vs 0.426; see BENCHMARKS.md, "Accuracy: combinations" and
-        /// "Accuracy: the ES-RNN-style hybrid"). Other
+        /// `hybrid` with one network (`hybrid@1`; validation OWA 0.363 vs
+        /// 0.376 for mean(rf, gbm), holdout 0.415 vs 0.426; a 3-seed
+        /// hybrid tied it on validation for 3x the training; see
+        /// BENCHMARKS.md, "Accuracy: combinations" and "Accuracy: the
+        /// ES-RNN-style hybrid"). Other
         /// forms: `combo:a+b+...` and
         /// `combo_<mean|median|inv|best|global|ginv|sel>:a+b+...`, the
         /// rules other than mean and median weighting the members by their
@@ -215,9 +217,18 @@ pub enum EvalCmd {
         /// Pipeline file configuring the recurrent model `rnn`.
         #[arg(long, default_value = "pipelines/m4_hourly.toml")]
         rnn_pipeline: PathBuf,
-        /// Networks (seeds) the `rnn` trains and averages.
+        /// Networks (seeds) the `rnn` and `hybrid` train and average
+        /// (inside a combination too); `rnn@N...` / `hybrid@N...` name
+        /// their own (seeds, `mean`|`med`, specialists `lN`, `cN`, `rough`,
+        /// `smooth`: BENCHMARKS.md, "Ensembles of the hybrid").
         #[arg(long, default_value_t = 3)]
         rnn_ensemble: usize,
+        /// Keep every network's forecasts here (keyed by a hash of its
+        /// configuration, seed and histories) and a combination's
+        /// deterministic members' too, and reuse them: an ensemble study
+        /// trains each network once. Delete it when the code changes.
+        #[arg(long)]
+        net_cache: Option<PathBuf>,
     },
     /// Rolling-origin backtest on timestamped series windowed by a pipeline.
     Stream {

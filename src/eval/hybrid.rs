@@ -18,7 +18,7 @@
 //! for its whole horizon only if the network's output is not finite.
 
 use super::harness::Model;
-use super::rnn::RnnModel;
+use super::rnn::{Ensemble, RnnModel};
 use crate::config::PipelineConfig;
 use crate::error::Result;
 use crate::model::hybrid::{fit_penalized, params_of, EsParams, EsState, HybridMode};
@@ -56,7 +56,7 @@ impl HybridModel {
     /// says how the coefficients are chosen (the periods and mode are the
     /// name's), and is taken out of the network's pipeline: the series it
     /// sees are smoothed here already.
-    pub fn new(mut cfg: PipelineConfig, ensemble: usize, opts: HybridOptions) -> Self {
+    pub fn new(mut cfg: PipelineConfig, ensemble: Ensemble, opts: HybridOptions) -> Self {
         let coefficients = match cfg.model.hybrid.take() {
             None => Coefficients::PerSeries(None),
             Some(t) if t.fit == crate::config::HybridFit::PerSeries => {
@@ -68,7 +68,7 @@ impl HybridModel {
             },
         };
         let mut rnn = RnnModel::new(cfg);
-        rnn.ensemble = ensemble.max(1);
+        rnn.set_ensemble(ensemble);
         HybridModel {
             rnn,
             opts,
@@ -187,7 +187,7 @@ mod tests {
             let opts = hybrid_options("es", 24).unwrap();
             Ok(Box::new(HybridModel::new(
                 crate::testkit::pipeline(""),
-                1,
+                Ensemble::seeds(1),
                 opts,
             )))
         };

@@ -109,6 +109,10 @@ pub struct ModelContext {
     pub rnn_pipeline: Option<PathBuf>,
     /// Networks averaged by `rnn` (its ensemble size).
     pub rnn_ensemble: usize,
+    /// Where networks (and a combination's deterministic members) keep
+    /// their forecasts for reuse (`eval m4 --net-cache`; see
+    /// [`rnn::Ensemble::cache`]).
+    pub net_cache: Option<PathBuf>,
 }
 
 fn rnn_pipeline_path(ctx: &ModelContext) -> PathBuf {
@@ -173,21 +177,38 @@ fn unknown(name: &str) -> Error {
 /// An unknown name, or a model that cannot be built (say, its pipeline file
 /// is invalid), is an error that says so.
 pub fn model_by_name(name: &str, ctx: &ModelContext) -> Result<Box<dyn Model>> {
-    if name == RNN {
+    // `rnn@...` / `hybrid...@...`: the networks of the ensemble (seeds,
+    // rule, specialists; `rnn::Ensemble::parse`).
+    let (base, ens) = match name.split_once('@') {
+        Some((b, spec))
+            if b == RNN || hybrid_options(b, ctx.season).is_some_and(|o| !o.es_only) =>
+        {
+            let e = rnn::Ensemble::parse(spec, ctx.rnn_ensemble).ok_or_else(|| {
+                eval_error!("model `{name}`: after `@`, dot-separated: a seed count, mean|med, lN, cN, rough, smooth")
+            })?;
+            (b, e)
+        }
+        _ => (name, rnn::Ensemble::seeds(ctx.rnn_ensemble)),
+    };
+    let ens = rnn::Ensemble {
+        cache: ctx.net_cache.clone(),
+        ..ens
+    };
+    if base == RNN {
         let mut m = rnn::RnnModel::from_pipeline(&rnn_pipeline_path(ctx))?;
-        m.ensemble = ctx.rnn_ensemble.max(1);
+        m.set_ensemble(ens);
+        if name != RNN {
+            m.label = Some(name.to_string());
+        }
         return Ok(Box::new(m));
     }
     if let Some(m) = hybrid_joint::by_name(name, ctx.season) {
         return Ok(m);
     }
-    if let Some(opts) = hybrid_options(name, ctx.season) {
+    if let Some(mut opts) = hybrid_options(base, ctx.season) {
+        opts.name = name.to_string();
         let cfg = PipelineConfig::load(&rnn_pipeline_path(ctx))?;
-        return Ok(Box::new(hybrid::HybridModel::new(
-            cfg,
-            ctx.rnn_ensemble,
-            opts,
-        )));
+        return Ok(Box::new(hybrid::HybridModel::new(cfg, ens, opts)));
     }
     if let Some(spec) = combo::parse_spec(name) {
         return Ok(Box::new(combo::Combo::new(name, spec?, ctx)?));

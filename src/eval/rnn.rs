@@ -16,6 +16,8 @@
 use arrow::array::{Array, AsArray, RecordBatch, TimestampMillisecondArray};
 use arrow::datatypes::Float64Type;
 
+use std::path::{Path, PathBuf};
+
 use super::backtest::StreamModel;
 use super::harness::Model;
 use crate::choose::Chooser;
@@ -31,12 +33,230 @@ use crate::window::WindowSpec;
 /// series end here, one window per value, so windows line up across series.
 pub const EVAL_END_MS: i64 = 1_577_836_800_000;
 
+/// How the networks of an ensemble are combined, per series and step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SeedRule {
+    /// The average (what the M4 winners did; the default).
+    #[default]
+    Mean,
+    /// The median (mean of the middle two for an even count): one network
+    /// that went astray on a series cannot pull the forecast.
+    Median,
+}
+
+/// A network of an ensemble besides the generalist seeds (trained with a
+/// seed of its own, [`Specialist::seed_offset`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Specialist {
+    /// Every series, with this many target lags as inputs (the warm-up is
+    /// raised to at least that many windows).
+    Lags(u32),
+    /// Every series, with this many windows of context per training sample.
+    Context(u32),
+    /// Only the rougher half of the series (`true`) or the smoother half,
+    /// by [`roughness`] of the values the network sees; it forecasts only
+    /// those, so they get one more member than the others.
+    Half(bool),
+}
+
+impl Specialist {
+    /// Added to the pipeline's seeds: one per specialist, whatever else the
+    /// ensemble holds, so a specialist is the same network (and the same
+    /// cache entry) in every ensemble that names it.
+    pub fn seed_offset(self) -> u64 {
+        match self {
+            Specialist::Lags(n) => 100_000 + u64::from(n),
+            Specialist::Context(n) => 200_000 + u64::from(n),
+            Specialist::Half(rough) => 300_000 + u64::from(rough),
+        }
+    }
+}
+
+/// What an `rnn` / `hybrid` trains and how it combines the networks:
+/// `seeds` generalists (seeds `train.seed`, `+1`, ...) plus `specialists`,
+/// combined per series and step by `rule`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Ensemble {
+    pub seeds: usize,
+    pub rule: SeedRule,
+    pub specialists: Vec<Specialist>,
+    /// Directory where each network's forecasts are kept, keyed by a hash
+    /// of its configuration (seed included), its histories and the
+    /// horizon; a network asked again reuses them instead of training
+    /// (`eval m4 --net-cache`).
+    pub cache: Option<PathBuf>,
+}
+
+impl Ensemble {
+    /// `seeds` generalists averaged (the `--rnn-ensemble` setting).
+    pub fn seeds(seeds: usize) -> Self {
+        Ensemble {
+            seeds: seeds.max(1),
+            ..Default::default()
+        }
+    }
+
+    /// Parses the part of a model name after `@` (`hybrid@3.med.l72`):
+    /// dot-separated tokens, each at most once per kind: a number = the
+    /// generalist seeds (default `seeds`; 0 = specialists only), `mean` or
+    /// `med` = the rule, `lN` = a specialist with N lags, `cN` = one with
+    /// context N, `rough` / `smooth` = one trained on that half of the
+    /// series. None when a token is not one of these or nothing is left to
+    /// train.
+    pub fn parse(spec: &str, seeds: usize) -> Option<Ensemble> {
+        let mut e = Ensemble::seeds(seeds);
+        let (mut n_seen, mut rule_seen) = (false, false);
+        for tok in spec.split('.') {
+            if let Ok(n) = tok.parse::<usize>() {
+                if n_seen {
+                    return None;
+                }
+                (n_seen, e.seeds) = (true, n);
+                continue;
+            }
+            let num = |p: &str| {
+                tok.strip_prefix(p)
+                    .and_then(|r| r.parse::<u32>().ok())
+                    .filter(|&n| n >= 1)
+            };
+            let s = match tok {
+                "mean" | "med" if !rule_seen => {
+                    rule_seen = true;
+                    e.rule = if tok == "med" {
+                        SeedRule::Median
+                    } else {
+                        SeedRule::Mean
+                    };
+                    continue;
+                }
+                "rough" => Specialist::Half(true),
+                "smooth" => Specialist::Half(false),
+                _ => match (num("l"), num("c")) {
+                    (Some(n), _) => Specialist::Lags(n),
+                    (_, Some(n)) if n >= 2 => Specialist::Context(n),
+                    _ => return None,
+                },
+            };
+            if e.specialists.contains(&s) {
+                return None;
+            }
+            e.specialists.push(s);
+        }
+        (e.seeds + e.specialists.len() > 0).then_some(e)
+    }
+}
+
+/// A series' roughness: mean absolute step over its standard deviation
+/// (scale-free; 0 for a constant series). Noisy series score high, smooth
+/// trends and slow levels low.
+pub fn roughness(x: &[f64]) -> f64 {
+    let n = x.len();
+    if n < 3 {
+        return 0.0;
+    }
+    let mean = x.iter().sum::<f64>() / n as f64;
+    let sd = (x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
+    let step = x.windows(2).map(|w| (w[1] - w[0]).abs()).sum::<f64>() / (n - 1) as f64;
+    if sd > 0.0 && step.is_finite() {
+        step / sd
+    } else {
+        0.0
+    }
+}
+
+/// Indices of the rougher (`rough`) or smoother half of `histories`
+/// (ranked by [`roughness`], ties by index; the rough half has the extra
+/// series of an odd count).
+fn half(histories: &[&[f64]], rough: bool) -> Vec<usize> {
+    let r: Vec<f64> = histories.iter().map(|h| roughness(h)).collect();
+    let mut idx: Vec<usize> = (0..histories.len()).collect();
+    idx.sort_by(|&a, &b| r[b].total_cmp(&r[a]).then(a.cmp(&b)));
+    let k = histories.len().div_ceil(2);
+    let mut out = if rough {
+        idx[..k].to_vec()
+    } else {
+        idx[k..].to_vec()
+    };
+    out.sort_unstable();
+    out
+}
+
+/// Per step, `rule` over the forecasts of one series (all of `horizon`
+/// values); NaN where there are none.
+fn combine_members(rule: SeedRule, members: &[Vec<f64>], horizon: usize) -> Vec<f64> {
+    (0..horizon)
+        .map(|t| {
+            let mut v: Vec<f64> = members.iter().filter_map(|m| m.get(t).copied()).collect();
+            if v.is_empty() {
+                return f64::NAN;
+            }
+            match rule {
+                SeedRule::Mean => v.iter().sum::<f64>() / v.len() as f64,
+                SeedRule::Median => {
+                    v.sort_by(f64::total_cmp);
+                    let k = v.len();
+                    if k % 2 == 1 {
+                        v[k / 2]
+                    } else {
+                        0.5 * (v[k / 2 - 1] + v[k / 2])
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
+/// The cache file of one forecaster's forecasts (`prefix`-hash.csv): a
+/// hash of `tag` (a network's whole configuration, seed included; a
+/// deterministic model's name), the histories (bit patterns) and the horizon.
+pub(super) fn cache_file(
+    dir: &Path,
+    prefix: &str,
+    tag: &str,
+    histories: &[&[f64]],
+    horizon: usize,
+) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same inputs hash alike across runs.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tag.hash(&mut h);
+    horizon.hash(&mut h);
+    histories.len().hash(&mut h);
+    for x in histories {
+        x.len().hash(&mut h);
+        for v in *x {
+            v.to_bits().hash(&mut h);
+        }
+    }
+    dir.join(format!("{prefix}-{:016x}.csv", h.finish()))
+}
+
+/// This process's user + system CPU seconds so far (Linux `/proc/self/stat`,
+/// assuming the usual 100 ticks a second; None elsewhere): logged beside
+/// each network's wall time, since on a shared box the two differ widely.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 /// A global recurrent model trained on the histories it is given.
 pub struct RnnModel {
     cfg: PipelineConfig,
     /// Networks trained (seeds `train.seed`, `+1`, ...) whose forecasts are
-    /// averaged: ensembling, as the M4 winners did.
+    /// combined: ensembling, as the M4 winners did.
     pub ensemble: usize,
+    /// How the networks are combined.
+    pub rule: SeedRule,
+    /// Networks besides the seeds (see [`Specialist`]).
+    pub specialists: Vec<Specialist>,
+    /// See [`Ensemble::cache`].
+    pub cache: Option<PathBuf>,
+    /// The name in reports when it was built by another (`rnn@3.med`).
+    pub label: Option<String>,
     /// Report of the last training run.
     pub report: Option<TrainReport>,
 }
@@ -44,68 +264,152 @@ pub struct RnnModel {
 impl RnnModel {
     /// Model, window and training settings come from a pipeline file.
     pub fn from_pipeline(path: &std::path::Path) -> Result<Self> {
-        Ok(RnnModel {
-            cfg: PipelineConfig::load(path)?,
-            ensemble: 1,
-            report: None,
-        })
+        Ok(RnnModel::new(PipelineConfig::load(path)?))
     }
 
     pub fn new(cfg: PipelineConfig) -> Self {
         RnnModel {
             cfg,
             ensemble: 1,
+            rule: SeedRule::Mean,
+            specialists: Vec::new(),
+            cache: None,
+            label: None,
             report: None,
         }
+    }
+
+    /// Seeds, rule, specialists and cache from `e`.
+    pub fn set_ensemble(&mut self, e: Ensemble) {
+        self.ensemble = e.seeds;
+        self.rule = e.rule;
+        self.specialists = e.specialists;
+        self.cache = e.cache;
+    }
+
+    /// The networks to train: configuration and the series each sees
+    /// (None = all).
+    fn networks(
+        &self,
+        cfg: &PipelineConfig,
+        histories: &[&[f64]],
+    ) -> Vec<(PipelineConfig, Option<Vec<usize>>)> {
+        let mut out = Vec::new();
+        for m in 0..self.ensemble {
+            let mut c = cfg.clone();
+            c.train.seed = cfg.train.seed.wrapping_add(m as u64);
+            c.model.seed = cfg.model.seed.wrapping_add(m as i64);
+            out.push((c, None));
+        }
+        for s in &self.specialists {
+            let mut c = cfg.clone();
+            let offset = s.seed_offset();
+            c.train.seed = cfg.train.seed.wrapping_add(offset);
+            c.model.seed = cfg.model.seed.wrapping_add(offset as i64);
+            let subset = match *s {
+                Specialist::Lags(n) => {
+                    c.model.lags = Some(n);
+                    c.model.warmup_windows = c.model.warmup_windows.max(n);
+                    None
+                }
+                Specialist::Context(n) => {
+                    c.train.context = i64::from(n);
+                    None
+                }
+                Specialist::Half(rough) => Some(half(histories, rough)),
+            };
+            out.push((c, subset));
+        }
+        out
+    }
+
+    /// One network trained on `histories` and its forecasts after each
+    /// series' last window (from the cache when it has them).
+    fn network(
+        &mut self,
+        cfg: &PipelineConfig,
+        histories: &[&[f64]],
+        horizon: usize,
+    ) -> Result<Vec<Vec<f64>>> {
+        let path = self
+            .cache
+            .as_deref()
+            .map(|d| cache_file(d, "net", &format!("{cfg:?}"), histories, horizon));
+        if let Some(f) = path
+            .as_deref()
+            .and_then(|p| super::combo::read_cache(p, histories.len(), horizon))
+        {
+            tracing::info!(path = %path.as_deref().map(|p| p.display().to_string()).unwrap_or_default(), "network forecasts from the cache");
+            return Ok(f);
+        }
+        let (wall, cpu) = (std::time::Instant::now(), process_cpu_seconds());
+        let step = cfg.slide_ms();
+        let events = series_events(cfg, histories, step);
+        let windows = closed_windows(
+            WindowSpec::from_config(cfg),
+            &events,
+            End::Through(EVAL_END_MS),
+        );
+        let data = prepare_windows(cfg, &windows)?;
+        let trained = train::train_prepared(cfg, &cfg.train, &data, None)?;
+        tracing::info!(
+            seed = cfg.train.seed,
+            series = histories.len(),
+            lags = cfg.lags(),
+            context = cfg.train.context,
+            val = trained.report.best_val_loss,
+            baseline = trained.report.baseline_val_loss,
+            epochs = trained.report.epochs,
+            seconds = trained.report.seconds,
+            "rnn trained"
+        );
+        self.report = Some(trained.report.clone());
+        let mut stage = ForecastStage::new(
+            trained.net,
+            trained.spec,
+            cfg.decode.value_fields.len(),
+            cfg.model.warmup_windows,
+        );
+        with_hybrid(cfg, &mut stage);
+        let mut out = vec![vec![f64::NAN; horizon]; histories.len()];
+        for w in &windows {
+            let f = stage.forecast(w)?;
+            collect_last(&f, EVAL_END_MS, &mut out);
+        }
+        tracing::info!(
+            seed = cfg.train.seed,
+            wall_seconds = wall.elapsed().as_secs_f64(),
+            cpu_seconds = process_cpu_seconds().zip(cpu).map(|(b, a)| b - a),
+            "rnn network done (prep, training, forecasts)"
+        );
+        if let Some(p) = &path {
+            if out.iter().flatten().all(|v| v.is_finite()) {
+                super::combo::write_cache(p, &out)?;
+            }
+        }
+        Ok(out)
     }
 
     fn run(&mut self, histories: &[&[f64]], horizon: usize) -> Result<Vec<Vec<f64>>> {
         let mut cfg = self.cfg.clone();
         cfg.model.horizon = horizon as i64;
-        let step = cfg.slide_ms();
-        let events = series_events(&cfg, histories, step);
-        let windows = closed_windows(
-            WindowSpec::from_config(&cfg),
-            &events,
-            End::Through(EVAL_END_MS),
-        );
-        let data = prepare_windows(&cfg, &windows)?;
-        let mut sum = vec![vec![0.0; horizon]; histories.len()];
-        let members = self.ensemble.max(1);
-        for m in 0..members {
-            let mut t = cfg.train.clone();
-            t.seed = t.seed.wrapping_add(m as u64);
-            let mut mcfg = cfg.clone();
-            mcfg.model.seed = cfg.model.seed.wrapping_add(m as i64);
-            let trained = train::train_prepared(&mcfg, &t, &data, None)?;
-            tracing::info!(
-                member = m,
-                val = trained.report.best_val_loss,
-                baseline = trained.report.baseline_val_loss,
-                epochs = trained.report.epochs,
-                seconds = trained.report.seconds,
-                "rnn trained"
-            );
-            self.report = Some(trained.report.clone());
-            let mut stage = ForecastStage::new(
-                trained.net,
-                trained.spec,
-                cfg.decode.value_fields.len(),
-                cfg.model.warmup_windows,
-            );
-            with_hybrid(&cfg, &mut stage);
-            let mut out = vec![vec![f64::NAN; horizon]; histories.len()];
-            for w in &windows {
-                let f = stage.forecast(w)?;
-                collect_last(&f, EVAL_END_MS, &mut out);
+        // Per series, the forecasts of every network that covers it.
+        let mut members: Vec<Vec<Vec<f64>>> = vec![Vec::new(); histories.len()];
+        for (ncfg, subset) in self.networks(&cfg, histories) {
+            let idx: Vec<usize> = subset.unwrap_or_else(|| (0..histories.len()).collect());
+            if idx.is_empty() {
+                continue;
             }
-            for (s, o) in sum.iter_mut().zip(&out) {
-                for (a, b) in s.iter_mut().zip(o) {
-                    *a += b / members as f64;
-                }
+            let hs: Vec<&[f64]> = idx.iter().map(|&i| histories[i]).collect();
+            let f = self.network(&ncfg, &hs, horizon)?;
+            for (&i, fi) in idx.iter().zip(f) {
+                members[i].push(fi);
             }
         }
-        Ok(sum)
+        Ok(members
+            .iter()
+            .map(|m| combine_members(self.rule, m, horizon))
+            .collect())
     }
 }
 
@@ -195,6 +499,9 @@ fn collect_last(f: &RecordBatch, end_ms: i64, out: &mut [Vec<f64>]) {
 
 impl Model for RnnModel {
     fn name(&self) -> String {
+        if let Some(l) = &self.label {
+            return l.clone();
+        }
         if self.cfg.choice.enabled {
             "rnn+choice".into()
         } else {
@@ -571,6 +878,131 @@ lr = 0.01
                     .collect()
             })
             .collect()
+    }
+
+    #[test]
+    fn ensemble_names_parse_and_bad_ones_are_refused() {
+        let e = Ensemble::parse("3.med.l72.c480.rough", 1).unwrap();
+        assert_eq!((e.seeds, e.rule), (3, SeedRule::Median));
+        assert_eq!(
+            e.specialists,
+            vec![
+                Specialist::Lags(72),
+                Specialist::Context(480),
+                Specialist::Half(true)
+            ]
+        );
+        // The seed count defaults to the flag's; 0 seeds = specialists only.
+        let e = Ensemble::parse("smooth", 5).unwrap();
+        assert_eq!((e.seeds, e.rule), (5, SeedRule::Mean));
+        assert_eq!(Ensemble::parse("0.l24", 3).unwrap().seeds, 0);
+        for bad in [
+            "",
+            "0",
+            "3.3",
+            "med.mean",
+            "l0",
+            "c1",
+            "lx",
+            "rough.rough",
+            "x",
+            "3..med",
+        ] {
+            assert!(Ensemble::parse(bad, 1).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_with_an_ensemble_build_and_others_are_refused() {
+        let ctx = super::super::ModelContext {
+            season: 24,
+            rnn_pipeline: None,
+            rnn_ensemble: 1,
+            net_cache: None,
+        };
+        for ok in [
+            "hybrid@3.med",
+            "hybrid_d@l72",
+            "rnn@2",
+            "combo_median:rf+hybrid@3",
+        ] {
+            let m = super::super::model_by_name(ok, &ctx).unwrap();
+            assert_eq!(m.name(), ok);
+        }
+        for bad in ["hybrid@x", "hybrid@", "es@3", "snaive@3", "hybrid@3@3"] {
+            assert!(super::super::model_by_name(bad, &ctx).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn members_combine_by_mean_or_median_per_step() {
+        let m = vec![vec![1.0, 10.0], vec![2.0, 0.0], vec![9.0, 2.0]];
+        assert_eq!(combine_members(SeedRule::Mean, &m, 2), vec![4.0, 4.0]);
+        assert_eq!(combine_members(SeedRule::Median, &m, 2), vec![2.0, 2.0]);
+        assert_eq!(
+            combine_members(SeedRule::Median, &m[..2], 2),
+            vec![1.5, 5.0]
+        );
+        assert!(combine_members(SeedRule::Mean, &[], 1)[0].is_nan());
+    }
+
+    #[test]
+    fn the_halves_split_by_roughness() {
+        let smooth: Vec<f64> = (0..100).map(|t| t as f64).collect();
+        let rough: Vec<f64> = (0..100).map(|t| (t % 2) as f64).collect();
+        let mid: Vec<f64> = (0..100).map(|t| (t / 10 % 2) as f64).collect();
+        let h: Vec<&[f64]> = vec![&smooth, &rough, &mid, &rough];
+        assert!(roughness(&rough) > roughness(&mid) && roughness(&mid) > roughness(&smooth));
+        assert_eq!(roughness(&[3.0; 10]), 0.0);
+        assert_eq!(half(&h, true), vec![1, 3]);
+        assert_eq!(half(&h, false), vec![0, 2]);
+        // An odd count: the rough half takes the middle series.
+        assert_eq!(half(&h[..3], true), vec![1, 2]);
+    }
+
+    /// Seeds and a half specialist train once; asked again with the cache,
+    /// every network's forecasts come from it (overwritten here, so the
+    /// combined forecasts show which network covered which series).
+    #[test]
+    fn an_ensemble_with_a_specialist_reuses_its_cached_networks() {
+        let s = series();
+        let histories: Vec<&[f64]> = s.iter().map(|v| &v[..v.len() - 12]).collect();
+        let tmp = tempfile::tempdir().unwrap();
+        // A directory that does not exist yet: the first write creates it.
+        let dir = tmp.path().join("cache");
+        let ens = Ensemble {
+            seeds: 1,
+            rule: SeedRule::Mean,
+            specialists: vec![Specialist::Half(true)],
+            cache: Some(dir.clone()),
+        };
+        let mut m = RnnModel::new(cfg());
+        m.set_ensemble(ens.clone());
+        let f = m.fit_forecast(&histories, 12).unwrap();
+        assert!(f.iter().flatten().all(|v| v.is_finite()));
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
+        // The specialist's file has half the rows, so it is the smaller.
+        assert_eq!(files.len(), 2);
+        let rows = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().lines().count();
+        assert_eq!((rows(&files[0]), rows(&files[1])), (4, 8));
+        let fill = |p: &std::path::Path, v: f64, n: usize| {
+            let row = vec![format!("{v:?}"); 12].join(",");
+            std::fs::write(p, vec![row; n].join("\n") + "\n").unwrap();
+        };
+        fill(&files[0], 3.0, 4);
+        fill(&files[1], 1.0, 8);
+        let mut again = RnnModel::new(cfg());
+        again.set_ensemble(ens);
+        let g = again.fit_forecast(&histories, 12).unwrap();
+        let rough = half(&histories, true);
+        for (i, fc) in g.iter().enumerate() {
+            let want = if rough.contains(&i) { 2.0 } else { 1.0 };
+            assert!(fc.iter().all(|&v| v == want), "series {i}: {fc:?}");
+        }
     }
 
     #[test]

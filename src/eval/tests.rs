@@ -18,6 +18,7 @@ fn ctx(season: usize) -> ModelContext {
         season,
         rnn_pipeline: None,
         rnn_ensemble: 1,
+        net_cache: None,
     }
 }
 
@@ -120,6 +121,7 @@ fn holdout_split() {
                     season: 2,
                     rnn_pipeline: None,
                     rnn_ensemble: 1,
+                    net_cache: None,
                 },
             )
         },
@@ -259,6 +261,7 @@ fn leaking_model_is_refused() {
         season: 4,
         rnn_pipeline: None,
         rnn_ensemble: 1,
+        net_cache: None,
     };
     for name in baselines::NAMES {
         let c = run_checked(&panel, &mut || model_by_name(name, &ctx), 4).unwrap();
