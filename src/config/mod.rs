@@ -1540,6 +1540,30 @@ impl PipelineConfig {
                 "expected a positive duration, e.g. \"1s\"",
             );
         }
+        if self.delivery == Delivery::ExactlyOnce {
+            // A checkpoint commits the open transaction: the longest wait
+            // between two must leave the broker's transaction timeout room.
+            let timeout_ms: u64 = self
+                .sink
+                .librdkafka
+                .0
+                .get("transaction.timeout.ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(20_000);
+            let longest = self
+                .state
+                .commit_interval
+                .max(self.state.backlog_commit_interval);
+            if longest.as_millis() as u64 * 2 > timeout_ms {
+                return bad(
+                    "state.backlog_commit_interval",
+                    &format!(
+                        "exactly once commits a transaction at every checkpoint: the longest interval ({} ms, of commit_interval and backlog_commit_interval) must be at most half of transaction.timeout.ms ({timeout_ms} ms)",
+                        longest.as_millis()
+                    ),
+                );
+            }
+        }
         if let Some(c) = self.choice.candidates.iter().find(|c| {
             !CHOICE_BUILTIN.contains(&c.as_str()) && !crate::baselines::NAMES.contains(&c.as_str())
         }) {
@@ -1899,6 +1923,35 @@ dead_letter_topic = "dlq"
         let err =
             parse(&GOOD.replace("size = \"5m\"", "size = \"5m\"\nslide = \"2m\"")).unwrap_err();
         assert!(err.to_string().contains("window.slide"), "{err}");
+    }
+
+    #[test]
+    fn exactly_once_checkpoints_leave_the_transaction_timeout_room() {
+        let eos = |state: &str, sink: &str| {
+            parse(&format!(
+                "delivery = \"exactly_once\"\n{}{sink}\n",
+                GOOD.replace("[sink]", &format!("[state]\n{state}\n[sink]"))
+            ))
+        };
+        eos("", "").expect("the defaults (1 s, 5 s in a backlog; 20 s timeout)");
+        let err = eos("backlog_commit_interval = \"15s\"", "").unwrap_err();
+        assert!(
+            err.to_string().contains("state.backlog_commit_interval"),
+            "{err}"
+        );
+        let err = eos("commit_interval = \"12s\"", "").unwrap_err();
+        assert!(err.to_string().contains("transaction.timeout.ms"), "{err}");
+        eos(
+            "backlog_commit_interval = \"15s\"",
+            "[sink.librdkafka]\n\"transaction.timeout.ms\" = \"60000\"",
+        )
+        .expect("a longer transaction timeout allows it");
+        // At least once there is no transaction to time out.
+        parse(&GOOD.replace(
+            "[sink]",
+            "[state]\nbacklog_commit_interval = \"30s\"\n[sink]",
+        ))
+        .expect("at least once");
     }
 
     #[test]
