@@ -115,9 +115,33 @@ fn thread_cpu_s() -> f64 {
 
 /// Times `f` (one tick): warm-up, calibration, `REPS` repetitions.
 /// Returns (median, best, median CPU) seconds per tick.
+/// Where the step benches run: `MODEL_STEP_DEVICE=cuda` on a machine with a
+/// GPU (`scripts/bench_gpu`), else the CPU.
+fn bench_device() -> Device {
+    match std::env::var("MODEL_STEP_DEVICE").as_deref() {
+        Ok("cuda") => {
+            assert!(
+                tch::Cuda::is_available(),
+                "MODEL_STEP_DEVICE=cuda but libtorch sees no CUDA device"
+            );
+            Device::Cuda(0)
+        }
+        _ => Device::Cpu,
+    }
+}
+
+/// Waits for queued GPU work, so a tick's time includes its kernels (CUDA
+/// launches are asynchronous); nothing on the CPU.
+fn sync() {
+    if let Device::Cuda(i) = bench_device() {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
 fn time_ticks(mut f: impl FnMut()) -> (f64, f64, f64) {
     let t = Instant::now();
     f();
+    sync();
     let one = t.elapsed().as_secs_f64().max(1e-6);
     let ticks = ((TARGET_S / one) as usize).max(1);
     let mut per = Vec::with_capacity(reps());
@@ -127,6 +151,7 @@ fn time_ticks(mut f: impl FnMut()) -> (f64, f64, f64) {
         for _ in 0..ticks {
             f();
         }
+        sync();
         per.push(t.elapsed().as_secs_f64() / ticks as f64);
         cpu.push((thread_cpu_s() - c) / ticks as f64);
     }
@@ -163,7 +188,7 @@ fn header() {
 
 fn lstm(hidden: i64) -> Network {
     let shape = CellShape::recurrent(CellKind::Lstm, 4, hidden, 1);
-    Network::new(shape, 6, Device::Cpu, 42)
+    Network::new(shape, 6, bench_device(), 42)
 }
 
 fn key(i: usize) -> String {
@@ -325,9 +350,9 @@ fn main() {
 fn bench_step(hidden: i64, n: usize, step_only: bool) {
     let net = lstm(hidden);
     let (mut store, slots) = store_with(&net, n);
-    let slots = Tensor::from_slice(&slots);
-    let x = Tensor::randn([n as i64, 4], (Kind::Float, Device::Cpu));
-    let ids: Vec<i64> = ids_of(&slots);
+    let ids: Vec<i64> = slots.clone();
+    let slots = Tensor::from_slice(&slots).to_device(bench_device());
+    let x = Tensor::randn([n as i64, 4], (Kind::Float, bench_device()));
     let chunk = std::env::var("MODEL_STEP_CHUNK")
         .ok()
         .and_then(|v| v.parse().ok());
@@ -419,10 +444,6 @@ fn bench_close(n: usize) {
             f(&mut sum)
         );
     }
-}
-
-fn ids_of(slots: &Tensor) -> Vec<i64> {
-    Vec::<i64>::try_from(slots).unwrap()
 }
 
 /// `ForecastStage::forecast` on 23 successive closed-windows batches of `n` keys.

@@ -37,15 +37,19 @@ import torch
 from torch import nn
 
 
-def bench(keys: int, hidden: int, n_in: int, head: bool, skip: bool, reps: int, target_s: float):
+def bench(keys: int, hidden: int, n_in: int, head: bool, skip: bool, reps: int, target_s: float,
+          device: str = "cpu"):
     torch.manual_seed(0)
-    cell = nn.LSTMCell(n_in, hidden)
-    lin = nn.Linear(hidden, 6) if head else None
-    lin_skip = nn.Linear(n_in, 6, bias=False) if skip else None
-    h_all = torch.zeros(1, keys, hidden)
-    c_all = torch.zeros(1, keys, hidden)
-    slots = torch.arange(keys, dtype=torch.int64)
-    x = torch.randn(keys, n_in)
+    dev = torch.device(device)
+    cell = nn.LSTMCell(n_in, hidden).to(dev)
+    lin = nn.Linear(hidden, 6).to(dev) if head else None
+    lin_skip = nn.Linear(n_in, 6, bias=False).to(dev) if skip else None
+    h_all = torch.zeros(1, keys, hidden, device=dev)
+    c_all = torch.zeros(1, keys, hidden, device=dev)
+    slots = torch.arange(keys, dtype=torch.int64, device=dev)
+    x = torch.randn(keys, n_in, device=dev)
+    # CUDA launches are asynchronous: wait for the kernels before reading a clock.
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def tick():
         h = h_all.index_select(1, slots)[0]
@@ -62,6 +66,7 @@ def bench(keys: int, hidden: int, n_in: int, head: bool, skip: bool, reps: int, 
     # Warm-up and calibration: how many ticks make ~target_s.
     t0 = time.perf_counter()
     tick()
+    sync()
     one = max(time.perf_counter() - t0, 1e-6)
     ticks = max(2, int(target_s / one))
     for _ in range(min(ticks, 5)):
@@ -72,6 +77,7 @@ def bench(keys: int, hidden: int, n_in: int, head: bool, skip: bool, reps: int, 
         t0, c0 = time.perf_counter(), time.thread_time()
         for _ in range(ticks):
             tick()
+        sync()
         per_tick.append((time.perf_counter() - t0) / ticks)
         cpu.append((time.thread_time() - c0) / ticks)
     med = statistics.median(per_tick)
@@ -86,6 +92,7 @@ def main():
     ap.add_argument("--target-s", type=float, default=0.3)
     ap.add_argument("--threads", default="2,1", help="one table per intra-op thread count")
     ap.add_argument("--rows", default="1,4,4+head,4+head+skip", help="which peers (see the docstring)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (scripts/bench_gpu)")
     args = ap.parse_args()
     keys = [int(k) for k in args.keys.split(",")]
     hiddens = [int(h) for h in args.hidden.split(",")]
@@ -103,7 +110,8 @@ def main():
                 name = f"torch LSTMCell({n_in},H)" + ("+head" if head else "") + ("+skip" if skip else "")
                 for hidden in hiddens:
                     for k in keys:
-                        rate, ms, best, cpu = bench(k, hidden, n_in, head, skip, args.reps, args.target_s)
+                        rate, ms, best, cpu = bench(k, hidden, n_in, head, skip, args.reps, args.target_s,
+                                                       args.device)
                         print(f"| {name:<29} | {hidden:>6} | {k:>9} | {rate / 1e6:>13.3f} | {ms:>9.3f} | {best:>9.3f} | "
                               f"{cpu:>10.3f} |", flush=True)
 
