@@ -39,6 +39,10 @@
 //! - libtorch runs on the calling thread with 1 intra-op thread; seeded
 //!   (network init and window draws), so deterministic unless the
 //!   `max_seconds` cap cuts training.
+// `a = a + b` on purpose throughout: tch's `a += b` is an in-place `add_`,
+// which autograd refuses (or gets wrong) on tensors saved for the backward
+// pass, such as the smoothing recursion's level and factors.
+#![allow(clippy::assign_op_pattern)]
 
 use std::time::Instant;
 
