@@ -190,11 +190,11 @@ pub enum EvalCmd {
         /// The default `combo` is the configuration chosen on a validation
         /// tail of M4 Hourly (the 48 values before the scored ones): the
         /// median of the per-series `rf` and `gbm` and the ES-RNN-style
-        /// `hybrid` with one network (`hybrid@1`; validation OWA 0.363 vs
-        /// 0.376 for mean(rf, gbm), holdout 0.415 vs 0.426; a 3-seed
-        /// hybrid tied it on validation for 3x the training; see
-        /// BENCHMARKS.md, "Accuracy: combinations" and "Accuracy: the
-        /// ES-RNN-style hybrid"). Other
+        /// hybrid with its smoothing coefficients learned jointly with
+        /// the network (`hybrid_joint`; validation OWA 0.355, holdout
+        /// 0.410; with the fitted-first `hybrid@1` instead 0.363 / 0.415,
+        /// mean(rf, gbm) 0.376 / 0.426; see BENCHMARKS.md, "Accuracy:
+        /// combinations" and "Accuracy: the ES-RNN-style hybrid"). Other
         /// forms: `combo:a+b+...` and
         /// `combo_<mean|median|inv|best|global|ginv|sel>:a+b+...`, the
         /// rules other than mean and median weighting the members by their
