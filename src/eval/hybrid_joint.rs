@@ -694,7 +694,7 @@ mod tests {
         let pt = panel_tensors(&[&y]);
         let base = [logit(0.2), logit(0.1)];
         let s0 = [0.1, -0.2, 0.05, 0.05];
-        let loss_of = |a: &Tensor, g: &Tensor, s: &Tensor| {
+        let loss = |a: &Tensor, g: &Tensor, s: &Tensor| {
             let es = EsTensors {
                 alpha: a.sigmoid(),
                 gammas: vec![g.sigmoid()],
@@ -703,25 +703,15 @@ mod tests {
             };
             let p = run_es(&pt.x, &pt.mask, &es);
             // Something a forecast would depend on: levels, inputs, factors.
-            (p.level.sin().sum(Kind::Double)
+            p.level.sin().sum(Kind::Double)
                 + p.deseason.square().sum(Kind::Double) * 0.1
-                + p.seasons[0].narrow(1, 40, 4).sum(Kind::Double))
-            .double_value(&[])
+                + p.seasons[0].narrow(1, 40, 4).sum(Kind::Double)
         };
+        let loss_of = |a: &Tensor, g: &Tensor, s: &Tensor| loss(a, g, s).double_value(&[]);
         let a = Tensor::from_slice(&[base[0]]).set_requires_grad(true);
         let g = Tensor::from_slice(&[base[1]]).set_requires_grad(true);
         let s = Tensor::from_slice(&s0).set_requires_grad(true);
-        let es = EsTensors {
-            alpha: a.sigmoid(),
-            gammas: vec![g.sigmoid()],
-            level0: Tensor::from_slice(&[2.5f64]),
-            season0: vec![s.view([1, 4])],
-        };
-        let p = run_es(&pt.x, &pt.mask, &es);
-        let l = p.level.sin().sum(Kind::Double)
-            + p.deseason.square().sum(Kind::Double) * 0.1
-            + p.seasons[0].narrow(1, 40, 4).sum(Kind::Double);
-        l.backward();
+        loss(&a, &g, &s).backward();
         let eps = 1e-6;
         let c = |v: f64| Tensor::from_slice(&[v]);
         let st = Tensor::from_slice(&s0);

@@ -407,20 +407,23 @@ pub(crate) fn tanh_f32(x: f32) -> f32 {
     ((1.0 - t) / (1.0 + t)).copysign(x)
 }
 
+/// The element count of a defined, contiguous CPU `f32` tensor (whose data
+/// a slice may then cover), or None for any other tensor.
+fn cpu_f32_len(t: &Tensor) -> Option<usize> {
+    (t.defined()
+        && t.kind() == tch::Kind::Float
+        && t.device() == tch::Device::Cpu
+        && t.is_contiguous())
+    .then(|| t.numel())
+}
+
 /// The data of a contiguous CPU `f32` tensor as a mutable slice, or None
 /// for any other tensor. The slice borrows the tensor mutably, so no other
 /// safe access to this tensor (or a libtorch call through it) can overlap
 /// it; callers must not hold a slice of one tensor while libtorch writes a
 /// *view* of it through another handle.
 pub(crate) fn f32_data_mut(t: &mut Tensor) -> Option<&mut [f32]> {
-    if !t.defined()
-        || t.kind() != tch::Kind::Float
-        || t.device() != tch::Device::Cpu
-        || !t.is_contiguous()
-    {
-        return None;
-    }
-    let n = t.numel();
+    let n = cpu_f32_len(t)?;
     if n == 0 {
         return Some(&mut []);
     }
@@ -435,14 +438,7 @@ pub(crate) fn f32_data_mut(t: &mut Tensor) -> Option<&mut [f32]> {
 
 /// [`f32_data_mut`] for reading.
 pub(crate) fn f32_data(t: &Tensor) -> Option<&[f32]> {
-    if !t.defined()
-        || t.kind() != tch::Kind::Float
-        || t.device() != tch::Device::Cpu
-        || !t.is_contiguous()
-    {
-        return None;
-    }
-    let n = t.numel();
+    let n = cpu_f32_len(t)?;
     if n == 0 {
         return Some(&[]);
     }
