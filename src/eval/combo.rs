@@ -39,6 +39,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::backtest::StreamModel;
+use super::forecast_cache;
 use super::harness::Model;
 use super::{model_by_name, ModelContext};
 use crate::accuracy::{self, Scores};
@@ -499,7 +500,7 @@ impl Combo {
     fn member(&self, name: &str, histories: &[&[f64]], horizon: usize) -> Result<Vec<Vec<f64>>> {
         let mut m = model_by_name(name, &self.ctx)?;
         let path = match &self.ctx.net_cache {
-            Some(dir) if m.leak_check() => Some(super::rnn::cache_file(
+            Some(dir) if m.leak_check() => Some(forecast_cache::file(
                 dir,
                 "member",
                 &format!("{name} season {}", self.ctx.season),
@@ -510,13 +511,13 @@ impl Combo {
         };
         if let Some(f) = path
             .as_deref()
-            .and_then(|p| read_cache(p, histories.len(), horizon))
+            .and_then(|p| forecast_cache::read(p, histories.len(), horizon))
         {
             return Ok(f);
         }
         let f = m.fit_forecast(histories, horizon)?;
         if let Some(p) = &path {
-            write_cache(p, &f)?;
+            forecast_cache::write(p, &f)?;
         }
         Ok(f)
     }
@@ -697,34 +698,6 @@ fn cache_path(
     ))
 }
 
-pub(super) fn read_cache(path: &Path, n: usize, h: usize) -> Option<Vec<Vec<f64>>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let rows: Vec<Vec<f64>> = text
-        .lines()
-        .map(|l| {
-            l.split(',')
-                .map(|c| c.parse::<f64>().ok())
-                .collect::<Option<Vec<f64>>>()
-        })
-        .collect::<Option<_>>()?;
-    (rows.len() == n && rows.iter().all(|r| r.len() == h)).then_some(rows)
-}
-
-pub(super) fn write_cache(path: &Path, f: &[Vec<f64>]) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| crate::error::Error::io(format!("creating {}", dir.display()), e))?;
-    }
-    let mut text = String::new();
-    for r in f {
-        let cells: Vec<String> = r.iter().map(|v| format!("{v:?}")).collect();
-        text.push_str(&cells.join(","));
-        text.push('\n');
-    }
-    std::fs::write(path, text)
-        .map_err(|e| crate::error::Error::io(format!("writing {}", path.display()), e))
-}
-
 /// With `cache`, member forecasts are stored there (one CSV per member and
 /// origin, named after the member, season, h, origin and series count) and
 /// reused by later studies of the same data: delete it when the data or a
@@ -757,12 +730,15 @@ pub fn study(
         for (k, back) in [3 * h, 2 * h, h].into_iter().enumerate() {
             let hist: Vec<&[f64]> = vals.iter().map(|x| &x[..x.len() - back]).collect();
             let path = cache.map(|d| cache_path(d, name, ctx, h, back, hist.len()));
-            let f = match path.as_deref().and_then(|p| read_cache(p, hist.len(), h)) {
+            let f = match path
+                .as_deref()
+                .and_then(|p| forecast_cache::read(p, hist.len(), h))
+            {
                 Some(f) => f,
                 None => {
                     let f = model_by_name(name, ctx)?.fit_forecast(&hist, h)?;
                     if let Some(p) = &path {
-                        write_cache(p, &f)?;
+                        forecast_cache::write(p, &f)?;
                     }
                     f
                 }

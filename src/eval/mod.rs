@@ -81,6 +81,7 @@ macro_rules! bail {
 
 pub mod backtest;
 pub mod combo;
+mod forecast_cache;
 pub mod global_trees;
 pub mod harness;
 pub mod hybrid;

@@ -16,9 +16,10 @@
 use arrow::array::{Array, AsArray, RecordBatch, TimestampMillisecondArray};
 use arrow::datatypes::Float64Type;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::backtest::StreamModel;
+use super::forecast_cache;
 use super::harness::Model;
 use crate::choose::Chooser;
 use crate::config::PipelineConfig;
@@ -206,31 +207,6 @@ fn combine_members(rule: SeedRule, members: &[Vec<f64>], horizon: usize) -> Vec<
         .collect()
 }
 
-/// The cache file of one forecaster's forecasts (`prefix`-hash.csv): a
-/// hash of `tag` (a network's whole configuration, seed included; a
-/// deterministic model's name), the histories (bit patterns) and the horizon.
-pub(super) fn cache_file(
-    dir: &Path,
-    prefix: &str,
-    tag: &str,
-    histories: &[&[f64]],
-    horizon: usize,
-) -> PathBuf {
-    use std::hash::{Hash, Hasher};
-    // SipHash with fixed keys: the same inputs hash alike across runs.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    tag.hash(&mut h);
-    horizon.hash(&mut h);
-    histories.len().hash(&mut h);
-    for x in histories {
-        x.len().hash(&mut h);
-        for v in *x {
-            v.to_bits().hash(&mut h);
-        }
-    }
-    dir.join(format!("{prefix}-{:016x}.csv", h.finish()))
-}
-
 /// This process's user + system CPU seconds so far (Linux `/proc/self/stat`,
 /// assuming the usual 100 ticks a second; None elsewhere): logged beside
 /// each network's wall time, since on a shared box the two differ widely.
@@ -334,10 +310,10 @@ impl RnnModel {
         let path = self
             .cache
             .as_deref()
-            .map(|d| cache_file(d, "net", &format!("{cfg:?}"), histories, horizon));
+            .map(|d| forecast_cache::file(d, "net", &format!("{cfg:?}"), histories, horizon));
         if let Some(f) = path
             .as_deref()
-            .and_then(|p| super::combo::read_cache(p, histories.len(), horizon))
+            .and_then(|p| forecast_cache::read(p, histories.len(), horizon))
         {
             tracing::info!(path = %path.as_deref().map(|p| p.display().to_string()).unwrap_or_default(), "network forecasts from the cache");
             return Ok(f);
@@ -384,7 +360,7 @@ impl RnnModel {
         );
         if let Some(p) = &path {
             if out.iter().flatten().all(|v| v.is_finite()) {
-                super::combo::write_cache(p, &out)?;
+                forecast_cache::write(p, &out)?;
             }
         }
         Ok(out)
