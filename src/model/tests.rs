@@ -1441,6 +1441,47 @@ fn set_var(net: &Network, name: &str, values: &[f32]) {
     });
 }
 
+/// The checks shared by the attention-by-hand tests over 5 windows of 3
+/// inputs: `step` window by window gives `want`, the state's ring then
+/// holds the last two of `past` (each with its written flag 1), and
+/// `forward_seq` in two chunks (3 + 2 windows, state carried) gives `want`
+/// and the same final state.
+fn step_and_chunks_match_by_hand(
+    net: &Network,
+    xs: &[[f64; 3]; 5],
+    want: &[Vec<f64>],
+    past: &[Vec<f64>],
+    name: &str,
+    ring_what: &str,
+) {
+    let (mut ht, mut ct) = net.zero_state(1);
+    let mut got = Vec::new();
+    for x in xs {
+        let (y, hn, cn) = tch::no_grad(|| net.step(&row(x), &ht, ct.as_ref(), 0.0));
+        got.push(rows_of(&y)[0].clone());
+        (ht, ct) = (hn, cn);
+    }
+    assert_near(&got, want, &format!("{name}: step"));
+    let ring = rows_of(&ct.as_ref().unwrap().select(0, 0))[0].clone();
+    let want_ring = [past[3].clone(), vec![1.0], past[4].clone(), vec![1.0]].concat();
+    assert_near(&[ring], &[want_ring], ring_what);
+    let flat: Vec<f64> = xs.iter().flatten().copied().collect();
+    let seq = row(&flat).view([1, 5, 3]);
+    let (h0, c0) = net.zero_state(1);
+    let (ya, ha, ca) =
+        tch::no_grad(|| net.forward_seq(&seq.narrow(1, 0, 3), &h0, c0.as_ref(), 0.0, false));
+    let (yb, hb, cb) =
+        tch::no_grad(|| net.forward_seq(&seq.narrow(1, 3, 2), &ha, ca.as_ref(), 0.0, false));
+    let ys = Tensor::cat(&[ya, yb], 1);
+    assert_near(
+        &rows_of(&ys.select(0, 0)),
+        want,
+        &format!("{name}: forward_seq"),
+    );
+    assert!(max_abs(&hb, &ht) < 1e-6);
+    assert!(max_abs(cb.as_ref().unwrap(), ct.as_ref().unwrap()) < 1e-6);
+}
+
 /// `x` as one row `[1, len]` of f32.
 fn row(x: &[f64]) -> Tensor {
     let v: Vec<f32> = x.iter().map(|v| *v as f32).collect();
@@ -1535,34 +1576,14 @@ fn dense_with_temporal_attention_by_hand() {
         past.push(top);
     }
     assert!(some_context, "the hand context is not trivially zero");
-    // step, window by window.
-    let (mut ht, mut ct) = net.zero_state(1);
-    let mut got = Vec::new();
-    for x in &xs {
-        let (y, hn, cn) = tch::no_grad(|| net.step(&row(x), &ht, ct.as_ref(), 0.0));
-        got.push(rows_of(&y)[0].clone());
-        (ht, ct) = (hn, cn);
-    }
-    assert_near(&got, &want, "dense + attention: step");
-    let ring = rows_of(&ct.as_ref().unwrap().select(0, 0))[0].clone();
-    let want_ring = [past[3].clone(), vec![1.0], past[4].clone(), vec![1.0]].concat();
-    assert_near(&[ring], &[want_ring], "ring of the last two concatenations");
-    // forward_seq in two chunks (3 + 2 windows), state carried.
-    let flat: Vec<f64> = xs.iter().flatten().copied().collect();
-    let seq = row(&flat).view([1, 5, 3]);
-    let (h0, c0) = net.zero_state(1);
-    let (ya, ha, ca) =
-        tch::no_grad(|| net.forward_seq(&seq.narrow(1, 0, 3), &h0, c0.as_ref(), 0.0, false));
-    let (yb, hb, cb) =
-        tch::no_grad(|| net.forward_seq(&seq.narrow(1, 3, 2), &ha, ca.as_ref(), 0.0, false));
-    let ys = Tensor::cat(&[ya, yb], 1);
-    assert_near(
-        &rows_of(&ys.select(0, 0)),
+    step_and_chunks_match_by_hand(
+        &net,
+        &xs,
         &want,
-        "dense + attention: forward_seq",
+        &past,
+        "dense + attention",
+        "ring of the last two concatenations",
     );
-    assert!(max_abs(&hb, &ht) < 1e-6);
-    assert!(max_abs(cb.as_ref().unwrap(), ct.as_ref().unwrap()) < 1e-6);
 }
 
 /// The seq2seq decoder on dense connections by hand (2 stacked Elman
@@ -1882,34 +1903,14 @@ fn seq2seq_with_temporal_attention_by_hand() {
         want.push(ys.iter().zip(lin).map(|(a, b)| a + b).collect::<Vec<f64>>());
     }
     assert_eq!(contexts, 15, "the hand context is not trivially zero");
-    // step, window by window.
-    let (mut ht, mut ct) = net.zero_state(1);
-    let mut got = Vec::new();
-    for x in &xs {
-        let (y, hn, cn) = tch::no_grad(|| net.step(&row(x), &ht, ct.as_ref(), 0.0));
-        got.push(rows_of(&y)[0].clone());
-        (ht, ct) = (hn, cn);
-    }
-    assert_near(&got, &want, "seq2seq + attention: step");
-    let ring = rows_of(&ct.as_ref().unwrap().select(0, 0))[0].clone();
-    let want_ring = [past[3].clone(), vec![1.0], past[4].clone(), vec![1.0]].concat();
-    assert_near(&[ring], &[want_ring], "ring of the last two tops");
-    // forward_seq in two chunks (3 + 2 windows), state carried.
-    let flat: Vec<f64> = xs.iter().flatten().copied().collect();
-    let seq = row(&flat).view([1, 5, 3]);
-    let (h0, c0) = net.zero_state(1);
-    let (ya, ha, ca) =
-        tch::no_grad(|| net.forward_seq(&seq.narrow(1, 0, 3), &h0, c0.as_ref(), 0.0, false));
-    let (yb, hb, cb) =
-        tch::no_grad(|| net.forward_seq(&seq.narrow(1, 3, 2), &ha, ca.as_ref(), 0.0, false));
-    let ys = Tensor::cat(&[ya, yb], 1);
-    assert_near(
-        &rows_of(&ys.select(0, 0)),
+    step_and_chunks_match_by_hand(
+        &net,
+        &xs,
         &want,
-        "seq2seq + attention: forward_seq",
+        &past,
+        "seq2seq + attention",
+        "ring of the last two tops",
     );
-    assert!(max_abs(&hb, &ht) < 1e-6);
-    assert!(max_abs(cb.as_ref().unwrap(), ct.as_ref().unwrap()) < 1e-6);
 }
 
 /// The decoder's attention is not ignored (GRU, 2 layers, hidden 4, window
