@@ -107,11 +107,21 @@ impl JointOptions {
     }
 }
 
-/// `Some(model)` when `name` is one of [`NAMES`].
+/// `Some(model)` when `name` is one of [`NAMES`], optionally with a seed
+/// suffix `.sN` (seed 42 + N; `.s0` is the plain name's seed), so a second
+/// seed of any variant can be measured beside the first in one run.
 pub fn by_name(name: &str, season: usize) -> Option<Box<dyn Model>> {
-    NAMES
-        .contains(&name)
-        .then(|| Box::new(JointHybrid::new(JointOptions::new(name, season))) as Box<dyn Model>)
+    let (base, offset) = match name.rsplit_once(".s") {
+        Some((base, n)) => (base, n.parse::<u64>().ok()?),
+        None => (name, 0),
+    };
+    if !NAMES.contains(&base) {
+        return None;
+    }
+    let mut o = JointOptions::new(base, season);
+    o.name = name.to_string();
+    o.seed += offset;
+    Some(Box::new(JointHybrid::new(o)))
 }
 
 /// Per-series smoothing coefficients and initial state as tensors
@@ -768,6 +778,29 @@ mod tests {
                     / 48.0;
                 assert!(mape < 0.25, "{name}: mape {mape}");
             }
+        }
+    }
+
+    /// A seed suffix names another seed of a known variant; anything else
+    /// is not this file's.
+    #[test]
+    fn seed_suffixes_name_other_seeds_of_known_variants_only() {
+        for name in [
+            "hybrid_joint",
+            "hybrid_joint.s2",
+            "hybrid_fixed.s0",
+            "hybrid_joint_w.s11",
+        ] {
+            let m = by_name(name, 24).unwrap_or_else(|| panic!("{name} refused"));
+            assert_eq!(m.name(), name);
+        }
+        for name in [
+            "hybrid_joint.s",
+            "hybrid_joint.sx",
+            "hybrid_other.s1",
+            "hybrid_joint_x",
+        ] {
+            assert!(by_name(name, 24).is_none(), "{name} accepted");
         }
     }
 }

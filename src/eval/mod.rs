@@ -166,7 +166,7 @@ pub fn hybrid_options(name: &str, season: usize) -> Option<hybrid::HybridOptions
 
 fn unknown(name: &str) -> Error {
     eval_error!(
-        "unknown model `{name}` (known: {RNN}, hybrid, es (+ _rel, _d, _w), hybrid_joint, hybrid_fixed, hybrid_joint_w, {}, {}, combo, combo:a+b+..., combo_<rule>:a+b+...)",
+        "unknown model `{name}` (known: {RNN}, hybrid, es (+ _rel, _d, _w), hybrid_joint, hybrid_fixed, hybrid_joint_w (+ .sN: another seed), {}, {}, combo, combo:a+b+..., combo_<rule>:a+b+...)",
         baselines::NAMES.join(", "),
         global_trees::NAMES.join(", ")
     )
