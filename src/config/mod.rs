@@ -2111,4 +2111,28 @@ dead_letter_topic = "dlq"
             parse(&GOOD.replace("[window]", "[decode]\nformat = \"xml\"\n[window]")).unwrap_err();
         assert!(err.to_string().contains("decode.format"), "{err}");
     }
+
+    /// Every pipeline the project ships loads and validates (they are what
+    /// the README and BENCHMARKS.md tell users to run), and the NAB ones
+    /// run the configuration chosen for spiky streams.
+    #[test]
+    fn the_shipped_pipelines_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("pipelines/") {
+            let path = entry.expect("dir entry").path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let c = PipelineConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            if c.name.starts_with("nab_") {
+                assert_eq!(c.model.head, Head::Direct, "{}", path.display());
+                assert_eq!(c.train.loss, PointLoss::Mae, "{}", path.display());
+                assert!(c.model.hybrid.is_some(), "{}", path.display());
+                assert!(c.choice.enabled, "{}", path.display());
+            }
+            n += 1;
+        }
+        assert!(n >= 5, "only {n} pipelines in {}", dir.display());
+    }
 }

@@ -1008,9 +1008,21 @@ lr = 0.01
     /// target, the stage smooths each key online and inverts its forecasts.
     /// A multiplicative season on very different levels: the forecast must
     /// come back in each series' units.
+    /// Both heads: the residual one (the default) and the direct one with
+    /// the MAE loss (what the shipped NAB pipelines run).
     #[test]
     fn the_hybrid_pipeline_trains_and_forecasts_in_the_series_units() {
-        let mut c = cfg();
+        for head in [crate::config::Head::Residual, crate::config::Head::Direct] {
+            let mut c = cfg();
+            c.model.head = head;
+            if head == crate::config::Head::Direct {
+                c.train.loss = crate::config::PointLoss::Mae;
+            }
+            hybrid_forecasts_in_series_units(c);
+        }
+    }
+
+    fn hybrid_forecasts_in_series_units(mut c: PipelineConfig) {
         c.model.hybrid = Some(crate::config::HybridConfig {
             periods: vec![24],
             alpha: 0.05,
@@ -1032,6 +1044,7 @@ lr = 0.01
             })
             .collect();
         let histories: Vec<&[f64]> = s.iter().map(|v| &v[..v.len() - 12]).collect();
+        let head = c.model.head;
         let mut m = RnnModel::new(c);
         let f = m.fit_forecast(&histories, 12).unwrap();
         for (i, (fc, full)) in f.iter().zip(&s).enumerate() {
@@ -1044,7 +1057,7 @@ lr = 0.01
                 / 12.0;
             assert!(
                 rel < 0.1,
-                "series {i}: mean relative error {rel}: {fc:?} vs {truth:?}"
+                "{head:?} head, series {i}: mean relative error {rel}: {fc:?} vs {truth:?}"
             );
         }
     }
