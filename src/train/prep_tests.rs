@@ -153,6 +153,7 @@ fn spec(head: Head) -> PrepSpec {
         time_range: None,
         warmup: 3,
         hybrid: None,
+        scaler_decay: None,
     }
 }
 
