@@ -502,7 +502,7 @@ fn live_inputs(
         let (scaled, mean, scale) = store.update_scaler(&slots, &values);
         let base = network_input(&scaled, &values, &cov);
         let lags = store.lags(&slots, s.lags, &mean.select(1, 0), &scale.select(1, 0));
-        store.push_history(&slots, &values.select(1, 0), &base);
+        let _ = store.push_history(&slots, &values.select(1, 0), &base);
         let x = Vec::<f32>::try_from(&Tensor::cat(&[base, lags], 1).flatten(0, -1)).unwrap();
         let mean = Vec::<f64>::try_from(&mean.select(1, 0)).unwrap();
         let scale = Vec::<f64>::try_from(&scale.select(1, 0)).unwrap();
