@@ -453,7 +453,7 @@ impl StateStore {
     /// `m2 = d m2 + delta (x - mean_new)`; variance `m2 / n` as before. A
     /// missing value changes nothing (the decay is per present value, so a
     /// gap does not shrink the weight below the one of a single value).
-    /// `train::prep::key_rows` repeats these operations in this order.
+    /// `train::prep::ewm_scaler` repeats these operations in this order.
     pub fn update_scaler(&mut self, slots: &Tensor, values: &Tensor) -> (Tensor, Tensor, Tensor) {
         let is_present = values.isnan().logical_not();
         let present = is_present.to_kind(Kind::Double);
