@@ -792,6 +792,31 @@ pub struct ModelConfig {
     /// attention already).
     #[serde(default)]
     pub attention: bool,
+    /// How each key's values are scaled before the network (and the
+    /// forecast scaled back): `"expanding"` (the default: mean and variance
+    /// over the key's whole history) or `"ewm"` (exponentially weighted,
+    /// half-life `scaler_half_life` windows), which follows level shifts.
+    /// The model artifact records it; a model is only served with the
+    /// scaler it was trained with.
+    #[serde(default)]
+    pub scaler: ScalerKind,
+    /// Half-life in windows of the `"ewm"` scaler (a window's weight halves
+    /// every that many present windows); ignored by `"expanding"`.
+    #[serde(default = "default_scaler_half_life")]
+    pub scaler_half_life: f64,
+}
+
+/// How the forecast stage scales each key's values (`model.scaler`); see
+/// `model::store::StateStore::update_scaler`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScalerKind {
+    /// Welford mean and variance over every present value of the key.
+    #[default]
+    Expanding,
+    /// Exponentially weighted mean and variance: each present value decays
+    /// the weight of the older ones by `0.5^(1 / scaler_half_life)`.
+    Ewm,
 }
 
 /// Which of the canon's output recurrences the network has: the previous
@@ -1248,6 +1273,9 @@ const fn default_season() -> u32 {
 const fn default_seed() -> i64 {
     42
 }
+const fn default_scaler_half_life() -> f64 {
+    168.0
+}
 const fn default_torch_threads() -> i32 {
     1
 }
@@ -1403,6 +1431,8 @@ impl Default for ModelConfig {
             attention_window: default_attention_window(),
             attention_heads: default_attention_heads(),
             attention: false,
+            scaler: ScalerKind::default(),
+            scaler_half_life: default_scaler_half_life(),
         }
     }
 }
@@ -1713,6 +1743,14 @@ impl PipelineConfig {
         }
         if self.model.season_windows < 1 {
             return bad("model.season_windows", "expected at least 1");
+        }
+        if self.model.scaler == ScalerKind::Ewm
+            && !(self.model.scaler_half_life >= 1.0 && self.model.scaler_half_life.is_finite())
+        {
+            return bad(
+                "model.scaler_half_life",
+                "expected a finite number of windows, at least 1",
+            );
         }
         let attends = self.model.cell == CellKind::Transformer || self.model.attention;
         if attends && !(1..=4096).contains(&self.model.attention_window) {

@@ -22,7 +22,8 @@ use tch::Device;
 
 use super::{feature_names, CellShape, Network};
 use crate::config::{
-    CellKind, Connections, Head, HorizonDecoder, OutputRecurrence, PipelineConfig,
+    CellKind, Connections, Head, HorizonDecoder, ModelConfig, OutputRecurrence, PipelineConfig,
+    ScalerKind,
 };
 use crate::error::{Error, Result};
 
@@ -53,7 +54,9 @@ pub struct ModelSpec {
     pub season: i64,
     /// Input features in order (see `model::feature_names`).
     pub features: Vec<String>,
-    /// How inputs are scaled: `"online_per_key"` (Welford per key and field).
+    /// How inputs are scaled (see [`Scaler::name`]): `"online_per_key"`
+    /// (expanding Welford per key and field) or
+    /// `"ewm_per_key:half_life=<windows>"` (exponentially weighted).
     pub scaler: String,
     /// Event-time range of the training data (ms since epoch), if trained.
     pub trained_on: Option<(i64, i64)>,
@@ -99,7 +102,7 @@ impl ModelSpec {
             decoder: cfg.model.decoder,
             season: cfg.model.season_windows as i64,
             features,
-            scaler: "online_per_key".into(),
+            scaler: Scaler::of_config(&cfg.model).name(),
             trained_on: None,
             metrics: BTreeMap::new(),
             seed: cfg.model.seed,
@@ -109,6 +112,12 @@ impl ModelSpec {
     /// What a pipeline requires of a model it loads (the fields that must match).
     pub fn expected(cfg: &PipelineConfig) -> Self {
         Self::untrained(cfg)
+    }
+
+    /// The scaler recorded in the spec; None if it names none (refused by
+    /// [`Self::out_of_bounds`]).
+    pub fn scaler_kind(&self) -> Option<Scaler> {
+        Scaler::parse(&self.scaler)
     }
 
     /// Network outputs: `horizon` per quantile (or just `horizon`).
@@ -164,7 +173,14 @@ impl ModelSpec {
             };
             window.saturating_mul(top.saturating_add(1))
         };
-        let checks: [(bool, String); 10] = [
+        let checks: [(bool, String); 11] = [
+            (
+                self.scaler_kind().is_some(),
+                format!(
+                    "scaler = {:?}, expected \"online_per_key\" or \"ewm_per_key:half_life=<windows >= 1>\"",
+                    self.scaler
+                ),
+            ),
             (
                 wiring_ok,
                 format!(
@@ -245,6 +261,12 @@ impl ModelSpec {
                 self.decoder, want.decoder
             ));
         }
+        if self.scaler_kind() != want.scaler_kind() {
+            return Some(format!(
+                "the model was trained with the scaler {:?}, the pipeline's is {:?} (model.scaler, model.scaler_half_life)",
+                self.scaler, want.scaler
+            ));
+        }
         if self.horizon != want.horizon {
             return Some(format!(
                 "the model forecasts {} windows ahead, the pipeline wants {}",
@@ -265,6 +287,65 @@ impl ModelSpec {
             ));
         }
         None
+    }
+}
+
+/// The per-key scaler of a model: how the forecast stage scales each key's
+/// values before the network, and how training prepares them
+/// (`train::prep`). A model is only served with the scaler it was trained
+/// with ([`ModelSpec::mismatch`], `ForecastStage::swap`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scaler {
+    /// Welford mean and variance over the key's whole history.
+    Expanding,
+    /// Exponentially weighted mean and variance: every present value
+    /// multiplies the weight of the older ones by [`Self::decay`].
+    Ewm { half_life: f64 },
+}
+
+impl Scaler {
+    /// What `expanding` was always called in `model.json`.
+    const EXPANDING: &'static str = "online_per_key";
+    const EWM_PREFIX: &'static str = "ewm_per_key:half_life=";
+
+    pub fn of_config(m: &ModelConfig) -> Self {
+        match m.scaler {
+            ScalerKind::Expanding => Scaler::Expanding,
+            ScalerKind::Ewm => Scaler::Ewm {
+                half_life: m.scaler_half_life,
+            },
+        }
+    }
+
+    /// The name recorded in `ModelSpec::scaler`. The half-life is written
+    /// with `{}` (shortest round-trip form), so [`Self::parse`] gives back
+    /// the same `f64` and hence the same decay bit for bit.
+    pub fn name(&self) -> String {
+        match self {
+            Scaler::Expanding => Self::EXPANDING.to_string(),
+            Scaler::Ewm { half_life } => format!("{}{half_life}", Self::EWM_PREFIX),
+        }
+    }
+
+    /// The scaler a name gives (None: unknown, or a half-life that is not
+    /// a finite number of windows >= 1).
+    pub fn parse(name: &str) -> Option<Self> {
+        if name == Self::EXPANDING {
+            return Some(Scaler::Expanding);
+        }
+        let hl: f64 = name.strip_prefix(Self::EWM_PREFIX)?.parse().ok()?;
+        (hl.is_finite() && hl >= 1.0).then_some(Scaler::Ewm { half_life: hl })
+    }
+
+    /// The factor a present value multiplies the older weight (count) and
+    /// M2 by: `0.5^(1 / half_life)`; None for the expanding scaler (no
+    /// decay at all, not a decay of 1, so its arithmetic stays the
+    /// historical one). Training and the live store both take it from here.
+    pub fn decay(&self) -> Option<f64> {
+        match self {
+            Scaler::Expanding => None,
+            Scaler::Ewm { half_life } => Some(0.5f64.powf(1.0 / half_life)),
+        }
     }
 }
 

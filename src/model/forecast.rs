@@ -1,8 +1,9 @@
 //! The forecast stage: closed windows -> one forecast per key per window.
 //!
-//! Per-key scaling is online (Welford mean and variance per key and field,
-//! kept in `[slots, fields]` tensors), applied before the network and
-//! inverted after it. Until a key has seen `warmup_windows` windows its
+//! Per-key scaling is online (mean and variance per key and field, kept in
+//! `[slots, fields]` tensors: expanding Welford, or exponentially weighted
+//! as the model's spec says, `artifact::Scaler`), applied before the
+//! network and inverted after it. Until a key has seen `warmup_windows` windows its
 //! forecast comes from seasonal naive over the key's recent history (a ring
 //! buffer `[slots, W]`) and is marked `source = "baseline"`. When a key
 //! closes several windows in one batch, the batch is stepped in *waves*
@@ -116,6 +117,13 @@ impl ForecastStage {
         let n_cov = spec.features.len() - n_fields - 1 - n_lags as usize - recurrent as usize;
         let ring = replay_windows(&spec, warmup).max(n_lags + 1);
         let mut store = StateStore::new(&net, n_fields as i64, ring, n_lags, recurrent);
+        // A spec that names no scaler is refused when loaded (`out_of_bounds`);
+        // one built in code without it scales as the stage always did.
+        let scaler = spec.scaler_kind().unwrap_or_else(|| {
+            tracing::error!(scaler = %spec.scaler, "unknown scaler in the model spec: scaling expanding");
+            super::artifact::Scaler::Expanding
+        });
+        store.set_scaler_decay(scaler.decay());
         store.prev_index =
             spec.quantiles.iter().position(|q| *q == 0.5).unwrap_or(0) as i64 * spec.horizon;
         ForecastStage {
@@ -223,6 +231,14 @@ impl ForecastStage {
             return Err(Error::Model(format!(
                 "cannot swap to {}: its features/horizon/season ({:?}, {}, {}) differ from the running model's ({:?}, {}, {})",
                 spec.version, spec.features, spec.horizon, spec.season, self.spec.features, self.spec.horizon, self.spec.season
+            )));
+        }
+        // The per-key scalers are kept across a swap: the new network must
+        // have been trained on the same scaling.
+        if spec.scaler_kind() != self.spec.scaler_kind() {
+            return Err(Error::Model(format!(
+                "cannot swap to {}: it was trained with the scaler {:?}, the running model's is {:?}",
+                spec.version, spec.scaler, self.spec.scaler
             )));
         }
         let t0 = std::time::Instant::now();

@@ -2,7 +2,9 @@
 //!
 //! Slot `s` of every tensor belongs to one key: `h[:, s, :]` (and `c`) is its
 //! network state (`[rows, slots, width]` of `Network::state_dims`: the
-//! recurrent state, or the transformer's ring of inputs), `n/mean/m2[s, :]` its online scaler, `ring[s, :]` its
+//! recurrent state, or the transformer's ring of inputs), `n/mean/m2[s, :]` its online scaler
+//! (weight, mean and M2 per field: expanding Welford, or exponentially
+//! weighted with the same three fields, see [`StateStore::update_scaler`]), `ring[s, :]` its
 //! last `W` target values, `inputs[s, :, :]` its last `W` network inputs
 //! (for a hot swap's replay) and `seen[s]` how many windows it has had.
 //! A freed slot is zeroed at once, so a key that returns starts fresh and a
@@ -54,6 +56,9 @@ pub struct StateStore {
     fused: bool,
     /// Keys per chunk of the in-place step (None: its default).
     fused_rows: Option<i64>,
+    /// The scaler's decay per present value (`artifact::Scaler::decay`):
+    /// None = expanding.
+    decay: Option<f64>,
 }
 
 /// Exported state of `keys`, key-major: key `i`'s rows are
@@ -122,6 +127,7 @@ impl StateStore {
             prev_index: 0,
             fused: true,
             fused_rows: None,
+            decay: None,
             seen: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
         };
         s.grow(64);
@@ -428,15 +434,44 @@ impl StateStore {
         }
     }
 
+    /// Sets the scaler (`artifact::Scaler::decay`: None = expanding) of
+    /// every key from now on. The three per-key fields mean the same for
+    /// both (weight, mean, M2 with variance = M2 / weight), so a key's state
+    /// carries over: under the exponentially weighted scaler an expanding
+    /// key's history fades with the half-life.
+    pub fn set_scaler_decay(&mut self, decay: Option<f64>) {
+        self.decay = decay;
+    }
+
     /// Updates the keys' online mean/variance with `values: [m, fields]`
     /// (NaN = missing, not counted) and returns `(scaled, mean, scale)`, with
     /// missing values scaled to 0.
+    ///
+    /// Expanding (no decay): Welford, `n += 1`. Exponentially weighted with
+    /// decay `d` (West's weighted update with weights decaying by `d` per
+    /// present value): `n = d n + 1`, `mean += delta / n`,
+    /// `m2 = d m2 + delta (x - mean_new)`; variance `m2 / n` as before. A
+    /// missing value changes nothing (the decay is per present value, so a
+    /// gap does not shrink the weight below the one of a single value).
+    /// `train::prep::ewm_scaler` repeats these operations in this order.
     pub fn update_scaler(&mut self, slots: &Tensor, values: &Tensor) -> (Tensor, Tensor, Tensor) {
-        let present = values.isnan().logical_not().to_kind(Kind::Double);
+        let is_present = values.isnan().logical_not();
+        let present = is_present.to_kind(Kind::Double);
         let x = values.nan_to_num(0.0, None::<f64>, None::<f64>);
         let n = self.n.index_select(0, slots);
         let mean = self.mean.index_select(0, slots);
         let m2 = self.m2.index_select(0, slots);
+        let (n, m2) = match self.decay {
+            None => (n, m2),
+            Some(d) => {
+                // d where present, exactly 1 where missing; built in f64
+                // (`where_scalar` would give the default f32 and round d).
+                let dk = present
+                    .full_like(d)
+                    .where_self(&is_present, &present.ones_like());
+                (n * &dk, m2 * &dk)
+            }
+        };
         let n_new = &n + &present;
         let delta = (&x - &mean) * &present;
         let mean_new = &mean + &delta / n_new.clamp_min(1.0);

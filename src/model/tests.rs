@@ -1986,3 +1986,314 @@ fn seq2seq_attention_is_not_ignored() {
         "without the context it is the plain decoder"
     );
 }
+
+// ---------------------------------------------------------------- scalers
+
+/// The exponentially weighted scaler by hand, from its definition rather
+/// than the store's recursion: the present values so far, the `k`-th most
+/// recent weighing `d^k`; mean and variance are the weighted ones
+/// (`sum w x / sum w`, `sum w (x - mean)^2 / sum w`), the scale floored as
+/// the expanding one. Returns `(mean, scale)` after the last value.
+fn ewm_by_hand(history: &[f64], d: f64) -> (f64, f64) {
+    let present: Vec<f64> = history.iter().copied().filter(|x| !x.is_nan()).collect();
+    let k = present.len();
+    let w: Vec<f64> = (0..k).map(|i| d.powi((k - 1 - i) as i32)).collect();
+    let sw: f64 = w.iter().sum();
+    if k == 0 {
+        return (0.0, 1e-6);
+    }
+    let mean = present.iter().zip(&w).map(|(x, w)| w * x).sum::<f64>() / sw;
+    let var = present
+        .iter()
+        .zip(&w)
+        .map(|(x, w)| w * (x - mean).powi(2))
+        .sum::<f64>()
+        / sw;
+    (mean, var.sqrt().max(mean.abs() * 1e-3 + 1e-6))
+}
+
+/// A level shift at window 60 with a little noise and missing windows.
+fn shifted(key: usize, t: usize) -> f64 {
+    if (t * 7 + key) % 11 == 3 {
+        return f64::NAN;
+    }
+    let level = if t < 60 { 20.0 + key as f64 } else { 90.0 };
+    level + ((t * 7919 + key * 104_729) % 13) as f64 * 0.3
+}
+
+/// Through the live stage: with the direct head and a network whose output
+/// is all zero, the forecast is the key's scaler mean; with an output of
+/// all ones, mean + scale. Both follow the weighted mean and variance
+/// computed by hand (to 1e-9), missing windows included; the same stage
+/// with the expanding scaler follows Welford and lags behind the shift.
+#[test]
+fn the_ewm_scaler_in_the_stage_is_the_weighted_mean_and_variance() {
+    let half_life = 5.0;
+    let d = artifact::Scaler::Ewm { half_life }.decay().unwrap();
+    assert_eq!(d, 0.5f64.powf(0.2));
+    for cell in [CellKind::Lstm, CellKind::Gru] {
+        let cfg_e = cfg(
+            cell,
+            "head = \"direct\"\nwarmup_windows = 2\nscaler = \"ewm\"\nscaler_half_life = 5",
+        );
+        let cfg_x = cfg(cell, "head = \"direct\"\nwarmup_windows = 2");
+        let stage = |cfg: &PipelineConfig, out: f64| {
+            let mut fc = ForecastStage::from_config(cfg).unwrap();
+            tch::no_grad(|| {
+                let _ = fc.net.head_w.zero_();
+                let _ = fc.net.head_b.fill_(out);
+                let _ = fc.net.skip_w.zero_();
+            });
+            fc
+        };
+        let (mut e0, mut e1) = (stage(&cfg_e, 0.0), stage(&cfg_e, 1.0));
+        let mut x0 = stage(&cfg_x, 0.0);
+        let ks = [0usize, 1];
+        let mut hist: Vec<Vec<f64>> = vec![Vec::new(); 2];
+        let mut welford = [Welford::default(); 2];
+        let (mut checked, mut behind) = (0, 0);
+        for t in 0..120 {
+            let rows: Vec<(String, i64, f64)> = ks
+                .iter()
+                .map(|&k| (key(k), end(t), shifted(k, t)))
+                .collect();
+            let (a, b, c) = (
+                run(&mut e0, &cfg_e, &rows),
+                run(&mut e1, &cfg_e, &rows),
+                run(&mut x0, &cfg_x, &rows),
+            );
+            for &k in &ks {
+                hist[k].push(shifted(k, t));
+                let (_, w_mean, _) = welford[k].push(shifted(k, t));
+                let id = (key(k), end(t));
+                if a[&id].source != "model" {
+                    continue;
+                }
+                let (mean, scale) = ewm_by_hand(&hist[k], d);
+                let got_mean = a[&id].f[0];
+                let got_scale = b[&id].f[0] - got_mean;
+                assert!(
+                    (got_mean - mean).abs() <= 1e-9 * mean.abs().max(1.0),
+                    "{cell:?} key {k} t {t}: mean {got_mean} vs {mean} by hand"
+                );
+                assert!(
+                    (got_scale - scale).abs() <= 1e-9 * mean.abs().max(1.0),
+                    "{cell:?} key {k} t {t}: scale {got_scale} vs {scale} by hand"
+                );
+                assert!(a[&id].f.iter().all(|v| *v == got_mean));
+                assert!((c[&id].f[0] - w_mean).abs() <= 1e-9 * w_mean.abs());
+                checked += 1;
+                // Ten half-lives after the shift the weighted mean is at
+                // the new level; the expanding one is still far below it.
+                if t >= 110 {
+                    assert!((mean - 93.0).abs() < 2.5, "{mean}");
+                    behind += usize::from(c[&id].f[0] < 70.0);
+                }
+            }
+        }
+        assert!(checked > 200, "{checked}");
+        assert!(behind > 10, "{behind}");
+    }
+}
+
+/// The store's scaler after a level shift: the exponentially weighted one
+/// soon scales the new level like the old (inputs around 0 with the
+/// noise's spread, never at the clamp); the expanding one hits the clamp
+/// at the shift and then keeps a stale mean and a scale inflated by the
+/// shift itself, so the noise the network should see is squashed to a
+/// few hundredths. (This is the NAB AWS failure the option is for.)
+#[test]
+fn the_ewm_scaler_follows_a_level_shift_the_expanding_one_does_not() {
+    use super::store::StateStore;
+    let cfg = cfg(CellKind::Gru, "lags = 0");
+    let spec = ModelSpec::untrained(&cfg);
+    let net = Network::for_spec(&spec, Device::Cpu, 1);
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut noise = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        // Uniform with standard deviation 1.
+        ((rng >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * 3f64.sqrt()
+    };
+    let series: Vec<f64> = (0..600)
+        .map(|t| if t < 400 { 10.0 } else { 100.0 } + noise())
+        .collect();
+    let run_store = |decay: Option<f64>| -> Vec<(f64, f64, f64)> {
+        let mut store = StateStore::new(&net, 1, 4, 0, false);
+        store.set_scaler_decay(decay);
+        let slots = Tensor::from_slice(&[store.slot("k")]);
+        series
+            .iter()
+            .map(|&v| {
+                let (z, mean, scale) =
+                    store.update_scaler(&slots, &Tensor::from_slice(&[v]).view([1, 1]));
+                (
+                    z.double_value(&[0, 0]),
+                    mean.double_value(&[0, 0]),
+                    scale.double_value(&[0, 0]),
+                )
+            })
+            .collect()
+    };
+    let ewm = run_store(artifact::Scaler::Ewm { half_life: 12.0 }.decay());
+    let exp = run_store(None);
+    let clamp = SCALED_CLAMP;
+    let at_clamp = |r: &[(f64, f64, f64)]| r.iter().filter(|x| x.0.abs() >= clamp).count();
+    // At the shift.
+    assert!(
+        at_clamp(&exp[400..420]) >= 1,
+        "the expanding scaler hits the clamp"
+    );
+    assert_eq!(at_clamp(&ewm[400..]), 0, "the weighted one never does");
+    // 150 windows (12 half-lives) later.
+    let tail = 550..600;
+    let spread = |r: &[(f64, f64, f64)]| {
+        let m = r.iter().map(|x| x.0).sum::<f64>() / r.len() as f64;
+        (r.iter().map(|x| (x.0 - m).powi(2)).sum::<f64>() / r.len() as f64).sqrt()
+    };
+    let (ew, ex) = (&ewm[tail.clone()], &exp[tail]);
+    let (last_ew, last_ex) = (ew[ew.len() - 1], ex[ex.len() - 1]);
+    eprintln!("after the shift: ewm (mean, scale) = ({}, {}), spread of inputs {}; expanding ({}, {}), spread {}", last_ew.1, last_ew.2, spread(ew), last_ex.1, last_ex.2, spread(ex));
+    assert!((last_ew.1 - 100.0).abs() < 1.0 && (0.5..2.0).contains(&last_ew.2));
+    assert!(ew.iter().all(|x| x.0.abs() < 4.0));
+    assert!((0.5..2.0).contains(&spread(ew)));
+    assert!(last_ex.1 < 50.0 && last_ex.2 > 20.0);
+    assert!(spread(ex) < 0.1);
+}
+
+/// The scaler is part of the model: recorded in the spec under a name that
+/// gives back the same half-life (hence decay) bit for bit; an artifact is
+/// only loaded, and a swap only accepted, with the scaler it was trained
+/// with; a spec naming no known scaler is refused before anything is
+/// allocated; the option is validated.
+#[test]
+fn a_model_is_served_only_with_the_scaler_it_was_trained_with() {
+    use artifact::Scaler;
+    let parse = |model: &str| {
+        PipelineConfig::parse(
+            &crate::testkit::pipeline_toml(&format!("[model]\nhidden = 8\n{model}\n")),
+            std::path::Path::new("t.toml"),
+        )
+    };
+    assert_eq!(
+        ModelSpec::untrained(&parse("").unwrap()).scaler,
+        "online_per_key"
+    );
+    let ewm48 = parse("scaler = \"ewm\"\nscaler_half_life = 48").unwrap();
+    let spec = ModelSpec::untrained(&ewm48);
+    assert_eq!(spec.scaler, "ewm_per_key:half_life=48");
+    assert_eq!(spec.scaler_kind(), Some(Scaler::Ewm { half_life: 48.0 }));
+    for hl in [1.0, 48.0, 168.0, 1.0 + f64::EPSILON, 123.456_789, 1e300] {
+        let s = Scaler::Ewm { half_life: hl };
+        let back = Scaler::parse(&s.name()).unwrap();
+        assert_eq!(
+            back.decay().map(f64::to_bits),
+            s.decay().map(f64::to_bits),
+            "{hl}"
+        );
+    }
+    assert_eq!(Scaler::parse("online_per_key"), Some(Scaler::Expanding));
+    assert_eq!(Scaler::Expanding.decay(), None);
+    for bad in [
+        "",
+        "ewm",
+        "ewm_per_key:half_life=0.5",
+        "ewm_per_key:half_life=NaN",
+        "ewm_per_key:half_life=inf",
+        "welford",
+    ] {
+        assert_eq!(Scaler::parse(bad), None, "{bad}");
+    }
+    // The option is validated.
+    for bad in [
+        "scaler = \"ewm\"\nscaler_half_life = 0.5",
+        "scaler = \"median\"",
+    ] {
+        let err = parse(bad).unwrap_err().to_string();
+        assert!(err.contains("scaler"), "{bad}: {err}");
+    }
+    // Served only with its own scaler.
+    let mut fa = ForecastStage::from_config(&ewm48).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    artifact::save(fa.network(), fa.spec(), dir.path()).unwrap();
+    for other in ["", "scaler = \"ewm\"\nscaler_half_life = 24"] {
+        let mut cfg = parse(other).unwrap();
+        cfg.model.artifact = Some(dir.path().to_path_buf());
+        let msg = match ForecastStage::from_config(&cfg) {
+            Ok(_) => panic!("a model trained with another scaler was accepted: {other:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            msg.contains("ewm_per_key:half_life=48")
+                && msg.contains(&ModelSpec::untrained(&cfg).scaler),
+            "{msg}"
+        );
+    }
+    let mut same = ewm48.clone();
+    same.model.artifact = Some(dir.path().to_path_buf());
+    let mut fb = ForecastStage::from_config(&same).unwrap();
+    let (mut a, mut b) = (ByKey::new(), ByKey::new());
+    for t in 0..40 {
+        let rows: Vec<_> = (0..2).map(|k| (key(k), end(t), shifted(k, t))).collect();
+        a.extend(run(&mut fa, &ewm48, &rows));
+        b.extend(run(&mut fb, &same, &rows));
+    }
+    assert_bitwise(&a, &b, "ewm artifact save/load");
+    // A swap to a network trained with another scaler is refused.
+    let plain = parse("").unwrap();
+    let mut running = ForecastStage::from_config(&plain).unwrap();
+    let err = running
+        .swap(copy_of(fa.network(), fa.spec()), fa.spec().clone())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot swap") && err.contains("scaler"),
+        "{err}"
+    );
+    // A hand-edited model.json naming an unknown scaler.
+    let meta = dir.path().join("model.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    doc["scaler"] = serde_json::Value::from("ewm_per_key:half_life=0");
+    std::fs::write(&meta, serde_json::to_string(&doc).unwrap()).unwrap();
+    let err = artifact::read_spec(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("invalid model metadata") && err.contains("scaler"),
+        "{err}"
+    );
+}
+
+/// The exponentially weighted scaler's state (a fractional weight) goes
+/// through the changelog record and back unchanged: a stage restored from
+/// another's records continues with the very same forecasts.
+#[test]
+fn the_ewm_scaler_state_restores_bit_for_bit() {
+    let cfg = cfg(CellKind::Lstm, "scaler = \"ewm\"\nscaler_half_life = 7");
+    let mut fa = ForecastStage::from_config(&cfg).unwrap();
+    fa.enable_state_tracking();
+    let rows = |t: usize| -> Vec<(String, i64, f64)> {
+        (0..3).map(|k| (key(k), end(t), shifted(k, t))).collect()
+    };
+    for t in 0..70 {
+        run(&mut fa, &cfg, &rows(t));
+    }
+    let records = fa.take_changes().unwrap();
+    assert_eq!(records.len(), 3);
+    let states: Vec<(Arc<str>, crate::state::ModelKeyState)> = records
+        .iter()
+        .map(|(k, v)| (k.clone(), crate::state::decode_model(v).unwrap()))
+        .collect();
+    // The weight is the decayed one, not a count.
+    let w = states[0].1.n[0];
+    assert!(w.fract() != 0.0 && w < 70.0, "{w}");
+    let mut fb = twin(&fa, &cfg);
+    assert_eq!(fb.restore(&states).unwrap(), 3);
+    let (mut a, mut b) = (ByKey::new(), ByKey::new());
+    for t in 70..100 {
+        a.extend(run(&mut fa, &cfg, &rows(t)));
+        b.extend(run(&mut fb, &cfg, &rows(t)));
+    }
+    assert!(a.values().all(|f| f.source == "model"));
+    assert_bitwise(&a, &b, "ewm state restored");
+}

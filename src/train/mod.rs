@@ -113,6 +113,7 @@ pub fn prep_spec(cfg: &PipelineConfig, t: &TrainConfig) -> PrepSpec {
             .hybrid
             .as_ref()
             .map(|h| (crate::model::hybrid::params_of(h), h.mode)),
+        scaler_decay: crate::model::artifact::Scaler::of_config(&cfg.model).decay(),
     }
 }
 

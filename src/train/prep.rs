@@ -5,8 +5,10 @@
 //! everything after that is plain Rust over contiguous columns, one key at
 //! a time, in the rows' sorted order (key, then window end):
 //! - the *online* scaler exactly as the forecast stage keeps it (expanding
-//!   count/mean/variance over non-missing values, the same floor), so the
-//!   network sees in training what it will see live;
+//!   count/mean/variance over non-missing values, the same floor; or, with
+//!   `PrepSpec::scaler_decay`, the exponentially weighted one in the very
+//!   operations and order of `StateStore::update_scaler`, so bit for bit),
+//!   so the network sees in training what it will see live;
 //! - the network inputs (scaled fields, the target's missing flag,
 //!   covariates, lags) — the same features as `model::network_input`;
 //! - for every horizon step h, the target in scaled units: for the residual
@@ -120,6 +122,9 @@ pub struct PrepSpec {
         crate::model::hybrid::EsParams,
         crate::model::hybrid::HybridMode,
     )>,
+    /// The scaler's decay per present value (`model::artifact::Scaler::decay`
+    /// of the model trained): None = expanding.
+    pub scaler_decay: Option<f64>,
 }
 
 /// Prepared training data.
@@ -525,6 +530,8 @@ struct Layout {
     back: Vec<usize>,
     season: usize,
     direct: bool,
+    /// The scaler's decay (`PrepSpec::scaler_decay`); None = expanding.
+    decay: Option<f64>,
 }
 
 /// Appends one key's rows (sorted rows `first..first + n`) to the block
@@ -547,34 +554,10 @@ fn key_rows(
     let out = &mut inputs[base..];
     s.mean0.resize(n, 0.0);
     s.scale0.resize(n, 0.0);
-    // The online scaler per field: expanding sums over present values.
-    // Sums start at -0.0, the identity of IEEE addition, so the first sum is
-    // the first value itself, as polars' cum_sum gives it.
-    for (fi, field) in cols.values.iter().enumerate() {
-        let (mut cnt, mut sum, mut sq) = (-0.0f64, -0.0f64, -0.0f64);
-        for (p, &x) in field[first..first + n].iter().enumerate() {
-            let present = !x.is_nan();
-            let x0 = if present { x } else { 0.0 };
-            cnt += if present { 1.0 } else { 0.0 };
-            sum += x0;
-            sq += x0 * x0;
-            let nn = if gt(cnt, 1.0) { cnt } else { 1.0 };
-            let mean = sum / nn;
-            let var = sq / nn - mean * mean;
-            let var = if gt(var, 0.0) { var } else { 0.0 };
-            let sd = var.sqrt();
-            let floor = mean.abs() * 1e-3 + 1e-6;
-            let scale = if gt(sd, floor) { sd } else { floor };
-            out[p * n_in + fi] = if present {
-                clamped((x - mean) / scale) as f32
-            } else {
-                0.0
-            };
-            if fi == 0 {
-                s.mean0[p] = mean;
-                s.scale0[p] = scale;
-            }
-        }
+    if let Some(d) = lay.decay {
+        ewm_scaler(first, n, cols, n_in, d, s, out);
+    } else {
+        expanding_scaler(first, n, cols, n_in, s, out);
     }
     let y = &cols.values[0][first..first + n];
     let (mean0, scale0) = (&s.mean0[..n], &s.scale0[..n]);
@@ -628,6 +611,113 @@ fn key_rows(
     }
 }
 
+/// The expanding scaler of one key (sorted rows `first..first + n`): each
+/// field's scaled values into `out` (rows of `n_in`), the target's mean and
+/// scale per row into `s`.
+fn expanding_scaler(
+    first: usize,
+    n: usize,
+    cols: &Columns,
+    n_in: usize,
+    s: &mut Scratch,
+    out: &mut [f32],
+) {
+    // The online scaler per field: expanding sums over present values.
+    // Sums start at -0.0, the identity of IEEE addition, so the first sum is
+    // the first value itself, as polars' cum_sum gives it.
+    for (fi, field) in cols.values.iter().enumerate() {
+        let (mut cnt, mut sum, mut sq) = (-0.0f64, -0.0f64, -0.0f64);
+        for (p, &x) in field[first..first + n].iter().enumerate() {
+            let present = !x.is_nan();
+            let x0 = if present { x } else { 0.0 };
+            cnt += if present { 1.0 } else { 0.0 };
+            sum += x0;
+            sq += x0 * x0;
+            let nn = if gt(cnt, 1.0) { cnt } else { 1.0 };
+            let mean = sum / nn;
+            let var = sq / nn - mean * mean;
+            let var = if gt(var, 0.0) { var } else { 0.0 };
+            let sd = var.sqrt();
+            let floor = mean.abs() * 1e-3 + 1e-6;
+            let scale = if gt(sd, floor) { sd } else { floor };
+            out[p * n_in + fi] = if present {
+                clamped((x - mean) / scale) as f32
+            } else {
+                0.0
+            };
+            if fi == 0 {
+                s.mean0[p] = mean;
+                s.scale0[p] = scale;
+            }
+        }
+    }
+}
+
+/// `v.clamp_min(lo)` as libtorch computes it (NaN stays NaN).
+#[inline]
+fn clamp_min(v: f64, lo: f64) -> f64 {
+    if v < lo {
+        lo
+    } else {
+        v
+    }
+}
+
+/// `a.maximum(b)` as libtorch computes it: NaN if either is NaN.
+#[inline]
+fn maximum(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// The exponentially weighted scaler of one key, as [`expanding_scaler`]:
+/// the operations of `StateStore::update_scaler` with decay `d`, one value
+/// at a time in the same order (each rounded in f64 as the f64 tensor
+/// operation rounds it), so training sees the live stage's inputs bit for
+/// bit.
+fn ewm_scaler(
+    first: usize,
+    n: usize,
+    cols: &Columns,
+    n_in: usize,
+    d: f64,
+    s: &mut Scratch,
+    out: &mut [f32],
+) {
+    for (fi, field) in cols.values.iter().enumerate() {
+        let (mut w, mut mean, mut m2) = (0.0f64, 0.0f64, 0.0f64);
+        for (p, &v) in field[first..first + n].iter().enumerate() {
+            let present = !v.is_nan();
+            let pr = if present { 1.0 } else { 0.0 };
+            // `nan_to_num(0.0)`: NaN -> 0, infinities -> the largest finite.
+            let x = if present {
+                v.clamp(f64::MIN, f64::MAX)
+            } else {
+                0.0
+            };
+            let dk = if present { d } else { 1.0 };
+            let w_new = w * dk + pr;
+            let delta = (x - mean) * pr;
+            let mean_new = mean + delta / clamp_min(w_new, 1.0);
+            let m2_new = m2 * dk + delta * (x - mean_new) * pr;
+            (w, mean, m2) = (w_new, mean_new, m2_new);
+            let var = m2_new / clamp_min(w_new, 1.0);
+            let floor = mean_new.abs() * 1e-3 + 1e-6;
+            let scale = maximum(var.sqrt(), floor);
+            out[p * n_in + fi] = (clamped((x - mean_new) / scale) * pr) as f32;
+            if fi == 0 {
+                s.mean0[p] = mean_new;
+                s.scale0[p] = scale;
+            }
+        }
+    }
+}
+
 /// Copies `buf` (rows of `width`, row-major) into `dst`'s rows from `from`,
 /// in pieces of at most `COPY_ELEMS` elements: libtorch copies those on the
 /// calling thread, where larger copies wake its OpenMP pool, whose threads
@@ -669,6 +759,7 @@ fn build(cols: &Columns, spec: &PrepSpec) -> Result<Prepared> {
             .collect(),
         season,
         direct: matches!(spec.head, Head::Direct),
+        decay: spec.scaler_decay,
     };
     let opts = (Kind::Float, tch::Device::Cpu);
     let inputs = Tensor::f_empty([rows as i64, lay.n_in as i64], opts)?;
