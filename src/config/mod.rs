@@ -205,6 +205,26 @@ pub struct ChoiceConfig {
     /// first and the last (`horizon / 2` times the pending memory).
     #[serde(default)]
     pub score_all_steps: bool,
+    /// The regime-change guard (off at 0): half-life, in scored windows,
+    /// of a second, fast error mean per candidate. A serving candidate
+    /// whose fast error is above `guard_ratio` times the best fast error
+    /// is replaced at once, and no candidate that far behind is switched
+    /// to (see `choose`).
+    #[serde(default)]
+    pub fast_half_life: f64,
+    /// How far a candidate's fast error may be above the best one's
+    /// before the guard rules it out (>= 1).
+    #[serde(default = "default_guard_ratio")]
+    pub guard_ratio: f64,
+    /// The candidate the guard switches to when it is not ruled out
+    /// itself; empty: the one with the lowest long-run error among those
+    /// not ruled out.
+    #[serde(default)]
+    pub guard_to: String,
+}
+
+fn default_guard_ratio() -> f64 {
+    2.0
 }
 
 fn default_choice_start() -> String {
@@ -251,6 +271,9 @@ impl Default for ChoiceConfig {
             weight_power: default_weight_power(),
             serve: Vec::new(),
             score_all_steps: false,
+            fast_half_life: 0.0,
+            guard_ratio: default_guard_ratio(),
+            guard_to: String::new(),
         }
     }
 }
@@ -1602,16 +1625,24 @@ impl PipelineConfig {
         {
             return bad("choice.serve", "expected choice.start among them");
         }
+        if !self.choice.guard_to.is_empty()
+            && !self.choice.candidates.contains(&self.choice.guard_to)
+        {
+            return bad("choice.guard_to", "expected one of choice.candidates");
+        }
         // Written as ranges so that NaN fails them too.
         let ok = (0.0..1.0).contains(&self.choice.margin)
             && (1.0..=f64::MAX).contains(&self.choice.half_life)
             && self.choice.ses_alpha > 0.0
             && self.choice.ses_alpha <= 1.0
-            && (0.0..=16.0).contains(&self.choice.weight_power);
+            && (0.0..=16.0).contains(&self.choice.weight_power)
+            && (self.choice.fast_half_life == 0.0
+                || (1.0..=f64::MAX).contains(&self.choice.fast_half_life))
+            && (1.0..=f64::MAX).contains(&self.choice.guard_ratio);
         if !ok {
             return bad(
                 "choice",
-                "expected margin in [0, 1), half_life >= 1, ses_alpha in (0, 1] and weight_power in [0, 16]",
+                "expected margin in [0, 1), half_life >= 1, ses_alpha in (0, 1], weight_power in [0, 16], fast_half_life 0 or >= 1 and guard_ratio >= 1",
             );
         }
         if let Some(t) = &self.sink.accuracy_topic {
