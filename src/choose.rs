@@ -80,6 +80,10 @@ pub enum Candidate {
     Network,
     Naive,
     SeasonalNaive,
+    /// The step-wise median of the values one, two and three seasons
+    /// before each step (of those the key has): a seasonal naive forecast
+    /// that does not repeat a one-off spike or a shifted peak a day later.
+    SeasonalMedian,
     Ses,
     /// The step-wise median of the other candidates' forecasts that are
     /// available at this origin (the network's included; `weighted` not).
@@ -100,10 +104,11 @@ pub enum Candidate {
 
 impl Candidate {
     /// The candidates the chooser computes itself, incrementally.
-    pub const BUILTIN: [Candidate; 6] = [
+    pub const BUILTIN: [Candidate; 7] = [
         Candidate::Network,
         Candidate::Naive,
         Candidate::SeasonalNaive,
+        Candidate::SeasonalMedian,
         Candidate::Ses,
         Candidate::Median,
         Candidate::Weighted,
@@ -115,6 +120,7 @@ impl Candidate {
             Candidate::Network => "network",
             Candidate::Naive => "naive",
             Candidate::SeasonalNaive => "snaive",
+            Candidate::SeasonalMedian => "smedian",
             Candidate::Ses => "ses",
             Candidate::Median => "median",
             Candidate::Weighted => "weighted",
@@ -331,6 +337,11 @@ impl Chooser {
             (true, 0) => 12 * season,
             (true, n) => n.max(season),
         };
+        let history = if spec.candidates.contains(&Candidate::SeasonalMedian) {
+            history.max(3 * season)
+        } else {
+            history
+        };
         Chooser {
             spec,
             slide_ms,
@@ -450,6 +461,23 @@ impl Chooser {
                             for (j, x) in row.iter_mut().enumerate() {
                                 *x = st.recent[base + j % self.season];
                             }
+                        }
+                    }
+                    Candidate::SeasonalMedian => {
+                        let len = st.recent.len();
+                        let seasons = (len / self.season).min(3);
+                        for (j, x) in row.iter_mut().enumerate().take(h) {
+                            let k = j % self.season;
+                            let at = |s: usize| st.recent[len - s * self.season + k];
+                            *x = match seasons {
+                                0 => f64::NAN,
+                                1 => at(1),
+                                2 => 0.5 * (at(1) + at(2)),
+                                _ => {
+                                    let (a, b, c) = (at(1), at(2), at(3));
+                                    a.max(b).min(a.min(b).max(c))
+                                }
+                            };
                         }
                     }
                     Candidate::Ses => {
@@ -1417,5 +1445,51 @@ mod tests {
         d.import(Arc::from("k"), &back);
         let ds = d.export("k").unwrap();
         assert!(ds.fast_err.is_empty() && ds.fast_weight.is_empty());
+    }
+
+    /// `smedian` forecasts the median of the values one, two and three
+    /// seasons before each step (fewer while the key has fewer whole
+    /// seasons):
+    /// a one-off spike is not repeated a season later, as `snaive` does.
+    #[test]
+    fn the_seasonal_median_does_not_repeat_a_one_off_spike() {
+        let cands = [
+            Candidate::Network,
+            Candidate::SeasonalNaive,
+            Candidate::SeasonalMedian,
+        ];
+        let mut c = Chooser::new(spec(&cands, 0.1), H, 2, 4);
+        let mut ys = Vec::new();
+        for t in 1..=24 {
+            // Season 4, a spike of 100 at hour 14 only.
+            let y = if t == 14 { 100.0 } else { series(t) };
+            ys.push(y);
+            step(&mut c, t, y, [0.0, 0.0]);
+            let (_, p) = c.keys["k"].pending.back().unwrap();
+            for (s, ahead) in [(0usize, 1usize), (1, 2)] {
+                // Hour t + ahead: the values 4, 8, 12 hours before it.
+                // As many seasons as the key has whole (at most 3).
+                let back: Vec<f64> = (1..=(t / 4).min(3))
+                    .map(|k| ys[(t + ahead as i64 - 4 * k) as usize - 1])
+                    .collect();
+                let mut sorted = back.clone();
+                sorted.sort_by(f64::total_cmp);
+                let want = match sorted.len() {
+                    0 => f64::NAN,
+                    1 => sorted[0],
+                    2 => 0.5 * (sorted[0] + sorted[1]),
+                    _ => sorted[1],
+                };
+                let got = f64::from(p[4 + s]);
+                assert!(
+                    (got - want).abs() < 1e-4 || (got.is_nan() && want.is_nan()),
+                    "hour {t}, step {ahead}: {got} vs {want}"
+                );
+                if t + ahead as i64 == 18 {
+                    assert_eq!(f64::from(p[2 + s]), 100.0, "snaive repeats the spike");
+                    assert!(got < 20.0, "smedian does not: {got}");
+                }
+            }
+        }
     }
 }

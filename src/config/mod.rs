@@ -280,7 +280,9 @@ impl Default for ChoiceConfig {
 
 /// The candidates the chooser computes itself (`choose::Candidate`);
 /// `choice.candidates` also accepts every name of `baselines::NAMES`.
-pub const CHOICE_BUILTIN: &[&str] = &["network", "naive", "snaive", "ses", "median", "weighted"];
+pub const CHOICE_BUILTIN: &[&str] = &[
+    "network", "naive", "snaive", "smedian", "ses", "median", "weighted",
+];
 
 /// Live scoring (see `score`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
