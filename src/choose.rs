@@ -11,8 +11,12 @@
 //!   sees them): `season` of them, or `choice.history` when a classical
 //!   candidate is configured;
 //! - the state of the cheap candidates it updates itself: `naive` (the last
-//!   value), `snaive` (the value a season ago), `ses` (simple exponential
-//!   smoothing, `alpha` fixed);
+//!   value), `snaive` (the value a season ago), `smedian` (the median of
+//!   the values one, two and three seasons ago: a seasonal naive forecast
+//!   that does not repeat a one-off spike or a shifted peak the next day,
+//!   which is where `snaive` lost to `ses_sa` on the NAB AWS keys; a key
+//!   keeps at least three seasons of values with it), `ses` (simple
+//!   exponential smoothing, `alpha` fixed);
 //! - per classical candidate (any forecaster of `baselines::named`:
 //!   `ses_sa`, `damped_sa`, `naive2`, `hw_add`, `arima`, `prophet`, `rf`,
 //!   ...) its last fit: the forecaster is run on the key's recent values
@@ -31,13 +35,32 @@
 //!   scored against real actuals as their windows close (filled windows
 //!   are not actuals);
 //! - an exponentially weighted mean of each candidate's absolute error
-//!   (half-life `choice.half_life` scored windows);
+//!   (half-life `choice.half_life` scored windows); with the regime-change
+//!   guard a second, fast one (half-life `choice.fast_half_life`);
 //! - the candidate serving the key. It changes only when another one's
 //!   error is below the serving one's by more than `choice.margin`
 //!   (hysteresis, so a key does not flap between two close candidates), and
 //!   not before `choice.min_scored` windows have been scored. A new key
 //!   starts on `choice.start` (the network by default); only the
 //!   candidates in `choice.serve` (default all) may serve.
+//!
+//! The regime-change guard (`choice.fast_half_life > 0`; off by default,
+//! it did not win on the validation origins: BENCHMARKS.md "Regime-change
+//! guard"). The long-run error (half-life 168 windows) is what chooses well
+//! on a steady key, but after a change it keeps a candidate that used to
+//! be good for days. The guard does not replace it; it only rules
+//! candidates out: one whose fast error is above `choice.guard_ratio`
+//! times the best fast error (of the candidates that may serve) is not
+//! switched to (admitting takes the margin below the ratio, so a
+//! candidate at the threshold does not flap), and the serving one is
+//! replaced at once when it is that far behind, by `choice.guard_to` if
+//! set and not ruled out, else by the remaining candidate with the lowest
+//! long-run error. Why this rule and not "serve the best fast error": that
+//! is plain selection with a short half-life, which chases noise on spiky
+//! keys (half-life 48 lost to 168 on validation); the ratio makes the
+//! guard act only on a gap a regime change makes, and the long-run error
+//! still picks among the candidates left. Cost: one more multiply-add per
+//! candidate and scored step, and one pass over the candidates per window.
 //!
 //! A forecast served by another candidate says so (`source = "naive"`,
 //! `"ses_sa"`, `"median"`, ...); its quantiles, if any, are its point
@@ -54,13 +77,15 @@
 //! key: the recent values (8 bytes each), `horizon` pending forecasts of
 //! `candidates x 2` f32 values (`candidates x horizon` when every step is
 //! scored) plus 8 bytes, an error and a weight per
-//! candidate, and per classical candidate its last fit
+//! candidate (two of each with the guard), and per classical candidate its last fit
 //! (`horizon + refit_every - 1` f64); ~0.7 KB with the four cheap
 //! candidates at season 24, horizon 12, ~3 KB with two classical
 //! candidates and the default 288 values. With durable state it is
 //! checkpointed with the key's model state (`export` / `import`): a
-//! restored key keeps its values, candidate and errors, and refits its
-//! classical candidates at its next window.
+//! restored key keeps its values, candidate and errors (the guard's fast
+//! ones too; a record from before the guard restores with them empty and
+//! the guard waits for new scores), and refits its classical candidates
+//! at its next window.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
