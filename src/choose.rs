@@ -46,7 +46,7 @@
 //!
 //! The regime-change guard (`choice.fast_half_life > 0`; off by default,
 //! it did not win on the validation origins: BENCHMARKS.md "Regime-change
-//! guard"). The long-run error (half-life 168 windows) is what chooses well
+//! guard and the seasonal median"). The long-run error (half-life 168 windows) is what chooses well
 //! on a steady key, but after a change it keeps a candidate that used to
 //! be good for days. The guard does not replace it; it only rules
 //! candidates out: one whose fast error is above `choice.guard_ratio`

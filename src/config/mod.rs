@@ -241,7 +241,7 @@ fn default_refit_every() -> usize {
 
 /// `smedian` rather than `snaive`: on the NAB AWS validation origins the
 /// choice's 12-step MASE went from 1.920 to 1.881 (taxi unchanged, 0.604);
-/// BENCHMARKS.md "Regime-change guard".
+/// BENCHMARKS.md "Regime-change guard and the seasonal median".
 fn default_candidates() -> Vec<String> {
     ["network", "smedian", "ses_sa", "damped_sa", "median"]
         .map(String::from)
