@@ -119,6 +119,9 @@ fn main() {
             weight_power: 1.0,
             serve: Vec::new(),
             score_all_steps: false,
+            fast_half_life: 0.0,
+            guard_ratio: 2.0,
+            guard_to: None,
         };
         let mut c = Chooser::new(spec, H, HORIZON, 24);
         let mut t = 1;

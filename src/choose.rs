@@ -11,8 +11,12 @@
 //!   sees them): `season` of them, or `choice.history` when a classical
 //!   candidate is configured;
 //! - the state of the cheap candidates it updates itself: `naive` (the last
-//!   value), `snaive` (the value a season ago), `ses` (simple exponential
-//!   smoothing, `alpha` fixed);
+//!   value), `snaive` (the value a season ago), `smedian` (the median of
+//!   the values one, two and three seasons ago: a seasonal naive forecast
+//!   that does not repeat a one-off spike or a shifted peak the next day,
+//!   which is where `snaive` lost to `ses_sa` on the NAB AWS keys; a key
+//!   keeps at least three seasons of values with it), `ses` (simple
+//!   exponential smoothing, `alpha` fixed);
 //! - per classical candidate (any forecaster of `baselines::named`:
 //!   `ses_sa`, `damped_sa`, `naive2`, `hw_add`, `arima`, `prophet`, `rf`,
 //!   ...) its last fit: the forecaster is run on the key's recent values
@@ -31,13 +35,32 @@
 //!   scored against real actuals as their windows close (filled windows
 //!   are not actuals);
 //! - an exponentially weighted mean of each candidate's absolute error
-//!   (half-life `choice.half_life` scored windows);
+//!   (half-life `choice.half_life` scored windows); with the regime-change
+//!   guard a second, fast one (half-life `choice.fast_half_life`);
 //! - the candidate serving the key. It changes only when another one's
 //!   error is below the serving one's by more than `choice.margin`
 //!   (hysteresis, so a key does not flap between two close candidates), and
 //!   not before `choice.min_scored` windows have been scored. A new key
 //!   starts on `choice.start` (the network by default); only the
 //!   candidates in `choice.serve` (default all) may serve.
+//!
+//! The regime-change guard (`choice.fast_half_life > 0`; off by default,
+//! it did not win on the validation origins: BENCHMARKS.md "Regime-change
+//! guard and the seasonal median"). The long-run error (half-life 168 windows) is what chooses well
+//! on a steady key, but after a change it keeps a candidate that used to
+//! be good for days. The guard does not replace it; it only rules
+//! candidates out: one whose fast error is above `choice.guard_ratio`
+//! times the best fast error (of the candidates that may serve) is not
+//! switched to (admitting takes the margin below the ratio, so a
+//! candidate at the threshold does not flap), and the serving one is
+//! replaced at once when it is that far behind, by `choice.guard_to` if
+//! set and not ruled out, else by the remaining candidate with the lowest
+//! long-run error. Why this rule and not "serve the best fast error": that
+//! is plain selection with a short half-life, which chases noise on spiky
+//! keys (half-life 48 lost to 168 on validation); the ratio makes the
+//! guard act only on a gap a regime change makes, and the long-run error
+//! still picks among the candidates left. Cost: one more multiply-add per
+//! candidate and scored step, and one pass over the candidates per window.
 //!
 //! A forecast served by another candidate says so (`source = "naive"`,
 //! `"ses_sa"`, `"median"`, ...); its quantiles, if any, are its point
@@ -54,13 +77,15 @@
 //! key: the recent values (8 bytes each), `horizon` pending forecasts of
 //! `candidates x 2` f32 values (`candidates x horizon` when every step is
 //! scored) plus 8 bytes, an error and a weight per
-//! candidate, and per classical candidate its last fit
+//! candidate (two of each with the guard), and per classical candidate its last fit
 //! (`horizon + refit_every - 1` f64); ~0.7 KB with the four cheap
 //! candidates at season 24, horizon 12, ~3 KB with two classical
 //! candidates and the default 288 values. With durable state it is
 //! checkpointed with the key's model state (`export` / `import`): a
-//! restored key keeps its values, candidate and errors, and refits its
-//! classical candidates at its next window.
+//! restored key keeps its values, candidate and errors (the guard's fast
+//! ones too; a record from before the guard restores with them empty and
+//! the guard waits for new scores), and refits its classical candidates
+//! at its next window.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -80,6 +105,10 @@ pub enum Candidate {
     Network,
     Naive,
     SeasonalNaive,
+    /// The step-wise median of the values one, two and three seasons
+    /// before each step (of those the key has): a seasonal naive forecast
+    /// that does not repeat a one-off spike or a shifted peak a day later.
+    SeasonalMedian,
     Ses,
     /// The step-wise median of the other candidates' forecasts that are
     /// available at this origin (the network's included; `weighted` not).
@@ -100,10 +129,11 @@ pub enum Candidate {
 
 impl Candidate {
     /// The candidates the chooser computes itself, incrementally.
-    pub const BUILTIN: [Candidate; 6] = [
+    pub const BUILTIN: [Candidate; 7] = [
         Candidate::Network,
         Candidate::Naive,
         Candidate::SeasonalNaive,
+        Candidate::SeasonalMedian,
         Candidate::Ses,
         Candidate::Median,
         Candidate::Weighted,
@@ -115,6 +145,7 @@ impl Candidate {
             Candidate::Network => "network",
             Candidate::Naive => "naive",
             Candidate::SeasonalNaive => "snaive",
+            Candidate::SeasonalMedian => "smedian",
             Candidate::Ses => "ses",
             Candidate::Median => "median",
             Candidate::Weighted => "weighted",
@@ -163,6 +194,15 @@ pub struct ChoiceSpec {
     /// them) instead of the first and the last; the half-life stays in
     /// scored windows.
     pub score_all_steps: bool,
+    /// The regime-change guard's fast error half-life, in scored windows
+    /// (0: no guard).
+    pub fast_half_life: f64,
+    /// A candidate whose fast error is above this many times the best
+    /// fast error is ruled out (the serving one is replaced at once).
+    pub guard_ratio: f64,
+    /// Where the guard sends a key when it is not ruled out itself (None:
+    /// the candidate with the lowest long-run error among those left).
+    pub guard_to: Option<Candidate>,
 }
 
 impl ChoiceSpec {
@@ -184,6 +224,9 @@ impl ChoiceSpec {
             weight_power: c.weight_power,
             serve: c.serve.iter().filter_map(|c| Candidate::parse(c)).collect(),
             score_all_steps: c.score_all_steps,
+            fast_half_life: c.fast_half_life,
+            guard_ratio: c.guard_ratio,
+            guard_to: Candidate::parse(&c.guard_to),
         }
     }
 }
@@ -220,6 +263,9 @@ struct KeyChoice {
     /// Weighted mean absolute error per candidate, and its weight.
     err: Vec<f64>,
     weight: Vec<f64>,
+    /// The same with the guard's fast half-life (empty without the guard).
+    fast_err: Vec<f64>,
+    fast_weight: Vec<f64>,
     scored: u32,
     serving: usize,
 }
@@ -262,6 +308,10 @@ pub struct Chooser {
     /// 1-based horizon steps the candidates are scored at.
     steps: Vec<usize>,
     decay: f64,
+    /// The guard's decay per scored step (None: no guard).
+    fast_decay: Option<f64>,
+    /// The guard's target's candidate index.
+    guard_to: Option<usize>,
     /// Per candidate: whether it may serve (`choice.serve`).
     may_serve: Vec<bool>,
     keys: HashMap<Arc<str>, KeyChoice>,
@@ -284,6 +334,11 @@ impl Chooser {
         // step is milder and the half-life stays in windows.
         let per_window = steps.len().max(2) as f64 / 2.0;
         let decay = 0.5f64.powf(1.0 / (spec.half_life.max(1.0) * per_window));
+        let fast_decay = (spec.fast_half_life > 0.0)
+            .then(|| 0.5f64.powf(1.0 / (spec.fast_half_life.max(1.0) * per_window)));
+        let guard_to = spec
+            .guard_to
+            .and_then(|g| spec.candidates.iter().position(|c| *c == g));
         let may_serve = spec
             .candidates
             .iter()
@@ -307,6 +362,11 @@ impl Chooser {
             (true, 0) => 12 * season,
             (true, n) => n.max(season),
         };
+        let history = if spec.candidates.contains(&Candidate::SeasonalMedian) {
+            history.max(3 * season)
+        } else {
+            history
+        };
         Chooser {
             spec,
             slide_ms,
@@ -317,6 +377,8 @@ impl Chooser {
             reusable,
             steps,
             decay,
+            fast_decay,
+            guard_to,
             may_serve,
             keys: HashMap::new(),
         }
@@ -383,9 +445,12 @@ impl Chooser {
             }
             // A key's `Arc` is made once, when it is first seen.
             if !self.keys.contains_key(key) {
+                let nf = if self.fast_decay.is_some() { nc } else { 0 };
                 let fresh = KeyChoice {
                     err: vec![0.0; nc],
                     weight: vec![0.0; nc],
+                    fast_err: vec![0.0; nf],
+                    fast_weight: vec![0.0; nf],
                     fits: vec![None; nc],
                     serving: start,
                     ..KeyChoice::default()
@@ -421,6 +486,23 @@ impl Chooser {
                             for (j, x) in row.iter_mut().enumerate() {
                                 *x = st.recent[base + j % self.season];
                             }
+                        }
+                    }
+                    Candidate::SeasonalMedian => {
+                        let len = st.recent.len();
+                        let seasons = (len / self.season).min(3);
+                        for (j, x) in row.iter_mut().enumerate().take(h) {
+                            let k = j % self.season;
+                            let at = |s: usize| st.recent[len - s * self.season + k];
+                            *x = match seasons {
+                                0 => f64::NAN,
+                                1 => at(1),
+                                2 => 0.5 * (at(1) + at(2)),
+                                _ => {
+                                    let (a, b, c) = (at(1), at(2), at(3));
+                                    a.max(b).min(a.min(b).max(c))
+                                }
+                            };
                         }
                     }
                     Candidate::Ses => {
@@ -529,7 +611,14 @@ impl Chooser {
             let end = ends.value(i);
             let v = (values.is_valid(i) && values.value(i).is_finite()).then(|| values.value(i));
             if let Some(y) = v.filter(|_| counts.value(i) > 0) {
-                score(st, &self.steps, self.slide_ms, self.decay, end, y);
+                score(
+                    st,
+                    &self.steps,
+                    self.slide_ms,
+                    (self.decay, self.fast_decay),
+                    end,
+                    y,
+                );
             }
             // Forecasts from each origin are done once no step is left.
             let last = self.steps.last().copied().unwrap_or(1) as i64;
@@ -581,14 +670,8 @@ impl Chooser {
             }
             // The serving candidate changes with hysteresis.
             if st.scored >= self.spec.min_scored {
-                let best = (0..nc)
-                    .filter(|&c| st.weight[c] > 0.0 && self.may_serve[c])
-                    .min_by(|&a, &b| mean(st, a).total_cmp(&mean(st, b)));
-                if let Some(b) = best {
-                    if mean(st, b) < (1.0 - self.spec.margin) * mean(st, st.serving) {
-                        st.serving = b;
-                    }
-                }
+                let guard = self.fast_decay.is_some();
+                st.serving = next_serving(&self.spec, &self.may_serve, guard, self.guard_to, st);
             }
             let serving = st.serving;
             let served = &row[serving * h..(serving + 1) * h];
@@ -630,6 +713,8 @@ impl Chooser {
             pending: st.pending.iter().cloned().collect(),
             err: st.err.clone(),
             weight: st.weight.clone(),
+            fast_err: st.fast_err.clone(),
+            fast_weight: st.fast_weight.clone(),
             scored: st.scored,
             serving: self
                 .spec
@@ -641,7 +726,9 @@ impl Chooser {
     }
 
     /// Takes a restored key state in; one written with other candidates is
-    /// dropped (the key starts on the network again).
+    /// dropped (the key starts on the network again). Fast errors that do
+    /// not fit (a record from before the guard, or written with it off)
+    /// start from nothing: the guard waits for new scores.
     pub fn import(&mut self, key: Arc<str>, s: &ChoiceKeyState) {
         let nc = self.spec.candidates.len();
         let w = self.steps.len();
@@ -654,6 +741,12 @@ impl Chooser {
             return;
         };
         let skip = s.recent.len().saturating_sub(self.history);
+        let nf = if self.fast_decay.is_some() { nc } else { 0 };
+        let (fast_err, fast_weight) = if s.fast_err.len() == nf && s.fast_weight.len() == nf {
+            (s.fast_err.clone(), s.fast_weight.clone())
+        } else {
+            (vec![0.0; nf], vec![0.0; nf])
+        };
         self.keys.insert(
             key,
             KeyChoice {
@@ -663,6 +756,8 @@ impl Chooser {
                 pending: s.pending.iter().cloned().collect(),
                 err: s.err.clone(),
                 weight: s.weight.clone(),
+                fast_err,
+                fast_weight,
                 scored: s.scored,
                 serving,
             },
@@ -697,6 +792,63 @@ fn mean(st: &KeyChoice, c: usize) -> f64 {
         st.err[c] / st.weight[c]
     } else {
         f64::INFINITY
+    }
+}
+
+/// The candidate to serve `st` from now on. Without the guard: the one
+/// with the lowest long-run error if it is below the serving one's by
+/// more than `margin`. With it, only candidates whose fast error is
+/// within `guard_ratio x (1 - margin)` of the best fast error may be
+/// switched to, and a serving candidate whose fast error is above
+/// `guard_ratio` times the best is replaced whatever its long-run
+/// error: by `guard_to` when that one may be switched to, else by the
+/// allowed candidate with the lowest long-run error.
+fn next_serving(
+    spec: &ChoiceSpec,
+    may_serve: &[bool],
+    guard: bool,
+    guard_to: Option<usize>,
+    st: &KeyChoice,
+) -> usize {
+    let nc = st.err.len();
+    let serving = st.serving;
+    let margin = spec.margin;
+    // The best fast error of the candidates that may serve (infinite
+    // without the guard or before any is scored: no guard then).
+    let best_fast = match guard {
+        true if st.fast_err.len() == nc => (0..nc)
+            .filter(|&c| may_serve[c])
+            .map(|c| fast_mean(st, c))
+            .fold(f64::INFINITY, f64::min),
+        _ => f64::INFINITY,
+    };
+    let guarded = best_fast.is_finite();
+    let ratio = spec.guard_ratio;
+    let failing = guarded && fast_mean(st, serving) > ratio * best_fast;
+    // Admitting takes a margin below the ratio that rules out, so a
+    // candidate at the threshold does not go back and forth.
+    let admit = (ratio * (1.0 - margin)).max(1.0) * best_fast;
+    let allowed = |c: usize| may_serve[c] && (!guarded || fast_mean(st, c) <= admit);
+    if failing {
+        if let Some(g) = guard_to.filter(|&g| g != serving && allowed(g)) {
+            return g;
+        }
+    }
+    let best = (0..nc)
+        .filter(|&c| st.weight[c] > 0.0 && allowed(c))
+        .min_by(|&a, &b| mean(st, a).total_cmp(&mean(st, b)));
+    match best {
+        Some(b) if failing || mean(st, b) < (1.0 - margin) * mean(st, serving) => b,
+        _ => serving,
+    }
+}
+
+/// A candidate's fast (guard) mean error (infinite before its first score
+/// or without the guard).
+fn fast_mean(st: &KeyChoice, c: usize) -> f64 {
+    match (st.fast_err.get(c), st.fast_weight.get(c)) {
+        (Some(&e), Some(&w)) if w > 0.0 => e / w,
+        _ => f64::INFINITY,
     }
 }
 
@@ -738,8 +890,19 @@ fn weigh(st: &KeyChoice, row: &mut [f64], h: usize, wc: usize, median: Option<us
     }
 }
 
-/// Scores every candidate's pending forecasts for the window ending `end`.
-fn score(st: &mut KeyChoice, steps: &[usize], slide: i64, decay: f64, end: i64, y: f64) {
+/// Scores every candidate's pending forecasts for the window ending `end`
+/// into the long-run error means (`decay.0`) and, with the guard, the fast
+/// ones (`decay.1`).
+fn score(
+    st: &mut KeyChoice,
+    steps: &[usize],
+    slide: i64,
+    decay: (f64, Option<f64>),
+    end: i64,
+    y: f64,
+) {
+    let (decay, fast) = decay;
+    let fast = fast.filter(|_| st.fast_err.len() == st.err.len());
     let w = steps.len();
     let nc = st.err.len();
     let mut any = false;
@@ -755,8 +918,13 @@ fn score(st: &mut KeyChoice, steps: &[usize], slide: i64, decay: f64, end: i64, 
         for c in 0..nc {
             let f = f64::from(vals[c * w + s]);
             if f.is_finite() {
-                st.err[c] = decay * st.err[c] + (y - f).abs();
+                let e = (y - f).abs();
+                st.err[c] = decay * st.err[c] + e;
                 st.weight[c] = decay * st.weight[c] + 1.0;
+                if let Some(d) = fast {
+                    st.fast_err[c] = d * st.fast_err[c] + e;
+                    st.fast_weight[c] = d * st.fast_weight[c] + 1.0;
+                }
             }
         }
     }
@@ -824,6 +992,9 @@ mod tests {
             weight_power: 1.0,
             serve: Vec::new(),
             score_all_steps: false,
+            fast_half_life: 0.0,
+            guard_ratio: 2.0,
+            guard_to: None,
         }
     }
 
@@ -1167,6 +1338,183 @@ mod tests {
                 step(&mut b, t, series(t), f),
                 "hour {t}"
             );
+        }
+    }
+
+    /// A key served by `snaive` on an exactly seasonal series (snaive
+    /// exact, naive ~2 off, the network 40 off) whose regime changes at
+    /// hour 200 to a ramp of 5 per hour (snaive 20 off at both steps,
+    /// naive 5 and 10). Returns the sources served from hour 190 on.
+    fn regime_change(sp: ChoiceSpec) -> (Chooser, Vec<String>) {
+        let mut c = Chooser::new(sp, H, 2, 4);
+        let mut served = Vec::new();
+        for t in 1..=260 {
+            let y = regime_y(t);
+            let s = step(&mut c, t, y, [50.0, 50.0]).0;
+            if t >= 190 {
+                served.push(s);
+            }
+        }
+        (c, served)
+    }
+
+    fn regime_y(t: i64) -> f64 {
+        if t <= 200 {
+            10.0 + [1.0, 3.0, 2.0, 5.0][(t % 4) as usize]
+        } else {
+            10.0 + 5.0 * (t - 200) as f64
+        }
+    }
+
+    fn guard_spec(fast_half_life: f64) -> ChoiceSpec {
+        let mut sp = spec(
+            &[
+                Candidate::Network,
+                Candidate::Naive,
+                Candidate::SeasonalNaive,
+                Candidate::Ses,
+            ],
+            0.1,
+        );
+        sp.half_life = 100.0;
+        sp.fast_half_life = fast_half_life;
+        sp
+    }
+
+    /// The guard moves the key off `snaive` within 8 windows of the
+    /// change, and not back while the ramp lasts, though snaive's
+    /// long-run error stays lower for ~20 windows; without the guard the
+    /// key is still on snaive 8 windows after the change. Before the
+    /// change both serve snaive: a steady key is left alone. With
+    /// `guard_to` the guard sends the key there instead.
+    #[test]
+    fn the_guard_leaves_a_candidate_whose_regime_changed() {
+        let at = |h: i64| (h - 190) as usize;
+        let (_, without) = regime_change(guard_spec(0.0));
+        let (_, with) = regime_change(guard_spec(3.0));
+        for t in 190..=200 {
+            assert_eq!(without[at(t)], "snaive", "hour {t}");
+            assert_eq!(with[at(t)], "snaive", "hour {t}");
+        }
+        assert_eq!(without[at(208)], "snaive");
+        let first = (201..=260).find(|&t| with[at(t)] != "snaive").unwrap();
+        assert!(first <= 208, "the guard switched at hour {first}");
+        // To the lowest long-run error of those left (ses: ~1.5 off
+        // before the change, naive ~2), never back to snaive, and on to
+        // naive once its long-run error is 10% below ses's.
+        assert_eq!(with[at(first)], "ses");
+        for t in first..=260 {
+            assert_ne!(with[at(t)], "snaive", "hour {t}");
+        }
+        assert_eq!(with[at(260)], "naive");
+        let mut sp = guard_spec(3.0);
+        sp.guard_to = Some(Candidate::Naive);
+        let (_, to_naive) = regime_change(sp);
+        assert_eq!(to_naive[at(first)], "naive", "guard_to");
+        // A ratio no candidate reaches leaves the key on snaive.
+        let mut sp = guard_spec(3.0);
+        sp.guard_ratio = 1e9;
+        assert_eq!(regime_change(sp).1[at(208)], "snaive");
+    }
+
+    /// A key with the guard on, restored mid-change from its live record
+    /// (through the changelog encoding), chooses as the original from then
+    /// on and exports the same state; restored from a record without fast
+    /// errors (written before the guard, or with it off) it keeps its
+    /// candidate and long-run errors and starts the fast ones afresh.
+    #[test]
+    fn the_guards_fast_errors_survive_a_restore() {
+        use crate::state::{decode_live, encode_live, LiveKeyState};
+        let sp = guard_spec(3.0);
+        let mut a = Chooser::new(sp.clone(), H, 2, 4);
+        for t in 1..=202 {
+            step(&mut a, t, regime_y(t), [50.0, 50.0]);
+        }
+        let st = a.export("k").unwrap();
+        assert_eq!(st.fast_err.len(), 4);
+        assert!(st.fast_weight.iter().all(|w| *w > 0.0));
+        let live = LiveKeyState {
+            score: None,
+            choice: Some(st.clone()),
+        };
+        let back = decode_live(&encode_live(&live).unwrap())
+            .unwrap()
+            .choice
+            .unwrap();
+        assert_eq!(back, st);
+        let mut b = Chooser::new(sp.clone(), H, 2, 4);
+        b.import(Arc::from("k"), &back);
+        // Without the fast errors.
+        let mut old = back.clone();
+        old.fast_err.clear();
+        old.fast_weight.clear();
+        let mut c = Chooser::new(sp.clone(), H, 2, 4);
+        c.import(Arc::from("k"), &old);
+        let cs = c.export("k").unwrap();
+        assert_eq!(c.serving("k"), Some(Candidate::SeasonalNaive));
+        assert_eq!((cs.err, cs.scored), (st.err.clone(), st.scored));
+        assert_eq!(cs.fast_weight, vec![0.0; 4]);
+        let mut switched = false;
+        for t in 203..=240 {
+            let y = regime_y(t);
+            let sa = step(&mut a, t, y, [50.0, 50.0]);
+            assert_eq!(sa, step(&mut b, t, y, [50.0, 50.0]), "hour {t}");
+            switched |= sa.0 != "snaive";
+            step(&mut c, t, y, [50.0, 50.0]);
+        }
+        assert!(switched, "the guard acted after the restore");
+        assert_eq!(a.export("k"), b.export("k"));
+        assert!(c.export("k").unwrap().fast_weight[0] > 0.0);
+        // Without the guard a key writes no fast errors.
+        let mut d = Chooser::new(guard_spec(0.0), H, 2, 4);
+        d.import(Arc::from("k"), &back);
+        let ds = d.export("k").unwrap();
+        assert!(ds.fast_err.is_empty() && ds.fast_weight.is_empty());
+    }
+
+    /// `smedian` forecasts the median of the values one, two and three
+    /// seasons before each step (fewer while the key has fewer whole
+    /// seasons):
+    /// a one-off spike is not repeated a season later, as `snaive` does.
+    #[test]
+    fn the_seasonal_median_does_not_repeat_a_one_off_spike() {
+        let cands = [
+            Candidate::Network,
+            Candidate::SeasonalNaive,
+            Candidate::SeasonalMedian,
+        ];
+        let mut c = Chooser::new(spec(&cands, 0.1), H, 2, 4);
+        let mut ys = Vec::new();
+        for t in 1..=24 {
+            // Season 4, a spike of 100 at hour 14 only.
+            let y = if t == 14 { 100.0 } else { series(t) };
+            ys.push(y);
+            step(&mut c, t, y, [0.0, 0.0]);
+            let (_, p) = c.keys["k"].pending.back().unwrap();
+            for (s, ahead) in [(0usize, 1usize), (1, 2)] {
+                // Hour t + ahead: the values 4, 8, 12 hours before it.
+                // As many seasons as the key has whole (at most 3).
+                let back: Vec<f64> = (1..=(t / 4).min(3))
+                    .map(|k| ys[(t + ahead as i64 - 4 * k) as usize - 1])
+                    .collect();
+                let mut sorted = back.clone();
+                sorted.sort_by(f64::total_cmp);
+                let want = match sorted.len() {
+                    0 => f64::NAN,
+                    1 => sorted[0],
+                    2 => 0.5 * (sorted[0] + sorted[1]),
+                    _ => sorted[1],
+                };
+                let got = f64::from(p[4 + s]);
+                assert!(
+                    (got - want).abs() < 1e-4 || (got.is_nan() && want.is_nan()),
+                    "hour {t}, step {ahead}: {got} vs {want}"
+                );
+                if t + ahead as i64 == 18 {
+                    assert_eq!(f64::from(p[2 + s]), 100.0, "snaive repeats the spike");
+                    assert!(got < 20.0, "smedian does not: {got}");
+                }
+            }
         }
     }
 }

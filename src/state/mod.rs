@@ -221,7 +221,7 @@ pub struct ScoreKeyState {
 }
 
 /// See `choose::Chooser` (its per-key state).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ChoiceKeyState {
     pub recent: Vec<f64>,
     pub level: Option<f64>,
@@ -231,6 +231,103 @@ pub struct ChoiceKeyState {
     pub scored: u32,
     /// The serving candidate's name.
     pub serving: String,
+    /// The regime-change guard's fast error means per candidate (empty
+    /// without the guard). Last, and optional on decode: a record written
+    /// before they existed restores with both empty (see the
+    /// `Deserialize` impl). This works because the chooser's state is the
+    /// last field of a live record (both formats): nothing follows it.
+    pub fast_err: Vec<f64>,
+    pub fast_weight: Vec<f64>,
+}
+
+/// Field by field, so that a record without the trailing `fast_err` and
+/// `fast_weight` (written before the guard existed) decodes with both
+/// empty, as [`HybridKeyState`]'s `coefficients`: postcard reports the end
+/// of the record as an error on the next element.
+impl<'de> Deserialize<'de> for ChoiceKeyState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        const FIELDS: &[&str] = &[
+            "recent",
+            "level",
+            "pending",
+            "err",
+            "weight",
+            "scored",
+            "serving",
+            "fast_err",
+            "fast_weight",
+        ];
+        /// The same fields, for self-describing formats (maps).
+        #[derive(Deserialize)]
+        struct Named {
+            recent: Vec<f64>,
+            level: Option<f64>,
+            pending: Vec<(i64, Vec<f32>)>,
+            err: Vec<f64>,
+            weight: Vec<f64>,
+            scored: u32,
+            serving: String,
+            #[serde(default)]
+            fast_err: Vec<f64>,
+            #[serde(default)]
+            fast_weight: Vec<f64>,
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ChoiceKeyState;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a choice key state")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<ChoiceKeyState, A::Error> {
+                use serde::de::Error as _;
+                let missing = |i: usize| A::Error::invalid_length(i, &"at least 7 fields");
+                let recent = seq.next_element()?.ok_or_else(|| missing(0))?;
+                let level = seq.next_element()?.ok_or_else(|| missing(1))?;
+                let pending = seq.next_element()?.ok_or_else(|| missing(2))?;
+                let err = seq.next_element()?.ok_or_else(|| missing(3))?;
+                let weight = seq.next_element()?.ok_or_else(|| missing(4))?;
+                let scored = seq.next_element()?.ok_or_else(|| missing(5))?;
+                let serving = seq.next_element()?.ok_or_else(|| missing(6))?;
+                // Absent (an older record): both empty. Present: both.
+                let (fast_err, fast_weight) = match seq.next_element::<Vec<f64>>() {
+                    Ok(Some(e)) => (e, seq.next_element()?.ok_or_else(|| missing(8))?),
+                    _ => (Vec::new(), Vec::new()),
+                };
+                Ok(ChoiceKeyState {
+                    recent,
+                    level,
+                    pending,
+                    err,
+                    weight,
+                    scored,
+                    serving,
+                    fast_err,
+                    fast_weight,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<ChoiceKeyState, A::Error> {
+                let n = Named::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(ChoiceKeyState {
+                    recent: n.recent,
+                    level: n.level,
+                    pending: n.pending,
+                    err: n.err,
+                    weight: n.weight,
+                    scored: n.scored,
+                    serving: n.serving,
+                    fast_err: n.fast_err,
+                    fast_weight: n.fast_weight,
+                })
+            }
+        }
+        d.deserialize_struct("ChoiceKeyState", FIELDS, V)
+    }
 }
 
 /// A partition's clock: the largest event time it has delivered.
@@ -1088,8 +1185,77 @@ mod tests {
                 weight: vec![0.9],
                 scored: 4,
                 serving: "ets".into(),
+                fast_err: vec![0.25, f64::NAN],
+                fast_weight: vec![0.5, 1.5],
             }),
         }
+    }
+
+    /// A live record written before the regime-change guard (the
+    /// chooser's state without `fast_err` / `fast_weight`) restores, in
+    /// both formats, with the fast errors empty and everything else as
+    /// written; a record with them keeps them.
+    #[test]
+    fn a_live_record_from_before_the_guard_restores_without_fast_errors() {
+        /// The chooser's state as builds before the guard wrote it.
+        #[derive(Serialize)]
+        struct OldChoice {
+            recent: Vec<f64>,
+            level: Option<f64>,
+            pending: Vec<(i64, Vec<f32>)>,
+            err: Vec<f64>,
+            weight: Vec<f64>,
+            scored: u32,
+            serving: String,
+        }
+        #[derive(Serialize)]
+        struct OldLive {
+            score: Option<ScoreKeyState>,
+            choice: Option<OldChoice>,
+        }
+        let now = live_state();
+        let c = now.choice.clone().unwrap();
+        assert!(!c.fast_err.is_empty());
+        let old_choice = || OldChoice {
+            recent: c.recent.clone(),
+            level: c.level,
+            pending: c.pending.clone(),
+            err: c.err.clone(),
+            weight: c.weight.clone(),
+            scored: c.scored,
+            serving: c.serving.clone(),
+        };
+        let without = LiveKeyState {
+            score: now.score.clone(),
+            choice: Some(ChoiceKeyState {
+                fast_err: Vec::new(),
+                fast_weight: Vec::new(),
+                ..c.clone()
+            }),
+        };
+        // Format 1: the plain struct.
+        let v1 = encode(&OldLive {
+            score: now.score.clone(),
+            choice: Some(old_choice()),
+        })
+        .unwrap();
+        let back = decode_live(&v1).unwrap();
+        assert_eq!(encode(&back).unwrap(), encode(&without).unwrap());
+        // Format 2: the same record less the two empty vectors' lengths
+        // (the chooser's state is last, so nothing else moves).
+        let v2 = encode_live(&without).unwrap();
+        assert_eq!(&v2[v2.len() - 2..], &[0, 0]);
+        let back = decode_live(&v2[..v2.len() - 2]).unwrap();
+        assert_eq!(encode(&back).unwrap(), encode(&without).unwrap());
+        // With the fast errors, they come back bit for bit (NaN too).
+        let back = decode_live(&encode_live(&now).unwrap()).unwrap();
+        let b = back.choice.unwrap();
+        assert_eq!(b.fast_weight, c.fast_weight);
+        assert_eq!(b.fast_err[0], 0.25);
+        assert!(b.fast_err[1].is_nan());
+        // Only the fast errors may be missing: a record cut inside the
+        // older fields is refused.
+        assert!(decode_live(&v2[..v2.len() - 3]).is_err());
     }
 
     #[test]
