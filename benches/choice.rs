@@ -83,21 +83,43 @@ fn main() {
     let keys: Vec<String> = (0..n_keys).map(|k| format!("key-{k:07}")).collect();
     let names =
         |v: &[&str]| -> Vec<Candidate> { v.iter().map(|n| Candidate::parse(n).unwrap()).collect() };
-    let sets: Vec<(&str, Vec<Candidate>, usize)> = vec![
+    // (label, candidates, refit_every, fast_half_life: the guard, 0 = off)
+    let sets: Vec<(&str, Vec<Candidate>, usize, f64)> = vec![
         (
             "network,naive,snaive,ses (cheap)",
             names(&["network", "naive", "snaive", "ses"]),
             24,
+            0.0,
         ),
         (
-            "network,snaive,ses_sa,damped_sa,median, refit 24",
-            names(&["network", "snaive", "ses_sa", "damped_sa", "median"]),
+            "network,naive,smedian,ses (cheap, smedian)",
+            names(&["network", "naive", "smedian", "ses"]),
             24,
+            0.0,
         ),
         (
-            "network,snaive,ses_sa,damped_sa,median, refit 1 (default)",
+            "network,smedian,ses_sa,damped_sa,median, refit 24",
+            names(&["network", "smedian", "ses_sa", "damped_sa", "median"]),
+            24,
+            0.0,
+        ),
+        (
+            "network,snaive,ses_sa,damped_sa,median, refit 1 (the former default)",
             names(&["network", "snaive", "ses_sa", "damped_sa", "median"]),
             1,
+            0.0,
+        ),
+        (
+            "network,smedian,ses_sa,damped_sa,median, refit 1 (default)",
+            names(&["network", "smedian", "ses_sa", "damped_sa", "median"]),
+            1,
+            0.0,
+        ),
+        (
+            "the default + the guard (fast_half_life 6)",
+            names(&["network", "smedian", "ses_sa", "damped_sa", "median"]),
+            1,
+            6.0,
         ),
     ];
     println!(
@@ -106,7 +128,7 @@ fn main() {
     );
     println!("| candidates | us per key-window, median (range) | key-windows/s |");
     println!("|---|---:|---:|");
-    for (label, candidates, refit_every) in sets {
+    for (label, candidates, refit_every, fast_half_life) in sets {
         let spec = ChoiceSpec {
             candidates,
             half_life: 168.0,
@@ -119,7 +141,7 @@ fn main() {
             weight_power: 1.0,
             serve: Vec::new(),
             score_all_steps: false,
-            fast_half_life: 0.0,
+            fast_half_life,
             guard_ratio: 2.0,
             guard_to: None,
         };
