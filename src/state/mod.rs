@@ -107,6 +107,81 @@ pub struct ModelKeyState {
     pub prev: f32,
 }
 
+/// `Deserialize` for a persisted per-key state whose last fields were added
+/// later: a record written before them (no trailing fields) decodes with
+/// them at their `Default`. postcard is not self-describing and reads a
+/// struct's fields as a sequence, reporting the end of the record as an
+/// error on the next element, so `#[serde(default)]` alone would not do:
+/// an error (or end) on the *first* trailing field means "an older
+/// record"; once it is present, the later trailing fields are required.
+/// Maps (self-describing formats) take the derived path with
+/// `#[serde(default)]` on the trailing fields. This works only for a
+/// struct that is the last thing in its record (nothing follows it).
+macro_rules! deserialize_with_trailing_defaults {
+    ($ty:ident, $what:literal, [$($req:ident: $rt:ty),+ $(,)?], [$($opt:ident: $ot:ty),+ $(,)?]) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                const FIELDS: &[&str] = &[$(stringify!($req),)+ $(stringify!($opt),)+];
+                const REQUIRED: usize = [$(stringify!($req),)+].len();
+                /// The same fields, for self-describing formats (maps).
+                #[derive(Deserialize)]
+                struct Named {
+                    $($req: $rt,)+
+                    $(#[serde(default)] $opt: $ot,)+
+                }
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str($what)
+                    }
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                        self,
+                        mut seq: A,
+                    ) -> std::result::Result<$ty, A::Error> {
+                        use serde::de::Error as _;
+                        let missing = |i: usize| {
+                            A::Error::invalid_length(i, &concat!($what, " with every field before the trailing ones"))
+                        };
+                        let mut i = 0usize;
+                        $(
+                            let $req: $rt = seq.next_element()?.ok_or_else(|| missing(i))?;
+                            i += 1;
+                        )+
+                        let mut older = false;
+                        $(
+                            let $opt: $ot = if older {
+                                Default::default()
+                            } else {
+                                match seq.next_element::<$ot>() {
+                                    Ok(Some(v)) => v,
+                                    Ok(None) | Err(_) if i == REQUIRED => {
+                                        older = true;
+                                        Default::default()
+                                    }
+                                    Ok(None) => return Err(missing(i)),
+                                    Err(e) => return Err(e),
+                                }
+                            };
+                            i += 1;
+                        )+
+                        let _ = (i, older);
+                        Ok($ty { $($req,)+ $($opt,)+ })
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        map: A,
+                    ) -> std::result::Result<$ty, A::Error> {
+                        let n = Named::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                        Ok($ty { $($req: n.$req,)+ $($opt: n.$opt,)+ })
+                    }
+                }
+                d.deserialize_struct(stringify!($ty), FIELDS, V)
+            }
+        }
+    };
+}
+
 /// A key's live-accuracy state beside its model state: the scorer's
 /// (pending forecasts, running scores, calibration windows) and the
 /// per-key chooser's, each when enabled. Plain data: `score` and `choose`
@@ -139,69 +214,12 @@ pub struct HybridKeyState {
     pub coefficients: Option<(f64, Vec<f64>)>,
 }
 
-/// Field by field, so that a record without the trailing `coefficients`
-/// (written before it existed) decodes with `None`: postcard reads struct
-/// fields as a sequence and reports the end of the record as an error on
-/// the next element, which for that one optional field means "absent".
-impl<'de> Deserialize<'de> for HybridKeyState {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        const FIELDS: &[&str] = &["warming", "ready", "level", "seasons", "t", "coefficients"];
-        /// The same fields, for self-describing formats (maps).
-        #[derive(Deserialize)]
-        struct Named {
-            warming: Vec<f64>,
-            ready: bool,
-            level: f64,
-            seasons: Vec<Vec<f64>>,
-            t: u64,
-            #[serde(default)]
-            coefficients: Option<(f64, Vec<f64>)>,
-        }
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = HybridKeyState;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a hybrid key state")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> std::result::Result<HybridKeyState, A::Error> {
-                use serde::de::Error as _;
-                let missing = |i: usize| A::Error::invalid_length(i, &"at least 5 fields");
-                let warming = seq.next_element()?.ok_or_else(|| missing(0))?;
-                let ready = seq.next_element()?.ok_or_else(|| missing(1))?;
-                let level = seq.next_element()?.ok_or_else(|| missing(2))?;
-                let seasons = seq.next_element()?.ok_or_else(|| missing(3))?;
-                let t = seq.next_element()?.ok_or_else(|| missing(4))?;
-                let coefficients = seq.next_element().ok().flatten().flatten();
-                Ok(HybridKeyState {
-                    warming,
-                    ready,
-                    level,
-                    seasons,
-                    t,
-                    coefficients,
-                })
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> std::result::Result<HybridKeyState, A::Error> {
-                let n = Named::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(HybridKeyState {
-                    warming: n.warming,
-                    ready: n.ready,
-                    level: n.level,
-                    seasons: n.seasons,
-                    t: n.t,
-                    coefficients: n.coefficients,
-                })
-            }
-        }
-        d.deserialize_struct("HybridKeyState", FIELDS, V)
-    }
-}
+deserialize_with_trailing_defaults!(
+    HybridKeyState,
+    "a hybrid key state",
+    [warming: Vec<f64>, ready: bool, level: f64, seasons: Vec<Vec<f64>>, t: u64],
+    [coefficients: Option<(f64, Vec<f64>)>]
+);
 
 /// See `score::Scorer` (its per-key state, version indices as names).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -240,95 +258,20 @@ pub struct ChoiceKeyState {
     pub fast_weight: Vec<f64>,
 }
 
-/// Field by field, so that a record without the trailing `fast_err` and
-/// `fast_weight` (written before the guard existed) decodes with both
-/// empty, as [`HybridKeyState`]'s `coefficients`: postcard reports the end
-/// of the record as an error on the next element.
-impl<'de> Deserialize<'de> for ChoiceKeyState {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        const FIELDS: &[&str] = &[
-            "recent",
-            "level",
-            "pending",
-            "err",
-            "weight",
-            "scored",
-            "serving",
-            "fast_err",
-            "fast_weight",
-        ];
-        /// The same fields, for self-describing formats (maps).
-        #[derive(Deserialize)]
-        struct Named {
-            recent: Vec<f64>,
-            level: Option<f64>,
-            pending: Vec<(i64, Vec<f32>)>,
-            err: Vec<f64>,
-            weight: Vec<f64>,
-            scored: u32,
-            serving: String,
-            #[serde(default)]
-            fast_err: Vec<f64>,
-            #[serde(default)]
-            fast_weight: Vec<f64>,
-        }
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = ChoiceKeyState;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a choice key state")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> std::result::Result<ChoiceKeyState, A::Error> {
-                use serde::de::Error as _;
-                let missing = |i: usize| A::Error::invalid_length(i, &"at least 7 fields");
-                let recent = seq.next_element()?.ok_or_else(|| missing(0))?;
-                let level = seq.next_element()?.ok_or_else(|| missing(1))?;
-                let pending = seq.next_element()?.ok_or_else(|| missing(2))?;
-                let err = seq.next_element()?.ok_or_else(|| missing(3))?;
-                let weight = seq.next_element()?.ok_or_else(|| missing(4))?;
-                let scored = seq.next_element()?.ok_or_else(|| missing(5))?;
-                let serving = seq.next_element()?.ok_or_else(|| missing(6))?;
-                // Absent (an older record): both empty. Present: both.
-                let (fast_err, fast_weight) = match seq.next_element::<Vec<f64>>() {
-                    Ok(Some(e)) => (e, seq.next_element()?.ok_or_else(|| missing(8))?),
-                    _ => (Vec::new(), Vec::new()),
-                };
-                Ok(ChoiceKeyState {
-                    recent,
-                    level,
-                    pending,
-                    err,
-                    weight,
-                    scored,
-                    serving,
-                    fast_err,
-                    fast_weight,
-                })
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> std::result::Result<ChoiceKeyState, A::Error> {
-                let n = Named::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(ChoiceKeyState {
-                    recent: n.recent,
-                    level: n.level,
-                    pending: n.pending,
-                    err: n.err,
-                    weight: n.weight,
-                    scored: n.scored,
-                    serving: n.serving,
-                    fast_err: n.fast_err,
-                    fast_weight: n.fast_weight,
-                })
-            }
-        }
-        d.deserialize_struct("ChoiceKeyState", FIELDS, V)
-    }
-}
+deserialize_with_trailing_defaults!(
+    ChoiceKeyState,
+    "a choice key state",
+    [
+        recent: Vec<f64>,
+        level: Option<f64>,
+        pending: Vec<(i64, Vec<f32>)>,
+        err: Vec<f64>,
+        weight: Vec<f64>,
+        scored: u32,
+        serving: String
+    ],
+    [fast_err: Vec<f64>, fast_weight: Vec<f64>]
+);
 
 /// A partition's clock: the largest event time it has delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
